@@ -1,0 +1,5 @@
+"""The one error type for bad user input: apps turn it into one line and exit code 2."""
+
+
+class InputError(ValueError):
+    """Bad user input (flags, files, shapes). The message says what to do."""
