@@ -13,6 +13,7 @@ from effkeras.models.registry import register
 RESNET20_STAGES = [(16, 1), (32, 2), (64, 2)]
 BLOCKS_PER_STAGE = 3  # 6n + 2 = 20 layers
 WEIGHT_DECAY = 1e-4  # He et al. 2016 §4.2
+BN_MOMENTUM = 0.9  # PyTorch's default (0.1 there), as in the reference implementations
 
 
 def _conv(filters, stride, name):
@@ -24,10 +25,10 @@ def _conv(filters, stride, name):
 def basic_block(x, filters, stride, name):
     shortcut = option_a_shortcut(x, filters, stride, name=f"{name}_shortcut")
     x = _conv(filters, stride, f"{name}_conv1")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn1")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn1")(x)
     x = layers.ReLU(name=f"{name}_relu1")(x)
     x = _conv(filters, 1, f"{name}_conv2")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn2")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn2")(x)
     x = layers.Add(name=f"{name}_add")([x, shortcut])
     return layers.ReLU(name=f"{name}_out")(x)
 
@@ -39,7 +40,7 @@ def resnet20(input_shape=(32, 32, 3), num_classes=10):
     inputs = keras.Input(input_shape, name="image")  # raw pixels in [0, 255]
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inputs)
     x = _conv(16, 1, "stem_conv")(x)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     for stage, (filters, stride) in enumerate(RESNET20_STAGES, start=1):
         for block in range(BLOCKS_PER_STAGE):

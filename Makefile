@@ -1,0 +1,39 @@
+# effkeras: `make demo` trains, evaluates and prints a result; `make test` runs the test suite.
+# Both set up .venv first (idempotent).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+DEMO_DIR := runs/demo
+
+.PHONY: setup demo test clean
+
+setup: $(VENV)/.installed $(FASHION_MNIST)
+
+$(VENV)/.installed: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,larq]'
+	touch $@
+
+$(FASHION_MNIST):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist'" \
+		     "(or pass --data_dir to the apps)."; \
+	fi
+
+demo: setup
+	$(PY) -m apps.train --model=resnet20 --dataset=fashion_mnist --epochs=2 --batch_size=128 \
+		--output_dir=$(DEMO_DIR)
+	$(PY) -m apps.evaluate --checkpoint=$(DEMO_DIR)/model.keras --dataset=fashion_mnist \
+		--output=$(DEMO_DIR)/evaluation.json
+	$(PY) -m tools.demo_report $(DEMO_DIR)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

@@ -1,0 +1,43 @@
+"""Train a registered model with its recipe; resumes when --output_dir holds an earlier run.
+
+python -m apps.train --model=resnet20 [--dataset=fashion_mnist] [--epochs=2] [--output_dir=runs/x]
+"""
+
+import json
+import os
+
+from absl import flags
+
+from apps import _cli
+
+flags.DEFINE_string("model", None, "Registered model name (see `python -m apps.summary --list`).")
+flags.DEFINE_string("dataset", "fashion_mnist", "fashion_mnist, cifar10, cifar100, imagenet or synthetic.")
+flags.DEFINE_string("data_dir", None, "Dataset directory (Fashion-MNIST defaults to the Debian package).")
+flags.DEFINE_integer("epochs", None, "Total epochs (default: the model's recipe).")
+flags.DEFINE_integer("batch_size", None, "Batch size (default: the model's recipe).")
+flags.DEFINE_float("learning_rate", None, "Peak learning rate (default: the recipe's, scaled with batch size).")
+flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: one pass over the data).")
+flags.DEFINE_string("input_shape", None, "H,W,C (default: the model's).")
+flags.DEFINE_string("output_dir", None, "Where checkpoints, logs, model.keras and metrics.json go "
+                    "(default: runs/<model>).")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    from effkeras import training
+    from effkeras.errors import InputError
+
+    if not FLAGS.model:
+        raise InputError("--model is required")
+    metrics = training.train(training.TrainConfig(
+        model=FLAGS.model, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, epochs=FLAGS.epochs,
+        batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+        steps_per_epoch=FLAGS.steps_per_epoch, input_shape=_cli.parse_shape(FLAGS.input_shape),
+        output_dir=FLAGS.output_dir or os.path.join("runs", FLAGS.model), seed=FLAGS.seed))
+    print(json.dumps({"model": metrics["model"], "epochs": metrics["epochs"], **metrics["test"],
+                      "train_seconds": round(metrics["train_seconds"], 1)}))
+
+
+if __name__ == "__main__":
+    _cli.run(main)

@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="effkeras",
+    version="0.1.0",
+    description="Efficient image classifiers in Keras 3, deployed to edge hardware (LCE, TFLite Micro, Ethos-U).",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["effkeras", "effkeras.*", "apps", "tools"]),
+    install_requires=[
+        # One TensorFlow distribution: tf-keras (the larq extra) depends on `tensorflow`, so
+        # depending on `tensorflow-cpu` here would install both side by side.
+        "tensorflow==2.21.*",
+        "tensorboard>=2.20",
+        "keras>=3.15,<3.16",
+        "larq-compute-engine==0.16.0",
+        "absl-py>=2.1",
+        "numpy<2",
+        "tflite-micro",
+        "ethos-u-vela==5.2.0",
+        "matplotlib>=3.8",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        # Only ever imported in a separate process with TF_USE_LEGACY_KERAS=1 (tests, importer oracle).
+        "larq": ["larq==0.14.0", "tf-keras==2.21.*"],
+    },
+)

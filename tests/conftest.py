@@ -1,0 +1,74 @@
+"""Fixtures that write tiny datasets in each real on-disk format (nothing is downloaded)."""
+
+import gzip
+import os
+import pickle
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_idx(path, array):
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fashion_mnist_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, count in (("train", 40), ("t10k", 20)):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (count, 28, 28)))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(count) % 10)
+    return tmp_path
+
+
+def write_cifar_batch(path, images, labels, label_key=b"labels"):
+    """A batch as the official python archive stores it: channel-planar uint8 rows, bytes keys."""
+    data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    batch = {b"batch_label": b"testing batch", label_key: list(map(int, labels)), b"data": data,
+             b"filenames": [b"img%d.png" % i for i in range(len(labels))]}
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+
+
+@pytest.fixture
+def cifar10_dir(tmp_path):
+    rng = np.random.default_rng(1)
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        write_cifar_batch(root / name, rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8),
+                          rng.integers(0, 10, 6))
+    return tmp_path
+
+
+@pytest.fixture
+def imagenet_dir(tmp_path):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(2)
+    for split, count in (("train", 3), ("val", 2)):
+        for name in ("n01440764", "n01443537"):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                image = rng.integers(0, 256, (40 + 8 * i, 50, 3), dtype=np.uint8)
+                if i % 2:
+                    (folder / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
+                else:
+                    (folder / f"{i}.JPEG").write_bytes(tf.io.encode_jpeg(image).numpy())
+    return tmp_path
+
+
+def run_app(*args, timeout=300):
+    """Runs `python -m apps.<args>` from the repo; returns the CompletedProcess."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)

@@ -1,0 +1,71 @@
+"""The apps: results on stdout, bad input as one `error:` line with exit code 2."""
+
+import json
+
+import pytest
+
+from conftest import run_app
+
+
+def assert_one_error_line(result, *fragments):
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_unknown_model_lists_known_names():
+    assert_one_error_line(run_app("apps.train", "--model=resnet21"), "known models:", "resnet20")
+
+
+def test_missing_and_empty_data_dirs(tmp_path):
+    assert_one_error_line(run_app("apps.train", "--model=resnet20", f"--data_dir={tmp_path}"),
+                          "apt-get install dataset-fashion-mnist")
+    assert_one_error_line(run_app("apps.train", "--model=resnet20", "--dataset=imagenet",
+                                  f"--data_dir={tmp_path}/nowhere"), "one sub-folder per class")
+
+
+def test_corrupt_idx_file(fashion_mnist_dir):
+    (fashion_mnist_dir / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
+    assert_one_error_line(run_app("apps.train", "--model=resnet20", f"--data_dir={fashion_mnist_dir}"),
+                          "train-labels-idx1-ubyte.gz")
+
+
+def test_bad_shapes_and_flags():
+    assert_one_error_line(run_app("apps.summary", "--model=resnet20", "--input_shape=2,2,3"),
+                          "needs height and width >= 4")
+    assert_one_error_line(run_app("apps.summary", "--model=resnet20", "--input_shape=big"),
+                          "--input_shape must look like")
+    assert_one_error_line(run_app("apps.train", "--model=resnet20", "--epochs=0"), "epochs")
+    assert_one_error_line(run_app("apps.summary", "--modle=resnet20"), "modle")
+
+
+def test_summary_json():
+    result = run_app("apps.summary", "--model=resnet20", "--json")
+    assert result.returncode == 0, result.stderr
+    totals = json.loads(result.stdout)["totals"]
+    assert totals["total_params"] == 271_098 and totals["params"] == {"32bit": 271_098}
+
+
+def test_train_then_evaluate_with_confusion_counts(tmp_path, imagenet_dir):
+    trained = run_app("apps.train", "--model=resnet20", "--dataset=imagenet", f"--data_dir={imagenet_dir}",
+                      "--input_shape=16,16,3", "--epochs=1", "--batch_size=2", f"--output_dir={tmp_path}")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert json.loads(trained.stdout.splitlines()[-1])["epochs"] == 1
+    evaluated = run_app("apps.evaluate", f"--checkpoint={tmp_path}/model.keras", "--dataset=imagenet",
+                        f"--data_dir={imagenet_dir}", f"--output={tmp_path}/eval.json")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    result = json.loads(evaluated.stdout)
+    assert result["examples"] == 4 and sum(map(sum, result["confusion"])) == 4
+    assert result == json.loads((tmp_path / "eval.json").read_text())
+    mismatch = run_app("apps.evaluate", f"--checkpoint={tmp_path}/model.keras", "--dataset=synthetic")
+    assert_one_error_line(mismatch, "predicts 2 classes")
+
+
+@pytest.mark.parametrize("content", [None, b"not a keras file"])
+def test_evaluate_bad_checkpoint(tmp_path, content):
+    path = tmp_path / "model.keras"
+    if content is not None:
+        path.write_bytes(content)
+    assert_one_error_line(run_app("apps.evaluate", f"--checkpoint={path}"), "model.keras")

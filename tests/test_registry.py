@@ -1,0 +1,40 @@
+import keras
+import numpy as np
+import pytest
+
+from effkeras import models
+from effkeras.errors import InputError
+
+
+def test_unknown_model_lists_known_names():
+    with pytest.raises(InputError, match="known models: .*resnet20"):
+        models.get("resnet21")
+
+
+@pytest.mark.parametrize("shape, message", [((2, 2, 3), "height and width >= 4"),
+                                            ((32, 32), "height, width, channels"),
+                                            ((32, 32, 2), "input channels")])
+def test_input_shapes_the_model_cannot_take(shape, message):
+    with pytest.raises(InputError, match=message):
+        models.get("resnet20", input_shape=shape)
+
+
+def test_resnet20_matches_he_et_al():
+    model = models.get("resnet20")
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert trainable == 269_722  # He et al. 2016 Table 6: 0.27M, option-A shortcuts
+    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+    assert len(convs) + 1 == 20  # 19 convs + the classifier
+    assert models.info("resnet20").min_input_size == 4
+
+
+def test_builds_at_other_shapes_and_classes():
+    model = models.get("resnet20", input_shape=(28, 28, 1), num_classes=7)
+    assert model.output_shape == (None, 7)
+    assert model(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 7)
+
+
+def test_registering_a_name_twice_fails():
+    with pytest.raises(ValueError, match="twice"):
+        models.register("resnet20", family="x", paper="x", input_shape=(8, 8, 3), num_classes=2,
+                        recipe="sgd_cosine", deploy="tflite", min_input_size=1)(lambda **k: None)

@@ -1,0 +1,23 @@
+"""Prints the demo's result: test accuracy, training time and the per-class confusion."""
+
+import json
+import os
+import sys
+
+
+def main(run_dir):
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    with open(os.path.join(run_dir, "evaluation.json")) as f:
+        evaluation = json.load(f)
+    print(f"\n{metrics['model']} on {metrics['dataset']} {tuple(metrics['input_shape'])}, "
+          f"{metrics['epochs']} epochs, {metrics['train_seconds']:.0f} s of training")
+    print(f"test top-1 {100 * evaluation['top1']:.2f}%   top-5 {100 * evaluation['top5']:.2f}%   "
+          f"({evaluation['examples']} images)")
+    print("per-class recall:")
+    for name, row in zip(evaluation["class_names"], evaluation["confusion"]):
+        print(f"  {name:12s} {100 * row[evaluation['class_names'].index(name)] / sum(row):5.1f}%")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
