@@ -5,7 +5,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up chatter out of the way
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 from effkeras.errors import InputError  # noqa: E402
 
@@ -37,6 +37,8 @@ def run(main):
     def guarded(argv):
         if len(argv) > 1:
             fail(f"unexpected arguments {argv[1:]}; every option is a --flag")
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # e.g. SavedModel export logs at INFO
         import_tensorflow_quietly()
         try:
             return main(argv)

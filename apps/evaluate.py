@@ -1,10 +1,14 @@
 """Evaluate a saved model: top-1/top-5 and confusion counts as JSON.
 
 python -m apps.evaluate --checkpoint=runs/resnet20/model.keras [--dataset=fashion_mnist] [--split=test]
+
+ERN's ten-crop test-time augmentation (logits averaged over the corners, centre and their flips
+of the image squashed to 308x308):
+python -m apps.evaluate --checkpoint=runs/ern18/model.keras --dataset=imagenet \
+    --data_dir=$HOME/imagenet --tta=tencrop --resize=308 --crop=288
 """
 
 import json
-import os
 
 from absl import flags
 
@@ -16,18 +20,22 @@ flags.DEFINE_string("data_dir", None, "Dataset directory (Fashion-MNIST defaults
 flags.DEFINE_string("split", "test", "train or test.")
 flags.DEFINE_integer("batch_size", 256, "Batch size.")
 flags.DEFINE_string("output", None, "Also write the JSON here.")
+flags.DEFINE_enum("tta", "none", ["none", "tencrop"],
+                  "Test-time augmentation: none, or tencrop (average the logits of ten crops).")
+flags.DEFINE_integer("resize", None, "Squash every image to resize x resize first (aspect "
+                     "ratio not kept). Default: --crop; neither: the dataset's own resizing.")
+flags.DEFINE_integer("crop", None, "Evaluate crop x crop crops (centre, or ten with "
+                     "--tta=tencrop); at most --resize. Default: the model's input size.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     from effkeras import evaluation
-    from effkeras.errors import InputError
     from effkeras.fileio import write_json
 
-    if not FLAGS.checkpoint or not os.path.isfile(FLAGS.checkpoint):
-        raise InputError(f"--checkpoint must name an existing .keras file, got {FLAGS.checkpoint!r}")
     result = evaluation.evaluate_checkpoint(FLAGS.checkpoint, FLAGS.dataset, split=FLAGS.split,
-                                            data_dir=FLAGS.data_dir, batch_size=FLAGS.batch_size)
+                                            data_dir=FLAGS.data_dir, batch_size=FLAGS.batch_size,
+                                            tta=FLAGS.tta, resize=FLAGS.resize, crop=FLAGS.crop)
     if FLAGS.output:
         write_json(FLAGS.output, result)
     print(json.dumps(result))

@@ -21,6 +21,7 @@ flags.DEFINE_string("input_shape", None, "H,W,C (default: the model's).")
 flags.DEFINE_string("output_dir", None, "Where checkpoints, logs, model.keras and metrics.json go "
                     "(default: runs/<model>).")
 flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_string("teacher", None, "Teacher for distilling recipes: a .keras file or a registry name.")
 FLAGS = flags.FLAGS
 
 
@@ -34,7 +35,8 @@ def main(argv):
         model=FLAGS.model, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
         steps_per_epoch=FLAGS.steps_per_epoch, input_shape=_cli.parse_shape(FLAGS.input_shape),
-        output_dir=FLAGS.output_dir or os.path.join("runs", FLAGS.model), seed=FLAGS.seed))
+        output_dir=FLAGS.output_dir or os.path.join("runs", FLAGS.model), seed=FLAGS.seed,
+        teacher=FLAGS.teacher))
     print(json.dumps({"model": metrics["model"], "epochs": metrics["epochs"], **metrics["test"],
                       "train_seconds": round(metrics["train_seconds"], 1)}))
 

@@ -20,6 +20,7 @@ class LayerStats:
     params: dict  # bits -> count
     macs: int
     binary: bool  # the MACs are 1-bit x 1-bit
+    input_bits: int = FLOAT_BITS
 
     @property
     def memory_bytes(self):
@@ -91,7 +92,7 @@ def summarize(model):
         input_bits, kernel_bits = layer_precision(layer)
         rows.append(LayerStats(layer.name, type(layer).__name__, tuple(layer.output.shape),
                                layer_params(layer), layer_macs(layer),
-                               binary=input_bits == 1 and kernel_bits == 1))
+                               binary=input_bits == 1 and kernel_bits == 1, input_bits=input_bits))
     return rows
 
 
@@ -120,7 +121,8 @@ def as_dict(model):
     return {
         "model": model.name,
         "input_shape": list(model.input_shape[1:]),
-        "layers": [{"name": r.name, "kind": r.kind, "output_shape": list(r.output_shape[1:]),
+        "layers": [{"name": r.name, "kind": r.kind, "input_bits": r.input_bits,
+                    "output_shape": list(r.output_shape[1:]),
                     "params": {f"{b}bit": c for b, c in sorted(r.params.items())},
                     "memory_bytes": r.memory_bytes, "macs": r.macs, "binary": r.binary}
                    for r in rows],
@@ -131,15 +133,15 @@ def as_dict(model):
 def format_table(model):
     rows = summarize(model)
     bit_widths = sorted({bits for row in rows for bits in row.params}) or [FLOAT_BITS]
-    header = ["Layer", "Type", "Output", *[f"{b}-bit params" for b in bit_widths],
+    header = ["Layer", "Type", "Input bits", "Output", *[f"{b}-bit params" for b in bit_widths],
               "Memory kB", "Binary MACs", "Float MACs"]
     table = [header]
     for r in rows:
-        table.append([r.name, r.kind, "x".join(str(d) for d in r.output_shape[1:]),
+        table.append([r.name, r.kind, str(r.input_bits), "x".join(str(d) for d in r.output_shape[1:]),
                       *[f"{r.params.get(b, 0):,}" for b in bit_widths], f"{r.memory_bytes / 1024:.2f}",
                       f"{r.macs:,}" if r.binary else "0", "0" if r.binary else f"{r.macs:,}"])
     t = totals(rows)
-    table.append(["Total", "", "", *[f"{t['params'].get(f'{b}bit', 0):,}" for b in bit_widths],
+    table.append(["Total", "", "", "", *[f"{t['params'].get(f'{b}bit', 0):,}" for b in bit_widths],
                   f"{t['memory_bytes'] / 1024:.2f}", f"{t['binary_macs']:,}", f"{t['float_macs']:,}"])
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in table]

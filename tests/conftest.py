@@ -72,3 +72,25 @@ def run_app(*args, timeout=300):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def make_arithmetic_exact(model, seed=0):
+    """Dyadic BN scales/shifts, α and float 1x1 kernels, so Keras and LCE compute the same bits.
+
+    Binary conv outputs are integers; with power-of-two scales and shifts in eighths every later
+    sum is exact in float32 whatever the order. Otherwise float re-association flips signs near
+    zero, and in a deep binary net one flip cascades (ecosystem spec §2.6).
+    """
+    import keras
+
+    rng = np.random.default_rng(seed)
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            shape = layer.gamma.shape
+            layer.set_weights([2.0 ** rng.integers(-2, 1, shape), rng.integers(-8, 9, shape) / 8,
+                               rng.integers(-8, 9, shape) / 8, np.full(shape, 1 - layer.epsilon)])
+        elif hasattr(layer, "alpha") and hasattr(layer, "tau"):
+            layer.alpha.assign(2.0 ** rng.integers(-2, 1, layer.alpha.shape))
+        elif isinstance(layer, keras.layers.Conv2D) and layer.kernel_size == (1, 1):
+            layer.kernel.assign(rng.integers(-4, 5, layer.kernel.shape) / 4)
+    return model

@@ -69,3 +69,15 @@ def test_evaluate_bad_checkpoint(tmp_path, content):
     if content is not None:
         path.write_bytes(content)
     assert_one_error_line(run_app("apps.evaluate", f"--checkpoint={path}"), "model.keras")
+
+
+def test_summary_of_a_binary_model_counts_one_bit_params_and_macs():
+    result = run_app("apps.summary", "--model=recu_resnet20", "--json")
+    assert result.returncode == 0, result.stderr
+    totals = json.loads(result.stdout)["totals"]
+    # 18 binary 3x3 convs: 16->16 (x6) at 32x32, 16->32 + 32->32 (x5) at 16x16, 32->64 + 64->64 (x5) at 8x8.
+    assert totals["params"]["1bit"] == 9 * (6 * 16 * 16 + 16 * 32 + 5 * 32 * 32 + 32 * 64 + 5 * 64 * 64)
+    assert totals["binary_macs"] == 9 * (6 * 16 * 16 * 32 * 32 + (16 * 32 + 5 * 32 * 32) * 16 * 16
+                                         + (32 * 64 + 5 * 64 * 64) * 8 * 8)
+    table = run_app("apps.summary", "--model=recu_resnet20").stdout
+    assert "1-bit params" in table and "binarized MACs: 98.8%" in table

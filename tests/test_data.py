@@ -155,3 +155,11 @@ def test_bad_dataset_arguments():
         data.load("mnist", "train", input_shape=(28, 28, 1), batch_size=4)
     with pytest.raises(InputError, match="unknown augmentation"):
         data.load("synthetic", "train", input_shape=(8, 8, 1), batch_size=4, augment_with=("cutmix",))
+
+
+def test_lighting_shifts_every_pixel_by_one_colour_offset():
+    image = tf.fill((4, 4, 3), 128.0)
+    shifted = augment.lighting(image, seed=1).numpy()
+    offset = shifted[0, 0] - 128.0
+    np.testing.assert_allclose(shifted - 128.0, np.broadcast_to(offset, shifted.shape), atol=1e-4)
+    assert 0 < np.abs(offset).max() < 255 * 0.1 * 0.2175 * 4  # a few std of the top eigenvalue

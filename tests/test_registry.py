@@ -38,3 +38,15 @@ def test_registering_a_name_twice_fails():
     with pytest.raises(ValueError, match="twice"):
         models.register("resnet20", family="x", paper="x", input_shape=(8, 8, 3), num_classes=2,
                         recipe="sgd_cosine", deploy="tflite", min_input_size=1)(lambda **k: None)
+
+
+@pytest.mark.parametrize("name, trainable, macs", [
+    ("resnet18", 11_689_512, 1_815_904_768),  # He et al. Table 1: 11.7M params, 1.8 GFLOPs
+    ("resnet34", 21_797_672, 3_665_592_832),  # 21.8M params, 3.6 GFLOPs
+])
+def test_imagenet_resnets_match_he_et_al(name, trainable, macs):
+    from effkeras import summary
+
+    model = models.get(name)
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == trainable
+    assert summary.totals(summary.summarize(model))["float_macs"] == macs

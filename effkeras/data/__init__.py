@@ -40,15 +40,24 @@ def _array_pipeline(images, labels, shape, augmentations, seed):
     height, width, channels = shape
 
     def prepare(image, label):
-        image = augment.fit_to_shape(augment.match_channels(tf.cast(image, tf.float32), channels),
-                                     height, width)
+        image = augment.match_channels(tf.cast(image, tf.float32), channels)
+        if "squash" in augmentations:
+            image = augment.squash(image, height, width)
+        else:
+            image = augment.fit_to_shape(image, height, width)
         if "crop" in augmentations:
             image = augment.pad_and_random_crop(image, seed)
-        if "flip" in augmentations:
-            image = tf.image.random_flip_left_right(image, seed)
-        return image, label
+        return _flip_and_lighting(image, augmentations, seed), label
 
     return tf.data.Dataset.from_tensor_slices((images, labels)), prepare
+
+
+def _flip_and_lighting(image, augmentations, seed):
+    if "flip" in augmentations:
+        image = tf.image.random_flip_left_right(image, seed)
+    if "lighting" in augmentations and image.shape[-1] == 3:
+        image = augment.lighting(image, seed)
+    return image
 
 
 def _file_pipeline(paths, labels, shape, augmentations, seed):
@@ -58,10 +67,11 @@ def _file_pipeline(paths, labels, shape, augmentations, seed):
         image = tf.cast(imagenet.decode(path), tf.float32)
         if "random_resized_crop" in augmentations:
             image = augment.random_resized_crop(image, height, width, seed)
+        elif "squash" in augmentations:
+            image = augment.squash(image, height, width)
         else:
             image = augment.resize_and_centre_crop(image, height, width)
-        if "flip" in augmentations:
-            image = tf.image.random_flip_left_right(image, seed)
+        image = _flip_and_lighting(image, augmentations, seed)
         return augment.match_channels(image, channels), label
 
     return tf.data.Dataset.from_tensor_slices((paths, labels)), prepare

@@ -54,7 +54,48 @@ def resize_and_centre_crop(image, height, width):
     return tf.image.resize_with_crop_or_pad(resized, height, width)
 
 
-AUGMENTATIONS = {"crop", "flip", "random_resized_crop"}
+# AlexNet-style PCA colour noise on ImageNet's RGB eigen-decomposition (pixels in [0, 1]).
+LIGHTING_EIGENVALUES = (0.2175, 0.0188, 0.0045)
+LIGHTING_EIGENVECTORS = ((-0.5675, 0.7192, 0.4009),
+                         (-0.5808, -0.0045, -0.8140),
+                         (-0.5836, -0.6948, 0.4203))
+LIGHTING_STD = 0.1
+
+
+def lighting(image, seed=None):
+    """Adds eigvec @ (α · eigval), α ~ N(0, 0.1), to every pixel of an RGB image in [0, 255]."""
+    alpha = tf.random.normal([3], stddev=LIGHTING_STD, seed=seed)
+    shift = tf.linalg.matvec(tf.constant(LIGHTING_EIGENVECTORS), alpha * LIGHTING_EIGENVALUES)
+    return tf.clip_by_value(image + 255.0 * shift, 0.0, 255.0)
+
+
+def squash(image, height, width):
+    """The whole image resized to (height, width), aspect ratio not kept: torchvision's
+    Resize((h, w)) with a size list, as ERN's train and test pipelines (recu_ern.md §B5, §B6)."""
+    return tf.image.resize(image, [height, width], antialias=True)
+
+
+def five_crop_offsets(height, width, size):
+    """(top, left) of torchvision's FiveCrop(size): the four corners, then the centre at
+    round((H - size) / 2), round((W - size) / 2) (Python's round, as torchvision)."""
+    return [(0, 0), (0, width - size), (height - size, 0), (height - size, width - size),
+            (int(round((height - size) / 2)), int(round((width - size) / 2)))]
+
+
+def ten_crop(images, size):
+    """torchvision's TenCrop(size) of a batch (B, H, W, C) -> (10, B, size, size, C): the five
+    crops of the images, then the five crops of their horizontal flips (recu_ern.md §B6)."""
+    height, width = images.shape[1], images.shape[2]
+    if height is None or width is None or not 0 < size <= min(height, width):
+        raise InputError(f"ten-crop of {size}x{size} needs images at least that large with a "
+                         f"known size, got {height}x{width}; resize them first")
+    crops = [source[:, top:top + size, left:left + size, :]
+             for source in (images, tf.image.flip_left_right(images))
+             for top, left in five_crop_offsets(height, width, size)]
+    return tf.stack(crops)
+
+
+AUGMENTATIONS = {"crop", "flip", "random_resized_crop", "lighting", "squash"}
 
 
 def check_augmentations(names):

@@ -19,7 +19,9 @@ import keras
 from effkeras import data, models
 from effkeras.errors import InputError
 from effkeras.fileio import atomic_path, write_json
+from effkeras.training import callbacks as recipe_callbacks
 from effkeras.training import recipes
+from effkeras.training.distillation import Distiller, load_teacher
 
 
 @dataclasses.dataclass
@@ -34,6 +36,7 @@ class TrainConfig:
     steps_per_epoch: int = None  # None: one pass over the train split
     input_shape: tuple = None  # None: the model's default
     seed: int = 0
+    teacher: str = None  # .keras file or registry name, for recipes that distil
     verbose: int = None  # None: progress bars on a terminal, one line per epoch otherwise
 
 
@@ -105,20 +108,25 @@ def train(config):
 
     # Shuffle differently after a resume, as an uninterrupted run would.
     train_split = data.load(config.dataset, "train", input_shape=input_shape, batch_size=batch_size,
-                            data_dir=config.data_dir, seed=config.seed + initial_epoch)
+                            data_dir=config.data_dir, seed=config.seed + initial_epoch,
+                            augment_with=dict(recipe.augment).get(config.dataset))
     test_split = data.load(config.dataset, "test", input_shape=input_shape, batch_size=batch_size,
                            data_dir=config.data_dir)
     steps = config.steps_per_epoch or max(1, train_split.num_examples // batch_size)
     train_data = train_split.dataset.repeat() if config.steps_per_epoch else train_split.dataset
 
     model = models.get(info.name, input_shape=input_shape, num_classes=train_split.num_classes)
+    student = model
+    if recipe.distill:
+        model = Distiller(student, load_teacher(config.teacher, input_shape, train_split.num_classes))
     recipes.compile_model(model, recipe, epochs=epochs, steps_per_epoch=steps,
                           batch_size=batch_size, learning_rate=config.learning_rate)
     if state.get("checkpoint"):
         _restore(model, os.path.join(config.output_dir, state["checkpoint"]))
         print(f"Resuming {info.name} from epoch {initial_epoch} in {config.output_dir}")
 
-    callbacks = [EpochCheckpoint(config.output_dir, state),
+    callbacks = [*recipe_callbacks.make(recipe.callbacks, epochs),
+                 EpochCheckpoint(config.output_dir, state),
                  keras.callbacks.TensorBoard(os.path.join(config.output_dir, "logs"))]
     verbose = config.verbose if config.verbose is not None else 1 if sys.stdout.isatty() else 2
     started = time.time()
@@ -129,11 +137,11 @@ def train(config):
         test = model.evaluate(test_split.dataset, return_dict=True, verbose=0)
 
     with atomic_path(os.path.join(config.output_dir, "model.keras")) as tmp:
-        model.save(tmp)
+        student.save(tmp)
     metrics = {
         "model": info.name, "dataset": config.dataset, "input_shape": list(input_shape),
         "epochs": state["epoch"], "batch_size": batch_size, "steps_per_epoch": steps,
-        "params": model.count_params(), "history": state["history"],
+        "params": student.count_params(), "history": state["history"],
         "test": {"top1": test["top1"], "top5": test["top5"], "loss": test["loss"]},
         "train_seconds": state["train_seconds"], "wall_seconds_this_run": time.time() - started,
     }

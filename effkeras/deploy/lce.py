@@ -1,0 +1,219 @@
+"""Keras 3 model -> Larq Compute Engine flatbuffer, checked against the Keras model.
+
+The path is `model.export(dir, format="tf_saved_model")` then `convert_saved_model` (DESIGN.md
+decision 3). LCE silently leaves a binary conv in float when it does not recognise the sign
+pattern, so every conversion checks its own result:
+
+- every binary layer (input and kernel 1-bit) must have become an `LceBconv2d`;
+- the LCE interpreter must agree with Keras on a sample batch.
+
+LCE has no binary kernel for Dense, DepthwiseConv2D or SeparableConv2D: a binary one of those
+is an error too (use a 1x1 QuantConv2D instead), unless `allow_float_fallback=True` keeps such
+layers in float: correct outputs, no speed-up, weights stored as float32.
+"""
+
+import contextlib
+import dataclasses
+import tempfile
+
+import keras
+import larq_compute_engine
+import numpy as np
+
+from effkeras.deploy.report import Report, max_diffs, op_census, operators
+from effkeras.deploy.report import save  # noqa: F401  (lce.save(path, flatbuffer))
+from effkeras.errors import InputError
+from effkeras.summary import layer_precision
+
+TARGETS = ("arm", "xcore")  # what larq_compute_engine.convert_saved_model accepts
+PIXEL_RANGE = (0.0, 255.0)  # registry models take raw pixels (e.g. models/resnet.py)
+SAMPLE_SIZE = 4
+MAX_REL_DIFF = 1e-3  # float reassociation gives ~1e-6; a wrong conversion gives O(1)
+
+
+@dataclasses.dataclass
+class LceReport(Report):
+    binary_layers: int = 0  # layers with 1-bit input and 1-bit kernel
+    bconv_ops: int = 0  # LceBconv2d in the flatbuffer
+    float_fallback: tuple = ()  # binary layers left in float (only with allow_float_fallback)
+
+
+def convert(model, *, target="arm", allow_float_fallback=False, sample=None,
+            input_range=PIXEL_RANGE, max_rel_diff=MAX_REL_DIFF):
+    """(flatbuffer bytes, LceReport) for `model`; raises unless the result checks out.
+
+    Raises InputError when a binary layer did not become LceBconv2d (naming the layers) and
+    RuntimeError when the LCE interpreter's outputs differ from Keras by more than
+    `max_rel_diff` (relative to the largest Keras output) on `sample`, by default
+    SAMPLE_SIZE uniform random inputs in `input_range`.
+    """
+    if target not in TARGETS:
+        raise InputError(f"unknown LCE target {target!r}; use one of {', '.join(TARGETS)}")
+    if model.compute_dtype != "float32":
+        raise InputError(f"LCE converts float32 models only, {model.name} computes in "
+                         f"{model.compute_dtype}; rebuild it under the float32 dtype policy")
+    binary = [layer for layer in _leaf_layers(model) if layer_precision(layer) == (1, 1)]
+    _check_zero_padding(binary)
+    with tempfile.TemporaryDirectory() as saved_model:
+        with _quantized_kernels_as_constants(model):
+            model.export(saved_model, format="tf_saved_model", verbose=False)
+        flatbuffer = larq_compute_engine.convert_saved_model(saved_model, target=target)
+
+    ops = operators(flatbuffer)
+    float_layers = _layers_left_float(binary, [op for op in ops if op.type == "LceBconv2d"])
+    if float_layers and not allow_float_fallback:
+        raise InputError(_explain(float_layers))
+
+    if sample is None:
+        sample = _random_sample(model, input_range)
+    # The converter fixes the batch size to 1; the interpreter runs the batch one by one.
+    expected = model.predict(sample, verbose=0)
+    actual = larq_compute_engine.testing.Interpreter(flatbuffer).predict(sample)
+    abs_diff, rel_diff = max_diffs(expected, actual)
+    if not rel_diff <= max_rel_diff:
+        raise RuntimeError(f"the LCE flatbuffer disagrees with Keras: max abs diff {abs_diff:.3g}, "
+                           f"max rel diff {rel_diff:.3g} > {max_rel_diff:g}")
+
+    census = op_census(ops)
+    report = LceReport(
+        target=f"lce ({target})", size_bytes=len(flatbuffer), op_census=census,
+        max_abs_diff=abs_diff, max_rel_diff=rel_diff, samples=_batch_size(sample),
+        binary_layers=len(binary), bconv_ops=census.get("LceBconv2d", 0),
+        float_fallback=tuple(layer.name for layer in float_layers))
+    return flatbuffer, report
+
+
+# (quantizer attribute, kernel attributes to try) of the quantized layers.
+QUANTIZED_KERNELS = (("kernel_quantizer", ("kernel",)),
+                     ("depthwise_quantizer", ("depthwise_kernel", "kernel")),
+                     ("pointwise_quantizer", ("pointwise_kernel",)))
+
+
+@contextlib.contextmanager
+def _quantized_kernels_as_constants(model):
+    """Exports each quantized kernel as its precomputed value (e.g. ±1, ±α).
+
+    Otherwise the graph quantizes the kernel variable at run time and relies on the converter's
+    constant folding, which gives up on tensors over ~1 MB (3x3x128x256 and up): LCE then
+    takes the weight `Select` for an activation sign and leaves the conv in float.
+    """
+    replaced = []
+    for layer in _leaf_layers(model):
+        for quantizer_attribute, kernel_attributes in QUANTIZED_KERNELS:
+            quantizer = layer.__dict__.get(quantizer_attribute)  # skips read-only aliases
+            kernel = next((getattr(layer, k) for k in kernel_attributes if hasattr(layer, k)), None)
+            if quantizer is None or kernel is None:
+                continue
+            value = keras.ops.convert_to_numpy(quantizer(keras.ops.convert_to_tensor(kernel)))
+            replaced.append((layer, quantizer_attribute, quantizer))
+            setattr(layer, quantizer_attribute, lambda _, value=value: keras.ops.convert_to_tensor(value))
+    try:
+        yield
+    finally:
+        for layer, quantizer_attribute, quantizer in replaced:
+            setattr(layer, quantizer_attribute, quantizer)
+
+
+def _check_zero_padding(binary_layers):
+    """LCE 0.16 computes a zero-padded ("same", pad_values=0) bconv wrongly when its input map
+    is smaller than its kernel (measured: 2x2 and 1x1 maps under a 3x3 kernel; 3x3 is exact)."""
+    for layer in binary_layers:
+        if getattr(layer, "padding", None) != "same" or getattr(layer, "pad_values", 0.0):
+            continue
+        height, width = layer.input.shape[1:3]
+        if height < layer.kernel_size[0] or width < layer.kernel_size[1]:
+            raise InputError(
+                f"{layer.name}: LCE computes zero-padded binary convs wrongly on maps smaller than "
+                f"the kernel ({height}x{width} under {layer.kernel_size[0]}x{layer.kernel_size[1]}); "
+                f"convert at a larger input size (every binary conv's map >= its kernel)")
+
+
+def _leaf_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
+def _layers_left_float(binary_layers, bconvs):
+    """Binary layers with no LceBconv2d of their own, in model order.
+
+    A conv is matched to the bconv whose bitpacked filter holds its binarized kernel, so the
+    right layer is named even among convs of one shape; should LCE ever store a filter in a way
+    this does not model, filter shape (in order) still matches it. Layers that are not plain
+    convs have no LCE kernel at all.
+    """
+    unmatched = [layer for layer in binary_layers if isinstance(layer, keras.layers.Conv2D)]
+    left = list(bconvs)
+    for same in (_same_kernel, _same_shape):
+        unmatched = _pair_off(unmatched, left, same)
+    return [layer for layer in binary_layers
+            if layer in unmatched or not isinstance(layer, keras.layers.Conv2D)]
+
+
+def _pair_off(layers, ops, same):
+    """Removes from `ops` the first op `same` as each layer; returns the layers left unpaired."""
+    unpaired = []
+    for layer in layers:
+        match = next((op for op in ops if same(layer, op)), None)
+        if match is None:
+            unpaired.append(layer)
+        else:
+            ops.remove(match)
+    return unpaired
+
+
+def _kernel_signs(layer):
+    """The layer's quantized kernel as LCE lays it out: (out, kh, kw, in), True for -1."""
+    kernel = layer.kernel_quantizer(keras.ops.convert_to_tensor(layer.kernel))
+    return np.transpose(keras.ops.convert_to_numpy(kernel) < 0, (3, 0, 1, 2))
+
+
+def _filter_signs(op, channels):
+    """An LceBconv2d filter unpacked: bitpacked int32 words along the input channels."""
+    filters = op.inputs[1]
+    packed = np.frombuffer(filters.data, np.uint8).reshape(*filters.shape[:3], -1)
+    return np.unpackbits(packed, axis=-1, bitorder="little")[..., :channels].astype(bool)
+
+
+def _same_shape(layer, op):
+    out, kh, kw, words = op.inputs[1].shape
+    k_h, k_w, channels, filters = layer.kernel.shape
+    return (out, kh, kw, words) == (filters, k_h, k_w, -(-channels // 32))
+
+
+def _same_kernel(layer, op):
+    if not _same_shape(layer, op):
+        return False
+    ours = _kernel_signs(layer).reshape(layer.kernel.shape[-1], -1)
+    theirs = _filter_signs(op, layer.kernel.shape[2]).reshape(len(ours), -1)
+    # LCE flips an output channel's signs when the scale after it (a BN) is negative.
+    same_or_flipped = np.all(ours == theirs, axis=1) | np.all(ours != theirs, axis=1)
+    return bool(np.all(same_or_flipped))
+
+
+def _explain(layers):
+    names = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in layers)
+    return (f"{len(layers)} binary layer(s) did not become LceBconv2d and would run in float: "
+            f"{names}. LCE binarizes only Conv2D whose input and kernel signs are "
+            f"where(x >= 0, 1, -1) under a custom gradient (not x + stop_gradient(q - x), not "
+            f"sign(x)), with nothing between the sign and the conv; use a 1x1 QuantConv2D for a "
+            f"binary Dense. Or pass allow_float_fallback (--allow_float_fallback) to keep them "
+            f"float.")
+
+
+def _batch_size(sample):
+    return len(sample[0] if isinstance(sample, (list, tuple)) else sample)
+
+
+def _random_sample(model, input_range):
+    rng = np.random.default_rng(0)
+    low, high = input_range
+    sample = []
+    for tensor in model.inputs:
+        shape = tuple(tensor.shape[1:])
+        if None in shape:
+            raise InputError(f"LCE needs a fixed input shape, {model.name} takes {shape}")
+        sample.append(rng.uniform(low, high, (SAMPLE_SIZE, *shape)).astype("float32"))
+    return sample[0] if len(sample) == 1 else sample
