@@ -1,7 +1,7 @@
 """Convert a model to a deployable flatbuffer, check it, print the report, write it atomically.
 
 python -m apps.convert --model=NAME --target=arm --output=model.tflite [--input_shape=H,W,C]
-    [--num_classes=N] [--allow_float_fallback] [--json]
+    [--num_classes=N] [--allow_float_fallback] [--w1a2_form=auto] [--json]
 python -m apps.convert --checkpoint=model.keras --target=arm --output=model.tflite
 """
 
@@ -13,9 +13,12 @@ from apps import _cli
 
 
 def _lce_arm(model, allow_float_fallback):
+    """LCE for ARM; w1a2 convs (ERN) are rewritten as binary convs first and the result is checked
+    against the model as loaded (effkeras/deploy/restructure.py)."""
     from effkeras.deploy import lce
 
-    return lce.convert(model, target="arm", allow_float_fallback=allow_float_fallback)
+    return lce.convert(model, target="arm", allow_float_fallback=allow_float_fallback,
+                       w1a2_form=FLAGS.w1a2_form)
 
 
 # One conversion path per target: target -> fn(model, allow_float_fallback) -> (bytes, report).
@@ -29,7 +32,10 @@ flags.DEFINE_string("input_shape", None, "H,W,C for --model (default: the model'
 flags.DEFINE_integer("num_classes", None, "Number of classes for --model (default: the model's).")
 flags.DEFINE_bool("allow_float_fallback", False,
                   "Keep binary layers the target cannot accelerate in float instead of failing.")
+flags.DEFINE_enum("w1a2_form", "auto", ["auto", "thermometer", "bitplane"],
+                  "arm: how w1a2 convs (ERN) become binary convs; auto picks the faster per layer.")
 flags.DEFINE_bool("json", False, "Print the report as JSON.")
+flags.DEFINE_string("report", None, "Also write the report as JSON to this file.")
 FLAGS = flags.FLAGS
 
 
@@ -50,14 +56,18 @@ def load_model():
 def main(argv):
     from effkeras.deploy import report
     from effkeras.errors import InputError
+    from effkeras.fileio import write_json
 
     if not FLAGS.output:
         raise InputError("--output=FILE.tflite is required")
     model = load_model()
     flatbuffer, result = TARGETS[FLAGS.target](model, FLAGS.allow_float_fallback)
     report.save(FLAGS.output, flatbuffer)
+    summary = {**result.as_dict(), "output": FLAGS.output}
+    if FLAGS.report:
+        write_json(FLAGS.report, summary)
     if FLAGS.json:
-        print(json.dumps({**result.as_dict(), "output": FLAGS.output}))
+        print(json.dumps(summary))
     else:
         print(f"{result.format()}\nwrote {FLAGS.output}")
 

@@ -19,8 +19,18 @@ class LayerStats:
     output_shape: tuple
     params: dict  # bits -> count
     macs: int
-    binary: bool  # the MACs are 1-bit x 1-bit
     input_bits: int = FLOAT_BITS
+    kernel_bits: int = FLOAT_BITS
+
+    @property
+    def binary(self):
+        """1-bit x 1-bit MACs: what LCE's bconv runs."""
+        return self.input_bits == 1 and self.kernel_bits == 1
+
+    @property
+    def low_bit(self):
+        """Quantized but not binary MACs, e.g. ERN's w1a2."""
+        return not self.binary and min(self.input_bits, self.kernel_bits) < FLOAT_BITS
 
     @property
     def memory_bytes(self):
@@ -91,26 +101,25 @@ def summarize(model):
             continue
         input_bits, kernel_bits = layer_precision(layer)
         rows.append(LayerStats(layer.name, type(layer).__name__, tuple(layer.output.shape),
-                               layer_params(layer), layer_macs(layer),
-                               binary=input_bits == 1 and kernel_bits == 1, input_bits=input_bits))
+                               layer_params(layer), layer_macs(layer), input_bits, kernel_bits))
     return rows
 
 
 def totals(rows):
-    params, binary_macs, float_macs = {}, 0, 0
+    params = {}
     for row in rows:
         for bits, count in row.params.items():
             params[bits] = params.get(bits, 0) + count
-        if row.binary:
-            binary_macs += row.macs
-        else:
-            float_macs += row.macs
-    macs = binary_macs + float_macs
+    binary_macs = sum(row.macs for row in rows if row.binary)
+    low_bit_macs = sum(row.macs for row in rows if row.low_bit)
+    float_macs = sum(row.macs for row in rows) - binary_macs - low_bit_macs
+    macs = binary_macs + low_bit_macs + float_macs
     return {
         "params": {f"{bits}bit": count for bits, count in sorted(params.items())},
         "total_params": sum(params.values()),
         "memory_bytes": sum(row.memory_bytes for row in rows),
         "binary_macs": binary_macs,
+        "low_bit_macs": low_bit_macs,
         "float_macs": float_macs,
         "binarized_mac_ratio": binary_macs / macs if macs else 0.0,
     }
@@ -124,7 +133,8 @@ def as_dict(model):
         "layers": [{"name": r.name, "kind": r.kind, "input_bits": r.input_bits,
                     "output_shape": list(r.output_shape[1:]),
                     "params": {f"{b}bit": c for b, c in sorted(r.params.items())},
-                    "memory_bytes": r.memory_bytes, "macs": r.macs, "binary": r.binary}
+                    "kernel_bits": r.kernel_bits, "memory_bytes": r.memory_bytes, "macs": r.macs,
+                    "binary": r.binary, "low_bit": r.low_bit}
                    for r in rows],
         "totals": totals(rows),
     }
@@ -134,20 +144,24 @@ def format_table(model):
     rows = summarize(model)
     bit_widths = sorted({bits for row in rows for bits in row.params}) or [FLOAT_BITS]
     header = ["Layer", "Type", "Input bits", "Output", *[f"{b}-bit params" for b in bit_widths],
-              "Memory kB", "Binary MACs", "Float MACs"]
+              "Memory kB", "Binary MACs", "Low-bit MACs", "Float MACs"]
     table = [header]
     for r in rows:
         table.append([r.name, r.kind, str(r.input_bits), "x".join(str(d) for d in r.output_shape[1:]),
                       *[f"{r.params.get(b, 0):,}" for b in bit_widths], f"{r.memory_bytes / 1024:.2f}",
-                      f"{r.macs:,}" if r.binary else "0", "0" if r.binary else f"{r.macs:,}"])
+                      *[f"{r.macs:,}" if kind else "0"
+                        for kind in (r.binary, r.low_bit, not (r.binary or r.low_bit))]])
     t = totals(rows)
+    macs = t["binary_macs"] + t["low_bit_macs"] + t["float_macs"]
     table.append(["Total", "", "", "", *[f"{t['params'].get(f'{b}bit', 0):,}" for b in bit_widths],
-                  f"{t['memory_bytes'] / 1024:.2f}", f"{t['binary_macs']:,}", f"{t['float_macs']:,}"])
+                  f"{t['memory_bytes'] / 1024:.2f}", f"{t['binary_macs']:,}", f"{t['low_bit_macs']:,}",
+                  f"{t['float_macs']:,}"])
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in table]
     lines.insert(1, "-" * len(lines[0]))
     lines.insert(len(lines) - 1, "-" * len(lines[0]))
     lines.append(f"Model: {model.name}  parameters: {t['total_params']:,}  "
                  f"memory: {t['memory_bytes'] / 1024:.2f} kB  "
-                 f"binarized MACs: {100 * t['binarized_mac_ratio']:.1f}%")
+                 f"binarized MACs: {100 * t['binarized_mac_ratio']:.1f}%  "
+                 f"low-bit MACs: {100 * t['low_bit_macs'] / max(1, macs):.1f}%")
     return "\n".join(lines)

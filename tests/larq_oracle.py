@@ -6,7 +6,8 @@ next to Keras 3 (larq needs TF_USE_LEGACY_KERAS=1 before TensorFlow is imported)
         RESULT: y{i} = quantizer_i(x) and grad{i} = d sum(y * upstream) / dx.
     python tests/larq_oracle.py models OUT_DIR [NAME ...]
         For each model in MODELS: NAME.json (model.to_json()), NAME.npz (model.get_weights()
-        as arr_0..), NAME.h5 (model.save_weights) and NAME_io.npz (inputs x, outputs y).
+        as arr_0..), NAME.h5 (model.save_weights) and NAME_io.npz (inputs x, outputs y);
+        for LCE_MODELS also NAME.tflite (larq_compute_engine.convert_keras_model).
 
 The model builders below are importable for other checks (e.g. an LCE op census) as long as
 the importing process runs under TF_USE_LEGACY_KERAS=1.
@@ -119,6 +120,9 @@ MODELS = {"quicknet_block": build_quicknet_block, "bireal_block": build_bireal_b
           "layer_mix": build_layer_mix, "sequential": build_sequential}
 
 
+LCE_MODELS = ("quicknet_block", "bireal_block")
+
+
 def randomize_weights(model, seed=0):
     """Random weights with positive variances, so BN and every kernel matter."""
     rng = np.random.default_rng(seed)
@@ -157,6 +161,11 @@ def models_oracle(out_dir, names=None):
         np.savez(os.path.join(out_dir, f"{name}.npz"), *model.get_weights())
         model.save_weights(os.path.join(out_dir, f"{name}.h5"))
         np.savez(os.path.join(out_dir, f"{name}_io.npz"), x=x, y=model(x, training=False).numpy())
+        if name in LCE_MODELS:  # larq's own LCE flatbuffer, for an op census comparison
+            import larq_compute_engine as lce
+
+            with open(os.path.join(out_dir, f"{name}.tflite"), "wb") as f:
+                f.write(lce.convert_keras_model(model))
 
 
 if __name__ == "__main__":

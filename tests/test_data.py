@@ -163,3 +163,15 @@ def test_lighting_shifts_every_pixel_by_one_colour_offset():
     offset = shifted[0, 0] - 128.0
     np.testing.assert_allclose(shifted - 128.0, np.broadcast_to(offset, shifted.shape), atol=1e-4)
     assert 0 < np.abs(offset).max() < 255 * 0.1 * 0.2175 * 4  # a few std of the top eigenvalue
+
+
+def test_ern_photometric_augmentations_run_in_the_pipeline(imagenet_dir):
+    names = ("squash", "flip", "color_jitter", "grayscale", "rotation", "randaugment")
+    split = data.load("imagenet", "train", input_shape=(24, 24, 3), batch_size=6,
+                      data_dir=str(imagenet_dir), augment_with=names, seed=3)
+    plain = data.load("imagenet", "train", input_shape=(24, 24, 3), batch_size=6,
+                      data_dir=str(imagenet_dir), augment_with=("squash",), seed=3)
+    (augmented, labels), (original, same_labels) = first_batch(split), first_batch(plain)
+    assert augmented.shape == (6, 24, 24, 3) and 0 <= augmented.min() and augmented.max() <= 255
+    np.testing.assert_array_equal(labels, same_labels)  # same shuffle, different pixels
+    assert not np.allclose(augmented, original)

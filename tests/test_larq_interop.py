@@ -42,6 +42,18 @@ def test_imported_model_matches_larq(larq_models, name, weights_format):
     np.testing.assert_allclose(outputs, reference["y"], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["quicknet_block", "bireal_block"])
+def test_imported_block_has_larqs_lce_op_census(larq_models, name):
+    from effkeras.deploy import lce, report
+
+    model = import_larq_model(larq_models / f"{name}.json", larq_models / f"{name}.h5")
+    sample = np.load(larq_models / f"{name}_io.npz")["x"]
+    _, ours = lce.convert(model, sample=sample, max_rel_diff=1e-5)
+    theirs = report.op_census(report.operators((larq_models / f"{name}.tflite").read_bytes()))
+    assert ours.op_census == theirs
+    assert ours.bconv_ops == ours.binary_layers == theirs["LceBconv2d"] >= 1
+
+
 def test_quicknet_block_structure(larq_models):
     config = (larq_models / "quicknet_block.json").read_text()
     model = import_larq_model(config, str(larq_models / "quicknet_block.h5"))

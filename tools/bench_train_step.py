@@ -41,9 +41,9 @@ def fused_batch_normalization(keras):
 
 
 def binary_resnet18(keras, QuantConv2D, image_size, num_classes=10, BatchNormalization=None):
-    """ResNet-18 with binary 3x3 convs (ste_sign, clip 1.25, one-padding), float stem, float
-    AvgPool + 1x1 downsampling shortcuts and float head, QuickNet/Bi-Real style. Both libraries
-    share the larq API, so `keras` / `QuantConv2D` pick the implementation."""
+    """ResNet-18 with 16 binary 3x3 convs (ste_sign input and kernel, weight_clip, one-padding),
+    a shortcut around each (Bi-Real style; AvgPool + float 1x1 conv where it downsamples), a
+    float stem and head. Both libraries share the larq API: `keras` and `QuantConv2D` pick one."""
     layers = keras.layers
     BatchNormalization = BatchNormalization or layers.BatchNormalization
     binary = dict(padding="same", pad_values=1.0, input_quantizer="ste_sign",

@@ -1,4 +1,5 @@
-"""Prints the demo's result: test accuracy, training time and the per-class confusion."""
+"""Prints the demo's result: test accuracy, training time, per-class recall and, when the run
+was converted, the flatbuffer's size, op census and agreement with Keras."""
 
 import json
 import os
@@ -17,6 +18,13 @@ def main(run_dir):
     print("per-class recall:")
     for name, row in zip(evaluation["class_names"], evaluation["confusion"]):
         print(f"  {name:12s} {100 * row[evaluation['class_names'].index(name)] / sum(row):5.1f}%")
+    convert_path = os.path.join(run_dir, "convert.json")
+    if os.path.exists(convert_path):
+        with open(convert_path) as f:
+            converted = json.load(f)
+        print(f"{converted['output']}: {converted['size_bytes']:,} bytes ({converted['target']}), "
+              f"max |LCE - Keras| {converted['max_abs_diff']:.2g}")
+        print("op census: " + ", ".join(f"{op} {n}" for op, n in sorted(converted["op_census"].items())))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ def names():
 
 def _array_pipeline(images, labels, shape, augmentations, seed):
     height, width, channels = shape
+    photometric = _photometric(augmentations, seed)
 
     def prepare(image, label):
         image = augment.match_channels(tf.cast(image, tf.float32), channels)
@@ -47,21 +48,33 @@ def _array_pipeline(images, labels, shape, augmentations, seed):
             image = augment.fit_to_shape(image, height, width)
         if "crop" in augmentations:
             image = augment.pad_and_random_crop(image, seed)
-        return _flip_and_lighting(image, augmentations, seed), label
+        return photometric(image), label
 
     return tf.data.Dataset.from_tensor_slices((images, labels)), prepare
 
 
-def _flip_and_lighting(image, augmentations, seed):
-    if "flip" in augmentations:
-        image = tf.image.random_flip_left_right(image, seed)
-    if "lighting" in augmentations and image.shape[-1] == 3:
-        image = augment.lighting(image, seed)
-    return image
+def _photometric(augmentations, seed):
+    """Flip, then the colour/geometry steps in ERN's order, then PCA lighting (RGB only)."""
+    layers = augment.keras_augmentations(seed)
+    steps = [layers[name] for name in ("color_jitter", "grayscale", "rotation", "randaugment")
+             if name in augmentations]
+
+    def apply(image):
+        if "flip" in augmentations:
+            image = tf.image.random_flip_left_right(image, seed)
+        if image.shape[-1] == 3:
+            for layer in steps:
+                image = layer(image)
+            if "lighting" in augmentations:
+                image = augment.lighting(image, seed)
+        return image
+
+    return apply
 
 
 def _file_pipeline(paths, labels, shape, augmentations, seed):
     height, width, channels = shape
+    photometric = _photometric(augmentations, seed)
 
     def prepare(path, label):
         image = tf.cast(imagenet.decode(path), tf.float32)
@@ -71,8 +84,7 @@ def _file_pipeline(paths, labels, shape, augmentations, seed):
             image = augment.squash(image, height, width)
         else:
             image = augment.resize_and_centre_crop(image, height, width)
-        image = _flip_and_lighting(image, augmentations, seed)
-        return augment.match_channels(image, channels), label
+        return augment.match_channels(photometric(image), channels), label
 
     return tf.data.Dataset.from_tensor_slices((paths, labels)), prepare
 

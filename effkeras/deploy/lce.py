@@ -10,6 +10,11 @@ pattern, so every conversion checks its own result:
 LCE has no binary kernel for Dense, DepthwiseConv2D or SeparableConv2D: a binary one of those
 is an error too (use a 1x1 QuantConv2D instead), unless `allow_float_fallback=True` keeps such
 layers in float: correct outputs, no speed-up, weights stored as float32.
+
+LCE has no w1a2 kernel either: a model with 1-bit-weight, multi-bit-input convs (ERN) is first
+rewritten by `restructure.w1a2_to_binary` into binary convs over ±1 planes of the input
+(exact), and the flatbuffer is checked against the model as given, before the rewrite. A w1a2
+layer that cannot be rewritten, or whose bconvs LCE did not make, is an error naming it.
 """
 
 import contextlib
@@ -20,6 +25,7 @@ import keras
 import larq_compute_engine
 import numpy as np
 
+from effkeras.deploy import restructure
 from effkeras.deploy.report import Report, max_diffs, op_census, operators
 from effkeras.deploy.report import save  # noqa: F401  (lce.save(path, flatbuffer))
 from effkeras.errors import InputError
@@ -33,18 +39,21 @@ MAX_REL_DIFF = 1e-3  # float reassociation gives ~1e-6; a wrong conversion gives
 
 @dataclasses.dataclass
 class LceReport(Report):
-    binary_layers: int = 0  # layers with 1-bit input and 1-bit kernel
+    binary_layers: int = 0  # layers with 1-bit input and 1-bit kernel, w1a2 rewrites included
+    w1a2_layers: int = 0  # of those, w1a2 convs rewritten as binary convs (restructure.py)
     bconv_ops: int = 0  # LceBconv2d in the flatbuffer
     float_fallback: tuple = ()  # binary layers left in float (only with allow_float_fallback)
 
 
 def convert(model, *, target="arm", allow_float_fallback=False, sample=None,
-            input_range=PIXEL_RANGE, max_rel_diff=MAX_REL_DIFF):
+            input_range=PIXEL_RANGE, max_rel_diff=MAX_REL_DIFF, w1a2_form="auto", reference=None):
     """(flatbuffer bytes, LceReport) for `model`; raises unless the result checks out.
 
-    Raises InputError when a binary layer did not become LceBconv2d (naming the layers) and
-    RuntimeError when the LCE interpreter's outputs differ from Keras by more than
-    `max_rel_diff` (relative to the largest Keras output) on `sample`, by default
+    w1a2 convs are first rewritten as binary convs (`restructure.w1a2_to_binary(model,
+    w1a2_form)`). Raises InputError when a binary layer (a rewritten w1a2 one included) did not
+    become LceBconv2d (naming the layers) and RuntimeError when the LCE interpreter's outputs
+    differ from the Keras `reference` (default: `model` as given, before any rewrite) by more
+    than `max_rel_diff` (relative to the largest Keras output) on `sample`, by default
     SAMPLE_SIZE uniform random inputs in `input_range`.
     """
     if target not in TARGETS:
@@ -52,8 +61,12 @@ def convert(model, *, target="arm", allow_float_fallback=False, sample=None,
     if model.compute_dtype != "float32":
         raise InputError(f"LCE converts float32 models only, {model.name} computes in "
                          f"{model.compute_dtype}; rebuild it under the float32 dtype policy")
-    binary = [layer for layer in _leaf_layers(model) if layer_precision(layer) == (1, 1)]
-    _check_zero_padding(binary)
+    reference = model if reference is None else reference
+    w1a2 = restructure.w1a2_layers(model)
+    if w1a2:
+        model = restructure.w1a2_to_binary(model, w1a2_form, strict=not allow_float_fallback)
+    binary = [layer for layer in _leaf_layers(model) if _is_binary(layer)]
+    _check_zero_padding([layer for layer in binary if layer_precision(layer) == (1, 1)])
     with tempfile.TemporaryDirectory() as saved_model:
         with _quantized_kernels_as_constants(model):
             model.export(saved_model, format="tf_saved_model", verbose=False)
@@ -67,7 +80,7 @@ def convert(model, *, target="arm", allow_float_fallback=False, sample=None,
     if sample is None:
         sample = _random_sample(model, input_range)
     # The converter fixes the batch size to 1; the interpreter runs the batch one by one.
-    expected = model.predict(sample, verbose=0)
+    expected = reference.predict(sample, verbose=0)
     actual = larq_compute_engine.testing.Interpreter(flatbuffer).predict(sample)
     abs_diff, rel_diff = max_diffs(expected, actual)
     if not rel_diff <= max_rel_diff:
@@ -78,7 +91,7 @@ def convert(model, *, target="arm", allow_float_fallback=False, sample=None,
     report = LceReport(
         target=f"lce ({target})", size_bytes=len(flatbuffer), op_census=census,
         max_abs_diff=abs_diff, max_rel_diff=rel_diff, samples=_batch_size(sample),
-        binary_layers=len(binary), bconv_ops=census.get("LceBconv2d", 0),
+        binary_layers=len(binary), w1a2_layers=len(w1a2), bconv_ops=census.get("LceBconv2d", 0),
         float_fallback=tuple(layer.name for layer in float_layers))
     return flatbuffer, report
 
@@ -136,38 +149,51 @@ def _leaf_layers(model):
             yield layer
 
 
-def _layers_left_float(binary_layers, bconvs):
-    """Binary layers with no LceBconv2d of their own, in model order.
+def _is_binary(layer):
+    """A layer LCE must run as LceBconv2d: 1-bit x 1-bit, a rewritten w1a2 conv (PlaneConv2D),
+    or a w1a2 layer left as it is (allow_float_fallback), which stays float."""
+    return (layer_precision(layer) == (1, 1) or hasattr(layer, "bconv_kernels")
+            or restructure.is_w1a2(layer))
 
-    A conv is matched to the bconv whose bitpacked filter holds its binarized kernel, so the
-    right layer is named even among convs of one shape; should LCE ever store a filter in a way
-    this does not model, filter shape (in order) still matches it. Layers that are not plain
-    convs have no LCE kernel at all.
+
+def _expected_bconvs(layer):
+    """The ±1 kernels (kh, kw, in, out) that must each be one LceBconv2d's filter; None for a
+    layer LCE has no binary kernel for."""
+    if hasattr(layer, "bconv_kernels"):
+        return layer.bconv_kernels()
+    if isinstance(layer, keras.layers.Conv2D) and layer_precision(layer) == (1, 1):
+        kernel = layer.kernel_quantizer(keras.ops.convert_to_tensor(layer.kernel))
+        return [np.where(keras.ops.convert_to_numpy(kernel) < 0, -1.0, 1.0)]
+    return None
+
+
+def _layers_left_float(binary_layers, bconvs):
+    """Binary layers with fewer LceBconv2d than they need, in model order.
+
+    Each expected kernel is matched to the bconv whose bitpacked filter holds it, so the right
+    layer is named even among convs of one shape; should LCE ever store a filter in a way this
+    does not model, filter shape (in order) still matches it. Layers that are not plain convs
+    (and w1a2 layers not rewritten) have no LCE kernel at all.
     """
-    unmatched = [layer for layer in binary_layers if isinstance(layer, keras.layers.Conv2D)]
+    wanted = [(layer, kernel) for layer in binary_layers for kernel in _expected_bconvs(layer) or ()]
     left = list(bconvs)
     for same in (_same_kernel, _same_shape):
-        unmatched = _pair_off(unmatched, left, same)
+        wanted = _pair_off(wanted, left, same)
+    unmatched = {id(layer) for layer, _ in wanted}
     return [layer for layer in binary_layers
-            if layer in unmatched or not isinstance(layer, keras.layers.Conv2D)]
+            if id(layer) in unmatched or _expected_bconvs(layer) is None]
 
 
-def _pair_off(layers, ops, same):
-    """Removes from `ops` the first op `same` as each layer; returns the layers left unpaired."""
+def _pair_off(wanted, ops, same):
+    """Removes from `ops` the first op `same` as each kernel; returns the (layer, kernel) left."""
     unpaired = []
-    for layer in layers:
-        match = next((op for op in ops if same(layer, op)), None)
+    for layer, kernel in wanted:
+        match = next((op for op in ops if same(kernel, op)), None)
         if match is None:
-            unpaired.append(layer)
+            unpaired.append((layer, kernel))
         else:
             ops.remove(match)
     return unpaired
-
-
-def _kernel_signs(layer):
-    """The layer's quantized kernel as LCE lays it out: (out, kh, kw, in), True for -1."""
-    kernel = layer.kernel_quantizer(keras.ops.convert_to_tensor(layer.kernel))
-    return np.transpose(keras.ops.convert_to_numpy(kernel) < 0, (3, 0, 1, 2))
 
 
 def _filter_signs(op, channels):
@@ -177,17 +203,19 @@ def _filter_signs(op, channels):
     return np.unpackbits(packed, axis=-1, bitorder="little")[..., :channels].astype(bool)
 
 
-def _same_shape(layer, op):
+def _same_shape(kernel, op):
     out, kh, kw, words = op.inputs[1].shape
-    k_h, k_w, channels, filters = layer.kernel.shape
+    k_h, k_w, channels, filters = kernel.shape
     return (out, kh, kw, words) == (filters, k_h, k_w, -(-channels // 32))
 
 
-def _same_kernel(layer, op):
-    if not _same_shape(layer, op):
+def _same_kernel(kernel, op):
+    """True when the op's filter is `kernel` (±1, (kh, kw, in, out)): LCE lays it out (out, kh,
+    kw, in), True for -1."""
+    if not _same_shape(kernel, op):
         return False
-    ours = _kernel_signs(layer).reshape(layer.kernel.shape[-1], -1)
-    theirs = _filter_signs(op, layer.kernel.shape[2]).reshape(len(ours), -1)
+    ours = np.transpose(kernel < 0, (3, 0, 1, 2)).reshape(kernel.shape[-1], -1)
+    theirs = _filter_signs(op, kernel.shape[2]).reshape(len(ours), -1)
     # LCE flips an output channel's signs when the scale after it (a BN) is negative.
     same_or_flipped = np.all(ours == theirs, axis=1) | np.all(ours != theirs, axis=1)
     return bool(np.all(same_or_flipped))
@@ -199,8 +227,9 @@ def _explain(layers):
             f"{names}. LCE binarizes only Conv2D whose input and kernel signs are "
             f"where(x >= 0, 1, -1) under a custom gradient (not x + stop_gradient(q - x), not "
             f"sign(x)), with nothing between the sign and the conv; use a 1x1 QuantConv2D for a "
-            f"binary Dense. Or pass allow_float_fallback (--allow_float_fallback) to keep them "
-            f"float.")
+            f"binary Dense; a w1a2 conv must be a plain QuantConv2D whose quantizers give "
+            f"thresholds/step and signs/scale (restructure.w1a2_to_binary). Or pass "
+            f"allow_float_fallback (--allow_float_fallback) to keep them float.")
 
 
 def _batch_size(sample):

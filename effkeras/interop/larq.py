@@ -233,5 +233,15 @@ def import_larq_model(config_json_or_path, weights):
     model_config = _read_config(config_json_or_path)
     entry = _model_entry(model_config, model_config["config"])
     model = keras.saving.deserialize_keras_object(entry)
+    _normalize_last_axis(model)
     _set_weights(model, weights)
     return model
+
+
+def _normalize_last_axis(model):
+    """Keras 2 stores BatchNormalization's axis as [3]. Keras 3 reshapes the parameters of any
+    axis but -1 to (1, 1, 1, C), and LCE's LceBconv2d then refuses the fused (1, 1, 1, C)
+    multiplier ("failed to prepare"); the last axis is -1 in Keras 3's own layers."""
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.axis == len(layer.input.shape) - 1:
+            layer.axis = -1

@@ -200,7 +200,7 @@ def ern50(input_shape=(256, 256, 3), num_classes=1000, weight_decay=WEIGHT_DECAY
     return ern(CONFIGS["ern50"], "ern50", input_shape, num_classes, weight_decay, ewgs_delta)
 
 
-@register("ern101", recipe="ern_simple", **ERN)
+@register("ern101", recipe="ern_randaugment", **ERN)
 def ern101(input_shape=(256, 256, 3), num_classes=1000, weight_decay=WEIGHT_DECAY,
            ewgs_delta=None):
     return ern(CONFIGS["ern101"], "ern101", input_shape, num_classes, weight_decay, ewgs_delta)

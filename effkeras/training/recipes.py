@@ -54,8 +54,13 @@ RECIPES = {
     # ern34, ern50: `imagenet_with_randaugment_only` (no flip): the paper's recipe.
     "ern": Recipe(optimizer="adam", learning_rate=4e-4, epochs=400, batch_size=256,
                   base_batch_size=256, epsilon=1e-4, mixed_precision=True,
-                  augment=(("imagenet", ("squash",)),)),
-    # ern18_075 (`simple`: squash + flip) and ern101 (`imagenet_with_randaugment`: flip kept).
+                  augment=(("imagenet", ("squash", "randaugment")),)),
+    # ern101: `imagenet_with_randaugment`.
+    "ern_randaugment": Recipe(optimizer="adam", learning_rate=4e-4, epochs=400, batch_size=256,
+                              base_batch_size=256, epsilon=1e-4, mixed_precision=True,
+                              augment=(("imagenet", ("squash", "flip", "color_jitter", "grayscale",
+                                                     "rotation", "randaugment")),)),
+    # ern18_075: `simple` (squash + flip).
     "ern_simple": Recipe(optimizer="adam", learning_rate=4e-4, epochs=400, batch_size=256,
                          base_batch_size=256, epsilon=1e-4, mixed_precision=True,
                          augment=(("imagenet", ("squash", "flip")),)),

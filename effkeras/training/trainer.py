@@ -107,15 +107,22 @@ def train(config):
     initial_epoch = state["epoch"]
 
     # Shuffle differently after a resume, as an uninterrupted run would.
+    train_augment = dict(recipe.augment).get(config.dataset)
     train_split = data.load(config.dataset, "train", input_shape=input_shape, batch_size=batch_size,
                             data_dir=config.data_dir, seed=config.seed + initial_epoch,
-                            augment_with=dict(recipe.augment).get(config.dataset))
+                            augment_with=train_augment)
+    # A recipe that trains on squashed images validates on them too (ERN, §B5).
     test_split = data.load(config.dataset, "test", input_shape=input_shape, batch_size=batch_size,
-                           data_dir=config.data_dir)
+                           data_dir=config.data_dir,
+                           augment_with=("squash",) if "squash" in (train_augment or ()) else None)
     steps = config.steps_per_epoch or max(1, train_split.num_examples // batch_size)
     train_data = train_split.dataset.repeat() if config.steps_per_epoch else train_split.dataset
 
-    model = models.get(info.name, input_shape=input_shape, num_classes=train_split.num_classes)
+    keras.config.set_dtype_policy(recipes.dtype_policy(recipe))  # mixed precision on a GPU only
+    try:
+        model = models.get(info.name, input_shape=input_shape, num_classes=train_split.num_classes)
+    finally:
+        keras.config.set_dtype_policy("float32")
     student = model
     if recipe.distill:
         model = Distiller(student, load_teacher(config.teacher, input_shape, train_split.num_classes))
