@@ -140,14 +140,29 @@ def ste_unsigned(x, k_bit=2, max_value=2.0):
     return _with_gradient(forward, gradient)(x)
 
 
+def unsigned_thresholds(k_bit, max_value):
+    """float32 starts (i - 1/2) * max_value / levels of codes i = 1..levels: (1/3, 1, 5/3) for ERN."""
+    levels = 2**k_bit - 1
+    scale = np.float32(levels / max_value)
+    return (np.arange(1, levels + 1, dtype=np.float32) - np.float32(0.5)) / scale
+
+
 def _unsigned_codes(x, k_bit, max_value):
-    """Integer codes floor(clip(x, 0, max_value) * scale + 1/2) as floats, scale = levels / max."""
-    scale = (2**k_bit - 1) / max_value
+    """Integer codes of clip(x, 0, max_value) as floats: code i from its float32 threshold on.
+
+    floor(x * scale + 1/2) can land one code off next to a threshold (rounding of the product, or
+    a graph optimizer rewriting a division), so each code is settled against the constant
+    threshold table: the comparison an LCE export makes.
+    """
+    levels = 2**k_bit - 1
     clipped = ops.clip(x, 0.0, max_value)
-    codes = ops.floor(clipped * scale + 0.5)
-    # The product can round up across a threshold one ulp below it: step back there.
-    below_threshold = ops.less(clipped, (codes - 0.5) / scale)
-    return codes - ops.cast(below_threshold, codes.dtype)
+    estimate = ops.clip(ops.floor(clipped * (levels / max_value) + 0.5), 0, levels)
+    starts = np.concatenate([[-np.inf], unsigned_thresholds(k_bit, max_value), [np.inf]])
+    starts = ops.convert_to_tensor(starts.astype(np.float32), dtype=clipped.dtype)
+    index = ops.cast(estimate, "int32")
+    step_down = ops.less(clipped, ops.take(starts, index))
+    step_up = ops.greater_equal(clipped, ops.take(starts, index + 1))
+    return estimate - ops.cast(step_down, estimate.dtype) + ops.cast(step_up, estimate.dtype)
 
 
 def _inside(x, max_value):
@@ -382,9 +397,7 @@ class HalfWaveGaussianQuantizer(Quantizer):
     def thresholds(self):
         """(i - 1/2) * max_value / levels for codes i = 1..levels, as float32 computes them
         (the exact comparisons the forward pass makes): (1/3, 1, 5/3) for ERN."""
-        scale = np.float32(self.levels / self.max_value)
-        return tuple(float((np.float32(i) - np.float32(0.5)) / scale)
-                     for i in range(1, self.levels + 1))
+        return tuple(float(t) for t in unsigned_thresholds(self.bits, self.max_value))
 
     @property
     def step(self):

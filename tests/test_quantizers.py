@@ -193,3 +193,20 @@ def test_keras_file_round_trip(tmp_path):
             assert type(restored) is type(quantizer)
             assert restored.get_config() == quantizer.get_config()
         assert layer.kernel_constraint.get_config() == {"clip_value": 0.9}
+
+
+def test_unsigned_codes_agree_in_eager_graph_and_constant_folding():
+    """Exactly at 5/3 a graph optimizer once turned (codes - 0.5) / 1.5 into a product and moved
+    the code; codes now come from one float32 threshold table in every mode."""
+    import tensorflow as tf
+
+    quantizer = quantizers.HalfWaveGaussianQuantizer()
+    starts = np.array(quantizer.thresholds, np.float32)
+    x = np.concatenate([starts, np.nextafter(starts, -np.inf), np.nextafter(starts, np.inf),
+                        [0.0, 2.0, -1.0, 3.0]]).astype(np.float32)
+    eager = quantizer(tf.constant(x)).numpy()
+    traced = tf.function(lambda v: quantizer(v))(tf.constant(x)).numpy()
+    folded = tf.function(lambda: quantizer(tf.constant(x)))().numpy()
+    expected = np.array([1, 2, 3, 0, 1, 2, 1, 2, 3, 0, 3, 0, 3]) * (2 / 3)
+    for result in (eager, traced, folded):
+        np.testing.assert_allclose(result, expected, rtol=1e-6)

@@ -175,7 +175,8 @@ def _layers_left_float(binary_layers, bconvs):
     does not model, filter shape (in order) still matches it. Layers that are not plain convs
     (and w1a2 layers not rewritten) have no LCE kernel at all.
     """
-    wanted = [(layer, kernel) for layer in binary_layers for kernel in _expected_bconvs(layer) or ()]
+    wanted = [(layer, kernel) for layer in binary_layers
+              for kernel in _expected_bconvs(layer) or ()]
     left = list(bconvs)
     for same in (_same_kernel, _same_shape):
         wanted = _pair_off(wanted, left, same)

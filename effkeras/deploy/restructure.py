@@ -1,0 +1,501 @@
+"""w1a2 convs rewritten as binary convs that Larq Compute Engine accelerates (recu_ern.md §C3).
+
+LCE has 1-bit x 1-bit kernels only (ecosystem spec §2.6), so a conv with 1-bit weights and a
+2-bit input (ERN's every conv) would stay a float CONV_2D. `w1a2_to_binary(model)` returns the
+same network with every such conv replaced by a `PlaneConv2D`: ±1 "planes" of the input, each
+a `where(cond, 1, -1)` that LCE turns into `LceQuantize`, feeding `LceBconv2d`s that share one
+±1 filter, with every constant folded into the bconv's multiplier and bias. Outputs equal the
+original's up to float rounding (the binary accumulators are exact integers).
+
+The algebra (§C3). A w1a2 conv computes y_o = s·λ_o·Σ_{k,c} B_o[k,c]·q_c(p+k): codes
+q = #{m : x >= θ_m} in 0..L (L = 3 thresholds, 1/3, 1, 5/3 for ERN), step s (2/3 or 1), ±1
+kernel B with per-channel scale λ_o (mean|W_o|, or 1/32). Zero padding pads x (or q) with 0:
+a padded position has q = 0.
+
+We use planes that are +1 BELOW a threshold, u_m = +1 iff x < θ_m (the negated planes of §C3),
+so that the padded q = 0 is +1 in every plane: LCE's native one-padding (pad value +1, the
+fastest bconv padding, §2.3) is then exact, and the sign flip goes into the filter (-B):
+
+- thermometer form: q = L/2 - ½·Σ_m u_m, so
+      y_o = ½·s·λ_o · BConv(-B̃_o, [u_1 .. u_L]) + (L/2)·s·λ_o·ΣB_o
+  one bconv over the L planes concatenated before a single sign (C_in' = L·C_in, B̃ = B tiled
+  L times along the input channels); any number of levels.
+- bit-plane form (L = 3 only): with u_hi = +1 iff q < 2 (x < θ_2) and u_lo = +1 iff q is even
+  (x < θ_1 or θ_2 <= x < θ_3), q = 3/2 - u_hi - ½·u_lo, so
+      y_o = s·λ_o · BConv(-B_o, u_hi) + ½·s·λ_o · BConv(-B_o, u_lo) + (3/2)·s·λ_o·ΣB_o
+  two bconvs on ONE filter tensor (LCE stores it once) and one float ADD.
+
+Padding, exactly:
+- where the original padding is TF "SAME" geometry (3x3 stride 1; stride 2 on odd maps) the
+  planes are padded with +1 (`pad(where(...), 1.0)` + VALID conv: LCE's one-padded bconv);
+- elsewhere (3x3 stride 2 on an even map: PyTorch pads 1 on each side, SAME pads 0 before and 1
+  after) x itself is padded with 0 (q = 0) before the planes, and the bconv is VALID. Measured:
+  LCE 0.16 takes a symmetric +1 pad before a stride-2 VALID conv on an even map for SAME
+  one-padding and shifts the outputs by one pixel (max error ~200 on a unit test), so one-padding
+  is used only where the geometry really is SAME.
+
+The first layer. ERN's stem conv reads the `PixelEmbedding` codes z[10c + i] = #{l : pixel_c >=
+T[i, l]}; its planes are thresholds of the raw pixels (pixel_c < T[i, ⌈θ_m⌉ - 1]), so the
+rewrite reads the image directly: 90 thermometer planes (or 2 x 30 bit planes) of the 3 colours
+(§C3 "First layer"), the embedding drops out of the graph, and the image is padded with 0 (code 0).
+
+The classifier stays a binary 1x1 conv before the average pool. §C3 also allows GAP then a float
+FULLY_CONNECTED (exact too), but that stores 512x1000 float32 weights (2 MB, more than the
+whole binary ERN18) for a conv that costs 2.5 of ERN18's 263 ms below.
+
+A BatchNormalization that alone reads a rewritten conv is folded into its multiplier and bias:
+LCE fuses a BN into one bconv but not across the bit-plane form's ADD.
+
+Form choice (form="auto"), by single-thread latency in the LCE interpreter on this project's x86
+machine (portable kernels: the aarch64 ratios may differ; measured with `python
+tools/bench_ern_lce.py --layers [--model=ern50]`, 224x224, median ms of 9-15 runs, both forms
+taking turns), thermometer T and bit-plane B, with LCE's default bconv kernel | its indirect
+BGEMM kernel (use_indirect_bgemm=True, ~4.4x faster on x86):
+
+    conv (ERN18 unless named)   input -> output      k s     T      B   B/T |    T     B   B/T
+    stem_conv1 (embedding)     224²x3 -> 112²x64     3 2  41.2   35.3  0.86 | 14.2  14.7  1.03
+    stem_conv2                112²x64 -> 112²x64     3 1  66.0   47.4  0.72 | 13.4  10.1  0.76
+    stem_downsample           112²x64 -> 56²x64      3 2  18.4   12.6  0.69 |  5.2   3.3  0.63
+    stem_conv1_2               56²x64 -> 56²x64      1 1   2.9    2.8  0.96 |  0.9   0.7  0.73
+    stage1 3x3 (x4)            56²x64 -> 56²x64      3 1  16.4   11.7  0.72 |  3.3   2.4  0.74
+    stage2_block1_conv1        56²x64 -> 28²x128     3 2   8.4    5.9  0.70 |  1.9   1.3  0.67
+    stage2 shortcut            56²x64 -> 28²x128     1 2   1.7    1.5  0.87 |  0.7   0.4  0.58
+    stage3 3x3 (x3)           14²x256 -> 14²x256     3 1  14.8   10.3  0.70 |  2.7   1.8  0.68
+    stage4 3x3 (x3)            7²x512 -> 7²x512      3 1  14.5   10.0  0.69 |  2.5   1.7  0.68
+    classifier                 7²x512 -> 7²x1000     1 1   3.5    2.5  0.73 |  0.6   0.5  0.73
+    ERN50 stage1 conv3 (x4)    56²x64 -> 56²x256     1 1  10.1   10.8  1.07 |  2.4   2.5  1.03
+    ERN50 stage1 conv1        56²x256 -> 56²x64      1 1   9.8    6.9  0.71 |  3.5   2.0  0.57
+    ERN50 stage2 conv3        28²x128 -> 28²x512     1 1   8.3    7.4  0.89 |  1.7   1.6  0.94
+    ERN50 classifier          7²x2048 -> 7²x1000     1 1  13.0    9.0  0.69 |  2.4   1.6  0.66
+    all 25 convs of ERN18                                  363    263  0.73 |   79    60  0.76
+    all 57 convs of ERN50 (auto: 531 | 116)                714    534  0.75 |  157   117  0.74
+
+The bit-plane form does 2/3 of the thermometer's XNOR-popcount work (2·C_in against 3·C_in
+bits per tap) and stores the packed filter once instead of three times (ERN18 at 224: 1.63 MB
+against 4.51 MB of flatbuffer for 1.47 MB of 1-bit weights), at the cost of a second output
+pass, a few float ops on the input and one float ADD. So "auto" takes the bit-plane form except
+for 1x1 convs from <= 64 code channels to >= 4x as many filters (ERN50/101's stage-1 conv3 and
+shortcut, 64 -> 256: the only shape where the thermometer was faster with both kernels), and the
+thermometer for inputs of more than 2 bits (the bit-plane form is 2-bit only).
+"""
+
+import numpy as np
+import keras
+from keras import ops
+
+from effkeras.errors import InputError
+from effkeras.layers.ern import PixelEmbedding
+from effkeras.layers.quantized import QuantConv2D, same_padding
+from effkeras.summary import FLOAT_BITS, layer_precision
+
+FORMS = ("auto", "thermometer", "bitplane")
+PLANE_FORMS = FORMS[1:]
+
+_register = keras.saving.register_keras_serializable(package="effkeras")
+
+
+# --- the rewritten layer -----------------------------------------------------------------------
+
+
+@_register
+class PlaneConv2D(keras.layers.Layer):
+    """A w1aK conv as binary convs over ±1 planes of its (pre-quantizer) input x.
+
+    `thresholds`: (levels,) or (levels, code channels) floats, code >= m <=> x >= thresholds[m-1]
+    (the input quantizer's own comparisons). y = Σ_p w_p · multiplier · conv(plane_p, kernel) +
+    bias with planes +1 below thresholds (module docstring): "thermometer" has one plane block
+    [x < θ_1, .., x < θ_L] (w = 1), "bitplane" has u_lo (w = ½) and u_hi (w = 1).
+    `code_channels` (optional) picks the x channel of every code channel (the pixel embedding's
+    10 codes per colour). `padding` ((top, bottom), (left, right)) pads the planes with +1 when
+    `pad_planes`, else x with 0, before a VALID conv. `kernel` is ±1; `multiplier` and `bias`
+    are per output channel and fuse into LCE's bconv.
+
+    Every plane is `where(v >= 0, 1, -1)` of a float v (θ⁻ - x, with θ⁻ the float32 just below
+    θ, so v >= 0 <=> x < θ exactly): LCE quantizes v directly. Boolean planes (less, not_equal,
+    logical ops) convert too but ran 5-65 % slower per layer in the LCE interpreter.
+    """
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding=((0, 0), (0, 0)), *,
+                 thresholds, form="thermometer", pad_planes=False, code_channels=None,
+                 activation=None, **kwargs):
+        super().__init__(**kwargs)
+        thresholds = np.asarray(thresholds, np.float32)
+        if form not in PLANE_FORMS:
+            raise InputError(f"PlaneConv2D form must be one of {PLANE_FORMS}, got {form!r}")
+        if thresholds.ndim not in (1, 2) or np.any(np.diff(thresholds, axis=0) <= 0):
+            raise InputError(f"PlaneConv2D needs increasing thresholds, shape (levels,) or "
+                             f"(levels, code channels), got {thresholds.tolist()}")
+        if form == "bitplane" and len(thresholds) != 3:
+            raise InputError(f"the bit-plane form needs 2-bit codes (3 thresholds), got "
+                             f"{len(thresholds)}; use form='thermometer'")
+        self.filters = int(filters)
+        self.kernel_size = tuple(int(k) for k in np.broadcast_to(kernel_size, 2))
+        self.strides = tuple(int(s) for s in np.broadcast_to(strides, 2))
+        self.padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+        self.thresholds = thresholds
+        self.form = form
+        self.pad_planes = bool(pad_planes)
+        self.code_channels = None if code_channels is None else [int(c) for c in code_channels]
+        activation = keras.activations.get(activation)
+        self.activation = None if activation is keras.activations.linear else activation
+
+    @property
+    def levels(self):
+        return len(self.thresholds)
+
+    def build(self, input_shape):
+        codes = input_shape[-1] if self.code_channels is None else len(self.code_channels)
+        planes = codes * self.levels if self.form == "thermometer" else codes
+        constant = dict(initializer="zeros", trainable=False)
+        shape = (*self.kernel_size, planes, self.filters)
+        self.kernel = self.add_weight(name="kernel", shape=shape, **constant)
+        self.multiplier = self.add_weight(name="multiplier", shape=(self.filters,), **constant)
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), **constant)
+
+    def _pads(self):
+        return [[0, 0], list(self.padding[0]), list(self.padding[1]), [0, 0]]
+
+    def _bconv(self, v, weight):
+        """weight · multiplier · conv(where(v >= 0, 1, -1)): LCE folds the product in."""
+        plane = ops.where(ops.greater_equal(v, 0.0), 1.0, -1.0)
+        if self.pad_planes and any(map(any, self.padding)):
+            plane = ops.pad(plane, self._pads(), constant_values=1.0)  # +1 everywhere: code 0
+        outputs = ops.conv(plane, self.kernel, strides=self.strides, padding="valid")
+        return outputs * (self.multiplier * weight)
+
+    def call(self, x):
+        if not self.pad_planes and any(map(any, self.padding)):
+            x = ops.pad(x, self._pads(), constant_values=0.0)  # code 0
+        if self.code_channels is not None:
+            x = ops.take(x, self.code_channels, axis=-1)
+        theta = self.thresholds.reshape(self.levels, -1)  # (levels, 1 or code channels)
+        below = np.nextafter(theta, np.float32(-np.inf))  # x < θ <=> θ⁻ - x >= 0
+        if self.form == "thermometer":
+            if theta.shape[1] == 1:
+                below = np.repeat(below, x.shape[-1], axis=1)
+            v = ops.convert_to_tensor(below.reshape(-1)) - ops.concatenate(
+                [x] * self.levels, axis=-1)
+            outputs = self._bconv(v, 1.0) + self.bias
+        else:
+            below, theta = below.reshape(3, -1), theta.reshape(3, -1)
+            hi = below[1] - x  # q < 2
+            # q even: x < θ_1, or θ_2 <= x < θ_3.
+            lo = ops.maximum(below[0] - x, ops.minimum(x - theta[1], below[2] - x))
+            # The bias on one bconv (it fuses there), then one float ADD.
+            outputs = self._bconv(lo, 0.5) + (self._bconv(hi, 1.0) + self.bias)
+        return outputs if self.activation is None else self.activation(outputs)
+
+    def bconv_kernels(self):
+        """The ±1 kernels (kh, kw, in, out) that each become one LceBconv2d."""
+        kernel = np.where(ops.convert_to_numpy(self.kernel) >= 0, 1.0, -1.0)
+        return [kernel] * (1 if self.form == "thermometer" else 2)
+
+    def compute_output_shape(self, input_shape):
+        size = []
+        for axis, (kernel, stride, pads) in enumerate(zip(self.kernel_size, self.strides,
+                                                          self.padding)):
+            length = input_shape[1 + axis]
+            size.append(None if length is None else (length + sum(pads) - kernel) // stride + 1)
+        return (input_shape[0], *size, self.filters)
+
+    def get_config(self):
+        activation = (None if self.activation is None
+                      else keras.activations.serialize(self.activation))
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
+                "strides": self.strides, "padding": self.padding,
+                "thresholds": self.thresholds.tolist(), "form": self.form,
+                "pad_planes": self.pad_planes, "code_channels": self.code_channels,
+                "activation": activation}
+
+
+# --- which layers, which form --------------------------------------------------------------------
+
+
+def is_w1a2(layer):
+    """1-bit kernel and a quantized multi-bit input (ERN's w1a2): LCE has no kernel for it."""
+    input_bits, kernel_bits = layer_precision(layer)
+    return kernel_bits == 1 and 1 < input_bits < FLOAT_BITS
+
+
+def w1a2_layers(model):
+    return [layer for layer in _leaf_layers(model) if is_w1a2(layer)]
+
+
+def _leaf_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
+def unsupported_reason(layer):
+    """Why `layer` (w1a2) cannot be rewritten, or None."""
+    if not isinstance(layer, QuantConv2D):
+        return f"{type(layer).__name__} (only Conv2D has an LCE binary kernel)"
+    if layer.data_format != "channels_last" or layer.groups != 1 or layer.dilation_rate != (1, 1):
+        return "channels_first, grouped or dilated"
+    for attribute in ("thresholds", "step"):
+        if not hasattr(layer.input_quantizer, attribute):
+            return (f"its input quantizer {type(layer.input_quantizer).__name__} does not say its "
+                    f"thresholds and step (HalfWaveGaussianQuantizer does)")
+    if min(layer.input_quantizer.thresholds) <= 0:
+        return "its input quantizer's code 0 does not contain 0 (zero padding would not be code 0)"
+    for attribute in ("signs", "scale"):
+        if not hasattr(layer.kernel_quantizer, attribute):
+            return (f"its kernel quantizer {type(layer.kernel_quantizer).__name__} does not give "
+                    f"signs and scale (BinaryChannelWiseMeanScaling does)")
+    if layer.padding == "same" and layer.pad_values:
+        return "it pads the quantized input with a non-zero value"
+    return None
+
+
+def choose_form(kernel_size, input_channels, filters, levels=3):
+    """The faster form for a conv of this shape, as measured (module docstring): bit-plane,
+    except 1x1 convs reading <= 64 code channels into >= 4x as many filters, whose binary work
+    is too small to pay for the bit-plane form's second output pass and ADD."""
+    if levels != 3:
+        return "thermometer"
+    if tuple(kernel_size) == (1, 1) and input_channels <= 64 and filters >= 4 * input_channels:
+        return "thermometer"
+    return "bitplane"
+
+
+# --- the rewrite ---------------------------------------------------------------------------------
+
+
+def w1a2_to_binary(model, form="auto", *, strict=True):
+    """A copy of functional `model` with every w1a2 conv as a `PlaneConv2D` (LCE binary convs).
+
+    form: "thermometer", "bitplane" (2-bit inputs only) or "auto" (per layer, by measured
+    speed, `choose_form`). Other layers are copied with their weights; a `ZeroPadding2D` or
+    `PixelEmbedding` read only through rewritten convs drops out, and a BatchNormalization that
+    alone reads a rewritten conv is folded into its multiplier and bias (LCE would fuse it into a
+    single bconv, but not across the bit-plane form's ADD). With `strict`, a w1a2 layer
+    that cannot be rewritten (not a plain Conv2D, or quantizers without thresholds/signs) is an
+    InputError naming it; otherwise it stays as it is (float in LCE).
+    """
+    if form not in FORMS:
+        raise InputError(f"unknown w1a2 rewrite form {form!r}; use one of {', '.join(FORMS)}")
+    if not isinstance(model, keras.Model) or not hasattr(model, "_run_through_graph"):
+        raise InputError(f"w1a2_to_binary needs a functional keras.Model, got "
+                         f"{type(model).__name__}")
+    targets = {}
+    unsupported = []
+    for layer in model.layers:
+        if is_w1a2(layer):
+            reason = unsupported_reason(layer)
+            if reason is None:
+                targets[id(layer)] = layer
+            else:
+                unsupported.append(f"{layer.name}: {reason}")
+    nested = [f"{layer.name}: inside nested model {outer.name}" for outer in model.layers
+              if isinstance(outer, keras.Model) for layer in w1a2_layers(outer)]
+    unsupported += nested
+    if unsupported and strict:
+        raise InputError(f"cannot rewrite {len(unsupported)} w1a2 layer(s) as LCE binary convs: "
+                         + "; ".join(unsupported))
+
+    consumers = {}  # id(layer) -> how many layer calls read its output
+    for layer in model.layers:
+        for tensor in _as_list(getattr(layer, "input", None)):
+            producer = tensor._keras_history[0]
+            consumers[id(producer)] = consumers.get(id(producer), 0) + 1
+    originals = {}  # id(clone) -> original layer
+    sources = {}  # id(new tensor) -> (original layer that made it, that layer's input)
+    folded = set()  # ids of the BatchNormalization layers folded into a PlaneConv2D
+
+    def clone(layer):
+        copy = layer.__class__.from_config(layer.get_config())
+        originals[id(copy)] = layer
+        return copy
+
+    def call(layer, *args, **kwargs):
+        original = originals[id(layer)]
+        if id(original) in targets:
+            new, outputs = _rewrite(original, args[0], form, sources)
+            sources[id(outputs)] = (new, consumers.get(id(original), 0))
+            return outputs
+        producer = sources.get(id(args[0])) if args else None
+        if (isinstance(original, keras.layers.BatchNormalization) and producer is not None
+                and isinstance(producer[0], PlaneConv2D) and producer[1] == 1
+                and _fold_batch_norm(producer[0], original)):
+            folded.add(id(original))
+            return args[0]
+        outputs = layer(*args, **kwargs)
+        if isinstance(original, (keras.layers.ZeroPadding2D, PixelEmbedding)) and len(args) == 1:
+            sources[id(outputs)] = (original, args[0])
+        return outputs
+
+    rewritten = keras.models.clone_model(model, clone_function=clone, call_function=call)
+    for layer in rewritten.layers:
+        original = originals.get(id(layer))
+        if original is not None and id(original) not in targets:
+            layer.set_weights(original.get_weights())
+    return rewritten
+
+
+def _fold_batch_norm(conv, batch_norm):
+    """Folds an inference BatchNormalization that alone reads `conv` into its multiplier and
+    bias (so the bit-plane form's two bconvs both carry it); False where it cannot."""
+    if conv.activation is not None or batch_norm.axis not in (-1, 3):
+        return False
+    weights = {w.path.split("/")[-1]: np.asarray(ops.convert_to_numpy(w), np.float64)
+               for w in batch_norm.weights}
+    gamma = weights.get("gamma", 1.0)
+    beta = weights.get("beta", 0.0)
+    scale = gamma / np.sqrt(weights["moving_variance"] + batch_norm.epsilon)
+    kernel, multiplier, bias = (np.asarray(w, np.float64) for w in conv.get_weights())
+    conv.set_weights([kernel, multiplier * scale,
+                      (bias - weights["moving_mean"]) * scale + beta])
+    return True
+
+
+def _rewrite(layer, x, form, sources):
+    """(PlaneConv2D, its output) replacing w1a2 `layer`, called on new tensor `x` (its input)."""
+    quantizer = layer.input_quantizer
+    levels = len(quantizer.thresholds)
+    kernel_size, strides = tuple(layer.kernel_size), tuple(layer.strides)
+    pads = np.zeros((2, 2), int)
+    if layer.padding == "same":
+        pads += [same_padding(size, k, s, 1) for size, k, s
+                 in zip(x.shape[1:3], kernel_size, strides)]
+    # Look through an explicit zero padding (ERN: ZeroPadding2D(1) then a VALID conv).
+    producer, source = sources.get(id(x), (None, None))
+    if isinstance(producer, keras.layers.ZeroPadding2D) and producer.data_format == "channels_last":
+        pads += np.asarray(producer.padding)
+        x = source
+        producer, source = sources.get(id(x), (None, None))
+    thresholds = np.float32(quantizer.thresholds)
+    code_channels = None
+    # The stem reads the pixel embedding's codes: threshold the raw pixels instead (§C3).
+    if isinstance(producer, PixelEmbedding):
+        thresholds, code_channels = _embedding_planes(producer, quantizer, layer.name)
+        x = source
+
+    if form == "auto":
+        form = choose_form(kernel_size, layer.kernel.shape[2], layer.filters, levels)
+    elif form == "bitplane" and levels != 3:
+        raise InputError(f"{layer.name}: the bit-plane form needs 2-bit input codes, its input "
+                         f"quantizer has {levels} thresholds; use form='thermometer' or 'auto'")
+    pads = tuple(map(tuple, pads.tolist()))
+    one_padding = any(map(any, pads)) and _is_same_geometry(x.shape[1:3], kernel_size, strides,
+                                                            pads)
+
+    signs = np.asarray(layer.kernel_quantizer.signs(layer.kernel), np.float64)
+    scale = np.asarray(layer.kernel_quantizer.scale(layer.kernel), np.float64)
+    step_scale = quantizer.step * scale  # s·λ_o
+    kernel = -signs  # planes are +1 below a threshold: the flip goes into the filter
+    if form == "thermometer":
+        kernel = np.tile(kernel, (1, 1, levels, 1))  # plane block m, then the code channel
+        multiplier = 0.5 * step_scale
+    else:
+        multiplier = step_scale
+    bias = levels / 2 * step_scale * signs.sum(axis=(0, 1, 2))
+    if layer.use_bias:
+        bias = bias + ops.convert_to_numpy(layer.bias)
+
+    new = PlaneConv2D(layer.filters, kernel_size, strides, pads, thresholds=thresholds,
+                      form=form, pad_planes=one_padding, code_channels=code_channels,
+                      activation=keras.activations.serialize(layer.activation), name=layer.name)
+    outputs = new(x)
+    new.set_weights([kernel.astype(np.float32), multiplier.astype(np.float32),
+                     bias.astype(np.float32)])
+    return new, outputs
+
+
+def _embedding_planes(embedding, quantizer, name):
+    """(thresholds (levels, codes), code_channels) on raw pixels for a conv reading the
+    embedding's codes z: plane m of code channel expansion·c + i is z < θ_m, i.e.
+    pixel_c < T[i, ⌈θ_m⌉ - 1] (z is an integer)."""
+    table = embedding.thresholds  # (expansion, embedding levels)
+    expansion, embedding_levels = table.shape
+    level = np.ceil(np.float64(quantizer.thresholds)).astype(int)
+    if quantizer.step != 1 or level.min() < 1 or level.max() > embedding_levels or np.any(
+            np.diff(level) <= 0) or table.min() <= 0:
+        raise InputError(f"{name}: its input quantizer does not read the pixel embedding's codes "
+                         f"one by one (thresholds {quantizer.thresholds}, step {quantizer.step})")
+    def planes(channels):
+        return np.stack([np.tile(table[:, m - 1], channels) for m in level])
+
+    channels = embedding.input.shape[-1]
+    return planes(channels), [c for c in range(channels) for _ in range(expansion)]
+
+
+def _is_same_geometry(spatial, kernel_size, strides, pads):
+    """True when `pads` is TF's SAME padding for this map, kernel and stride (LCE one-padding)."""
+    if None in tuple(spatial):
+        return False
+    return all(tuple(pad) == same_padding(size, k, s, 1)
+               for size, k, s, pad in zip(spatial, kernel_size, strides, pads))
+
+
+# --- weights for checking the rewrite -------------------------------------------------------------
+
+
+def tie_free_weights(model, seed=0, spread=0.7):
+    """Sets weights under which `model` and its rewrite must agree to float rounding; returns it.
+
+    Binary accumulators are integers, so with random float weights some BN outputs land within
+    float rounding of a threshold (1/3, 1, 5/3) and the two computations round to different
+    codes; a flipped code then changes the logits by far more than rounding (ecosystem spec
+    §2.6). Here every w1a2 kernel is ±2^-k (k per output channel, so λ = mean|W| = 2^-k), every
+    BN input is then a multiple of a grid g = step·λ (or 1/32 on the residual stream), and every
+    BN has γ = ±2^b with γ·g <= 1/2 (power-of-two part), mean 0, variance 1 - ε and β an odd
+    multiple of half the grid. Its outputs are then odd multiples of 2^(e-1) (e = log2 |γ·g|)
+    over 1 or 3 and keep a distance >= 2^(e-1)/3 from every threshold (which is a third of an
+    odd or even integer): ~1e-3, far above float32 rounding. γ is set so BN outputs spread about
+    `spread` around β; β is drawn in [0.2, 1.4] so the codes use all 4 levels.
+
+    Supports graphs whose BNs read a w1a2 conv or an Add of such convs (ERN).
+    """
+    rng = np.random.default_rng(seed)
+    grids = {}  # id(layer) -> (power-of-two grid per channel, has a 2/3 factor, std per channel)
+    for layer in model.layers:
+        producers = [t._keras_history[0] for t in _as_list(getattr(layer, "input", None))] \
+            if not isinstance(layer, keras.layers.InputLayer) else []
+        if is_w1a2(layer) and isinstance(layer, keras.layers.Conv2D):
+            kh, kw, fan_in, filters = layer.kernel.shape
+            exponent = -rng.integers(1, 4, filters)
+            signs = np.where(rng.random(layer.kernel.shape) < 0.5, -1.0, 1.0)
+            kernel = signs * 2.0 ** exponent
+            layer.kernel.assign(kernel.astype(np.float32))
+            scale = np.asarray(layer.kernel_quantizer.scale(layer.kernel), np.float64)
+            step = layer.input_quantizer.step
+            third = not float(step).is_integer()
+            grid = scale * (1.5 * step if third else step)  # step = 2/3 -> grid 1 (and the 2/3)
+            if not np.all(np.log2(grid) == np.round(np.log2(grid))):
+                raise InputError(f"{layer.name}: step·λ {step}·{scale[0]} is not a power of two "
+                                 f"(times 2/3)")
+            std = step * scale * np.sqrt(3.5 * kh * kw * fan_in)  # codes ~ uniform on 0..3
+            grids[id(layer)] = (grid, third, std)
+        elif isinstance(layer, keras.layers.Add):
+            inputs = [grids.get(id(p)) for p in producers]
+            if any(i is None for i in inputs) or len({i[1] for i in inputs}) != 1:
+                raise InputError(f"{layer.name}: adds tensors without a common grid")
+            grids[id(layer)] = (np.min([i[0] for i in inputs], axis=0), inputs[0][1],
+                                np.sqrt(np.sum([i[2] ** 2 for i in inputs], axis=0)))
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            source = grids.get(id(producers[0]))
+            if source is None:
+                raise InputError(f"{layer.name}: reads {producers[0].name}, not a w1a2 conv or "
+                                 f"an Add of them")
+            grid, _, std = (np.broadcast_to(v, layer.gamma.shape) for v in
+                            (source[0], source[1], source[2]))
+            # γ = ±2^b: spread/std rounded to a power of two, capped so that γ·grid <= 1/2.
+            b = np.minimum(np.round(np.log2(spread / std)), -1 - np.log2(grid))
+            e = b + np.log2(grid)
+            gamma = np.where(rng.random(b.shape) < 0.2, -1.0, 1.0) * 2.0 ** b
+            half = 2.0 ** (e - 1)
+            beta = (2 * np.floor(rng.uniform(0.2, 1.4, b.shape) / (2 * half)) + 1) * half
+            layer.set_weights([gamma, beta, np.zeros_like(gamma),
+                               np.full_like(gamma, 1 - layer.epsilon)])
+        elif isinstance(layer, keras.layers.ZeroPadding2D) and id(producers[0]) in grids:
+            grids[id(layer)] = grids[id(producers[0])]
+    return model
+
+
+def _as_list(x):
+    if x is None:
+        return []
+    return list(x) if isinstance(x, (list, tuple)) else [x]

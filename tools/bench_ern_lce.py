@@ -1,0 +1,245 @@
+"""ERN on Larq Compute Engine: the w1a2 rewrite's form per layer, file size, latency vs float.
+
+    python tools/bench_ern_lce.py [--model=ern18] [--input_size=224] [--runs=30] [--warmup=3]
+        [--layers] [--no_model] [--json]
+
+--layers: every w1a2 conv of the model alone (its input -> the conv), rewritten in the
+    thermometer and the bit-plane form (effkeras/deploy/restructure.py), converted with LCE and
+    timed in the LCE interpreter, one thread, the two forms taking turns; median ms per form,
+    with LCE's default bconv kernel and with its indirect BGEMM kernel (`_indirect`).
+model (default): the model rewritten with form="auto" and converted by `lce.convert`
+    (checked against Keras), then
+    (a) its .tflite bytes against the weight bytes effkeras.summary counts (1-bit params / 8;
+        the float BN params are reported beside), and per form;
+    (b) single-thread latency in the LCE interpreter against the same network with float
+        activations and float convs (the quantizers removed) converted to float TFLite and run
+        by the TFLite interpreter (XNNPack, one thread), taking turns in this process: warm-up
+        runs, then the median of --runs. LCE runs with its default kernels
+        (`Interpreter(flatbuffer, num_threads=1)`) and, beside, with use_indirect_bgemm=True.
+On x86 LCE runs portable kernels (DESIGN.md decision 6): the ratio is informative, the ARM
+result needs `lce_benchmark_model` on the device.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+FORMS = ("thermometer", "bitplane")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="ern18")
+    parser.add_argument("--input_size", type=int, default=224)
+    parser.add_argument("--num_classes", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--layers", action="store_true", help="time each w1a2 conv per form")
+    parser.add_argument("--no_model", action="store_true", help="skip the whole-model part")
+    parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0 or args.input_size < 32:
+        parser.error("--runs >= 1, --warmup >= 0 and --input_size >= 32")
+    return args
+
+
+def timed_turns(runners, runs, warmup):
+    """{name: median ms} of the zero-argument `runners`, which take turns run by run."""
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    times = {name: [] for name in runners}
+    for _ in range(runs):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(1e3 * (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def lce_runner(flatbuffer, x, indirect_bgemm=False):
+    """One-thread LCE interpreter: its default bconv kernel (BGEMM), or the indirect BGEMM one."""
+    import larq_compute_engine
+
+    interpreter = larq_compute_engine.testing.Interpreter(flatbuffer, num_threads=1,
+                                                          use_indirect_bgemm=indirect_bgemm)
+    return lambda: interpreter.predict(x)
+
+
+def layer_inputs(model, layer):
+    """The tensor a w1a2 conv's rewrite reads: before its zero padding and pixel embedding."""
+    from keras import layers as L
+
+    from effkeras.layers.ern import PixelEmbedding
+
+    tensor = layer.input
+    for kind in (L.ZeroPadding2D, PixelEmbedding):
+        producer = tensor._keras_history[0]
+        if isinstance(producer, kind):
+            tensor = producer.input
+    return tensor
+
+
+def bench_layers(model, args):
+    import keras
+    import numpy as np
+
+    from effkeras.deploy import lce, restructure
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for layer in restructure.w1a2_layers(model):
+        inputs = layer_inputs(model, layer)
+        single = keras.Model(inputs, layer.output, name=f"{layer.name}_alone")
+        pixels = inputs is model.inputs[0]
+        shape = (1, *inputs.shape[1:])
+        # BN-like inputs on a grid of 1/96 offset by half a step: never on a threshold (1/3, 1,
+        # 5/3), where Keras' graph mode and the quantizer's `.thresholds` can differ by one ulp.
+        x = (rng.integers(0, 256, shape) if pixels
+             else (rng.integers(-48, 240, shape) + 0.5) / 96).astype("float32")
+        flatbuffers = {form: lce.convert(single, sample=x, w1a2_form=form)[0] for form in FORMS}
+        runners = {form: lce_runner(fb, x) for form, fb in flatbuffers.items()}
+        runners.update({f"{form}_indirect": lce_runner(fb, x, indirect_bgemm=True)
+                        for form, fb in flatbuffers.items()})
+        ms = timed_turns(runners, args.runs, args.warmup)
+        h, w, c = layer.input.shape[1:]
+        row = dict(layer=layer.name, kernel=layer.kernel_size[0], stride=layer.strides[0],
+                   input=f"{inputs.shape[1]}x{inputs.shape[2]}x{inputs.shape[3]}",
+                   output="x".join(map(str, layer.output.shape[1:])),
+                   auto=restructure.choose_form(layer.kernel_size, c, layer.filters),
+                   **{f"{name}_ms": round(value, 3) for name, value in ms.items()},
+                   **{f"{form}_bytes": len(fb) for form, fb in flatbuffers.items()})
+        row["bitplane_over_thermometer"] = round(ms["bitplane"] / ms["thermometer"], 3)
+        row["bitplane_over_thermometer_indirect"] = round(
+            ms["bitplane_indirect"] / ms["thermometer_indirect"], 3)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def float_twin(model):
+    """The same architecture with float activations and float convs (quantizers removed)."""
+    import keras
+
+    from effkeras.layers.quantized import QuantConv2D
+
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, QuantConv2D):
+            config.update(input_quantizer=None, kernel_quantizer=None)
+        return layer.__class__.from_config(config)
+
+    twin = keras.models.clone_model(model, clone_function=clone)
+    for original, copy in zip(model.layers, twin.layers):
+        copy.set_weights(original.get_weights())
+    return twin
+
+
+def float_tflite(model):
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as saved_model:
+        model.export(saved_model, format="tf_saved_model", verbose=False)
+        return tf.lite.TFLiteConverter.from_saved_model(saved_model).convert()
+
+
+def tflite_runner(flatbuffer, x):
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_content=flatbuffer, num_threads=1)  # XNNPack default
+    interpreter.allocate_tensors()
+    index = interpreter.get_input_details()[0]["index"]
+    output = interpreter.get_output_details()[0]["index"]
+
+    def run():
+        interpreter.set_tensor(index, x)
+        interpreter.invoke()
+        return interpreter.get_tensor(output)
+
+    return run
+
+
+def bench_model(model, args):
+    import numpy as np
+
+    from effkeras import summary
+    from effkeras.deploy import lce, report, restructure
+
+    restructure.tie_free_weights(model)  # so the agreement check is meaningful (not all zeros)
+    rng = np.random.default_rng(1)
+    sample = rng.integers(0, 256, (2, args.input_size, args.input_size, 3)).astype("float32")
+    totals = summary.as_dict(model)["totals"]
+    one_bit = totals["params"].get("1bit", 0)
+    float_params = totals["params"].get("32bit", 0)
+    weight_bytes = one_bit / 8  # the packed binary weights; the float BN params come on top
+    result = dict(model=model.name, input_size=args.input_size, one_bit_params=one_bit,
+                  weight_bytes=weight_bytes, float_params=float_params,
+                  float_param_bytes=4 * float_params)
+
+    flatbuffers = {}
+    for form in ("auto", *FORMS):
+        start = time.perf_counter()
+        flatbuffer, checked = lce.convert(model, sample=sample, w1a2_form=form)
+        flatbuffers[form] = flatbuffer
+        result[f"{form}_tflite_bytes"] = len(flatbuffer)
+        result[f"{form}_over_weight_bytes"] = round(len(flatbuffer) / weight_bytes, 3)
+        result[f"{form}_bconv_ops"] = checked.bconv_ops
+        result[f"{form}_max_rel_diff"] = checked.max_rel_diff
+        print(f"{form}: {len(flatbuffer):,} bytes ({len(flatbuffer) / weight_bytes:.2f}x the "
+              f"{weight_bytes:,.0f} 1-bit weight bytes), {checked.bconv_ops} LceBconv2d, "
+              f"max rel diff {checked.max_rel_diff:.2g} vs Keras, converted in "
+              f"{time.perf_counter() - start:.0f} s", flush=True)
+    census = report.op_census(report.operators(flatbuffers["auto"]))
+    result["auto_op_census"] = census
+
+    twin = float_twin(model)
+    float_flatbuffer = float_tflite(twin)
+    result["float_tflite_bytes"] = len(float_flatbuffer)
+    x = sample[:1]
+    expected = twin.predict(x, verbose=0)
+    got = tflite_runner(float_flatbuffer, x)()
+    result["float_max_rel_diff"] = report.max_diffs(expected, got)[1]
+    runners = {f"lce_{form}": lce_runner(fb, x) for form, fb in flatbuffers.items()}
+    runners["lce_auto_indirect_bgemm"] = lce_runner(flatbuffers["auto"], x, indirect_bgemm=True)
+    runners["float_xnnpack"] = tflite_runner(float_flatbuffer, x)
+    ms = timed_turns(runners, args.runs, args.warmup)
+    for name, value in ms.items():
+        result[f"{name}_ms"] = round(value, 2)
+    result["lce_auto_over_float"] = round(ms["lce_auto"] / ms["float_xnnpack"], 3)
+    result["lce_auto_indirect_bgemm_over_float"] = round(
+        ms["lce_auto_indirect_bgemm"] / ms["float_xnnpack"], 3)
+    print(f"latency, 1 thread, median of {args.runs}: " + ", ".join(
+        f"{name} {value:.1f} ms" for name, value in ms.items()), flush=True)
+    return result
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from effkeras import models
+    from effkeras.errors import InputError
+
+    build = dict(input_shape=(args.input_size, args.input_size, 3), num_classes=args.num_classes)
+    try:
+        if models.info(args.model).family != "ern":
+            raise InputError(f"--model={args.model} is not an ERN model")
+        model = models.get(args.model, **build)
+    except InputError as error:
+        sys.exit(f"error: {error}")
+    output = {}
+    if args.layers:
+        output["layers"] = bench_layers(model, args)
+    if not args.no_model:
+        output["model"] = bench_model(models.get(args.model, **build), args)
+    if args.json:
+        print(json.dumps(output))
+
+
+if __name__ == "__main__":
+    main()
