@@ -29,6 +29,7 @@ $(FASHION_MNIST):
 # against Keras), and print accuracy, file size and op census.
 demo: setup
 	$(PY) -m apps.train --model=ern18 --dataset=fashion_mnist --input_shape=32,32,1 --epochs=2 \
+		--steps_per_epoch=180 \
 		--output_dir=$(DEMO_DIR)
 	$(PY) -m apps.evaluate --checkpoint=$(DEMO_DIR)/model.keras --dataset=fashion_mnist \
 		--output=$(DEMO_DIR)/evaluation.json > /dev/null

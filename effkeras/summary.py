@@ -92,13 +92,19 @@ def layer_params(layer):
     return params
 
 
-def summarize(model):
-    """LayerStats for every leaf layer of `model` (nested models are walked)."""
-    rows = []
+def leaf_layers(model):
+    """The layers of `model`, with nested models walked into, in order."""
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            rows.extend(summarize(layer))
-            continue
+            yield from leaf_layers(layer)
+        else:
+            yield layer
+
+
+def summarize(model):
+    """LayerStats for every leaf layer of `model`."""
+    rows = []
+    for layer in leaf_layers(model):
         input_bits, kernel_bits = layer_precision(layer)
         rows.append(LayerStats(layer.name, type(layer).__name__, tuple(layer.output.shape),
                                layer_params(layer), layer_macs(layer), input_bits, kernel_bits))

@@ -83,8 +83,10 @@ def make_arithmetic_exact(model, seed=0):
     """
     import keras
 
+    from effkeras.summary import leaf_layers
+
     rng = np.random.default_rng(seed)
-    for layer in model._flatten_layers():
+    for layer in leaf_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             shape = layer.gamma.shape
             layer.set_weights([2.0 ** rng.integers(-2, 1, shape), rng.integers(-8, 9, shape) / 8,

@@ -1,7 +1,7 @@
 """ERN on Larq Compute Engine: the w1a2 rewrite's form per layer, file size, latency vs float.
 
     python tools/bench_ern_lce.py [--model=ern18] [--input_size=224] [--runs=30] [--warmup=3]
-        [--layers] [--no_model] [--json]
+        [--layers] [--no_model] [--json] [--plot=ern18_lce.png]
 
 --layers: every w1a2 conv of the model alone (its input -> the conv), rewritten in the
     thermometer and the bit-plane form (effkeras/deploy/restructure.py), converted with LCE and
@@ -44,6 +44,7 @@ def parse_args(argv=None):
     parser.add_argument("--layers", action="store_true", help="time each w1a2 conv per form")
     parser.add_argument("--no_model", action="store_true", help="skip the whole-model part")
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    parser.add_argument("--plot", help="write the model's sizes and latencies as a PNG here")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0 or args.input_size < 32:
         parser.error("--runs >= 1, --warmup >= 0 and --input_size >= 32")
@@ -220,6 +221,31 @@ def bench_model(model, args):
     return result
 
 
+def plot(result, path):
+    """Two bar charts: .tflite bytes per form (and the 1-bit weight bytes), latency per runtime."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = {"1-bit weights": result["weight_bytes"],
+             **{form: result[f"{form}_tflite_bytes"] for form in ("auto", *FORMS)},
+             "float twin": result["float_tflite_bytes"]}
+    latencies = {name[:-3]: value for name, value in result.items()
+                 if name.endswith("_ms")}
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.bar(list(sizes), [v / 2**20 for v in sizes.values()], color="tab:blue")
+    left.set_ylabel("MiB")
+    left.set_title(f"{result['model']} at {result['input_size']}: file size")
+    right.bar(list(latencies), list(latencies.values()), color="tab:orange")
+    right.set_ylabel("ms, 1 thread (x86: ratios only)")
+    right.set_title("latency")
+    for axis in (left, right):
+        axis.tick_params(axis="x", rotation=30)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
 def main(argv=None):
     args = parse_args(argv)
     from effkeras import models
@@ -237,6 +263,9 @@ def main(argv=None):
         output["layers"] = bench_layers(model, args)
     if not args.no_model:
         output["model"] = bench_model(models.get(args.model, **build), args)
+        if args.plot:
+            plot(output["model"], args.plot)
+            print(f"wrote {args.plot}")
     if args.json:
         print(json.dumps(output))
 

@@ -29,7 +29,7 @@ from effkeras.deploy import restructure
 from effkeras.deploy.report import Report, max_diffs, op_census, operators
 from effkeras.deploy.report import save  # noqa: F401  (lce.save(path, flatbuffer))
 from effkeras.errors import InputError
-from effkeras.summary import layer_precision
+from effkeras.summary import layer_precision, leaf_layers
 
 TARGETS = ("arm", "xcore")  # what larq_compute_engine.convert_saved_model accepts
 PIXEL_RANGE = (0.0, 255.0)  # registry models take raw pixels (e.g. models/resnet.py)
@@ -65,7 +65,7 @@ def convert(model, *, target="arm", allow_float_fallback=False, sample=None,
     w1a2 = restructure.w1a2_layers(model)
     if w1a2:
         model = restructure.w1a2_to_binary(model, w1a2_form, strict=not allow_float_fallback)
-    binary = [layer for layer in _leaf_layers(model) if _is_binary(layer)]
+    binary = [layer for layer in leaf_layers(model) if _is_binary(layer)]
     _check_zero_padding([layer for layer in binary if layer_precision(layer) == (1, 1)])
     with tempfile.TemporaryDirectory() as saved_model:
         with _quantized_kernels_as_constants(model):
@@ -111,7 +111,7 @@ def _quantized_kernels_as_constants(model):
     takes the weight `Select` for an activation sign and leaves the conv in float.
     """
     replaced = []
-    for layer in _leaf_layers(model):
+    for layer in leaf_layers(model):
         for quantizer_attribute, kernel_attributes in QUANTIZED_KERNELS:
             quantizer = layer.__dict__.get(quantizer_attribute)  # skips read-only aliases
             kernel = next((getattr(layer, k) for k in kernel_attributes if hasattr(layer, k)), None)
@@ -139,14 +139,6 @@ def _check_zero_padding(binary_layers):
                 f"{layer.name}: LCE computes zero-padded binary convs wrongly on maps smaller than "
                 f"the kernel ({height}x{width} under {layer.kernel_size[0]}x{layer.kernel_size[1]}); "
                 f"convert at a larger input size (every binary conv's map >= its kernel)")
-
-
-def _leaf_layers(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _leaf_layers(layer)
-        else:
-            yield layer
 
 
 def _is_binary(layer):

@@ -86,7 +86,7 @@ from keras import ops
 from effkeras.errors import InputError
 from effkeras.layers.ern import PixelEmbedding
 from effkeras.layers.quantized import QuantConv2D, same_padding
-from effkeras.summary import FLOAT_BITS, layer_precision
+from effkeras.summary import FLOAT_BITS, layer_precision, leaf_layers
 
 FORMS = ("auto", "thermometer", "bitplane")
 PLANE_FORMS = FORMS[1:]
@@ -218,15 +218,7 @@ def is_w1a2(layer):
 
 
 def w1a2_layers(model):
-    return [layer for layer in _leaf_layers(model) if is_w1a2(layer)]
-
-
-def _leaf_layers(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _leaf_layers(layer)
-        else:
-            yield layer
+    return [layer for layer in leaf_layers(model) if is_w1a2(layer)]
 
 
 def unsupported_reason(layer):

@@ -22,6 +22,7 @@ import numpy as np
 from effkeras import constraints, quantizers
 from effkeras.errors import InputError
 from effkeras.layers import quantized
+from effkeras.summary import leaf_layers
 
 LARQ_LAYERS = {cls.__name__: cls for cls in (quantized.QuantConv2D, quantized.QuantDense,
                                               quantized.QuantDepthwiseConv2D,
@@ -242,6 +243,6 @@ def _normalize_last_axis(model):
     """Keras 2 stores BatchNormalization's axis as [3]. Keras 3 reshapes the parameters of any
     axis but -1 to (1, 1, 1, C), and LCE's LceBconv2d then refuses the fused (1, 1, 1, C)
     multiplier ("failed to prepare"); the last axis is -1 in Keras 3's own layers."""
-    for layer in model._flatten_layers():
+    for layer in leaf_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization) and layer.axis == len(layer.input.shape) - 1:
             layer.axis = -1

@@ -4,6 +4,8 @@ import math
 
 import keras
 
+from effkeras.summary import leaf_layers
+
 
 def recu_tau(epoch, epochs, tau_min=0.85, tau_max=0.99):
     """ReCU's exponential τ schedule, Eq. (24): τ_i = τ_s + (τ_e - τ_s)(e^{i/I} - 1)/(e - 1)."""
@@ -23,7 +25,7 @@ class TauSchedule(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         tau = recu_tau(epoch, self.epochs, self.tau_min, self.tau_max)
-        for layer in self.model._flatten_layers():
+        for layer in leaf_layers(self.model):
             if hasattr(layer, "tau"):
                 layer.tau.assign(tau)
 
