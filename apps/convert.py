@@ -6,6 +6,7 @@ python -m apps.convert --checkpoint=model.keras --target=arm --output=model.tfli
 """
 
 import json
+import sys
 
 from absl import flags
 
@@ -70,6 +71,11 @@ def main(argv):
         print(json.dumps(summary))
     else:
         print(f"{result.format()}\nwrote {FLAGS.output}")
+    if getattr(result, "sensitivity", None) is not None:
+        print(f"warning: the flatbuffer matches Keras only to {result.max_rel_diff:.2g}, within the "
+              f"model's own sensitivity to input noise ({result.sensitivity:.2g}): binary layers "
+              f"flip signs at near-ties. Untrained or deep binary nets do this; a trained model "
+              f"usually matches closer.", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "model_sensitivity: let lce.convert allow for a model's own "
+                                       "numerical sensitivity (other tests demand agreement)")
+
+
+@pytest.fixture(autouse=True)
+def strict_lce_agreement(request, monkeypatch):
+    """LCE must match Keras within max_rel_diff in tests, with no allowance for sensitivity."""
+    if "model_sensitivity" not in request.keywords:
+        monkeypatch.setattr("effkeras.deploy.lce._sensitivity", lambda *args, **kwargs: 0.0)
+
+
 def write_idx(path, array):
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     with gzip.open(path, "wb") as f:

