@@ -127,17 +127,10 @@ def ste_unsigned(x, k_bit=2, max_value=2.0):
 
     k_bit=2, max_value=2.0 is ERN's HalfWaveGaussianQuantization (recu_ern.md B2.2): codes
     floor(clip(x, 0, 2) * 1.5 + 0.5) in {0..3}, output codes * 2/3. Code i starts exactly at the
-    float32 threshold (i - 0.5) / 1.5 (1/3, 1, 5/3), the comparison an LCE export makes.
+    float32 threshold (i - 0.5) / 1.5 (1/3, 1, 5/3), the comparison an LCE export makes. It is
+    `half_wave_gaussian` with post-scaling and without EWGS.
     """
-    scale = (2**k_bit - 1) / max_value
-
-    def forward(x):
-        return _unsigned_codes(x, k_bit, max_value) / scale
-
-    def gradient(x, upstream):
-        return _masked(_inside(x, max_value), upstream)
-
-    return _with_gradient(forward, gradient)(x)
+    return half_wave_gaussian(x, k_bit=k_bit, max_value=max_value)
 
 
 def unsigned_thresholds(k_bit, max_value):
@@ -185,8 +178,7 @@ def half_wave_gaussian(x, k_bit=2, max_value=2.0, post_scale=True, ewgs_delta=0.
 
     Output q / s (= q * 2/3, post-scale) or the integer q (post_scale=False). Backward: straight
     through inside [0, max_value] (inclusive), zero outside, times s without post-scale; then EWGS
-    with δ = ewgs_delta against the quantized value in x's units, q / s. With the defaults it
-    equals `ste_unsigned`.
+    with δ = ewgs_delta against the quantized value in x's units, q / s.
     """
     scale = (2**k_bit - 1) / max_value
 

@@ -55,9 +55,7 @@ def _array_pipeline(images, labels, shape, augmentations, seed):
 
 def _photometric(augmentations, seed):
     """Flip, then the colour/geometry steps in ERN's order, then PCA lighting (RGB only)."""
-    layers = augment.keras_augmentations(seed)
-    steps = [layers[name] for name in ("color_jitter", "grayscale", "rotation", "randaugment")
-             if name in augmentations]
+    steps = augment.keras_augmentations(augmentations, seed)  # built only when asked for
 
     def apply(image):
         if "flip" in augmentations:

@@ -95,27 +95,32 @@ def ten_crop(images, size):
     return tf.stack(crops)
 
 
-def keras_augmentations(seed=None):
-    """ERN's `imagenet_with_randaugment` photometric steps (recu_ern.md §B5) as Keras layers.
+# ERN's `imagenet_with_randaugment` photometric steps (recu_ern.md §B5), in its order.
+KERAS_AUGMENTATIONS = ("color_jitter", "grayscale", "rotation", "randaugment")
+
+
+def keras_augmentations(names, seed=None):
+    """The Keras preprocessing layers for the KERAS_AUGMENTATIONS among `names`, in order.
 
     Keras' factors approximate torchvision's: RandAugment magnitude 7 of 30 bins is factor 7/30;
     rotation ±15° is 15/360 of a turn.
     """
     import keras
 
-    return {
-        "color_jitter": keras.layers.RandomColorJitter(
+    make = {
+        "color_jitter": lambda: keras.layers.RandomColorJitter(
             value_range=(0, 255), brightness_factor=0.25, contrast_factor=0.25,
             saturation_factor=0.25, hue_factor=0.5, seed=seed),
-        "grayscale": keras.layers.RandomGrayscale(0.3, seed=seed),
-        "rotation": keras.layers.RandomRotation(15 / 360, seed=seed),
-        "randaugment": keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=7 / 30,
-                                                seed=seed),
+        "grayscale": lambda: keras.layers.RandomGrayscale(0.3, seed=seed),
+        "rotation": lambda: keras.layers.RandomRotation(15 / 360, seed=seed),
+        "randaugment": lambda: keras.layers.RandAugment(value_range=(0, 255), num_ops=2,
+                                                        factor=7 / 30, seed=seed),
     }
+    return [make[name]() for name in KERAS_AUGMENTATIONS if name in names]
 
 
-AUGMENTATIONS = {"crop", "flip", "random_resized_crop", "lighting", "squash", "color_jitter",
-                 "grayscale", "rotation", "randaugment"}
+AUGMENTATIONS = {"crop", "flip", "random_resized_crop", "lighting", "squash",
+                 *KERAS_AUGMENTATIONS}
 
 
 def check_augmentations(names):

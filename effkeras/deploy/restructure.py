@@ -407,11 +407,9 @@ def _embedding_planes(embedding, quantizer, name):
             np.diff(level) <= 0) or table.min() <= 0:
         raise InputError(f"{name}: its input quantizer does not read the pixel embedding's codes "
                          f"one by one (thresholds {quantizer.thresholds}, step {quantizer.step})")
-    def planes(channels):
-        return np.stack([np.tile(table[:, m - 1], channels) for m in level])
-
     channels = embedding.input.shape[-1]
-    return planes(channels), [c for c in range(channels) for _ in range(expansion)]
+    thresholds = np.stack([np.tile(table[:, m - 1], channels) for m in level])
+    return thresholds, [c for c in range(channels) for _ in range(expansion)]
 
 
 def _is_same_geometry(spatial, kernel_size, strides, pads):
