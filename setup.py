@@ -16,6 +16,7 @@ setup(
         "absl-py>=2.1",
         "numpy<2",
         "tflite-micro",
+        "ai-edge-litert>=2.3,<3",  # LiteRT: runs float/int8 .tflite (tf.lite.Interpreter is deprecated)
         "ethos-u-vela==5.2.0",
         "matplotlib>=3.8",
         "tqdm>=4.66",

@@ -9,7 +9,7 @@ import math
 
 import keras
 
-FLOAT_BITS = 32
+from effkeras.graph import FLOAT_BITS, layer_precision, leaf_layers
 
 
 @dataclasses.dataclass
@@ -39,18 +39,6 @@ class LayerStats:
 
 def _spatial(shape):
     return math.prod(d for d in shape[1:-1])
-
-
-def quantizer_bits(quantizer):
-    """Bits a quantizer emits; None for no quantizer (float)."""
-    return getattr(quantizer, "bits", None) if quantizer is not None else None
-
-
-def layer_precision(layer):
-    """(input bits, kernel bits) of a layer: 32 where nothing quantizes."""
-    input_bits = quantizer_bits(getattr(layer, "input_quantizer", None)) or FLOAT_BITS
-    kernel_bits = quantizer_bits(getattr(layer, "kernel_quantizer", None)) or FLOAT_BITS
-    return input_bits, kernel_bits
 
 
 def layer_macs(layer):
@@ -90,15 +78,6 @@ def layer_params(layer):
         bits = kernel_bits if id(weight) in quantized else FLOAT_BITS
         params[bits] = params.get(bits, 0) + math.prod(weight.shape)
     return params
-
-
-def leaf_layers(model):
-    """The layers of `model`, with nested models walked into, in order."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from leaf_layers(layer)
-        else:
-            yield layer
 
 
 def summarize(model):

@@ -95,7 +95,7 @@ def make_arithmetic_exact(model, seed=0):
     """
     import keras
 
-    from effkeras.summary import leaf_layers
+    from effkeras.graph import leaf_layers
 
     rng = np.random.default_rng(seed)
     for layer in leaf_layers(model):

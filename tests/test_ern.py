@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from effkeras import evaluation, models, quantizers, summary, training
+from effkeras import evaluation, graph, models, quantizers, summary, training
 from effkeras.data import augment
 from effkeras.errors import InputError
 from effkeras.layers import PixelEmbedding, QuantConv2D
@@ -197,7 +197,7 @@ def test_weight_size_convs_and_macs_match_the_table(name):
     # Every conv is w1a2; the only float parameters are BatchNorm's.
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D):
-            assert summary.layer_precision(layer) == (2, 1), layer.name
+            assert graph.layer_precision(layer) == (2, 1), layer.name
         assert not isinstance(layer, (keras.layers.Dense, keras.layers.MaxPooling2D))
     bn = sum(4 * l.gamma.shape[0] for l in model.layers
              if isinstance(l, keras.layers.BatchNormalization))

@@ -29,7 +29,7 @@ from effkeras.deploy import restructure
 from effkeras.deploy.report import Report, max_diffs, op_census, operators
 from effkeras.deploy.report import save  # noqa: F401  (lce.save(path, flatbuffer))
 from effkeras.errors import InputError
-from effkeras.summary import layer_precision, leaf_layers
+from effkeras.graph import layer_precision, leaf_layers
 
 TARGETS = ("arm", "xcore")  # what larq_compute_engine.convert_saved_model accepts
 PIXEL_RANGE = (0.0, 255.0)  # registry models take raw pixels (e.g. models/resnet.py)

@@ -86,7 +86,7 @@ from keras import ops
 from effkeras.errors import InputError
 from effkeras.layers.ern import PixelEmbedding
 from effkeras.layers.quantized import QuantConv2D, same_padding
-from effkeras.summary import FLOAT_BITS, layer_precision, leaf_layers
+from effkeras.graph import FLOAT_BITS, layer_precision, leaf_layers
 
 FORMS = ("auto", "thermometer", "bitplane")
 PLANE_FORMS = FORMS[1:]

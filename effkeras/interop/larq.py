@@ -22,7 +22,7 @@ import numpy as np
 from effkeras import constraints, quantizers
 from effkeras.errors import InputError
 from effkeras.layers import quantized
-from effkeras.summary import leaf_layers
+from effkeras.graph import leaf_layers
 
 LARQ_LAYERS = {cls.__name__: cls for cls in (quantized.QuantConv2D, quantized.QuantDense,
                                               quantized.QuantDepthwiseConv2D,

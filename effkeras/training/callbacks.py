@@ -4,7 +4,7 @@ import math
 
 import keras
 
-from effkeras.summary import leaf_layers
+from effkeras.graph import leaf_layers
 
 
 def recu_tau(epoch, epochs, tau_min=0.85, tau_max=0.99):
