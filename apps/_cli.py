@@ -5,17 +5,6 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up chatter out of the way
 
-from absl import app, flags, logging  # noqa: E402
-
-from effkeras.errors import InputError  # noqa: E402
-
-USAGE_ERROR = 2
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(USAGE_ERROR)
-
 
 def import_tensorflow_quietly():
     """TF 2.21 writes start-up lines (oneDNN, CUDA probing) to fd 2 before any log setting applies."""
@@ -31,6 +20,21 @@ def import_tensorflow_quietly():
         os.close(saved)
 
 
+# Before anything imports effkeras: `import effkeras` loads Keras, and so TensorFlow.
+import_tensorflow_quietly()
+
+from absl import app, flags, logging  # noqa: E402
+
+from effkeras.errors import InputError  # noqa: E402
+
+USAGE_ERROR = 2
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(USAGE_ERROR)
+
+
 def run(main):
     """absl.app.run(main), turning InputError into `error: ...` and exit code 2."""
 
@@ -39,7 +43,6 @@ def run(main):
             fail(f"unexpected arguments {argv[1:]}; every option is a --flag")
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # e.g. SavedModel export logs at INFO
-        import_tensorflow_quietly()
         try:
             return main(argv)
         except InputError as e:

@@ -1,69 +1,166 @@
-"""Convert a model to a deployable flatbuffer, check it, print the report, write it atomically.
+"""Convert a model for a deploy target, check it, print the report, write it atomically.
 
-python -m apps.convert --model=NAME --target=arm --output=model.tflite [--input_shape=H,W,C]
-    [--num_classes=N] [--allow_float_fallback] [--w1a2_form=auto] [--json]
-python -m apps.convert --checkpoint=model.keras --target=arm --output=model.tflite
+python -m apps.convert --model=NAME [--target=T] --output=model.tflite [--input_shape=H,W,C]
+python -m apps.convert --checkpoint=model.keras [--target=T] --output=model.tflite \
+    [--dataset=fashion_mnist] [--data_dir=DIR]        # calibrate and check on real images
+python -m apps.convert --tflite=model_int8.tflite --target=ethos-u55-128 --output=model_vela.tflite
+
+Targets: arm (LCE), float, float16, int8, tflm, ethos-u55-*|u65-*|u85-* (see --helpfull);
+the default is the model's (`python -m apps.summary --list`; unregistered models: arm
+when they have 1-bit kernels, else float). Beside the file: <file>.json for
+app developers (input shape, dtype, range, quantization, class names), and the target's extra
+files (tflm: <stem>_model_data.h/.cc; ethos-u: <stem>_int8.tflite, _summary.csv, _per-layer.csv).
 """
 
+import inspect
 import json
 import sys
 
+import numpy as np
 from absl import flags
 
 from apps import _cli
 
-
-def _lce_arm(model, allow_float_fallback):
-    """LCE for ARM; w1a2 convs (ERN) are rewritten as binary convs first and the result is checked
-    against the model as loaded (effkeras/deploy/restructure.py)."""
-    from effkeras.deploy import lce
-
-    return lce.convert(model, target="arm", allow_float_fallback=allow_float_fallback,
-                       w1a2_form=FLAGS.w1a2_form)
-
-
-# One conversion path per target: target -> fn(model, allow_float_fallback) -> (bytes, report).
-TARGETS = {"arm": _lce_arm}
-
 flags.DEFINE_string("model", None, "Registered model name (untrained weights).")
 flags.DEFINE_string("checkpoint", None, "A .keras model file (instead of --model).")
-flags.DEFINE_enum("target", "arm", list(TARGETS), "arm: Larq Compute Engine for ARM CPUs.")
+flags.DEFINE_string("tflite", None, "An int8 .tflite file, for --target=tflm or ethos-u-*.")
+flags.DEFINE_string("target", None, "Deploy target (default: the model's registry default).")
 flags.DEFINE_string("output", None, "Where to write the flatbuffer (.tflite).")
 flags.DEFINE_string("input_shape", None, "H,W,C for --model (default: the model's).")
 flags.DEFINE_integer("num_classes", None, "Number of classes for --model (default: the model's).")
+flags.DEFINE_string("dataset", None, "Calibrate on this dataset's train split and check on its "
+                    "test split (fashion_mnist, cifar10, cifar100, imagenet, synthetic). "
+                    "Default: random inputs.")
+flags.DEFINE_string("data_dir", None, "Directory of --dataset.")
+flags.DEFINE_integer("calibration_samples", 200, "Images drawn for int8 calibration.")
+flags.DEFINE_string("calibration_data", None, "A .npy array (N, H, W, C) of calibration images "
+                    "in [0, 255], instead of --dataset.")
+flags.DEFINE_integer("sample_size", None, "Images the check runs on (default 32 of --dataset, "
+                     "else 4 random).")
+flags.DEFINE_enum("io", "int8", ["int8", "float"], "int8 targets: the file's input/output type.")
 flags.DEFINE_bool("allow_float_fallback", False,
-                  "Keep binary layers the target cannot accelerate in float instead of failing.")
+                  "Keep layers the target cannot run in low precision in float instead of failing.")
 flags.DEFINE_enum("w1a2_form", "auto", ["auto", "thermometer", "bitplane"],
                   "arm: how w1a2 convs (ERN) become binary convs; auto picks the faster per layer.")
+flags.DEFINE_string("system_config", None, "ethos-u: Vela system config (Arm/vela.ini).")
+flags.DEFINE_string("memory_mode", None, "ethos-u: Vela memory mode (Arm/vela.ini).")
+flags.DEFINE_enum("optimise", "Performance", ["Performance", "Size"], "ethos-u: Vela's goal.")
 flags.DEFINE_bool("json", False, "Print the report as JSON.")
 flags.DEFINE_string("report", None, "Also write the report as JSON to this file.")
 FLAGS = flags.FLAGS
 
+# Flags that only some targets take: flag -> the option name of the target functions.
+TARGET_OPTIONS = {"io": "io", "allow_float_fallback": "allow_float_fallback",
+                  "w1a2_form": "w1a2_form", "system_config": "system_config",
+                  "memory_mode": "memory_mode", "optimise": "optimise"}
+
 
 def load_model():
-    from effkeras import models
+    """(Keras model or int8 flatbuffer bytes, registry name)."""
+    from effkeras import models, saving
     from effkeras.errors import InputError
 
-    if bool(FLAGS.model) == bool(FLAGS.checkpoint):
-        raise InputError("give exactly one of --model=NAME or --checkpoint=FILE.keras")
+    given = [name for name in ("model", "checkpoint", "tflite") if getattr(FLAGS, name)]
+    if len(given) != 1:
+        raise InputError("give exactly one of --model=NAME, --checkpoint=FILE.keras or "
+                         "--tflite=FILE.tflite")
+    if (FLAGS.input_shape or FLAGS.num_classes is not None) and not FLAGS.model:
+        raise InputError("--input_shape and --num_classes go with --model, not --checkpoint")
     if FLAGS.model:
         return models.get(FLAGS.model, input_shape=_cli.parse_shape(FLAGS.input_shape),
-                          num_classes=FLAGS.num_classes)
-    if FLAGS.input_shape or FLAGS.num_classes is not None:
-        raise InputError("--input_shape and --num_classes go with --model, not --checkpoint")
-    return models.load_checkpoint(FLAGS.checkpoint)
+                          num_classes=FLAGS.num_classes), models.info(FLAGS.model).name
+    if FLAGS.checkpoint:
+        model = saving.load_model(FLAGS.checkpoint)
+        return model, model.name
+    try:
+        with open(FLAGS.tflite, "rb") as f:
+            return f.read(), "model"
+    except OSError as e:
+        raise InputError(f"cannot read --tflite={FLAGS.tflite}: {e.strerror}") from None
+
+
+def target_options(target, model):
+    """The flags set for this target, as its keyword options; InputError for one it ignores."""
+    from effkeras.errors import InputError
+
+    accepted = inspect.signature(target.convert).parameters
+    options = {}
+    for flag, option in TARGET_OPTIONS.items():
+        if option in accepted or "int8_options" in accepted and option in ("io", "allow_float_fallback"):
+            options[option] = getattr(FLAGS, flag)
+        elif FLAGS[flag].present:
+            raise InputError(f"--{flag} does not apply to --target={target.name}")
+    if isinstance(model, bytes) and target.name not in ("tflm",) and not target.name.startswith(
+            "ethos-u"):
+        raise InputError(f"--tflite takes an int8 file to --target=tflm or ethos-u-*, not "
+                         f"--target={target.name}; convert a --model or --checkpoint instead")
+    return options
+
+
+def real_data(model):
+    """(calibration images, sample images, class names) from --dataset / --calibration_data."""
+    from effkeras import data
+    from effkeras.errors import InputError
+
+    calibration = sample = class_names = None
+    if FLAGS.calibration_data:
+        try:
+            calibration = np.load(FLAGS.calibration_data, allow_pickle=False).astype(np.float32)
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot read --calibration_data={FLAGS.calibration_data} as a .npy "
+                             f"array: {e}") from None
+    if FLAGS.dataset:
+        if isinstance(model, bytes):
+            raise InputError("--dataset goes with --model or --checkpoint (a Keras model to "
+                             "calibrate and check against)")
+        shape = tuple(model.input_shape[1:])
+
+        def take(split, count):
+            loaded = data.load(FLAGS.dataset, split, input_shape=shape, batch_size=count,
+                               data_dir=FLAGS.data_dir, augment_with=(), shuffle=True,
+                               num_classes=model.output_shape[-1])
+            with loaded.errors_as_input_errors():
+                images, _ = next(iter(loaded.dataset))
+            return images.numpy(), loaded.class_names
+
+        if calibration is None:
+            calibration, class_names = take("train", FLAGS.calibration_samples)
+        sample, class_names = take("test", FLAGS.sample_size or 32)
+    return calibration, sample, class_names
 
 
 def main(argv):
-    from effkeras.deploy import report
+    from effkeras import deploy
     from effkeras.errors import InputError
     from effkeras.fileio import write_json
 
     if not FLAGS.output:
         raise InputError("--output=FILE.tflite is required")
-    model = load_model()
-    flatbuffer, result = TARGETS[FLAGS.target](model, FLAGS.allow_float_fallback)
-    report.save(FLAGS.output, flatbuffer)
+    for name in ("calibration_samples", "sample_size"):
+        if getattr(FLAGS, name) is not None and getattr(FLAGS, name) < 1:
+            raise InputError(f"--{name} must be a positive integer")
+    if FLAGS.target and FLAGS.target not in deploy.names():
+        raise InputError(f"--target={FLAGS.target} is not a deploy target; known targets: "
+                         f"{', '.join(deploy.names())}")
+    model, name = load_model()
+    if isinstance(model, bytes) and not FLAGS.target:
+        raise InputError(f"--tflite needs --target (tflm or ethos-u-*); known targets: "
+                         f"{', '.join(deploy.names())}")
+    target_name = FLAGS.target or deploy.default_target(model, name)
+    target = deploy.get(target_name)
+    options = target_options(target, model)
+    calibration, sample, class_names = real_data(model)
+    if sample is None and FLAGS.sample_size and not isinstance(model, bytes):
+        from effkeras.deploy import verify
+        sample = verify.random_sample(model, size=FLAGS.sample_size)
+    flatbuffer, result = deploy.convert(model, target_name, calibration=calibration,
+                                        sample=sample, **options)
+    if calibration is not None and hasattr(result, "calibration"):
+        result.calibration = (f"{len(calibration)} images of {FLAGS.dataset} (train)"
+                              if FLAGS.dataset and not FLAGS.calibration_data
+                              else f"{len(calibration)} images of {FLAGS.calibration_data}")
+    deploy.save(FLAGS.output, flatbuffer, result,
+                deploy.app_metadata(flatbuffer, result, model_name=name, class_names=class_names))
     summary = {**result.as_dict(), "output": FLAGS.output}
     if FLAGS.report:
         write_json(FLAGS.report, summary)

@@ -1,6 +1,7 @@
 """Evaluate a saved model: top-1/top-5 and confusion counts as JSON.
 
 python -m apps.evaluate --checkpoint=runs/resnet20/model.keras [--dataset=fashion_mnist] [--split=test]
+python -m apps.evaluate --checkpoint=resnet8_int8.tflite [--runtime=litert|tflm]   # a deployed file
 
 ERN's ten-crop test-time augmentation (logits averaged over the corners, centre and their flips
 of the image squashed to 308x308):
@@ -14,7 +15,10 @@ from absl import flags
 
 from apps import _cli
 
-flags.DEFINE_string("checkpoint", None, "A .keras model file.")
+flags.DEFINE_string("checkpoint", None, "A .keras model file, or a .tflite file (run in "
+                    "--runtime).")
+flags.DEFINE_enum("runtime", None, ["litert", "tflm", "lce"], ".tflite files: LiteRT (default), "
+                  "TFLite Micro, or LCE (default for files with LCE ops).")
 flags.DEFINE_string("dataset", "fashion_mnist", "fashion_mnist, cifar10, cifar100, imagenet or synthetic.")
 flags.DEFINE_string("data_dir", None, "Dataset directory (Fashion-MNIST defaults to the Debian package).")
 flags.DEFINE_string("split", "test", "train or test.")
@@ -33,9 +37,20 @@ def main(argv):
     from effkeras import evaluation
     from effkeras.fileio import write_json
 
-    result = evaluation.evaluate_checkpoint(FLAGS.checkpoint, FLAGS.dataset, split=FLAGS.split,
+    from effkeras.errors import InputError
+
+    if FLAGS.checkpoint and FLAGS.checkpoint.endswith(".tflite"):
+        if FLAGS.tta != "none" or FLAGS.resize or FLAGS.crop:
+            raise InputError("--tta, --resize and --crop apply to .keras models, not .tflite files")
+        result = evaluation.evaluate_tflite(FLAGS.checkpoint, FLAGS.dataset, split=FLAGS.split,
                                             data_dir=FLAGS.data_dir, batch_size=FLAGS.batch_size,
-                                            tta=FLAGS.tta, resize=FLAGS.resize, crop=FLAGS.crop)
+                                            runtime=FLAGS.runtime)
+    else:
+        if FLAGS.runtime:
+            raise InputError("--runtime applies to .tflite files")
+        result = evaluation.evaluate_checkpoint(
+            FLAGS.checkpoint, FLAGS.dataset, split=FLAGS.split, data_dir=FLAGS.data_dir,
+            batch_size=FLAGS.batch_size, tta=FLAGS.tta, resize=FLAGS.resize, crop=FLAGS.crop)
     if FLAGS.output:
         write_json(FLAGS.output, result)
     print(json.dumps(result))

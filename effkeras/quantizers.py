@@ -5,12 +5,15 @@ the way larq does (`get("ste_sign")` -> `SteSign()`). Every class has `bits` (ou
 read by `effkeras.summary`) and larq's alias `precision`.
 
 Binarizers emit `where(x >= 0, 1, -1)` under a custom gradient: the Select form that the LCE
-converter turns into `LceQuantize` (deployment spec §2.1). The `x + stop_gradient(q - x)` trick
+converter turns into `LceQuantize` (Larq Compute Engine, Bannink et al., MLSys 2021, arXiv
+2011.09398; its converter's `prepare_patterns_common.td`). The `x + stop_gradient(q - x)` trick
 would leave the conv in float.
 
-ERN's w1a2 quantizers (recu_ern.md §B2) come last: `HalfWaveGaussianQuantizer` (2-bit
-activations, thresholds 1/3, 1, 5/3), `BinaryChannelWiseMeanScaling` (sign(W)·mean|W_o|) and
-`BinaryPower2Scaling` (sign(W)/32), each with an optional EWGS gradient (`ewgs_delta`).
+ERN's w1a2 quantizers ("Efficiera Residual Networks", arXiv 2410.11553; maths as the official
+code's `efficiera/ndk/pth/quantizers.py`) come last: `HalfWaveGaussianQuantizer` (2-bit
+activations, thresholds 1/3, 1, 5/3; larq-style `ste_unsigned` is the same class),
+`BinaryChannelWiseMeanScaling` (sign(W)·mean|W_o|) and `BinaryPower2Scaling` (sign(W)/32), each
+with an optional EWGS gradient (`ewgs_delta`).
 """
 
 import keras
@@ -68,7 +71,7 @@ def ste_sign(x, clip_value=1.0):
 
 
 def _approx_sign_gradient(x, upstream):
-    # Bi-Real's piecewise-polynomial derivative, max(0, 2 - 2|x|) (recu_ern.md A2).
+    # Bi-Real's piecewise-polynomial derivative, max(0, 2 - 2|x|) (ReCU, arXiv 2103.12369, Eq. 7).
     abs_x = ops.abs(x)
     return _masked(ops.less_equal(abs_x, 1.0), (1.0 - abs_x) * 2.0 * upstream)
 
@@ -125,7 +128,7 @@ def dorefa_quantizer(x, k_bit=2, mode="activations"):
 def ste_unsigned(x, k_bit=2, max_value=2.0):
     """k-bit unsigned quantizer on [0, max_value], round half up, straight-through inside.
 
-    k_bit=2, max_value=2.0 is ERN's HalfWaveGaussianQuantization (recu_ern.md B2.2): codes
+    k_bit=2, max_value=2.0 is ERN's HalfWaveGaussianQuantization (official code): codes
     floor(clip(x, 0, 2) * 1.5 + 0.5) in {0..3}, output codes * 2/3. Code i starts exactly at the
     float32 threshold (i - 0.5) / 1.5 (1/3, 1, 5/3), the comparison an LCE export makes. It is
     `half_wave_gaussian` with post-scaling and without EWGS.
@@ -162,18 +165,20 @@ def _inside(x, max_value):
     return ops.logical_and(ops.greater_equal(x, 0.0), ops.less_equal(x, max_value))
 
 
-# --- ERN (Efficiera Residual Networks, recu_ern.md §B2) ------------------------------------------
+# --- ERN (Efficiera Residual Networks, arXiv 2410.11553, §3.1; the official code's quantizers) ---
 
 
 def _ewgs(delta, x, quantized, upstream):
-    """EWGS (§B2.1-B2.2): upstream·(1 + δ·sign(upstream)·(x - quantized)); δ = 0: plain STE."""
+    """EWGS (Lee et al., CVPR 2021; ERN trains with it, §4.1): upstream·(1 + δ·sign(upstream)·
+    (x - quantized)); δ = 0: plain STE."""
     if not delta:
         return upstream
     return upstream * (1.0 + delta * ops.sign(upstream) * (x - quantized))
 
 
 def half_wave_gaussian(x, k_bit=2, max_value=2.0, post_scale=True, ewgs_delta=0.0):
-    """ERN's HalfWaveGaussianQuantization (§B2.2): codes q = floor(clip(x, 0, max) * s + 1/2),
+    """ERN's HalfWaveGaussianQuantization (official code; the paper's §3.1 says floor, the code
+    rounds half up): codes q = floor(clip(x, 0, max) * s + 1/2),
     s = (2^k - 1) / max_value, i.e. {0..3} switching at x = 1/3, 1, 5/3 for the defaults.
 
     Output q / s (= q * 2/3, post-scale) or the integer q (post_scale=False). Backward: straight
@@ -201,7 +206,7 @@ def channel_mean_abs(kernel):
 
 
 def binary_channel_wise_mean_scaling(kernel, ewgs_delta=0.0):
-    """ERN's XNOR weights (§B2.1): sign(W) · α_o with α_o = mean |W_o|, sign(0) = +1.
+    """ERN's XNOR weights (official code): sign(W) · α_o with α_o = mean |W_o|, sign(0) = +1.
 
     Backward: identity (no clipping, nothing through α), or EWGS with δ = ewgs_delta.
     """
@@ -216,7 +221,8 @@ def binary_channel_wise_mean_scaling(kernel, ewgs_delta=0.0):
 
 
 def binary_power2_scaling(kernel, divisor=32, ewgs_delta=0.0):
-    """ERN's "shared constant scaling factor" weights (§B2.1): sign(W) / divisor, sign(0) = +1.
+    """ERN's "shared constant scaling factor" weights (arXiv 2410.11553 §3, official code):
+    sign(W) / divisor, sign(0) = +1.
 
     Backward: identity, or EWGS with δ = ewgs_delta.
     """
@@ -340,24 +346,6 @@ class DoReFa(Quantizer):
         return {"k_bit": self.bits, "mode": self.mode}
 
 
-@_register
-class UnsignedQuantizer(Quantizer):
-    """`ste_unsigned` as a class; the defaults are ERN's 2-bit activation quantizer."""
-
-    def __init__(self, k_bit=2, max_value=2.0):
-        if k_bit < 1 or max_value <= 0:
-            raise InputError(f"UnsignedQuantizer needs k_bit >= 1 and max_value > 0, "
-                             f"got k_bit={k_bit}, max_value={max_value}.")
-        self.bits = k_bit
-        self.max_value = max_value
-
-    def __call__(self, x):
-        return ste_unsigned(x, k_bit=self.bits, max_value=self.max_value)
-
-    def get_config(self):
-        return {"k_bit": self.bits, "max_value": self.max_value}
-
-
 def _check_ewgs_delta(name, ewgs_delta):
     if not isinstance(ewgs_delta, (int, float)) or ewgs_delta < 0:
         raise InputError(f"{name} needs ewgs_delta >= 0 (0 is a plain STE), got {ewgs_delta!r}.")
@@ -366,10 +354,11 @@ def _check_ewgs_delta(name, ewgs_delta):
 
 @_register
 class HalfWaveGaussianQuantizer(Quantizer):
-    """`half_wave_gaussian` as a class: ERN's activation quantizer (recu_ern.md §B2.2).
+    """`half_wave_gaussian` as a class: ERN's activation quantizer, and larq-style `ste_unsigned`
+    (`UnsignedQuantizer`, the same maths: post-scale on, no EWGS; the defaults are ERN's).
 
-    Read by the w1a2 -> LCE rewrite (§C3): code m is on where x >= thresholds[m - 1], and the
-    output is step * code (step = 2/3 with post-scale, 1 without).
+    Read by the w1a2 -> LCE rewrite (effkeras.deploy): code m is on where x >= thresholds[m - 1],
+    and the output is step * code (step = 2/3 with post-scale, 1 without).
     """
 
     def __init__(self, k_bit=2, max_value=2.0, post_scale=True, ewgs_delta=0.0):
@@ -401,12 +390,23 @@ class HalfWaveGaussianQuantizer(Quantizer):
                                   post_scale=self.post_scale, ewgs_delta=self.ewgs_delta)
 
     def get_config(self):
-        return {"k_bit": self.bits, "max_value": self.max_value, "post_scale": self.post_scale,
-                "ewgs_delta": self.ewgs_delta}
+        # post_scale and ewgs_delta only where they differ from the defaults, so `ste_unsigned`
+        # keeps larq's two-key config.
+        config = {"k_bit": self.bits, "max_value": self.max_value}
+        if not self.post_scale:
+            config["post_scale"] = False
+        if self.ewgs_delta:
+            config["ewgs_delta"] = self.ewgs_delta
+        return config
+
+
+# larq's name for the same class; `.keras` files written before the merge name it.
+UnsignedQuantizer = HalfWaveGaussianQuantizer
+keras.saving.get_custom_objects()["effkeras>UnsignedQuantizer"] = HalfWaveGaussianQuantizer
 
 
 class _ScaledBinary(Quantizer):
-    """A 1-bit kernel quantizer W -> sign(W) * scale_o, readable by the LCE rewrite (§C3):
+    """A 1-bit kernel quantizer W -> sign(W) * scale_o, readable by the w1a2 -> LCE rewrite:
     `signs(kernel)` gives the ±1 kernel and `scale(kernel)` the per-output-channel scale."""
 
     bits = 1
@@ -422,7 +422,7 @@ class _ScaledBinary(Quantizer):
 
 @_register
 class BinaryChannelWiseMeanScaling(_ScaledBinary):
-    """`binary_channel_wise_mean_scaling` as a class: sign(W) · mean|W_o| (recu_ern.md §B2.1)."""
+    """`binary_channel_wise_mean_scaling` as a class: sign(W) · mean|W_o| (ERN's Conv_cw)."""
 
     def __init__(self, ewgs_delta=0.0):
         self.ewgs_delta = _check_ewgs_delta("BinaryChannelWiseMeanScaling", ewgs_delta)
@@ -440,7 +440,7 @@ class BinaryChannelWiseMeanScaling(_ScaledBinary):
 
 @_register
 class BinaryPower2Scaling(_ScaledBinary):
-    """`binary_power2_scaling` as a class: sign(W) / divisor, ERN's ±1/32 (recu_ern.md §B2.1)."""
+    """`binary_power2_scaling` as a class: sign(W) / divisor, ERN's ±1/32 (Conv_p2)."""
 
     def __init__(self, divisor=32, ewgs_delta=0.0):
         if not isinstance(divisor, int) or divisor < 1 or divisor & (divisor - 1):
@@ -467,12 +467,13 @@ ALIASES = {
     "magnitude_aware_sign": MagnitudeAwareSign,
     "ste_heaviside": SteHeaviside,
     "dorefa_quantizer": DoReFa,
-    "ste_unsigned": UnsignedQuantizer,
+    "ste_unsigned": HalfWaveGaussianQuantizer,
     "half_wave_gaussian": HalfWaveGaussianQuantizer,
     "binary_channel_wise_mean_scaling": BinaryChannelWiseMeanScaling,
     "binary_power2_scaling": BinaryPower2Scaling,
 }
-_BY_NAME = {**ALIASES, **{cls.__name__: cls for cls in ALIASES.values()}}
+_BY_NAME = {**ALIASES, **{cls.__name__: cls for cls in ALIASES.values()},
+            "UnsignedQuantizer": HalfWaveGaussianQuantizer}
 
 
 def serialize(quantizer):

@@ -23,7 +23,7 @@ def pytest_configure(config):
 def strict_lce_agreement(request, monkeypatch):
     """LCE must match Keras within max_rel_diff in tests, with no allowance for sensitivity."""
     if "model_sensitivity" not in request.keywords:
-        monkeypatch.setattr("effkeras.deploy.lce._sensitivity", lambda *args, **kwargs: 0.0)
+        monkeypatch.setattr("effkeras.deploy.verify.sensitivity", lambda *args, **kwargs: 0.0)
 
 
 def write_idx(path, array):
@@ -91,7 +91,7 @@ def make_arithmetic_exact(model, seed=0):
 
     Binary conv outputs are integers; with power-of-two scales and shifts in eighths every later
     sum is exact in float32 whatever the order. Otherwise float re-association flips signs near
-    zero, and in a deep binary net one flip cascades (ecosystem spec §2.6).
+    zero, and in a deep binary net one flip cascades (measured).
     """
     import keras
 

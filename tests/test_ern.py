@@ -1,5 +1,5 @@
-"""ERN (recu_ern.md Part B): quantizers and pixel embedding against the spec's formulas,
-architectures against the §B4 table, recipe, training, ten-crop TTA."""
+"""ERN (arXiv 2410.11553): quantizers and pixel embedding against the official code's formulas,
+architectures against Table 2 and the code's networks, recipe, training, ten-crop TTA."""
 
 import keras
 import numpy as np
@@ -25,12 +25,12 @@ def forward_and_gradient(function, x, upstream):
     return y.numpy(), tape.gradient(loss, variable).numpy()
 
 
-# --- activation quantizer (§B2.2) ---------------------------------------------------------------
+# --- activation quantizer (the official code's HalfWaveGaussianQuantization) --------------------
 
 
 def numpy_hwgq(x, post_scale, delta, upstream):
-    """§B2.2 in float64: q = floor(clip(x, 0, 2)·1.5 + 0.5); a = q·2/3 or q; STE in [0, 2]
-    (×1.5 without post-scale), then EWGS against q·2/3."""
+    """The official code's HWGQ in float64: q = floor(clip(x, 0, 2)·1.5 + 0.5); a = q·2/3 or q;
+    STE in [0, 2] (×1.5 without post-scale), then EWGS against q·2/3."""
     q = np.floor(np.clip(x.astype(np.float64), 0, 2) * 1.5 + 0.5)
     inside = (x >= 0) & (x <= 2)
     g = upstream * inside * (1.0 if post_scale else 1.5)
@@ -73,7 +73,7 @@ def test_activation_quantizer_defaults_equal_ste_unsigned():
         np.testing.assert_array_equal(a, b)
 
 
-# --- weight quantizers (§B2.1) ------------------------------------------------------------------
+# --- weight quantizers (the official code's) ----------------------------------------------------
 
 
 def test_channel_mean_scaled_weights():
@@ -127,11 +127,12 @@ def test_quantizer_names_configs_and_bad_arguments():
             bad()
 
 
-# --- pixel embedding (§B3) ----------------------------------------------------------------------
+# --- pixel embedding (§3.3; the official code's PixelEmbeddingV3) -------------------------------
 
 
 def spec_thermometer(x):
-    """§B3's float formula in float32: y = x/80 - b_i - 1e-4, z = floor(clip(y, 0, 4 - 1e-6))."""
+    """The official code's float formula in float32: y = x/80 - b_i - 1e-4,
+    z = floor(clip(y, 0, 4 - 1e-6))."""
     b = (np.arange(10, dtype=F32) + 1) / F32(10) - 1
     y = F32(x)[..., None] * F32(1 / 80) - b - F32(1e-4)
     return np.floor(np.clip(y, 0, F32(4 - 1e-6)))
@@ -170,9 +171,9 @@ def test_thermometer_rounds_fractional_pixels_and_encodes_grayscale():
     assert PixelEmbedding().trainable is False and not PixelEmbedding().weights
 
 
-# --- architectures (§B4) ------------------------------------------------------------------------
+# --- architectures (Table 2; the official code's networks) --------------------------------------
 
-# model: (#binary convs, binary weights from the §B4 table, paper size in MiB, conv GMACs @256)
+# model: (#binary convs, binary weights (derived), Table 2 size in MiB, conv GMACs @256 (derived))
 TABLE = {
     "ern18_075": (25, 8.216e6, 0.98, 3.09),
     "ern18": (25, 11.769e6, 1.40, 3.32),
@@ -208,7 +209,7 @@ def test_registry_metadata_and_alias():
     for name in TABLE:
         info = models.info(name)
         assert (info.family, info.deploy, info.input_shape, info.num_classes,
-                info.min_input_size) == ("ern", "lce", (256, 256, 3), 1000, 32)
+                info.min_input_size) == ("ern", "arm", (256, 256, 3), 1000, 32)
         assert recipes.get(info.recipe).optimizer == "adam"
     assert models.info("ern18x075").name == "ern18_075"
     with pytest.raises(InputError, match=">= 32"):
@@ -224,7 +225,7 @@ def test_ern18_layout_scales_and_ewgs_placement():
     model = models.get("ern18", input_shape=(256, 256, 3), ewgs_delta=0.01)
     shapes = {l.name: l.output.shape[1:] for l in model.layers}
     assert shapes["pixel_embedding"] == (256, 256, 30)
-    assert shapes["stem_conv1_2"] == (64, 64, 64)  # §B4: stem 64 @ 64x64
+    assert shapes["stem_conv1_2"] == (64, 64, 64)  # the code's stem: 64 @ 64x64
     for stage, (size, channels) in enumerate([(64, 64), (32, 128), (16, 256), (8, 512)], 1):
         assert shapes[f"stage{stage}_block2_add"] == (size, size, channels)
     assert shapes["classifier"] == (8, 8, 1000) and shapes["logits"] == (1000,)
@@ -239,7 +240,7 @@ def test_ern18_layout_scales_and_ewgs_placement():
         # Q2ᶦ (integer codes) before every ±1/32 conv and in the shortcut blocks' conv1.
         integer = shared or name.endswith("block1_conv1") or name == "stem_conv1"
         assert inputs.post_scale is not integer, name
-        # δ only where the official code forwards it (§B2.3): stem, shortcut kernels, head.
+        # δ only where the official code forwards it: stem, shortcut kernels, head.
         in_block = name.startswith("stage")
         assert kernel.ewgs_delta == (0.0 if in_block and "shortcut" not in name else 0.01), name
         assert inputs.ewgs_delta == (0.0 if in_block or name == "stem_conv1" else 0.01), name
@@ -305,7 +306,7 @@ def test_model_round_trip(tmp_path):
     np.testing.assert_array_equal(model(x), loaded(x))
 
 
-# --- recipe and training (§B5) ------------------------------------------------------------------
+# --- recipe and training (§4.1; the official code's "best" configs) -----------------------------
 
 
 def test_recipe():
@@ -358,7 +359,7 @@ def test_fashion_mnist_grayscale_end_to_end_with_ten_crop(tmp_path, fashion_mnis
     assert sum(map(sum, result["confusion"])) == 20
 
 
-# --- ten-crop TTA (§B6) -------------------------------------------------------------------------
+# --- ten-crop TTA (§4.1, Table 4) ----------------------------------------------------------------
 
 
 def test_ten_crop_geometry():
@@ -412,7 +413,8 @@ def test_tta_flags_are_checked():
 
 
 def test_ten_crop_on_imagenet_folders_squashes_first(tmp_path, imagenet_dir):
-    """Images of several aspect ratios are squashed to resize x resize (§B6), then ten-cropped."""
+    """Images of several aspect ratios are squashed to resize x resize (as the official
+    evaluation), then ten-cropped."""
     models.get("ern18", input_shape=(32, 32, 3), num_classes=2).save(tmp_path / "ern18.keras")
     result = evaluation.evaluate_checkpoint(str(tmp_path / "ern18.keras"), "imagenet",
                                             data_dir=str(imagenet_dir), batch_size=3,

@@ -44,12 +44,12 @@ def test_imported_model_matches_larq(larq_models, name, weights_format):
 
 @pytest.mark.parametrize("name", ["quicknet_block", "bireal_block"])
 def test_imported_block_has_larqs_lce_op_census(larq_models, name):
-    from effkeras.deploy import lce, report
+    from effkeras.deploy import lce, verify
 
     model = import_larq_model(larq_models / f"{name}.json", larq_models / f"{name}.h5")
     sample = np.load(larq_models / f"{name}_io.npz")["x"]
     _, ours = lce.convert(model, sample=sample, max_rel_diff=1e-5)
-    theirs = report.op_census(report.operators((larq_models / f"{name}.tflite").read_bytes()))
+    theirs = verify.op_census(verify.operators((larq_models / f"{name}.tflite").read_bytes()))
     assert ours.op_census == theirs
     assert ours.bconv_ops == ours.binary_layers == theirs["LceBconv2d"] >= 1
 

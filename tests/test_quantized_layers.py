@@ -83,7 +83,7 @@ def test_one_padding_differs_from_zero_padding_only_at_borders():
 
 
 def test_one_padding_graph_is_lce_same_one_pattern():
-    """sign -> PadV2(1.0) -> VALID Conv2D, nothing in between (deployment spec §2.3)."""
+    """sign -> PadV2(1.0) -> VALID Conv2D, nothing in between (LCE's converter patterns)."""
     layer = QuantConv2D(4, 3, strides=2, padding="same", pad_values=1.0,
                         input_quantizer="ste_sign", kernel_quantizer="ste_sign")
     layer.build((1, 8, 8, 4))

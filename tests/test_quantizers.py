@@ -121,7 +121,8 @@ def test_unsigned_quantizer(k_bit, max_value):
 
 
 def test_ern_two_bit_levels_and_thresholds():
-    """recu_ern.md B2.2: codes 0..3 switch at 1/3, 1, 5/3; outputs codes * 2/3."""
+    """ERN's activations (official code; arXiv 2410.11553): codes 0..3 switch at 1/3, 1, 5/3;
+    outputs codes * 2/3."""
     third = np.float32(1 / 3)
     just_below = np.nextafter(third, np.float32(0))
     x = np.float32([-1, 0, just_below, third, 0.9, 1.0, 1.6, 5 / 3, 2.0, 7.0])
@@ -131,7 +132,7 @@ def test_ern_two_bit_levels_and_thresholds():
 
 
 def test_binarizers_emit_select_of_constants():
-    """LCE only turns Select(x >= 0, 1, -1) into LceQuantize (deployment spec §2.1)."""
+    """LCE only turns Select(x >= 0, 1, -1) into LceQuantize (its converter, arXiv 2011.09398)."""
     graph = tf.function(quantizers.ste_sign).get_concrete_function(
         tf.TensorSpec([None, 4], tf.float32)).graph
     kinds = {op.type for op in graph.get_operations()}
@@ -210,3 +211,29 @@ def test_unsigned_codes_agree_in_eager_graph_and_constant_folding():
     expected = np.array([1, 2, 3, 0, 1, 2, 1, 2, 3, 0, 3, 0, 3]) * (2 / 3)
     for result in (eager, traced, folded):
         np.testing.assert_allclose(result, expected, rtol=1e-6)
+
+
+def test_ste_unsigned_is_half_wave_gaussian_and_rewritable():
+    """One class for both names: a w1a2 conv with larq's `ste_unsigned` input says its thresholds
+    and step, so the w1a2 -> LCE rewrite accepts it."""
+    from effkeras.deploy.passes.w1a2 import unsupported_reason
+    from effkeras.layers import QuantConv2D
+
+    ste_unsigned, hwgq = quantizers.get("ste_unsigned"), quantizers.get("half_wave_gaussian")
+    assert type(ste_unsigned) is type(hwgq) is quantizers.HalfWaveGaussianQuantizer
+    assert ste_unsigned.thresholds == hwgq.thresholds and ste_unsigned.step == hwgq.step
+    assert quantizers.UnsignedQuantizer is quantizers.HalfWaveGaussianQuantizer
+    layer = QuantConv2D(4, 3, use_bias=False, input_quantizer="ste_unsigned",
+                        kernel_quantizer="binary_channel_wise_mean_scaling")
+    layer(keras.Input((6, 6, 8)))
+    assert unsupported_reason(layer) is None
+
+
+def test_unsigned_quantizer_configs_saved_before_the_merge_load():
+    old = {"module": "effkeras.quantizers", "class_name": "UnsignedQuantizer",
+           "config": {"k_bit": 3, "max_value": 1.5},
+           "registered_name": "effkeras>UnsignedQuantizer"}
+    for restored in (quantizers.get(old), keras.saving.deserialize_keras_object(old)):
+        assert isinstance(restored, quantizers.HalfWaveGaussianQuantizer)
+        assert restored.get_config() == {"k_bit": 3, "max_value": 1.5}
+        assert restored.thresholds == quantizers.HalfWaveGaussianQuantizer(3, 1.5).thresholds

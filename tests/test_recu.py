@@ -1,4 +1,5 @@
-"""ReCU: the weight path against the spec's formulas, τ schedule, architectures, LCE deployment."""
+"""ReCU (arXiv 2103.12369): the weight path against the official code's formulas, τ schedule,
+architectures, LCE deployment."""
 
 import math
 
@@ -17,7 +18,8 @@ SQRT8 = 2 * math.sqrt(2)
 
 
 def numpy_recu(kernel, tau, upstream):
-    """§A2 written out in float64: forward ±1 kernel and the gradient reaching the latent W."""
+    """The official code's BinarizeConv2d in float64: forward ±1 kernel and the gradient reaching
+    the latent W."""
     n = np.prod(kernel.shape[:3])
     w0 = kernel - kernel.mean(axis=(0, 1, 2), keepdims=True)
     var = (w0 ** 2).sum(axis=(0, 1, 2), keepdims=True) / (n - 1)
@@ -44,7 +46,7 @@ def test_weight_path_matches_numpy(tau):
     expected, expected_gradient, clamped = numpy_recu(kernel.astype(np.float64), tau, upstream)
     np.testing.assert_array_equal(binary.numpy(), expected)
     np.testing.assert_allclose(gradient, expected_gradient, rtol=2e-4, atol=2e-5)
-    assert clamped == pytest.approx(2 * (1 - tau), abs=0.06)  # §A3: 2(1 - τ) of a Laplace law
+    assert clamped == pytest.approx(2 * (1 - tau), abs=0.06)  # 2(1 - τ) of a Laplace law (Eq. 10)
     # Standardising and clamping never change a sign: the deployed weight is sign(W - mean_c W).
     np.testing.assert_array_equal(expected, np.where(kernel - kernel.mean((0, 1, 2)) >= 0, 1, -1))
 
@@ -71,7 +73,7 @@ def test_activation_path_normalises_only_in_training():
 
 
 def test_tau_schedule_table():
-    # recu_ern.md §A3 table for I = 600.
+    # Eq. (24) for I = 600 (derived).
     for epoch, tau in [(0, 0.8500), (100, 0.8648), (200, 0.8822), (300, 0.9029), (400, 0.9272),
                        (500, 0.9560), (599, 0.9896)]:
         assert recu_tau(epoch, 600) == pytest.approx(tau, abs=5e-5)
@@ -93,7 +95,7 @@ def test_tau_is_set_each_epoch_and_survives_resume(tmp_path):
     assert len(layer_taus(final)) == 18
 
 
-# (model, input size for tests, binary convs, 1-bit parameters by hand from §A5)
+# (model, input size for tests, binary convs, 1-bit parameters by hand from the code's nets)
 ARCHITECTURES = [
     ("recu_resnet20", 32, 18, 9 * (6 * 16 * 16 + 16 * 32 + 5 * 32 * 32 + 32 * 64 + 5 * 64 * 64)),
     ("recu_resnet18", 32, 16, 9 * (4 * 64 * 64 + 64 * 128 + 3 * 128 * 128 + 128 * 256

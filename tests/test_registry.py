@@ -37,7 +37,7 @@ def test_builds_at_other_shapes_and_classes():
 def test_registering_a_name_twice_fails():
     with pytest.raises(ValueError, match="twice"):
         models.register("resnet20", family="x", paper="x", input_shape=(8, 8, 3), num_classes=2,
-                        recipe="sgd_cosine", deploy="tflite", min_input_size=1)(lambda **k: None)
+                        recipe="sgd_cosine", deploy="float", min_input_size=1)(lambda **k: None)
 
 
 @pytest.mark.parametrize("name, trainable, macs", [
@@ -50,3 +50,24 @@ def test_imagenet_resnets_match_he_et_al(name, trainable, macs):
     model = models.get(name)
     assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == trainable
     assert summary.totals(summary.summarize(model))["float_macs"] == macs
+
+
+def test_import_effkeras_registers_every_custom_object(tmp_path):
+    """As `import larq`: a fresh process needs only `import effkeras` to load a saved ERN (custom
+    layers and quantizers), and the stage tables stay named data."""
+    import subprocess
+    import sys
+
+    from effkeras.models import common, ern
+
+    assert ern.CONFIGS["ern18"].stages[1] == common.Stage(filters=128, blocks=2, stride=2)
+    path = tmp_path / "ern18_075.keras"
+    models.get("ern18_075", input_shape=(32, 32, 3), num_classes=10).save(path)
+    code = ("import sys, keras, effkeras\n"
+            "model = keras.models.load_model(sys.argv[1])\n"
+            "assert 'effkeras.training.trainer' not in sys.modules\n"
+            "print(model.count_params())\n")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "7850624"

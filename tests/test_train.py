@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import keras
 import pytest
@@ -48,14 +47,23 @@ def test_killed_mid_epoch_resumes_from_last_complete_epoch(tmp_path):
     command = [sys.executable, "-m", "apps.train", "--model=resnet20", "--dataset=synthetic",
                "--input_shape=32,32,3", "--batch_size=32", "--steps_per_epoch=40", "--epochs=3",
                f"--output_dir={tmp_path}"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
     state_path = tmp_path / "state.json"
-    deadline = time.time() + 240
-    while not state_path.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    time.sleep(1.0)  # well inside epoch 2
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    # Keras prints "Epoch 2/3" when epoch 2 begins, after every epoch-end callback of epoch 1
+    # (the checkpoint commit among them) has run, and 40 steps before epoch 2 can end.
+    try:
+        for line in process.stdout:
+            if line.startswith("Epoch 2/"):
+                break
+        else:
+            pytest.fail("the run ended before epoch 2 began")
+        assert read_json(state_path)["epoch"] == 1  # committed before epoch 2 began
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        process.stdout.close()
     state = read_json(state_path)
     assert state["epoch"] == 1, "the kill should land in epoch 2"
     assert not (tmp_path / "metrics.json").exists()
@@ -67,3 +75,43 @@ def test_killed_mid_epoch_resumes_from_last_complete_epoch(tmp_path):
     metrics = read_json(tmp_path / "metrics.json")
     assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+
+
+@pytest.fixture
+def two_exit_model():
+    """A registered test model whose output is two logits tensors (exit1, exit2), removed after."""
+    from effkeras.models import registry
+
+    def build(input_shape, num_classes):
+        inputs = keras.Input(input_shape)
+        x = keras.layers.Rescaling(1 / 255)(inputs)
+        x = keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu")(x)
+        early = keras.layers.Dense(num_classes, name="exit1")(keras.layers.GlobalAveragePooling2D()(x))
+        x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
+        late = keras.layers.Dense(num_classes, name="exit2")(keras.layers.GlobalAveragePooling2D()(x))
+        return keras.Model(inputs, [early, late], name="test_two_exit")
+
+    registry.register("test_two_exit", family="test", paper="-", input_shape=(16, 16, 3),
+                      num_classes=10, recipe="sgd_cosine", deploy="float", min_input_size=4)(build)
+    yield "test_two_exit"
+    del registry._MODELS["test_two_exit"]
+
+
+def test_model_with_two_outputs_trains_resumes_and_logs_each_output(tmp_path, two_exit_model):
+    config = dict(model=two_exit_model, dataset="synthetic", input_shape=(16, 16, 3),
+                  batch_size=16, steps_per_epoch=2, output_dir=str(tmp_path), verbose=0)
+    first = training.train(training.TrainConfig(epochs=1, **config))
+    second = training.train(training.TrainConfig(epochs=2, **config))
+    assert [h["epoch"] for h in second["history"]] == [1, 2]
+    assert second["history"][0] == first["history"][0]
+    per_output = {f"{prefix}exit{k}_{metric}" for prefix in ("", "val_") for k in (1, 2)
+                  for metric in ("top1", "top5", "loss")}
+    assert per_output <= set(second["history"][1])
+    test = read_json(tmp_path / "metrics.json")["test"]
+    assert set(test) == {"loss"} | {f"exit{k}_{m}" for k in (1, 2) for m in ("top1", "top5", "loss")}
+    assert test["loss"] == pytest.approx(test["exit1_loss"] + test["exit2_loss"], rel=1e-4)
+    saved = keras.models.load_model(tmp_path / "checkpoint-2.keras")
+    assert int(saved.optimizer.iterations) == 4
+    assert len(keras.models.load_model(tmp_path / "model.keras").outputs) == 2
+    events = os.listdir(tmp_path / "logs" / "train")
+    assert events  # TensorBoard got the per-output logs too

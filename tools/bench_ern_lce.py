@@ -4,7 +4,7 @@
         [--layers] [--no_model] [--json] [--plot=ern18_lce.png]
 
 --layers: every w1a2 conv of the model alone (its input -> the conv), rewritten in the
-    thermometer and the bit-plane form (effkeras/deploy/restructure.py), converted with LCE and
+    thermometer and the bit-plane form (effkeras/deploy/passes/w1a2.py), converted with LCE and
     timed in the LCE interpreter, one thread, the two forms taking turns; median ms per form,
     with LCE's default bconv kernel and with its indirect BGEMM kernel (`_indirect`).
 model (default): the model rewritten with form="auto" and converted by `lce.convert`
@@ -16,8 +16,8 @@ model (default): the model rewritten with form="auto" and converted by `lce.conv
         by the TFLite interpreter (XNNPack, one thread), taking turns in this process: warm-up
         runs, then the median of --runs. LCE runs with its default kernels
         (`Interpreter(flatbuffer, num_threads=1)`) and, beside, with use_indirect_bgemm=True.
-On x86 LCE runs portable kernels (DESIGN.md decision 6): the ratio is informative, the ARM
-result needs `lce_benchmark_model` on the device.
+On x86 LCE runs portable kernels (measured: slower than XNNPack's float ones there): the ratio
+is informative, the ARM result needs `lce_benchmark_model` on the device.
 """
 
 import argparse
@@ -92,11 +92,12 @@ def bench_layers(model, args):
     import keras
     import numpy as np
 
-    from effkeras.deploy import lce, restructure
+    from effkeras.deploy import lce
+    from effkeras.deploy.passes import w1a2
 
     rng = np.random.default_rng(0)
     rows = []
-    for layer in restructure.w1a2_layers(model):
+    for layer in w1a2.w1a2_layers(model):
         inputs = layer_inputs(model, layer)
         single = keras.Model(inputs, layer.output, name=f"{layer.name}_alone")
         pixels = inputs is model.inputs[0]
@@ -114,7 +115,7 @@ def bench_layers(model, args):
         row = dict(layer=layer.name, kernel=layer.kernel_size[0], stride=layer.strides[0],
                    input=f"{inputs.shape[1]}x{inputs.shape[2]}x{inputs.shape[3]}",
                    output="x".join(map(str, layer.output.shape[1:])),
-                   auto=restructure.choose_form(layer.kernel_size, c, layer.filters),
+                   auto=w1a2.choose_form(layer.kernel_size, c, layer.filters),
                    **{f"{name}_ms": round(value, 3) for name, value in ms.items()},
                    **{f"{form}_bytes": len(fb) for form, fb in flatbuffers.items()})
         row["bitplane_over_thermometer"] = round(ms["bitplane"] / ms["thermometer"], 3)
@@ -171,9 +172,10 @@ def bench_model(model, args):
     import numpy as np
 
     from effkeras import summary
-    from effkeras.deploy import lce, report, restructure
+    from effkeras.deploy import lce, verify
+    from effkeras.testing import tie_free_weights
 
-    restructure.tie_free_weights(model)  # so the agreement check is meaningful (not all zeros)
+    tie_free_weights(model)  # so the agreement check is meaningful (not all zeros)
     rng = np.random.default_rng(1)
     sample = rng.integers(0, 256, (2, args.input_size, args.input_size, 3)).astype("float32")
     totals = summary.as_dict(model)["totals"]
@@ -197,7 +199,7 @@ def bench_model(model, args):
               f"{weight_bytes:,.0f} 1-bit weight bytes), {checked.bconv_ops} LceBconv2d, "
               f"max rel diff {checked.max_rel_diff:.2g} vs Keras, converted in "
               f"{time.perf_counter() - start:.0f} s", flush=True)
-    census = report.op_census(report.operators(flatbuffers["auto"]))
+    census = verify.op_census(verify.operators(flatbuffers["auto"]))
     result["auto_op_census"] = census
 
     twin = float_twin(model)
@@ -206,7 +208,7 @@ def bench_model(model, args):
     x = sample[:1]
     expected = twin.predict(x, verbose=0)
     got = tflite_runner(float_flatbuffer, x)()
-    result["float_max_rel_diff"] = report.max_diffs(expected, got)[1]
+    result["float_max_rel_diff"] = verify.max_diffs(expected, got)[1]
     runners = {f"lce_{form}": lce_runner(fb, x) for form, fb in flatbuffers.items()}
     runners["lce_auto_indirect_bgemm"] = lce_runner(flatbuffers["auto"], x, indirect_bgemm=True)
     runners["float_xnnpack"] = tflite_runner(float_flatbuffer, x)

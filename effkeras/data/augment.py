@@ -71,7 +71,8 @@ def lighting(image, seed=None):
 
 def squash(image, height, width):
     """The whole image resized to (height, width), aspect ratio not kept: torchvision's
-    Resize((h, w)) with a size list, as ERN's train and test pipelines (recu_ern.md §B5, §B6)."""
+    Resize((h, w)) with a size list, as ERN's train and test pipelines (official code; ERN,
+    arXiv 2410.11553, §4.1)."""
     return tf.image.resize(image, [height, width], antialias=True)
 
 
@@ -84,7 +85,8 @@ def five_crop_offsets(height, width, size):
 
 def ten_crop(images, size):
     """torchvision's TenCrop(size) of a batch (B, H, W, C) -> (10, B, size, size, C): the five
-    crops of the images, then the five crops of their horizontal flips (recu_ern.md §B6)."""
+    crops of the images, then the five crops of their horizontal flips (ERN's test-time
+    augmentation, arXiv 2410.11553, §4.1 and Table 4)."""
     height, width = images.shape[1], images.shape[2]
     if height is None or width is None or not 0 < size <= min(height, width):
         raise InputError(f"ten-crop of {size}x{size} needs images at least that large with a "
@@ -95,8 +97,9 @@ def ten_crop(images, size):
     return tf.stack(crops)
 
 
-# ERN's `imagenet_with_randaugment` photometric steps (recu_ern.md §B5), in its order.
-KERAS_AUGMENTATIONS = ("color_jitter", "grayscale", "rotation", "randaugment")
+# ERN's `imagenet_with_randaugment` photometric steps (its official code's augmentor configs), in
+# its order; "shift" (MLPerf Tiny's width/height shifts of 0.1) goes with the rotation.
+KERAS_AUGMENTATIONS = ("color_jitter", "grayscale", "rotation", "shift", "randaugment")
 
 
 def keras_augmentations(names, seed=None):
@@ -113,6 +116,7 @@ def keras_augmentations(names, seed=None):
             saturation_factor=0.25, hue_factor=0.5, seed=seed),
         "grayscale": lambda: keras.layers.RandomGrayscale(0.3, seed=seed),
         "rotation": lambda: keras.layers.RandomRotation(15 / 360, seed=seed),
+        "shift": lambda: keras.layers.RandomTranslation(0.1, 0.1, seed=seed),
         "randaugment": lambda: keras.layers.RandAugment(value_range=(0, 255), num_ops=2,
                                                         factor=7 / 30, seed=seed),
     }

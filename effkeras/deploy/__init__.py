@@ -1,9 +1,20 @@
-"""Deployment: one conversion path per target, each returning (flatbuffer bytes, report).
+"""Deployment: one entry point, `convert(model, target, *, calibration=None, **options)`.
 
-    lce.py          binary models -> Larq Compute Engine flatbuffer (LceBconv2d) for ARM CPUs
-    restructure.py  w1a2 convs (ERN) -> exact sums of binary convs, before LCE conversion
-    report.py       shared by every target: op census, size, agreement with Keras, atomic save
+    api.py       the target registry, convert, default_target, save (+ the app-facing JSON)
+    verify.py    the one verifier: op census, io tensors, agreement with Keras, Report, save
+    runtime.py   runs .tflite files: LiteRT, TFLite Micro, LCE's interpreter
+    passes/      graph rewrites before export: rewrite (clone-and-replace), fold_bn, w1a2
+    lce.py       target arm: Larq Compute Engine (binary and w1a2 nets) for ARM CPUs
+    tflite.py    targets float, float16, int8: TFLite builtins for LiteRT
+    tflm.py      target tflm: int8 in TFLite Micro, arena bytes, C array
+    ethos_u.py   targets ethos-u55-*, ethos-u65-*, ethos-u85-*: int8 compiled by Vela
 
-Targets import TensorFlow and their converter, so import them by module (`from effkeras.deploy
-import lce`); this package itself stays light.
+The target modules (they import TensorFlow's and LCE's converters) load when a target is first
+asked for, so that `import effkeras` (which registers the passes' layers) stays light.
 """
+
+from effkeras.deploy.api import (TARGETS, Target, app_metadata, convert, default_target, get,
+                                 names, register_target, save)
+
+__all__ = ["TARGETS", "Target", "app_metadata", "convert", "default_target", "get", "names",
+           "register_target", "save"]

@@ -1,7 +1,7 @@
 """Keras 3 model -> Larq Compute Engine flatbuffer, checked against the Keras model.
 
-The path is `model.export(dir, format="tf_saved_model")` then `convert_saved_model` (DESIGN.md
-decision 3). LCE silently leaves a binary conv in float when it does not recognise the sign
+The path is `model.export(dir, format="tf_saved_model")` then `convert_saved_model` (LCE's
+converter looks up the `serving_default` signature that Keras 3 writes). LCE silently leaves a binary conv in float when it does not recognise the sign
 pattern, so every conversion checks its own result:
 
 - every binary layer (input and kernel 1-bit) must have become an `LceBconv2d`;
@@ -12,7 +12,7 @@ is an error too (use a 1x1 QuantConv2D instead), unless `allow_float_fallback=Tr
 layers in float: correct outputs, no speed-up, weights stored as float32.
 
 LCE has no w1a2 kernel either: a model with 1-bit-weight, multi-bit-input convs (ERN) is first
-rewritten by `restructure.w1a2_to_binary` into binary convs over ±1 planes of the input
+rewritten by the w1a2 pass (`passes.w1a2.w1a2_to_binary`) into binary convs over ±1 planes of the input
 (exact), and the flatbuffer is checked against the model as given, before the rewrite. A w1a2
 layer that cannot be rewritten, or whose bconvs LCE did not make, is an error naming it.
 """
@@ -25,22 +25,22 @@ import keras
 import larq_compute_engine
 import numpy as np
 
-from effkeras.deploy import restructure
-from effkeras.deploy.report import Report, max_diffs, op_census, operators
-from effkeras.deploy.report import save  # noqa: F401  (lce.save(path, flatbuffer))
+from effkeras.deploy import verify
+from effkeras.deploy.api import register_target
+from effkeras.deploy.passes import w1a2 as w1a2_pass
+from effkeras.deploy.verify import PIXEL_RANGE, Report, op_census, operators
+from effkeras.deploy.verify import save  # noqa: F401  (lce.save(path, flatbuffer))
 from effkeras.errors import InputError
 from effkeras.graph import layer_precision, leaf_layers
 
 TARGETS = ("arm", "xcore")  # what larq_compute_engine.convert_saved_model accepts
-PIXEL_RANGE = (0.0, 255.0)  # registry models take raw pixels (e.g. models/resnet.py)
-SAMPLE_SIZE = 4
 MAX_REL_DIFF = 1e-3  # float reassociation gives ~1e-6; a wrong conversion gives O(1)
 
 
 @dataclasses.dataclass
 class LceReport(Report):
     binary_layers: int = 0  # layers with 1-bit input and 1-bit kernel, w1a2 rewrites included
-    w1a2_layers: int = 0  # of those, w1a2 convs rewritten as binary convs (restructure.py)
+    w1a2_layers: int = 0  # of those, w1a2 convs rewritten as binary convs (passes/w1a2.py)
     bconv_ops: int = 0  # LceBconv2d in the flatbuffer
     float_fallback: tuple = ()  # binary layers left in float (only with allow_float_fallback)
     # Set only when the flatbuffer differs by more than max_rel_diff: how far Keras' own outputs
@@ -49,26 +49,31 @@ class LceReport(Report):
     sensitivity: float = None
 
 
+@register_target("arm", "Larq Compute Engine flatbuffer for 64-bit ARM CPUs (Raspberry Pi, "
+                        "Android): binary convs become LceBconv2d")
 def convert(model, *, target="arm", allow_float_fallback=False, sample=None,
-            input_range=PIXEL_RANGE, max_rel_diff=MAX_REL_DIFF, w1a2_form="auto", reference=None):
+            input_range=PIXEL_RANGE, max_rel_diff=MAX_REL_DIFF, w1a2_form="auto", reference=None,
+            calibration=None):
     """(flatbuffer bytes, LceReport) for `model`; raises unless the result checks out.
 
-    w1a2 convs are first rewritten as binary convs (`restructure.w1a2_to_binary(model,
+    w1a2 convs are first rewritten as binary convs (`passes.w1a2.w1a2_to_binary(model,
     w1a2_form)`). Raises InputError when a binary layer (a rewritten w1a2 one included) did not
     become LceBconv2d (naming the layers) and RuntimeError when the LCE interpreter's outputs
     differ from the Keras `reference` (default: `model` as given, before any rewrite) by more
     than `max_rel_diff` (relative to the largest Keras output) on `sample`, by default
-    SAMPLE_SIZE uniform random inputs in `input_range`.
+    verify.SAMPLE_SIZE uniform random inputs in `input_range`. `calibration` is not used (LCE
+    needs none); it is accepted like every target's.
     """
+    del calibration
     if target not in TARGETS:
         raise InputError(f"unknown LCE target {target!r}; use one of {', '.join(TARGETS)}")
     if model.compute_dtype != "float32":
         raise InputError(f"LCE converts float32 models only, {model.name} computes in "
                          f"{model.compute_dtype}; rebuild it under the float32 dtype policy")
     reference = model if reference is None else reference
-    w1a2 = restructure.w1a2_layers(model)
+    w1a2 = w1a2_pass.w1a2_layers(model)
     if w1a2:
-        model = restructure.w1a2_to_binary(model, w1a2_form, strict=not allow_float_fallback)
+        model = w1a2_pass.w1a2_to_binary(model, w1a2_form, strict=not allow_float_fallback)
     binary = [layer for layer in leaf_layers(model) if _is_binary(layer)]
     _check_zero_padding([layer for layer in binary if layer_precision(layer) == (1, 1)])
     with tempfile.TemporaryDirectory() as saved_model:
@@ -82,37 +87,22 @@ def convert(model, *, target="arm", allow_float_fallback=False, sample=None,
         raise InputError(_explain(float_layers))
 
     if sample is None:
-        sample = _random_sample(model, input_range)
+        sample = verify.random_sample(model, input_range)
+    verify.check_sample(reference, sample)
     # The converter fixes the batch size to 1; the interpreter runs the batch one by one.
     expected = reference.predict(sample, verbose=0)
     actual = larq_compute_engine.testing.Interpreter(flatbuffer).predict(sample)
-    abs_diff, rel_diff = max_diffs(expected, actual)
-    sensitivity = None
-    if not rel_diff <= max_rel_diff:
-        sensitivity = _sensitivity(reference, sample, input_range)
-        if not rel_diff <= 2 * sensitivity:
-            raise RuntimeError(
-                f"the LCE flatbuffer disagrees with Keras: max abs diff {abs_diff:.3g}, max rel "
-                f"diff {rel_diff:.3g} > {max_rel_diff:g}, and Keras itself moves only "
-                f"{sensitivity:.3g} under input noise")
+    abs_diff, rel_diff, sensitivity = verify.check_agreement(
+        expected, actual, max_rel_diff=max_rel_diff, what="LCE flatbuffer", model=reference,
+        sample=sample, input_range=input_range)
 
     census = op_census(ops)
     report = LceReport(
         target=f"lce ({target})", size_bytes=len(flatbuffer), op_census=census,
-        max_abs_diff=abs_diff, max_rel_diff=rel_diff, samples=_batch_size(sample),
+        max_abs_diff=abs_diff, max_rel_diff=rel_diff, samples=verify.batch_size(sample),
         binary_layers=len(binary), w1a2_layers=len(w1a2), bconv_ops=census.get("LceBconv2d", 0),
         float_fallback=tuple(layer.name for layer in float_layers), sensitivity=sensitivity)
     return flatbuffer, report
-
-
-def _sensitivity(model, sample, input_range, noise=1e-4):
-    """Max rel diff of `model`'s outputs when `sample` gets Gaussian noise of `noise` x range."""
-    low, high = input_range
-    rng = np.random.default_rng(1)
-    inputs = sample if isinstance(sample, (list, tuple)) else [sample]
-    noisy = [x + rng.normal(0.0, noise * (high - low), np.shape(x)).astype(np.float32) for x in inputs]
-    noisy = noisy if isinstance(sample, (list, tuple)) else noisy[0]
-    return max_diffs(model.predict(sample, verbose=0), model.predict(noisy, verbose=0))[1]
 
 
 # (quantizer attribute, kernel attributes to try) of the quantized layers.
@@ -164,7 +154,7 @@ def _is_binary(layer):
     """A layer LCE must run as LceBconv2d: 1-bit x 1-bit, a rewritten w1a2 conv (PlaneConv2D),
     or a w1a2 layer left as it is (allow_float_fallback), which stays float."""
     return (layer_precision(layer) == (1, 1) or hasattr(layer, "bconv_kernels")
-            or restructure.is_w1a2(layer))
+            or w1a2_pass.is_w1a2(layer))
 
 
 def _expected_bconvs(layer):
@@ -240,21 +230,5 @@ def _explain(layers):
             f"where(x >= 0, 1, -1) under a custom gradient (not x + stop_gradient(q - x), not "
             f"sign(x)), with nothing between the sign and the conv; use a 1x1 QuantConv2D for a "
             f"binary Dense; a w1a2 conv must be a plain QuantConv2D whose quantizers give "
-            f"thresholds/step and signs/scale (restructure.w1a2_to_binary). Or pass "
+            f"thresholds/step and signs/scale (passes.w1a2). Or pass "
             f"allow_float_fallback (--allow_float_fallback) to keep them float.")
-
-
-def _batch_size(sample):
-    return len(sample[0] if isinstance(sample, (list, tuple)) else sample)
-
-
-def _random_sample(model, input_range):
-    rng = np.random.default_rng(0)
-    low, high = input_range
-    sample = []
-    for tensor in model.inputs:
-        shape = tuple(tensor.shape[1:])
-        if None in shape:
-            raise InputError(f"LCE needs a fixed input shape, {model.name} takes {shape}")
-        sample.append(rng.uniform(low, high, (SAMPLE_SIZE, *shape)).astype("float32"))
-    return sample[0] if len(sample) == 1 else sample

@@ -1,12 +1,14 @@
-"""ERN's input layer: the fixed generalised thermometer pixel embedding (recu_ern.md §B3).
+"""ERN's input layer: the fixed generalised thermometer pixel embedding ("Efficiera Residual
+Networks", arXiv 2410.11553, §3.3; the official code's PixelEmbeddingV3).
 
 Every pixel value x_c (0..255) becomes `expansion` channels of `bits`-bit codes:
 
     z[10·c + i] = #{ m in 1..3 : x_c >= 8·(10·(m - 1) + i + 1) + 1/2 }      (k = 10, l = 2)
 
 which for integer pixels is the official float formula floor(clip(x/80 + 1 - (i+1)/10 - 1e-4,
-0, 4 - 1e-6)) exactly (§B3, "equivalent integer form"), and for non-integer pixels (resized
-images) is that formula applied to the pixel rounded to the nearest byte. No weights, no gradient.
+0, 4 - 1e-6)) exactly (derived; tests/test_ern.py checks every byte), and for non-integer pixels
+(resized images) is that formula applied to the pixel rounded to the nearest byte. No weights,
+no gradient.
 
 Channel order is colour-major (10·c + i), so PyTorch conv1 weights port directly. An image with C
 channels gives 10·C channels: a grayscale image is encoded as one channel (10 embedding channels);
@@ -19,7 +21,7 @@ from keras import ops
 
 from effkeras.errors import InputError
 
-EXPANSION = 10  # k (§B3; paper Table 5 kept k = 10 over 21 and 32)
+EXPANSION = 10  # k (§3.3; Table 5 kept k = 10 over 21 and 32)
 BITS = 2  # l: codes 0..3
 
 

@@ -5,8 +5,9 @@
 
 With no quantizers a layer is exactly its Keras parent. `padding="same"` with `pad_values=1.0`
 pads the quantized input with +1 explicitly and runs a VALID conv with SAME geometry: the
-"same-one" pattern that LCE turns into a one-padded `LceBconv2d` (deployment spec §2.3). Nothing
-sits between the input quantizer, the pad and the conv, as LCE needs.
+"same-one" pattern that LCE turns into a one-padded `LceBconv2d` (Larq Compute Engine, arXiv
+2011.09398; its converter's patterns). Nothing sits between the input quantizer, the pad and the
+conv, as LCE needs.
 """
 
 import keras

@@ -1,4 +1,5 @@
-"""ReCU's binary convolution (Xu et al., ICCV 2021), recu_ern.md §A2.
+"""ReCU's binary convolution (Xu et al., ICCV 2021, arXiv 2103.12369, Eqs. 10 and 22), as the
+official code's `BinarizeConv2d` computes it (github.com/z-hXu/ReCU).
 
 Weights: centre and standardise per output channel to Laplace scale b* = 2, clamp at the
 τ-quantile Q_τ = -E|W|·ln(2 - 2τ) of the fitted Laplace law, sign with an identity gradient.
@@ -25,7 +26,7 @@ def unbiased_variance(x, axis):
 
 
 def recu_weight(kernel, tau):
-    """ReCU-binarized kernel (k, k, C_in, C_out) in ±1, with the gradients of §A2."""
+    """ReCU-binarized kernel (k, k, C_in, C_out) in ±1, with the official code's gradients."""
     axes = (0, 1, 2)  # everything but the output channel
     centred = kernel - ops.mean(kernel, axis=axes, keepdims=True)
     # std of a Laplace(b) law is b·√2, so this puts every channel at scale b*.
@@ -48,7 +49,7 @@ class ReCUConv2D(QuantConv2D):
     def __init__(self, filters, kernel_size=3, strides=1, padding="same", **kwargs):
         for fixed in ("input_quantizer", "kernel_quantizer", "pad_values", "use_bias"):
             kwargs.pop(fixed, None)
-        kwargs.setdefault("kernel_initializer", "he_normal")  # kaiming_normal_, fan-in (§A5)
+        kwargs.setdefault("kernel_initializer", "he_normal")  # the code's kaiming_normal_, fan-in
         super().__init__(filters, kernel_size, strides=strides, padding=padding, use_bias=False,
                          input_quantizer="approx_sign", **kwargs)
         self.kernel_quantizer = _ReCUWeight(self)
@@ -57,7 +58,8 @@ class ReCUConv2D(QuantConv2D):
         super().build(input_shape)
         self.tau = self.add_weight(shape=(), initializer=keras.initializers.Constant(1.0),
                                    trainable=False, name="tau")
-        # α ~ U[0, 1), as torch.rand in the official code; regularised like the kernel (§A6).
+        # α ~ U[0, 1), as torch.rand in the official code; regularised like the kernel, as the
+        # code's weight decay reaches α.
         self.alpha = self.add_weight(shape=(self.filters,), name="alpha",
                                      initializer=keras.initializers.RandomUniform(0.0, 1.0),
                                      regularizer=self.kernel_regularizer)

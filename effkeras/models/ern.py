@@ -1,4 +1,5 @@
-"""Efficiera Residual Networks (ERN, LeapMind), as the official code builds them (recu_ern.md §B4).
+"""Efficiera Residual Networks (ERN, LeapMind; arXiv 2410.11553), as the official code
+(github.com/LeapMind/ERN) builds them.
 
 Every conv is w1a2: a QuantConv2D whose input_quantizer is the 2-bit HalfWaveGaussianQuantizer
 (codes 0..3 switching at 1/3, 1, 5/3) and whose kernel_quantizer is binary with a per-channel
@@ -10,51 +11,64 @@ thermometer pixel embedding feeds the stem and a binary 1x1 conv feeds the final
 
 Activations are quantized inside the conv that reads them (BN -> [pad] -> QuantConv2D), so a
 shortcut block quantizes its BN output twice (shortcut conv and conv1): same values, and every
-conv carries what the w1a2 -> LCE rewrite needs (§C3):
+conv carries what the w1a2 -> LCE rewrite (effkeras.deploy) needs:
     layer.input_quantizer.thresholds / .step      the 2-bit thresholds and output per code
     layer.kernel_quantizer.signs(layer.kernel)    the ±1 kernel
     layer.kernel_quantizer.scale(layer.kernel)    per-channel mean|W_o|, or 1/32 everywhere
 3x3 convs read explicitly zero-padded input (ZeroPadding2D(1), then a VALID conv): a padded
-position quantizes to code 0, as PyTorch's zero padding of the 2-bit activation (§B8).
+position quantizes to code 0, as PyTorch's zero padding of the 2-bit activation in the code.
+BatchNormalization has PyTorch's settings, as the code (`common.batch_norm`).
 """
+
+import dataclasses
 
 import keras
 from keras import layers
 
 from effkeras.layers.ern import PixelEmbedding
 from effkeras.layers.quantized import QuantConv2D
+from effkeras.models.common import batch_norm, coupled_l2, each_block, stages
 from effkeras.models.registry import register
 from effkeras.quantizers import (BinaryChannelWiseMeanScaling, BinaryPower2Scaling,
                                  HalfWaveGaussianQuantizer)
 
 PAPER = "Efficiera Residual Networks, LeapMind (arXiv 2410.11553)"
-BN = dict(momentum=0.9, epsilon=1e-5)  # PyTorch BatchNorm2d defaults (§B4, §B8)
-STEM_FILTERS = 64  # §B4 stem
-STAGE_STRIDES = (1, 2, 2, 2)  # §B4 stages
-WEIGHT_DECAY = 1e-5  # §B5: coupled L2 on conv kernels only
-SHARED_SCALE_DIVISOR = 32  # §B2.1: the ±1/32 of every residual-branch end and shortcut conv
-# PyTorch's default conv init, kaiming_uniform(a=√5) = U(±1/√fan_in) (§B5): Adam's steps are
-# relative to this scale.
+STEM_FILTERS = 64  # §3.4 stem
+WEIGHT_DECAY = 1e-5  # §4.1; the code puts it on conv kernels only, as coupled L2
+# The "shared constant scaling factor" (§3): ±1/32 at every residual-branch end and shortcut conv.
+SHARED_SCALE_DIVISOR = 32
+# PyTorch's default conv init (the code keeps it), kaiming_uniform(a=√5) = U(±1/√fan_in): Adam's
+# steps are relative to this scale.
 KERNEL_INIT = dict(scale=1 / 3, mode="fan_in", distribution="uniform")
 
-# §B4 variants: (block, blocks per stage, planes per stage, EWGS δ of the "best" config of §B5)
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One ERN variant (Table 2; blocks and planes from the code's network configs)."""
+
+    block: str  # "basic" (PreActBlock) or "bottleneck" (PreActBottleneck, 4·planes out)
+    stages: tuple  # common.Stage rows; filters = planes, strides 1, 2, 2, 2
+    ewgs_delta: float  # δ of the code's "best" training config
+
+
 # 0.75x changes only layer4 (384 planes) and so the classifier input. ERNs18's best config
 # trained with δ = 0; the others with δ = 0.01.
+WIDTHS = (64, 128, 256, 512)
 CONFIGS = {
-    "ern18_075": ("basic", (2, 2, 2, 2), (64, 128, 256, 384), 0.01),
-    "ern18": ("basic", (2, 2, 2, 2), (64, 128, 256, 512), 0.0),
-    "ern34": ("basic", (3, 4, 6, 3), (64, 128, 256, 512), 0.01),
-    "ern50": ("bottleneck", (3, 4, 6, 3), (64, 128, 256, 512), 0.01),
-    "ern101": ("bottleneck", (3, 4, 23, 3), (64, 128, 256, 512), 0.01),
+    "ern18_075": Config("basic", stages(filters=(64, 128, 256, 384), blocks=(2, 2, 2, 2)), 0.01),
+    "ern18": Config("basic", stages(filters=WIDTHS, blocks=(2, 2, 2, 2)), 0.0),
+    "ern34": Config("basic", stages(filters=WIDTHS, blocks=(3, 4, 6, 3)), 0.01),
+    "ern50": Config("bottleneck", stages(filters=WIDTHS, blocks=(3, 4, 6, 3)), 0.01),
+    "ern101": Config("bottleneck", stages(filters=WIDTHS, blocks=(3, 4, 23, 3)), 0.01),
 }
 EXPANSION = {"basic": 1, "bottleneck": 4}
 
 
-# --- quantizers (§B2) ---------------------------------------------------------------------------
+# --- quantizers (the code's efficiera/ndk/pth/quantizers.py) -------------------------------------
 
 
 def q2(post_scale=True, ewgs_delta=0.0):
-    """Q2⁺ (post_scale, outputs q·2/3) or Q2ᶦ (integer q): HWGQ, 2 bits, clip at 2 (§B2.2)."""
+    """Q2⁺ (post_scale, outputs q·2/3) or Q2ᶦ (integer q): HWGQ, 2 bits, clip at 2."""
     return HalfWaveGaussianQuantizer(2, 2.0, post_scale=post_scale, ewgs_delta=ewgs_delta)
 
 
@@ -77,20 +91,16 @@ def conv(x, filters, kernel_size, stride, name, *, input_quantizer, shared_scale
                        kernel_regularizer=regularizer, name=name)(x)
 
 
-def batch_norm(x, name):
-    return layers.BatchNormalization(**BN, name=name)(x)
-
-
-# --- blocks (§B4) -------------------------------------------------------------------------------
+# --- blocks (the code's PreActBlock and PreActBottleneck) ---------------------------------------
 
 
 def pre_activation_block(x, planes, stride, shortcut, name, delta, reg):
     """PreActBlock: h = BN0(x); out = Conv_p2(Q2ᶦ(BN1(Conv_cw,s(Q(h))))) + shortcut.
 
     With a shortcut conv, Q = Q2ᶦ and shortcut = Conv_p2 1x1,s(Q2ᶦ(h)); else Q = Q2⁺ and x.
-    Only the shortcut conv's kernel uses EWGS (§B2.3).
+    Only the shortcut conv's kernel uses EWGS: the code forwards δ to no other conv of a block.
     """
-    h = batch_norm(x, f"{name}_bn0")
+    h = batch_norm(f"{name}_bn0")(x)
     if shortcut:
         identity = conv(h, planes, 1, stride, f"{name}_shortcut_conv", shared_scale=True,
                         input_quantizer=q2(post_scale=False), ewgs_delta=delta, regularizer=reg)
@@ -98,7 +108,7 @@ def pre_activation_block(x, planes, stride, shortcut, name, delta, reg):
         identity = x
     h = conv(h, planes, 3, stride, f"{name}_conv1", input_quantizer=q2(post_scale=not shortcut),
              regularizer=reg)
-    h = batch_norm(h, f"{name}_bn1")
+    h = batch_norm(f"{name}_bn1")(h)
     h = conv(h, planes, 3, 1, f"{name}_conv2", shared_scale=True,
              input_quantizer=q2(post_scale=False), regularizer=reg)
     return layers.Add(name=f"{name}_add")([h, identity])
@@ -107,7 +117,7 @@ def pre_activation_block(x, planes, stride, shortcut, name, delta, reg):
 def pre_activation_bottleneck(x, planes, stride, shortcut, name, delta, reg):
     """PreActBottleneck: h = BN1(x); Conv_cw 1x1 -> BN2 -> Q2⁺ -> Conv_cw 3x3,s -> BN3 -> Q2ᶦ ->
     Conv_p2 1x1 (4·planes), plus the shortcut as in the basic block."""
-    h = batch_norm(x, f"{name}_bn1")
+    h = batch_norm(f"{name}_bn1")(x)
     if shortcut:
         identity = conv(h, 4 * planes, 1, stride, f"{name}_shortcut_conv", shared_scale=True,
                         input_quantizer=q2(post_scale=False), ewgs_delta=delta, regularizer=reg)
@@ -115,9 +125,9 @@ def pre_activation_bottleneck(x, planes, stride, shortcut, name, delta, reg):
         identity = x
     h = conv(h, planes, 1, 1, f"{name}_conv1", input_quantizer=q2(post_scale=not shortcut),
              regularizer=reg)
-    h = conv(batch_norm(h, f"{name}_bn2"), planes, 3, stride, f"{name}_conv2",
+    h = conv(batch_norm(f"{name}_bn2")(h), planes, 3, stride, f"{name}_conv2",
              input_quantizer=q2(), regularizer=reg)
-    h = conv(batch_norm(h, f"{name}_bn3"), 4 * planes, 1, 1, f"{name}_conv3", shared_scale=True,
+    h = conv(batch_norm(f"{name}_bn3")(h), 4 * planes, 1, 1, f"{name}_conv3", shared_scale=True,
              input_quantizer=q2(post_scale=False), regularizer=reg)
     return layers.Add(name=f"{name}_add")([h, identity])
 
@@ -125,53 +135,46 @@ def pre_activation_bottleneck(x, planes, stride, shortcut, name, delta, reg):
 BLOCKS = {"basic": pre_activation_block, "bottleneck": pre_activation_bottleneck}
 
 
-# --- the network (§B4) --------------------------------------------------------------------------
+# --- the network ---------------------------------------------------------------------------------
 
 
 def ern(config, name, input_shape, num_classes, weight_decay=WEIGHT_DECAY, ewgs_delta=None):
     """An ERN from a CONFIGS row. ewgs_delta=None takes the row's (the best config's) δ, which
-    applies where the official code forwards it: stem, shortcut convs, head (§B2.3)."""
-    block_kind, blocks, planes_per_stage, default_delta = config
-    delta = default_delta if ewgs_delta is None else ewgs_delta
-    # PyTorch's coupled weight decay wd on conv kernels = a Keras L2 penalty of wd / 2 (§B8).
-    reg = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
+    applies where the official code forwards it: stem, shortcut convs, head."""
+    delta = config.ewgs_delta if ewgs_delta is None else ewgs_delta
+    reg = coupled_l2(weight_decay)  # on conv kernels only, as the code
     inputs = keras.Input(input_shape, name="image")
-    x = PixelEmbedding(name="pixel_embedding")(inputs)  # 3 -> 30 channels, codes 0..3 (§B3)
+    x = PixelEmbedding(name="pixel_embedding")(inputs)  # 3 -> 30 channels, codes 0..3 (§3.3)
 
     # Stem: conv1 s2, conv2, conv_downsample s2 (each -> BN -> Q2⁺), then conv1_2 1x1 whose
-    # output starts the residual stream with no BN or activation (§B4).
+    # output starts the residual stream with no BN or activation (the code; §3.4 says four 3x3).
     stem = [("stem_conv1", 3, 2), ("stem_conv2", 3, 1), ("stem_downsample", 3, 2)]
     quantizer = embedding_codes()
     for layer_name, kernel_size, stride in stem:
         x = conv(x, STEM_FILTERS, kernel_size, stride, layer_name, input_quantizer=quantizer,
                  ewgs_delta=delta, regularizer=reg)
-        x = batch_norm(x, f"{layer_name}_bn")
+        x = batch_norm(f"{layer_name}_bn")(x)
         quantizer = q2(ewgs_delta=delta)
     x = conv(x, STEM_FILTERS, 1, 1, "stem_conv1_2", input_quantizer=quantizer, ewgs_delta=delta,
              regularizer=reg)
 
-    block = BLOCKS[block_kind]
-    expansion = EXPANSION[block_kind]
-    for stage, (count, planes, stride) in enumerate(zip(blocks, planes_per_stage, STAGE_STRIDES),
-                                                    start=1):
-        for b in range(count):
-            first = b == 0
-            # Basic blocks: a shortcut conv opens every stage, layer1 included (§B4).
-            shortcut = first and (block_kind == "basic" or stride != 1
-                                  or x.shape[-1] != expansion * planes)
-            x = block(x, planes, stride if first else 1, shortcut, f"stage{stage}_block{b + 1}",
-                      delta, reg)
+    block = BLOCKS[config.block]
+    for spec in each_block(config.stages):
+        # Basic blocks: a shortcut conv opens every stage, layer1 included (as the code).
+        shortcut = spec.first and (config.block == "basic" or spec.stride != 1
+                                   or x.shape[-1] != EXPANSION[config.block] * spec.filters)
+        x = block(x, spec.filters, spec.stride, shortcut, spec.name, delta, reg)
 
-    # Head: last BN -> Q2⁺ -> binary 1x1 conv, no bias -> average pool (conv before pool, §B4).
-    x = batch_norm(x, "head_bn")
+    # Head: last BN -> Q2⁺ -> binary 1x1 conv, no bias -> average pool (conv before pool, §3.6).
+    x = batch_norm("head_bn")(x)
     x = conv(x, num_classes, 1, 1, "classifier", input_quantizer=q2(ewgs_delta=delta),
              ewgs_delta=delta, regularizer=reg)
     outputs = layers.GlobalAveragePooling2D(dtype="float32", name="logits")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
-# Train at 256x256 (§B5); evaluate at 288 (ten-crop of 308, §B6). Total stride 32.
-ERN = dict(family="ern", paper=PAPER, input_shape=(256, 256, 3), num_classes=1000, deploy="lce",
+# Train at 256x256 (§4.1); evaluate at 288 (ten-crop of 308, §4.1, Table 4). Total stride 32.
+ERN = dict(family="ern", paper=PAPER, input_shape=(256, 256, 3), num_classes=1000, deploy="arm",
            min_input_size=32)
 
 

@@ -1,44 +1,50 @@
-"""ReCU binary networks (Xu et al., ICCV 2021), as the official code builds them (recu_ern.md §A5).
+"""ReCU binary networks (Xu et al., ICCV 2021, arXiv 2103.12369), as the official code
+(github.com/z-hXu/ReCU) builds them: the paper's Tables 4-5 models.
 
 Float layers only where the code keeps them: the stem conv, the 1x1 downsample convs and the
 classifier. Every other conv is a ReCUConv2D followed by BatchNorm (α and BN fold into LCE's
-bconv multiplier at conversion).
+bconv multiplier at conversion). BatchNorm has PyTorch's settings (`common.batch_norm`).
 """
+
+import dataclasses
 
 import keras
 from keras import layers
 
 from effkeras.layers import LearnableBias, ReCUConv2D, normalize_pixels, option_a_shortcut
+from effkeras.models.common import batch_norm, coupled_l2, each_block, stages
 from effkeras.models.registry import register
 
 PAPER = "ReCU, Xu et al., ICCV 2021"
-BN = dict(momentum=0.9, epsilon=1e-5)  # PyTorch's BatchNorm defaults (§A8)
-CIFAR100_MEAN, CIFAR100_STD = (0.507, 0.487, 0.441), (0.267, 0.256, 0.276)  # §A6
+# The official code's CIFAR-100 normalisation (CIFAR-10 uses ImageNet's mean and std there).
+CIFAR100_MEAN, CIFAR100_STD = (0.507, 0.487, 0.441), (0.267, 0.256, 0.276)
 
-# (filters, blocks, first stride) per stage.
-RESNET20_CIFAR = [(16, 3, 1), (32, 3, 2), (64, 3, 2)]  # §A5.1: double skip, 18 binary convs
-RESNET18_CIFAR = [(64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)]  # §A5.2: single skip, 16
-RESNET18_IMAGENET = [(64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)]  # §A5.4: 16 binary convs
-RESNET34_IMAGENET = [(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)]  # §A5.4: 32 binary convs
-REACTNET18 = [(64, 4, 1), (128, 4, 2), (256, 4, 2), (512, 4, 2)]  # §A5.5: single-conv blocks, 16
-REACTNET34 = [(64, 6, 1), (128, 8, 2), (256, 12, 2), (512, 6, 2)]  # §A5.5: 32
-# §A5.3: (filters, max-pool after the conv); conv0 is float.
-VGG_SMALL = [(128, False), (128, True), (256, False), (256, True), (512, False), (512, True)]
+WIDTHS = (64, 128, 256, 512)
+# CIFAR resnet20_1w1a: Bi-Real double skip, 18 binary convs.
+RESNET20_CIFAR = stages(filters=(16, 32, 64), blocks=(3, 3, 3))
+# CIFAR resnet18_1w1a: single skip per block in the code (the paper's §5.1 says double), 16.
+RESNET18_CIFAR = stages(filters=WIDTHS, blocks=(2, 2, 2, 2))
+# ImageNet one-stage resnet18/34_1w1a: double skip, 16 / 32 binary convs.
+RESNET18_IMAGENET = stages(filters=WIDTHS, blocks=(2, 2, 2, 2))
+RESNET34_IMAGENET = stages(filters=WIDTHS, blocks=(3, 4, 6, 3))
+# ImageNet two-stage, ReActNet-like (arXiv 2003.03488): one conv per block, the same 16 / 32.
+REACTNET18 = stages(filters=WIDTHS, blocks=(4, 4, 4, 4))
+REACTNET34 = stages(filters=WIDTHS, blocks=(6, 8, 12, 6))
+
+
+@dataclasses.dataclass(frozen=True)
+class VggConv:
+    filters: int
+    max_pool: bool  # a 2x2 max-pool after the conv (before its BN, as in the code)
+
+
+# CIFAR vgg_small_1w1a: conv0 is float, the other five binary.
+VGG_SMALL = (VggConv(128, False), VggConv(128, True), VggConv(256, False), VggConv(256, True),
+             VggConv(512, False), VggConv(512, True))
 
 
 def hardtanh(name):
     return layers.Activation("hard_tanh", name=name)
-
-
-def batch_norm(name, regularizer=None, gamma=1.0):
-    return layers.BatchNormalization(**BN, gamma_initializer=keras.initializers.Constant(gamma),
-                                     beta_regularizer=regularizer, gamma_regularizer=regularizer,
-                                     name=name)
-
-
-def l2(weight_decay):
-    """PyTorch's coupled weight decay wd equals a Keras L2 penalty of wd / 2 (§A8)."""
-    return keras.regularizers.L2(weight_decay / 2) if weight_decay else None
 
 
 def float_conv(filters, kernel, stride, name, regularizer=None):
@@ -49,7 +55,7 @@ def float_conv(filters, kernel, stride, name, regularizer=None):
 def classifier(x, num_classes, regularizer, batch_norm_first=True):
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     if batch_norm_first:
-        x = batch_norm("pool_bn", regularizer)(x)
+        x = batch_norm("pool_bn", regularizer=regularizer)(x)
     return layers.Dense(num_classes, kernel_regularizer=regularizer, bias_regularizer=regularizer,
                         name="logits")(x)
 
@@ -61,17 +67,17 @@ def cifar_input(input_shape, num_classes):
     return inputs, normalize_pixels(inputs)  # CIFAR-10 uses ImageNet's mean/std in the code
 
 
-# --- CIFAR (§A5.1-A5.3): weight decay 5e-4 on every parameter ---------------------------------
+# --- CIFAR (the code's cifar/): weight decay 5e-4 on every parameter ----------------------------
 
 
 def cifar_double_skip_block(x, filters, stride, name, reg):
     """u = htanh(BN(bconv_s(x)) + SC(x)); out = htanh(BN(bconv(u)) + u)."""
     shortcut = option_a_shortcut(x, filters, stride, f"{name}_shortcut", pool="average")
     u = ReCUConv2D(filters, 3, stride, kernel_regularizer=reg, name=f"{name}_conv1")(x)
-    u = layers.Add(name=f"{name}_add1")([batch_norm(f"{name}_bn1", reg)(u), shortcut])
+    u = layers.Add(name=f"{name}_add1")([batch_norm(f"{name}_bn1", regularizer=reg)(u), shortcut])
     u = hardtanh(f"{name}_act1")(u)
     v = ReCUConv2D(filters, 3, 1, kernel_regularizer=reg, name=f"{name}_conv2")(u)
-    v = layers.Add(name=f"{name}_add2")([batch_norm(f"{name}_bn2", reg)(v), u])
+    v = layers.Add(name=f"{name}_add2")([batch_norm(f"{name}_bn2", regularizer=reg)(v), u])
     return hardtanh(f"{name}_act2")(v)
 
 
@@ -79,27 +85,26 @@ def cifar_single_skip_block(x, filters, stride, name, reg):
     """u = htanh(BN(bconv_s(x))); out = htanh(BN(bconv(u)) + SC(x))."""
     shortcut = option_a_shortcut(x, filters, stride, f"{name}_shortcut", pool="average")
     u = ReCUConv2D(filters, 3, stride, kernel_regularizer=reg, name=f"{name}_conv1")(x)
-    u = hardtanh(f"{name}_act1")(batch_norm(f"{name}_bn1", reg)(u))
+    u = hardtanh(f"{name}_act1")(batch_norm(f"{name}_bn1", regularizer=reg)(u))
     v = ReCUConv2D(filters, 3, 1, kernel_regularizer=reg, name=f"{name}_conv2")(u)
-    v = layers.Add(name=f"{name}_add")([batch_norm(f"{name}_bn2", reg)(v), shortcut])
+    v = layers.Add(name=f"{name}_add")([batch_norm(f"{name}_bn2", regularizer=reg)(v), shortcut])
     return hardtanh(f"{name}_act2")(v)
 
 
-def cifar_resnet(stages, block, stem_filters, stem_activation, name, input_shape, num_classes,
-                 weight_decay):
-    reg = l2(weight_decay)
+def cifar_resnet(stage_table, block, stem_filters, stem_activation, name, input_shape,
+                 num_classes, weight_decay):
+    reg = coupled_l2(weight_decay)
     inputs, x = cifar_input(input_shape, num_classes)
-    x = batch_norm("stem_bn", reg)(float_conv(stem_filters, 3, 1, "stem_conv", reg)(x))
+    x = batch_norm("stem_bn", regularizer=reg)(float_conv(stem_filters, 3, 1, "stem_conv", reg)(x))
     if stem_activation:
         x = hardtanh("stem_act")(x)
-    for stage, (filters, blocks, stride) in enumerate(stages, start=1):
-        for b in range(blocks):
-            x = block(x, filters, stride if b == 0 else 1, f"stage{stage}_block{b + 1}", reg)
+    for spec in each_block(stage_table):
+        x = block(x, spec.filters, spec.stride, spec.name, reg)
     return keras.Model(inputs, classifier(x, num_classes, reg), name=name)
 
 
 CIFAR = dict(family="recu", paper=PAPER, input_shape=(32, 32, 3), num_classes=10,
-             recipe="recu_cifar", deploy="lce")
+             recipe="recu_cifar", deploy="arm")
 
 
 @register("recu_resnet20", min_input_size=4, **CIFAR)
@@ -110,30 +115,30 @@ def recu_resnet20(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4):
 
 @register("recu_resnet18", min_input_size=8, **CIFAR)
 def recu_resnet18(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4):
-    # §A5.2: no activation after the stem BN.
+    # The code's CIFAR ResNet-18 has no activation after the stem BN.
     return cifar_resnet(RESNET18_CIFAR, cifar_single_skip_block, 64, False, "recu_resnet18",
                         input_shape, num_classes, weight_decay)
 
 
 @register("recu_vgg_small", min_input_size=8, **CIFAR)
 def recu_vgg_small(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4):
-    reg = l2(weight_decay)
+    reg = coupled_l2(weight_decay)
     inputs, x = cifar_input(input_shape, num_classes)
-    for i, (filters, pool) in enumerate(VGG_SMALL):
+    for i, conv in enumerate(VGG_SMALL):
         if i == 0:
-            x = float_conv(filters, 3, 1, "conv0", reg)(x)
+            x = float_conv(conv.filters, 3, 1, "conv0", reg)(x)
         else:
-            x = ReCUConv2D(filters, 3, 1, kernel_regularizer=reg, name=f"conv{i}")(x)
-        if pool:  # pooling comes before BN in the code
+            x = ReCUConv2D(conv.filters, 3, 1, kernel_regularizer=reg, name=f"conv{i}")(x)
+        if conv.max_pool:
             x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
-        x = hardtanh(f"act{i}")(batch_norm(f"bn{i}", reg)(x))
+        x = hardtanh(f"act{i}")(batch_norm(f"bn{i}", regularizer=reg)(x))
     x = layers.Flatten(name="flatten")(x)
     outputs = layers.Dense(num_classes, kernel_regularizer=reg, bias_regularizer=reg,
                            name="logits")(x)
     return keras.Model(inputs, outputs, name="recu_vgg_small")
 
 
-# --- ImageNet one-stage (§A5.4): Bi-Real double skip, float 1x1 downsample -----------------------
+# --- ImageNet one-stage (the code's imagenet/): Bi-Real double skip, float 1x1 downsample -------
 
 
 def imagenet_input(input_shape):
@@ -144,7 +149,8 @@ def imagenet_input(input_shape):
 def imagenet_double_skip_block(x, filters, stride, name, reg):
     """u = htanh(BN(bconv_s(x)) + D(x)); out = htanh(BN(bconv(u)) + u). BN γ starts at 1e-8."""
     shortcut = x
-    if stride > 1 or x.shape[-1] != filters:  # float downsample, no weight decay (§A6)
+    # Float downsample, no weight decay: the code decays only parameters named "conv" or "fc".
+    if stride > 1 or x.shape[-1] != filters:
         shortcut = float_conv(filters, 1, stride, f"{name}_downsample_conv")(x)
         shortcut = batch_norm(f"{name}_downsample_bn", gamma=1e-8)(shortcut)
     u = ReCUConv2D(filters, 3, stride, kernel_regularizer=reg, name=f"{name}_conv1")(x)
@@ -155,17 +161,15 @@ def imagenet_double_skip_block(x, filters, stride, name, reg):
     return hardtanh(f"{name}_act2")(v)
 
 
-def imagenet_resnet(stages, name, input_shape, num_classes, weight_decay):
-    # Decay on "conv"/"fc" parameters only: binary kernels, α, stem conv, classifier (§A6).
-    reg = l2(weight_decay)
+def imagenet_resnet(stage_table, name, input_shape, num_classes, weight_decay):
+    # Decay on "conv"/"fc" parameters only, as the code: binary kernels, α, stem conv, classifier.
+    reg = coupled_l2(weight_decay)
     inputs, x = imagenet_input(input_shape)
     x = batch_norm("stem_bn", gamma=1e-8)(float_conv(64, 7, 2, "stem_conv", reg)(x))
     x = hardtanh("stem_act")(x)
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
-    for stage, (filters, blocks, stride) in enumerate(stages, start=1):
-        for b in range(blocks):
-            x = imagenet_double_skip_block(x, filters, stride if b == 0 else 1,
-                                           f"stage{stage}_block{b + 1}", reg)
+    for spec in each_block(stage_table):
+        x = imagenet_double_skip_block(x, spec.filters, spec.stride, spec.name, reg)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = batch_norm("pool_bn")(x)
     outputs = layers.Dense(num_classes, kernel_regularizer=reg, bias_regularizer=reg, name="logits")(x)
@@ -173,7 +177,7 @@ def imagenet_resnet(stages, name, input_shape, num_classes, weight_decay):
 
 
 IMAGENET = dict(family="recu", paper=PAPER, input_shape=(224, 224, 3), num_classes=1000,
-                deploy="lce", min_input_size=32)
+                deploy="arm", min_input_size=32)
 
 
 @register("recu_resnet18_imagenet", recipe="recu_imagenet", **IMAGENET)
@@ -188,7 +192,7 @@ def recu_resnet34_imagenet(input_shape=(224, 224, 3), num_classes=1000, weight_d
                            weight_decay)
 
 
-# --- ImageNet two-stage, ReActNet-like (§A5.5) ------------------------------------------------
+# --- ImageNet two-stage (the code's imagenet_two-stage/), ReActNet-like -------------------------
 
 
 def reactnet_block(x, filters, stride, name):
@@ -207,13 +211,12 @@ def reactnet_block(x, filters, stride, name):
     return LearnableBias(name=f"{name}_bias2")(u)
 
 
-def reactnet(stages, name, input_shape, num_classes):
+def reactnet(stage_table, name, input_shape, num_classes):
     inputs, x = imagenet_input(input_shape)
     x = batch_norm("stem_bn")(float_conv(64, 7, 2, "stem_conv")(x))
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
-    for stage, (filters, blocks, stride) in enumerate(stages, start=1):
-        for b in range(blocks):
-            x = reactnet_block(x, filters, stride if b == 0 else 1, f"stage{stage}_block{b + 1}")
+    for spec in each_block(stage_table):
+        x = reactnet_block(x, spec.filters, spec.stride, spec.name)
     return keras.Model(inputs, classifier(x, num_classes, None, batch_norm_first=False), name=name)
 
 

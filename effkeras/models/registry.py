@@ -15,7 +15,7 @@ class ModelInfo:
     input_shape: tuple  # default (H, W, C)
     num_classes: int  # default
     recipe: str  # key into effkeras.training.recipes
-    deploy: str  # "tflite", "lce", "tflm", ...
+    deploy: str  # default deploy target: "arm" (LCE), "float", "int8", "tflm", "ethos-u55-128", ...
     min_input_size: int  # smallest H and W the architecture accepts (its total stride)
     channels: tuple = (1, 3)  # input channel counts the model accepts
 

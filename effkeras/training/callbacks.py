@@ -13,7 +13,7 @@ def recu_tau(epoch, epochs, tau_min=0.85, tau_max=0.99):
 
 
 class TauSchedule(keras.callbacks.Callback):
-    """Sets τ of every ReCU layer at the start of each epoch (recu_ern.md §A3).
+    """Sets τ of every ReCU layer at the start of each epoch (ReCU, arXiv 2103.12369, Eq. (24)).
 
     τ is a model weight, so it is saved in checkpoints and restored on resume; setting it at
     each epoch start keeps it exact whatever the resume point.

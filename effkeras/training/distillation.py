@@ -1,7 +1,9 @@
-"""Knowledge distillation: the student learns the teacher's softmax (ReCU two-stage, §A6).
+"""Knowledge distillation: the student learns the teacher's softmax at temperature T.
 
-The loss is mean over the batch of -Σ softmax(teacher)·log_softmax(student) at temperature 1,
-and it replaces cross-entropy; metrics still compare the student with the true labels.
+loss = α·T²·H(teacher_T, student_T) + (1-α)·CE(labels, student), H(p, q) = -Σ p·log q averaged
+over the batch (KL(teacher_T || student_T) up to a constant; Hinton et al., arXiv 1503.02531 §2).
+α = 1, T = 1 is ReCU's stage 2 (arXiv 2103.12369, official code imagenet_two-stage): the teacher's
+soft targets replace cross-entropy. Metrics still compare the student with the true labels.
 """
 
 import os
@@ -9,36 +11,47 @@ import os
 import keras
 from keras import ops
 
-from effkeras import models
+from effkeras import models, saving
 from effkeras.errors import InputError
+from effkeras.training import losses
 
 
 @keras.saving.register_keras_serializable(package="effkeras")
 class Distiller(keras.Model):
     """Runs and trains `student`; a frozen `teacher` provides the targets."""
 
-    def __init__(self, student, teacher, **kwargs):
+    def __init__(self, student, teacher, alpha=1.0, temperature=1.0, label_smoothing=0.0, **kwargs):
         super().__init__(**kwargs)
+        if len(getattr(student, "outputs", None) or ()) > 1:
+            raise ValueError("distillation needs a student with one output (logits)")
         self.student = student
         self.teacher = teacher
         self.teacher.trainable = False
+        self.alpha, self.temperature, self.label_smoothing = alpha, temperature, label_smoothing
+        self.hard_loss = losses.cross_entropy(label_smoothing)
 
     def call(self, x, training=None):
         return self.student(x, training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        teacher_probs = ops.softmax(self.teacher(x, training=False))
-        distillation = -ops.mean(ops.sum(teacher_probs * ops.log_softmax(y_pred), axis=-1))
-        return distillation + ops.sum(self.student.losses) if self.student.losses else distillation
+        soft = losses.soft_cross_entropy(self.teacher(x, training=False), y_pred, self.temperature)
+        loss = self.alpha * self.temperature ** 2 * soft
+        if self.alpha < 1:
+            loss = loss + (1 - self.alpha) * self.hard_loss(y, y_pred, sample_weight)
+        return loss + ops.sum(self.student.losses) if self.student.losses else loss
 
     def get_config(self):
         return {"student": keras.saving.serialize_keras_object(self.student),
-                "teacher": keras.saving.serialize_keras_object(self.teacher)}
+                "teacher": keras.saving.serialize_keras_object(self.teacher),
+                "alpha": self.alpha, "temperature": self.temperature,
+                "label_smoothing": self.label_smoothing}
 
     @classmethod
     def from_config(cls, config):
         return cls(keras.saving.deserialize_keras_object(config["student"]),
-                   keras.saving.deserialize_keras_object(config["teacher"]))
+                   keras.saving.deserialize_keras_object(config["teacher"]),
+                   alpha=config.get("alpha", 1.0), temperature=config.get("temperature", 1.0),
+                   label_smoothing=config.get("label_smoothing", 0.0))
 
 
 def load_teacher(teacher, input_shape, num_classes):
@@ -49,7 +62,7 @@ def load_teacher(teacher, input_shape, num_classes):
     if teacher.endswith(".keras"):
         if not os.path.isfile(teacher):
             raise InputError(f"teacher {teacher} does not exist")
-        model = keras.models.load_model(teacher)
+        model = saving.load_model(teacher)
     else:
         model = models.get(teacher, input_shape=input_shape, num_classes=num_classes)
     if tuple(model.input_shape[1:]) != tuple(input_shape) or model.output_shape[-1] != num_classes:

@@ -1,7 +1,17 @@
-"""Training recipes: optimizer, learning-rate schedule and loss per model family.
+"""Training recipes as data: loss, optimizer, schedule, weight-decay groups and augmentation.
 
-A recipe is data (its paper's numbers); `compile_model` turns it into a compiled model for a
-given budget, so the schedule always spans the epochs actually asked for.
+A Recipe composes small frozen dataclasses that hold a paper's numbers; plain functions look their
+`kind`/`name` up in a table (LOSSES is in effkeras.training.losses, OPTIMIZERS and SCHEDULES here)
+and build the Keras objects; RECIPES, below them, holds the recipes themselves. `compile_model`
+does it for a given budget, so the schedule always spans the epochs actually asked for. The peak
+learning rate is given at `base_batch_size` and scales linearly with the batch size.
+
+Papers cited below: He et al. 2016 (arXiv 1512.03385); ReCU, Xu et al., ICCV 2021 (arXiv
+2103.12369) and its official code; ERN, Efficiera Residual Networks (arXiv 2410.11553) and its
+official code; MLPerf Tiny (Banbury et al., arXiv 2106.07597) and its reference code
+(mlcommons/tiny, benchmark/training); MobileNetV2, Sandler et al. 2018 (arXiv 1801.04381);
+EfficientNet, Tan & Le 2019 (arXiv 1905.11946) and its TPU reference code (tensorflow/tpu,
+models/official/efficientnet).
 """
 
 import dataclasses
@@ -9,66 +19,280 @@ import dataclasses
 import keras
 
 from effkeras.errors import InputError
+from effkeras.training import losses
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    """What the model minimises.
+
+    kind "cross_entropy": CE of the labels, with label smoothing.
+    kind "distillation" (needs a teacher, --teacher): α·T²·H(teacher_T, student_T) + (1-α)·CE,
+    where H(p, q) = -Σ p·log q of the softmaxes at temperature T. H is KL(teacher_T || student_T)
+    plus the teacher's entropy, a constant: same gradients as the KL form, and α=1, T=1 is
+    exactly ReCU's stage-2 loss -Σ softmax(teacher)·log_softmax(student).
+    output_weights: for a model with several outputs (early exits), the total is the weighted
+    sum of the per-output losses; () weighs each output 1.0.
+    """
+
+    kind: str = "cross_entropy"
+    label_smoothing: float = 0.0
+    alpha: float = 1.0  # distillation: weight of the teacher term
+    temperature: float = 1.0  # distillation
+    output_weights: tuple = ()
+
+    def __post_init__(self):
+        if self.kind not in losses.LOSSES:
+            raise ValueError(f"loss kind {self.kind!r} is not one of {sorted(losses.LOSSES)}")
+        if not 0.0 <= self.alpha <= 1.0 or self.temperature <= 0:
+            raise ValueError(f"distillation needs 0 <= alpha <= 1 and temperature > 0, got "
+                             f"alpha={self.alpha}, temperature={self.temperature}")
+
+    @property
+    def needs_teacher(self):
+        return self.kind == "distillation"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Optimizer:
+    """An optimizer and its hyper-parameters; epsilon None keeps Keras' default (1e-7).
+
+    Compares equal to its name too (`recipe.optimizer == "adam"`).
+    """
+
+    name: str  # a key of OPTIMIZERS: "sgd", "adam", "adamw", "rmsprop"
+    momentum: float = 0.0  # sgd, rmsprop
+    nesterov: bool = False  # sgd
+    rho: float = 0.9  # rmsprop: decay of the squared-gradient average
+    epsilon: float = None  # adam, adamw, rmsprop
+
+    def __post_init__(self):
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.name!r} is not one of {sorted(OPTIMIZERS)}")
+
+    def __eq__(self, other):
+        if isinstance(other, str):
+            return self.name == other
+        return isinstance(other, Optimizer) and dataclasses.astuple(self) == dataclasses.astuple(other)
+
+    def __hash__(self):
+        return hash(dataclasses.astuple(self))
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """The learning rate over the run (`peak` is the recipe's rate scaled to the batch size).
+
+    "cosine": linear warm-up from 0 for `warmup_epochs` of the recipe's epochs (the warm-up keeps
+      its share of the run when --epochs changes), then cosine decay to 0 at the last step.
+    "multistep": peak·gamma^k after the k-th milestone; milestones are fractions of the run.
+    "exponential": peak·gamma^epoch, decayed once per epoch.
+    """
+
+    kind: str = "cosine"
+    warmup_epochs: float = 0  # cosine only
+    milestones: tuple = ()  # multistep
+    gamma: float = 0.1  # multistep: factor per milestone; exponential: factor per epoch
+
+    def __post_init__(self):
+        if self.kind not in SCHEDULES:
+            raise ValueError(f"schedule {self.kind!r} is not one of {sorted(SCHEDULES)}")
+        if self.warmup_epochs and self.kind != "cosine":
+            raise ValueError("only the cosine schedule has a warm-up")
+        if list(self.milestones) != sorted(self.milestones) or not all(
+                0 < m < 1 for m in self.milestones):
+            raise ValueError(f"milestones must be increasing fractions of the run in (0, 1), "
+                             f"got {self.milestones}")
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightDecay:
+    """Decoupled weight decay in the optimizer (variable -= rate·lr·variable, as Keras and AdamW).
+
+    Coupled L2 (a penalty in the loss, as PyTorch's SGD/Adam `weight_decay` and TF's l2_loss)
+    lives in the models' kernel regularizers, not here.
+    exclude: variable names (regular expressions searched in `variable.name`, e.g. "gamma",
+      "beta", "bias") that get no decay; decay_vectors=False also spares every variable of rank
+      <= 1 (BatchNorm, biases, scales).
+    """
+
+    rate: float = 0.0
+    exclude: tuple = ()
+    decay_vectors: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    optimizer: str  # "sgd" | "adam"
-    learning_rate: float  # at base_batch_size
+    optimizer: Optimizer
+    learning_rate: float  # peak, at base_batch_size
     epochs: int
     batch_size: int
-    base_batch_size: int  # learning rate scales linearly with batch_size / base_batch_size
-    momentum: float = 0.9
-    weight_decay: float = 0.0  # decoupled, in the optimizer (L2 lives in the model's regularizers)
-    warmup_epochs: int = 0
-    callbacks: tuple = ()  # names in effkeras.training.callbacks.CALLBACKS
-    distill: bool = False  # the loss is cross-entropy to a teacher's softmax (--teacher)
+    base_batch_size: int  # the learning rate scales linearly with batch_size / base_batch_size
+    schedule: Schedule = dataclasses.field(default_factory=Schedule)
+    loss: Loss = dataclasses.field(default_factory=Loss)
+    weight_decay: WeightDecay = dataclasses.field(default_factory=WeightDecay)
     augment: tuple = ()  # (dataset, augmentation names) pairs; other datasets keep their defaults
-    epsilon: float = None  # Adam's ε; None: Keras' default (1e-7)
+    callbacks: tuple = ()  # names in effkeras.training.callbacks.CALLBACKS
     mixed_precision: bool = False  # the paper trained in fp16 AMP: see dtype_policy()
 
+    @property
+    def epsilon(self):
+        return self.optimizer.epsilon
+
+
+# --- schedules: (schedule, recipe, peak, total steps, steps per epoch) -> Keras schedule ---------
+
+
+def cosine(schedule, recipe, peak, total, steps_per_epoch):
+    warmup = min(round(total * schedule.warmup_epochs / recipe.epochs), total - 1)
+    if warmup:
+        return keras.optimizers.schedules.CosineDecay(0.0, total - warmup, warmup_target=peak,
+                                                      warmup_steps=warmup)
+    return keras.optimizers.schedules.CosineDecay(peak, total)
+
+
+def multistep(schedule, recipe, peak, total, steps_per_epoch):
+    # PiecewiseConstantDecay keeps values[k] while step <= boundaries[k]: the first step of the
+    # milestone epoch already gets the lower rate.
+    boundaries = [round(m * total) - 1 for m in schedule.milestones]
+    values = [peak * schedule.gamma ** k for k in range(len(boundaries) + 1)]
+    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
+def exponential(schedule, recipe, peak, total, steps_per_epoch):
+    return keras.optimizers.schedules.ExponentialDecay(peak, steps_per_epoch, schedule.gamma,
+                                                       staircase=True)
+
+
+SCHEDULES = {"cosine": cosine, "multistep": multistep, "exponential": exponential}
+
+
+def learning_rate_schedule(recipe, *, epochs, steps_per_epoch, batch_size, learning_rate=None):
+    """The recipe's schedule over exactly `epochs` epochs of `steps_per_epoch` steps.
+
+    learning_rate: the peak; None: the recipe's, scaled by batch_size / base_batch_size.
+    """
+    peak = learning_rate or recipe.learning_rate * batch_size / recipe.base_batch_size
+    total = max(1, epochs * steps_per_epoch)
+    return SCHEDULES[recipe.schedule.kind](recipe.schedule, recipe, peak, total, steps_per_epoch)
+
+
+# --- optimizers: (optimizer, learning rate, decoupled decay or None) -> Keras optimizer ---------
+
+
+def _epsilon(optimizer):
+    return {} if optimizer.epsilon is None else {"epsilon": optimizer.epsilon}
+
+
+OPTIMIZERS = {
+    "sgd": lambda o, lr, wd: keras.optimizers.SGD(lr, momentum=o.momentum, nesterov=o.nesterov,
+                                                  weight_decay=wd),
+    "adam": lambda o, lr, wd: keras.optimizers.Adam(lr, weight_decay=wd, **_epsilon(o)),
+    "adamw": lambda o, lr, wd: keras.optimizers.AdamW(lr, weight_decay=wd or 0.0, **_epsilon(o)),
+    "rmsprop": lambda o, lr, wd: keras.optimizers.RMSprop(lr, rho=o.rho, momentum=o.momentum,
+                                                          weight_decay=wd, **_epsilon(o)),
+}
+
+
+def make_optimizer(recipe, schedule, model=None):
+    """The recipe's optimizer on `schedule`, with its decoupled weight-decay groups (`model`
+    supplies the variables when rank <= 1 ones are spared)."""
+    decay = recipe.weight_decay
+    optimizer = OPTIMIZERS[recipe.optimizer.name](recipe.optimizer, schedule, decay.rate or None)
+    if decay.rate and (decay.exclude or not decay.decay_vectors):
+        vectors = [] if decay.decay_vectors or model is None else [
+            v for v in model.trainable_variables if len(v.shape) <= 1]
+        optimizer.exclude_from_weight_decay(var_list=vectors, var_names=list(decay.exclude))
+    return optimizer
+
+
+# --- the recipes ----------------------------------------------------------------------------------
+
+# Train augmentations shared by recipes (names in effkeras.data.augment).
+IMAGENET_RECU = (("imagenet", ("random_resized_crop", "lighting", "flip")),)
 
 RECIPES = {
     # He et al. 2016 §4.2 (lr 0.1, batch 128, momentum 0.9; L2 1e-4 in the model), cosine as is usual now.
-    "sgd_cosine": Recipe(optimizer="sgd", learning_rate=0.1, epochs=200, batch_size=128,
-                         base_batch_size=128),
-    # ReCU, recu_ern.md §A6: 5-epoch linear warm-up then cosine; weight decay is coupled L2 in
-    # the models (5e-4 on everything for CIFAR, 1e-4 on conv/fc for ImageNet); τ per epoch.
-    "recu_cifar": Recipe(optimizer="sgd", learning_rate=0.1, epochs=600, batch_size=256,
-                         base_batch_size=256, warmup_epochs=5, callbacks=("recu_tau",)),
-    # RandomResizedCrop's area range is capped at 1.0 (the code asks 0.08-1.25; areas over 1
-    # cannot be cropped, so torchvision retries them), then PCA lighting and flips.
-    "recu_imagenet": Recipe(optimizer="sgd", learning_rate=0.1, epochs=200, batch_size=512,
-                            base_batch_size=512, warmup_epochs=5, callbacks=("recu_tau",),
-                            augment=(("imagenet", ("random_resized_crop", "lighting", "flip")),)),
-    # Stage 2 of the two-stage recipe: Adam, no weight decay, distillation from a teacher.
-    "recu_two_stage": Recipe(optimizer="adam", learning_rate=1e-3, epochs=256, batch_size=512,
-                             base_batch_size=512, warmup_epochs=5, callbacks=("recu_tau",),
-                             distill=True,
-                             augment=(("imagenet", ("random_resized_crop", "lighting", "flip")),)),
-    # ERN, recu_ern.md §B5 (the official per-model "best" configs): Adam lr 4e-4 at batch 256,
-    # ε 1e-4, cosine to 0 with no warm-up, plain cross-entropy, fp16 AMP. Weight decay 1e-5 is
-    # coupled L2 on conv kernels only, in the models (Keras L2(5e-6), §B8). ImageNet images are
+    "sgd_cosine": Recipe(Optimizer("sgd", momentum=0.9), learning_rate=0.1, epochs=200,
+                         batch_size=128, base_batch_size=128),
+    # ReCU (arXiv 2103.12369 §5.1 and the official code's main.py/run.sh): SGD momentum 0.9 (not
+    # Nesterov), 5-epoch linear warm-up then cosine; weight decay is coupled L2 in the models (5e-4
+    # on everything for CIFAR, 1e-4 on conv/fc for ImageNet); τ set per epoch, Eq. (24).
+    "recu_cifar": Recipe(Optimizer("sgd", momentum=0.9), learning_rate=0.1, epochs=600,
+                         batch_size=256, base_batch_size=256, schedule=Schedule(warmup_epochs=5),
+                         callbacks=("recu_tau",)),
+    # ImageNet, official code: batch 512, 200 epochs. RandomResizedCrop's area range is capped at
+    # 1.0 (the code asks 0.08-1.25; areas over 1 cannot be cropped, so torchvision retries them),
+    # then PCA lighting and flips.
+    "recu_imagenet": Recipe(Optimizer("sgd", momentum=0.9), learning_rate=0.1, epochs=200,
+                            batch_size=512, base_batch_size=512, schedule=Schedule(warmup_epochs=5),
+                            callbacks=("recu_tau",), augment=IMAGENET_RECU),
+    # Stage 2 of the two-stage recipe (official code, imagenet_two-stage run.sh): Adam, no weight
+    # decay, distillation from a ResNet-34 teacher at temperature 1 replacing cross-entropy.
+    "recu_two_stage": Recipe(Optimizer("adam"), learning_rate=1e-3, epochs=256, batch_size=512,
+                             base_batch_size=512, schedule=Schedule(warmup_epochs=5),
+                             loss=Loss("distillation", alpha=1.0, temperature=1.0),
+                             callbacks=("recu_tau",), augment=IMAGENET_RECU),
+    # ERN (arXiv 2410.11553 §4.1; the official code's per-model "best" configs): Adam lr 4e-4 at
+    # batch 256, ε 1e-4, cosine to 0 with no warm-up, plain cross-entropy, fp16 AMP. Weight decay
+    # 1e-5 is coupled L2 on conv kernels only, in the models (Keras L2(5e-6)). ImageNet images are
     # squashed to the input size (Resize((256, 256))); not in effkeras.data: RandAugment(2, 7)
     # (ern34, ern50, ern101) and ern101's ColorJitter, RandomGrayscale and RandomRotation(15).
     # ern34, ern50: `imagenet_with_randaugment_only` (no flip): the paper's recipe.
-    "ern": Recipe(optimizer="adam", learning_rate=4e-4, epochs=400, batch_size=256,
-                  base_batch_size=256, epsilon=1e-4, mixed_precision=True,
+    "ern": Recipe(Optimizer("adam", epsilon=1e-4), learning_rate=4e-4, epochs=400, batch_size=256,
+                  base_batch_size=256, mixed_precision=True,
                   augment=(("imagenet", ("squash", "randaugment")),)),
     # ern101: `imagenet_with_randaugment`.
-    "ern_randaugment": Recipe(optimizer="adam", learning_rate=4e-4, epochs=400, batch_size=256,
-                              base_batch_size=256, epsilon=1e-4, mixed_precision=True,
+    "ern_randaugment": Recipe(Optimizer("adam", epsilon=1e-4), learning_rate=4e-4, epochs=400,
+                              batch_size=256, base_batch_size=256, mixed_precision=True,
                               augment=(("imagenet", ("squash", "flip", "color_jitter", "grayscale",
                                                      "rotation", "randaugment")),)),
     # ern18_075: `simple` (squash + flip).
-    "ern_simple": Recipe(optimizer="adam", learning_rate=4e-4, epochs=400, batch_size=256,
-                         base_batch_size=256, epsilon=1e-4, mixed_precision=True,
+    "ern_simple": Recipe(Optimizer("adam", epsilon=1e-4), learning_rate=4e-4, epochs=400,
+                         batch_size=256, base_batch_size=256, mixed_precision=True,
                          augment=(("imagenet", ("squash", "flip")),)),
-    # ern18's best config (= exp11): `simple`, 800 epochs, Adam's default ε 1e-8 (EWGS δ = 0 is
-    # the model's default). The paper-style run is `--epochs=400` with the `ern` recipe's ε.
-    "ern18": Recipe(optimizer="adam", learning_rate=4e-4, epochs=800, batch_size=256,
-                    base_batch_size=256, epsilon=1e-8, mixed_precision=True,
+    # ern18's best config in the official code (= its exp11): `simple`, 800 epochs, Adam's default
+    # ε 1e-8 (EWGS δ = 0 is the model's default). The paper-style run is `--epochs=400` with the
+    # `ern` recipe's ε.
+    "ern18": Recipe(Optimizer("adam", epsilon=1e-8), learning_rate=4e-4, epochs=800,
+                    batch_size=256, base_batch_size=256, mixed_precision=True,
                     augment=(("imagenet", ("squash", "flip")),)),
+    # MLPerf Tiny image classification (arXiv 2106.07597; reference code
+    # benchmark/training/image_classification/train.py): Adam (Keras defaults), batch 32, 500
+    # epochs, lr 1e-3·0.99^epoch; ImageDataGenerator(rotation_range=15, width_shift_range=0.1,
+    # height_shift_range=0.1, horizontal_flip=True) on CIFAR-10, no crop. ImageDataGenerator fills
+    # uncovered pixels with the nearest edge pixel, the Keras layers used here reflect. L2 1e-4 on
+    # the convs is in the model (keras_model.py).
+    "mlperf_tiny": Recipe(Optimizer("adam"), learning_rate=1e-3, epochs=500, batch_size=32,
+                          base_batch_size=32, schedule=Schedule("exponential", gamma=0.99),
+                          augment=(("cifar10", ("rotation", "shift", "flip")),)),
+    # MLPerf Tiny Visual Wake Words (reference code benchmark/training/visual_wake_words/
+    # train_vww.py): MobileNet v1 0.25 at 96x96, Adam, 20 epochs at 1e-3, 10 at 5e-4, 20 at
+    # 2.5e-4 (milestones at 20/50 and 30/50 of the run, gamma 0.5). Its generators batch 32
+    # (BATCH_SIZE; the `batch_size = 50` in main() is never used). Each of its three stages
+    # compiles a fresh Adam (moments reset); here one Adam runs through. Its augmentation
+    # (rotation 10°, shifts 0.05, zoom 0.1, flip, on a folder of person/non-person images) is not
+    # in effkeras.data: datasets keep their defaults.
+    "mlperf_tiny_vww": Recipe(Optimizer("adam"), learning_rate=1e-3, epochs=50, batch_size=32,
+                              base_batch_size=32,
+                              schedule=Schedule("multistep", milestones=(0.4, 0.6), gamma=0.5)),
+    # MobileNetV2 (arXiv 1801.04381 §6.1): RMSprop with decay (rho) and momentum 0.9, lr 0.045 at
+    # batch 96, decayed 0.98 per epoch; ε is not given (Keras' default here). Its weight decay 4e-5
+    # is coupled L2 (TF l2_loss, = Keras L2(2e-5)) and belongs in the model's regularizers. The
+    # paper gives no epoch count: 300 is ours (the rate ends near 1e-4).
+    "mobilenet_v2": Recipe(Optimizer("rmsprop", rho=0.9, momentum=0.9), learning_rate=0.045,
+                           epochs=300, batch_size=96, base_batch_size=96,
+                           schedule=Schedule("exponential", gamma=0.98)),
+    # EfficientNet (arXiv 1905.11946 §5.2: RMSprop decay 0.9, momentum 0.9) as trained for
+    # EfficientNet-Lite by the TPU reference (main.py: base lr 0.016 per 256 images scaled
+    # linearly, ε 1e-3, label smoothing 0.1, 5 warm-up epochs, 350 epochs), with the cosine decay
+    # to 0 of the RAN-e reference scripts (arXiv 2208.08562); the TPU default is 0.97 every 2.4
+    # epochs. Its weight decay 1e-5 is coupled L2 on non-BN variables (l2_loss, = Keras
+    # L2(5e-6)), in the model.
+    "efficientnet_lite": Recipe(Optimizer("rmsprop", rho=0.9, momentum=0.9, epsilon=1e-3),
+                                learning_rate=0.016, epochs=350, batch_size=256,
+                                base_batch_size=256, schedule=Schedule(warmup_epochs=5),
+                                loss=Loss(label_smoothing=0.1)),
 }
 
 
@@ -76,31 +300,6 @@ def get(name):
     if name not in RECIPES:
         raise InputError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(RECIPES))}")
     return RECIPES[name]
-
-
-def learning_rate_schedule(recipe, *, epochs, steps_per_epoch, batch_size, learning_rate=None):
-    """Linear warm-up then cosine decay to 0 over exactly `epochs` epochs.
-
-    The warm-up keeps its share of the recipe's run (5 of 600 epochs stays 1/120 of a shorter
-    or longer run), so overriding --epochs scales the whole schedule.
-    """
-    peak = learning_rate or recipe.learning_rate * batch_size / recipe.base_batch_size
-    total = max(1, epochs * steps_per_epoch)
-    warmup = min(round(total * recipe.warmup_epochs / recipe.epochs), total - 1)
-    if warmup:
-        return keras.optimizers.schedules.CosineDecay(0.0, total - warmup, warmup_target=peak,
-                                                      warmup_steps=warmup)
-    return keras.optimizers.schedules.CosineDecay(peak, total)
-
-
-def make_optimizer(recipe, schedule):
-    if recipe.optimizer == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=recipe.momentum,
-                                    weight_decay=recipe.weight_decay or None)
-    if recipe.optimizer == "adam":
-        epsilon = {} if recipe.epsilon is None else {"epsilon": recipe.epsilon}
-        return keras.optimizers.Adam(schedule, weight_decay=recipe.weight_decay or None, **epsilon)
-    raise ValueError(f"recipe optimizer {recipe.optimizer!r} is not supported")
 
 
 def dtype_policy(recipe):
@@ -116,12 +315,49 @@ def dtype_policy(recipe):
     return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
 
 
+# --- loss and metrics ----------------------------------------------------------------------------
+
+
+def loss_weights(recipe, num_outputs):
+    """The recipe's weight per output; 1.0 each by default (RANet, arXiv 2003.00634, sums its
+    exits' losses)."""
+    weights = tuple(recipe.loss.output_weights) or (1.0,) * num_outputs
+    if len(weights) != num_outputs:
+        raise InputError(f"the recipe weighs {len(weights)} outputs but the model has "
+                         f"{num_outputs}")
+    return list(weights)
+
+
+def accuracy_metrics():
+    return [keras.metrics.SparseCategoricalAccuracy(name="top1"),
+            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")]
+
+
 def compile_model(model, recipe, *, epochs, steps_per_epoch, batch_size, learning_rate=None):
+    """Compiles `model` with the recipe's optimizer, schedule and loss, and top-1/top-5.
+
+    A model with K > 1 outputs (a list of logits, e.g. early exits) gets one cross-entropy and
+    one top1/top5 pair per output (logged as <output name>_top1 ...), the loss being their sum
+    weighted by the recipe's `loss.output_weights`; its labels must be repeated per output
+    (see repeat_labels).
+    """
     schedule = learning_rate_schedule(recipe, epochs=epochs, steps_per_epoch=steps_per_epoch,
                                       batch_size=batch_size, learning_rate=learning_rate)
-    model.compile(
-        optimizer=make_optimizer(recipe, schedule),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1"),
-                 keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")])
+    count = len(model.outputs) if getattr(model, "outputs", None) else 1
+    weights = loss_weights(recipe, count)
+    loss = losses.cross_entropy(recipe.loss.label_smoothing)
+    if count == 1:  # a weight of 1.0 is Keras' default: compile exactly as without one
+        compiled = dict(loss=loss, metrics=accuracy_metrics(),
+                        **({} if weights == [1.0] else {"loss_weights": weights}))
+    else:
+        compiled = dict(loss=[loss] * count, loss_weights=weights,
+                        metrics=[accuracy_metrics() for _ in range(count)])
+    model.compile(optimizer=make_optimizer(recipe, schedule, model), **compiled)
     return model
+
+
+def repeat_labels(dataset, num_outputs):
+    """(images, labels) -> (images, (labels,) * num_outputs) for a model with several outputs."""
+    if num_outputs == 1:
+        return dataset
+    return dataset.map(lambda images, labels: (images, (labels,) * num_outputs))

@@ -6,6 +6,10 @@
 <output_dir>/model.keras, metrics.json  the final results
 Re-running with the same output_dir continues after the last complete epoch, with the learning
 rate schedule stretched over the epochs now asked for.
+
+A model whose output is a list of K logits tensors (early exits) trains on the recipe's weighted
+sum of per-output cross-entropies; its metrics are logged per output as <output name>_top1,
+<output name>_top5 and <output name>_loss (Keras' names), next to the total `loss`.
 """
 
 import dataclasses
@@ -16,7 +20,7 @@ import time
 
 import keras
 
-from effkeras import data, models
+from effkeras import data, models, saving
 from effkeras.errors import InputError
 from effkeras.fileio import atomic_path, write_json
 from effkeras.training import callbacks as recipe_callbacks
@@ -80,11 +84,18 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
 def _restore(model, checkpoint_path):
     """Copies weights and optimizer slots from a checkpoint into a freshly compiled `model`."""
-    saved = keras.models.load_model(checkpoint_path)
+    saved = saving.load_model(checkpoint_path)
     model.set_weights(saved.get_weights())
     model.optimizer.build(model.trainable_variables)
     for variable, value in zip(model.optimizer.variables, saved.optimizer.variables):
         variable.assign(value)
+
+
+def _test_metrics(logs, num_outputs):
+    """Today's {top1, top5, loss} for one output; every logged metric for several."""
+    if num_outputs == 1:
+        return {"top1": logs["top1"], "top5": logs["top5"], "loss": logs["loss"]}
+    return {name: float(value) for name, value in logs.items()}
 
 
 def train(config):
@@ -111,7 +122,7 @@ def train(config):
     train_split = data.load(config.dataset, "train", input_shape=input_shape, batch_size=batch_size,
                             data_dir=config.data_dir, seed=config.seed + initial_epoch,
                             augment_with=train_augment)
-    # A recipe that trains on squashed images validates on them too (ERN, §B5).
+    # A recipe that trains on squashed images validates on them too (ERN's official code).
     test_split = data.load(config.dataset, "test", input_shape=input_shape, batch_size=batch_size,
                            data_dir=config.data_dir,
                            augment_with=("squash",) if "squash" in (train_augment or ()) else None)
@@ -124,8 +135,13 @@ def train(config):
     finally:
         keras.config.set_dtype_policy("float32")
     student = model
-    if recipe.distill:
-        model = Distiller(student, load_teacher(config.teacher, input_shape, train_split.num_classes))
+    if recipe.loss.needs_teacher:
+        model = Distiller(student, load_teacher(config.teacher, input_shape, train_split.num_classes),
+                          alpha=recipe.loss.alpha, temperature=recipe.loss.temperature,
+                          label_smoothing=recipe.loss.label_smoothing)
+    num_outputs = len(student.outputs)
+    train_data = recipes.repeat_labels(train_data, num_outputs)
+    test_data = recipes.repeat_labels(test_split.dataset, num_outputs)
     recipes.compile_model(model, recipe, epochs=epochs, steps_per_epoch=steps,
                           batch_size=batch_size, learning_rate=config.learning_rate)
     if state.get("checkpoint"):
@@ -140,8 +156,8 @@ def train(config):
     with train_split.errors_as_input_errors(), test_split.errors_as_input_errors():
         if initial_epoch < epochs:
             model.fit(train_data, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                      validation_data=test_split.dataset, callbacks=callbacks, shuffle=False, verbose=verbose)
-        test = model.evaluate(test_split.dataset, return_dict=True, verbose=0)
+                      validation_data=test_data, callbacks=callbacks, shuffle=False, verbose=verbose)
+        test = model.evaluate(test_data, return_dict=True, verbose=0)
 
     with atomic_path(os.path.join(config.output_dir, "model.keras")) as tmp:
         student.save(tmp)
@@ -149,7 +165,7 @@ def train(config):
         "model": info.name, "dataset": config.dataset, "input_shape": list(input_shape),
         "epochs": state["epoch"], "batch_size": batch_size, "steps_per_epoch": steps,
         "params": student.count_params(), "history": state["history"],
-        "test": {"top1": test["top1"], "top5": test["top5"], "loss": test["loss"]},
+        "test": _test_metrics(test, num_outputs),
         "train_seconds": state["train_seconds"], "wall_seconds_this_run": time.time() - started,
     }
     write_json(os.path.join(config.output_dir, "metrics.json"), metrics)

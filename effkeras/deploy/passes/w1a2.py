@@ -1,20 +1,23 @@
-"""w1a2 convs rewritten as binary convs that Larq Compute Engine accelerates (recu_ern.md §C3).
+"""w1a2 convs rewritten as binary convs that Larq Compute Engine accelerates.
 
-LCE has 1-bit x 1-bit kernels only (ecosystem spec §2.6), so a conv with 1-bit weights and a
-2-bit input (ERN's every conv) would stay a float CONV_2D. `w1a2_to_binary(model)` returns the
+ERN (Efficiera Residual Networks, arXiv 2410.11553) is w1a2 throughout; the decomposition below
+is derived here (it follows from the quantizer's definition) and checked exactly by the tests.
+
+LCE has 1-bit x 1-bit kernels only (its converter matches no multi-bit pattern), so a conv
+with 1-bit weights and a 2-bit input (ERN's every conv) would stay a float CONV_2D. `w1a2_to_binary(model)` returns the
 same network with every such conv replaced by a `PlaneConv2D`: ±1 "planes" of the input, each
 a `where(cond, 1, -1)` that LCE turns into `LceQuantize`, feeding `LceBconv2d`s that share one
 ±1 filter, with every constant folded into the bconv's multiplier and bias. Outputs equal the
 original's up to float rounding (the binary accumulators are exact integers).
 
-The algebra (§C3). A w1a2 conv computes y_o = s·λ_o·Σ_{k,c} B_o[k,c]·q_c(p+k): codes
+The algebra. A w1a2 conv computes y_o = s·λ_o·Σ_{k,c} B_o[k,c]·q_c(p+k): codes
 q = #{m : x >= θ_m} in 0..L (L = 3 thresholds, 1/3, 1, 5/3 for ERN), step s (2/3 or 1), ±1
 kernel B with per-channel scale λ_o (mean|W_o|, or 1/32). Zero padding pads x (or q) with 0:
 a padded position has q = 0.
 
-We use planes that are +1 BELOW a threshold, u_m = +1 iff x < θ_m (the negated planes of §C3),
+We use planes that are +1 BELOW a threshold, u_m = +1 iff x < θ_m (negated planes),
 so that the padded q = 0 is +1 in every plane: LCE's native one-padding (pad value +1, the
-fastest bconv padding, §2.3) is then exact, and the sign flip goes into the filter (-B):
+fastest bconv padding) is then exact, and the sign flip goes into the filter (-B):
 
 - thermometer form: q = L/2 - ½·Σ_m u_m, so
       y_o = ½·s·λ_o · BConv(-B̃_o, [u_1 .. u_L]) + (L/2)·s·λ_o·ΣB_o
@@ -36,10 +39,10 @@ Padding, exactly:
 
 The first layer. ERN's stem conv reads the `PixelEmbedding` codes z[10c + i] = #{l : pixel_c >=
 T[i, l]}; its planes are thresholds of the raw pixels (pixel_c < T[i, ⌈θ_m⌉ - 1]), so the
-rewrite reads the image directly: 90 thermometer planes (or 2 x 30 bit planes) of the 3 colours
-(§C3 "First layer"), the embedding drops out of the graph, and the image is padded with 0 (code 0).
+rewrite reads the image directly: 90 thermometer planes (or 2 x 30 bit planes) of the 3 colours,
+so the embedding drops out of the graph, and the image is padded with 0 (code 0).
 
-The classifier stays a binary 1x1 conv before the average pool. §C3 also allows GAP then a float
+The classifier stays a binary 1x1 conv before the average pool. The algebra also allows GAP then a float
 FULLY_CONNECTED (exact too), but that stores 512x1000 float32 weights (2 MB, more than the
 whole binary ERN18) for a conv that costs 2.5 of ERN18's 263 ms below.
 
@@ -48,7 +51,7 @@ LCE fuses a BN into one bconv but not across the bit-plane form's ADD.
 
 Form choice (form="auto"), by single-thread latency in the LCE interpreter on this project's x86
 machine (portable kernels: the aarch64 ratios may differ; measured with `python
-tools/bench_ern_lce.py --layers [--model=ern50]`, 224x224, median ms of 9-15 runs, both forms
+python -m tools.bench_ern_lce --layers [--model=ern50]`, 224x224, median ms of 9-15 runs, both forms
 taking turns), thermometer T and bit-plane B, with LCE's default bconv kernel | its indirect
 BGEMM kernel (use_indirect_bgemm=True, ~4.4x faster on x86):
 
@@ -83,10 +86,12 @@ import numpy as np
 import keras
 from keras import ops
 
+from effkeras.deploy.passes.fold_bn import fold_into_output
+from effkeras.deploy.passes.rewrite import rewrite
 from effkeras.errors import InputError
+from effkeras.graph import FLOAT_BITS, layer_precision, leaf_layers
 from effkeras.layers.ern import PixelEmbedding
 from effkeras.layers.quantized import QuantConv2D, same_padding
-from effkeras.graph import FLOAT_BITS, layer_precision, leaf_layers
 
 FORMS = ("auto", "thermometer", "bitplane")
 PLANE_FORMS = FORMS[1:]
@@ -269,9 +274,6 @@ def w1a2_to_binary(model, form="auto", *, strict=True):
     """
     if form not in FORMS:
         raise InputError(f"unknown w1a2 rewrite form {form!r}; use one of {', '.join(FORMS)}")
-    if not isinstance(model, keras.Model) or not hasattr(model, "_run_through_graph"):
-        raise InputError(f"w1a2_to_binary needs a functional keras.Model, got "
-                         f"{type(model).__name__}")
     targets = {}
     unsupported = []
     for layer in model.layers:
@@ -281,69 +283,40 @@ def w1a2_to_binary(model, form="auto", *, strict=True):
                 targets[id(layer)] = layer
             else:
                 unsupported.append(f"{layer.name}: {reason}")
-    nested = [f"{layer.name}: inside nested model {outer.name}" for outer in model.layers
-              if isinstance(outer, keras.Model) for layer in w1a2_layers(outer)]
-    unsupported += nested
+    unsupported += [f"{layer.name}: inside nested model {outer.name}" for outer in model.layers
+                    if isinstance(outer, keras.Model) for layer in w1a2_layers(outer)]
     if unsupported and strict:
         raise InputError(f"cannot rewrite {len(unsupported)} w1a2 layer(s) as LCE binary convs: "
                          + "; ".join(unsupported))
 
-    consumers = {}  # id(layer) -> how many layer calls read its output
-    for layer in model.layers:
-        for tensor in _as_list(getattr(layer, "input", None)):
-            producer = tensor._keras_history[0]
-            consumers[id(producer)] = consumers.get(id(producer), 0) + 1
-    originals = {}  # id(clone) -> original layer
-    sources = {}  # id(new tensor) -> (original layer that made it, that layer's input)
-    folded = set()  # ids of the BatchNormalization layers folded into a PlaneConv2D
-
-    def clone(layer):
-        copy = layer.__class__.from_config(layer.get_config())
-        originals[id(copy)] = layer
-        return copy
-
-    def call(layer, *args, **kwargs):
-        original = originals[id(layer)]
-        if id(original) in targets:
-            new, outputs = _rewrite(original, args[0], form, sources)
-            sources[id(outputs)] = (new, consumers.get(id(original), 0))
+    def replace(layer, x, graph):
+        if id(layer) in targets:
+            new, outputs = _rewrite(layer, x, form, graph)
+            graph.record(outputs, new, x, original=layer)
             return outputs
-        producer = sources.get(id(args[0])) if args else None
-        if (isinstance(original, keras.layers.BatchNormalization) and producer is not None
-                and isinstance(producer[0], PlaneConv2D) and producer[1] == 1
-                and _fold_batch_norm(producer[0], original)):
-            folded.add(id(original))
-            return args[0]
-        outputs = layer(*args, **kwargs)
-        if isinstance(original, (keras.layers.ZeroPadding2D, PixelEmbedding)) and len(args) == 1:
-            sources[id(outputs)] = (original, args[0])
-        return outputs
+        if isinstance(layer, keras.layers.BatchNormalization):
+            producer, _ = graph.producer(x)
+            if (isinstance(producer, PlaneConv2D) and graph.consumers(graph.original(x)) == 1
+                    and _fold_batch_norm(producer, layer)):
+                return x
+        return None
 
-    rewritten = keras.models.clone_model(model, clone_function=clone, call_function=call)
-    for layer in rewritten.layers:
-        original = originals.get(id(layer))
-        if original is not None and id(original) not in targets:
-            layer.set_weights(original.get_weights())
-    return rewritten
+    return rewrite(model, replace)
 
 
 def _fold_batch_norm(conv, batch_norm):
     """Folds an inference BatchNormalization that alone reads `conv` into its multiplier and
     bias (so the bit-plane form's two bconvs both carry it); False where it cannot."""
-    if conv.activation is not None or batch_norm.axis not in (-1, 3):
-        return False
-    weights = {w.path.split("/")[-1]: np.asarray(ops.convert_to_numpy(w), np.float64)
-               for w in batch_norm.weights}
-    gamma = weights.get("gamma", 1.0)
-    beta = weights.get("beta", 0.0)
-    scale = gamma / np.sqrt(weights["moving_variance"] + batch_norm.epsilon)
     kernel, multiplier, bias = (np.asarray(w, np.float64) for w in conv.get_weights())
-    conv.set_weights([kernel, multiplier * scale,
-                      (bias - weights["moving_mean"]) * scale + beta])
+    folded = None if conv.activation is not None else fold_into_output(multiplier, bias,
+                                                                        batch_norm)
+    if folded is None:
+        return False
+    conv.set_weights([kernel, *folded])
     return True
 
 
-def _rewrite(layer, x, form, sources):
+def _rewrite(layer, x, form, graph):
     """(PlaneConv2D, its output) replacing w1a2 `layer`, called on new tensor `x` (its input)."""
     quantizer = layer.input_quantizer
     levels = len(quantizer.thresholds)
@@ -353,14 +326,12 @@ def _rewrite(layer, x, form, sources):
         pads += [same_padding(size, k, s, 1) for size, k, s
                  in zip(x.shape[1:3], kernel_size, strides)]
     # Look through an explicit zero padding (ERN: ZeroPadding2D(1) then a VALID conv).
-    producer, source = sources.get(id(x), (None, None))
-    if isinstance(producer, keras.layers.ZeroPadding2D) and producer.data_format == "channels_last":
-        pads += np.asarray(producer.padding)
-        x = source
-        producer, source = sources.get(id(x), (None, None))
+    x, explicit = graph.through_padding(x)
+    pads += explicit
+    producer, source = graph.producer(x)
     thresholds = np.float32(quantizer.thresholds)
     code_channels = None
-    # The stem reads the pixel embedding's codes: threshold the raw pixels instead (§C3).
+    # The stem reads the pixel embedding's codes: threshold the raw pixels instead.
     if isinstance(producer, PixelEmbedding):
         thresholds, code_channels = _embedding_planes(producer, quantizer, layer.name)
         x = source
@@ -418,74 +389,3 @@ def _is_same_geometry(spatial, kernel_size, strides, pads):
         return False
     return all(tuple(pad) == same_padding(size, k, s, 1)
                for size, k, s, pad in zip(spatial, kernel_size, strides, pads))
-
-
-# --- weights for checking the rewrite -------------------------------------------------------------
-
-
-def tie_free_weights(model, seed=0, spread=0.7):
-    """Sets weights under which `model` and its rewrite must agree to float rounding; returns it.
-
-    Binary accumulators are integers, so with random float weights some BN outputs land within
-    float rounding of a threshold (1/3, 1, 5/3) and the two computations round to different
-    codes; a flipped code then changes the logits by far more than rounding (ecosystem spec
-    §2.6). Here every w1a2 kernel is ±2^-k (k per output channel, so λ = mean|W| = 2^-k), every
-    BN input is then a multiple of a grid g = step·λ (or 1/32 on the residual stream), and every
-    BN has γ = ±2^b with γ·g <= 1/2 (power-of-two part), mean 0, variance 1 - ε and β an odd
-    multiple of half the grid. Its outputs are then odd multiples of 2^(e-1) (e = log2 |γ·g|)
-    over 1 or 3 and keep a distance >= 2^(e-1)/3 from every threshold (which is a third of an
-    odd or even integer): ~1e-3, far above float32 rounding. γ is set so BN outputs spread about
-    `spread` around β; β is drawn in [0.2, 1.4] so the codes use all 4 levels.
-
-    Supports graphs whose BNs read a w1a2 conv or an Add of such convs (ERN).
-    """
-    rng = np.random.default_rng(seed)
-    grids = {}  # id(layer) -> (power-of-two grid per channel, has a 2/3 factor, std per channel)
-    for layer in model.layers:
-        producers = [t._keras_history[0] for t in _as_list(getattr(layer, "input", None))] \
-            if not isinstance(layer, keras.layers.InputLayer) else []
-        if is_w1a2(layer) and isinstance(layer, keras.layers.Conv2D):
-            kh, kw, fan_in, filters = layer.kernel.shape
-            exponent = -rng.integers(1, 4, filters)
-            signs = np.where(rng.random(layer.kernel.shape) < 0.5, -1.0, 1.0)
-            kernel = signs * 2.0 ** exponent
-            layer.kernel.assign(kernel.astype(np.float32))
-            scale = np.asarray(layer.kernel_quantizer.scale(layer.kernel), np.float64)
-            step = layer.input_quantizer.step
-            third = not float(step).is_integer()
-            grid = scale * (1.5 * step if third else step)  # step = 2/3 -> grid 1 (and the 2/3)
-            if not np.all(np.log2(grid) == np.round(np.log2(grid))):
-                raise InputError(f"{layer.name}: step·λ {step}·{scale[0]} is not a power of two "
-                                 f"(times 2/3)")
-            std = step * scale * np.sqrt(3.5 * kh * kw * fan_in)  # codes ~ uniform on 0..3
-            grids[id(layer)] = (grid, third, std)
-        elif isinstance(layer, keras.layers.Add):
-            inputs = [grids.get(id(p)) for p in producers]
-            if any(i is None for i in inputs) or len({i[1] for i in inputs}) != 1:
-                raise InputError(f"{layer.name}: adds tensors without a common grid")
-            grids[id(layer)] = (np.min([i[0] for i in inputs], axis=0), inputs[0][1],
-                                np.sqrt(np.sum([i[2] ** 2 for i in inputs], axis=0)))
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            source = grids.get(id(producers[0]))
-            if source is None:
-                raise InputError(f"{layer.name}: reads {producers[0].name}, not a w1a2 conv or "
-                                 f"an Add of them")
-            grid, _, std = (np.broadcast_to(v, layer.gamma.shape) for v in
-                            (source[0], source[1], source[2]))
-            # γ = ±2^b: spread/std rounded to a power of two, capped so that γ·grid <= 1/2.
-            b = np.minimum(np.round(np.log2(spread / std)), -1 - np.log2(grid))
-            e = b + np.log2(grid)
-            gamma = np.where(rng.random(b.shape) < 0.2, -1.0, 1.0) * 2.0 ** b
-            half = 2.0 ** (e - 1)
-            beta = (2 * np.floor(rng.uniform(0.2, 1.4, b.shape) / (2 * half)) + 1) * half
-            layer.set_weights([gamma, beta, np.zeros_like(gamma),
-                               np.full_like(gamma, 1 - layer.epsilon)])
-        elif isinstance(layer, keras.layers.ZeroPadding2D) and id(producers[0]) in grids:
-            grids[id(layer)] = grids[id(producers[0])]
-    return model
-
-
-def _as_list(x):
-    if x is None:
-        return []
-    return list(x) if isinstance(x, (list, tuple)) else [x]

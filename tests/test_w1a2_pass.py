@@ -1,4 +1,4 @@
-"""w1a2 -> binary convs for LCE (effkeras/deploy/restructure.py, recu_ern.md §C3): exact against
+"""w1a2 -> binary convs for LCE (effkeras/deploy/passes/w1a2.py): exact against
 the un-rewritten Keras model, layer by layer and for every ERN, with every w1a2 conv an
 LceBconv2d (one per plane block) and none left as a float CONV_2D."""
 
@@ -11,7 +11,9 @@ import pytest
 from keras import ops
 
 from effkeras import models, quantizers
-from effkeras.deploy import lce, report, restructure
+from effkeras.deploy import lce, verify
+from effkeras.deploy.passes import w1a2 as w1a2_pass
+from effkeras.testing import tie_free_weights
 from effkeras.errors import InputError
 from effkeras.layers import PixelEmbedding, QuantConv2D, QuantDense
 from conftest import run_app
@@ -52,7 +54,7 @@ def one_layer(kernel_size, stride, size, channels=40, filters=24, k_bit=2, post_
 
 
 def plane_layers(model):
-    return [layer for layer in model.layers if isinstance(layer, restructure.PlaneConv2D)]
+    return [layer for layer in model.layers if isinstance(layer, w1a2_pass.PlaneConv2D)]
 
 
 def assert_no_float_conv(result, expected_bconvs):
@@ -75,7 +77,7 @@ def assert_no_float_conv(result, expected_bconvs):
 def test_single_layer_is_exact(form, kernel_size, stride, size, one_padded):
     model = one_layer(kernel_size, stride, size, post_scale=stride == 1)
     x = bn_like(np.random.default_rng(1), (2, size, size, 40))
-    rewritten = restructure.w1a2_to_binary(model, form)
+    rewritten = w1a2_pass.w1a2_to_binary(model, form)
     (planes,) = plane_layers(rewritten)
     assert (planes.form, planes.pad_planes, planes.name) == (form, one_padded, "w1a2_conv")
     assert not any(isinstance(l, keras.layers.ZeroPadding2D) for l in rewritten.layers)
@@ -91,7 +93,7 @@ def test_single_layer_is_exact(form, kernel_size, stride, size, one_padded):
 def test_more_bits_use_the_thermometer():
     model = one_layer(3, 1, 6, k_bit=3)  # 7 thresholds
     with pytest.raises(InputError, match="bit-plane form needs 2-bit"):
-        restructure.w1a2_to_binary(model, "bitplane")
+        w1a2_pass.w1a2_to_binary(model, "bitplane")
     x = bn_like(np.random.default_rng(2), (2, 6, 6, 40))
     _, result = lce.convert(model, sample=x)  # auto
     assert_no_float_conv(result, 1)
@@ -102,7 +104,7 @@ def test_bit_plane_convs_share_one_filter_tensor():
     model = one_layer(3, 1, 6, channels=256, filters=256)
     flatbuffer, result = lce.convert(model, sample=bn_like(np.random.default_rng(3),
                                                            (1, 6, 6, 256)), w1a2_form="bitplane")
-    bconvs = [op for op in report.operators(flatbuffer) if op.type == "LceBconv2d"]
+    bconvs = [op for op in verify.operators(flatbuffer) if op.type == "LceBconv2d"]
     assert len(bconvs) == 2 and bconvs[0].inputs[1] == bconvs[1].inputs[1]
     packed = 3 * 3 * 256 * 256 // 8
     assert len(bconvs[0].inputs[1].data) == packed
@@ -121,7 +123,7 @@ def test_planes_follow_the_quantizer_thresholds():
     codes = np.ravel(model(x))
     np.testing.assert_array_equal(codes, [0, 1, 2, 1, 2, 3, 1, 2, 3])
     for form in ("thermometer", "bitplane"):
-        np.testing.assert_array_equal(np.ravel(restructure.w1a2_to_binary(model, form)(x)), codes)
+        np.testing.assert_array_equal(np.ravel(w1a2_pass.w1a2_to_binary(model, form)(x)), codes)
 
 
 @pytest.mark.parametrize("form", ["thermometer", "bitplane"])
@@ -138,7 +140,7 @@ def test_stem_reads_the_raw_pixels(form):
                               8 * np.arange(1, 31) + 1, [0, 255]]).astype(F32)
     pixels[:, 0] = rng.choice(special, pixels[:, 0].shape)
     pixels[:, :, -1] = rng.choice(special, pixels[:, :, -1].shape)
-    rewritten = restructure.w1a2_to_binary(stem, form)
+    rewritten = w1a2_pass.w1a2_to_binary(stem, form)
     assert not any(isinstance(l, PixelEmbedding) for l in rewritten.layers)
     (planes,) = plane_layers(rewritten)
     assert planes.code_channels == [c for c in range(3) for _ in range(10)]
@@ -162,7 +164,7 @@ def ern_sample(size, seed=0):
 def min_maps(model):
     """Smallest (input map side, kernel side) over the w1a2 convs, before their padding."""
     sizes = []
-    for layer in restructure.w1a2_layers(model):
+    for layer in w1a2_pass.w1a2_layers(model):
         source = layer.input._keras_history[0]
         side = (source.input if isinstance(source, keras.layers.ZeroPadding2D)
                 else layer.input).shape[1]
@@ -175,11 +177,11 @@ def min_maps(model):
 @pytest.mark.parametrize("name, size", [("ern18_075", 80), ("ern18", 96), ("ern34", 96),
                                         ("ern50", 96), ("ern101", 96)])
 def test_every_ern_converts_exactly(name, size):
-    model = restructure.tie_free_weights(models.get(name, input_shape=(size, size, 3),
+    model = tie_free_weights(models.get(name, input_shape=(size, size, 3),
                                                     num_classes=10))
     assert min_maps(model)[0] >= 3
-    w1a2 = restructure.w1a2_layers(model)
-    rewritten = restructure.w1a2_to_binary(model)
+    w1a2 = w1a2_pass.w1a2_layers(model)
+    rewritten = w1a2_pass.w1a2_to_binary(model)
     planes = plane_layers(rewritten)
     assert sorted(l.name for l in planes) == sorted(l.name for l in w1a2)
     expected_bconvs = sum(1 if l.form == "thermometer" else 2 for l in planes)
@@ -202,7 +204,7 @@ def test_every_ern_converts_exactly(name, size):
 def test_feature_maps_match_everywhere():
     """The map after a stride-2 stage of ERN18 (stem and a stride-2 block), position by position:
     the borders too, which a logit average could hide."""
-    model = restructure.tie_free_weights(models.get("ern18", input_shape=(64, 64, 3),
+    model = tie_free_weights(models.get("ern18", input_shape=(64, 64, 3),
                                                     num_classes=10))
     trunk = keras.Model(model.input, model.get_layer("stage2_block1_add").output)
     sample = ern_sample(64, seed=1)
@@ -218,7 +220,7 @@ def test_feature_maps_match_everywhere():
 
 def test_auto_form_and_batch_norm_folding():
     model = models.get("ern50", input_shape=(64, 64, 3), num_classes=10)
-    rewritten = restructure.w1a2_to_binary(model)
+    rewritten = w1a2_pass.w1a2_to_binary(model)
     forms = {l.name: l.form for l in plane_layers(rewritten)}
     # 1x1 convs from 64 code channels to >= 4x as many filters: thermometer (measured faster).
     assert sorted(n for n, f in forms.items() if f == "thermometer") == [
@@ -232,9 +234,9 @@ def test_auto_form_and_batch_norm_folding():
 
 
 def test_rewritten_model_round_trips(tmp_path):
-    model = restructure.tie_free_weights(models.get("ern18_075", input_shape=(32, 32, 3),
+    model = tie_free_weights(models.get("ern18_075", input_shape=(32, 32, 3),
                                                     num_classes=10))
-    rewritten = restructure.w1a2_to_binary(model)
+    rewritten = w1a2_pass.w1a2_to_binary(model)
     rewritten.save(tmp_path / "rewritten.keras")
     loaded = keras.saving.load_model(tmp_path / "rewritten.keras")
     sample = ern_sample(32)
@@ -266,9 +268,9 @@ def test_a_w1a2_layer_that_cannot_be_rewritten_is_named():
     dorefa = QuantConv2D(8, 3, name="dorefa_conv", input_quantizer=quantizers.DoReFa(2),
                          kernel_quantizer=quantizers.BinaryChannelWiseMeanScaling())
     with pytest.raises(InputError, match="dorefa_conv.*thresholds"):
-        restructure.w1a2_to_binary(keras.Model(inputs, dorefa(inputs)))
+        w1a2_pass.w1a2_to_binary(keras.Model(inputs, dorefa(inputs)))
     with pytest.raises(InputError, match="form"):
-        restructure.w1a2_to_binary(one_layer(1, 1, 4), form="trinary")
+        w1a2_pass.w1a2_to_binary(one_layer(1, 1, 4), form="trinary")
 
 
 def test_a_rewritten_conv_left_float_is_named(monkeypatch):
@@ -279,7 +281,7 @@ def test_a_rewritten_conv_left_float_is_named(monkeypatch):
         plane = ops.maximum(ops.where(ops.greater_equal(v, 0.0), 1.0, -1.0), -1.0)  # same values
         return ops.conv(plane, self.kernel, padding="valid") * (self.multiplier * weight)
 
-    monkeypatch.setattr(restructure.PlaneConv2D, "_bconv", blocked)
+    monkeypatch.setattr(w1a2_pass.PlaneConv2D, "_bconv", blocked)
     model = one_layer(1, 1, 4)
     with pytest.raises(InputError, match="w1a2_conv"):
         lce.convert(model, sample=bn_like(np.random.default_rng(6), (1, 4, 4, 40)))

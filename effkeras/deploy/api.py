@@ -1,0 +1,131 @@
+"""One entry point for every deploy target: `convert(model, target, *, calibration, **options)`.
+
+A target is a plug-in: a function `fn(model, *, calibration=None, **options) -> (bytes,
+Report)` registered under its name with `register_target`. Each runs the same stages in one
+direction, passes -> export -> convert -> verify (`verify.py`), and raises (InputError for
+what the user can fix) rather than return a flatbuffer that did not check out. `save` writes the
+flatbuffer, the target's extra files and the JSON an app developer reads, all atomically.
+"""
+
+import dataclasses
+import json
+import os
+import re
+from typing import Callable
+
+from effkeras import fileio
+from effkeras.deploy import verify
+from effkeras.errors import InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    name: str
+    convert: Callable
+    description: str
+
+
+TARGETS: dict = {}
+
+
+def register_target(name, description):
+    """Decorator registering `fn(model, *, calibration=None, **options) -> (bytes, Report)`."""
+
+    def decorate(fn):
+        if name in TARGETS:
+            raise ValueError(f"deploy target {name!r} is registered twice")
+        TARGETS[name] = Target(name, fn, description)
+        return fn
+
+    return decorate
+
+
+TARGET_MODULES = ("lce", "tflite", "tflm", "ethos_u")  # effkeras.deploy.<module> register targets
+
+
+def _load_targets():
+    import importlib
+
+    for module in TARGET_MODULES:
+        importlib.import_module(f"effkeras.deploy.{module}")
+
+
+def names():
+    """Target names, numbers in order (ethos-u55-32 before ethos-u55-128)."""
+    _load_targets()
+    return sorted(TARGETS, key=lambda name: [int(p) if p.isdigit() else p
+                                             for p in re.split(r"(\d+)", name)])
+
+
+def get(name):
+    _load_targets()
+    if name not in TARGETS:
+        raise InputError(f"unknown deploy target {name!r}; known targets: {', '.join(names())}")
+    return TARGETS[name]
+
+
+def convert(model, target, *, calibration=None, **options):
+    """(flatbuffer bytes, Report) of `model` for `target`, verified (module docstring).
+
+    calibration: images (N, H, W, C) float32 in the model's input range for targets that
+    quantize (int8, tflm, ethos-u*); None draws random images and says so in the report.
+    options: the target's own (e.g. sample, allow_float_fallback, io, system_config).
+    """
+    return get(target).convert(model, calibration=calibration, **options)
+
+
+def default_target(model, name=None):
+    """The registry's default target of `model` (ModelInfo.deploy, looked up by `name` or the
+    model's name); for a model not in the registry, "arm" (LCE) when it has 1-bit kernels, else
+    "float"."""
+    from effkeras import graph, models
+
+    try:
+        return models.info(name or model.name).deploy
+    except InputError:
+        binary = any(graph.layer_precision(layer)[1] == 1 for layer in graph.leaf_layers(model))
+        return "arm" if binary else "float"
+
+
+def app_metadata(flatbuffer, report, *, model_name, class_names=None,
+                 input_range=verify.PIXEL_RANGE):
+    """What an app developer needs beside the file: inputs and outputs with dtype, shape and
+    quantization, the value range the model takes, class names, target and registry name."""
+    inputs, outputs = verify.io_tensors(flatbuffer)
+
+    def describe(tensor):
+        quantization = ({"scale": list(tensor.scale), "zero_point": list(tensor.zero_point)}
+                        if tensor.scale else None)
+        return {"name": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype,
+                "quantization": quantization}
+
+    classes = outputs[0].shape[-1] if outputs and outputs[0].shape else None
+    return {
+        "model": model_name, "target": report.target, "size_bytes": len(flatbuffer),
+        "inputs": [{**describe(t), "value_range": list(input_range),
+                    "layout": "NHWC raw pixels (the model normalises them itself)"}
+                   for t in inputs],
+        "outputs": [{**describe(t), "kind": "logits"} for t in outputs],
+        "class_names": list(class_names) if class_names else [str(i) for i in range(classes or 0)],
+    }
+
+
+def metadata_path(path):
+    """`model.tflite` -> `model.tflite.json`: named after the whole file, so that it never meets
+    a report or another target's file."""
+    return path + ".json"
+
+
+def save(path, flatbuffer, report, metadata=None):
+    """Writes the flatbuffer to `path`, each of the report's artifacts beside it (`<stem><suffix>`;
+    bytes, or a function of the file stem returning bytes) and `metadata` to `<path>.json`;
+    each file atomically, the flatbuffer last."""
+    verify.check_flatbuffer(flatbuffer)
+    stem = os.path.splitext(path)[0]
+    for suffix, content in report.artifacts.items():
+        # Callable artifacts name the files they refer to (a C source includes its header).
+        data = content(os.path.basename(stem)) if callable(content) else content
+        fileio.write_bytes(stem + suffix, data)
+    if metadata is not None:
+        fileio.write_bytes(metadata_path(path), (json.dumps(metadata, indent=2) + "\n").encode())
+    verify.save(path, flatbuffer)

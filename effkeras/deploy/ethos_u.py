@@ -1,0 +1,151 @@
+"""`ethos-u55-*`, `ethos-u65-*`, `ethos-u85-*`: the int8 file compiled for an Arm Ethos-U
+micro-NPU by Arm's Vela compiler (`ethos-u-vela`), with Vela's performance estimate.
+
+Vela maps the ops it supports into `ethos-u` custom ops (command streams) and leaves the rest
+for TFLite Micro on the Cortex-M; its estimate (cycles, inferences/s, SRAM and flash use) is a
+compiler model, not a measurement (Vela's README: use an FVP or hardware for real numbers).
+The int8 file itself is checked first (`tflite.convert_int8`: int8 throughout, agreement with
+Keras); what Vela produces is checked by its op census (`npu_ops` / `cpu_ops`).
+
+Defaults per accelerator family (Arm/vela.ini of Vela 5.2): U55 Ethos_U55_High_End_Embedded +
+Shared_Sram (weights in flash, arena in SRAM), U65 Ethos_U65_High_End + Dedicated_Sram, U85
+Ethos_U85_SYS_DRAM_High + Dedicated_Sram.
+"""
+
+import csv
+import dataclasses
+import functools
+import glob
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from effkeras.deploy import tflite, verify
+from effkeras.deploy.api import register_target
+from effkeras.errors import InputError
+
+ACCELERATORS = ("ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256",
+                "ethos-u65-256", "ethos-u65-512",
+                "ethos-u85-128", "ethos-u85-256", "ethos-u85-512", "ethos-u85-1024",
+                "ethos-u85-2048")
+DEFAULTS = {"ethos-u55": ("Ethos_U55_High_End_Embedded", "Shared_Sram"),
+            "ethos-u65": ("Ethos_U65_High_End", "Dedicated_Sram"),
+            "ethos-u85": ("Ethos_U85_SYS_DRAM_High", "Dedicated_Sram")}
+OPTIMISE = ("Performance", "Size")
+KIB = 1024
+
+
+@dataclasses.dataclass
+class EthosUReport(tflite.Int8Report):
+    accelerator: str = ""
+    system_config: str = ""
+    memory_mode: str = ""
+    npu_ops: int = 0  # ops of the int8 file that Vela put on the NPU
+    cpu_ops: int = 0  # ops left for the CPU (TFLite Micro)
+    cpu_op_types: dict = dataclasses.field(default_factory=dict)
+    cycles_total: int = 0
+    inferences_per_second: float = 0.0
+    sram_bytes: int = 0
+    flash_bytes: int = 0  # on- and off-chip flash (weights under Shared_Sram)
+    dram_bytes: int = 0
+
+
+def vela_binary():
+    """The `vela` command of this Python environment; InputError when it is not installed."""
+    beside = os.path.join(os.path.dirname(sys.executable), "vela")
+    found = beside if os.access(beside, os.X_OK) else shutil.which("vela")
+    if not found:
+        raise InputError("the Vela compiler (`vela`) is not installed; install it with "
+                         "`pip install ethos-u-vela==5.2.0` (setup.py pins it)")
+    return found
+
+
+def compile_for(model, *, accelerator, calibration=None, sample=None, system_config=None,
+                memory_mode=None, optimise="Performance", **int8_options):
+    """(Vela's flatbuffer, EthosUReport) of a Keras model, or of the bytes of an int8 .tflite.
+
+    Artifacts written beside the output: `_int8.tflite` (Vela's input), `_summary.csv` and
+    `_per-layer.csv` (Vela's estimate, whole network and per layer).
+    """
+    if accelerator not in ACCELERATORS:
+        raise InputError(f"unknown Ethos-U accelerator {accelerator!r}; choose from "
+                         f"{', '.join(ACCELERATORS)}")
+    if optimise not in OPTIMISE:
+        raise InputError(f"--optimise must be one of {', '.join(OPTIMISE)}, got {optimise!r}")
+    family = accelerator.rsplit("-", 1)[0]
+    system_config = system_config or DEFAULTS[family][0]
+    memory_mode = memory_mode or DEFAULTS[family][1]
+    vela = vela_binary()
+    if isinstance(model, (bytes, bytearray)):
+        int8 = bytes(model)
+        ops = tflite.check_int8_file(int8, accelerator)
+        base = tflite.Int8Report(target="int8", size_bytes=len(int8), op_census=verify.op_census(ops),
+                                 max_abs_diff=float("nan"), max_rel_diff=float("nan"), samples=0,
+                                 calibration="(given file)")
+        name = "model"
+    else:
+        int8, base = tflite.convert_int8(model, calibration=calibration, sample=sample,
+                                         **int8_options)
+        tflite.check_int8_file(int8, accelerator)
+        name = re.sub(r"\W", "_", model.name) or "model"
+
+    with tempfile.TemporaryDirectory() as directory:
+        source = os.path.join(directory, f"{name}.tflite")
+        with open(source, "wb") as f:
+            f.write(int8)
+        command = [vela, "--config", "Arm/vela.ini", "--accelerator-config", accelerator,
+                   "--system-config", system_config, "--memory-mode", memory_mode,
+                   "--optimise", optimise, "--verbose-performance",
+                   "--output-dir", os.path.join(directory, "out"), source]
+        run = subprocess.run(command, capture_output=True, text=True)
+        if run.returncode != 0:
+            lines = [l for l in (run.stderr + run.stdout).strip().splitlines() if l.strip()]
+            raise InputError(f"Vela failed ({accelerator}, {system_config}, {memory_mode}): "
+                             f"{lines[-1] if lines else 'exit code ' + str(run.returncode)}")
+        out = os.path.join(directory, "out")
+        compiled = _read(os.path.join(out, f"{name}_vela.tflite"))
+        summary = _read(_one(glob.glob(os.path.join(out, f"{name}_summary_*.csv"))))
+        per_layer = _read(os.path.join(out, f"{name}_per-layer.csv"))
+
+    row = next(csv.DictReader(io.StringIO(summary.decode())))
+    npu = re.search(r"NPU operators = (\d+)", run.stdout)
+    ops = verify.operators(compiled)
+    cpu_types = verify.op_census([op for op in ops if op.type != "ethos-u"])
+    report = EthosUReport(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
+    report.target = accelerator
+    report.size_bytes = len(compiled)
+    report.op_census = verify.op_census(ops)
+    report.accelerator, report.system_config, report.memory_mode = (accelerator, system_config,
+                                                                    memory_mode)
+    report.npu_ops = int(npu.group(1)) if npu else 0
+    report.cpu_ops = sum(cpu_types.values())
+    report.cpu_op_types = cpu_types
+    report.cycles_total = int(float(row["cycles_total"]))
+    report.inferences_per_second = float(row["inferences_per_second"])
+    report.sram_bytes = round(float(row["sram_memory_used"]) * KIB)
+    report.flash_bytes = round((float(row["off_chip_flash_memory_used"])
+                                + float(row["on_chip_flash_memory_used"])) * KIB)
+    report.dram_bytes = round(float(row["dram_memory_used"]) * KIB)
+    report.artifacts = {"_int8.tflite": int8, "_summary.csv": summary, "_per-layer.csv": per_layer}
+    return compiled, report
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _one(paths):
+    if len(paths) != 1:
+        raise RuntimeError(f"expected one Vela summary CSV, found {paths}")
+    return paths[0]
+
+
+for _accelerator in ACCELERATORS:
+    register_target(_accelerator, f"int8 compiled by Vela for Arm {_accelerator} (default "
+                                  f"{' + '.join(DEFAULTS[_accelerator.rsplit('-', 1)[0]])})")(
+        functools.partial(compile_for, accelerator=_accelerator))

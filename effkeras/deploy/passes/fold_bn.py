@@ -1,0 +1,30 @@
+"""Folding inference BatchNormalization into the layer before it.
+
+A BN at inference is y = scale·x + shift per channel, scale = γ/√(var + ε), shift = β - mean·scale.
+TFLite's converter folds a BN into the conv before it; passes that build their own conv-like
+layers (the w1a2 planes, collapsed blocks) fold it themselves with these helpers.
+"""
+
+import numpy as np
+from keras import ops
+
+
+def batch_norm_affine(batch_norm):
+    """(scale, shift) per channel (float64) of an inference BatchNormalization over the last
+    axis; None when it normalises another axis."""
+    if batch_norm.axis not in (-1, len(batch_norm.input.shape) - 1):
+        return None
+    weights = {w.path.split("/")[-1]: np.asarray(ops.convert_to_numpy(w), np.float64)
+               for w in batch_norm.weights}
+    scale = weights.get("gamma", 1.0) / np.sqrt(weights["moving_variance"] + batch_norm.epsilon)
+    return scale, weights.get("beta", 0.0) - weights["moving_mean"] * scale
+
+
+def fold_into_output(multiplier, bias, batch_norm):
+    """(multiplier, bias) of a per-output-channel affine layer y = m·conv + b with `batch_norm`
+    applied after it folded in; None when the BN cannot be folded."""
+    affine = batch_norm_affine(batch_norm)
+    if affine is None:
+        return None
+    scale, shift = affine
+    return multiplier * scale, bias * scale + shift

@@ -1,0 +1,88 @@
+"""A clone-and-replace rewriter for functional Keras models, the base of every graph pass.
+
+`rewrite(model, replace)` copies `model` layer call by layer call. Before each call it asks
+`replace(layer, inputs, graph)`: None keeps the layer (copied with its weights), anything else is
+the new output tensor(s) of that call. `graph` tells a pass what it needs to look upstream:
+
+- `graph.producer(tensor)`: (original layer, its new input) of a tensor made in the copy, or
+  (replacement layer, ...) when a pass recorded one;
+- `graph.consumers(layer)`: how many layer calls of the original model read `layer`'s output;
+- `graph.through_padding(tensor)`: (tensor before an explicit ZeroPadding2D, its pads).
+"""
+
+import keras
+import numpy as np
+
+from effkeras.errors import InputError
+
+
+class Graph:
+    """What a pass may ask about the model being copied (module docstring)."""
+
+    def __init__(self, model):
+        self._consumers = {}
+        for layer in model.layers:
+            for tensor in as_list(getattr(layer, "input", None)):
+                producer = tensor._keras_history[0]
+                self._consumers[id(producer)] = self._consumers.get(id(producer), 0) + 1
+        self._made = {}  # id(new tensor) -> (layer that made it, its first new input, original)
+
+    def consumers(self, layer):
+        return self._consumers.get(id(layer), 0)
+
+    def record(self, tensor, layer, source, original=None):
+        self._made[id(tensor)] = (layer, source, original if original is not None else layer)
+
+    def producer(self, tensor):
+        """(layer, its new input) that made `tensor` in the copy; (None, None) for inputs."""
+        layer, source, _ = self._made.get(id(tensor), (None, None, None))
+        return layer, source
+
+    def original(self, tensor):
+        """The original layer whose call `tensor` replaces (itself when not replaced)."""
+        return self._made.get(id(tensor), (None, None, None))[2]
+
+    def through_padding(self, tensor):
+        """(tensor before a channels-last ZeroPadding2D that made `tensor`, its ((top, bottom),
+        (left, right)) pads); (tensor, zeros) when no such padding made it."""
+        layer, source = self.producer(tensor)
+        if isinstance(layer, keras.layers.ZeroPadding2D) and layer.data_format == "channels_last":
+            return source, np.asarray(layer.padding, int)
+        return tensor, np.zeros((2, 2), int)
+
+
+def rewrite(model, replace):
+    """A copy of functional `model` with each layer call offered to `replace` first."""
+    if not isinstance(model, keras.Model) or not hasattr(model, "_run_through_graph"):
+        raise InputError(f"graph passes need a functional keras.Model, got {type(model).__name__}")
+    graph = Graph(model)
+    originals = {}  # id(copy) -> original layer
+
+    def clone(layer):
+        copy = layer.__class__.from_config(layer.get_config())
+        originals[id(copy)] = layer
+        return copy
+
+    def call(copy, *args, **kwargs):
+        original = originals[id(copy)]
+        outputs = replace(original, args[0] if args else None, graph)
+        if outputs is None:
+            outputs = copy(*args, **kwargs)
+            kept.add(id(original))
+            if args and not isinstance(outputs, (list, tuple)):
+                graph.record(outputs, original, args[0])
+        return outputs
+
+    kept = set()
+    rewritten = keras.models.clone_model(model, clone_function=clone, call_function=call)
+    for layer in rewritten.layers:
+        original = originals.get(id(layer))
+        if original is not None and id(original) in kept:
+            layer.set_weights(original.get_weights())
+    return rewritten
+
+
+def as_list(x):
+    if x is None:
+        return []
+    return list(x) if isinstance(x, (list, tuple)) else [x]

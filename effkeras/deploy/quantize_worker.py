@@ -1,0 +1,49 @@
+"""Full-integer quantization of a SavedModel, in a process of its own.
+
+TensorFlow 2.21's TFLite quantizer crashes the whole process (segmentation fault, measured with
+softplus and selu) when a model holds an op without an int8 kernel, so `tflite.convert_int8`
+runs it here: a crash is then an error it can explain, not the end of the app. Imports only
+TensorFlow and NumPy (run as a script, not through the effkeras package).
+
+python quantize_worker.py SAVED_MODEL CALIBRATION.npz IO OUTPUT.tflite
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def main(saved_model, calibration, io, output):
+    import numpy as np
+    import tensorflow as tf
+
+    with np.load(calibration) as archive:
+        arrays = [archive[f"arr_{i}"] for i in range(len(archive.files))]
+
+    def representative_dataset():
+        for i in range(len(arrays[0])):
+            yield [a[i:i + 1] for a in arrays]
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative_dataset
+    # Builtins too, so that an op without an int8 kernel stays float and can be named by the
+    # caller rather than failing inside the converter with its whole graph dump.
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                           tf.lite.OpsSet.TFLITE_BUILTINS]
+    if io == "int8":
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    try:
+        flatbuffer = converter.convert()
+    except Exception as e:  # the first line says what failed; the caller shows it
+        print((str(e).strip().splitlines() or [type(e).__name__])[0], file=sys.stderr)
+        return 1
+    with open(output, "wb") as f:
+        f.write(flatbuffer)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))

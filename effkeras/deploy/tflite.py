@@ -1,0 +1,226 @@
+"""TFLite builtin-op targets, run and checked in LiteRT: `float`, `float16` and `int8`.
+
+Every file is exported from Keras with batch 1 (`model.export(..., input_signature=...)`:
+microcontrollers and Vela need static shapes) and converted with TensorFlow's TFLite converter.
+
+int8 is full-integer post-training quantization (Jacob et al., CVPR 2018, arXiv 1712.05877):
+per-channel symmetric int8 weights, per-tensor asymmetric int8 activations whose ranges come
+from a representative (calibration) set, int8 or float input and output (`io`). The check:
+- every op runs in int8: an op the converter left in float is named and is an error unless
+  `allow_float_fallback` (the file then runs on CPUs, but not on TFLite Micro's int8 kernels or
+  the Ethos-U NPU);
+- LiteRT's dequantized outputs against Keras's on the sample: `top1_agreement` (share of inputs
+  whose argmax agrees) and the max abs/rel diff, which must stay within `max_rel_diff` of the
+  largest Keras output (int8 rounding moves outputs by a few percent; a broken conversion or a
+  calibration set from the wrong range by far more).
+"""
+
+import dataclasses
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from effkeras.deploy import runtime, verify
+from effkeras.deploy.api import register_target
+from effkeras.deploy.verify import PIXEL_RANGE, Report
+from effkeras.errors import InputError
+
+MAX_REL_DIFF = {"float": 1e-4, "float16": 2e-2, "int8": 0.25}
+CALIBRATION_SAMPLES = 200
+IO_TYPES = ("int8", "float")
+# Builtin ops with int8 kernels in TFLite (its op versions and TFLite Micro's int8 kernels):
+# only used to name the suspects when the quantizer crashes.
+INT8_OPS = ("ABS", "ADD", "ARG_MAX", "ARG_MIN", "AVERAGE_POOL_2D", "BATCH_MATMUL",
+            "BATCH_TO_SPACE_ND", "CONCATENATION", "CONV_2D", "DEPTH_TO_SPACE", "DEPTHWISE_CONV_2D",
+            "DEQUANTIZE", "ELU", "EXPAND_DIMS", "FULLY_CONNECTED", "GATHER", "GELU", "HARD_SWISH",
+            "L2_NORMALIZATION", "LEAKY_RELU", "LOGISTIC", "LOG_SOFTMAX", "MAXIMUM", "MAX_POOL_2D",
+            "MEAN", "MINIMUM", "MIRROR_PAD", "MUL", "PACK", "PAD", "PADV2", "PRELU", "QUANTIZE",
+            "REDUCE_MAX", "REDUCE_MIN", "RELU", "RELU6", "RELU_N1_TO_1", "RESHAPE",
+            "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "SELECT_V2", "SHAPE", "SLICE", "SOFTMAX",
+            "SPACE_TO_BATCH_ND", "SPACE_TO_DEPTH", "SPLIT", "SPLIT_V", "SQUARED_DIFFERENCE",
+            "SQUEEZE", "STRIDED_SLICE", "SUB", "SUM", "TANH", "TRANSPOSE", "TRANSPOSE_CONV",
+            "UNPACK")
+# Ops whose float side is the file's float interface (io="float"), not a float computation.
+_INTERFACE_OPS = ("QUANTIZE", "DEQUANTIZE")
+
+
+@dataclasses.dataclass
+class TFLiteReport(Report):
+    top1_agreement: float = None  # share of sample inputs whose argmax equals Keras's
+
+
+@dataclasses.dataclass
+class Int8Report(TFLiteReport):
+    io: str = "int8"  # dtype of the file's input and output
+    calibration: str = ""  # where the activation ranges came from
+    float_ops: tuple = ()  # ops left in float (only with allow_float_fallback)
+
+
+def export_saved_model(model, directory):
+    """`model` as a SavedModel whose serving signature takes batch-1 float32 inputs."""
+    signature = [tf.TensorSpec((1, *shape), tf.float32) for shape in verify.input_shapes(model)]
+    model.export(directory, format="tf_saved_model", verbose=False, input_signature=signature)
+
+
+def to_flatbuffer(model, configure=None):
+    """Exports `model` and converts it; `configure(converter)` sets the converter's options."""
+    with tempfile.TemporaryDirectory() as directory:
+        export_saved_model(model, directory)
+        converter = tf.lite.TFLiteConverter.from_saved_model(directory)
+        if configure is not None:
+            configure(converter)
+        try:
+            with runtime.quiet_stderr():  # the MLIR converter logs to fd 2
+                return converter.convert()
+        except Exception as e:  # ConverterError and friends: the first line says what failed
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise InputError(f"the TFLite converter failed on {model.name}: {first}") from None
+
+
+def _compare(model, flatbuffer, sample, input_range, max_rel_diff, what):
+    """(abs, rel, top-1 agreement) of LiteRT's outputs against Keras's; RuntimeError beyond
+    max_rel_diff (after the sensitivity allowance)."""
+    if sample is None:
+        sample = verify.random_sample(model, input_range)
+    verify.check_sample(model, sample)
+    expected = model.predict(sample, verbose=0)
+    actual = runtime.LiteRT(flatbuffer).predict(sample)
+    abs_diff, rel_diff, _ = verify.check_agreement(
+        expected, actual, max_rel_diff=max_rel_diff, what=what, model=model, sample=sample,
+        input_range=input_range)
+    return abs_diff, rel_diff, top1_agreement(expected, actual), verify.batch_size(sample)
+
+
+def top1_agreement(expected, actual):
+    """Share of (input, output) pairs whose argmax agrees."""
+    expected = expected if isinstance(expected, (list, tuple)) else [expected]
+    actual = actual if isinstance(actual, (list, tuple)) else [actual]
+    same = [np.argmax(e, axis=-1) == np.argmax(a, axis=-1) for e, a in zip(expected, actual)]
+    return float(np.mean(np.concatenate([s.ravel() for s in same])))
+
+
+@register_target("float", "float32 TFLite builtins for LiteRT (Android, Linux; XNNPack on CPUs)")
+def convert_float(model, *, calibration=None, sample=None, input_range=PIXEL_RANGE,
+                  max_rel_diff=MAX_REL_DIFF["float"]):
+    del calibration  # not quantized
+    flatbuffer = to_flatbuffer(model)
+    return flatbuffer, _report("float", model, flatbuffer, sample, input_range, max_rel_diff)
+
+
+@register_target("float16", "float16 weights, float32 compute (half the file; GPU delegates "
+                            "run it in float16)")
+def convert_float16(model, *, calibration=None, sample=None, input_range=PIXEL_RANGE,
+                    max_rel_diff=MAX_REL_DIFF["float16"]):
+    del calibration
+
+    def configure(converter):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+
+    flatbuffer = to_flatbuffer(model, configure)
+    return flatbuffer, _report("float16", model, flatbuffer, sample, input_range, max_rel_diff)
+
+
+def _report(target, model, flatbuffer, sample, input_range, max_rel_diff):
+    abs_diff, rel_diff, agreement, count = _compare(model, flatbuffer, sample, input_range,
+                                                    max_rel_diff, f"{target} TFLite file")
+    return TFLiteReport(target=target, size_bytes=len(flatbuffer),
+                        op_census=verify.op_census(verify.operators(flatbuffer)),
+                        max_abs_diff=abs_diff, max_rel_diff=rel_diff, samples=count,
+                        top1_agreement=agreement)
+
+
+@register_target("int8", "full-integer int8 TFLite (post-training quantization on a "
+                         "calibration set): LiteRT, TFLite Micro, NPUs")
+def convert_int8(model, *, calibration=None, sample=None, io="int8", allow_float_fallback=False,
+                 input_range=PIXEL_RANGE, max_rel_diff=MAX_REL_DIFF["int8"],
+                 calibration_samples=CALIBRATION_SAMPLES, calibration_source=None):
+    """(int8 flatbuffer, Int8Report) of a float Keras model (module docstring).
+
+    calibration: images (N, H, W, C) in `input_range` (the training split of the dataset the
+    model was trained on); None: `calibration_samples` uniform random images, which suits random
+    weights (benchmarks) only. calibration_source: how to name it in the report.
+    """
+    if io not in IO_TYPES:
+        raise InputError(f"unknown io type {io!r}; choose from {', '.join(IO_TYPES)}")
+    if calibration is None:
+        calibration = verify.random_sample(model, input_range, calibration_samples, seed=2)
+        calibration_source = f"{calibration_samples} random inputs in {list(input_range)}"
+    verify.check_sample(model, calibration, "calibration set")
+    arrays = calibration if isinstance(calibration, (list, tuple)) else [calibration]
+    arrays = [np.asarray(a, np.float32) for a in arrays]
+
+    flatbuffer = _quantize(model, arrays, io)
+    ops = verify.operators(flatbuffer)
+    left_float = float_ops(ops)
+    if left_float and not allow_float_fallback:
+        raise InputError(
+            f"{len(left_float)} op(s) of {model.name} stayed float in the int8 file: "
+            f"{', '.join(left_float)}. TFLite has no int8 kernel for them; replace those layers "
+            f"(e.g. an activation with ReLU/ReLU6/hard-swish), or pass --allow_float_fallback "
+            f"to keep them float (then the file does not run on int8-only TFLite Micro or NPUs)")
+    abs_diff, rel_diff, agreement, count = _compare(model, flatbuffer, sample, input_range,
+                                                    max_rel_diff, "int8 TFLite file")
+    return flatbuffer, Int8Report(
+        target="int8", size_bytes=len(flatbuffer), op_census=verify.op_census(ops),
+        max_abs_diff=abs_diff, max_rel_diff=rel_diff, samples=count, top1_agreement=agreement,
+        io=io, calibration=calibration_source or f"{len(arrays[0])} given inputs",
+        float_ops=tuple(left_float))
+
+
+def _quantize(model, calibration, io):
+    """The int8 flatbuffer of `model`, quantized in a child process (quantize_worker.py)."""
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quantize_worker.py")
+    with tempfile.TemporaryDirectory() as directory:
+        saved_model = os.path.join(directory, "saved_model")
+        export_saved_model(model, saved_model)
+        arrays = os.path.join(directory, "calibration.npz")
+        np.savez(arrays, *calibration)
+        output = os.path.join(directory, "int8.tflite")
+        run = subprocess.run([sys.executable, worker, saved_model, arrays, io, output],
+                             capture_output=True, text=True)
+        if run.returncode == 0:
+            with open(output, "rb") as f:
+                return f.read()
+    if run.returncode < 0:  # killed by a signal: the quantizer crashed
+        suspects = sorted({op.type for op in verify.operators(to_flatbuffer(model))}
+                          - set(INT8_OPS))
+        raise InputError(
+            f"TensorFlow's int8 quantizer crashed on {model.name} (signal {-run.returncode}), as "
+            f"it does on ops without an int8 kernel; ops of this model TFLite has no int8 "
+            f"kernel for: {', '.join(suspects) or 'none known'}. Replace those layers (e.g. an "
+            f"activation with ReLU/ReLU6/hard-swish) or deploy with --target=float")
+    lines = run.stderr.strip().splitlines()
+    raise InputError(f"the TFLite converter failed to quantize {model.name}: "
+                     f"{lines[-1] if lines else 'exit code ' + str(run.returncode)}")
+
+
+def float_ops(ops):
+    """'TYPE (output tensor)' of every op computing in float (the float io interface aside)."""
+    found = []
+    for op in ops:
+        if op.type in _INTERFACE_OPS:
+            continue
+        if any(t.dtype.startswith("float") for t in (*op.inputs, *op.outputs)):
+            found.append(f"{op.type} ({op.outputs[0].name if op.outputs else '?'})")
+    return found
+
+
+def check_int8_file(flatbuffer, target):
+    """InputError unless `flatbuffer` is a builtin-op int8 file that `target` can take."""
+    ops = verify.operators(flatbuffer)
+    lce = sorted({op.type for op in ops if op.type.startswith("Lce")})
+    if lce:
+        raise InputError(f"this file holds Larq Compute Engine ops ({', '.join(lce)}), which only "
+                         f"LCE on ARM CPUs runs; {target} needs an int8 TFLite file: convert the "
+                         f"Keras model with --target=int8 (binary models deploy with --target=arm)")
+    left_float = float_ops(ops)
+    if left_float:
+        raise InputError(f"{target} runs int8 files only, and this one computes in float: "
+                         f"{', '.join(left_float[:5])}{' ...' if len(left_float) > 5 else ''}; "
+                         f"convert the Keras model with --target=int8")
+    return ops

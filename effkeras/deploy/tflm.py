@@ -1,0 +1,159 @@
+"""`tflm`: an int8 file for microcontrollers, run in the TFLite Micro interpreter.
+
+The int8 file (`tflite.convert_int8`, or an int8 .tflite given as bytes) is run with TFLite
+Micro's kernels, and the target reports:
+- `max_lsb_diff`: the largest difference between TFLite Micro's and LiteRT's int8 outputs on the
+  sample, in units of the output's quantization step. Their kernels round intermediate
+  requantizations differently (up to 2 LSB measured on the models here); beyond MAX_LSB_DIFF
+  TFLite Micro computes something else, which is an error;
+- `arena_bytes`: the smallest tensor arena that allocates and invokes, found by bisection on
+  the real interpreter (TFLite Micro's RecordingMicroAllocator only prints its usage);
+- a C array for the firmware build: `<stem>_model_data.h/.cc`, the flatbuffer 16-byte aligned,
+  with `kModelDataLen` and `kTensorArenaSize` constants in a namespace named after the model.
+"""
+
+import dataclasses
+import re
+
+import numpy as np
+
+from effkeras.deploy import runtime, tflite, verify
+from effkeras.deploy.api import register_target
+from effkeras.errors import InputError
+
+MAX_LSB_DIFF = 8
+ARENA_ALIGNMENT = 16
+
+
+@dataclasses.dataclass
+class TflmReport(tflite.Int8Report):
+    max_lsb_diff: int = 0  # TFLite Micro vs LiteRT, int8 outputs, on the sample
+    arena_bytes: int = 0  # smallest arena that allocates and invokes
+
+
+@register_target("tflm", "int8 TFLite for microcontrollers, run in TFLite Micro: arena bytes "
+                         "and a C array for the firmware")
+def convert(model, *, calibration=None, sample=None, **int8_options):
+    """(int8 flatbuffer, TflmReport) of a Keras model, or of the bytes of an int8 .tflite."""
+    if isinstance(model, (bytes, bytearray)):
+        flatbuffer = bytes(model)
+        ops = tflite.check_int8_file(flatbuffer, "tflm")
+        name = "model"
+        base = tflite.Int8Report(target="int8", size_bytes=len(flatbuffer),
+                                 op_census=verify.op_census(ops), max_abs_diff=float("nan"),
+                                 max_rel_diff=float("nan"), samples=0, calibration="(given file)")
+        shapes = [t.shape[1:] for t in verify.io_tensors(flatbuffer)[0]]
+        sample = _random_inputs(shapes) if sample is None else sample
+    else:
+        flatbuffer, base = tflite.convert_int8(model, calibration=calibration, sample=sample,
+                                               **int8_options)
+        tflite.check_int8_file(flatbuffer, "tflm")
+        name = model.name
+        sample = verify.random_sample(model) if sample is None else sample
+    lsb = max_lsb_diff(flatbuffer, sample)
+    if lsb > MAX_LSB_DIFF:
+        raise RuntimeError(f"TFLite Micro's outputs differ from LiteRT's by {lsb} LSB "
+                           f"(> {MAX_LSB_DIFF}): TFLite Micro computes this file differently")
+    arena = arena_bytes(flatbuffer)
+    report = TflmReport(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
+    report.target, report.max_lsb_diff, report.arena_bytes = "tflm", lsb, arena
+    report.artifacts = {"_model_data.h": lambda stem: c_header(name, len(flatbuffer), arena),
+                        "_model_data.cc": lambda stem: c_source(name, flatbuffer, stem)}
+    return flatbuffer, report
+
+
+def _random_inputs(shapes, size=verify.SAMPLE_SIZE):
+    rng = np.random.default_rng(0)
+    low, high = verify.PIXEL_RANGE
+    arrays = [rng.uniform(low, high, (size, *shape)).astype(np.float32) for shape in shapes]
+    return arrays[0] if len(arrays) == 1 else arrays
+
+
+def max_lsb_diff(flatbuffer, sample):
+    """Largest |TFLite Micro - LiteRT| over the raw (int8) outputs of the sample."""
+    try:
+        micro = runtime.TFLiteMicro(flatbuffer)
+    except Exception as e:  # RuntimeError from the C++ side: an op TFLite Micro lacks
+        raise InputError(f"TFLite Micro cannot run this file: {str(e).strip().splitlines()[0]}; "
+                         f"it has no kernel for one of its ops "
+                         f"({', '.join(verify.op_census(verify.operators(flatbuffer)))})") from None
+    lite = runtime.LiteRT(flatbuffer)
+    inputs = sample if isinstance(sample, (list, tuple)) else [sample]
+    worst = 0
+    for i in range(len(inputs[0])):
+        encoded = lite.encode([np.asarray(x[i], np.float32) for x in inputs])
+        for a, b in zip(lite.run_one(encoded), micro.run_one(encoded)):
+            worst = max(worst, int(np.max(np.abs(a.astype(np.int64) - b.astype(np.int64)))))
+    return worst
+
+
+def arena_bytes(flatbuffer, limit=1 << 30):
+    """The smallest arena (a multiple of ARENA_ALIGNMENT) that allocates and invokes.
+
+    TFLite Micro plans the whole arena when the interpreter is built (AllocateTensors, scratch
+    buffers included), so the bisection builds interpreters; one invoke confirms the answer."""
+    def allocates(size):
+        try:
+            runtime.TFLiteMicro(flatbuffer, arena_size=size)
+            return True
+        except Exception:  # too small: allocation fails in the constructor
+            return False
+
+    high = max(ARENA_ALIGNMENT, 2 * len(flatbuffer))
+    while not allocates(high):
+        high *= 2
+        if high > limit:
+            raise InputError(f"TFLite Micro cannot allocate this model in {limit:,} bytes")
+    low = 0
+    while high - low > ARENA_ALIGNMENT:
+        middle = (low + high) // 2 // ARENA_ALIGNMENT * ARENA_ALIGNMENT
+        if middle <= low:
+            break
+        if allocates(middle):
+            high = middle
+        else:
+            low = middle
+    if not _invokes(flatbuffer, high):
+        raise RuntimeError(f"TFLite Micro allocates this model in {high:,} bytes but cannot "
+                           f"invoke it there")
+    return high
+
+
+def _invokes(flatbuffer, size):
+    try:
+        micro = runtime.TFLiteMicro(flatbuffer, arena_size=size)
+        with runtime.quiet_stderr():
+            micro.run_one(micro.encode([np.zeros(d["shape"][1:], np.float32)
+                                        for d in micro.inputs]))
+        return True
+    except Exception:
+        return False
+
+
+def identifier(name):
+    """A C++ identifier from a model name."""
+    text = re.sub(r"\W", "_", name)
+    return text if text and not text[0].isdigit() else f"model_{text}"
+
+
+def c_header(name, length, arena):
+    namespace = identifier(name)
+    return (f"// {name}: int8 TFLite model for TFLite Micro, written by effkeras.\n"
+            f"#pragma once\n#include <cstddef>\n#include <cstdint>\n\n"
+            f"namespace {namespace} {{\n"
+            f"constexpr size_t kModelDataLen = {length};\n"
+            f"// The smallest arena that allocated and ran this model in TFLite Micro's reference\n"
+            f"// kernels on a 64-bit host; optimized kernels (CMSIS-NN) may need scratch space more.\n"
+            f"constexpr size_t kTensorArenaSize = {arena};\n"
+            f"extern const uint8_t g_model_data[kModelDataLen];\n"
+            f"}}  // namespace {namespace}\n").encode()
+
+
+def c_source(name, flatbuffer, stem):
+    namespace = identifier(name)
+    rows = [", ".join(f"0x{b:02x}" for b in flatbuffer[i:i + 12])
+            for i in range(0, len(flatbuffer), 12)]
+    body = ",\n    ".join(rows)
+    return (f'#include "{stem}_model_data.h"\n\nnamespace {namespace} {{\n'
+            f"alignas(16) const uint8_t g_model_data[kModelDataLen] = {{\n    {body}}};\n"
+            f"}}  // namespace {namespace}\n").encode()

@@ -1,0 +1,104 @@
+"""EfficientNet-Lite0 (Tan & Le, ICML 2019, arXiv 1905.11946), the integer-friendly variant.
+
+The baseline network is EfficientNet-B0 (Table 1): a 3x3 stem, seven stages of MBConv blocks
+(inverted bottlenecks with depthwise convolutions), a 1x1 head of 1280 channels, global pooling and
+a classifier. The "Lite" variant, made for int8 accelerators, changes three things: ReLU6 instead
+of swish, no squeeze-and-excitation, and a stem and head whose widths are not scaled with the
+width coefficient. Lite0 uses width and depth coefficients 1.0 and 224x224 input (Table 1's B0).
+About 4.7M parameters and 385M multiply-adds.
+
+`efficientnet_lite0_hswish` replaces every ReLU6 with hard-swish (Howard et al., "Searching for
+MobileNetV3", arXiv 1905.02244, §5.2), a piecewise-linear swish that int8 targets run.
+"""
+
+import keras
+from keras import layers
+
+from effkeras.models.registry import register
+
+# Table 1 (B0) stages: (expand ratio, kernel, stride, in filters, out filters, repeats).
+LITE0_STAGES = [
+    (1, 3, 1, 32, 16, 1),
+    (6, 3, 2, 16, 24, 2),
+    (6, 5, 2, 24, 40, 2),
+    (6, 3, 2, 40, 80, 3),
+    (6, 5, 1, 80, 112, 3),
+    (6, 5, 2, 112, 192, 4),
+    (6, 3, 1, 192, 320, 1),
+]
+STEM_FILTERS = 32  # Table 1, stage 1 (not scaled in Lite)
+HEAD_FILTERS = 1280  # Table 1, stage 9 (not scaled in Lite)
+DROPOUT = 0.2  # §5.2: dropout before the classifier, 0.2 for B0
+DROP_CONNECT = 0.2  # §5.2: stochastic depth, survival probability 0.8 at the last block
+BN_MOMENTUM = 0.99  # §5.2: BN momentum 0.99
+BN_EPSILON = 1e-3
+# Inputs are (x - 127) / 128, the Lite models' int8-friendly normalisation.
+PIXEL_MEAN, PIXEL_STD = 127.0, 128.0
+
+
+def _bn(name):
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+
+
+def mbconv_block(x, expand_ratio, kernel, stride, filters, activation, drop_rate, name):
+    """MBConv without squeeze-excite: 1x1 expand, kxk depthwise, 1x1 linear project, residual."""
+    inputs = x
+    in_filters = x.shape[-1]
+    if expand_ratio != 1:
+        x = layers.Conv2D(in_filters * expand_ratio, 1, padding="same", use_bias=False,
+                          name=f"{name}_expand_conv")(x)
+        x = _bn(f"{name}_expand_bn")(x)
+        x = layers.Activation(activation, name=f"{name}_expand_act")(x)
+    x = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
+                               name=f"{name}_dwconv")(x)
+    x = _bn(f"{name}_dw_bn")(x)
+    x = layers.Activation(activation, name=f"{name}_dw_act")(x)
+    x = layers.Conv2D(filters, 1, padding="same", use_bias=False, name=f"{name}_project_conv")(x)
+    x = _bn(f"{name}_project_bn")(x)
+    if stride == 1 and in_filters == filters:
+        if drop_rate > 0:  # stochastic depth: drop the whole residual branch per sample
+            x = layers.Dropout(drop_rate, noise_shape=(None, 1, 1, 1), name=f"{name}_drop")(x)
+        x = layers.Add(name=f"{name}_add")([x, inputs])
+    return x
+
+
+def efficientnet_lite(stages, activation, name, input_shape, num_classes, dropout=DROPOUT,
+                      drop_connect_rate=DROP_CONNECT):
+    inputs = keras.Input(input_shape, name="image")  # raw pixels in [0, 255]
+    x = layers.Rescaling(1 / PIXEL_STD, offset=-PIXEL_MEAN / PIXEL_STD, name="rescale")(inputs)
+    x = layers.Conv2D(STEM_FILTERS, 3, strides=2, padding="same", use_bias=False,
+                      name="stem_conv")(x)
+    x = _bn("stem_bn")(x)
+    x = layers.Activation(activation, name="stem_act")(x)
+    total_blocks = sum(stage[-1] for stage in stages)
+    block_index = 0
+    for stage, (expand, kernel, stride, _, filters, repeats) in enumerate(stages, start=1):
+        for repeat in range(repeats):
+            # Stochastic depth grows linearly with depth (§5.2, as in the reference builder).
+            drop_rate = drop_connect_rate * block_index / total_blocks
+            x = mbconv_block(x, expand, kernel, stride if repeat == 0 else 1, filters, activation,
+                             drop_rate, name=f"stage{stage}_block{repeat + 1}")
+            block_index += 1
+    x = layers.Conv2D(HEAD_FILTERS, 1, padding="same", use_bias=False, name="head_conv")(x)
+    x = _bn("head_bn")(x)
+    x = layers.Activation(activation, name="head_act")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+LITE0 = dict(family="peer", paper="Tan & Le, ICML 2019 (EfficientNet-Lite0, arXiv 1905.11946)",
+             input_shape=(224, 224, 3), num_classes=1000, recipe="efficientnet_lite",
+             deploy="ethos-u55-128", min_input_size=32)
+
+
+@register("efficientnet_lite0", **LITE0)
+def efficientnet_lite0(input_shape=(224, 224, 3), num_classes=1000):
+    return efficientnet_lite(LITE0_STAGES, "relu6", "efficientnet_lite0", input_shape, num_classes)
+
+
+@register("efficientnet_lite0_hswish", **LITE0)
+def efficientnet_lite0_hswish(input_shape=(224, 224, 3), num_classes=1000):
+    return efficientnet_lite(LITE0_STAGES, "hard_swish", "efficientnet_lite0_hswish", input_shape,
+                             num_classes)

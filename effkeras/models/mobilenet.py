@@ -1,0 +1,51 @@
+"""MobileNets from keras.applications, with raw-pixel input and a logits head.
+
+MobileNetV2 (Sandler et al., CVPR 2018, arXiv 1801.04381, Table 2): inverted residual bottlenecks,
+width multiplier `alpha` (§6.1); 3.4M parameters and 300M multiply-adds at 224x224, alpha 1.0.
+
+The MLPerf Tiny Visual Wake Words reference (Banbury et al., arXiv 2106.07597, Table 1) is
+MobileNet v1 (Howard et al., arXiv 1704.04861, Table 1) at width multiplier 0.25 (§3.3) on 96x96
+images with two classes (person / no person). keras.applications' MobileNet has no biases in its
+convolutions and uses ReLU6 (the benchmark's own Keras listing adds a bias to every convolution
+and uses ReLU: 2,736 more parameters). Its head here is global average pooling + Dense logits, as
+in Table 1's "Avg Pool" + "FC"; Keras' own top (dropout + 1x1 convolution) has the same count.
+"""
+
+import keras
+from keras import layers
+
+from effkeras.models.registry import register
+
+MOBILENET_V2_ALPHA = 1.0  # Table 2 / §6.1: width multiplier of the reference network
+VWW_ALPHA = 0.25  # MLPerf Tiny VWW: MobileNet v1 at 0.25 width (Howard et al. §3.3)
+VWW_INPUT_SHAPE = (96, 96, 3)
+VWW_CLASSES = 2
+
+
+def classifier_head(inputs, backbone_output, num_classes, name):
+    """Pooled backbone features -> Dense logits (no softmax: losses use from_logits=True)."""
+    outputs = layers.Dense(num_classes, name="logits")(backbone_output)
+    return keras.Model(inputs, outputs, name=name)
+
+
+@register("mobilenet_v2", family="peer", paper="Sandler et al., CVPR 2018 (arXiv 1801.04381)",
+          input_shape=(224, 224, 3), num_classes=1000, recipe="mobilenet_v2", deploy="int8",
+          min_input_size=32)
+def mobilenet_v2(input_shape=(224, 224, 3), num_classes=1000, alpha=MOBILENET_V2_ALPHA):
+    inputs = keras.Input(input_shape, name="image")  # raw pixels in [0, 255]
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inputs)  # [-1, 1]
+    backbone = keras.applications.MobileNetV2(input_tensor=x, alpha=alpha, include_top=False,
+                                              weights=None, pooling="avg")
+    return classifier_head(inputs, backbone.output, num_classes, "mobilenet_v2")
+
+
+@register("mlperf_tiny_vww", family="peer",
+          paper="MLPerf Tiny VWW: MobileNet v1 0.25 (Howard et al., arXiv 1704.04861)",
+          input_shape=VWW_INPUT_SHAPE, num_classes=VWW_CLASSES, recipe="mlperf_tiny_vww",
+          deploy="tflm", min_input_size=32)
+def mlperf_tiny_vww(input_shape=VWW_INPUT_SHAPE, num_classes=VWW_CLASSES, alpha=VWW_ALPHA):
+    inputs = keras.Input(input_shape, name="image")  # raw pixels in [0, 255]
+    x = layers.Rescaling(1 / 255, name="rescale")(inputs)  # to [0, 1], as the benchmark trains
+    backbone = keras.applications.MobileNet(input_tensor=x, alpha=alpha, include_top=False,
+                                            weights=None, pooling="avg")
+    return classifier_head(inputs, backbone.output, num_classes, "mlperf_tiny_vww")
