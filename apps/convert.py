@@ -132,10 +132,13 @@ def real_data(model):
 def main(argv):
     from effkeras import deploy
     from effkeras.errors import InputError
-    from effkeras.fileio import write_json
+    from effkeras.fileio import check_writable, write_json
 
     if not FLAGS.output:
         raise InputError("--output=FILE.tflite is required")
+    check_writable(FLAGS.output)  # before the work, not after it
+    if FLAGS.report:
+        check_writable(FLAGS.report, "--report")
     for name in ("calibration_samples", "sample_size"):
         if getattr(FLAGS, name) is not None and getattr(FLAGS, name) < 1:
             raise InputError(f"--{name} must be a positive integer")

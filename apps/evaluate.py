@@ -38,7 +38,10 @@ def main(argv):
     from effkeras.fileio import write_json
 
     from effkeras.errors import InputError
+    from effkeras.fileio import check_writable
 
+    if FLAGS.output:
+        check_writable(FLAGS.output)
     if FLAGS.checkpoint and FLAGS.checkpoint.endswith(".tflite"):
         if FLAGS.tta != "none" or FLAGS.resize or FLAGS.crop:
             raise InputError("--tta, --resize and --crop apply to .keras models, not .tflite files")
@@ -51,9 +54,9 @@ def main(argv):
         result = evaluation.evaluate_checkpoint(
             FLAGS.checkpoint, FLAGS.dataset, split=FLAGS.split, data_dir=FLAGS.data_dir,
             batch_size=FLAGS.batch_size, tta=FLAGS.tta, resize=FLAGS.resize, crop=FLAGS.crop)
+    print(json.dumps(result), flush=True)  # printed first: a failed write loses nothing
     if FLAGS.output:
         write_json(FLAGS.output, result)
-    print(json.dumps(result))
 
 
 if __name__ == "__main__":

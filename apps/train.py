@@ -1,6 +1,10 @@
 """Train a registered model with its recipe; resumes when --output_dir holds an earlier run.
 
 python -m apps.train --model=resnet20 [--dataset=fashion_mnist] [--epochs=2] [--output_dir=runs/x]
+
+It prints the input shape it chose, its estimate of the training memory (and refuses, naming a
+--batch_size that fits, a run that would not fit) and, after the first steps, an ETA. One run at a
+time per --output_dir; a resume must be the same run (model, dataset, input shape, classes).
 """
 
 import json
@@ -17,7 +21,8 @@ flags.DEFINE_integer("epochs", None, "Total epochs (default: the model's recipe)
 flags.DEFINE_integer("batch_size", None, "Batch size (default: the model's recipe).")
 flags.DEFINE_float("learning_rate", None, "Peak learning rate (default: the recipe's, scaled with batch size).")
 flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: one pass over the data).")
-flags.DEFINE_string("input_shape", None, "H,W,C (default: the model's).")
+flags.DEFINE_string("input_shape", None, "H,W,C (default: a resumed run's own; else the dataset's "
+                    "image size padded to what the model takes, or the model's own for ImageNet).")
 flags.DEFINE_string("output_dir", None, "Where checkpoints, logs, model.keras and metrics.json go "
                     "(default: runs/<model>).")
 flags.DEFINE_integer("seed", 0, "Random seed.")

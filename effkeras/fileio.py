@@ -1,14 +1,29 @@
-"""Atomic file writes: a reader (or a killed process) never sees a half-written file."""
+"""File output: atomic writes that keep the umask's permissions, and writability checked before
+the work that produces a file.
+
+A reader (or a killed process) never sees a half-written file: everything is written to a
+temporary file beside the target and moved onto it only when complete.
+"""
 
 import contextlib
 import json
 import os
 import tempfile
 
+from effkeras.errors import InputError
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yields a temporary path beside `path`; moves it onto `path` only if the block succeeds."""
+    """Yields a temporary path beside `path`; moves it onto `path` only if the block succeeds.
+    The file gets the mode a plain open() would give it (0666 minus the umask), not mkstemp's
+    0600: users share models and reports."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     # Keep the suffix: keras.Model.save insists on ".keras".
@@ -17,6 +32,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -26,13 +42,40 @@ def atomic_path(path):
 
 
 def write_json(path, obj):
+    """Strict JSON (NaN and infinities are an error, not invalid JSON on disk)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
+            f.write(text)
 
 
 def write_bytes(path, data):
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
+
+
+def check_writable(path, what="--output", directory=False):
+    """InputError unless `path` can be written (a file, or with `directory` a folder), checked
+    before the work that produces it: no part of the path is a file where a folder must be,
+    the file is not an existing folder, and the nearest existing folder accepts new files
+    (probed by creating and removing a file there, so read-only mounts are caught too)."""
+    if not path:
+        raise InputError(f"{what} is empty; give a path")
+    path = os.path.abspath(path)
+    if os.path.isdir(path) and not directory:
+        raise InputError(f"{what}={path} is a folder; give a file path")
+    if os.path.exists(path) and directory and not os.path.isdir(path):
+        raise InputError(f"{what}={path} is a file; give a folder path")
+    parent = path if directory else os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise InputError(f"{what}={path}: {parent} is a file, not a folder; choose another path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=parent)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise InputError(f"{what}={path}: cannot write in {parent} ({e.strerror}); choose a "
+                         f"writable place") from None

@@ -123,7 +123,7 @@ def test_truncated_image_is_named(imagenet_dir):
     bad = imagenet_dir / "val" / "n01443537" / "0.JPEG"
     bad.write_bytes(bad.read_bytes()[:60])
     split = data.load("imagenet", "test", input_shape=(24, 24, 3), batch_size=4, data_dir=str(imagenet_dir))
-    with pytest.raises(InputError, match="0.JPEG is corrupt or truncated"):
+    with pytest.raises(InputError, match="0.JPEG is corrupt, truncated or unreadable"):
         with split.errors_as_input_errors():
             list(split.dataset)
 
@@ -175,3 +175,9 @@ def test_ern_photometric_augmentations_run_in_the_pipeline(imagenet_dir):
     assert augmented.shape == (6, 24, 24, 3) and 0 <= augmented.min() and augmented.max() <= 255
     np.testing.assert_array_equal(labels, same_labels)  # same shuffle, different pixels
     assert not np.allclose(augmented, original)
+
+
+@pytest.mark.parametrize("num_classes", [0, -3, 2.5, True])
+def test_synthetic_needs_a_positive_class_count(num_classes):
+    with pytest.raises(InputError, match="positive number of classes"):
+        data.load("synthetic", "test", input_shape=(8, 8, 3), batch_size=4, num_classes=num_classes)

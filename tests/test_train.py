@@ -34,6 +34,9 @@ def test_one_epoch_then_two_continues_at_epoch_two(tmp_path, capsys):
                                             "model.keras", "state.json"]
     saved = keras.models.load_model(tmp_path / "checkpoint-2.keras")
     assert int(saved.optimizer.iterations) == 6  # 2 epochs x 3 steps: optimizer state carried over
+    state = read_json(tmp_path / "state.json")  # what the run is: a resume must match it
+    assert {k: state[k] for k in ("model", "dataset", "input_shape", "num_classes")} == {
+        "model": "resnet20", "dataset": "synthetic", "input_shape": [16, 16, 3], "num_classes": 10}
 
 
 def test_output_dir_of_another_model_is_refused(tmp_path):

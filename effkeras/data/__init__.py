@@ -118,6 +118,9 @@ def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=No
             images, labels = fashion_mnist.read(data_dir, split)
             class_names = fashion_mnist.CLASS_NAMES
         elif name == "synthetic":
+            if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                            or num_classes < 1):
+                raise InputError(f"synthetic data needs a positive number of classes, got {num_classes!r}")
             images, labels = synthetic.read(shape, num_classes or 10, split, seed)
             class_names = [str(i) for i in range(num_classes or 10)]
         else:

@@ -1,6 +1,7 @@
 """Fashion-MNIST from its idx `.gz` files (Debian package `dataset-fashion-mnist`, or a user dir)."""
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -20,27 +21,47 @@ LAYOUT = ("expected train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
 UBYTE = 0x08  # idx type code for unsigned bytes
 
 
+# deflate cannot shrink data more than about 1032:1, so a .gz file of n bytes holds at most this
+# many times n; a header claiming more is lying, and is refused before anything is decompressed.
+MAX_GZIP_RATIO = 1100
+
+
 def read_idx(path, ndim):
-    """Parses an idx file of unsigned bytes with `ndim` dimensions, checking header and length."""
+    """Parses an idx file of unsigned bytes with `ndim` dimensions, checking header and length.
+
+    Reads the header first and then exactly the bytes it announces, so a small file (or a gzip
+    bomb) cannot make it decompress or allocate more than its own size allows.
+    """
+    header = 4 + 4 * ndim
     try:
+        file_bytes = os.path.getsize(path)
         with gzip.open(path, "rb") as f:
-            raw = f.read()
+            head = f.read(header)
+            if len(head) < header:
+                raise InputError(f"{path} is truncated: {len(head)} bytes is shorter than an idx header; "
+                                 f"re-install or re-download it")
+            zero, dtype, dims = struct.unpack(">HBB", head[:4])
+            if zero != 0 or dtype != UBYTE or dims != ndim:
+                raise InputError(f"{path} is not an idx file of {ndim}-D unsigned bytes "
+                                 f"(magic {head[:4].hex()}); check the file")
+            shape = struct.unpack(f">{ndim}I", head[4:])
+            size = math.prod(shape)  # exact: numpy's prod of uint32s would overflow silently
+            if size > MAX_GZIP_RATIO * file_bytes:
+                raise InputError(f"{path} claims shape {shape} ({size} bytes), more than a {file_bytes}-byte "
+                                 f"gzip file can hold; the header is corrupt, re-install or re-download it")
+            payload = f.read(size)
+            extra = f.read(1)
     except (OSError, EOFError, zlib.error) as e:
         raise InputError(f"{path} is not a readable gzip idx file ({e}); "
                          f"re-install or re-download it") from None
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise InputError(f"{path} is truncated: {len(raw)} bytes is shorter than an idx header")
-    zero, dtype, dims = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype != UBYTE or dims != ndim:
-        raise InputError(f"{path} is not an idx file of {ndim}-D unsigned bytes "
-                         f"(magic {raw[:4].hex()}); check the file")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = header + int(np.prod(shape))
-    if len(raw) != expected:
-        raise InputError(f"{path} is truncated or corrupt: {len(raw)} bytes, expected {expected} "
-                         f"for shape {shape}")
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+    if len(payload) != size or extra:
+        more = "more" if extra else f"{header + len(payload)} bytes"
+        raise InputError(f"{path} is truncated or corrupt: {more} where shape {shape} needs "
+                         f"{header + size} bytes; re-install or re-download it")
+    if 0 in shape:
+        raise InputError(f"{path} has shape {shape}: no {'labels' if ndim == 1 else 'images'} "
+                         f"(or images of zero size); re-install or re-download it")
+    return np.frombuffer(payload, np.uint8).reshape(shape)
 
 
 def read(data_dir, split):
@@ -51,8 +72,15 @@ def read(data_dir, split):
     if missing:
         raise InputError(f"Fashion-MNIST not found in {data_dir} (missing {', '.join(missing)}): "
                          f"{LAYOUT}")
-    images = read_idx(os.path.join(data_dir, image_file), 3)
-    labels = read_idx(os.path.join(data_dir, label_file), 1)
+    image_path, label_path = os.path.join(data_dir, image_file), os.path.join(data_dir, label_file)
+    images = read_idx(image_path, 3)
+    labels = read_idx(label_path, 1)
     if len(images) != len(labels):
-        raise InputError(f"{data_dir}: {len(images)} images but {len(labels)} labels for {split}")
+        raise InputError(f"{image_path} holds {len(images)} images but {label_path} holds "
+                         f"{len(labels)} labels; re-install or re-download them")
+    outside = np.flatnonzero(labels >= len(CLASS_NAMES))
+    if len(outside):
+        raise InputError(f"{label_path}: label {labels[outside[0]]} at index {outside[0]} is outside "
+                         f"0..{len(CLASS_NAMES) - 1} (Fashion-MNIST has {len(CLASS_NAMES)} classes; "
+                         f"{len(outside)} such labels); re-install or re-download it")
     return images[..., None], labels.astype(np.int32)

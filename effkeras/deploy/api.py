@@ -8,7 +8,6 @@ flatbuffer, the target's extra files and the JSON an app developer reads, all at
 """
 
 import dataclasses
-import json
 import os
 import re
 from typing import Callable
@@ -127,5 +126,5 @@ def save(path, flatbuffer, report, metadata=None):
         data = content(os.path.basename(stem)) if callable(content) else content
         fileio.write_bytes(stem + suffix, data)
     if metadata is not None:
-        fileio.write_bytes(metadata_path(path), (json.dumps(metadata, indent=2) + "\n").encode())
+        fileio.write_json(metadata_path(path), metadata)
     verify.save(path, flatbuffer)

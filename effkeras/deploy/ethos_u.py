@@ -84,7 +84,7 @@ def compile_for(model, *, accelerator, calibration=None, sample=None, system_con
         int8 = bytes(model)
         ops = tflite.check_int8_file(int8, accelerator)
         base = tflite.Int8Report(target="int8", size_bytes=len(int8), op_census=verify.op_census(ops),
-                                 max_abs_diff=float("nan"), max_rel_diff=float("nan"), samples=0,
+                                 max_abs_diff=None, max_rel_diff=None, samples=0,
                                  calibration="(given file)")
         name = "model"
     else:

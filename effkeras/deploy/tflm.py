@@ -40,8 +40,8 @@ def convert(model, *, calibration=None, sample=None, **int8_options):
         ops = tflite.check_int8_file(flatbuffer, "tflm")
         name = "model"
         base = tflite.Int8Report(target="int8", size_bytes=len(flatbuffer),
-                                 op_census=verify.op_census(ops), max_abs_diff=float("nan"),
-                                 max_rel_diff=float("nan"), samples=0, calibration="(given file)")
+                                 op_census=verify.op_census(ops), max_abs_diff=None,
+                                 max_rel_diff=None, samples=0, calibration="(given file)")
         shapes = [t.shape[1:] for t in verify.io_tensors(flatbuffer)[0]]
         sample = _random_inputs(shapes) if sample is None else sample
     else:

@@ -203,7 +203,7 @@ class Report:
     target: str
     size_bytes: int
     op_census: dict
-    max_abs_diff: float
+    max_abs_diff: float  # None when there is no Keras model (a given .tflite file)
     max_rel_diff: float  # relative to max |Keras output|
     samples: int  # inputs the comparison ran on
     # Files written beside the flatbuffer by `api.save`: {suffix: bytes}; not part of as_dict.
@@ -218,8 +218,10 @@ class Report:
         rows = [("target", self.target),
                 ("size", f"{self.size_bytes:,} bytes"),
                 ("ops", ", ".join(f"{name} {count}" for name, count in self.op_census.items())),
-                ("vs Keras", f"max abs diff {self.max_abs_diff:.3g}, max rel diff "
-                             f"{self.max_rel_diff:.3g} on {self.samples} inputs")]
+                ("vs Keras", "- (a given file: no Keras model to compare with)"
+                 if self.max_abs_diff is None else
+                 f"max abs diff {self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g} on "
+                 f"{self.samples} inputs")]
         base = {field.name for field in dataclasses.fields(Report)}
         for field in dataclasses.fields(self):
             if field.name not in base:

@@ -55,17 +55,26 @@ class Distiller(keras.Model):
 
 
 def load_teacher(teacher, input_shape, num_classes):
-    """A teacher from a .keras file (trained) or a registry name (built untrained: smoke runs)."""
+    """A teacher from a .keras file (trained; through the checked loader, effkeras.saving) or a
+    registry name (built untrained: smoke runs)."""
     if not teacher:
         raise InputError("this recipe distils from a teacher: pass --teacher=model.keras "
                          "(e.g. a trained float ResNet-34) or a registry name")
-    if teacher.endswith(".keras"):
-        if not os.path.isfile(teacher):
-            raise InputError(f"teacher {teacher} does not exist")
-        model = saving.load_model(teacher)
+    if teacher.endswith(".keras") or os.sep in teacher or os.path.exists(teacher):
+        try:
+            model = saving.load_model(teacher)  # InputError for a missing or corrupt file
+        except InputError as e:
+            raise InputError(f"--teacher: {e}") from None
     else:
         model = models.get(teacher, input_shape=input_shape, num_classes=num_classes)
-    if tuple(model.input_shape[1:]) != tuple(input_shape) or model.output_shape[-1] != num_classes:
-        raise InputError(f"teacher takes {model.input_shape[1:]} and predicts {model.output_shape[-1]} "
-                         f"classes; the student takes {tuple(input_shape)} and predicts {num_classes}")
+    try:
+        takes, predicts = tuple(model.input_shape[1:]), model.output_shape[-1]
+    except (AttributeError, ValueError, IndexError, TypeError):
+        takes = predicts = None
+    if len(getattr(model, "outputs", None) or ()) != 1 or not isinstance(predicts, int):
+        raise InputError(f"teacher {teacher} is not a model with one input and one output "
+                         f"(logits); give a classifier such as a trained float ResNet-34")
+    if takes != tuple(input_shape) or predicts != num_classes:
+        raise InputError(f"teacher takes {takes} and predicts {predicts} classes; the student "
+                         f"takes {tuple(input_shape)} and predicts {num_classes}")
     return model

@@ -172,7 +172,8 @@ def learning_rate_schedule(recipe, *, epochs, steps_per_epoch, batch_size, learn
 
     learning_rate: the peak; None: the recipe's, scaled by batch_size / base_batch_size.
     """
-    peak = learning_rate or recipe.learning_rate * batch_size / recipe.base_batch_size
+    peak = (learning_rate if learning_rate is not None
+            else recipe.learning_rate * batch_size / recipe.base_batch_size)
     total = max(1, epochs * steps_per_epoch)
     return SCHEDULES[recipe.schedule.kind](recipe.schedule, recipe, peak, total, steps_per_epoch)
 

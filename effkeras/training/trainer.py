@@ -1,11 +1,21 @@
 """Resumable training: a checkpoint and a state file per epoch, both written atomically.
 
 <output_dir>/checkpoint-<epoch>.keras   model + optimizer after that epoch
-<output_dir>/state.json                 the commit point: last complete epoch, history, time
+<output_dir>/state.json                 the commit point: what the run is (model, dataset, input
+                                        shape, classes), last complete epoch, history, time
+<output_dir>/.lock                      while a run trains here: its pid and host (flock'ed)
 <output_dir>/logs/                      TensorBoard
 <output_dir>/model.keras, metrics.json  the final results
 Re-running with the same output_dir continues after the last complete epoch, with the learning
-rate schedule stretched over the epochs now asked for.
+rate schedule stretched over the epochs now asked for. A resume must be the same run: another
+model, dataset, input shape or class count is refused, as are a corrupt state.json and a missing
+or unreadable checkpoint (nothing is deleted). A second run into a busy output_dir is refused.
+
+Before training, the input shape is chosen (the dataset's own size, padded to what the model
+takes, when the dataset's images are smaller than the model's default input), the memory of
+training is estimated (effkeras.training.memory) and a run that would not fit is refused with
+a --batch_size (or --input_shape) that does. A loss that becomes NaN or infinite stops the run
+with an error; the last good checkpoint stays the commit point.
 
 A model whose output is a list of K logits tensors (early exits) trains on the recipe's weighted
 sum of per-output cross-entropies; its metrics are logged per output as <output name>_top1,
@@ -13,19 +23,37 @@ sum of per-output cross-entropies; its metrics are logged per output as <output 
 """
 
 import dataclasses
+import errno
+import fcntl
 import json
+import math
+import numbers
 import os
+import socket
 import sys
 import time
 
 import keras
+import numpy as np
 
 from effkeras import data, models, saving
 from effkeras.errors import InputError
 from effkeras.fileio import atomic_path, write_json
 from effkeras.training import callbacks as recipe_callbacks
-from effkeras.training import recipes
+from effkeras.training import memory, recipes
 from effkeras.training.distillation import Distiller, load_teacher
+
+# Datasets of fixed-size images: (name in messages, image shape, train + test examples).
+# ImageNet's images come in every size: a model trains on them at its own default input.
+DATASET_IMAGES = {
+    "fashion_mnist": ("Fashion-MNIST", (28, 28, 1), 70_000),
+    "cifar10": ("CIFAR-10", (32, 32, 3), 60_000),
+    "cifar100": ("CIFAR-100", (32, 32, 3), 60_000),
+    "synthetic": ("synthetic", (32, 32, 3), None),  # generated at the input shape
+}
+SYNTHETIC_CLASSES = 10  # data.load's default for synthetic
+SYNTHETIC_EXAMPLES = 640  # its train + test examples
+MAX_SEED = 2 ** 31 - 1  # numpy seeds must be < 2**32; the data seed adds the epoch
 
 
 @dataclasses.dataclass
@@ -38,43 +66,273 @@ class TrainConfig:
     batch_size: int = None  # None: the recipe's
     learning_rate: float = None  # None: the recipe's, scaled with batch size
     steps_per_epoch: int = None  # None: one pass over the train split
-    input_shape: tuple = None  # None: the model's default
+    input_shape: tuple = None  # None: the run's own on resume, else see default_input_shape
     seed: int = 0
     teacher: str = None  # .keras file or registry name, for recipes that distil
     verbose: int = None  # None: progress bars on a terminal, one line per epoch otherwise
 
 
-def _read_state(output_dir):
-    path = os.path.join(output_dir, "state.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+def log(message):
+    print(message, flush=True)
+
+
+# --- checking the configuration --------------------------------------------------------------
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _check_positive(name, value):
-    if value is not None and (not isinstance(value, int) or value < 1):
-        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    if value is not None and (not _is_int(value) or value < 1):
+        raise InputError(f"--{name} must be a positive integer, got {value!r}")
+
+
+def check_config(config, recipe):
+    """InputError for any flag that cannot be right, before anything is read or written."""
+    for name in ("epochs", "batch_size", "steps_per_epoch"):
+        _check_positive(name, getattr(config, name))
+    rate = config.learning_rate
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, numbers.Real)
+                             or not math.isfinite(rate) or rate <= 0):
+        raise InputError(f"--learning_rate must be a finite number > 0, got {rate!r}; leave it out "
+                         f"for the recipe's ({recipe.learning_rate:g} at batch "
+                         f"{recipe.base_batch_size}, scaled with the batch size)")
+    if not _is_int(config.seed) or not 0 <= config.seed <= MAX_SEED:
+        raise InputError(f"--seed must be an integer in [0, {MAX_SEED}], got {config.seed!r}")
+    if config.verbose not in (None, 0, 1, 2):
+        raise InputError(f"verbose must be 0, 1 or 2, got {config.verbose!r}")
+    if config.dataset not in data.DATASETS:
+        raise InputError(f"unknown dataset {config.dataset!r}; choose from {', '.join(data.names())}")
+    if not config.output_dir or not isinstance(config.output_dir, str):
+        raise InputError(f"--output_dir must be a directory path, got {config.output_dir!r}")
+    if os.path.exists(config.output_dir) and not os.path.isdir(config.output_dir):
+        raise InputError(f"--output_dir {config.output_dir} is a file, not a directory; "
+                         f"give another --output_dir")
+    if config.teacher and not recipe.loss.needs_teacher:
+        raise InputError(f"--teacher is only for recipes that distil; {config.model}'s recipe "
+                         f"does not: leave --teacher out")
+
+
+def _shape_text(shape):
+    return "x".join(str(d) for d in shape)
+
+
+def default_input_shape(info, dataset):
+    """(input shape, why) when --input_shape is not given.
+
+    A dataset whose images are smaller than the model's default input (Fashion-MNIST, CIFAR,
+    synthetic) trains at its own size padded up to a multiple of the model's total stride
+    (min_input_size), with its channels when the model takes them. ImageNet, and datasets of
+    images at least as large as the default, train at the model's default input.
+    """
+    if dataset not in DATASET_IMAGES:
+        return info.input_shape, f"{info.name}'s default"
+    title, (height, width, channels), _ = DATASET_IMAGES[dataset]
+    if height >= info.input_shape[0] and width >= info.input_shape[1]:
+        return info.input_shape, f"{info.name}'s default ({title}'s images are {height}x{width})"
+    step = info.min_input_size
+    padded = tuple(max(step, -(-size // step) * step) for size in (height, width))
+    channels_used = channels if channels in info.channels else info.channels[-1]
+    shape = (*padded, channels_used)
+    how = ("padded to " + "x".join(map(str, padded)) if padded != (height, width) else "as is")
+    if channels_used != channels:
+        how += f", channels tiled to {channels_used}"
+    return shape, (f"{title}'s {_shape_text((height, width, channels))} {how} ({info.name} takes "
+                   f"multiples of {step}; its default {_shape_text(info.input_shape)} is for "
+                   f"ImageNet)")
+
+
+# --- the output directory: one run at a time ---------------------------------------------------
+
+
+class OutputDirLock:
+    """An exclusive flock on <output_dir>/.lock, which holds the owner's pid and host.
+
+    The kernel drops a flock when its process dies, so a killed run's lock is never stuck: the
+    next run takes it over (and says so). A run that ends removes the file; a run that created
+    the output directory and leaves it empty (it failed before writing anything) removes it too.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, output_dir):
+        self.output_dir = output_dir
+        self.path = os.path.join(output_dir, self.NAME)
+        self.fd = None
+        self.created_dir = False
+
+    def __enter__(self):
+        try:
+            self.created_dir = not os.path.isdir(self.output_dir)
+            os.makedirs(self.output_dir, exist_ok=True)
+            while True:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as e:
+                    holder = _read_fd(fd) or "another process"
+                    os.close(fd)
+                    if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                        raise InputError(
+                            f"{self.output_dir} is in use by another run ({holder}); wait for it "
+                            f"to end, or give this run another --output_dir") from None
+                    raise
+                if _same_file(fd, self.path):  # not unlinked by a run that just ended
+                    break
+                os.close(fd)
+            self.fd = fd
+            previous = _read_fd(fd)
+            if previous:
+                log(f"{self.path}: taking over the lock of {previous}, which is no longer running")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        except OSError as e:
+            self._cleanup_dir()
+            raise InputError(f"cannot lock {self.output_dir} ({e.strerror or e}); give a writable "
+                             f"--output_dir") from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            try:
+                os.remove(self.path)
+            except OSError:
+                pass
+            os.close(self.fd)  # releases the flock
+            self.fd = None
+        self._cleanup_dir()
+        return False
+
+    def _cleanup_dir(self):
+        if self.created_dir:
+            try:
+                os.rmdir(self.output_dir)  # only if empty
+            except OSError:
+                pass
+
+
+def _read_fd(fd):
+    try:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _same_file(fd, path):
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+# --- state.json: what the run is and how far it got ---------------------------------------------
+
+IDENTITY = ("model", "dataset", "input_shape", "num_classes")
+
+
+def _state_error(path, problem):
+    return InputError(f"{path} {problem}; it records the run in {os.path.dirname(path)}: restore "
+                      f"it, or start afresh with another --output_dir (nothing was deleted)")
+
+
+def _read_state(output_dir):
+    """The run's state.json (checked), or None for a fresh run."""
+    path = os.path.join(output_dir, "state.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            state = json.load(f)
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _state_error(path, f"cannot be read as JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(state, dict):
+        raise _state_error(path, "is not a JSON object")
+    return state
+
+
+def _check_state_fields(path, state):
+    epoch, checkpoint = state.get("epoch"), state.get("checkpoint")
+    if not _is_int(epoch) or epoch < 0:
+        raise _state_error(path, f"has no valid 'epoch' (got {epoch!r})")
+    if epoch and (not isinstance(checkpoint, str) or os.path.basename(checkpoint) != checkpoint):
+        raise _state_error(path, f"says {epoch} epochs are done but names no checkpoint "
+                                 f"(got {checkpoint!r})")
+    if not isinstance(state.get("history", []), list) or not isinstance(
+            state.get("train_seconds", 0.0), numbers.Real):
+        raise _state_error(path, "has a malformed 'history' or 'train_seconds'")
+    state.setdefault("history", [])
+    state.setdefault("train_seconds", 0.0)
+
+
+def _check_same_run(output_dir, state, asked):
+    """InputError naming the first difference between the run in output_dir and `asked`."""
+    way_out = "or start a new run with another --output_dir"
+    for key in IDENTITY:
+        if key not in state or asked.get(key) is None:
+            continue  # a state.json from before the key was recorded, or not asked yet
+        before, now = state[key], asked[key]
+        if key == "input_shape":
+            before, now = list(before), list(now)
+        if before == now:
+            continue
+        if key == "model":
+            raise InputError(f"{output_dir} holds a run of {before}, not {now}; use another "
+                             f"--output_dir")
+        if key == "dataset":
+            raise InputError(f"{output_dir} holds a run on {before}, not {now}: resume with "
+                             f"--dataset={before}, {way_out}")
+        if key == "input_shape":
+            raise InputError(f"{output_dir} holds a run at input {_shape_text(before)}, not "
+                             f"{_shape_text(now)}: resume with --input_shape="
+                             f"{','.join(map(str, before))} (or leave it out), {way_out}")
+        raise InputError(f"{output_dir} holds a run with {before} classes, but the data now has "
+                         f"{now}: resume with the run's --data_dir, {way_out}")
+
+
+# --- epochs: checkpoint, then commit --------------------------------------------------------------
+
+
+def _finite_or_none(value):
+    """JSON-safe: NaN and infinities become null (a NaN epoch is never committed; this guards
+    the final metrics)."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves checkpoint-<n>.keras, then commits it in state.json, then drops the older one."""
+    """Saves checkpoint-<n>.keras, then commits it in state.json, then drops the older one.
 
-    def __init__(self, output_dir, state):
+    An epoch whose logs or weights are not finite is not saved (the guard reports it).
+    """
+
+    def __init__(self, output_dir, state, guard):
         super().__init__()
         self.output_dir = output_dir
         self.state = state
+        self.guard = guard
         self.epoch_started = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_started = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        if self.guard.failed or not all(map(math.isfinite, logs.values())) or not all(
+                np.isfinite(w).all() for w in self.model.get_weights()
+                if np.issubdtype(w.dtype, np.floating)):
+            self.guard.fail(epoch, "at the end of the epoch", logs)
+            return
         previous = self.state.get("checkpoint")
         checkpoint = f"checkpoint-{epoch + 1}.keras"
         with atomic_path(os.path.join(self.output_dir, checkpoint)) as tmp:
             self.model.save(tmp)
-        self.state["history"].append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
+        self.state["history"].append({"epoch": epoch + 1, **logs})
         self.state.update(epoch=epoch + 1, checkpoint=checkpoint,
                           train_seconds=self.state["train_seconds"] + time.time() - self.epoch_started)
         write_json(os.path.join(self.output_dir, "state.json"), self.state)
@@ -82,13 +340,95 @@ class EpochCheckpoint(keras.callbacks.Callback):
             os.remove(os.path.join(self.output_dir, previous))
 
 
-def _restore(model, checkpoint_path):
-    """Copies weights and optimizer slots from a checkpoint into a freshly compiled `model`."""
-    saved = saving.load_model(checkpoint_path)
-    model.set_weights(saved.get_weights())
+def _restore(model, output_dir, checkpoint, expected):
+    """Copies weights and optimizer slots from the run's checkpoint into a freshly compiled
+    `model`, after checking that it is this run's model."""
+    path = os.path.join(output_dir, checkpoint)
+    way_out = "restore it, or start afresh with another --output_dir (nothing was deleted)"
+    if not os.path.isfile(path):
+        raise InputError(f"{output_dir}/state.json names {checkpoint}, which is missing; {way_out}")
+    try:
+        saved = saving.load_model(path)
+    except InputError as e:
+        raise InputError(f"{e}; it is the run's last checkpoint: {way_out}") from None
+    inner = getattr(saved, "student", saved)  # a distilling run saves its Distiller
+    saved_in = tuple(getattr(inner, "input_shape", (None,))[1:])
+    if saved_in and saved_in != tuple(expected["input_shape"]):
+        raise InputError(f"{path} is a model for input {_shape_text(saved_in)}, not "
+                         f"{_shape_text(expected['input_shape'])}: resume with "
+                         f"--input_shape={','.join(map(str, saved_in))}, or start a new run with "
+                         f"another --output_dir")
+    weights = saved.get_weights()
+    ours = model.get_weights()
+    if len(weights) != len(ours) or any(a.shape != b.shape for a, b in zip(weights, ours)):
+        raise InputError(f"{path} holds weights of another shape than {expected['model']} at input "
+                         f"{_shape_text(expected['input_shape'])} with {expected['num_classes']} "
+                         f"classes; start a new run with another --output_dir")
+    model.set_weights(weights)
     model.optimizer.build(model.trainable_variables)
-    for variable, value in zip(model.optimizer.variables, saved.optimizer.variables):
+    slots = saved.optimizer.variables if saved.optimizer else []
+    if len(slots) != len(model.optimizer.variables) or any(
+            tuple(a.shape) != tuple(b.shape) for a, b in zip(slots, model.optimizer.variables)):
+        raise InputError(f"{path} holds another optimizer's state than {expected['model']}'s "
+                         f"recipe; start a new run with another --output_dir")
+    for variable, value in zip(model.optimizer.variables, slots):
         variable.assign(value)
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+
+def check_memory(model, *, info, recipe, input_shape, batch_size, dataset, teacher=None,
+                 batch_from_flag=False):
+    """Prints the memory estimate; InputError naming a --batch_size (or --input_shape) that fits
+    when training would take more than memory.USABLE_FRACTION of this machine's memory."""
+    if dataset in DATASET_IMAGES:
+        _, shape, count = DATASET_IMAGES[dataset]
+        dataset_bytes = (count * math.prod(shape) if count
+                         else SYNTHETIC_EXAMPLES * math.prod(input_shape))
+    else:
+        dataset_bytes = 0  # files decoded as they are read
+    est = memory.estimate(model, batch_size=batch_size, input_shape=input_shape,
+                          optimizer_slots=memory.optimizer_slots(recipe.optimizer),
+                          dataset_bytes=dataset_bytes, teacher=teacher)
+    gpu = memory.gpu_memory()
+    if gpu:
+        limit, where, in_use = gpu, "this GPU's", 0
+        est.data = 0  # the data pipeline stays in host memory
+    else:
+        limit, where, in_use = memory.machine_memory(), "this machine's", memory.resident_bytes()
+    budget = memory.USABLE_FRACTION * limit - in_use
+    log(f"memory: training needs {est.describe()}"
+        + (f", + {memory.gib(in_use)} in use now" if in_use else "")
+        + f"; {where} memory is {memory.gib(limit)}")
+    if est.total <= budget:
+        return est
+    need = (f"training {info.name} at input {_shape_text(input_shape)} with batch {batch_size} "
+            f"needs ~{memory.gib(est.total)}, more than {memory.USABLE_FRACTION:.0%} of {where} "
+            f"{memory.gib(limit)}" + (f" ({memory.gib(in_use)} in use)" if in_use else ""))
+    fits = memory.power_of_two_at_most(memory.largest_batch(est, budget))
+    if fits:
+        source = "" if batch_from_flag else f" (the recipe's batch is {batch_size})"
+        raise InputError(f"{need}{source}: use --batch_size={fits} or less, or a smaller "
+                         f"--input_shape")
+    # Not even batch 1: activations and prefetch grow with height x width.
+    height, width, channels = input_shape
+    step = info.min_input_size
+    generated = dataset == "synthetic"  # generated at the input shape: it shrinks with it
+    for side in range(max(step, (min(height, width) // step) * step), step - 1, -step):
+        scale = side * side / (height * width)
+        room = budget - est.fixed + (est.data_fixed * (1 - scale) if generated else 0)
+        per_example = est.per_example * scale
+        if room >= per_example:
+            batch = memory.power_of_two_at_most(int(room // per_example))
+            raise InputError(f"{need}, even at batch 1: use --input_shape={side},{side},{channels} "
+                             f"with --batch_size={batch}" + (" or less" if batch > 1 else ""))
+    raise InputError(f"{need}: its parameters and optimizer state alone need "
+                     f"{memory.gib(est.parameters + est.runtime)}; train it on a machine with more "
+                     f"memory")
+
+
+# --- training ----------------------------------------------------------------------------------
 
 
 def _test_metrics(logs, num_outputs):
@@ -98,46 +438,90 @@ def _test_metrics(logs, num_outputs):
     return {name: float(value) for name, value in logs.items()}
 
 
+def _build(info, recipe, input_shape, num_classes):
+    keras.config.set_dtype_policy(recipes.dtype_policy(recipe))  # mixed precision on a GPU only
+    try:
+        return models.get(info.name, input_shape=input_shape, num_classes=num_classes)
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
 def train(config):
     """Trains (or resumes) `config.model`; returns the metrics dict also written to metrics.json."""
     info = models.info(config.model)
     recipe = recipes.get(info.recipe)
-    for name in ("epochs", "batch_size", "steps_per_epoch"):
-        _check_positive(name, getattr(config, name))
+    check_config(config, recipe)
+    with OutputDirLock(config.output_dir):
+        return _train(config, info, recipe)
+
+
+def _train(config, info, recipe):
     epochs = config.epochs or recipe.epochs
     batch_size = config.batch_size or recipe.batch_size
-    input_shape = models.check_input_shape(info, config.input_shape or info.input_shape)
+    state_path = os.path.join(config.output_dir, "state.json")
+    state = _read_state(config.output_dir)
+    if state is not None:
+        _check_same_run(config.output_dir, state,
+                        {"model": info.name, "dataset": config.dataset,
+                         "input_shape": config.input_shape and tuple(config.input_shape)})
+        _check_state_fields(state_path, state)
+
+    if config.input_shape:
+        input_shape, why = tuple(config.input_shape), "--input_shape"
+    elif state is not None and state.get("input_shape"):
+        input_shape, why = tuple(state["input_shape"]), f"the run's own, from {state_path}"
+    else:
+        input_shape, why = default_input_shape(info, config.dataset)
+    input_shape = models.check_input_shape(info, input_shape)
+    log(f"input {_shape_text(input_shape)}: {why}")
     keras.utils.set_random_seed(config.seed)
 
-    state = _read_state(config.output_dir)
-    if state and state["model"] != info.name:
-        raise InputError(f"{config.output_dir} holds a run of {state['model']}, not {info.name}; "
-                         f"use another --output_dir")
-    state = state or {"model": info.name, "dataset": config.dataset, "epoch": 0, "history": [],
-                      "train_seconds": 0.0}
-    initial_epoch = state["epoch"]
-
-    # Shuffle differently after a resume, as an uninterrupted run would.
+    # The model (and so the memory estimate) before the data: a synthetic set is generated at
+    # the input shape, so a shape that cannot fit must be refused before it is made.
+    fixed_classes = data.DATASETS[config.dataset][0]
+    if config.dataset == "synthetic":
+        fixed_classes = SYNTHETIC_CLASSES
+    initial_epoch = state["epoch"] if state else 0
     train_augment = dict(recipe.augment).get(config.dataset)
-    train_split = data.load(config.dataset, "train", input_shape=input_shape, batch_size=batch_size,
-                            data_dir=config.data_dir, seed=config.seed + initial_epoch,
-                            augment_with=train_augment)
-    # A recipe that trains on squashed images validates on them too (ERN's official code).
-    test_split = data.load(config.dataset, "test", input_shape=input_shape, batch_size=batch_size,
-                           data_dir=config.data_dir,
-                           augment_with=("squash",) if "squash" in (train_augment or ()) else None)
+
+    def load_splits():
+        # Shuffle differently after a resume, as an uninterrupted run would.
+        train_split = data.load(config.dataset, "train", input_shape=input_shape,
+                                batch_size=batch_size, data_dir=config.data_dir,
+                                seed=config.seed + initial_epoch, augment_with=train_augment)
+        # A recipe that trains on squashed images validates on them too (ERN's official code).
+        test_split = data.load(config.dataset, "test", input_shape=input_shape,
+                               batch_size=batch_size, data_dir=config.data_dir,
+                               augment_with=("squash",) if "squash" in (train_augment or ()) else None)
+        return train_split, test_split
+
+    splits = None if fixed_classes else load_splits()  # ImageNet: classes are the folders
+    num_classes = fixed_classes or splits[0].num_classes
+    student = _build(info, recipe, input_shape, num_classes)
+    teacher = (load_teacher(config.teacher, input_shape, num_classes)
+               if recipe.loss.needs_teacher else None)
+    check_memory(student, info=info, recipe=recipe, input_shape=input_shape, batch_size=batch_size,
+                 dataset=config.dataset, teacher=teacher, batch_from_flag=bool(config.batch_size))
+    train_split, test_split = splits or load_splits()
+    if train_split.num_classes != num_classes:  # defensive: the data disagrees with its table
+        num_classes = train_split.num_classes
+        student = _build(info, recipe, input_shape, num_classes)
+        teacher = teacher and load_teacher(config.teacher, input_shape, num_classes)
+
+    identity = {"model": info.name, "dataset": config.dataset, "input_shape": list(input_shape),
+                "num_classes": num_classes}
+    if state is not None:
+        _check_same_run(config.output_dir, state, identity)
+        state.update(identity)
+    else:
+        state = {**identity, "epoch": 0, "checkpoint": None, "history": [], "train_seconds": 0.0}
+
     steps = config.steps_per_epoch or max(1, train_split.num_examples // batch_size)
     train_data = train_split.dataset.repeat() if config.steps_per_epoch else train_split.dataset
-
-    keras.config.set_dtype_policy(recipes.dtype_policy(recipe))  # mixed precision on a GPU only
-    try:
-        model = models.get(info.name, input_shape=input_shape, num_classes=train_split.num_classes)
-    finally:
-        keras.config.set_dtype_policy("float32")
-    student = model
-    if recipe.loss.needs_teacher:
-        model = Distiller(student, load_teacher(config.teacher, input_shape, train_split.num_classes),
-                          alpha=recipe.loss.alpha, temperature=recipe.loss.temperature,
+    model = student
+    if teacher is not None:
+        model = Distiller(student, teacher, alpha=recipe.loss.alpha,
+                          temperature=recipe.loss.temperature,
                           label_smoothing=recipe.loss.label_smoothing)
     num_outputs = len(student.outputs)
     train_data = recipes.repeat_labels(train_data, num_outputs)
@@ -145,11 +529,15 @@ def train(config):
     recipes.compile_model(model, recipe, epochs=epochs, steps_per_epoch=steps,
                           batch_size=batch_size, learning_rate=config.learning_rate)
     if state.get("checkpoint"):
-        _restore(model, os.path.join(config.output_dir, state["checkpoint"]))
-        print(f"Resuming {info.name} from epoch {initial_epoch} in {config.output_dir}")
+        _restore(model, config.output_dir, state["checkpoint"], identity)
+        log(f"Resuming {info.name} from epoch {initial_epoch} in {config.output_dir}")
 
-    callbacks = [*recipe_callbacks.make(recipe.callbacks, epochs),
-                 EpochCheckpoint(config.output_dir, state),
+    guard = recipe_callbacks.StopOnNaN()
+    test_steps = -(-test_split.num_examples // batch_size)
+    callbacks = [guard,
+                 recipe_callbacks.Eta(epochs - initial_epoch, steps, test_steps, print_fn=log),
+                 *recipe_callbacks.make(recipe.callbacks, epochs),
+                 EpochCheckpoint(config.output_dir, state, guard),
                  keras.callbacks.TensorBoard(os.path.join(config.output_dir, "logs"))]
     verbose = config.verbose if config.verbose is not None else 1 if sys.stdout.isatty() else 2
     started = time.time()
@@ -157,6 +545,12 @@ def train(config):
         if initial_epoch < epochs:
             model.fit(train_data, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
                       validation_data=test_data, callbacks=callbacks, shuffle=False, verbose=verbose)
+        if guard.failed:
+            kept = (f"{config.output_dir} keeps the last good checkpoint, {state['checkpoint']} "
+                    f"(epoch {state['epoch']}): rerun with a lower --learning_rate to resume from it"
+                    if state.get("checkpoint") else
+                    "no epoch was saved: rerun with a lower --learning_rate")
+            raise InputError(f"training diverged: {guard.failed}; {kept}")
         test = model.evaluate(test_data, return_dict=True, verbose=0)
 
     with atomic_path(os.path.join(config.output_dir, "model.keras")) as tmp:
@@ -168,5 +562,6 @@ def train(config):
         "test": _test_metrics(test, num_outputs),
         "train_seconds": state["train_seconds"], "wall_seconds_this_run": time.time() - started,
     }
+    metrics = _finite_or_none(metrics)
     write_json(os.path.join(config.output_dir, "metrics.json"), metrics)
     return metrics
