@@ -86,6 +86,18 @@ def run_app(*args, timeout=300):
                           text=True, timeout=timeout)
 
 
+def assert_one_error_line(result, *fragments):
+    """An app refused bad input as promised: exit code 2, exactly one `error: ` line on stderr
+    containing every fragment, and no traceback anywhere. Returns the line."""
+    assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-3000:])
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
 def make_arithmetic_exact(model, seed=0):
     """Dyadic BN scales/shifts, α and float 1x1 kernels, so Keras and LCE compute the same bits.
 

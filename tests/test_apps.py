@@ -4,15 +4,8 @@ import json
 
 import pytest
 
-from conftest import run_app
+from conftest import assert_one_error_line, run_app
 
-
-def assert_one_error_line(result, *fragments):
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_unknown_model_lists_known_names():

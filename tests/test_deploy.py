@@ -11,7 +11,7 @@ import pytest
 from effkeras import deploy, models
 from effkeras.deploy import ethos_u, runtime, tflite, tflm, verify
 from effkeras.errors import InputError
-from conftest import run_app
+from conftest import assert_one_error_line, run_app
 
 REPORT_KEYS = {"target", "size_bytes", "op_census", "max_abs_diff", "max_rel_diff", "samples"}
 
@@ -21,13 +21,6 @@ def resnet8():
     keras.utils.set_random_seed(0)
     return models.get("mlperf_tiny_resnet8")
 
-
-def assert_one_error_line(result, *fragments):
-    assert result.returncode == 2, result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_targets_are_registered_and_models_name_theirs():
@@ -207,11 +200,11 @@ def test_evaluate_app_runs_tflite_files_in_litert_and_tflite_micro(tmp_path, fas
                   "--calibration_samples=16")
     assert run.returncode == 0, run.stderr[-3000:]
     results = {}
-    for runtime in ("litert", "tflm"):
-        run = run_app("apps.evaluate", f"--checkpoint={output}", f"--runtime={runtime}",
+    for name in ("litert", "tflm"):
+        run = run_app("apps.evaluate", f"--checkpoint={output}", f"--runtime={name}",
                       f"--data_dir={fashion_mnist_dir}")
         assert run.returncode == 0, run.stderr[-3000:]
-        results[runtime] = json.loads(run.stdout)
+        results[name] = json.loads(run.stdout)
     keras_result = run_app("apps.evaluate", f"--checkpoint={path}", f"--data_dir={fashion_mnist_dir}")
     expected = json.loads(keras_result.stdout)
     for result in results.values():

@@ -16,18 +16,10 @@ import pytest
 from effkeras import data
 from effkeras.data import cifar, fashion_mnist, imagenet
 from effkeras.errors import InputError
-from conftest import REPO, run_app, write_cifar_batch, write_idx
+from conftest import REPO, assert_one_error_line, run_app, write_cifar_batch, write_idx
 
 SMALL_RUN = ("--model=resnet20", "--epochs=1", "--steps_per_epoch=1", "--batch_size=2")
 
-
-def assert_one_error_line(result, *fragments):
-    assert result.returncode == 2, result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def run_app_as_users_do(*args, timeout=300):

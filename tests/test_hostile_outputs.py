@@ -13,16 +13,8 @@ import pytest
 
 from effkeras import fileio
 from effkeras.errors import InputError
-from conftest import REPO, run_app
+from conftest import REPO, assert_one_error_line, run_app
 
-
-def assert_one_error_line(result, *fragments):
-    assert result.returncode == 2, result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture

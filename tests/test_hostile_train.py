@@ -17,25 +17,16 @@ import sys
 import keras
 import pytest
 
-from conftest import REPO, run_app
+from conftest import REPO, assert_one_error_line, run_app
 from effkeras import models, training
 from effkeras.errors import InputError
-from effkeras.training import callbacks, memory, trainer
+from effkeras.training import callbacks, memory, rundir, trainer
 
 TINY = ["--model=resnet20", "--dataset=synthetic", "--input_shape=16,16,3", "--batch_size=8",
         "--steps_per_epoch=1"]
 TINY_CONFIG = dict(model="resnet20", dataset="synthetic", input_shape=(16, 16, 3), batch_size=8,
                    steps_per_epoch=1, verbose=0)
 
-
-def assert_one_error_line(result, *fragments):
-    assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-2000:])
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def snapshot(folder):
@@ -202,7 +193,7 @@ class TestOutputDirLock:
         assert not (tmp_path / ".lock").exists()
 
     def test_held_lock_refuses_in_process_too(self, tmp_path):
-        with trainer.OutputDirLock(str(tmp_path)):
+        with rundir.OutputDirLock(str(tmp_path)):
             with pytest.raises(InputError, match="in use by another run"):
                 training.train(training.TrainConfig(epochs=1, output_dir=str(tmp_path), **TINY_CONFIG))
         assert os.listdir(tmp_path) == []

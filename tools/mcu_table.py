@@ -8,7 +8,6 @@ A model is NAME[@SIZE][:option=value,...]; weights are random (Vela's figures de
 weights only through compression), calibration random. Every number is measured by the run.
 """
 
-import json
 
 from absl import flags
 

@@ -4,7 +4,7 @@
 <output_dir>/state.json                 the commit point: what the run is (model, dataset, input
                                         shape, classes), last complete epoch, history, time
 <output_dir>/.lock                      while a run trains here: its pid and host (flock'ed)
-<output_dir>/logs/                      TensorBoard
+<output_dir>/logs/                      TensorBoard  (the lock, state and checkpoints: rundir.py)
 <output_dir>/model.keras, metrics.json  the final results
 Re-running with the same output_dir continues after the last complete epoch, with the learning
 rate schedule stretched over the epochs now asked for. A resume must be the same run: another
@@ -23,24 +23,22 @@ sum of per-output cross-entropies; its metrics are logged per output as <output 
 """
 
 import dataclasses
-import errno
-import fcntl
-import json
 import math
 import numbers
 import os
-import socket
 import sys
 import time
 
 import keras
-import numpy as np
 
-from effkeras import data, models, saving
+from effkeras import data, models
 from effkeras.errors import InputError
 from effkeras.fileio import atomic_path, write_json
 from effkeras.training import callbacks as recipe_callbacks
 from effkeras.training import memory, recipes
+from effkeras.training.rundir import (EpochCheckpoint, OutputDirLock, check_same_run,
+                                      check_state_fields, finite_or_none, is_int, log, read_state,
+                                      restore, shape_text)
 from effkeras.training.distillation import Distiller, load_teacher
 
 # Datasets of fixed-size images: (name in messages, image shape, train + test examples).
@@ -72,19 +70,11 @@ class TrainConfig:
     verbose: int = None  # None: progress bars on a terminal, one line per epoch otherwise
 
 
-def log(message):
-    print(message, flush=True)
-
-
 # --- checking the configuration --------------------------------------------------------------
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _check_positive(name, value):
-    if value is not None and (not _is_int(value) or value < 1):
+    if value is not None and (not is_int(value) or value < 1):
         raise InputError(f"--{name} must be a positive integer, got {value!r}")
 
 
@@ -98,7 +88,7 @@ def check_config(config, recipe):
         raise InputError(f"--learning_rate must be a finite number > 0, got {rate!r}; leave it out "
                          f"for the recipe's ({recipe.learning_rate:g} at batch "
                          f"{recipe.base_batch_size}, scaled with the batch size)")
-    if not _is_int(config.seed) or not 0 <= config.seed <= MAX_SEED:
+    if not is_int(config.seed) or not 0 <= config.seed <= MAX_SEED:
         raise InputError(f"--seed must be an integer in [0, {MAX_SEED}], got {config.seed!r}")
     if config.verbose not in (None, 0, 1, 2):
         raise InputError(f"verbose must be 0, 1 or 2, got {config.verbose!r}")
@@ -112,10 +102,6 @@ def check_config(config, recipe):
     if config.teacher and not recipe.loss.needs_teacher:
         raise InputError(f"--teacher is only for recipes that distil; {config.model}'s recipe "
                          f"does not: leave --teacher out")
-
-
-def _shape_text(shape):
-    return "x".join(str(d) for d in shape)
 
 
 def default_input_shape(info, dataset):
@@ -138,241 +124,9 @@ def default_input_shape(info, dataset):
     how = ("padded to " + "x".join(map(str, padded)) if padded != (height, width) else "as is")
     if channels_used != channels:
         how += f", channels tiled to {channels_used}"
-    return shape, (f"{title}'s {_shape_text((height, width, channels))} {how} ({info.name} takes "
-                   f"multiples of {step}; its default {_shape_text(info.input_shape)} is for "
+    return shape, (f"{title}'s {shape_text((height, width, channels))} {how} ({info.name} takes "
+                   f"multiples of {step}; its default {shape_text(info.input_shape)} is for "
                    f"ImageNet)")
-
-
-# --- the output directory: one run at a time ---------------------------------------------------
-
-
-class OutputDirLock:
-    """An exclusive flock on <output_dir>/.lock, which holds the owner's pid and host.
-
-    The kernel drops a flock when its process dies, so a killed run's lock is never stuck: the
-    next run takes it over (and says so). A run that ends removes the file; a run that created
-    the output directory and leaves it empty (it failed before writing anything) removes it too.
-    """
-
-    NAME = ".lock"
-
-    def __init__(self, output_dir):
-        self.output_dir = output_dir
-        self.path = os.path.join(output_dir, self.NAME)
-        self.fd = None
-        self.created_dir = False
-
-    def __enter__(self):
-        try:
-            self.created_dir = not os.path.isdir(self.output_dir)
-            os.makedirs(self.output_dir, exist_ok=True)
-            while True:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError as e:
-                    holder = _read_fd(fd) or "another process"
-                    os.close(fd)
-                    if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                        raise InputError(
-                            f"{self.output_dir} is in use by another run ({holder}); wait for it "
-                            f"to end, or give this run another --output_dir") from None
-                    raise
-                if _same_file(fd, self.path):  # not unlinked by a run that just ended
-                    break
-                os.close(fd)
-            self.fd = fd
-            previous = _read_fd(fd)
-            if previous:
-                log(f"{self.path}: taking over the lock of {previous}, which is no longer running")
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        except OSError as e:
-            self._cleanup_dir()
-            raise InputError(f"cannot lock {self.output_dir} ({e.strerror or e}); give a writable "
-                             f"--output_dir") from None
-        return self
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            try:
-                os.remove(self.path)
-            except OSError:
-                pass
-            os.close(self.fd)  # releases the flock
-            self.fd = None
-        self._cleanup_dir()
-        return False
-
-    def _cleanup_dir(self):
-        if self.created_dir:
-            try:
-                os.rmdir(self.output_dir)  # only if empty
-            except OSError:
-                pass
-
-
-def _read_fd(fd):
-    try:
-        return os.pread(fd, 200, 0).decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def _same_file(fd, path):
-    try:
-        return os.fstat(fd).st_ino == os.stat(path).st_ino
-    except FileNotFoundError:
-        return False
-
-
-# --- state.json: what the run is and how far it got ---------------------------------------------
-
-IDENTITY = ("model", "dataset", "input_shape", "num_classes")
-
-
-def _state_error(path, problem):
-    return InputError(f"{path} {problem}; it records the run in {os.path.dirname(path)}: restore "
-                      f"it, or start afresh with another --output_dir (nothing was deleted)")
-
-
-def _read_state(output_dir):
-    """The run's state.json (checked), or None for a fresh run."""
-    path = os.path.join(output_dir, "state.json")
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            state = json.load(f)
-    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise _state_error(path, f"cannot be read as JSON ({str(e).splitlines()[0]})") from None
-    if not isinstance(state, dict):
-        raise _state_error(path, "is not a JSON object")
-    return state
-
-
-def _check_state_fields(path, state):
-    epoch, checkpoint = state.get("epoch"), state.get("checkpoint")
-    if not _is_int(epoch) or epoch < 0:
-        raise _state_error(path, f"has no valid 'epoch' (got {epoch!r})")
-    if epoch and (not isinstance(checkpoint, str) or os.path.basename(checkpoint) != checkpoint):
-        raise _state_error(path, f"says {epoch} epochs are done but names no checkpoint "
-                                 f"(got {checkpoint!r})")
-    if not isinstance(state.get("history", []), list) or not isinstance(
-            state.get("train_seconds", 0.0), numbers.Real):
-        raise _state_error(path, "has a malformed 'history' or 'train_seconds'")
-    state.setdefault("history", [])
-    state.setdefault("train_seconds", 0.0)
-
-
-def _check_same_run(output_dir, state, asked):
-    """InputError naming the first difference between the run in output_dir and `asked`."""
-    way_out = "or start a new run with another --output_dir"
-    for key in IDENTITY:
-        if key not in state or asked.get(key) is None:
-            continue  # a state.json from before the key was recorded, or not asked yet
-        before, now = state[key], asked[key]
-        if key == "input_shape":
-            before, now = list(before), list(now)
-        if before == now:
-            continue
-        if key == "model":
-            raise InputError(f"{output_dir} holds a run of {before}, not {now}; use another "
-                             f"--output_dir")
-        if key == "dataset":
-            raise InputError(f"{output_dir} holds a run on {before}, not {now}: resume with "
-                             f"--dataset={before}, {way_out}")
-        if key == "input_shape":
-            raise InputError(f"{output_dir} holds a run at input {_shape_text(before)}, not "
-                             f"{_shape_text(now)}: resume with --input_shape="
-                             f"{','.join(map(str, before))} (or leave it out), {way_out}")
-        raise InputError(f"{output_dir} holds a run with {before} classes, but the data now has "
-                         f"{now}: resume with the run's --data_dir, {way_out}")
-
-
-# --- epochs: checkpoint, then commit --------------------------------------------------------------
-
-
-def _finite_or_none(value):
-    """JSON-safe: NaN and infinities become null (a NaN epoch is never committed; this guards
-    the final metrics)."""
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
-class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves checkpoint-<n>.keras, then commits it in state.json, then drops the older one.
-
-    An epoch whose logs or weights are not finite is not saved (the guard reports it).
-    """
-
-    def __init__(self, output_dir, state, guard):
-        super().__init__()
-        self.output_dir = output_dir
-        self.state = state
-        self.guard = guard
-        self.epoch_started = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_started = time.time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = {k: float(v) for k, v in (logs or {}).items()}
-        if self.guard.failed or not all(map(math.isfinite, logs.values())) or not all(
-                np.isfinite(w).all() for w in self.model.get_weights()
-                if np.issubdtype(w.dtype, np.floating)):
-            self.guard.fail(epoch, "at the end of the epoch", logs)
-            return
-        previous = self.state.get("checkpoint")
-        checkpoint = f"checkpoint-{epoch + 1}.keras"
-        with atomic_path(os.path.join(self.output_dir, checkpoint)) as tmp:
-            self.model.save(tmp)
-        self.state["history"].append({"epoch": epoch + 1, **logs})
-        self.state.update(epoch=epoch + 1, checkpoint=checkpoint,
-                          train_seconds=self.state["train_seconds"] + time.time() - self.epoch_started)
-        write_json(os.path.join(self.output_dir, "state.json"), self.state)
-        if previous and previous != checkpoint:
-            os.remove(os.path.join(self.output_dir, previous))
-
-
-def _restore(model, output_dir, checkpoint, expected):
-    """Copies weights and optimizer slots from the run's checkpoint into a freshly compiled
-    `model`, after checking that it is this run's model."""
-    path = os.path.join(output_dir, checkpoint)
-    way_out = "restore it, or start afresh with another --output_dir (nothing was deleted)"
-    if not os.path.isfile(path):
-        raise InputError(f"{output_dir}/state.json names {checkpoint}, which is missing; {way_out}")
-    try:
-        saved = saving.load_model(path)
-    except InputError as e:
-        raise InputError(f"{e}; it is the run's last checkpoint: {way_out}") from None
-    inner = getattr(saved, "student", saved)  # a distilling run saves its Distiller
-    saved_in = tuple(getattr(inner, "input_shape", (None,))[1:])
-    if saved_in and saved_in != tuple(expected["input_shape"]):
-        raise InputError(f"{path} is a model for input {_shape_text(saved_in)}, not "
-                         f"{_shape_text(expected['input_shape'])}: resume with "
-                         f"--input_shape={','.join(map(str, saved_in))}, or start a new run with "
-                         f"another --output_dir")
-    weights = saved.get_weights()
-    ours = model.get_weights()
-    if len(weights) != len(ours) or any(a.shape != b.shape for a, b in zip(weights, ours)):
-        raise InputError(f"{path} holds weights of another shape than {expected['model']} at input "
-                         f"{_shape_text(expected['input_shape'])} with {expected['num_classes']} "
-                         f"classes; start a new run with another --output_dir")
-    model.set_weights(weights)
-    model.optimizer.build(model.trainable_variables)
-    slots = saved.optimizer.variables if saved.optimizer else []
-    if len(slots) != len(model.optimizer.variables) or any(
-            tuple(a.shape) != tuple(b.shape) for a, b in zip(slots, model.optimizer.variables)):
-        raise InputError(f"{path} holds another optimizer's state than {expected['model']}'s "
-                         f"recipe; start a new run with another --output_dir")
-    for variable, value in zip(model.optimizer.variables, slots):
-        variable.assign(value)
 
 
 # --- memory -----------------------------------------------------------------------------------
@@ -403,7 +157,7 @@ def check_memory(model, *, info, recipe, input_shape, batch_size, dataset, teach
         + f"; {where} memory is {memory.gib(limit)}")
     if est.total <= budget:
         return est
-    need = (f"training {info.name} at input {_shape_text(input_shape)} with batch {batch_size} "
+    need = (f"training {info.name} at input {shape_text(input_shape)} with batch {batch_size} "
             f"needs ~{memory.gib(est.total)}, more than {memory.USABLE_FRACTION:.0%} of {where} "
             f"{memory.gib(limit)}" + (f" ({memory.gib(in_use)} in use)" if in_use else ""))
     fits = memory.power_of_two_at_most(memory.largest_batch(est, budget))
@@ -459,12 +213,12 @@ def _train(config, info, recipe):
     epochs = config.epochs or recipe.epochs
     batch_size = config.batch_size or recipe.batch_size
     state_path = os.path.join(config.output_dir, "state.json")
-    state = _read_state(config.output_dir)
+    state = read_state(config.output_dir)
     if state is not None:
-        _check_same_run(config.output_dir, state,
+        check_same_run(config.output_dir, state,
                         {"model": info.name, "dataset": config.dataset,
                          "input_shape": config.input_shape and tuple(config.input_shape)})
-        _check_state_fields(state_path, state)
+        check_state_fields(state_path, state)
 
     if config.input_shape:
         input_shape, why = tuple(config.input_shape), "--input_shape"
@@ -473,7 +227,7 @@ def _train(config, info, recipe):
     else:
         input_shape, why = default_input_shape(info, config.dataset)
     input_shape = models.check_input_shape(info, input_shape)
-    log(f"input {_shape_text(input_shape)}: {why}")
+    log(f"input {shape_text(input_shape)}: {why}")
     keras.utils.set_random_seed(config.seed)
 
     # The model (and so the memory estimate) before the data: a synthetic set is generated at
@@ -511,7 +265,7 @@ def _train(config, info, recipe):
     identity = {"model": info.name, "dataset": config.dataset, "input_shape": list(input_shape),
                 "num_classes": num_classes}
     if state is not None:
-        _check_same_run(config.output_dir, state, identity)
+        check_same_run(config.output_dir, state, identity)
         state.update(identity)
     else:
         state = {**identity, "epoch": 0, "checkpoint": None, "history": [], "train_seconds": 0.0}
@@ -529,7 +283,7 @@ def _train(config, info, recipe):
     recipes.compile_model(model, recipe, epochs=epochs, steps_per_epoch=steps,
                           batch_size=batch_size, learning_rate=config.learning_rate)
     if state.get("checkpoint"):
-        _restore(model, config.output_dir, state["checkpoint"], identity)
+        restore(model, config.output_dir, state["checkpoint"], identity)
         log(f"Resuming {info.name} from epoch {initial_epoch} in {config.output_dir}")
 
     guard = recipe_callbacks.StopOnNaN()
@@ -562,6 +316,6 @@ def _train(config, info, recipe):
         "test": _test_metrics(test, num_outputs),
         "train_seconds": state["train_seconds"], "wall_seconds_this_run": time.time() - started,
     }
-    metrics = _finite_or_none(metrics)
+    metrics = finite_or_none(metrics)
     write_json(os.path.join(config.output_dir, "metrics.json"), metrics)
     return metrics
