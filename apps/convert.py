@@ -49,10 +49,9 @@ flags.DEFINE_bool("json", False, "Print the report as JSON.")
 flags.DEFINE_string("report", None, "Also write the report as JSON to this file.")
 FLAGS = flags.FLAGS
 
-# Flags that only some targets take: flag -> the option name of the target functions.
-TARGET_OPTIONS = {"io": "io", "allow_float_fallback": "allow_float_fallback",
-                  "w1a2_form": "w1a2_form", "system_config": "system_config",
-                  "memory_mode": "memory_mode", "optimise": "optimise"}
+# Flags that only some targets take, named as the target functions' keyword options.
+TARGET_OPTIONS = ("io", "allow_float_fallback", "w1a2_form", "system_config", "memory_mode",
+                  "optimise")
 
 
 def load_model():
@@ -85,11 +84,11 @@ def target_options(target, model):
 
     accepted = inspect.signature(target.convert).parameters
     options = {}
-    for flag, option in TARGET_OPTIONS.items():
-        if option in accepted or "int8_options" in accepted and option in ("io", "allow_float_fallback"):
-            options[option] = getattr(FLAGS, flag)
-        elif FLAGS[flag].present:
-            raise InputError(f"--{flag} does not apply to --target={target.name}")
+    for option in TARGET_OPTIONS:
+        if option in accepted:
+            options[option] = getattr(FLAGS, option)
+        elif FLAGS[option].present:
+            raise InputError(f"--{option} does not apply to --target={target.name}")
     if isinstance(model, bytes) and target.name not in ("tflm",) and not target.name.startswith(
             "ethos-u"):
         raise InputError(f"--tflite takes an int8 file to --target=tflm or ethos-u-*, not "
@@ -98,8 +97,10 @@ def target_options(target, model):
 
 
 def real_data(model):
-    """(calibration images, sample images, class names) from --dataset / --calibration_data."""
+    """(calibration images, sample images, class names) from --dataset / --calibration_data;
+    the sample is --sample_size random images without --dataset (None: the target's own)."""
     from effkeras import data
+    from effkeras.deploy import verify
     from effkeras.errors import InputError
 
     calibration = sample = class_names = None
@@ -126,6 +127,8 @@ def real_data(model):
         if calibration is None:
             calibration, class_names = take("train", FLAGS.calibration_samples)
         sample, class_names = take("test", FLAGS.sample_size or 32)
+    elif FLAGS.sample_size and not isinstance(model, bytes):
+        sample = verify.random_sample(model, size=FLAGS.sample_size)
     return calibration, sample, class_names
 
 
@@ -153,9 +156,6 @@ def main(argv):
     target = deploy.get(target_name)
     options = target_options(target, model)
     calibration, sample, class_names = real_data(model)
-    if sample is None and FLAGS.sample_size and not isinstance(model, bytes):
-        from effkeras.deploy import verify
-        sample = verify.random_sample(model, size=FLAGS.sample_size)
     flatbuffer, result = deploy.convert(model, target_name, calibration=calibration,
                                         sample=sample, **options)
     if calibration is not None and hasattr(result, "calibration"):

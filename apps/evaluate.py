@@ -35,10 +35,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     from effkeras import evaluation
-    from effkeras.fileio import write_json
-
     from effkeras.errors import InputError
-    from effkeras.fileio import check_writable
+    from effkeras.fileio import check_writable, write_json
 
     if FLAGS.output:
         check_writable(FLAGS.output)

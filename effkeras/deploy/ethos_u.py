@@ -16,7 +16,6 @@ import csv
 import dataclasses
 import functools
 import glob
-import io
 import os
 import re
 import shutil
@@ -65,7 +64,8 @@ def vela_binary():
 
 
 def compile_for(model, *, accelerator, calibration=None, sample=None, system_config=None,
-                memory_mode=None, optimise="Performance", **int8_options):
+                memory_mode=None, optimise="Performance", io="int8", allow_float_fallback=False,
+                **int8_options):
     """(Vela's flatbuffer, EthosUReport) of a Keras model, or of the bytes of an int8 .tflite.
 
     Artifacts written beside the output: `_int8.tflite` (Vela's input), `_summary.csv` and
@@ -80,18 +80,11 @@ def compile_for(model, *, accelerator, calibration=None, sample=None, system_con
     system_config = system_config or DEFAULTS[family][0]
     memory_mode = memory_mode or DEFAULTS[family][1]
     vela = vela_binary()
-    if isinstance(model, (bytes, bytearray)):
-        int8 = bytes(model)
-        ops = tflite.check_int8_file(int8, accelerator)
-        base = tflite.Int8Report(target="int8", size_bytes=len(int8), op_census=verify.op_census(ops),
-                                 max_abs_diff=None, max_rel_diff=None, samples=0,
-                                 calibration="(given file)")
-        name = "model"
-    else:
-        int8, base = tflite.convert_int8(model, calibration=calibration, sample=sample,
-                                         **int8_options)
-        tflite.check_int8_file(int8, accelerator)
-        name = re.sub(r"\W", "_", model.name) or "model"
+    int8, base = tflite.int8_file(model, accelerator, calibration=calibration, sample=sample,
+                                  io=io, allow_float_fallback=allow_float_fallback,
+                                  **int8_options)
+    name = "model" if isinstance(model, (bytes, bytearray)) else (
+        re.sub(r"\W", "_", model.name) or "model")
 
     with tempfile.TemporaryDirectory() as directory:
         source = os.path.join(directory, f"{name}.tflite")
@@ -111,25 +104,21 @@ def compile_for(model, *, accelerator, calibration=None, sample=None, system_con
         summary = _read(_one(glob.glob(os.path.join(out, f"{name}_summary_*.csv"))))
         per_layer = _read(os.path.join(out, f"{name}_per-layer.csv"))
 
-    row = next(csv.DictReader(io.StringIO(summary.decode())))
+    row = next(csv.DictReader(summary.decode().splitlines()))
     npu = re.search(r"NPU operators = (\d+)", run.stdout)
     ops = verify.operators(compiled)
     cpu_types = verify.op_census([op for op in ops if op.type != "ethos-u"])
-    report = EthosUReport(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
-    report.target = accelerator
-    report.size_bytes = len(compiled)
-    report.op_census = verify.op_census(ops)
-    report.accelerator, report.system_config, report.memory_mode = (accelerator, system_config,
-                                                                    memory_mode)
-    report.npu_ops = int(npu.group(1)) if npu else 0
-    report.cpu_ops = sum(cpu_types.values())
-    report.cpu_op_types = cpu_types
-    report.cycles_total = int(float(row["cycles_total"]))
-    report.inferences_per_second = float(row["inferences_per_second"])
-    report.sram_bytes = round(float(row["sram_memory_used"]) * KIB)
-    report.flash_bytes = round((float(row["off_chip_flash_memory_used"])
-                                + float(row["on_chip_flash_memory_used"])) * KIB)
-    report.dram_bytes = round(float(row["dram_memory_used"]) * KIB)
+    report = verify.extend(
+        base, EthosUReport, target=accelerator, size_bytes=len(compiled),
+        op_census=verify.op_census(ops), accelerator=accelerator, system_config=system_config,
+        memory_mode=memory_mode, npu_ops=int(npu.group(1)) if npu else 0,
+        cpu_ops=sum(cpu_types.values()), cpu_op_types=cpu_types,
+        cycles_total=int(float(row["cycles_total"])),
+        inferences_per_second=float(row["inferences_per_second"]),
+        sram_bytes=round(float(row["sram_memory_used"]) * KIB),
+        flash_bytes=round((float(row["off_chip_flash_memory_used"])
+                           + float(row["on_chip_flash_memory_used"])) * KIB),
+        dram_bytes=round(float(row["dram_memory_used"]) * KIB))
     report.artifacts = {"_int8.tflite": int8, "_summary.csv": summary, "_per-layer.csv": per_layer}
     return compiled, report
 

@@ -210,6 +210,22 @@ def float_ops(ops):
     return found
 
 
+def int8_file(model, target, *, calibration=None, sample=None, **int8_options):
+    """(int8 flatbuffer, Int8Report) for a target that runs int8 only (tflm, ethos-u*): a Keras
+    model converted by `convert_int8`, or the bytes of an int8 .tflite as given; either way
+    checked to compute in int8 throughout (`check_int8_file`)."""
+    if isinstance(model, (bytes, bytearray)):
+        flatbuffer = bytes(model)
+        ops = check_int8_file(flatbuffer, target)
+        return flatbuffer, Int8Report(target="int8", size_bytes=len(flatbuffer),
+                                      op_census=verify.op_census(ops), max_abs_diff=None,
+                                      max_rel_diff=None, samples=0, calibration="(given file)")
+    flatbuffer, report = convert_int8(model, calibration=calibration, sample=sample,
+                                      **int8_options)
+    check_int8_file(flatbuffer, target)  # float ops kept by allow_float_fallback are refused
+    return flatbuffer, report
+
+
 def check_int8_file(flatbuffer, target):
     """InputError unless `flatbuffer` is a builtin-op int8 file that `target` can take."""
     ops = verify.operators(flatbuffer)

@@ -33,40 +33,25 @@ class TflmReport(tflite.Int8Report):
 
 @register_target("tflm", "int8 TFLite for microcontrollers, run in TFLite Micro: arena bytes "
                          "and a C array for the firmware")
-def convert(model, *, calibration=None, sample=None, **int8_options):
+def convert(model, *, calibration=None, sample=None, io="int8", allow_float_fallback=False,
+            **int8_options):
     """(int8 flatbuffer, TflmReport) of a Keras model, or of the bytes of an int8 .tflite."""
-    if isinstance(model, (bytes, bytearray)):
-        flatbuffer = bytes(model)
-        ops = tflite.check_int8_file(flatbuffer, "tflm")
-        name = "model"
-        base = tflite.Int8Report(target="int8", size_bytes=len(flatbuffer),
-                                 op_census=verify.op_census(ops), max_abs_diff=None,
-                                 max_rel_diff=None, samples=0, calibration="(given file)")
+    flatbuffer, base = tflite.int8_file(model, "tflm", calibration=calibration, sample=sample,
+                                        io=io, allow_float_fallback=allow_float_fallback,
+                                        **int8_options)
+    if sample is None:  # the int8 check's own random sample (same seed), or the file's shapes
         shapes = [t.shape[1:] for t in verify.io_tensors(flatbuffer)[0]]
-        sample = _random_inputs(shapes) if sample is None else sample
-    else:
-        flatbuffer, base = tflite.convert_int8(model, calibration=calibration, sample=sample,
-                                               **int8_options)
-        tflite.check_int8_file(flatbuffer, "tflm")
-        name = model.name
-        sample = verify.random_sample(model) if sample is None else sample
+        sample = verify.random_inputs(shapes)
+    name = "model" if isinstance(model, (bytes, bytearray)) else model.name
     lsb = max_lsb_diff(flatbuffer, sample)
     if lsb > MAX_LSB_DIFF:
         raise RuntimeError(f"TFLite Micro's outputs differ from LiteRT's by {lsb} LSB "
                            f"(> {MAX_LSB_DIFF}): TFLite Micro computes this file differently")
     arena = arena_bytes(flatbuffer)
-    report = TflmReport(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
-    report.target, report.max_lsb_diff, report.arena_bytes = "tflm", lsb, arena
+    report = verify.extend(base, TflmReport, target="tflm", max_lsb_diff=lsb, arena_bytes=arena)
     report.artifacts = {"_model_data.h": lambda stem: c_header(name, len(flatbuffer), arena),
                         "_model_data.cc": lambda stem: c_source(name, flatbuffer, stem)}
     return flatbuffer, report
-
-
-def _random_inputs(shapes, size=verify.SAMPLE_SIZE):
-    rng = np.random.default_rng(0)
-    low, high = verify.PIXEL_RANGE
-    arrays = [rng.uniform(low, high, (size, *shape)).astype(np.float32) for shape in shapes]
-    return arrays[0] if len(arrays) == 1 else arrays
 
 
 def max_lsb_diff(flatbuffer, sample):

@@ -137,11 +137,15 @@ def batch_size(sample):
 
 def random_sample(model, input_range=PIXEL_RANGE, size=SAMPLE_SIZE, seed=0):
     """`size` uniform random inputs in `input_range` for each of `model`'s inputs."""
+    return random_inputs(input_shapes(model), input_range, size, seed)
+
+
+def random_inputs(shapes, input_range=PIXEL_RANGE, size=SAMPLE_SIZE, seed=0):
+    """`size` uniform random inputs in `input_range` of each shape (without the batch axis): an
+    array, or a list of arrays for several inputs."""
     rng = np.random.default_rng(seed)
     low, high = input_range
-    sample = []
-    for shape in input_shapes(model):
-        sample.append(rng.uniform(low, high, (size, *shape)).astype("float32"))
+    sample = [rng.uniform(low, high, (size, *shape)).astype("float32") for shape in shapes]
     return sample[0] if len(sample) == 1 else sample
 
 
@@ -234,6 +238,12 @@ class Report:
                     value = f"{value:.4g}"
                 rows.append((field.name, value))
         return "\n".join(f"{name + ':':24s}{value}" for name, value in rows)
+
+
+def extend(report, cls, **changes):
+    """`report` as a `cls` (a subclass adding fields), with `changes` applied."""
+    fields = {field.name: getattr(report, field.name) for field in dataclasses.fields(report)}
+    return cls(**{**fields, **changes})
 
 
 def _plain(value):

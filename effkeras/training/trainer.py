@@ -33,7 +33,7 @@ import keras
 
 from effkeras import data, models
 from effkeras.errors import InputError
-from effkeras.fileio import atomic_path, write_json
+from effkeras.fileio import atomic_path, check_writable, write_json
 from effkeras.training import callbacks as recipe_callbacks
 from effkeras.training import memory, recipes
 from effkeras.training.rundir import (EpochCheckpoint, OutputDirLock, check_same_run,
@@ -96,9 +96,7 @@ def check_config(config, recipe):
         raise InputError(f"unknown dataset {config.dataset!r}; choose from {', '.join(data.names())}")
     if not config.output_dir or not isinstance(config.output_dir, str):
         raise InputError(f"--output_dir must be a directory path, got {config.output_dir!r}")
-    if os.path.exists(config.output_dir) and not os.path.isdir(config.output_dir):
-        raise InputError(f"--output_dir {config.output_dir} is a file, not a directory; "
-                         f"give another --output_dir")
+    check_writable(config.output_dir, "--output_dir", directory=True)
     if config.teacher and not recipe.loss.needs_teacher:
         raise InputError(f"--teacher is only for recipes that distil; {config.model}'s recipe "
                          f"does not: leave --teacher out")
