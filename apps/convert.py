@@ -40,6 +40,8 @@ flags.DEFINE_integer("sample_size", None, "Images the check runs on (default 32 
 flags.DEFINE_enum("io", "int8", ["int8", "float"], "int8 targets: the file's input/output type.")
 flags.DEFINE_bool("allow_float_fallback", False,
                   "Keep layers the target cannot run in low precision in float instead of failing.")
+flags.DEFINE_bool("allow_cpu_ops", False, "ethos-u: keep ops Vela cannot put on the NPU for "
+                  "the Cortex-M (TFLite Micro) instead of failing.")
 flags.DEFINE_enum("w1a2_form", "auto", ["auto", "thermometer", "bitplane"],
                   "arm: how w1a2 convs (ERN) become binary convs; auto picks the faster per layer.")
 flags.DEFINE_string("system_config", None, "ethos-u: Vela system config (Arm/vela.ini).")
@@ -50,8 +52,8 @@ flags.DEFINE_string("report", None, "Also write the report as JSON to this file.
 FLAGS = flags.FLAGS
 
 # Flags that only some targets take, named as the target functions' keyword options.
-TARGET_OPTIONS = ("io", "allow_float_fallback", "w1a2_form", "system_config", "memory_mode",
-                  "optimise")
+TARGET_OPTIONS = ("io", "allow_float_fallback", "allow_cpu_ops", "w1a2_form", "system_config",
+                  "memory_mode", "optimise")
 
 
 def load_model():

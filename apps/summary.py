@@ -1,4 +1,5 @@
-"""Parameters by precision, memory and MACs of a registered model, per layer and in total.
+"""Parameters by precision, memory and MACs of a registered model, per layer and in total, with
+its NN-Mass ("n/a" where not defined) and non-linear units per image under the table.
 
 python -m apps.summary --model=resnet20 [--input_shape=32,32,3] [--json]
 python -m apps.summary --list

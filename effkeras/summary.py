@@ -2,6 +2,8 @@
 
 One shared MAC counter for every layer type. Precision comes from the quantizers a layer carries:
 a layer whose input and kernel are both 1-bit does binary MACs; anything else counts as float.
+The totals of `as_dict` and the table's footer add NN-Mass and non-linear units per image
+(effkeras.nn_mass).
 """
 
 import dataclasses
@@ -10,6 +12,7 @@ import math
 import keras
 
 from effkeras.graph import FLOAT_BITS, layer_precision, leaf_layers
+from effkeras.nn_mass import model_mass, nonlinear_units
 
 
 @dataclasses.dataclass
@@ -121,8 +124,19 @@ def as_dict(model):
                     "kernel_bits": r.kernel_bits, "memory_bytes": r.memory_bytes, "macs": r.macs,
                     "binary": r.binary, "low_bit": r.low_bit}
                    for r in rows],
-        "totals": totals(rows),
+        "totals": {**totals(rows), **topology(model)},
     }
+
+
+def topology(model):
+    """NN-Mass (None where not defined: effkeras.nn_mass) and non-linear units per image."""
+    return {"nn_mass": model_mass(model), "nonlinear_units": nonlinear_units(model)}
+
+
+def _format_mass(mass):
+    if mass is None:
+        return "n/a"
+    return f"{mass:,}" if isinstance(mass, int) else f"{mass:,.1f}"
 
 
 def format_table(model):
@@ -137,6 +151,7 @@ def format_table(model):
                       *[f"{r.macs:,}" if kind else "0"
                         for kind in (r.binary, r.low_bit, not (r.binary or r.low_bit))]])
     t = totals(rows)
+    topo = topology(model)
     macs = t["binary_macs"] + t["low_bit_macs"] + t["float_macs"]
     table.append(["Total", "", "", "", *[f"{t['params'].get(f'{b}bit', 0):,}" for b in bit_widths],
                   f"{t['memory_bytes'] / 1024:.2f}", f"{t['binary_macs']:,}", f"{t['low_bit_macs']:,}",
@@ -148,5 +163,7 @@ def format_table(model):
     lines.append(f"Model: {model.name}  parameters: {t['total_params']:,}  "
                  f"memory: {t['memory_bytes'] / 1024:.2f} kB  "
                  f"binarized MACs: {100 * t['binarized_mac_ratio']:.1f}%  "
-                 f"low-bit MACs: {100 * t['low_bit_macs'] / max(1, macs):.1f}%")
+                 f"low-bit MACs: {100 * t['low_bit_macs'] / max(1, macs):.1f}%  "
+                 f"NN-Mass: {_format_mass(topo['nn_mass'])}  "
+                 f"non-linear units/image: {topo['nonlinear_units']:,}")
     return "\n".join(lines)

@@ -213,3 +213,22 @@ def test_evaluate_app_runs_tflite_files_in_litert_and_tflite_micro(tmp_path, fas
         assert abs(result["top1"] - expected["top1"]) <= 0.25  # int8 rounding flips a few
     assert_one_error_line(run_app("apps.evaluate", f"--checkpoint={output}", "--tta=tencrop"),
                           "--tta")
+
+
+def test_ethos_u_refuses_ops_vela_leaves_for_the_cpu_unless_allowed():
+    # A pooled width over Vela's 4096 limit: Vela keeps that MEAN off the NPU.
+    inputs = keras.Input((2, 4200, 1))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 1)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3)(x), name="wide")
+    with pytest.raises(InputError, match=r"MEAN .*Reduced axis.*--allow_cpu_ops"):
+        deploy.convert(model, "ethos-u55-128", calibration_samples=2)
+    _, report = deploy.convert(model, "ethos-u55-128", calibration_samples=2, allow_cpu_ops=True)
+    assert report.cpu_op_types == {"MEAN": 1} and report.npu_ops == 2
+
+
+def test_ethos_u_refuses_dynamic_height_and_width():
+    from effkeras.models import rans
+
+    model = rans.ran_e_gt_32(input_shape=(None, None, 1))
+    with pytest.raises(InputError, match=r"fixed input shape.*\(None, None, 1\).*--input_shape"):
+        deploy.convert(model, "ethos-u55-128")

@@ -1,3 +1,5 @@
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -162,3 +164,170 @@ def test_recipe_data_is_checked():
         recipes.Schedule("multistep", milestones=(0.6, 0.4))
     with pytest.raises(ValueError, match="loss kind"):
         recipes.Loss("focal")
+
+
+# --- RAN-e and RAN-i (arXiv 2208.08562) --------------------------------------------------------
+
+
+def test_ran_e_rmsprop_lr_per_128_images_warm_up_then_cosine_to_zero():
+    recipe = recipes.get("ran_e")
+    assert (recipe.epochs, recipe.batch_size, recipe.ema, recipe.mix) == (350, 768, 0.0, None)
+    model = compiled(recipe, epochs=350, steps_per_epoch=4)
+    optimizer = model.optimizer
+    assert isinstance(optimizer, keras.optimizers.RMSprop) and not optimizer.use_ema
+    assert (optimizer.rho, optimizer.momentum, optimizer.epsilon) == (0.9, 0.9, 1e-3)
+    assert optimizer.weight_decay is None  # L2 5e-6 is in the model's regularizers
+    warmup, total = 5 * 4, 350 * 4
+    np.testing.assert_allclose(lr_at(optimizer._learning_rate, [0, warmup // 2, warmup, total]),
+                               [0.0, 0.015, 0.03, 0.0], atol=1e-7)  # 0.005 x 768 / 128
+    at_128 = recipes.learning_rate_schedule(recipe, epochs=350, steps_per_epoch=4, batch_size=128)
+    assert float(at_128(warmup)) == pytest.approx(0.005)
+    y_true, logits = np.array([0, 2]), np.array([[2.0, 0.0, -1.0], [0.5, 0.1, 3.0]], np.float32)
+    expected = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1)(
+        np.eye(3)[y_true], logits)
+    assert float(model.loss(y_true, logits)) == pytest.approx(float(expected), rel=1e-6)
+    assert dict(recipe.augment) == {"imagenet": ("inception_crop", "flip", "randaugment_m9")}
+
+
+def test_ran_i_adamw_warms_up_20_of_300_epochs_then_cosine_to_1e_6():
+    recipe = recipes.get("ran_i")
+    optimizer = compiled(recipe, epochs=300, steps_per_epoch=4).optimizer
+    assert isinstance(optimizer, keras.optimizers.AdamW)
+    assert (optimizer.beta_1, optimizer.beta_2, optimizer.epsilon, optimizer.weight_decay) == (
+        0.9, 0.999, 1e-8, 0.05)
+    assert optimizer.use_ema and optimizer.ema_momentum == 0.9999
+    warmup, total = 20 * 4, 300 * 4
+    middle = warmup + (total - warmup) // 2
+    np.testing.assert_allclose(
+        lr_at(optimizer._learning_rate, [0, warmup // 2, warmup, middle, total, total + 50]),
+        [0.0, 2e-3, 4e-3, 1e-6 + (4e-3 - 1e-6) / 2, 1e-6, 1e-6], rtol=1e-5, atol=1e-12)
+    # The peak scales with the batch (4e-3 at 2560); the floor does not.
+    half = recipes.learning_rate_schedule(recipe, epochs=300, steps_per_epoch=4, batch_size=1280)
+    np.testing.assert_allclose(lr_at(half, [warmup, total]), [2e-3, 1e-6], rtol=1e-5)
+    # Other cosine recipes still end at 0.
+    recu = recipes.learning_rate_schedule(recipes.get("recu_cifar"), epochs=10, steps_per_epoch=4,
+                                          batch_size=256)
+    assert float(recu(40)) == 0.0
+
+
+def test_ran_i_takes_soft_labels_with_label_smoothing():
+    recipe = recipes.get("ran_i")
+    assert recipe.soft_labels and recipe.mix == recipes.Mix(0.8, 1.0, 0.5)
+    model = compiled(recipe)
+    soft = np.array([[0.7, 0.3, 0.0], [0.0, 0.2, 0.8]], np.float32)  # mixed targets
+    logits = np.array([[2.0, 0.0, -1.0], [0.5, 0.1, 3.0]], np.float32)
+    smoothed = soft * 0.9 + 0.1 / 3
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    assert float(model.loss(soft, logits)) == pytest.approx(
+        float(-np.mean(np.sum(smoothed * log_p, -1))), rel=1e-5)
+    logs = model.evaluate(np.zeros((2, 4), np.float32), soft, return_dict=True, verbose=0)
+    assert {"loss", "top1", "top5"} <= set(logs)  # one-hot labels: Categorical metrics
+
+
+def test_ran_i_adamw_decays_kernels_but_not_1d_weights():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.LayerNormalization(name="norm")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(3, bias_initializer="ones", name="head")(x)
+    model = keras.Model(inputs, outputs)
+    recipes.compile_model(model, recipes.get("ran_i"), epochs=300, steps_per_epoch=1,
+                          batch_size=2560, learning_rate=1.0)
+    optimizer = model.optimizer
+    for variable in model.trainable_variables:
+        variable.assign(np.full(variable.shape, 0.5, np.float32))
+    optimizer.build(model.trainable_variables)
+    optimizer.iterations.assign(20)  # the end of the 20-epoch warm-up: lr = peak = 1.0
+    optimizer.apply_gradients([(np.zeros(v.shape, np.float32), v)
+                               for v in model.trainable_variables])
+    for variable in model.trainable_variables:  # zero gradients: only the decay moves a weight
+        expected = 0.5 * (1 - 0.05 * 1.0) if len(variable.shape) > 1 else 0.5
+        np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-6, err_msg=variable.path)
+    assert sum(len(v.shape) > 1 for v in model.trainable_variables) == 2  # conv and head kernels
+
+
+def test_schedule_final_rate_and_mix_are_checked():
+    with pytest.raises(ValueError, match="only the cosine"):
+        recipes.Schedule("exponential", final_learning_rate=1e-6)
+    with pytest.raises(ValueError, match=">= 0"):
+        recipes.Schedule(final_learning_rate=-1.0)
+    with pytest.raises(ValueError, match="not both 0"):
+        recipes.Mix()
+    with pytest.raises(ValueError, match="cutmix_alpha in"):
+        recipes.Mix(cutmix_alpha=2.0)
+    with pytest.raises(ValueError, match="ema"):
+        dataclasses.replace(recipes.get("ran_i"), ema=1.0)
+    with pytest.raises(ValueError, match="cannot have a Mix"):
+        dataclasses.replace(recipes.get("recu_two_stage"), mix=recipes.Mix(0.8))
+
+
+def test_mixup_and_cutmix_labels_weigh_the_images_they_mix():
+    import tensorflow as tf
+
+    # Image k is uniformly 10·k with label k, so a mixed image's pixels are its label's mean.
+    values = np.arange(8, dtype=np.float32) * 10
+    images = np.broadcast_to(values[:, None, None, None], (8, 32, 32, 3)).copy()
+    labels = np.arange(8)
+    # CutMix's label weight is the box's exact area, its mask whole pixels: a rounding at the edges.
+    for mix, tolerance in (({"mixup_alpha": 0.8}, 1e-3), ({"cutmix_alpha": 1.0}, 2.5)):
+        mixed_images, soft = augment.mix_batches(8, seed=1, **mix)(tf.constant(images),
+                                                                     tf.constant(labels))
+        mixed_images, soft = mixed_images.numpy(), soft.numpy()
+        assert soft.shape == (8, 8) and np.all(soft >= 0)
+        np.testing.assert_allclose(soft.sum(-1), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(mixed_images.mean(axis=(1, 2, 3)), soft @ values, atol=tolerance)
+    switching = augment.mix_batches(8, mixup_alpha=0.8, cutmix_alpha=1.0, seed=2)
+    kinds = set()
+    for _ in range(12):  # Mixup blends every pixel, CutMix pastes a box of whole images
+        mixed_images = switching(tf.constant(images), tf.constant(labels))[0].numpy()
+        kinds.add(bool(np.all(np.isin(mixed_images, values))))
+    assert kinds == {True, False}
+
+
+def test_ran_e_augmentations_run_on_fashion_mnist_at_32x32x1_and_on_imagenet(fashion_mnist_dir,
+                                                                             imagenet_dir):
+    from effkeras import data
+
+    recipe = recipes.get("ran_e")
+    train = data.load("fashion_mnist", "train", input_shape=(32, 32, 1), batch_size=8,
+                      data_dir=str(fashion_mnist_dir),
+                      augment_with=dict(recipe.augment).get("fashion_mnist"))
+    images, labels = next(iter(train.dataset))
+    assert images.shape == (8, 32, 32, 1) and labels.shape == (8,)
+    assert 0 <= float(np.min(images)) and float(np.max(images)) <= 255
+    train = data.load("imagenet", "train", input_shape=(32, 32, 3), batch_size=6,
+                      data_dir=str(imagenet_dir), augment_with=dict(recipe.augment)["imagenet"])
+    images, _ = next(iter(train.dataset))
+    assert images.shape == (6, 32, 32, 3) and np.all(np.isfinite(images))
+
+
+def test_inception_crop_falls_back_to_the_centre_crop():
+    import tensorflow as tf
+
+    image = tf.reshape(tf.range(40 * 60 * 3, dtype=tf.float32), (40, 60, 3))
+    crops = [augment.inception_crop(image, 24, 24, seed=i) for i in range(4)]
+    assert all(c.shape == (24, 24, 3) for c in crops)
+    # A 1-pixel-high image cannot hold a box of aspect 3/4-4/3 and 5% of the area: centre crop.
+    strip = tf.reshape(tf.range(60 * 3, dtype=tf.float32), (1, 60, 3))
+    np.testing.assert_allclose(augment.inception_crop(strip, 8, 8),
+                               augment.resize_and_centre_crop(strip, 8, 8))
+
+
+def test_ran_i_per_image_augmentations_run_on_cifar(cifar10_dir):
+    from effkeras import data
+
+    recipe = recipes.get("ran_i")
+    names = dict(recipe.augment)["cifar10"]
+    assert names == ("crop", "flip", "randaugment_m9", "random_erasing")
+    train = data.load("cifar10", "train", input_shape=(32, 32, 3), batch_size=10,
+                      data_dir=str(cifar10_dir), augment_with=names)
+    images, _ = next(iter(train.dataset))
+    assert images.shape == (10, 32, 32, 3) and 0 <= float(np.min(images))
+    assert float(np.max(images)) <= 255
+
+
+def test_random_erasing_erases_a_quarter_of_the_images():
+    import tensorflow as tf
+
+    erased = augment.random_erasing(seed=0)(tf.fill((400, 16, 16, 1), 128.0)).numpy() != 128
+    assert 0.2 < np.mean(np.any(erased, axis=(1, 2, 3))) < 0.3  # each image on its own

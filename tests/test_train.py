@@ -118,3 +118,116 @@ def test_model_with_two_outputs_trains_resumes_and_logs_each_output(tmp_path, tw
     assert len(keras.models.load_model(tmp_path / "model.keras").outputs) == 2
     events = os.listdir(tmp_path / "logs" / "train")
     assert events  # TensorBoard got the per-output logs too
+
+
+# --- the weights' EMA (recipes with `ema`, e.g. ran_i) --------------------------------------------
+
+
+def _ema_model():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile(keras.optimizers.SGD(0.5, use_ema=True, ema_momentum=0.5),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def test_ema_callback_validates_and_checkpoints_the_ema_and_resumes_from_the_raw_weights(tmp_path):
+    import numpy as np
+
+    from effkeras.training.callbacks import EmaWeights
+    from effkeras.training.rundir import restore
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 4)).astype(np.float32), np.arange(16) % 3
+    raw = []  # the model's weights after each step: what training sees
+
+    class Steps(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raw.append(self.model.get_weights())
+
+    saved = {}
+
+    class Checkpoint(keras.callbacks.Callback):  # sees the epoch's end as EpochCheckpoint does
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.save(tmp_path / f"checkpoint-{epoch + 1}.keras")
+            saved[epoch + 1] = (self.model.get_weights(), dict(logs))
+
+    model = _ema_model()
+    fit = dict(x=x, y=y, batch_size=4, validation_data=(x, y), shuffle=False, verbose=0)
+    model.fit(epochs=2, callbacks=[Steps(), EmaWeights(Checkpoint())], **fit)
+    ema = [raw[0]]  # Keras' EMA: the weights after the first step, then 0.5·ema + 0.5·weights
+    for weights in raw[1:]:
+        ema.append([0.5 * e + 0.5 * w for e, w in zip(ema[-1], weights)])
+
+    def close(a, b):
+        return all(np.allclose(u, v, rtol=1e-5, atol=1e-6) for u, v in zip(a, b))
+
+    twin = _ema_model()
+    for epoch, steps in ((1, 4), (2, 8)):
+        weights, logs = saved[epoch]
+        assert close(weights, ema[steps - 1]) and not close(weights, raw[steps - 1])
+        twin.set_weights(ema[steps - 1])
+        assert logs["val_loss"] == pytest.approx(twin.evaluate(x, y, verbose=0), rel=1e-5)
+    assert close(model.get_weights(), ema[7])  # after fit, the model is the EMA
+    checkpoint = keras.models.load_model(tmp_path / "checkpoint-1.keras")
+    averages = checkpoint.optimizer._model_variables_moving_average
+    assert close([v.numpy() for v in averages], raw[3])  # the raw weights ride in the EMA slots
+
+    # A resume from checkpoint-1 trains on from the raw weights with the EMA's state: it ends
+    # exactly where the uninterrupted run did (same data order, plain SGD).
+    resumed, first = _ema_model(), []
+
+    class First(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if not first:
+                first.append(self.model.get_weights())
+
+    restore(resumed, str(tmp_path), "checkpoint-1.keras",
+            {"model": "test", "input_shape": [4], "num_classes": 3})
+    resumed.fit(epochs=2, initial_epoch=1, callbacks=[First(), EmaWeights(restored=True)], **fit)
+    assert close(first[0], raw[3])
+    assert close(resumed.get_weights(), model.get_weights())
+
+
+@pytest.fixture
+def tiny_ran_i_model():
+    """A registered ConvNeXt-like test model (patchify conv, LayerNorm, head), ran_i recipe."""
+    from effkeras.models import registry
+
+    def build(input_shape, num_classes):
+        inputs = keras.Input(input_shape)
+        x = keras.layers.Rescaling(1 / 255)(inputs)
+        x = keras.layers.Conv2D(8, 4, strides=4)(x)
+        x = keras.layers.LayerNormalization(epsilon=1e-6)(x)
+        x = keras.layers.Conv2D(8, 1, activation="gelu")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model(inputs, keras.layers.Dense(num_classes)(x), name="test_ran_i")
+
+    registry.register("test_ran_i", family="test", paper="-", input_shape=(32, 32, 3),
+                      num_classes=10, recipe="ran_i", deploy="float", min_input_size=4)(build)
+    yield "test_ran_i"
+    del registry._MODELS["test_ran_i"]
+
+
+def test_ran_i_recipe_trains_with_mixing_and_saves_the_ema(tmp_path, cifar10_dir, tiny_ran_i_model):
+    import numpy as np
+
+    config = dict(model=tiny_ran_i_model, dataset="cifar10", data_dir=str(cifar10_dir),
+                  input_shape=(32, 32, 3), batch_size=8, steps_per_epoch=2, learning_rate=0.01,
+                  output_dir=str(tmp_path / "run"), verbose=0)
+    first = training.train(training.TrainConfig(epochs=1, **config))
+    assert 0 <= first["test"]["top1"] <= 1 and np.isfinite(first["test"]["loss"])
+    checkpoint = keras.models.load_model(tmp_path / "run" / "checkpoint-1.keras")
+    final = keras.models.load_model(tmp_path / "run" / "model.keras")
+    ema = [v.numpy() for v in final.trainable_variables]
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(ema, checkpoint.trainable_variables))
+    assert all(np.array_equal(a, v.numpy()) for a, v in
+               zip(ema, final.optimizer._model_variables_moving_average))
+    raw = [v.numpy() for v in checkpoint.optimizer._model_variables_moving_average]
+    assert not any(np.allclose(a, r) for a, r in zip(ema, raw) if a.ndim > 1)  # 2 steps at 0.01
+    assert isinstance(final.loss, keras.losses.CategoricalCrossentropy)  # soft labels
+
+    second = training.train(training.TrainConfig(epochs=2, **config))
+    assert [h["epoch"] for h in second["history"]] == [1, 2]
+    resumed = keras.models.load_model(tmp_path / "run" / "checkpoint-2.keras")
+    assert int(resumed.optimizer.iterations) == 4

@@ -2,7 +2,7 @@
 Vela's Ethos-U estimate for registry models, with a PNG plot (inferences/s against MACs).
 
 python -m tools.mcu_table [--models=mlperf_tiny_resnet8,mobilenet_v2@96:alpha=0.35,efficientnet_lite0]
-    [--accelerator=ethos-u55-128] [--plot=mcu.png] [--json=mcu.json]
+    [--accelerator=ethos-u55-128] [--reference=efficientnet_lite0] [--plot=mcu.png] [--json=mcu.json]
 
 A model is NAME[@SIZE][:option=value,...]; weights are random (Vela's figures depend on the
 weights only through compression), calibration random. Every number is measured by the run.
@@ -16,6 +16,8 @@ from apps import _cli
 flags.DEFINE_list("models", ["mlperf_tiny_resnet8", "mobilenet_v2@96:alpha=0.35",
                              "efficientnet_lite0"], "Models: NAME[@SIZE][:option=value].")
 flags.DEFINE_string("accelerator", "ethos-u55-128", "Vela target.")
+flags.DEFINE_string("reference", None, "A model of --models whose inferences/s the others are "
+                    "given as a ratio of (e.g. efficientnet_lite0).")
 flags.DEFINE_string("plot", None, "Write a PNG plot here.")
 flags.DEFINE_string("json", None, "Write the rows as JSON here.")
 FLAGS = flags.FLAGS
@@ -53,14 +55,22 @@ def measure(spec, accelerator):
             "flash_bytes": npu.flash_bytes}
 
 
-def table(rows, accelerator):
+def table(rows, accelerator, reference=None):
+    """A markdown table; with `reference` (a model spec of `rows`), each model's inferences/s
+    as a multiple of the reference's too."""
+    base = {r["model"]: r["inferences_per_second"] for r in rows}.get(reference)
+    if reference and base is None:
+        raise ValueError(f"--reference {reference!r} is not one of --models")
     header = ("model", "input", "MACs", "params", "int8 bytes", "TFLM arena bytes",
-              f"{accelerator} inferences/s", "NPU / CPU ops")
+              f"{accelerator} inferences/s", *((f"x {reference}",) if base else ()),
+              "peak SRAM bytes", "NPU / CPU ops")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
+        ratio = (f"{r['inferences_per_second'] / base:.2f} | ",) if base else ()
         lines.append(f"| `{r['model']}` | {r['input']} | {r['macs'] / 1e6:.1f} M | {r['params']:,} | "
                      f"{r['int8_bytes']:,} | {r['arena_bytes']:,} | "
-                     f"{r['inferences_per_second']:.1f} | {r['npu_ops']} / {r['cpu_ops']} |")
+                     f"{r['inferences_per_second']:.1f} | {''.join(ratio)}{r['sram_bytes']:,} | "
+                     f"{r['npu_ops']} / {r['cpu_ops']} |")
     return "\n".join(lines)
 
 
@@ -83,8 +93,12 @@ def plot(rows, accelerator, path):
 def main(argv):
     from effkeras.fileio import write_json
 
+    from effkeras.errors import InputError
+
+    if FLAGS.reference and FLAGS.reference not in FLAGS.models:
+        raise InputError(f"--reference {FLAGS.reference!r} must be one of --models")
     rows = [measure(spec, FLAGS.accelerator) for spec in FLAGS.models]
-    print(table(rows, FLAGS.accelerator))
+    print(table(rows, FLAGS.accelerator, FLAGS.reference))
     if FLAGS.json:
         write_json(FLAGS.json, rows)
     if FLAGS.plot:

@@ -54,8 +54,10 @@ def _array_pipeline(images, labels, shape, augmentations, seed):
 
 
 def _photometric(augmentations, seed):
-    """Flip, then the colour/geometry steps in ERN's order, then PCA lighting (RGB only)."""
+    """Flip, then the colour/geometry steps in ERN's order, then PCA lighting (RGB only), then
+    random erasing (any channels; last, as timm erases the normalised image)."""
     steps = augment.keras_augmentations(augmentations, seed)  # built only when asked for
+    erasing = augment.random_erasing(seed) if "random_erasing" in augmentations else None
 
     def apply(image):
         if "flip" in augmentations:
@@ -65,6 +67,8 @@ def _photometric(augmentations, seed):
                 image = layer(image)
             if "lighting" in augmentations:
                 image = augment.lighting(image, seed)
+        if erasing is not None:
+            image = erasing(image)
         return image
 
     return apply
@@ -78,6 +82,8 @@ def _file_pipeline(paths, labels, shape, augmentations, seed):
         image = tf.cast(imagenet.decode(path), tf.float32)
         if "random_resized_crop" in augmentations:
             image = augment.random_resized_crop(image, height, width, seed)
+        elif "inception_crop" in augmentations:
+            image = augment.inception_crop(image, height, width, seed)
         elif "squash" in augmentations:
             image = augment.squash(image, height, width)
         else:

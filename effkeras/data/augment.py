@@ -1,4 +1,12 @@
-"""Shape fitting and the standard train augmentations, on float32 images in [0, 255]."""
+"""Shape fitting and the standard train augmentations, on float32 images in [0, 255].
+
+Papers cited below: Inception, Szegedy et al. 2015 (arXiv 1409.4842) and EfficientNet, Tan & Le
+2019 (arXiv 1905.11946) with its TPU reference code (tensorflow/tpu, models/official/efficientnet,
+preprocessing.py); RandAugment, Cubuk et al. 2020 (arXiv 1909.13719); AutoAugment, Cubuk et al.
+2019 (arXiv 1805.09501); random erasing, Zhong et al. 2020 (arXiv 1708.04896); Mixup, Zhang et
+al. 2018 (arXiv 1710.09412); CutMix, Yun et al. 2019 (arXiv 1905.04899); ConvNeXt, Liu et al.
+2022 (arXiv 2201.03545), whose recipe (timm's) RAN-i trains with (arXiv 2208.08562).
+"""
 
 import tensorflow as tf
 
@@ -45,6 +53,28 @@ def random_resized_crop(image, height, width, seed=None):
     crop = tf.slice(image, begin, size)
     crop.set_shape([None, None, image.shape[-1]])
     return tf.image.resize(crop, [height, width])
+
+
+def inception_crop(image, height, width, seed=None):
+    """The EfficientNet reference's Inception-style crop (the RAN-e training scripts use it,
+    arXiv 2208.08562): a box covering at least 10% of the image, 5%-100% of its area, aspect
+    3/4-4/3, 10 attempts, resized bilinearly to (height, width); when no box is found, the
+    test-time centre crop."""
+    shape = tf.shape(image)
+    begin, size, _ = tf.image.sample_distorted_bounding_box(
+        shape, tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), min_object_covered=0.1,
+        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.05, 1.0), max_attempts=10,
+        use_image_if_no_bounding_boxes=True, seed=seed)
+
+    def crop():
+        box = tf.slice(image, begin, size)
+        box.set_shape([None, None, image.shape[-1]])
+        return tf.image.resize(box, [height, width])
+
+    found = tf.reduce_any(tf.not_equal(size[:2], shape[:2]))  # the whole image: no box found
+    cropped = tf.cond(found, crop, lambda: resize_and_centre_crop(image, height, width))
+    cropped.set_shape([height, width, image.shape[-1]])
+    return cropped
 
 
 def resize_and_centre_crop(image, height, width):
@@ -98,8 +128,21 @@ def ten_crop(images, size):
 
 
 # ERN's `imagenet_with_randaugment` photometric steps (its official code's augmentor configs), in
-# its order; "shift" (MLPerf Tiny's width/height shifts of 0.1) goes with the rotation.
-KERAS_AUGMENTATIONS = ("color_jitter", "grayscale", "rotation", "shift", "randaugment")
+# its order; "shift" (MLPerf Tiny's width/height shifts of 0.1) goes with the rotation; then the
+# RandAugment of RAN-e and RAN-i (below). They apply to RGB images only.
+KERAS_AUGMENTATIONS = ("color_jitter", "grayscale", "rotation", "shift", "randaugment",
+                       "randaugment_m9")
+
+# RandAugment (arXiv 1909.13719) with N=2 ops at magnitude M=9 of the paper's 0-10 scale: what the
+# paper reports for ResNet-50 on ImageNet (Table 2, where RandAugment matches AutoAugment) and
+# what ConvNeXt trains with (timm's rand-m9-mstd0.5). Keras' RandAugment has one factor for all
+# its ops, each drawing a strength uniformly in [0, factor], and its ops reach far beyond the
+# paper's at full strength (a whole turn of rotation where the paper stops at 30 degrees, shifts
+# and shears of the whole image where it stops at 45% and 0.3). Factor 9/30, the convention of
+# ERN's magnitude-of-30 bins above, keeps shears (up to 0.3) and shifts (up to 30% of a side) near
+# the paper's M=9 (0.27 and 40%) but rotates up to 108 degrees (the paper: 27); factor 0.9
+# would shift and shear most images out of the frame.
+RANDAUGMENT_M9_FACTOR = 9 / 30
 
 
 def keras_augmentations(names, seed=None):
@@ -119,12 +162,31 @@ def keras_augmentations(names, seed=None):
         "shift": lambda: keras.layers.RandomTranslation(0.1, 0.1, seed=seed),
         "randaugment": lambda: keras.layers.RandAugment(value_range=(0, 255), num_ops=2,
                                                         factor=7 / 30, seed=seed),
+        "randaugment_m9": lambda: keras.layers.RandAugment(
+            value_range=(0, 255), num_ops=2, factor=RANDAUGMENT_M9_FACTOR, seed=seed),
     }
     return [make[name]() for name in KERAS_AUGMENTATIONS if name in names]
 
 
-AUGMENTATIONS = {"crop", "flip", "random_resized_crop", "lighting", "squash",
-                 *KERAS_AUGMENTATIONS}
+# Random erasing (arXiv 1708.04896) as ConvNeXt trains with it: probability 0.25 per image, a box
+# of 2%-33% of the area. Keras' RandomErasing draws each side as sqrt(U(0.02, 0.33)) of the image
+# (aspect ratios 1/4-4, the paper's 0.3-3.3) and fills it with noise, clip(N(0, 255²), 0, 255)
+# per pixel (timm's "pixel" mode fills with N(0, 1) of the normalised image, i.e. around the mean
+# pixel). A fixed (p, p) range: a single float would draw each image's probability in [0, p].
+RANDOM_ERASING_PROBABILITY = 0.25
+
+
+def random_erasing(seed=None):
+    """The Keras RandomErasing layer of ConvNeXt's recipe; works on images of any channel count."""
+    import keras
+
+    p = RANDOM_ERASING_PROBABILITY
+    return keras.layers.RandomErasing(factor=(p, p), scale=(0.02, 1 / 3), value_range=(0, 255),
+                                      seed=seed)
+
+
+AUGMENTATIONS = {"crop", "flip", "random_resized_crop", "inception_crop", "lighting", "squash",
+                 "random_erasing", *KERAS_AUGMENTATIONS}
 
 
 def check_augmentations(names):
@@ -132,3 +194,47 @@ def check_augmentations(names):
     if unknown:
         raise InputError(f"unknown augmentation(s) {sorted(unknown)}; choose from {sorted(AUGMENTATIONS)}")
     return tuple(names)
+
+
+# --- batch-level augmentations: soft labels ------------------------------------------------------
+
+
+def one_hot_labels(num_classes):
+    """(images, integer labels) -> (images, one-hot float32 labels), for a dataset's map."""
+
+    def apply(images, labels):
+        return images, tf.one_hot(tf.cast(labels, tf.int32), num_classes)
+
+    return apply
+
+
+def mix_batches(num_classes, *, mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5, seed=None):
+    """A map of batched (images, integer labels) -> (mixed images, soft labels).
+
+    Each batch gets CutMix with probability `switch_prob` and Mixup otherwise when both alphas
+    are set (timm's Mixup with prob 1.0, as ConvNeXt's recipe), else the one that is set.
+    Keras' layers mix each image with a random partner of the batch at its own λ ~ Beta(α, α)
+    (the papers, Mixup arXiv 1710.09412 and CutMix arXiv 1905.04899, and timm draw one λ per
+    batch and pair it with the batch reversed); CutMix mixes the labels by the box's area, the box
+    lying wholly inside the image. The labels become one-hot before mixing, so label smoothing
+    goes in the loss (smoothing then mixing is mixing then smoothing: both are linear).
+    """
+    import keras
+
+    if not (mixup_alpha or cutmix_alpha):
+        raise ValueError("mix_batches needs mixup_alpha or cutmix_alpha > 0")
+    # CutMix(factor=f) would draw its Beta's α itself, uniformly in [0, f]: pin it to (α, α).
+    mixup = keras.layers.MixUp(alpha=mixup_alpha, seed=seed) if mixup_alpha else None
+    cutmix = (keras.layers.CutMix(factor=(cutmix_alpha, cutmix_alpha), seed=seed)
+              if cutmix_alpha else None)
+
+    def apply(images, labels):
+        batch = {"images": images, "labels": tf.one_hot(tf.cast(labels, tf.int32), num_classes)}
+        if mixup and cutmix:
+            chance = tf.random.uniform([], seed=seed)
+            mixed = tf.cond(chance < switch_prob, lambda: cutmix(batch), lambda: mixup(batch))
+        else:
+            mixed = (mixup or cutmix)(batch)
+        return mixed["images"], mixed["labels"]
+
+    return apply

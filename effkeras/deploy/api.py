@@ -12,8 +12,11 @@ import os
 import re
 from typing import Callable
 
+import keras
+
 from effkeras import fileio
 from effkeras.deploy import verify
+from effkeras.deploy.passes.collapse import collapse
 from effkeras.errors import InputError
 
 
@@ -69,8 +72,14 @@ def convert(model, target, *, calibration=None, **options):
     calibration: images (N, H, W, C) float32 in the model's input range for targets that
     quantize (int8, tflm, ethos-u*); None draws random images and says so in the report.
     options: the target's own (e.g. sample, allow_float_fallback, io, system_config).
+    A Keras model first has its collapsible blocks collapsed (passes/collapse.py).
     """
-    return get(target).convert(model, calibration=calibration, **options)
+    convert_fn = get(target).convert
+    collapsed = 0
+    if isinstance(model, keras.Model):  # not the bytes of a .tflite file
+        model, collapsed = collapse(model)
+    flatbuffer, report = convert_fn(model, calibration=calibration, **options)
+    return flatbuffer, dataclasses.replace(report, collapsed_blocks=collapsed)
 
 
 def default_target(model, name=None):

@@ -65,8 +65,12 @@ def vela_binary():
 
 def compile_for(model, *, accelerator, calibration=None, sample=None, system_config=None,
                 memory_mode=None, optimise="Performance", io="int8", allow_float_fallback=False,
-                **int8_options):
+                allow_cpu_ops=False, **int8_options):
     """(Vela's flatbuffer, EthosUReport) of a Keras model, or of the bytes of an int8 .tflite.
+
+    Ops Vela cannot put on the NPU (an op type it lacks, or a shape beyond its limits, e.g. a
+    pooled width over 4096) are an InputError naming them and Vela's reason, unless
+    `allow_cpu_ops`: then they stay in the file for TFLite Micro to run on the Cortex-M.
 
     Artifacts written beside the output: `_int8.tflite` (Vela's input), `_summary.csv` and
     `_per-layer.csv` (Vela's estimate, whole network and per layer).
@@ -108,6 +112,12 @@ def compile_for(model, *, accelerator, calibration=None, sample=None, system_con
     npu = re.search(r"NPU operators = (\d+)", run.stdout)
     ops = verify.operators(compiled)
     cpu_types = verify.op_census([op for op in ops if op.type != "ethos-u"])
+    if cpu_types and not allow_cpu_ops:
+        raise InputError(
+            f"Vela left {sum(cpu_types.values())} op(s) of {name} off the {accelerator} NPU: "
+            f"{'; '.join(_cpu_reasons(run.stdout + run.stderr)) or ', '.join(cpu_types)}. "
+            f"Change the input size or those layers so that every op fits the NPU, or pass "
+            f"--allow_cpu_ops to run them on the Cortex-M (TFLite Micro)")
     report = verify.extend(
         base, EthosUReport, target=accelerator, size_bytes=len(compiled),
         op_census=verify.op_census(ops), accelerator=accelerator, system_config=system_config,
@@ -121,6 +131,15 @@ def compile_for(model, *, accelerator, calibration=None, sample=None, system_con
         dram_bytes=round(float(row["dram_memory_used"]) * KIB))
     report.artifacts = {"_int8.tflite": int8, "_summary.csv": summary, "_per-layer.csv": per_layer}
     return compiled, report
+
+
+def _cpu_reasons(log):
+    """'OP (output): reason' for each op Vela's log says it placed on the CPU."""
+    found = re.findall(r"Warning \(supported operators\) operator: (\w+), ofm: '([^']*)'\n"
+                       r"((?:.+\n?)*)", log)
+    return [f"{op} ({ofm}): " + " - ".join(line.strip().removeprefix("Reason: ")
+                                            for line in why.strip().splitlines())
+            for op, ofm, why in found]
 
 
 def _read(path):

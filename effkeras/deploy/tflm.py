@@ -2,10 +2,12 @@
 
 The int8 file (`tflite.convert_int8`, or an int8 .tflite given as bytes) is run with TFLite
 Micro's kernels, and the target reports:
-- `max_lsb_diff`: the largest difference between TFLite Micro's and LiteRT's int8 outputs on the
-  sample, in units of the output's quantization step. Their kernels round intermediate
-  requantizations differently (up to 2 LSB measured on the models here); beyond MAX_LSB_DIFF
-  TFLite Micro computes something else, which is an error;
+- `max_lsb_diff` and `mean_lsb_diff`: the largest and the mean difference between TFLite Micro's
+  and LiteRT's int8 outputs on the sample, in units of the output's quantization step. Their
+  kernels round intermediate requantizations differently, and the differences add up with
+  depth: 2 LSB at most on ResNet-8, a mean of 1.6-1.9 and a max of 7-9 LSB over RAN-e-GT's
+  1000 logits (29 hard-swish layers, random weights). Beyond MAX_LSB_DIFF (a tenth of the int8
+  range) or MAX_MEAN_LSB_DIFF, TFLite Micro computes something else, which is an error;
 - `arena_bytes`: the smallest tensor arena that allocates and invokes, found by bisection on
   the real interpreter (TFLite Micro's RecordingMicroAllocator only prints its usage);
 - a C array for the firmware build: `<stem>_model_data.h/.cc`, the flatbuffer 16-byte aligned,
@@ -21,13 +23,15 @@ from effkeras.deploy import runtime, tflite, verify
 from effkeras.deploy.api import register_target
 from effkeras.errors import InputError
 
-MAX_LSB_DIFF = 8
+MAX_LSB_DIFF = 24
+MAX_MEAN_LSB_DIFF = 4
 ARENA_ALIGNMENT = 16
 
 
 @dataclasses.dataclass
 class TflmReport(tflite.Int8Report):
     max_lsb_diff: int = 0  # TFLite Micro vs LiteRT, int8 outputs, on the sample
+    mean_lsb_diff: float = 0.0
     arena_bytes: int = 0  # smallest arena that allocates and invokes
 
 
@@ -43,19 +47,21 @@ def convert(model, *, calibration=None, sample=None, io="int8", allow_float_fall
         shapes = [t.shape[1:] for t in verify.io_tensors(flatbuffer)[0]]
         sample = verify.random_inputs(shapes)
     name = "model" if isinstance(model, (bytes, bytearray)) else model.name
-    lsb = max_lsb_diff(flatbuffer, sample)
-    if lsb > MAX_LSB_DIFF:
-        raise RuntimeError(f"TFLite Micro's outputs differ from LiteRT's by {lsb} LSB "
-                           f"(> {MAX_LSB_DIFF}): TFLite Micro computes this file differently")
+    lsb, mean = lsb_diffs(flatbuffer, sample)
+    if lsb > MAX_LSB_DIFF or mean > MAX_MEAN_LSB_DIFF:
+        raise RuntimeError(f"TFLite Micro's outputs differ from LiteRT's by up to {lsb} LSB, "
+                           f"{mean:.2f} on average (limits {MAX_LSB_DIFF}, {MAX_MEAN_LSB_DIFF}): "
+                           f"TFLite Micro computes this file differently")
     arena = arena_bytes(flatbuffer)
-    report = verify.extend(base, TflmReport, target="tflm", max_lsb_diff=lsb, arena_bytes=arena)
+    report = verify.extend(base, TflmReport, target="tflm", max_lsb_diff=lsb,
+                           mean_lsb_diff=round(mean, 3), arena_bytes=arena)
     report.artifacts = {"_model_data.h": lambda stem: c_header(name, len(flatbuffer), arena),
                         "_model_data.cc": lambda stem: c_source(name, flatbuffer, stem)}
     return flatbuffer, report
 
 
-def max_lsb_diff(flatbuffer, sample):
-    """Largest |TFLite Micro - LiteRT| over the raw (int8) outputs of the sample."""
+def lsb_diffs(flatbuffer, sample):
+    """(largest, mean) |TFLite Micro - LiteRT| over the raw (int8) outputs of the sample."""
     try:
         micro = runtime.TFLiteMicro(flatbuffer)
     except Exception as e:  # RuntimeError from the C++ side: an op TFLite Micro lacks
@@ -64,12 +70,13 @@ def max_lsb_diff(flatbuffer, sample):
                          f"({', '.join(verify.op_census(verify.operators(flatbuffer)))})") from None
     lite = runtime.LiteRT(flatbuffer)
     inputs = sample if isinstance(sample, (list, tuple)) else [sample]
-    worst = 0
+    diffs = []
     for i in range(len(inputs[0])):
         encoded = lite.encode([np.asarray(x[i], np.float32) for x in inputs])
         for a, b in zip(lite.run_one(encoded), micro.run_one(encoded)):
-            worst = max(worst, int(np.max(np.abs(a.astype(np.int64) - b.astype(np.int64)))))
-    return worst
+            diffs.append(np.abs(a.astype(np.int64) - b.astype(np.int64)).ravel())
+    diffs = np.concatenate(diffs)
+    return int(diffs.max()), float(diffs.mean())
 
 
 def arena_bytes(flatbuffer, limit=1 << 30):

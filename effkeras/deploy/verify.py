@@ -154,7 +154,10 @@ def input_shapes(model):
     shapes = [tuple(tensor.shape[1:]) for tensor in model.inputs]
     for shape in shapes:
         if None in shape:
-            raise InputError(f"deployment needs a fixed input shape, {model.name} takes {shape}")
+            raise InputError(f"deployment needs a fixed input shape (TFLite Micro and Vela take "
+                             f"static shapes only), and {model.name} takes {shape}: build it "
+                             f"with one, e.g. models.get(name, input_shape=(224, 224, 3)) or "
+                             f"--input_shape=224,224,3")
     return shapes
 
 
@@ -210,6 +213,7 @@ class Report:
     max_abs_diff: float  # None when there is no Keras model (a given .tflite file)
     max_rel_diff: float  # relative to max |Keras output|
     samples: int  # inputs the comparison ran on
+    collapsed_blocks: int = 0  # CollapsibleConv2D written as one Conv2D each (passes/collapse.py)
     # Files written beside the flatbuffer by `api.save`: {suffix: bytes}; not part of as_dict.
     artifacts: dict = dataclasses.field(default_factory=dict, repr=False,
                                         metadata={"internal": True})
@@ -225,7 +229,8 @@ class Report:
                 ("vs Keras", "- (a given file: no Keras model to compare with)"
                  if self.max_abs_diff is None else
                  f"max abs diff {self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g} on "
-                 f"{self.samples} inputs")]
+                 f"{self.samples} inputs"),
+                ("collapsed blocks", self.collapsed_blocks)]
         base = {field.name for field in dataclasses.fields(Report)}
         for field in dataclasses.fields(self):
             if field.name not in base:

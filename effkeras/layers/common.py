@@ -1,6 +1,7 @@
 """Small shared layers used by several model families."""
 
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -55,9 +56,38 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+@keras.saving.register_keras_serializable(package="effkeras")
+class PixelNormalization(keras.layers.Layer):
+    """Raw [0, 255] pixels -> (x/255 - mean) / std per channel, computed as a 1x1 depthwise conv
+    with constant weights (no variables).
+
+    The depthwise form is what int8 NPUs run well: Vela 5.2 compiles a per-channel broadcast
+    SUB/MUL (Keras' Normalization layer) for ethos-u55-128 as elementwise ops costing 15.3M
+    cycles at 224x224x3, over half of a 434M-MAC network's time, and this conv as 0.18M.
+    """
+
+    def __init__(self, mean, std, **kwargs):
+        super().__init__(**kwargs)
+        self.mean, self.std = tuple(map(float, mean)), tuple(map(float, std))
+        if len(self.mean) != len(self.std) or min(self.std) <= 0:
+            raise ValueError(f"PixelNormalization needs as many means as stds (> 0), got "
+                             f"{self.mean}, {self.std}")
+
+    def call(self, x):
+        std = np.asarray(self.std, np.float32)
+        kernel = ops.cast((1 / (255 * std)).reshape(1, 1, -1, 1), x.dtype)
+        offset = ops.cast(-np.asarray(self.mean, np.float32) / std, x.dtype)
+        return ops.depthwise_conv(x, kernel, strides=1, padding="valid") + offset
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
 def normalize_pixels(x, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="normalize"):
     """Raw [0, 255] pixels -> (x/255 - mean) / std per channel (averaged for grayscale input)."""
     if x.shape[-1] == 1:
         mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
-    return keras.layers.Normalization(mean=[255 * m for m in mean],
-                                      variance=[(255 * s) ** 2 for s in std], name=name)(x)
+    return PixelNormalization(mean, std, name=name)(x)

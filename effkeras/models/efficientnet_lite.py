@@ -40,22 +40,29 @@ def _bn(name):
     return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
 
 
-def mbconv_block(x, expand_ratio, kernel, stride, filters, activation, drop_rate, name):
-    """MBConv without squeeze-excite: 1x1 expand, kxk depthwise, 1x1 linear project, residual."""
+def mbconv_block(x, expand_ratio, kernel, stride, filters, activation, drop_rate, name, *,
+                 expanded_filters=None, residual=True, initializer="glorot_uniform",
+                 regularizer=None):
+    """MBConv without squeeze-excite: 1x1 expand, kxk depthwise, 1x1 linear project, and the
+    identity residual when the shapes allow it (and `residual`). The expansion is
+    `expanded_filters`, by default the input's channels times `expand_ratio`."""
     inputs = x
     in_filters = x.shape[-1]
+    conv = dict(padding="same", use_bias=False, kernel_initializer=initializer,
+                kernel_regularizer=regularizer)
     if expand_ratio != 1:
-        x = layers.Conv2D(in_filters * expand_ratio, 1, padding="same", use_bias=False,
+        x = layers.Conv2D(expanded_filters or in_filters * expand_ratio, 1, **conv,
                           name=f"{name}_expand_conv")(x)
         x = _bn(f"{name}_expand_bn")(x)
         x = layers.Activation(activation, name=f"{name}_expand_act")(x)
     x = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
-                               name=f"{name}_dwconv")(x)
+                               depthwise_initializer=initializer,
+                               depthwise_regularizer=regularizer, name=f"{name}_dwconv")(x)
     x = _bn(f"{name}_dw_bn")(x)
     x = layers.Activation(activation, name=f"{name}_dw_act")(x)
-    x = layers.Conv2D(filters, 1, padding="same", use_bias=False, name=f"{name}_project_conv")(x)
+    x = layers.Conv2D(filters, 1, **conv, name=f"{name}_project_conv")(x)
     x = _bn(f"{name}_project_bn")(x)
-    if stride == 1 and in_filters == filters:
+    if residual and stride == 1 and in_filters == filters:
         if drop_rate > 0:  # stochastic depth: drop the whole residual branch per sample
             x = layers.Dropout(drop_rate, noise_shape=(None, 1, 1, 1), name=f"{name}_drop")(x)
         x = layers.Add(name=f"{name}_add")([x, inputs])
@@ -63,7 +70,9 @@ def mbconv_block(x, expand_ratio, kernel, stride, filters, activation, drop_rate
 
 
 def efficientnet_lite(stages, activation, name, input_shape, num_classes, dropout=DROPOUT,
-                      drop_connect_rate=DROP_CONNECT):
+                      drop_connect_rate=DROP_CONNECT, block=mbconv_block):
+    """The Lite network of `stages`; `block` builds each block (mbconv_block's signature), so a
+    search can swap blocks (tools.search_ran_e)."""
     inputs = keras.Input(input_shape, name="image")  # raw pixels in [0, 255]
     x = layers.Rescaling(1 / PIXEL_STD, offset=-PIXEL_MEAN / PIXEL_STD, name="rescale")(inputs)
     x = layers.Conv2D(STEM_FILTERS, 3, strides=2, padding="same", use_bias=False,
@@ -76,8 +85,8 @@ def efficientnet_lite(stages, activation, name, input_shape, num_classes, dropou
         for repeat in range(repeats):
             # Stochastic depth grows linearly with depth (§5.2, as in the reference builder).
             drop_rate = drop_connect_rate * block_index / total_blocks
-            x = mbconv_block(x, expand, kernel, stride if repeat == 0 else 1, filters, activation,
-                             drop_rate, name=f"stage{stage}_block{repeat + 1}")
+            x = block(x, expand, kernel, stride if repeat == 0 else 1, filters, activation,
+                      drop_rate, name=f"stage{stage}_block{repeat + 1}")
             block_index += 1
     x = layers.Conv2D(HEAD_FILTERS, 1, padding="same", use_bias=False, name="head_conv")(x)
     x = _bn("head_bn")(x)

@@ -18,6 +18,10 @@ class ModelInfo:
     deploy: str  # default deploy target: "arm" (LCE), "float", "int8", "tflm", "ethos-u55-128", ...
     min_input_size: int  # smallest H and W the architecture accepts (its total stride)
     channels: tuple = (1, 3)  # input channel counts the model accepts
+    # Builder kwargs that shrink the model for the shared test harness (same blocks, fewer
+    # channels, and fewer repeats where conversion time would grow with depth), e.g.
+    # {"dims": (16, 32, 64, 128)}; empty: the model is small already.
+    small: dict = dataclasses.field(default_factory=dict)
 
 
 _MODELS: dict = {}
@@ -25,14 +29,15 @@ _ALIASES: dict = {}
 
 
 def register(name, *, family, paper, input_shape, num_classes, recipe, deploy,
-             min_input_size, channels=(1, 3), aliases=()):
+             min_input_size, channels=(1, 3), aliases=(), small=None):
     """Decorator: registers a builder `fn(input_shape, num_classes, **kwargs) -> keras.Model`."""
 
     def decorate(builder):
         if name in _MODELS or name in _ALIASES:
             raise ValueError(f"model name {name!r} is registered twice")
         _MODELS[name] = ModelInfo(name, builder, family, paper, tuple(input_shape), num_classes,
-                                  recipe, deploy, min_input_size, tuple(channels))
+                                  recipe, deploy, min_input_size, tuple(channels),
+                                  dict(small or {}))
         for alias in aliases:
             _ALIASES[alias] = name
         return builder

@@ -38,6 +38,110 @@ def make(names, epochs):
     return [CALLBACKS[name](epochs) for name in names]
 
 
+# --- the weights' EMA as the model (recipes with `ema`) ------------------------------------------
+
+
+def _ema_optimizer(model):
+    optimizer = getattr(model, "optimizer", None)
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # under a LossScaleOptimizer
+    if optimizer is None or not getattr(optimizer, "use_ema", False):
+        raise ValueError("EmaWeights needs a model compiled with an optimizer with use_ema=True "
+                         "(a recipe with ema > 0)")
+    return optimizer
+
+
+def swap_ema(model):
+    """Swaps the model's trainable weights with the optimizer's EMA of them (use_ema=True).
+
+    The copy goes through host memory, so no variable is created. Does nothing when the
+    optimizer is not built yet (no step taken, no EMA).
+    """
+    optimizer = _ema_optimizer(model)
+    averages = getattr(optimizer, "_model_variables_moving_average", None)
+    if not averages:
+        return False
+    for variable, average in zip(optimizer._trainable_variables, averages):
+        raw = keras.ops.convert_to_numpy(variable)
+        variable.assign(average)
+        average.assign(raw)
+    return True
+
+
+class EmaWeights(keras.callbacks.Callback):
+    """Puts the optimizer's EMA of the weights into the model while validation runs and while
+    the callbacks it wraps handle an epoch's end (the checkpoint), and the raw weights back for
+    training. As the model EMA of ConvNeXt's recipe (arXiv 2201.03545), whose EMA weights are the
+    ones evaluated, saved and released.
+
+    Keras' SwapEMAWeights(swap_on_epoch=True) also shows the EMA to the callbacks after it, but
+    at the last epoch it copies the EMA over the raw weights kept in the optimizer, so the last
+    checkpoint could not resume training. Here a checkpoint written by a wrapped callback holds
+    the EMA as the model's weights and the raw weights in the optimizer's EMA slots ("average");
+    `restored=True` says that the model was just loaded from such a checkpoint, and the raw
+    weights go back into the model before training resumes (the EMA keeps its state). When fit
+    ends, Keras copies the EMA into the model (optimizer.finalize_variable_values): after fit
+    the model holds the EMA, for the final evaluation and model.keras.
+
+    Only trainable weights have an EMA: BatchNormalization's moving statistics stay those of
+    the raw weights (timm's ModelEma also averages them; ConvNeXt has no BatchNorm).
+    The wrapped callbacks get every train- and epoch-level hook, not the batch ones.
+    """
+
+    def __init__(self, *wrapped, restored=False):
+        super().__init__()
+        self.wrapped = wrapped
+        self.restored = restored
+        self.ema_in_model = False
+
+    def set_model(self, model):
+        super().set_model(model)
+        for callback in self.wrapped:
+            callback.set_model(model)
+
+    def set_params(self, params):
+        super().set_params(params)
+        for callback in self.wrapped:
+            callback.set_params(params)
+
+    def _swap(self):
+        if swap_ema(self.model):
+            self.ema_in_model = not self.ema_in_model
+
+    def on_train_begin(self, logs=None):
+        _ema_optimizer(self.model)  # fail early when there is no EMA
+        if self.restored:  # the checkpoint's model weights are the EMA, its "average" the raw
+            self.ema_in_model = True
+            self._swap()
+            self.restored = False
+        for callback in self.wrapped:
+            callback.on_train_begin(logs)
+
+    def on_train_end(self, logs=None):
+        for callback in self.wrapped:
+            callback.on_train_end(logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for callback in self.wrapped:
+            callback.on_epoch_begin(epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._swap()
+        try:
+            for callback in self.wrapped:
+                callback.on_epoch_end(epoch, logs)
+        finally:
+            if self.ema_in_model:
+                self._swap()
+
+    def on_test_begin(self, logs=None):
+        if not self.ema_in_model:
+            self._swap()
+
+    def on_test_end(self, logs=None):
+        if self.ema_in_model:
+            self._swap()
+
+
 # --- callbacks every run gets (effkeras.training.trainer) -----------------------------------------
 
 

@@ -11,7 +11,11 @@ Papers cited below: He et al. 2016 (arXiv 1512.03385); ReCU, Xu et al., ICCV 202
 official code; MLPerf Tiny (Banbury et al., arXiv 2106.07597) and its reference code
 (mlcommons/tiny, benchmark/training); MobileNetV2, Sandler et al. 2018 (arXiv 1801.04381);
 EfficientNet, Tan & Le 2019 (arXiv 1905.11946) and its TPU reference code (tensorflow/tpu,
-models/official/efficientnet).
+models/official/efficientnet); RANs, Restructurable Activation Networks (arXiv 2208.08562) and its
+official code (ARM-software/ML-restructurable-activation-networks); ConvNeXt, Liu et al. 2022
+(arXiv 2201.03545) and its official code, which RAN-i's training script follows; AutoAugment
+(arXiv 1805.09501), RandAugment (arXiv 1909.13719), Mixup (arXiv 1710.09412), CutMix (arXiv
+1905.04899), random erasing (arXiv 1708.04896).
 """
 
 import dataclasses
@@ -84,7 +88,9 @@ class Schedule:
     """The learning rate over the run (`peak` is the recipe's rate scaled to the batch size).
 
     "cosine": linear warm-up from 0 for `warmup_epochs` of the recipe's epochs (the warm-up keeps
-      its share of the run when --epochs changes), then cosine decay to 0 at the last step.
+      its share of the run when --epochs changes), then cosine decay to `final_learning_rate` (0
+      by default) at the last step: final + (peak - final)·(1 + cos(π·t))/2, as timm's min_lr.
+      The final rate is absolute: it does not scale with the batch size.
     "multistep": peak·gamma^k after the k-th milestone; milestones are fractions of the run.
     "exponential": peak·gamma^epoch, decayed once per epoch.
     """
@@ -93,12 +99,17 @@ class Schedule:
     warmup_epochs: float = 0  # cosine only
     milestones: tuple = ()  # multistep
     gamma: float = 0.1  # multistep: factor per milestone; exponential: factor per epoch
+    final_learning_rate: float = 0.0  # cosine only: the rate at the last step
 
     def __post_init__(self):
         if self.kind not in SCHEDULES:
             raise ValueError(f"schedule {self.kind!r} is not one of {sorted(SCHEDULES)}")
         if self.warmup_epochs and self.kind != "cosine":
             raise ValueError("only the cosine schedule has a warm-up")
+        if self.final_learning_rate and self.kind != "cosine":
+            raise ValueError("only the cosine schedule has a final learning rate")
+        if self.final_learning_rate < 0:
+            raise ValueError(f"final_learning_rate must be >= 0, got {self.final_learning_rate}")
         if list(self.milestones) != sorted(self.milestones) or not all(
                 0 < m < 1 for m in self.milestones):
             raise ValueError(f"milestones must be increasing fractions of the run in (0, 1), "
@@ -122,6 +133,29 @@ class WeightDecay:
 
 
 @dataclasses.dataclass(frozen=True)
+class Mix:
+    """Batch-level mixing of images and labels, after batching (effkeras.data.augment.mix_batches).
+
+    Each batch gets CutMix with probability `switch_prob`, Mixup otherwise (one of them when only
+    one alpha is set); λ ~ Beta(alpha, alpha). The labels become soft (one-hot, mixed), so the
+    loss and metrics of a recipe with a Mix take one-hot labels, validation's too.
+    """
+
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    switch_prob: float = 0.5
+
+    def __post_init__(self):
+        if (self.mixup_alpha < 0 or not 0 <= self.cutmix_alpha <= 1
+                or not (self.mixup_alpha or self.cutmix_alpha)):
+            raise ValueError(f"a Mix needs mixup_alpha >= 0 and cutmix_alpha in [0, 1] (Keras' "
+                             f"CutMix takes no more), not both 0; got {self.mixup_alpha}, "
+                             f"{self.cutmix_alpha}")
+        if not 0 <= self.switch_prob <= 1:
+            raise ValueError(f"switch_prob must be in [0, 1], got {self.switch_prob}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Recipe:
     optimizer: Optimizer
     learning_rate: float  # peak, at base_batch_size
@@ -134,10 +168,26 @@ class Recipe:
     augment: tuple = ()  # (dataset, augmentation names) pairs; other datasets keep their defaults
     callbacks: tuple = ()  # names in effkeras.training.callbacks.CALLBACKS
     mixed_precision: bool = False  # the paper trained in fp16 AMP: see dtype_policy()
+    mix: Mix = None  # batch-level Mixup/CutMix on every dataset; None: integer labels
+    # Decay of an exponential moving average of the trainable weights, updated every step (the
+    # optimizer's use_ema); 0: none. With one, the EMA weights are the model: validation, every
+    # checkpoint and the final model.keras (effkeras.training.callbacks.EmaWeights).
+    ema: float = 0.0
+
+    def __post_init__(self):
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+        if self.mix is not None and self.loss.needs_teacher:
+            raise ValueError("a distilling recipe takes integer labels: it cannot have a Mix")
 
     @property
     def epsilon(self):
         return self.optimizer.epsilon
+
+    @property
+    def soft_labels(self):
+        """True when the loss and metrics take one-hot (mixed) labels rather than integers."""
+        return self.mix is not None
 
 
 # --- schedules: (schedule, recipe, peak, total steps, steps per epoch) -> Keras schedule ---------
@@ -145,10 +195,12 @@ class Recipe:
 
 def cosine(schedule, recipe, peak, total, steps_per_epoch):
     warmup = min(round(total * schedule.warmup_epochs / recipe.epochs), total - 1)
+    # Keras decays to alpha·peak; a final rate above the peak (a tiny --learning_rate) stays flat.
+    alpha = min(schedule.final_learning_rate / peak, 1.0) if peak > 0 else 0.0
     if warmup:
-        return keras.optimizers.schedules.CosineDecay(0.0, total - warmup, warmup_target=peak,
-                                                      warmup_steps=warmup)
-    return keras.optimizers.schedules.CosineDecay(peak, total)
+        return keras.optimizers.schedules.CosineDecay(0.0, total - warmup, alpha=alpha,
+                                                      warmup_target=peak, warmup_steps=warmup)
+    return keras.optimizers.schedules.CosineDecay(peak, total, alpha=alpha)
 
 
 def multistep(schedule, recipe, peak, total, steps_per_epoch):
@@ -178,7 +230,8 @@ def learning_rate_schedule(recipe, *, epochs, steps_per_epoch, batch_size, learn
     return SCHEDULES[recipe.schedule.kind](recipe.schedule, recipe, peak, total, steps_per_epoch)
 
 
-# --- optimizers: (optimizer, learning rate, decoupled decay or None) -> Keras optimizer ---------
+# --- optimizers: (optimizer, learning rate, decoupled decay or None, **common keyword arguments
+# of Keras optimizers) -> Keras optimizer --------------------------------------------------------
 
 
 def _epsilon(optimizer):
@@ -186,20 +239,26 @@ def _epsilon(optimizer):
 
 
 OPTIMIZERS = {
-    "sgd": lambda o, lr, wd: keras.optimizers.SGD(lr, momentum=o.momentum, nesterov=o.nesterov,
-                                                  weight_decay=wd),
-    "adam": lambda o, lr, wd: keras.optimizers.Adam(lr, weight_decay=wd, **_epsilon(o)),
-    "adamw": lambda o, lr, wd: keras.optimizers.AdamW(lr, weight_decay=wd or 0.0, **_epsilon(o)),
-    "rmsprop": lambda o, lr, wd: keras.optimizers.RMSprop(lr, rho=o.rho, momentum=o.momentum,
-                                                          weight_decay=wd, **_epsilon(o)),
+    "sgd": lambda o, lr, wd, **kw: keras.optimizers.SGD(lr, momentum=o.momentum,
+                                                        nesterov=o.nesterov, weight_decay=wd, **kw),
+    "adam": lambda o, lr, wd, **kw: keras.optimizers.Adam(lr, weight_decay=wd, **_epsilon(o),
+                                                          **kw),
+    "adamw": lambda o, lr, wd, **kw: keras.optimizers.AdamW(lr, weight_decay=wd or 0.0,
+                                                            **_epsilon(o), **kw),
+    "rmsprop": lambda o, lr, wd, **kw: keras.optimizers.RMSprop(lr, rho=o.rho, momentum=o.momentum,
+                                                                weight_decay=wd, **_epsilon(o),
+                                                                **kw),
 }
 
 
 def make_optimizer(recipe, schedule, model=None):
     """The recipe's optimizer on `schedule`, with its decoupled weight-decay groups (`model`
-    supplies the variables when rank <= 1 ones are spared)."""
+    supplies the variables when rank <= 1 ones are spared) and its weights' EMA (Keras' use_ema,
+    ema_momentum = recipe.ema)."""
     decay = recipe.weight_decay
-    optimizer = OPTIMIZERS[recipe.optimizer.name](recipe.optimizer, schedule, decay.rate or None)
+    ema = {"use_ema": True, "ema_momentum": recipe.ema} if recipe.ema else {}
+    optimizer = OPTIMIZERS[recipe.optimizer.name](recipe.optimizer, schedule, decay.rate or None,
+                                                  **ema)
     if decay.rate and (decay.exclude or not decay.decay_vectors):
         vectors = [] if decay.decay_vectors or model is None else [
             v for v in model.trainable_variables if len(v.shape) <= 1]
@@ -211,6 +270,15 @@ def make_optimizer(recipe, schedule, model=None):
 
 # Train augmentations shared by recipes (names in effkeras.data.augment).
 IMAGENET_RECU = (("imagenet", ("random_resized_crop", "lighting", "flip")),)
+# ConvNeXt's per-image steps (arXiv 2201.03545 Table 5; its official code builds them with timm):
+# random resized crop (timm: bicubic; bilinear here), flip, RandAugment rand-m9-mstd0.5 (the Keras
+# stand-in is described at effkeras.data.augment.RANDAUGMENT_M9_FACTOR), random erasing p 0.25.
+# CIFAR keeps its pad-and-crop in place of the resized crop. Fashion-MNIST keeps its defaults:
+# RandAugment's colour ops are for RGB.
+CONVNEXT_AUGMENT = tuple(
+    (dataset, (crop, "flip", "randaugment_m9", "random_erasing"))
+    for dataset, crop in (("imagenet", "random_resized_crop"), ("cifar10", "crop"),
+                          ("cifar100", "crop")))
 
 RECIPES = {
     # He et al. 2016 §4.2 (lr 0.1, batch 128, momentum 0.9; L2 1e-4 in the model), cosine as is usual now.
@@ -294,6 +362,35 @@ RECIPES = {
                                 learning_rate=0.016, epochs=350, batch_size=256,
                                 base_batch_size=256, schedule=Schedule(warmup_epochs=5),
                                 loss=Loss(label_smoothing=0.1)),
+    # RAN-e (arXiv 2208.08562; official code, RAN_e/scripts/train_RAN_e_*_350ep.sh and utils/):
+    # the EfficientNet recipe above as those scripts run it: RMSprop rho 0.9, momentum 0.9, ε 1e-3;
+    # lr 0.005 per 128 images scaled linearly (0.03 at the scripts' global batch 768 = 8 GPUs x
+    # 96); 350 epochs, 5-epoch linear warm-up from 0, cosine to 0; label smoothing 0.1; no EMA.
+    # Weight decay is coupled L2(5e-6) on conv and FC kernels and the FC bias, and dropout 0.2 is
+    # before the FC: both in the models. ImageNet: the Inception-style crop, flip and AutoAugment
+    # policy v0 (arXiv 1805.09501). Keras has no AutoAugment layer; its RandAugment stands in,
+    # with N=2 ops (a v0 sub-policy applies two) at M=9, the setting with which RandAugment
+    # matches AutoAugment on ImageNet ResNet-50 (arXiv 1909.13719, Table 2). Fashion-MNIST and
+    # CIFAR keep their defaults (pad-and-crop, flip).
+    "ran_e": Recipe(Optimizer("rmsprop", rho=0.9, momentum=0.9, epsilon=1e-3),
+                    learning_rate=0.005, epochs=350, batch_size=768, base_batch_size=128,
+                    schedule=Schedule(warmup_epochs=5), loss=Loss(label_smoothing=0.1),
+                    augment=(("imagenet", ("inception_crop", "flip", "randaugment_m9")),)),
+    # RAN-i (arXiv 2208.08562; official code, RAN_i/train_eval_img_cls_imagenet.py and scripts):
+    # ConvNeXt's recipe (arXiv 2201.03545 §2 and Table 5). AdamW lr 4e-3, betas (0.9, 0.999),
+    # ε 1e-8; the code's effective batch is 2560 (80 per GPU x 8 GPUs x 4 accumulation steps) and
+    # it does not rescale the 4e-3 that ConvNeXt gives for batch 4096: the rate is 4e-3 at 2560
+    # here, and scales linearly from there with --batch_size. Decoupled weight decay 0.05, none on
+    # 1-D weights (biases, LayerNorm, layer scale); 300 epochs, 20-epoch linear warm-up from 0,
+    # cosine to 1e-6; label smoothing 0.1 on Mixup 0.8 / CutMix 1.0 soft targets (switch 0.5
+    # per batch); model EMA 0.9999, whose weights are the ones reported and released.
+    "ran_i": Recipe(Optimizer("adamw", epsilon=1e-8), learning_rate=4e-3, epochs=300,
+                    batch_size=2560, base_batch_size=2560,
+                    schedule=Schedule(warmup_epochs=20, final_learning_rate=1e-6),
+                    loss=Loss(label_smoothing=0.1),
+                    weight_decay=WeightDecay(0.05, decay_vectors=False),
+                    augment=CONVNEXT_AUGMENT,
+                    mix=Mix(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5), ema=0.9999),
 }
 
 
@@ -329,9 +426,23 @@ def loss_weights(recipe, num_outputs):
     return list(weights)
 
 
-def accuracy_metrics():
+def accuracy_metrics(soft_labels=False):
+    """top1/top5 of integer labels, or of one-hot (mixed) labels, whose argmax counts."""
+    if soft_labels:
+        return [keras.metrics.CategoricalAccuracy(name="top1"),
+                keras.metrics.TopKCategoricalAccuracy(k=5, name="top5")]
     return [keras.metrics.SparseCategoricalAccuracy(name="top1"),
             keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")]
+
+
+def make_loss(recipe):
+    """Cross-entropy against logits with the recipe's label smoothing: of integer labels, or of
+    soft labels for a recipe that mixes batches (timm's SoftTargetCrossEntropy on smoothed
+    targets is Keras' CategoricalCrossentropy with label_smoothing)."""
+    if recipe.soft_labels:
+        return keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                    label_smoothing=recipe.loss.label_smoothing)
+    return losses.cross_entropy(recipe.loss.label_smoothing)
 
 
 def compile_model(model, recipe, *, epochs, steps_per_epoch, batch_size, learning_rate=None):
@@ -340,19 +451,20 @@ def compile_model(model, recipe, *, epochs, steps_per_epoch, batch_size, learnin
     A model with K > 1 outputs (a list of logits, e.g. early exits) gets one cross-entropy and
     one top1/top5 pair per output (logged as <output name>_top1 ...), the loss being their sum
     weighted by the recipe's `loss.output_weights`; its labels must be repeated per output
-    (see repeat_labels).
+    (see repeat_labels). A recipe with a Mix takes one-hot labels (recipe.soft_labels).
     """
     schedule = learning_rate_schedule(recipe, epochs=epochs, steps_per_epoch=steps_per_epoch,
                                       batch_size=batch_size, learning_rate=learning_rate)
     count = len(model.outputs) if getattr(model, "outputs", None) else 1
     weights = loss_weights(recipe, count)
-    loss = losses.cross_entropy(recipe.loss.label_smoothing)
+    loss = make_loss(recipe)
+    soft = recipe.soft_labels
     if count == 1:  # a weight of 1.0 is Keras' default: compile exactly as without one
-        compiled = dict(loss=loss, metrics=accuracy_metrics(),
+        compiled = dict(loss=loss, metrics=accuracy_metrics(soft),
                         **({} if weights == [1.0] else {"loss_weights": weights}))
     else:
         compiled = dict(loss=[loss] * count, loss_weights=weights,
-                        metrics=[accuracy_metrics() for _ in range(count)])
+                        metrics=[accuracy_metrics(soft) for _ in range(count)])
     model.compile(optimizer=make_optimizer(recipe, schedule, model), **compiled)
     return model
 

@@ -20,6 +20,12 @@ with an error; the last good checkpoint stays the commit point.
 A model whose output is a list of K logits tensors (early exits) trains on the recipe's weighted
 sum of per-output cross-entropies; its metrics are logged per output as <output name>_top1,
 <output name>_top5 and <output name>_loss (Keras' names), next to the total `loss`.
+
+A recipe with a Mix mixes each train batch (Mixup/CutMix) after batching; its labels, and the
+test split's, are then one-hot. A recipe with an `ema` validates, checkpoints and saves the EMA of
+the weights (effkeras.training.callbacks.EmaWeights): checkpoint-<epoch>.keras and model.keras
+hold the EMA as their weights; a checkpoint keeps the raw weights in the optimizer's EMA slots,
+and a resume trains on from them with the EMA's state restored.
 """
 
 import dataclasses
@@ -32,6 +38,7 @@ import time
 import keras
 
 from effkeras import data, models
+from effkeras.data import augment
 from effkeras.errors import InputError
 from effkeras.fileio import atomic_path, check_writable, write_json
 from effkeras.training import callbacks as recipe_callbacks
@@ -140,8 +147,9 @@ def check_memory(model, *, info, recipe, input_shape, batch_size, dataset, teach
                          else SYNTHETIC_EXAMPLES * math.prod(input_shape))
     else:
         dataset_bytes = 0  # files decoded as they are read
+    slots = memory.optimizer_slots(recipe.optimizer) + (1 if recipe.ema else 0)  # EMA: a copy
     est = memory.estimate(model, batch_size=batch_size, input_shape=input_shape,
-                          optimizer_slots=memory.optimizer_slots(recipe.optimizer),
+                          optimizer_slots=slots,
                           dataset_bytes=dataset_bytes, teacher=teacher)
     gpu = memory.gpu_memory()
     if gpu:
@@ -275,9 +283,16 @@ def _train(config, info, recipe):
         model = Distiller(student, teacher, alpha=recipe.loss.alpha,
                           temperature=recipe.loss.temperature,
                           label_smoothing=recipe.loss.label_smoothing)
+    test_data = test_split.dataset
+    if recipe.mix is not None:  # batch-level mixing: soft labels, test labels one-hot too
+        mix = recipe.mix
+        train_data = train_data.map(augment.mix_batches(
+            num_classes, mixup_alpha=mix.mixup_alpha, cutmix_alpha=mix.cutmix_alpha,
+            switch_prob=mix.switch_prob, seed=config.seed + initial_epoch))
+        test_data = test_data.map(augment.one_hot_labels(num_classes))
     num_outputs = len(student.outputs)
     train_data = recipes.repeat_labels(train_data, num_outputs)
-    test_data = recipes.repeat_labels(test_split.dataset, num_outputs)
+    test_data = recipes.repeat_labels(test_data, num_outputs)
     recipes.compile_model(model, recipe, epochs=epochs, steps_per_epoch=steps,
                           batch_size=batch_size, learning_rate=config.learning_rate)
     if state.get("checkpoint"):
@@ -286,10 +301,14 @@ def _train(config, info, recipe):
 
     guard = recipe_callbacks.StopOnNaN()
     test_steps = -(-test_split.num_examples // batch_size)
+    checkpoint = EpochCheckpoint(config.output_dir, state, guard)
+    if recipe.ema:  # validation and checkpoints see the EMA weights
+        checkpoint = recipe_callbacks.EmaWeights(checkpoint,
+                                                 restored=bool(state.get("checkpoint")))
     callbacks = [guard,
                  recipe_callbacks.Eta(epochs - initial_epoch, steps, test_steps, print_fn=log),
                  *recipe_callbacks.make(recipe.callbacks, epochs),
-                 EpochCheckpoint(config.output_dir, state, guard),
+                 checkpoint,
                  keras.callbacks.TensorBoard(os.path.join(config.output_dir, "logs"))]
     verbose = config.verbose if config.verbose is not None else 1 if sys.stdout.isatty() else 2
     started = time.time()

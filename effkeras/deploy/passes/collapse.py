@@ -1,0 +1,118 @@
+"""Collapsible linear blocks written out as one plain Conv2D each (RANs, arXiv 2208.08562;
+SESR, arXiv 2103.09404).
+
+A `CollapsibleConv2D` is linear inside, so at inference it is exactly one k×k conv with its
+collapsed kernel (expansion multiplied out, identity residual at the centre tap). An inference
+BatchNormalization that alone reads the block folds in as well (fold_bn.py):
+W' = Wc·scale, b' = shift. The pass checks itself: each collapsed layer against the block on a
+random input, then the whole model against the original on a small random batch.
+"""
+
+import keras
+import numpy as np
+
+from effkeras.deploy.passes.fold_bn import batch_norm_affine
+from effkeras.deploy.passes.rewrite import rewrite
+from effkeras.layers.collapsible import CollapsibleConv2D
+
+MAX_REL_DIFF = 1e-5  # max |collapsed - original| / max |original|
+_FLOOR = 1e-12  # keeps the ratio finite for an all-zero output
+_SAMPLES = 2
+
+
+def collapse(model):
+    """(new model, number of collapsed blocks) of functional `model`; (model, 0) when it has
+    no top-level CollapsibleConv2D. Raises RuntimeError naming the layers if the collapsed
+    model does not agree with the original to MAX_REL_DIFF (relative to max |output|)."""
+    blocks = [layer for layer in model.layers if isinstance(layer, CollapsibleConv2D)]
+    if not blocks:
+        return model, 0
+    folded = _foldable_batch_norms(model)  # id(block) -> its BatchNormalization
+    convs = {}  # id(block) -> its Conv2D (one per block, shared if the block is called twice)
+
+    def replace(layer, x, graph):
+        if isinstance(layer, CollapsibleConv2D):
+            if id(layer) not in convs:
+                convs[id(layer)] = _collapsed_conv(layer, folded.get(id(layer)))
+            outputs = convs[id(layer)](x)
+            graph.record(outputs, convs[id(layer)], x, original=layer)
+            return outputs
+        if id(layer) in {id(bn) for bn in folded.values()}:
+            return x  # folded into the conv before it
+        return None
+
+    collapsed = rewrite(model, replace)
+    _check_model(model, collapsed, [block.name for block in blocks])
+    return collapsed, len(blocks)
+
+
+def _foldable_batch_norms(model):
+    """{id(block): BatchNormalization} for each BN called once on the output of a block that is
+    called once, read by nothing else and not itself a model output."""
+    readers = {}
+    for layer in model.layers:
+        for node in layer._inbound_nodes:
+            for tensor in node.input_tensors:
+                readers.setdefault(id(tensor._keras_history[0]), []).append(layer)
+    outputs = {id(tensor._keras_history[0]) for tensor in model.outputs}
+    found = {}
+    for layer in model.layers:
+        if (not isinstance(layer, CollapsibleConv2D) or len(layer._inbound_nodes) != 1
+                or len(readers.get(id(layer), [])) != 1 or id(layer) in outputs):
+            continue
+        reader = readers[id(layer)][0]
+        if (isinstance(reader, keras.layers.BatchNormalization)
+                and len(reader._inbound_nodes) == 1 and batch_norm_affine(reader) is not None):
+            found[id(layer)] = reader
+    return found
+
+
+def _collapsed_conv(block, batch_norm=None):
+    """The built Conv2D (same name, "same" padding) computing `block`, then `batch_norm`."""
+    kernel = np.asarray(block.collapsed_kernel(), np.float64)
+    weights = [kernel]
+    if batch_norm is not None:
+        scale, shift = batch_norm_affine(batch_norm)
+        weights = [kernel * scale, np.broadcast_to(shift, (block.filters,))]
+    conv = keras.layers.Conv2D(block.filters, block.kernel_size, strides=block.strides,
+                               padding="same", use_bias=batch_norm is not None,
+                               name=block.name, dtype=block.dtype_policy)
+    conv.build(_input_shape(block))
+    conv.set_weights([w.astype(np.float32) for w in weights])
+    _check_layer(block, batch_norm, conv)
+    return conv
+
+
+def _input_shape(layer):
+    return layer._inbound_nodes[0].input_tensors[0].shape
+
+
+def _check_layer(block, batch_norm, conv):
+    shape = [2 if d is None else d for d in _input_shape(block)]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    expected = block(x)
+    if batch_norm is not None:
+        expected = batch_norm(expected, training=False)
+    _check(expected, conv(x), f"collapsed layer {block.name}")
+
+
+def _check_model(original, collapsed, names):
+    rng = np.random.default_rng(0)
+    inputs = [rng.uniform(0, 255, [_SAMPLES] + [32 if d is None else d for d in t.shape[1:]])
+              .astype(np.float32) for t in original.inputs]
+    inputs = inputs[0] if len(inputs) == 1 else inputs
+    _check(original(inputs, training=False), collapsed(inputs, training=False),
+           "model with collapsed layers " + ", ".join(names))
+
+
+def _check(expected, actual, what):
+    expected = [np.asarray(keras.ops.convert_to_numpy(t), np.float64)
+                for t in keras.tree.flatten(expected)]
+    actual = [np.asarray(keras.ops.convert_to_numpy(t), np.float64)
+              for t in keras.tree.flatten(actual)]
+    diff = max(float(np.max(np.abs(a - e), initial=0.0)) for e, a in zip(expected, actual))
+    scale = max(float(np.max(np.abs(e), initial=0.0)) for e in expected)
+    rel = diff / max(scale, _FLOOR)
+    if not rel <= MAX_REL_DIFF:
+        raise RuntimeError(f"the {what} disagrees with the original: max abs diff {diff:.3g}, "
+                           f"{rel:.3g} of max |output| > {MAX_REL_DIFF:g}")

@@ -1,0 +1,110 @@
+"""RAN-e (arXiv 2208.08562): the released networks' sizes, the collapsible blocks in them, their
+export through the collapse pass, and the search tool at a small input size."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from effkeras import deploy, models, summary
+from effkeras.deploy import verify
+from effkeras.layers import CollapsibleConv2D
+from effkeras.models import rans
+
+
+def macs_and_params(model):
+    totals = summary.totals(summary.summarize(model))
+    return totals["float_macs"], totals["total_params"]
+
+
+# Parameters (all, trainable) and MACs of the released networks at 224x224x3, 1000 classes.
+RELEASED = {"ran_e_gt": (4_524_408, 4_486_680, 434.4e6), "ran_e_c": (4_673_272, 4_634_872, 489.2e6)}
+
+
+@pytest.mark.parametrize("name", ["ran_e_gt", "ran_e_c"])
+def test_released_networks_match_their_tables(name):
+    params, trainable, macs = RELEASED[name]
+    for variant in (name, name + "_relu6"):
+        model = models.get(variant)
+        got_macs, got_params = macs_and_params(model)
+        assert got_params == params
+        assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == trainable
+        assert abs(got_macs - macs) / macs < 1e-3
+    activations = {layer.get_config()["activation"] for layer in model.layers
+                   if isinstance(layer, keras.layers.Activation)}
+    assert activations == {"relu6"}
+
+
+def test_tables_hold_the_blocks_they_name():
+    gt, c = models.get("ran_e_gt"), models.get("ran_e_c")
+    count = lambda model: sum(isinstance(layer, CollapsibleConv2D) for layer in model.layers)
+    # GT: 6 collapsible blocks, one of them the double 128 -> 64 -> 128 (7 convs); C: 7.
+    assert count(gt) == 7 and count(c) == 7
+    assert gt.get_layer("stage7_block2_conv1").filters == 64
+    assert gt.get_layer("stem_conv").output.shape[1:] == (112, 112, 16)
+    # C's downsample pair: 128 -> 64 -> 128, both expansions 768 wide, one residual over both.
+    assert c.get_layer("stage7_block2a_expand_conv").filters == 768
+    assert c.get_layer("stage7_block2b_expand_conv").filters == 768
+    assert c.get_layer("stage7_block2a_project_conv").filters == 64
+    assert c.get_layer("stage7_block2_add") is not None
+    assert gt.get_layer("head_dwconv").kernel_size == (7, 7)
+
+
+def test_expanded_training_adds_the_linear_expansion_only():
+    plain, expanded = models.get("ran_e_gt"), models.get("ran_e_gt", expansion=2)
+    extra = 0
+    for layer in plain.layers:
+        if isinstance(layer, CollapsibleConv2D):
+            cin, cout = layer.input.shape[-1], layer.filters
+            width = 2 * max(cin, cout)
+            extra += 9 * cin * width + width * cout - 9 * cin * cout
+    assert expanded.count_params() - plain.count_params() == extra
+    assert macs_and_params(expanded)[0] == macs_and_params(plain)[0]  # inference MACs
+
+
+def test_expanded_ran_e_exports_one_conv_per_collapsible_block():
+    keras.utils.set_random_seed(0)
+    model = models.get("ran_e_gt_32", expansion=2)
+    flatbuffer, report = deploy.convert(model, "float")
+    census = verify.op_census(verify.operators(flatbuffer))
+    convs = sum(isinstance(layer, keras.layers.Conv2D)
+                and not isinstance(layer, keras.layers.DepthwiseConv2D) for layer in model.layers)
+    assert report.collapsed_blocks == 7
+    assert census["CONV_2D"] == convs  # one CONV_2D per collapsible conv, nothing of the expansion
+    assert report.max_rel_diff < 1e-4
+
+
+def test_search_tool_walks_and_tabulates(tmp_path):
+    from absl import flags
+
+    from tools import search_ran_e
+
+    flags.FLAGS(["search_ran_e", f"--output_dir={tmp_path}", "--input_size=32", "--steps=1",
+                 "--calibration_samples=1", "--compare="])
+    try:
+        search_ran_e.main([])
+    finally:
+        flags.FLAGS.unparse_flags()
+    rows = json.loads((tmp_path / "search.json").read_text())
+    assert [row["name"].split(":")[0] for row in rows] == ["lite0_hswish", "step1"]
+    assert len(rows[1]["collapsed"]) == 1 and all(row["inferences_per_second"] > 0 for row in rows)
+    assert any(row["pareto"] for row in rows)
+    assert (tmp_path / "search.png").stat().st_size > 0
+    assert "| lite0_hswish |" in (tmp_path / "search.md").read_text()
+
+
+def test_search_space_collapses_the_named_blocks():
+    model = rans.lite0_search_space(("stage2_block1",), input_shape=(64, 64, 3))
+    assert isinstance(model.get_layer("stage2_block1_conv"), CollapsibleConv2D)
+    assert model.get_layer("stage2_block2_dwconv")
+    widened = rans.lite0_search_space((), (16, 32, 40, 80, 112, 192, 320), input_shape=(64, 64, 3))
+    assert widened.get_layer("stage2_block2_project_conv").filters == 32
+
+
+def test_search_rejects_a_block_with_its_identical_twins():
+    from tools.search_ran_e import twins
+
+    blocks = {f"stage6_block{i}": (1, 1) for i in range(1, 5)} | {"stage5_block2": (1, 1)}
+    assert twins("stage6_block3", blocks) == {"stage6_block2", "stage6_block3", "stage6_block4"}
+    assert twins("stage6_block1", blocks) == {"stage6_block1"}  # it strides or changes width
