@@ -108,3 +108,24 @@ def test_search_rejects_a_block_with_its_identical_twins():
     blocks = {f"stage6_block{i}": (1, 1) for i in range(1, 5)} | {"stage5_block2": (1, 1)}
     assert twins("stage6_block3", blocks) == {"stage6_block2", "stage6_block3", "stage6_block4"}
     assert twins("stage6_block1", blocks) == {"stage6_block1"}  # it strides or changes width
+
+
+def test_pixel_normalization_is_a_weightless_per_channel_affine():
+    from effkeras.layers import PixelNormalization, normalize_pixels
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 5, 5, 3)).astype(np.float32)
+    layer = PixelNormalization(mean, std)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)),
+                               (x / 255 - np.array(mean)) / np.array(std), rtol=1e-5, atol=1e-5)
+    assert layer.weights == []
+    gray = keras.Model(*(lambda i: (i, normalize_pixels(i)))(keras.Input((5, 5, 1))))
+    assert gray.layers[1].mean == (pytest.approx(np.mean(mean)),)
+    with pytest.raises(ValueError, match="as many means as stds"):
+        PixelNormalization(mean, std[:2])
+    # Deploys as one DEPTHWISE_CONV_2D, which Vela runs on the MAC array (a broadcast MUL/SUB
+    # pair costs ethos-u55-128 about 85x the cycles).
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(normalize_pixels(inputs)))
+    flatbuffer, _ = deploy.convert(model, "float")
+    assert verify.op_census(verify.operators(flatbuffer)) == {"DEPTHWISE_CONV_2D": 1, "MEAN": 1}

@@ -53,6 +53,7 @@ class Row:
     macs: int
     params: int
     sram_bytes: int
+    accepted: bool = True  # kept by the search (False: a trial it rejected as slower)
     pareto: bool = False
 
 
@@ -134,6 +135,7 @@ def search():
         else:  # slower: keep the block, and do not offer it (or a twin) again
             rejected |= twins(worst, blocks)
             row.name += " (rejected)"
+            row.accepted = False
     return rows
 
 
@@ -174,8 +176,12 @@ def plot(searched, placed, path):
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    axis.plot([r.macs / 1e6 for r in searched], [r.inferences_per_second for r in searched],
-              "o-", color="tab:blue", label="greedy search from Lite0 (h-swish)")
+    kept = [r for r in searched if r.accepted]
+    axis.plot([r.macs / 1e6 for r in kept], [r.inferences_per_second for r in kept], "o-",
+              color="tab:blue", label="greedy search from Lite0 (h-swish): kept")
+    axis.scatter([r.macs / 1e6 for r in searched if not r.accepted],
+                 [r.inferences_per_second for r in searched if not r.accepted], marker="x",
+                 color="gray", label="tried and rejected (slower)")
     front = sorted((r for r in searched + placed if r.pareto), key=lambda r: r.macs)
     axis.plot([r.macs / 1e6 for r in front], [r.inferences_per_second for r in front], "--",
               color="gray", label="Pareto front")

@@ -140,47 +140,25 @@ COMMON = dict(input_shape=(224, 224, 3), num_classes=1000, recipe="ran_i", deplo
               # The test harness's copy: the same blocks at 1/6 of ConvNeXt-T's widths, in the
               # 1:1:3:1 stage ratio (§2.2) once (conversion time grows with the block count).
               small=dict(dims=(16, 32, 64, 128), depths=(1, 1, 3, 1)))
-RAN_I = dict(family="rans", **COMMON)
-PEER = dict(family="peer", **COMMON)
 
 
-@register("ran_i_t", paper="Bhardwaj et al., 2022 (RAN-i-T, arXiv 2208.08562)", **RAN_I)
-def ran_i_t(input_shape=(224, 224, 3), num_classes=1000, *, drop_path_rate=None,
-            dims=None, depths=None):
-    return build("ran_i_t", input_shape, num_classes, drop_path_rate=drop_path_rate,
-                 dims=dims, depths=depths)
+def _registered(name, family, paper):
+    """Registers model `name` of the tables above; returns its public builder."""
+
+    def builder(input_shape=(224, 224, 3), num_classes=1000, *, drop_path_rate=None, dims=None,
+                depths=None):
+        return build(name, input_shape, num_classes, drop_path_rate=drop_path_rate, dims=dims,
+                     depths=depths)
+
+    builder.__name__ = builder.__qualname__ = name
+    return register(name, family=family, paper=paper, **COMMON)(builder)
 
 
-@register("ran_i_s", paper="Bhardwaj et al., 2022 (RAN-i-S, arXiv 2208.08562)", **RAN_I)
-def ran_i_s(input_shape=(224, 224, 3), num_classes=1000, *, drop_path_rate=None,
-            dims=None, depths=None):
-    return build("ran_i_s", input_shape, num_classes, drop_path_rate=drop_path_rate,
-                 dims=dims, depths=depths)
-
-
-@register("ran_i_b", paper="Bhardwaj et al., 2022 (RAN-i-B, arXiv 2208.08562)", **RAN_I)
-def ran_i_b(input_shape=(224, 224, 3), num_classes=1000, *, drop_path_rate=None,
-            dims=None, depths=None):
-    return build("ran_i_b", input_shape, num_classes, drop_path_rate=drop_path_rate,
-                 dims=dims, depths=depths)
-
-
-@register("convnext_t", paper="Liu et al., CVPR 2022 (ConvNeXt-T, arXiv 2201.03545)", **PEER)
-def convnext_t(input_shape=(224, 224, 3), num_classes=1000, *, drop_path_rate=None,
-               dims=None, depths=None):
-    return build("convnext_t", input_shape, num_classes, drop_path_rate=drop_path_rate,
-                 dims=dims, depths=depths)
-
-
-@register("convnext_s", paper="Liu et al., CVPR 2022 (ConvNeXt-S, arXiv 2201.03545)", **PEER)
-def convnext_s(input_shape=(224, 224, 3), num_classes=1000, *, drop_path_rate=None,
-               dims=None, depths=None):
-    return build("convnext_s", input_shape, num_classes, drop_path_rate=drop_path_rate,
-                 dims=dims, depths=depths)
-
-
-@register("convnext_b", paper="Liu et al., CVPR 2022 (ConvNeXt-B, arXiv 2201.03545)", **PEER)
-def convnext_b(input_shape=(224, 224, 3), num_classes=1000, *, drop_path_rate=None,
-               dims=None, depths=None):
-    return build("convnext_b", input_shape, num_classes, drop_path_rate=drop_path_rate,
-                 dims=dims, depths=depths)
+RAN_I_PAPER = "Bhardwaj et al., 2022 ({}, arXiv 2208.08562)"
+CONVNEXT_PAPER = "Liu et al., CVPR 2022 ({}, arXiv 2201.03545)"
+ran_i_t = _registered("ran_i_t", "rans", RAN_I_PAPER.format("RAN-i-T"))
+ran_i_s = _registered("ran_i_s", "rans", RAN_I_PAPER.format("RAN-i-S"))
+ran_i_b = _registered("ran_i_b", "rans", RAN_I_PAPER.format("RAN-i-B"))
+convnext_t = _registered("convnext_t", "peer", CONVNEXT_PAPER.format("ConvNeXt-T"))
+convnext_s = _registered("convnext_s", "peer", CONVNEXT_PAPER.format("ConvNeXt-S"))
+convnext_b = _registered("convnext_b", "peer", CONVNEXT_PAPER.format("ConvNeXt-B"))
