@@ -10,6 +10,11 @@ the default is the model's (`python -m apps.summary --list`; unregistered models
 when they have 1-bit kernels, else float). Beside the file: <file>.json for
 app developers (input shape, dtype, range, quantization, class names), and the target's extra
 files (tflm: <stem>_model_data.h/.cc; ethos-u: <stem>_int8.tflite, _summary.csv, _per-layer.csv).
+
+A model with several outputs (early exits, e.g. RANet) converts stage by stage: float, float16
+and int8 give one file with a signature per exit (stage_1 ... stage_K), tflm also gives one
+file per stage (<stem>_stage<k>.tflite and its C array); <file>.json then describes the stages,
+the state each hands on, their cumulative FLOPs and the --thresholds.
 """
 
 import inspect
@@ -37,7 +42,14 @@ flags.DEFINE_string("calibration_data", None, "A .npy array (N, H, W, C) of cali
                     "in [0, 255], instead of --dataset.")
 flags.DEFINE_integer("sample_size", None, "Images the check runs on (default 32 of --dataset, "
                      "else 4 random).")
-flags.DEFINE_enum("io", "int8", ["int8", "float"], "int8 targets: the file's input/output type.")
+flags.DEFINE_enum("io", None, ["int8", "float"], "int8 targets: the file's input/output type "
+                  "(default int8; float for an early-exit model's int8 file).")
+flags.DEFINE_bool("early_exit", True, "A model with several outputs (early exits): one signature "
+                  "per exit stage (tflm: one file per stage); --noearly_exit converts the graph of "
+                  "all exits at once.")
+flags.DEFINE_string("thresholds", None, "Early-exit models: a thresholds JSON file (exit k is "
+                    "taken when the softmax maximum reaches thresholds[k-1]) to write into the "
+                    "file's description.")
 flags.DEFINE_bool("allow_float_fallback", False,
                   "Keep layers the target cannot run in low precision in float instead of failing.")
 flags.DEFINE_bool("allow_cpu_ops", False, "ethos-u: keep ops Vela cannot put on the NPU for "
@@ -88,7 +100,8 @@ def target_options(target, model):
     options = {}
     for option in TARGET_OPTIONS:
         if option in accepted:
-            options[option] = getattr(FLAGS, option)
+            if getattr(FLAGS, option) is not None:  # None: the target's default
+                options[option] = getattr(FLAGS, option)
         elif FLAGS[option].present:
             raise InputError(f"--{option} does not apply to --target={target.name}")
     if isinstance(model, bytes) and target.name not in ("tflm",) and not target.name.startswith(
@@ -158,8 +171,10 @@ def main(argv):
     target = deploy.get(target_name)
     options = target_options(target, model)
     calibration, sample, class_names = real_data(model)
+    if FLAGS["early_exit"].present:  # else: stage by stage when the model has several outputs
+        options["early_exit"] = FLAGS.early_exit
     flatbuffer, result = deploy.convert(model, target_name, calibration=calibration,
-                                        sample=sample, **options)
+                                        sample=sample, thresholds=FLAGS.thresholds, **options)
     if calibration is not None and hasattr(result, "calibration"):
         result.calibration = (f"{len(calibration)} images of {FLAGS.dataset} (train)"
                               if FLAGS.dataset and not FLAGS.calibration_data

@@ -1,5 +1,7 @@
 """Parameters by precision, memory and MACs of a registered model, per layer and in total, with
-its NN-Mass ("n/a" where not defined) and non-linear units per image under the table.
+its NN-Mass ("n/a" where not defined) and non-linear units per image under the table. A model
+with early exits (several outputs, e.g. ranet_cifar) also gets a table of its exits: parameters
+and FLOPs up to each exit (cumulative, counted as early-exit papers do) and each stage's MACs.
 
 python -m apps.summary --model=resnet20 [--input_shape=32,32,3] [--json]
 python -m apps.summary --list

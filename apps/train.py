@@ -26,6 +26,9 @@ flags.DEFINE_string("input_shape", None, "H,W,C (default: a resumed run's own; e
 flags.DEFINE_string("output_dir", None, "Where checkpoints, logs, model.keras and metrics.json go "
                     "(default: runs/<model>).")
 flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_integer("validation_size", None, "Hold out this many training examples (the "
+                     "`validation` split early-exit thresholds are calibrated on with "
+                     "apps.evaluate --early_exit=budgeted --validation_size=N).")
 flags.DEFINE_string("teacher", None, "Teacher for distilling recipes: a .keras file or a registry name.")
 FLAGS = flags.FLAGS
 
@@ -41,7 +44,7 @@ def main(argv):
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
         steps_per_epoch=FLAGS.steps_per_epoch, input_shape=_cli.parse_shape(FLAGS.input_shape),
         output_dir=FLAGS.output_dir or os.path.join("runs", FLAGS.model), seed=FLAGS.seed,
-        teacher=FLAGS.teacher))
+        teacher=FLAGS.teacher, validation_size=FLAGS.validation_size))
     print(json.dumps({"model": metrics["model"], "epochs": metrics["epochs"], **metrics["test"],
                       "train_seconds": round(metrics["train_seconds"], 1)}))
 

@@ -74,6 +74,11 @@ def output_names(model, count):
     return names if len(names) == count else [f"exit{k + 1}" for k in range(count)]
 
 
+def ranked_classes(logits, top=5):
+    """The `top` highest-scoring classes of each row of `logits` (B, classes), best first."""
+    return np.argsort(-logits, axis=-1)[:, :top]
+
+
 class _Scores:
     """Running top-1/top-5 counts and confusion matrix of one output."""
 
@@ -82,7 +87,7 @@ class _Scores:
         self.top1 = self.top5 = 0
 
     def add(self, logits, labels):
-        ranked = np.argsort(-logits, axis=-1)[:, :5]
+        ranked = ranked_classes(logits)
         np.add.at(self.confusion, (labels, ranked[:, 0]), 1)
         self.top1 += int(np.sum(ranked[:, 0] == labels))
         self.top5 += int(np.sum(np.any(ranked == labels[:, None], axis=-1)))
@@ -159,8 +164,9 @@ def _sizes(model, tta, resize, crop):
 
 
 def evaluate_checkpoint(path, dataset, *, split="test", data_dir=None, batch_size=256,
-                        tta="none", resize=None, crop=None):
-    """Accuracy of a .keras checkpoint on a dataset split.
+                        tta="none", resize=None, crop=None, validation_size=None):
+    """Accuracy of a .keras checkpoint on a dataset split ("validation": held out of the training
+    files, validation_size examples; see effkeras.data).
 
     resize/crop: squash every image to resize x resize (aspect ratio not kept, as ERN's official
     code), then
@@ -174,18 +180,26 @@ def evaluate_checkpoint(path, dataset, *, split="test", data_dir=None, batch_siz
     if resize:
         input_shape = (resize, resize, input_shape[-1])
     data_split = data.load(dataset, split, input_shape=input_shape, batch_size=batch_size,
-                           data_dir=data_dir, augment_with=("squash",) if resize else None)
-    shapes = model.output_shape if isinstance(model.output_shape, list) else [model.output_shape]
-    predicted = sorted({shape[-1] for shape in shapes})
-    if predicted != [data_split.num_classes]:
-        raise InputError(f"{path} predicts {'/'.join(map(str, predicted))} classes but {dataset} "
-                         f"has {data_split.num_classes}; evaluate on the dataset it was trained on")
+                           data_dir=data_dir, augment_with=("squash",) if resize else None,
+                           validation_size=validation_size)
+    check_classes(model, path, dataset, data_split)
     result = evaluate(model, data_split, tta=tta, crop=crop)
     return {"checkpoint": path, "dataset": dataset, "split": split, "tta": tta, "resize": resize,
             "crop": crop, **result}
 
 
-def evaluate_tflite(path, dataset, *, split="test", data_dir=None, batch_size=256, runtime=None):
+def check_classes(model, path, dataset, data_split):
+    """InputError unless every output of the Keras `model` (loaded from `path`) predicts the
+    split's number of classes."""
+    shapes = model.output_shape if isinstance(model.output_shape, list) else [model.output_shape]
+    predicted = sorted({shape[-1] for shape in shapes})
+    if predicted != [data_split.num_classes]:
+        raise InputError(f"{path} predicts {'/'.join(map(str, predicted))} classes but {dataset} "
+                         f"has {data_split.num_classes}; evaluate on the dataset it was trained on")
+
+
+def evaluate_tflite(path, dataset, *, split="test", data_dir=None, batch_size=256, runtime=None,
+                    validation_size=None):
     """Accuracy of a .tflite file on a dataset split, run in LiteRT (default), TFLite Micro
     (runtime="tflm": firmware's kernels) or, for files with LCE ops, LCE's interpreter. The
     images are fitted to the file's input shape as for the Keras model."""
@@ -203,7 +217,7 @@ def evaluate_tflite(path, dataset, *, split="test", data_dir=None, batch_size=25
     if len(inputs) != 1:
         raise InputError(f"{path} takes {len(inputs)} inputs; evaluation feeds one image batch")
     data_split = data.load(dataset, split, input_shape=inputs[0].shape[1:], batch_size=batch_size,
-                           data_dir=data_dir)
+                           data_dir=data_dir, validation_size=validation_size)
     predicted = sorted({tensor.shape[-1] for tensor in outputs})
     if predicted != [data_split.num_classes]:
         raise InputError(f"{path} predicts {'/'.join(map(str, predicted))} classes but {dataset} "

@@ -3,7 +3,9 @@
 One shared MAC counter for every layer type. Precision comes from the quantizers a layer carries:
 a layer whose input and kernel are both 1-bit does binary MACs; anything else counts as float.
 The totals of `as_dict` and the table's footer add NN-Mass and non-linear units per image
-(effkeras.nn_mass).
+(effkeras.nn_mass). A model with several outputs (early exits) also gets, per exit, what it
+needs from the input on: parameters and operations (cumulative, as early-exit papers plot them)
+and the MACs of its stage alone (`exit_costs`).
 """
 
 import dataclasses
@@ -12,7 +14,7 @@ import math
 import keras
 
 from effkeras.graph import FLOAT_BITS, layer_precision, leaf_layers
-from effkeras.nn_mass import model_mass, nonlinear_units
+from effkeras.nn_mass import NONLINEAR_LAYERS, model_mass, nonlinear_units
 
 
 @dataclasses.dataclass
@@ -125,6 +127,7 @@ def as_dict(model):
                     "binary": r.binary, "low_bit": r.low_bit}
                    for r in rows],
         "totals": {**totals(rows), **topology(model)},
+        **({"exits": exit_costs(model)} if _several_outputs(model) else {}),
     }
 
 
@@ -166,4 +169,90 @@ def format_table(model):
                  f"low-bit MACs: {100 * t['low_bit_macs'] / max(1, macs):.1f}%  "
                  f"NN-Mass: {_format_mass(topo['nn_mass'])}  "
                  f"non-linear units/image: {topo['nonlinear_units']:,}")
+    if _several_outputs(model):
+        lines.extend(["", _format_exits(exit_costs(model))])
+    return "\n".join(lines)
+
+
+# --- early exits ----------------------------------------------------------------------------------
+
+
+def layer_flops(layer):
+    """Operations of one call (batch 1) as the op counter of MSDNet and RANet counts them (RANet,
+    arXiv 2003.07326, reports its exits' "MUL-ADD" so): `layer_macs` (convs, linear layers,
+    pooling), plus one per element of a ReLU (or other non-linear activation) and one per bias
+    of a linear layer; BN, concatenation and resizing count nothing, nor do conv biases."""
+    flops = layer_macs(layer)
+    activation = getattr(layer, "activation", None)
+    if isinstance(layer, NONLINEAR_LAYERS) or (
+            callable(activation) and getattr(activation, "__name__", "") != "linear"):
+        flops += math.prod(layer.output.shape[1:])
+    if isinstance(layer, keras.layers.Dense) and layer.use_bias:
+        flops += math.prod(layer.output.shape[1:])
+    return flops
+
+
+def _several_outputs(model):
+    return len(getattr(model, "outputs", None) or ()) > 1
+
+
+def _leaves(operation):
+    if isinstance(operation, keras.Model):
+        return list(leaf_layers(operation))
+    return [operation] if isinstance(operation, keras.layers.Layer) else []
+
+
+def _needed_layers(tensor):
+    """The leaf layers computing `tensor` from the model's inputs (nested models walked into)."""
+    operation, node_index, _ = tensor._keras_history
+    stack, seen, found = [operation._inbound_nodes[node_index]], set(), {}
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        for layer in _leaves(node.operation):
+            found[id(layer)] = layer
+        stack.extend(node.parent_nodes)
+    return found
+
+
+def exit_costs(model):
+    """Per output of `model`, in output order, what running it up to that output costs: for an
+    early-exit network, exit k's stage holds the layers its output needs that no earlier exit
+    needed (exit 1's: the initial layers too).
+
+    params, trainable_params: weights needed up to this exit (cumulative; the trainable ones
+    are what PyTorch code counts, without BN's moving statistics);
+    flops: operations up to and including this exit's classifier (cumulative), counted as
+    `layer_flops`: the x axis of early-exit papers' accuracy-vs-cost plots;
+    stage_macs: MACs (`layer_macs`) of this exit's stage alone.
+    """
+    rows, done = [], {}
+    params = trainable = flops = 0
+    names = list(getattr(model, "output_names", None) or [])
+    for k, tensor in enumerate(model.outputs):
+        stage = {key: layer for key, layer in _needed_layers(tensor).items() if key not in done}
+        done.update(stage)
+        params += sum(sum(layer_params(layer).values()) for layer in stage.values())
+        trainable += sum(math.prod(w.shape) for layer in stage.values()
+                         for w in layer.trainable_weights)
+        flops += sum(layer_flops(layer) for layer in stage.values())
+        rows.append({"output": names[k] if len(names) == len(model.outputs) else f"exit{k + 1}",
+                     "params": params, "trainable_params": trainable, "flops": flops,
+                     "stage_macs": sum(layer_macs(layer) for layer in stage.values())})
+    return rows
+
+
+def _format_exits(exits):
+    header = ["Exit", "Params (cum.)", "Trainable (cum.)", "FLOPs (cum.)", "Stage MACs"]
+    table = [header] + [[e["output"], f"{e['params']:,}", f"{e['trainable_params']:,}",
+                         f"{e['flops']:,}", f"{e['stage_macs']:,}"] for e in exits]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths))) for row in table]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append("FLOPs: operations up to and including each exit, as early-exit papers count "
+                 "them (MACs of convs and linear layers,\n"
+                 "one per ReLU element and linear bias); stage MACs: the layers each exit adds.")
     return "\n".join(lines)

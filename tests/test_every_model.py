@@ -33,6 +33,17 @@ def test_registered_model(name, tmp_path):
     outputs = model.output_shape if isinstance(model.output_shape, list) else [model.output_shape]
     assert all(shape[-1] == CLASSES for shape in outputs)
 
+    # Every layer draws its own random weights: one unseeded Keras 3 initializer object shared
+    # by several layers gives each of them the same values.
+    drawn = {}
+    for layer in model.layers:
+        for weight in layer.trainable_weights:
+            value = keras.ops.convert_to_numpy(weight)
+            if value.ndim >= 2 and value.size > 16 and np.ptp(value) > 0:
+                key = (value.shape, value.tobytes())
+                assert key not in drawn, f"{layer.name} starts as a copy of {drawn[key]}"
+                drawn[key] = layer.name
+
     x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
     model.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras")

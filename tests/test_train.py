@@ -39,6 +39,20 @@ def test_one_epoch_then_two_continues_at_epoch_two(tmp_path, capsys):
         "model": "resnet20", "dataset": "synthetic", "input_shape": [16, 16, 3], "num_classes": 10}
 
 
+def test_validation_split_is_held_out_of_training_and_fixed_for_the_run(tmp_path, fashion_mnist_dir):
+    config = dict(model="resnet20", dataset="fashion_mnist", data_dir=str(fashion_mnist_dir),
+                  input_shape=(16, 16, 1), batch_size=10, output_dir=str(tmp_path), verbose=0)
+    first = training.train(training.TrainConfig(epochs=1, validation_size=10, **config))
+    # 40 training images, 10 held out: 3 steps of 10 per epoch.
+    saved = keras.models.load_model(tmp_path / "checkpoint-1.keras")
+    assert int(saved.optimizer.iterations) == 3 and first["epochs"] == 1
+    assert read_json(tmp_path / "state.json")["validation_size"] == 10
+    with pytest.raises(InputError, match="held out 10 training examples, not 20"):
+        training.train(training.TrainConfig(epochs=2, validation_size=20, **config))
+    with pytest.raises(InputError, match="--validation_size must be a positive integer"):
+        training.train(training.TrainConfig(epochs=2, validation_size=0, **config))
+
+
 def test_output_dir_of_another_model_is_refused(tmp_path):
     (tmp_path / "state.json").write_text(json.dumps({"model": "other", "epoch": 1, "history": []}))
     with pytest.raises(InputError, match="holds a run of other"):

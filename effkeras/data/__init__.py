@@ -2,17 +2,24 @@
 
 Images are fitted to the model's input shape (padded or resized; grayscale tiled to RGB when the
 model wants 3 channels). Models normalise their own input, so a deployed model takes raw pixels.
+
+Splits: "train" and "test" are the dataset's own files ("val" is another name for "test", the
+name of ImageNet's folder). "validation" is held out of the training files: a fixed set of
+`validation_size` training examples, the same in every run, prepared as test images (no
+augmentation), for what must not see the test split (early-exit thresholds); "train" with the
+same validation_size leaves them out.
 """
 
 import contextlib
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 
 from effkeras.data import augment, cifar, fashion_mnist, imagenet, synthetic
 from effkeras.errors import InputError
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
 # name -> (number of classes or None when the caller chooses, default train augmentations)
 DATASETS = {
     "fashion_mnist": (10, ("crop", "flip")),
@@ -21,6 +28,12 @@ DATASETS = {
     "imagenet": (None, ("random_resized_crop", "flip")),
     "synthetic": (None, ("crop", "flip")),
 }
+# Default size of the "validation" split: RANet's official code holds out 5,000 CIFAR and 50,000
+# ImageNet training images for its thresholds (arXiv 2003.07326, budgeted batch classification);
+# Fashion-MNIST as CIFAR; synthetic data has 512 training images.
+VALIDATION_SIZES = {"fashion_mnist": 5000, "cifar10": 5000, "cifar100": 5000, "imagenet": 50000,
+                    "synthetic": 64}
+VALIDATION_SEED = 2003  # fixed: every run holds out the same training examples
 
 
 @dataclasses.dataclass
@@ -30,10 +43,26 @@ class DataSplit:
     num_classes: int
     class_names: list
     errors_as_input_errors: object = contextlib.nullcontext  # wrap iteration: bad files -> InputError
+    source: str = None  # the files the examples come from: "train" or "test"
+    indices: object = None  # which examples of those files, in order (numpy int array)
 
 
 def names():
     return sorted(DATASETS)
+
+
+def validation_indices(num_train, validation_size, what="the training set"):
+    """(validation, rest): sorted indices into `num_train` training examples, `validation_size`
+    of them picked by a fixed-seed permutation (a random choice, balanced over classes in
+    expectation even where the files are sorted by class, as ImageNet's), the others in `rest`."""
+    if (isinstance(validation_size, bool) or not isinstance(validation_size, int)
+            or validation_size < 1):
+        raise InputError(f"--validation_size must be a positive integer, got {validation_size!r}")
+    if validation_size >= num_train:
+        raise InputError(f"--validation_size={validation_size} must be smaller than {what} "
+                         f"({num_train} examples): the validation split is held out of it")
+    order = np.random.default_rng(VALIDATION_SEED).permutation(num_train)
+    return np.sort(order[:validation_size]), np.sort(order[validation_size:])
 
 
 def _array_pipeline(images, labels, shape, augmentations, seed):
@@ -94,17 +123,23 @@ def _file_pipeline(paths, labels, shape, augmentations, seed):
 
 
 def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=None,
-         shuffle=None, num_classes=None, seed=0):
+         shuffle=None, num_classes=None, seed=0, validation_size=None):
     """A DataSplit of `name` ('fashion_mnist', 'cifar10', 'cifar100', 'imagenet', 'synthetic').
 
+    split: 'train', 'validation' (held out of the training files) or 'test' ('val' = 'test').
     augment_with: augmentation names; None means the dataset's standard train set for 'train'
-    and none for 'test'. shuffle defaults to True for 'train'.
+    and none otherwise. shuffle defaults to True for 'train'.
+    validation_size: examples in the 'validation' split (default VALIDATION_SIZES[name]); with
+    'train', leave that many out (the 'validation' ones); None: 'train' keeps them all.
     """
     if name not in DATASETS:
         raise InputError(f"unknown dataset {name!r}; choose from {', '.join(names())}")
-    split = {"val": "test", "validation": "test"}.get(split, split)
+    split = {"val": "test"}.get(split, split)
     if split not in SPLITS:
-        raise InputError(f"unknown split {split!r}; choose from train, test")
+        raise InputError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    source = "test" if split == "test" else "train"
+    if split == "validation" and validation_size is None:
+        validation_size = VALIDATION_SIZES[name]
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch size must be a positive int, got {batch_size!r}")
     fixed_classes, default_augmentations = DATASETS[name]
@@ -116,22 +151,28 @@ def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=No
     errors = contextlib.nullcontext
 
     if name == "imagenet":
-        paths, labels, class_names = imagenet.list_files(data_dir, split)
+        paths, labels, class_names = imagenet.list_files(data_dir, source)
+        indices = _indices(name, len(labels), split, validation_size)
+        if len(indices) < len(labels):
+            paths, labels = [paths[i] for i in indices], [labels[i] for i in indices]
         dataset, prepare = _file_pipeline(paths, labels, shape, augmentations, seed)
         errors = lambda: imagenet.decode_errors_as_input_errors(paths)  # noqa: E731
     else:
         if name == "fashion_mnist":
-            images, labels = fashion_mnist.read(data_dir, split)
+            images, labels = fashion_mnist.read(data_dir, source)
             class_names = fashion_mnist.CLASS_NAMES
         elif name == "synthetic":
             if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                             or num_classes < 1):
                 raise InputError(f"synthetic data needs a positive number of classes, got {num_classes!r}")
-            images, labels = synthetic.read(shape, num_classes or 10, split, seed)
+            images, labels = synthetic.read(shape, num_classes or 10, source, seed)
             class_names = [str(i) for i in range(num_classes or 10)]
         else:
-            images, labels = cifar.read(data_dir, split, fixed_classes)
+            images, labels = cifar.read(data_dir, source, fixed_classes)
             class_names = [str(i) for i in range(fixed_classes)]
+        indices = _indices(name, len(labels), split, validation_size)
+        if len(indices) < len(labels):
+            images, labels = images[indices], labels[indices]
         dataset, prepare = _array_pipeline(images, labels, shape, augmentations, seed)
 
     count = len(labels)
@@ -140,4 +181,12 @@ def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=No
     dataset = (dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
                .batch(batch_size, drop_remainder=split == "train" and count >= batch_size)
                .prefetch(tf.data.AUTOTUNE))
-    return DataSplit(dataset, count, len(class_names), list(class_names), errors)
+    return DataSplit(dataset, count, len(class_names), list(class_names), errors, source, indices)
+
+
+def _indices(name, count, split, validation_size):
+    """Which of `count` examples of the split's files `split` takes."""
+    if split == "test" or (split == "train" and validation_size is None):
+        return np.arange(count)
+    validation, rest = validation_indices(count, validation_size, f"{name}'s training set")
+    return validation if split == "validation" else rest

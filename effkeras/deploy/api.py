@@ -5,6 +5,8 @@ Report)` registered under its name with `register_target`. Each runs the same st
 direction, passes -> export -> convert -> verify (`verify.py`), and raises (InputError for
 what the user can fix) rather than return a flatbuffer that did not check out. `save` writes the
 flatbuffer, the target's extra files and the JSON an app developer reads, all atomically.
+A model with several outputs (early exits) converts stage by stage for float, float16, int8
+and tflm (`early_exit.py`): the same targets, one signature (tflm: one file) per exit.
 """
 
 import dataclasses
@@ -66,20 +68,50 @@ def get(name):
     return TARGETS[name]
 
 
-def convert(model, target, *, calibration=None, **options):
+def convert(model, target, *, calibration=None, early_exit=None, thresholds=None, **options):
     """(flatbuffer bytes, Report) of `model` for `target`, verified (module docstring).
 
     calibration: images (N, H, W, C) float32 in the model's input range for targets that
     quantize (int8, tflm, ethos-u*); None draws random images and says so in the report.
     options: the target's own (e.g. sample, allow_float_fallback, io, system_config).
     A Keras model first has its collapsible blocks collapsed (passes/collapse.py).
+    early_exit: a model with several outputs (an early-exit network) converts stage by stage
+    (early_exit.py): one file with a signature per exit (float, float16, int8), or a file per
+    stage (tflm, as is a given early-exit file); False: the graph of all exits at once, one
+    subgraph with K outputs (to check the accuracy of every exit). thresholds: the exits'
+    confidence thresholds (K numbers or a thresholds file) written into an early-exit file.
     """
     convert_fn = get(target).convert
     collapsed = 0
     if isinstance(model, keras.Model):  # not the bytes of a .tflite file
         model, collapsed = collapse(model)
-    flatbuffer, report = convert_fn(model, calibration=calibration, **options)
+    if early_exit is None:
+        early_exit = _has_exits(model)
+    if early_exit:
+        from effkeras.deploy import early_exit as stages
+
+        if target not in stages.TARGETS:
+            raise InputError(f"target {target} has no early-exit form (one signature or file "
+                             f"per exit stage: {', '.join(stages.TARGETS)}); convert the graph "
+                             f"of all exits at once with early_exit=False (apps.convert: "
+                             f"--noearly_exit)")
+        flatbuffer, report = stages.convert(model, target, calibration=calibration,
+                                            thresholds=thresholds, **options)
+    else:
+        if thresholds is not None:
+            raise InputError("exit thresholds go with an early-exit model (several outputs) "
+                             "converted stage by stage")
+        flatbuffer, report = convert_fn(model, calibration=calibration, **options)
     return flatbuffer, dataclasses.replace(report, collapsed_blocks=collapsed)
+
+
+def _has_exits(model):
+    """A Keras model with several outputs, or the bytes of an early-exit file."""
+    if isinstance(model, keras.Model):
+        return len(model.outputs) > 1
+    from effkeras.deploy import early_exit
+
+    return early_exit.is_early_exit_file(model)
 
 
 def default_target(model, name=None):
@@ -108,7 +140,7 @@ def app_metadata(flatbuffer, report, *, model_name, class_names=None,
                 "quantization": quantization}
 
     classes = outputs[0].shape[-1] if outputs and outputs[0].shape else None
-    return {
+    metadata = {
         "model": model_name, "target": report.target, "size_bytes": len(flatbuffer),
         "inputs": [{**describe(t), "value_range": list(input_range),
                     "layout": "NHWC raw pixels (the model normalises them itself)"}
@@ -116,6 +148,11 @@ def app_metadata(flatbuffer, report, *, model_name, class_names=None,
         "outputs": [{**describe(t), "kind": "logits"} for t in outputs],
         "class_names": list(class_names) if class_names else [str(i) for i in range(classes or 0)],
     }
+    if getattr(report, "description", None):  # an early-exit file: its exits and stages
+        from effkeras.deploy import early_exit
+
+        metadata.update(early_exit.app_fields(report, class_names))
+    return metadata
 
 
 def metadata_path(path):

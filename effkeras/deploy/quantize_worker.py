@@ -5,7 +5,11 @@ softplus and selu) when a model holds an op without an int8 kernel, so `tflite.c
 runs it here: a crash is then an error it can explain, not the end of the app. Imports only
 TensorFlow and NumPy (run as a script, not through the effkeras package).
 
-python quantize_worker.py SAVED_MODEL CALIBRATION.npz IO OUTPUT.tflite
+python quantize_worker.py SAVED_MODEL CALIBRATION.npz IO OUTPUT.tflite [SIGNATURES]
+
+SIGNATURES: comma-separated signature keys, one subgraph each (an early-exit model's stages);
+the archive then holds "<signature>/<input name>" arrays, and each calibration example is given
+to every signature in turn, as (signature key, {input name: array}).
 """
 
 import os
@@ -14,18 +18,31 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def main(saved_model, calibration, io, output):
+def main(saved_model, calibration, io, output, signatures=None):
     import numpy as np
     import tensorflow as tf
 
+    keys = signatures.split(",") if signatures else None
     with np.load(calibration) as archive:
-        arrays = [archive[f"arr_{i}"] for i in range(len(archive.files))]
+        if keys:
+            named = {key: {} for key in keys}
+            for name in archive.files:
+                key, input_name = name.split("/", 1)
+                named[key][input_name] = archive[name]
+            count = len(next(iter(named[keys[0]].values())))
+        else:
+            arrays = [archive[f"arr_{i}"] for i in range(len(archive.files))]
+            count = len(arrays[0])
 
     def representative_dataset():
-        for i in range(len(arrays[0])):
-            yield [a[i:i + 1] for a in arrays]
+        for i in range(count):
+            if keys:
+                for key in keys:
+                    yield key, {name: a[i:i + 1] for name, a in named[key].items()}
+            else:
+                yield [a[i:i + 1] for a in arrays]
 
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model, signature_keys=keys)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative_dataset
     # Builtins too, so that an op without an int8 kernel stays float and can be named by the

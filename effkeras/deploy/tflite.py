@@ -70,15 +70,21 @@ def to_flatbuffer(model, configure=None):
     """Exports `model` and converts it; `configure(converter)` sets the converter's options."""
     with tempfile.TemporaryDirectory() as directory:
         export_saved_model(model, directory)
-        converter = tf.lite.TFLiteConverter.from_saved_model(directory)
-        if configure is not None:
-            configure(converter)
-        try:
-            with runtime.quiet_stderr():  # the MLIR converter logs to fd 2
-                return converter.convert()
-        except Exception as e:  # ConverterError and friends: the first line says what failed
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise InputError(f"the TFLite converter failed on {model.name}: {first}") from None
+        return convert_saved_model(directory, model.name, configure)
+
+
+def convert_saved_model(directory, name, configure=None, signature_keys=None):
+    """The flatbuffer of a SavedModel (its `signature_keys`, one subgraph each; default: the
+    serving signature); `configure(converter)` sets the converter's options."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(directory, signature_keys=signature_keys)
+    if configure is not None:
+        configure(converter)
+    try:
+        with runtime.quiet_stderr():  # the MLIR converter logs to fd 2
+            return converter.convert()
+    except Exception as e:  # ConverterError and friends: the first line says what failed
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"the TFLite converter failed on {name}: {first}") from None
 
 
 def _compare(model, flatbuffer, sample, input_range, max_rel_diff, what):
@@ -174,28 +180,46 @@ def convert_int8(model, *, calibration=None, sample=None, io="int8", allow_float
 
 def _quantize(model, calibration, io):
     """The int8 flatbuffer of `model`, quantized in a child process (quantize_worker.py)."""
+    with tempfile.TemporaryDirectory() as directory:
+        export_saved_model(model, directory)
+        return quantize_saved_model(directory, calibration, io, model.name,
+                                    lambda: to_flatbuffer(model))
+
+
+def quantize_saved_model(saved_model, calibration, io, name, float_flatbuffer,
+                         signature_keys=None):
+    """The int8 flatbuffer of a SavedModel, quantized in a child process (quantize_worker.py).
+
+    calibration: a list of arrays, one per input of the serving signature; with
+    `signature_keys` (one subgraph per signature), {signature: {input name: array}} with the
+    same number of examples everywhere. float_flatbuffer: a function returning the float file,
+    whose ops name the suspects when the quantizer crashes."""
     worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quantize_worker.py")
     with tempfile.TemporaryDirectory() as directory:
-        saved_model = os.path.join(directory, "saved_model")
-        export_saved_model(model, saved_model)
         arrays = os.path.join(directory, "calibration.npz")
-        np.savez(arrays, *calibration)
+        if signature_keys:
+            np.savez(arrays, **{f"{key}/{input_name}": array
+                                for key in signature_keys
+                                for input_name, array in calibration[key].items()})
+        else:
+            np.savez(arrays, *calibration)
         output = os.path.join(directory, "int8.tflite")
-        run = subprocess.run([sys.executable, worker, saved_model, arrays, io, output],
+        command = [sys.executable, worker, saved_model, arrays, io, output]
+        run = subprocess.run(command + ([",".join(signature_keys)] if signature_keys else []),
                              capture_output=True, text=True)
         if run.returncode == 0:
             with open(output, "rb") as f:
                 return f.read()
     if run.returncode < 0:  # killed by a signal: the quantizer crashed
-        suspects = sorted({op.type for op in verify.operators(to_flatbuffer(model))}
+        suspects = sorted({op.type for op in verify.operators(float_flatbuffer())}
                           - set(INT8_OPS))
         raise InputError(
-            f"TensorFlow's int8 quantizer crashed on {model.name} (signal {-run.returncode}), as "
+            f"TensorFlow's int8 quantizer crashed on {name} (signal {-run.returncode}), as "
             f"it does on ops without an int8 kernel; ops of this model TFLite has no int8 "
             f"kernel for: {', '.join(suspects) or 'none known'}. Replace those layers (e.g. an "
             f"activation with ReLU/ReLU6/hard-swish) or deploy with --target=float")
     lines = run.stderr.strip().splitlines()
-    raise InputError(f"the TFLite converter failed to quantize {model.name}: "
+    raise InputError(f"the TFLite converter failed to quantize {name}: "
                      f"{lines[-1] if lines else 'exit code ' + str(run.returncode)}")
 
 

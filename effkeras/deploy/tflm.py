@@ -15,7 +15,11 @@ Micro's kernels, and the target reports:
 """
 
 import dataclasses
+import os
 import re
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 
@@ -83,43 +87,105 @@ def arena_bytes(flatbuffer, limit=1 << 30):
     """The smallest arena (a multiple of ARENA_ALIGNMENT) that allocates and invokes.
 
     TFLite Micro plans the whole arena when the interpreter is built (AllocateTensors, scratch
-    buffers included), so the bisection builds interpreters; one invoke confirms the answer."""
-    def allocates(size):
-        try:
-            runtime.TFLiteMicro(flatbuffer, arena_size=size)
-            return True
-        except Exception:  # too small: allocation fails in the constructor
-            return False
+    buffers included), so the bisection builds interpreters; one invoke confirms the answer.
+    They are built in a child process (_ARENA_PROBE): at some sizes that are too small TFLite
+    Micro crashes (segmentation fault) instead of failing, e.g. 1,648 bytes for a 2-op stage
+    that needs 2,144, so a probe that kills the child counts as too small and the bisection
+    goes on in a new child."""
+    count = len(verify.io_tensors(flatbuffer)[0])
+    low = high = 0  # high 0: not found yet
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "model.tflite")
+        with open(path, "wb") as f:
+            f.write(flatbuffer)
+        for _ in range(MAX_PROBE_CRASHES):
+            run = subprocess.run([sys.executable, "-c", _ARENA_PROBE, path, str(low), str(high),
+                                  str(limit), str(ARENA_ALIGNMENT), str(count)],
+                                 capture_output=True, text=True)
+            pending = None
+            for line in run.stdout.splitlines():
+                word, size = line.split()
+                size = int(size)
+                if word in ("probe", "invoke"):
+                    pending = (word, size)
+                    continue
+                pending = None
+                if word == "ok":
+                    high = size
+                elif word == "fail":
+                    low = max(low, size)
+                elif word == "limit":
+                    raise InputError(f"TFLite Micro cannot allocate this model in {limit:,} "
+                                     f"bytes")
+                elif word == "invoked":
+                    return size
+                else:  # not-invoked
+                    raise RuntimeError(f"TFLite Micro allocates this model in {size:,} bytes "
+                                       f"but cannot invoke it there")
+            if pending is None or pending[0] == "invoke":
+                raise RuntimeError(f"TFLite Micro crashed measuring this model's arena (exit "
+                                   f"code {run.returncode}"
+                                   + (f", invoking it in {pending[1]:,} bytes)" if pending
+                                      else ")"))
+            low = max(low, pending[1])  # crashed building it: too small
+    raise RuntimeError(f"TFLite Micro crashed {MAX_PROBE_CRASHES} times measuring this model's "
+                       f"arena")
 
-    high = max(ARENA_ALIGNMENT, 2 * len(flatbuffer))
-    while not allocates(high):
-        high *= 2
-        if high > limit:
-            raise InputError(f"TFLite Micro cannot allocate this model in {limit:,} bytes")
-    low = 0
-    while high - low > ARENA_ALIGNMENT:
-        middle = (low + high) // 2 // ARENA_ALIGNMENT * ARENA_ALIGNMENT
-        if middle <= low:
-            break
-        if allocates(middle):
-            high = middle
-        else:
-            low = middle
-    if not _invokes(flatbuffer, high):
-        raise RuntimeError(f"TFLite Micro allocates this model in {high:,} bytes but cannot "
-                           f"invoke it there")
-    return high
+
+MAX_PROBE_CRASHES = 8
+# Bisection of the arena in a child process, which prints each probe before trying it: a crash
+# then names the size that caused it. Arguments: model path, low, high (0: double from twice
+# the model's size until one allocates), limit, alignment, number of inputs.
+_ARENA_PROBE = r"""
+import sys
+import numpy as np
+from tflite_micro import runtime
+
+path = sys.argv[1]
+low, high, limit, alignment, count = (int(a) for a in sys.argv[2:7])
+with open(path, "rb") as f:
+    model = f.read()
 
 
-def _invokes(flatbuffer, size):
+def allocates(size):
+    print("probe", size, flush=True)
     try:
-        micro = runtime.TFLiteMicro(flatbuffer, arena_size=size)
-        with runtime.quiet_stderr():
-            micro.run_one(micro.encode([np.zeros(d["shape"][1:], np.float32)
-                                        for d in micro.inputs]))
+        runtime.Interpreter.from_bytes(model, arena_size=size)
+        print("ok", size, flush=True)
         return True
     except Exception:
+        print("fail", size, flush=True)
         return False
+
+
+if not high:
+    high = max(alignment, 2 * len(model))
+    while high <= low:
+        high *= 2
+    while not allocates(high):
+        low, high = high, high * 2
+        if high > limit:
+            print("limit", limit, flush=True)
+            sys.exit(0)
+while high - low > alignment:
+    middle = (low + high) // 2 // alignment * alignment
+    if middle <= low:
+        break
+    if allocates(middle):
+        high = middle
+    else:
+        low = middle
+print("invoke", high, flush=True)
+try:
+    interpreter = runtime.Interpreter.from_bytes(model, arena_size=high)
+    for i in range(count):
+        details = interpreter.get_input_details(i)
+        interpreter.set_input(np.zeros(details["shape"], details["dtype"]), i)
+    interpreter.invoke()
+    print("invoked", high, flush=True)
+except Exception:
+    print("not-invoked", high, flush=True)
+"""
 
 
 def identifier(name):

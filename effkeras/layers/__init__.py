@@ -5,8 +5,10 @@ from effkeras.layers.common import (ChannelPad, LearnableBias, PixelNormalizatio
 from effkeras.layers.ern import PixelEmbedding
 from effkeras.layers.quantized import (QuantConv2D, QuantDense, QuantDepthwiseConv2D,
                                        QuantSeparableConv2D)
+from effkeras.layers.ranet import BilinearResize
 from effkeras.layers.recu import ReCUConv2D
 
-__all__ = ["ChannelPad", "CollapsibleConv2D", "LayerScale", "LearnableBias", "PixelEmbedding",
-           "PixelNormalization", "QuantConv2D", "QuantDense", "QuantDepthwiseConv2D",
-           "QuantSeparableConv2D", "ReCUConv2D", "normalize_pixels", "option_a_shortcut"]
+__all__ = ["BilinearResize", "ChannelPad", "CollapsibleConv2D", "LayerScale", "LearnableBias",
+           "PixelEmbedding", "PixelNormalization", "QuantConv2D", "QuantDense",
+           "QuantDepthwiseConv2D", "QuantSeparableConv2D", "ReCUConv2D", "normalize_pixels",
+           "option_a_shortcut"]

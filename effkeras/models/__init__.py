@@ -5,6 +5,7 @@ from effkeras.saving import load_model as load_checkpoint  # the loader under it
 from effkeras.models import ern, rans, recu, resnet  # noqa: F401  (registers models)
 from effkeras.models import efficientnet_lite, mlperf_tiny, mobilenet  # noqa: F401  (peers)
 from effkeras.models import convnext  # noqa: F401  (RAN-i and its ConvNeXt peers)
+from effkeras.models import ranet  # noqa: F401  (early exits)
 
 __all__ = ["ModelInfo", "check_input_shape", "get", "info", "load_checkpoint", "names",
            "register"]

@@ -35,9 +35,13 @@ STEM_FILTERS = 16
 HEAD_FILTERS = 1344
 HEAD_KERNEL = 7  # the depthwise conv of the head, on the 7x7 map of a 224x224 input
 DROPOUT = 0.2
-# He init on fan-out for convs, a third of the fan-out scale (uniform) for the classifier.
-CONV_INIT = keras.initializers.VarianceScaling(2.0, "fan_out", "truncated_normal")
-DENSE_INIT = keras.initializers.VarianceScaling(1 / 3, "fan_out", "uniform")
+# He init on fan-out for convs, a third of the fan-out scale (uniform) for the classifier. As
+# configs, so that every layer gets its own initializer: one unseeded Keras 3 initializer
+# object gives every layer of the same shape the same weights.
+CONV_INIT = {"class_name": "VarianceScaling",
+             "config": {"scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"}}
+DENSE_INIT = {"class_name": "VarianceScaling",
+              "config": {"scale": 1 / 3, "mode": "fan_out", "distribution": "uniform"}}
 
 
 @dataclasses.dataclass(frozen=True)

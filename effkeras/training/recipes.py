@@ -13,7 +13,8 @@ official code; MLPerf Tiny (Banbury et al., arXiv 2106.07597) and its reference 
 EfficientNet, Tan & Le 2019 (arXiv 1905.11946) and its TPU reference code (tensorflow/tpu,
 models/official/efficientnet); RANs, Restructurable Activation Networks (arXiv 2208.08562) and its
 official code (ARM-software/ML-restructurable-activation-networks); ConvNeXt, Liu et al. 2022
-(arXiv 2201.03545) and its official code, which RAN-i's training script follows; AutoAugment
+(arXiv 2201.03545) and its official code, which RAN-i's training script follows; RANet, Yang et
+al. 2020 (arXiv 2003.07326) and its official code (yangle15/RANet-pytorch); AutoAugment
 (arXiv 1805.09501), RandAugment (arXiv 1909.13719), Mixup (arXiv 1710.09412), CutMix (arXiv
 1905.04899), random erasing (arXiv 1708.04896).
 """
@@ -391,6 +392,18 @@ RECIPES = {
                     weight_decay=WeightDecay(0.05, decay_vectors=False),
                     augment=CONVNEXT_AUGMENT,
                     mix=Mix(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5), ema=0.9999),
+    # RANet (arXiv 2003.07326; official code, main.py and args.py): the sum of the exits'
+    # cross-entropies, each weighed 1.0 (output_weights () = 1.0 per exit, whatever K); SGD
+    # momentum 0.9 (not Nesterov), lr 0.1 at batch 64, x0.1 at half and at three quarters of the
+    # run (epochs 150 and 225 of 300). Weight decay 1e-4 on every parameter, BN and biases
+    # included, is coupled L2 in the models (Keras L2(5e-5)). CIFAR: 4-pixel pad-and-crop and
+    # flip; ImageNet: random resized crop and flip (the code's ImageNet schedule, x0.1 every 30
+    # epochs of 90, differs from this one).
+    "ranet": Recipe(Optimizer("sgd", momentum=0.9), learning_rate=0.1, epochs=300, batch_size=64,
+                    base_batch_size=64, schedule=Schedule("multistep", milestones=(0.5, 0.75)),
+                    loss=Loss(output_weights=()),
+                    augment=(("cifar10", ("crop", "flip")), ("cifar100", ("crop", "flip")),
+                             ("imagenet", ("random_resized_crop", "flip")))),
 }
 
 

@@ -74,6 +74,9 @@ class TrainConfig:
     input_shape: tuple = None  # None: the run's own on resume, else see default_input_shape
     seed: int = 0
     teacher: str = None  # .keras file or registry name, for recipes that distil
+    # Training examples held out (data's `validation` split, the same in every run): early-exit
+    # thresholds are calibrated on them (apps.evaluate --early_exit=budgeted, same size).
+    validation_size: int = None
     verbose: int = None  # None: progress bars on a terminal, one line per epoch otherwise
 
 
@@ -87,7 +90,7 @@ def _check_positive(name, value):
 
 def check_config(config, recipe):
     """InputError for any flag that cannot be right, before anything is read or written."""
-    for name in ("epochs", "batch_size", "steps_per_epoch"):
+    for name in ("epochs", "batch_size", "steps_per_epoch", "validation_size"):
         _check_positive(name, getattr(config, name))
     rate = config.learning_rate
     if rate is not None and (isinstance(rate, bool) or not isinstance(rate, numbers.Real)
@@ -248,7 +251,8 @@ def _train(config, info, recipe):
         # Shuffle differently after a resume, as an uninterrupted run would.
         train_split = data.load(config.dataset, "train", input_shape=input_shape,
                                 batch_size=batch_size, data_dir=config.data_dir,
-                                seed=config.seed + initial_epoch, augment_with=train_augment)
+                                seed=config.seed + initial_epoch, augment_with=train_augment,
+                                validation_size=config.validation_size)
         # A recipe that trains on squashed images validates on them too (ERN's official code).
         test_split = data.load(config.dataset, "test", input_shape=input_shape,
                                batch_size=batch_size, data_dir=config.data_dir,
@@ -269,7 +273,7 @@ def _train(config, info, recipe):
         teacher = teacher and load_teacher(config.teacher, input_shape, num_classes)
 
     identity = {"model": info.name, "dataset": config.dataset, "input_shape": list(input_shape),
-                "num_classes": num_classes}
+                "num_classes": num_classes, "validation_size": config.validation_size}
     if state is not None:
         check_same_run(config.output_dir, state, identity)
         state.update(identity)
