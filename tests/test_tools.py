@@ -1,7 +1,10 @@
-"""The user scripts under tools/ that run where the project cannot (a Raspberry Pi)."""
+"""The user scripts under tools/: those that run where the project cannot (a Raspberry Pi), and
+the tables and plots of the measuring tools."""
 
 import os
 import subprocess
+
+import pytest
 
 from conftest import REPO
 
@@ -28,3 +31,31 @@ def test_rpi_benchmark_without_a_binary_says_what_to_do(tmp_path):
     result = subprocess.run(["bash", SCRIPT, "-b", str(tmp_path / "missing"), "m.tflite"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "pass it with -b" in result.stderr
+
+
+def test_mcu_table_gives_ratios_to_the_reference():
+    from tools import mcu_table
+
+    rows = [{"model": m, "input": "8x8x3", "macs": 1e6, "params": 10, "int8_bytes": 100,
+             "arena_bytes": 64, "inferences_per_second": ips, "sram_bytes": 32, "npu_ops": 3,
+             "cpu_ops": 0} for m, ips in (("a", 50.0), ("b", 100.0))]
+    text = mcu_table.table(rows, "ethos-u55-128", reference="b")
+    assert "| x b |" in text and "| 50.0 | 0.50 | 32 |" in text and "| 100.0 | 1.00 | 32 |" in text
+    with pytest.raises(ValueError, match="not one of --models"):
+        mcu_table.table(rows, "ethos-u55-128", reference="c")
+
+
+def test_early_exit_latency_table_and_plot(tmp_path):
+    from tools import _report, bench_early_exit
+
+    rows = {"budget 1 M FLOPs": {"ms_per_image": 0.5, "top1": 0.9, "flops": 1e6,
+                                 "exit_fractions": [0.75, 0.25], "thresholds": [0.9, 0.0]},
+            bench_early_exit.ALL_STAGES: {"ms_per_image": 2.0, "top1": 0.92, "flops": 3e6,
+                                          "exit_fractions": [0.0, 1.0],
+                                          "thresholds": [1e8, 0.0]}}
+    text = bench_early_exit.table(rows)
+    assert "| budget 1 M FLOPs | 0.50 | 0.25 | 90.00% | 1.0 M | 0.75 0.25 |" in text
+    _report.write(str(tmp_path), "latency", text, rows)
+    bench_early_exit.plot(rows, str(tmp_path / "latency.png"))
+    assert (tmp_path / "latency.md").read_text().startswith("| setting |")
+    assert (tmp_path / "latency.png").stat().st_size > 0 and (tmp_path / "latency.json").exists()

@@ -20,6 +20,7 @@ import numpy as np
 from absl import flags
 
 from apps import _cli
+from tools import _report
 
 flags.DEFINE_string("tflite", None, "An early-exit .tflite file (one signature per stage).")
 flags.DEFINE_list("budgets", ["20e6", "35e6"], "Average FLOPs per image to calibrate for.")
@@ -97,20 +98,12 @@ def table(rows):
 
 
 def plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for name, r in rows.items():
-        axis.scatter(r["ms_per_image"], 100 * r["top1"])
-        axis.annotate(name, (r["ms_per_image"], 100 * r["top1"]), fontsize=8)
-    axis.set(xlabel="ms per image (LiteRT, this machine)", ylabel="top-1 %",
-             title="early exit: accuracy against latency")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with _report.figure(path, figsize=(6, 4)) as (_, axis):
+        for name, r in rows.items():
+            axis.scatter(r["ms_per_image"], 100 * r["top1"])
+            axis.annotate(name, (r["ms_per_image"], 100 * r["top1"]), fontsize=8)
+        axis.set(xlabel="ms per image (LiteRT, this machine)", ylabel="top-1 %",
+                 title="early exit: accuracy against latency")
 
 
 def main(argv):
@@ -132,10 +125,7 @@ def main(argv):
     text = table(rows)
     print(text)
     if FLAGS.output_dir:
-        os.makedirs(FLAGS.output_dir, exist_ok=True)
-        fileio.write_bytes(os.path.join(FLAGS.output_dir, "early_exit_latency.md"),
-                           (text + "\n").encode())
-        fileio.write_json(os.path.join(FLAGS.output_dir, "early_exit_latency.json"), rows)
+        _report.write(FLAGS.output_dir, "early_exit_latency", text, rows)
         plot(rows, os.path.join(FLAGS.output_dir, "early_exit_latency.png"))
 
 

@@ -17,6 +17,7 @@ quick check of the tool itself. A ratio measured on this machine, not on the pap
 from absl import flags
 
 from apps import _cli
+from tools import _report
 
 flags.DEFINE_integer("runs", 10, "Timed invokes per model.")
 flags.DEFINE_integer("warmup", 2, "Untimed invokes per model first.")
@@ -85,21 +86,14 @@ def table(report):
 
 
 def plot(report, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = [r["model"] for r in report["models"]]
-    figure, (latency, macs) = plt.subplots(1, 2, figsize=(9, 3.5))
-    latency.bar(names, [r["median_ms"] for r in report["models"]], color=["C0", "C1"])
-    latency.set(ylabel="median ms (LiteRT, 1 thread)",
-                title=f"latency convnext_t / ran_i_t: {report['speedup']:.2f}x")
-    macs.bar(names, [r["macs"] / 1e9 for r in report["models"]], color=["C0", "C1"])
-    macs.set(ylabel="GMACs", title=f"MACs convnext_t / ran_i_t: {report['mac_ratio']:.2f}x")
-    figure.suptitle(f"float TFLite, {report['models'][0]['input']}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with _report.figure(path, ncols=2, figsize=(9, 3.5)) as (figure, (latency, macs)):
+        latency.bar(names, [r["median_ms"] for r in report["models"]], color=["C0", "C1"])
+        latency.set(ylabel="median ms (LiteRT, 1 thread)",
+                    title=f"latency convnext_t / ran_i_t: {report['speedup']:.2f}x")
+        macs.bar(names, [r["macs"] / 1e9 for r in report["models"]], color=["C0", "C1"])
+        macs.set(ylabel="GMACs", title=f"MACs convnext_t / ran_i_t: {report['mac_ratio']:.2f}x")
+        figure.suptitle(f"float TFLite, {report['models'][0]['input']}")
 
 
 def main(argv):

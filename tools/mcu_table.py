@@ -12,6 +12,7 @@ weights only through compression), calibration random. Every number is measured 
 from absl import flags
 
 from apps import _cli
+from tools import _report
 
 flags.DEFINE_list("models", ["mlperf_tiny_resnet8", "mobilenet_v2@96:alpha=0.35",
                              "efficientnet_lite0"], "Models: NAME[@SIZE][:option=value].")
@@ -75,19 +76,12 @@ def table(rows, accelerator, reference=None):
 
 
 def plot(rows, accelerator, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for r in rows:
-        axis.scatter(r["macs"] / 1e6, r["inferences_per_second"])
-        axis.annotate(r["model"], (r["macs"] / 1e6, r["inferences_per_second"]), fontsize=8)
-    axis.set(xscale="log", yscale="log", xlabel="MACs (M)", ylabel="inferences/s (Vela estimate)",
-             title=f"int8 on {accelerator}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with _report.figure(path, figsize=(6, 4)) as (_, axis):
+        for r in rows:
+            axis.scatter(r["macs"] / 1e6, r["inferences_per_second"])
+            axis.annotate(r["model"], (r["macs"] / 1e6, r["inferences_per_second"]), fontsize=8)
+        axis.set(xscale="log", yscale="log", xlabel="MACs (M)",
+                 ylabel="inferences/s (Vela estimate)", title=f"int8 on {accelerator}")
 
 
 def main(argv):

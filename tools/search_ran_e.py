@@ -30,6 +30,7 @@ import re
 from absl import flags
 
 from apps import _cli
+from tools import _report
 
 flags.DEFINE_string("output_dir", None, "Where to write search.md, search.json, search.png.")
 flags.DEFINE_string("accelerator", "ethos-u55-128", "Ethos-U target (a deploy target name).")
@@ -170,33 +171,26 @@ def table(rows, reference):
 
 
 def plot(searched, placed, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4.5))
     kept = [r for r in searched if r.accepted]
-    axis.plot([r.macs / 1e6 for r in kept], [r.inferences_per_second for r in kept], "o-",
-              color="tab:blue", label="greedy search from Lite0 (h-swish): kept")
-    axis.scatter([r.macs / 1e6 for r in searched if not r.accepted],
-                 [r.inferences_per_second for r in searched if not r.accepted], marker="x",
-                 color="gray", label="tried and rejected (slower)")
+    rejected = [r for r in searched if not r.accepted]
     front = sorted((r for r in searched + placed if r.pareto), key=lambda r: r.macs)
-    axis.plot([r.macs / 1e6 for r in front], [r.inferences_per_second for r in front], "--",
-              color="gray", label="Pareto front")
-    for r in placed:
-        axis.scatter(r.macs / 1e6, r.inferences_per_second, marker="*", s=150, zorder=3)
-        axis.annotate(r.name, (r.macs / 1e6, r.inferences_per_second), fontsize=9)
-    axis.annotate("Lite0", (searched[0].macs / 1e6, searched[0].inferences_per_second),
-                  fontsize=9)
-    axis.set(xlabel="MACs (M)", ylabel="inferences/s (Vela estimate)",
-             title=f"RAN-e search, int8 on {FLAGS.accelerator}, {FLAGS.input_size}x"
-                   f"{FLAGS.input_size}")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with _report.figure(path, figsize=(7, 4.5)) as (_, axis):
+        axis.plot([r.macs / 1e6 for r in kept], [r.inferences_per_second for r in kept], "o-",
+                  color="tab:blue", label="greedy search from Lite0 (h-swish): kept")
+        axis.scatter([r.macs / 1e6 for r in rejected],
+                     [r.inferences_per_second for r in rejected], marker="x", color="gray",
+                     label="tried and rejected (slower)")
+        axis.plot([r.macs / 1e6 for r in front], [r.inferences_per_second for r in front], "--",
+                  color="gray", label="Pareto front")
+        for r in placed:
+            axis.scatter(r.macs / 1e6, r.inferences_per_second, marker="*", s=150, zorder=3)
+            axis.annotate(r.name, (r.macs / 1e6, r.inferences_per_second), fontsize=9)
+        axis.annotate("Lite0", (searched[0].macs / 1e6, searched[0].inferences_per_second),
+                      fontsize=9)
+        axis.set(xlabel="MACs (M)", ylabel="inferences/s (Vela estimate)",
+                 title=f"RAN-e search, int8 on {FLAGS.accelerator}, {FLAGS.input_size}x"
+                       f"{FLAGS.input_size}")
+        axis.legend(fontsize=8)
 
 
 def main(argv):
@@ -219,10 +213,8 @@ def main(argv):
     mark_pareto(searched + placed)
     text = table(searched + placed, searched[0].inferences_per_second)
     print(text)
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    fileio.write_bytes(os.path.join(FLAGS.output_dir, "search.md"), (text + "\n").encode())
-    fileio.write_json(os.path.join(FLAGS.output_dir, "search.json"),
-                      [dataclasses.asdict(r) for r in searched + placed])
+    _report.write(FLAGS.output_dir, "search", text,
+                  [dataclasses.asdict(r) for r in searched + placed])
     plot(searched, placed, os.path.join(FLAGS.output_dir, "search.png"))
 
 
