@@ -29,7 +29,7 @@ import os
 
 import numpy as np
 
-from effkeras import data, evaluation, saving, summary
+from effkeras import data, evaluation, plots, saving, summary
 from effkeras.errors import InputError
 from effkeras.fileio import atomic_path, write_json
 
@@ -443,66 +443,44 @@ def format_table(result):
     return "\n".join(lines) + "\n"
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(figure, path):
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
-
-
 def plot_anytime(result, path):
     """Accuracy of each exit against its cumulative FLOPs."""
-    plt = _pyplot()
     rows = result["anytime"]
     flops = [row["flops"] / 1e6 for row in rows]
-    figure, axis = plt.subplots(figsize=(6, 4))
-    axis.plot(flops, [100 * row["top1"] for row in rows], "o-", label="top-1")
-    axis.plot(flops, [100 * row["top5"] for row in rows], "s--", label="top-5", alpha=0.6)
-    for x, row in zip(flops, rows):
-        axis.annotate(row["exit"], (x, 100 * row["top1"]), textcoords="offset points",
-                      xytext=(0, 6), ha="center", fontsize=8)
-    axis.set_xlabel("FLOPs up to the exit (M)")
-    axis.set_ylabel("accuracy (%)")
-    axis.set_title(f"{result['model']}: anytime prediction ({result['dataset']})")
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    _save(figure, path)
-    plt.close(figure)
+    with plots.figure(path, figsize=(6, 4)) as (_, axis):
+        axis.plot(flops, [100 * row["top1"] for row in rows], "o-", label="top-1")
+        axis.plot(flops, [100 * row["top5"] for row in rows], "s--", label="top-5", alpha=0.6)
+        for x, row in zip(flops, rows):
+            axis.annotate(row["exit"], (x, 100 * row["top1"]), textcoords="offset points",
+                          xytext=(0, 6), ha="center", fontsize=8)
+        axis.set_xlabel("FLOPs up to the exit (M)")
+        axis.set_ylabel("accuracy (%)")
+        axis.set_title(f"{result['model']}: anytime prediction ({result['dataset']})")
+        axis.grid(alpha=0.3)
+        axis.legend()
 
 
 def plot_budgeted(result, path):
     """Test accuracy against average FLOPs per image over the sweep (and the budget point), with
     the single exits for reference."""
-    plt = _pyplot()
     section = result["budgeted"]
-    figure, axis = plt.subplots(figsize=(6, 4))
-    sweep = section["sweep"]
-    axis.plot([row["flops"] / 1e6 for row in sweep], [100 * row["top1"] for row in sweep], ".-",
-              label="thresholds, r = 0.05 ... 1.95")
-    if "anytime" in result:
-        axis.plot([row["flops"] / 1e6 for row in result["anytime"]],
-                  [100 * row["top1"] for row in result["anytime"]], "x", color="grey",
-                  label="single exits")
-    if "budget" in section:
-        point = section["budget"]
-        axis.plot([point["flops"] / 1e6], [100 * point["top1"]], "*", markersize=12,
-                  label=f"budget {point['requested_flops'] / 1e6:.3g} M")
-    axis.set_xlabel("average FLOPs per image (M)")
-    axis.set_ylabel("top-1 accuracy (%)")
-    axis.set_title(f"{result['model']}: budgeted batch classification ({result['dataset']})")
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    _save(figure, path)
-    plt.close(figure)
+    with plots.figure(path, figsize=(6, 4)) as (_, axis):
+        sweep = section["sweep"]
+        axis.plot([row["flops"] / 1e6 for row in sweep], [100 * row["top1"] for row in sweep],
+                  ".-", label="thresholds, r = 0.05 ... 1.95")
+        if "anytime" in result:
+            axis.plot([row["flops"] / 1e6 for row in result["anytime"]],
+                      [100 * row["top1"] for row in result["anytime"]], "x", color="grey",
+                      label="single exits")
+        if "budget" in section:
+            point = section["budget"]
+            axis.plot([point["flops"] / 1e6], [100 * point["top1"]], "*", markersize=12,
+                      label=f"budget {point['requested_flops'] / 1e6:.3g} M")
+        axis.set_xlabel("average FLOPs per image (M)")
+        axis.set_ylabel("top-1 accuracy (%)")
+        axis.set_title(f"{result['model']}: budgeted batch classification ({result['dataset']})")
+        axis.grid(alpha=0.3)
+        axis.legend()
 
 
 def write_report(result, output):

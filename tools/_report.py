@@ -1,25 +1,12 @@
 """What the measuring tools share: a matplotlib figure drawn without a display and saved as a
 PNG, and a result written as a markdown table and JSON."""
 
-import contextlib
 import os
 
+from effkeras import plots
 
-@contextlib.contextmanager
-def figure(path, **subplots):
-    """(figure, axes) of `plt.subplots(**subplots)`, saved to `path` (PNG) when the block ends."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(**subplots)
-    try:
-        yield fig, axes
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-    finally:
-        plt.close(fig)
+figure = plots.figure  # (figure, axes), saved to a PNG when the block ends
 
 
 def write(output_dir, stem, table, rows):
