@@ -30,6 +30,9 @@ flags.DEFINE_integer("validation_size", None, "Hold out this many training examp
                      "`validation` split early-exit thresholds are calibrated on with "
                      "apps.evaluate --early_exit=budgeted --validation_size=N).")
 flags.DEFINE_string("teacher", None, "Teacher for distilling recipes: a .keras file or a registry name.")
+flags.DEFINE_integer("transfer_epochs", None, "Two-stage recipes (LERP-PSA): knowledge-transfer "
+                     "epochs per block before --epochs of distillation (default: the recipe's; "
+                     "0: none).")
 FLAGS = flags.FLAGS
 
 
@@ -44,7 +47,8 @@ def main(argv):
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
         steps_per_epoch=FLAGS.steps_per_epoch, input_shape=_cli.parse_shape(FLAGS.input_shape),
         output_dir=FLAGS.output_dir or os.path.join("runs", FLAGS.model), seed=FLAGS.seed,
-        teacher=FLAGS.teacher, validation_size=FLAGS.validation_size))
+        teacher=FLAGS.teacher, validation_size=FLAGS.validation_size,
+        transfer_epochs=FLAGS.transfer_epochs))
     print(json.dumps({"model": metrics["model"], "epochs": metrics["epochs"], **metrics["test"],
                       "train_seconds": round(metrics["train_seconds"], 1)}))
 

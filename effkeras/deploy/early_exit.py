@@ -209,38 +209,8 @@ def _endpoint(stage):
 # --- the flatbuffer: signatures, description, stage files -----------------------------------------
 
 
-def _read(flatbuffer):
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    verify.check_flatbuffer(flatbuffer)
-    return schema.ModelT.InitFromPackedBuf(bytes(flatbuffer), 0)
-
-
-def _pack(model):
-    """Flatbuffer bytes of a schema ModelT, its buffers 16-byte aligned as the converter writes
-    them (the schema's own Pack aligns to 1, which misaligns int32 biases and float weights)."""
-    import flatbuffers
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    class AlignedBuffer(schema.BufferT):
-        def Pack(self, builder):
-            data = None
-            if self.data is not None and len(self.data):
-                payload = np.asarray(self.data, np.uint8).tobytes()
-                builder.StartVector(1, len(payload), 16)
-                builder.head -= len(payload)
-                builder.Bytes[builder.head:builder.head + len(payload)] = payload
-                builder.vectorNumElems = len(payload)
-                data = builder.EndVector()
-            schema.BufferStart(builder)
-            if data is not None:
-                schema.BufferAddData(builder, data)
-            return schema.BufferEnd(builder)
-
-    model.buffers = [AlignedBuffer(data=b.data) for b in model.buffers]
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+_read = verify.read_model
+_pack = verify.pack_model
 
 
 def _stage_number(key):

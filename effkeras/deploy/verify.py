@@ -7,6 +7,8 @@
   the allowance for a model's own numerical sensitivity (deep binary nets flip signs at
   near-ties);
 - `Report`: what a conversion reports; targets subclass it to add their own figures;
+- `read_model` / `pack_model`: the flatbuffer as the schema's object tree and back, for the
+  passes that edit a converted file (int8_tables.py);
 - `save`: atomic writes of the flatbuffer, its artifacts and its app-facing JSON.
 """
 
@@ -38,6 +40,39 @@ class Operator:
     type: str  # builtin name ("CONV_2D") or custom code ("LceBconv2d")
     inputs: tuple  # of Tensor; optional inputs left out
     outputs: tuple
+
+
+def read_model(flatbuffer):
+    """The flatbuffer as the TFLite schema's object tree (schema.ModelT), to inspect or edit."""
+    check_flatbuffer(flatbuffer)
+    return schema.ModelT.InitFromPackedBuf(bytes(flatbuffer), 0)
+
+
+def pack_model(model):
+    """Flatbuffer bytes of a schema ModelT, its buffers 16-byte aligned as the converter writes
+    them (the schema's own Pack aligns to 1, which misaligns int32 biases and float weights).
+    Replaces `model.buffers` with aligned copies."""
+    import flatbuffers
+
+    class AlignedBuffer(schema.BufferT):
+        def Pack(self, builder):
+            data = None
+            if self.data is not None and len(self.data):
+                payload = np.asarray(self.data, np.uint8).tobytes()
+                builder.StartVector(1, len(payload), 16)
+                builder.head -= len(payload)
+                builder.Bytes[builder.head:builder.head + len(payload)] = payload
+                builder.vectorNumElems = len(payload)
+                data = builder.EndVector()
+            schema.BufferStart(builder)
+            if data is not None:
+                schema.BufferAddData(builder, data)
+            return schema.BufferEnd(builder)
+
+    model.buffers = [AlignedBuffer(data=b.data) for b in model.buffers]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
 
 
 def check_flatbuffer(flatbuffer):
@@ -214,6 +249,8 @@ class Report:
     max_rel_diff: float  # relative to max |Keras output|
     samples: int  # inputs the comparison ran on
     collapsed_blocks: int = 0  # CollapsibleConv2D written as one Conv2D each (passes/collapse.py)
+    frozen_tables: int = 0  # LerpPSA/ResPSA/BSpline frozen to LerpTable (passes/freeze_tables.py)
+    lerp_form: str = ""  # the LerpTable form in the model ("gather", "relu_sum"), "" without one
     # Files written beside the flatbuffer by `api.save`: {suffix: bytes}; not part of as_dict.
     artifacts: dict = dataclasses.field(default_factory=dict, repr=False,
                                         metadata={"internal": True})
@@ -230,7 +267,9 @@ class Report:
                  if self.max_abs_diff is None else
                  f"max abs diff {self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g} on "
                  f"{self.samples} inputs"),
-                ("collapsed blocks", self.collapsed_blocks)]
+                ("collapsed blocks", self.collapsed_blocks),
+                ("frozen tables", f"{self.frozen_tables}"
+                 + (f" ({self.lerp_form} form)" if self.lerp_form else ""))]
         base = {field.name for field in dataclasses.fields(Report)}
         for field in dataclasses.fields(self):
             if field.name not in base:

@@ -1,3 +1,5 @@
+from effkeras.layers.activations import (BSplineActivation, LerpPSA, LerpTable, ResPSA,
+                                         TotalVariation2)
 from effkeras.layers.collapsible import CollapsibleConv2D
 from effkeras.layers.convnext import LayerScale
 from effkeras.layers.common import (ChannelPad, LearnableBias, PixelNormalization, normalize_pixels,
@@ -8,7 +10,7 @@ from effkeras.layers.quantized import (QuantConv2D, QuantDense, QuantDepthwiseCo
 from effkeras.layers.ranet import BilinearResize
 from effkeras.layers.recu import ReCUConv2D
 
-__all__ = ["BilinearResize", "ChannelPad", "CollapsibleConv2D", "LayerScale", "LearnableBias",
+__all__ = ["BSplineActivation", "BilinearResize", "ChannelPad", "CollapsibleConv2D", "LayerScale", "LearnableBias", "LerpPSA", "LerpTable",
            "PixelEmbedding", "PixelNormalization", "QuantConv2D", "QuantDense",
-           "QuantDepthwiseConv2D", "QuantSeparableConv2D", "ReCUConv2D", "normalize_pixels",
+           "QuantDepthwiseConv2D", "QuantSeparableConv2D", "ReCUConv2D", "ResPSA", "TotalVariation2", "normalize_pixels",
            "option_a_shortcut"]

@@ -11,21 +11,25 @@ from keras import ops
 
 @keras.saving.register_keras_serializable(package="effkeras")
 class LayerScale(keras.layers.Layer):
-    """x * γ with γ a per-channel (last axis) weight, initialised to `init_value`."""
+    """x * γ with γ a per-channel (last axis) weight, initialised to `init_value`; with `bias`,
+    x * γ + β (β from 0), the affine form ResMLP uses (Touvron et al., arXiv 2105.03404 §2)."""
 
-    def __init__(self, init_value=1e-6, **kwargs):
+    def __init__(self, init_value=1e-6, bias=False, **kwargs):
         super().__init__(**kwargs)
-        self.init_value = float(init_value)
+        self.init_value, self.bias = float(init_value), bool(bias)
 
     def build(self, input_shape):
         self.gamma = self.add_weight(shape=(input_shape[-1],), name="gamma",
                                      initializer=keras.initializers.Constant(self.init_value))
+        if self.bias:
+            self.beta = self.add_weight(shape=(input_shape[-1],), name="beta", initializer="zeros")
 
     def call(self, x):
-        return x * ops.cast(self.gamma, x.dtype)
+        y = x * ops.cast(self.gamma, x.dtype)
+        return y + ops.cast(self.beta, x.dtype) if self.bias else y
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "init_value": self.init_value}
+        return {**super().get_config(), "init_value": self.init_value, "bias": self.bias}

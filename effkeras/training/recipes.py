@@ -94,6 +94,7 @@ class Schedule:
       The final rate is absolute: it does not scale with the batch size.
     "multistep": peak·gamma^k after the k-th milestone; milestones are fractions of the run.
     "exponential": peak·gamma^epoch, decayed once per epoch.
+    "constant": peak throughout.
     """
 
     kind: str = "cosine"
@@ -157,6 +158,18 @@ class Mix:
 
 
 @dataclasses.dataclass(frozen=True)
+class Transfer:
+    """Stage 1 of a two-stage recipe: blockwise knowledge transfer from the teacher
+    (effkeras.training.transfer) for `epochs_per_block` epochs per block, at a constant
+    `learning_rate` (at the recipe's base batch size) with one optimizer through all blocks;
+    then the recipe itself runs as stage 2 from the transferred student."""
+
+    epochs_per_block: int
+    learning_rate: float
+    optimizer: Optimizer
+
+
+@dataclasses.dataclass(frozen=True)
 class Recipe:
     optimizer: Optimizer
     learning_rate: float  # peak, at base_batch_size
@@ -174,8 +187,12 @@ class Recipe:
     # optimizer's use_ema); 0: none. With one, the EMA weights are the model: validation, every
     # checkpoint and the final model.keras (effkeras.training.callbacks.EmaWeights).
     ema: float = 0.0
+    transfer: Transfer = None  # a stage 1 before this recipe (needs a teacher)
 
     def __post_init__(self):
+        if self.transfer is not None and not self.loss.needs_teacher:
+            raise ValueError("a recipe with a knowledge-transfer stage distils: it needs a "
+                             "distillation loss")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.mix is not None and self.loss.needs_teacher:
@@ -189,6 +206,16 @@ class Recipe:
     def soft_labels(self):
         """True when the loss and metrics take one-hot (mixed) labels rather than integers."""
         return self.mix is not None
+
+    def transfer_stage(self, blocks, epochs_per_block=None):
+        """Stage 1 as a recipe of its own: `blocks` x `epochs_per_block` (default the
+        Transfer's) epochs at the Transfer's constant rate, with this recipe's batch and
+        augmentation."""
+        transfer = self.transfer
+        return Recipe(transfer.optimizer, transfer.learning_rate,
+                      epochs=blocks * (epochs_per_block or transfer.epochs_per_block),
+                      batch_size=self.batch_size, base_batch_size=self.base_batch_size,
+                      schedule=Schedule("constant"), augment=self.augment)
 
 
 # --- schedules: (schedule, recipe, peak, total steps, steps per epoch) -> Keras schedule ---------
@@ -217,7 +244,12 @@ def exponential(schedule, recipe, peak, total, steps_per_epoch):
                                                        staircase=True)
 
 
-SCHEDULES = {"cosine": cosine, "multistep": multistep, "exponential": exponential}
+def constant(schedule, recipe, peak, total, steps_per_epoch):
+    return peak
+
+
+SCHEDULES = {"cosine": cosine, "multistep": multistep, "exponential": exponential,
+             "constant": constant}
 
 
 def learning_rate_schedule(recipe, *, epochs, steps_per_epoch, batch_size, learning_rate=None):
@@ -280,6 +312,10 @@ CONVNEXT_AUGMENT = tuple(
     (dataset, (crop, "flip", "randaugment_m9", "random_erasing"))
     for dataset, crop in (("imagenet", "random_resized_crop"), ("cifar10", "crop"),
                           ("cifar100", "crop")))
+
+# LERP-PSA's CIFAR augmentation (official code): RandomCrop(32, padding 4), flip, RandAugment.
+LERP_PSA_AUGMENT = tuple((dataset, ("crop", "flip", "randaugment_m9"))
+                         for dataset in ("cifar10", "cifar100"))
 
 RECIPES = {
     # He et al. 2016 §4.2 (lr 0.1, batch 128, momentum 0.9; L2 1e-4 in the model), cosine as is usual now.
@@ -404,6 +440,28 @@ RECIPES = {
                     loss=Loss(output_weights=()),
                     augment=(("cifar10", ("crop", "flip")), ("cifar100", ("crop", "flip")),
                              ("imagenet", ("random_resized_crop", "flip")))),
+    # The ResMLP teacher of LERP-PSA (Singh & Bazargan, ACM TRETS 2025, DOI 10.1145/3705926;
+    # official code, scripts/run_resmlp_teacher.sh): AdamW lr 1e-3 (betas 0.9/0.999, ε 1e-8),
+    # weight decay 0, batch 128, 300 epochs, cosine to 1e-5; CIFAR: pad-and-crop, flip and
+    # RandAugment (torchvision's 2 ops at 9/31; Keras' layer stands in). The paper's teacher
+    # itself distils from a CIFAR ResNet; here it learns from the labels.
+    "resmlp_teacher": Recipe(Optimizer("adamw", epsilon=1e-8), learning_rate=1e-3, epochs=300,
+                             batch_size=128, base_batch_size=128,
+                             schedule=Schedule(final_learning_rate=1e-5),
+                             augment=LERP_PSA_AUGMENT),
+    # LERP-PSA's two-stage student recipe (same sources): stage 1, knowledge transfer, 50 epochs
+    # per block of feature MSE at a constant 1e-3 with one AdamW (wd 0) through the blocks;
+    # stage 2, 300 epochs of 0.8·soft-CE(teacher, T=1)·T² + 0.2·CE, AdamW 1e-3, wd 0, cosine to
+    # 1e-5 (the B-spline models add their TV(2) penalty through their regularizers). The code's
+    # B-spline coefficients get their own Adam (lr 1e-3, no decay, the same cosine): with wd 0
+    # that is what one AdamW does to them too.
+    "lerp_psa_distill": Recipe(Optimizer("adamw", epsilon=1e-8), learning_rate=1e-3, epochs=300,
+                               batch_size=128, base_batch_size=128,
+                               schedule=Schedule(final_learning_rate=1e-5),
+                               loss=Loss("distillation", alpha=0.8, temperature=1.0),
+                               augment=LERP_PSA_AUGMENT,
+                               transfer=Transfer(epochs_per_block=50, learning_rate=1e-3,
+                                                 optimizer=Optimizer("adamw", epsilon=1e-8))),
 }
 
 

@@ -21,6 +21,11 @@ A model whose output is a list of K logits tensors (early exits) trains on the r
 sum of per-output cross-entropies; its metrics are logged per output as <output name>_top1,
 <output name>_top5 and <output name>_loss (Keras' names), next to the total `loss`.
 
+A two-stage recipe (one with a `transfer` stage: LERP-PSA's) first runs its knowledge transfer
+(effkeras.training.transfer) as a run of its own in <output_dir>/transfer/, resumable the same
+way, for --transfer_epochs epochs per block (0 skips it); stage 2, the recipe itself, then starts
+from the transferred student (<output_dir>/transfer/model.keras).
+
 A recipe with a Mix mixes each train batch (Mixup/CutMix) after batching; its labels, and the
 test split's, are then one-hot. A recipe with an `ema` validates, checkpoints and saves the EMA of
 the weights (effkeras.training.callbacks.EmaWeights): checkpoint-<epoch>.keras and model.keras
@@ -47,6 +52,7 @@ from effkeras.training.rundir import (EpochCheckpoint, OutputDirLock, check_same
                                       check_state_fields, finite_or_none, is_int, log, read_state,
                                       restore, shape_text)
 from effkeras.training.distillation import Distiller, load_teacher
+from effkeras.training.transfer import BlockSchedule, FeatureTransfer, block_names
 
 # Datasets of fixed-size images: (name in messages, image shape, train + test examples).
 # ImageNet's images come in every size: a model trains on them at its own default input.
@@ -77,6 +83,8 @@ class TrainConfig:
     # Training examples held out (data's `validation` split, the same in every run): early-exit
     # thresholds are calibrated on them (apps.evaluate --early_exit=budgeted, same size).
     validation_size: int = None
+    # Two-stage recipes: knowledge-transfer epochs per block (None: the recipe's; 0: none).
+    transfer_epochs: int = None
     verbose: int = None  # None: progress bars on a terminal, one line per epoch otherwise
 
 
@@ -107,6 +115,13 @@ def check_config(config, recipe):
     if not config.output_dir or not isinstance(config.output_dir, str):
         raise InputError(f"--output_dir must be a directory path, got {config.output_dir!r}")
     check_writable(config.output_dir, "--output_dir", directory=True)
+    if config.transfer_epochs is not None and (not is_int(config.transfer_epochs)
+                                               or config.transfer_epochs < 0):
+        raise InputError(f"--transfer_epochs must be an integer >= 0, got "
+                         f"{config.transfer_epochs!r}")
+    if config.transfer_epochs and recipe.transfer is None:
+        raise InputError(f"--transfer_epochs is for two-stage recipes (knowledge transfer, then "
+                         f"distillation); {config.model}'s recipe has one stage: leave it out")
     if config.teacher and not recipe.loss.needs_teacher:
         raise InputError(f"--teacher is only for recipes that distil; {config.model}'s recipe "
                          f"does not: leave --teacher out")
@@ -215,10 +230,19 @@ def train(config):
     recipe = recipes.get(info.recipe)
     check_config(config, recipe)
     with OutputDirLock(config.output_dir):
-        return _train(config, info, recipe)
+        if recipe.transfer is None or config.transfer_epochs == 0:
+            return _train(config, info, recipe)
+        transfer_dir = os.path.join(config.output_dir, "transfer")
+        log(f"stage 1 of 2: knowledge transfer from the teacher, in {transfer_dir}")
+        _train(dataclasses.replace(config, output_dir=transfer_dir), info, recipe,
+               stage="transfer")
+        log(f"stage 2 of 2: distillation, in {config.output_dir}")
+        return _train(config, info, recipe, initial=os.path.join(transfer_dir, "model.keras"))
 
 
-def _train(config, info, recipe):
+def _train(config, info, recipe, stage=None, initial=None):
+    """One run into config.output_dir. stage "transfer": the recipe's knowledge-transfer stage;
+    initial: a .keras file whose weights a fresh run starts from."""
     epochs = config.epochs or recipe.epochs
     batch_size = config.batch_size or recipe.batch_size
     state_path = os.path.join(config.output_dir, "state.json")
@@ -267,6 +291,16 @@ def _train(config, info, recipe):
     check_memory(student, info=info, recipe=recipe, input_shape=input_shape, batch_size=batch_size,
                  dataset=config.dataset, teacher=teacher, batch_from_flag=bool(config.batch_size))
     train_split, test_split = splits or load_splits()
+    transfer = stage == "transfer"
+    if transfer:  # stage 1: its own recipe, blocks x epochs per block
+        blocks = len(block_names(student))
+        recipe = recipe.transfer_stage(blocks, config.transfer_epochs)
+        epochs = recipe.epochs
+    elif initial is not None and state is None:
+        from effkeras import saving
+
+        student.set_weights(saving.load_model(initial).get_weights())
+        log(f"starting from the transferred student, {initial}")
     if train_split.num_classes != num_classes:  # defensive: the data disagrees with its table
         num_classes = train_split.num_classes
         student = _build(info, recipe, input_shape, num_classes)
@@ -283,7 +317,10 @@ def _train(config, info, recipe):
     steps = config.steps_per_epoch or max(1, train_split.num_examples // batch_size)
     train_data = train_split.dataset.repeat() if config.steps_per_epoch else train_split.dataset
     model = student
-    if teacher is not None:
+    if transfer:
+        model = FeatureTransfer(student, teacher)
+        model.copy_stem()
+    elif teacher is not None:
         model = Distiller(student, teacher, alpha=recipe.loss.alpha,
                           temperature=recipe.loss.temperature,
                           label_smoothing=recipe.loss.label_smoothing)
@@ -297,8 +334,12 @@ def _train(config, info, recipe):
     num_outputs = len(student.outputs)
     train_data = recipes.repeat_labels(train_data, num_outputs)
     test_data = recipes.repeat_labels(test_data, num_outputs)
-    recipes.compile_model(model, recipe, epochs=epochs, steps_per_epoch=steps,
-                          batch_size=batch_size, learning_rate=config.learning_rate)
+    if transfer:
+        model.compile(recipes.make_optimizer(recipe, recipes.learning_rate_schedule(
+            recipe, epochs=epochs, steps_per_epoch=steps, batch_size=batch_size)))
+    else:
+        recipes.compile_model(model, recipe, epochs=epochs, steps_per_epoch=steps,
+                              batch_size=batch_size, learning_rate=config.learning_rate)
     if state.get("checkpoint"):
         restore(model, config.output_dir, state["checkpoint"], identity)
         log(f"Resuming {info.name} from epoch {initial_epoch} in {config.output_dir}")
@@ -312,6 +353,7 @@ def _train(config, info, recipe):
     callbacks = [guard,
                  recipe_callbacks.Eta(epochs - initial_epoch, steps, test_steps, print_fn=log),
                  *recipe_callbacks.make(recipe.callbacks, epochs),
+                 *([BlockSchedule(epochs // blocks, print_fn=log)] if transfer else []),
                  checkpoint,
                  keras.callbacks.TensorBoard(os.path.join(config.output_dir, "logs"))]
     verbose = config.verbose if config.verbose is not None else 1 if sys.stdout.isatty() else 2
@@ -334,7 +376,7 @@ def _train(config, info, recipe):
         "model": info.name, "dataset": config.dataset, "input_shape": list(input_shape),
         "epochs": state["epoch"], "batch_size": batch_size, "steps_per_epoch": steps,
         "params": student.count_params(), "history": state["history"],
-        "test": _test_metrics(test, num_outputs),
+        "test": {"loss": test["loss"]} if transfer else _test_metrics(test, num_outputs),
         "train_seconds": state["train_seconds"], "wall_seconds_this_run": time.time() - started,
     }
     metrics = finite_or_none(metrics)

@@ -12,18 +12,14 @@ import keras
 import numpy as np
 
 from effkeras.deploy.passes.fold_bn import batch_norm_affine
-from effkeras.deploy.passes.rewrite import rewrite
+from effkeras.deploy.passes.rewrite import check_models, check_outputs, rewrite
 from effkeras.layers.collapsible import CollapsibleConv2D
-
-MAX_REL_DIFF = 1e-5  # max |collapsed - original| / max |original|
-_FLOOR = 1e-12  # keeps the ratio finite for an all-zero output
-_SAMPLES = 2
 
 
 def collapse(model):
     """(new model, number of collapsed blocks) of functional `model`; (model, 0) when it has
     no top-level CollapsibleConv2D. Raises RuntimeError naming the layers if the collapsed
-    model does not agree with the original to MAX_REL_DIFF (relative to max |output|)."""
+    model does not agree with the original to rewrite.MAX_REL_DIFF (relative to max |output|)."""
     blocks = [layer for layer in model.layers if isinstance(layer, CollapsibleConv2D)]
     if not blocks:
         return model, 0
@@ -42,7 +38,8 @@ def collapse(model):
         return None
 
     collapsed = rewrite(model, replace)
-    _check_model(model, collapsed, [block.name for block in blocks])
+    check_models(model, collapsed, "model with collapsed layers "
+                 + ", ".join(block.name for block in blocks))
     return collapsed, len(blocks)
 
 
@@ -93,26 +90,4 @@ def _check_layer(block, batch_norm, conv):
     expected = block(x)
     if batch_norm is not None:
         expected = batch_norm(expected, training=False)
-    _check(expected, conv(x), f"collapsed layer {block.name}")
-
-
-def _check_model(original, collapsed, names):
-    rng = np.random.default_rng(0)
-    inputs = [rng.uniform(0, 255, [_SAMPLES] + [32 if d is None else d for d in t.shape[1:]])
-              .astype(np.float32) for t in original.inputs]
-    inputs = inputs[0] if len(inputs) == 1 else inputs
-    _check(original(inputs, training=False), collapsed(inputs, training=False),
-           "model with collapsed layers " + ", ".join(names))
-
-
-def _check(expected, actual, what):
-    expected = [np.asarray(keras.ops.convert_to_numpy(t), np.float64)
-                for t in keras.tree.flatten(expected)]
-    actual = [np.asarray(keras.ops.convert_to_numpy(t), np.float64)
-              for t in keras.tree.flatten(actual)]
-    diff = max(float(np.max(np.abs(a - e), initial=0.0)) for e, a in zip(expected, actual))
-    scale = max(float(np.max(np.abs(e), initial=0.0)) for e in expected)
-    rel = diff / max(scale, _FLOOR)
-    if not rel <= MAX_REL_DIFF:
-        raise RuntimeError(f"the {what} disagrees with the original: max abs diff {diff:.3g}, "
-                           f"{rel:.3g} of max |output| > {MAX_REL_DIFF:g}")
+    check_outputs(expected, conv(x), f"collapsed layer {block.name}")

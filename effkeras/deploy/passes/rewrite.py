@@ -8,6 +8,10 @@ the new output tensor(s) of that call. `graph` tells a pass what it needs to loo
   (replacement layer, ...) when a pass recorded one;
 - `graph.consumers(layer)`: how many layer calls of the original model read `layer`'s output;
 - `graph.through_padding(tensor)`: (tensor before an explicit ZeroPadding2D, its pads).
+
+Passes check themselves with `check_models` (the whole model before vs after, on a small random
+batch of raw pixels) and `check_outputs` (any two outputs): a rewrite that changes what the model
+computes by more than MAX_REL_DIFF of its largest output is a RuntimeError, never a file.
 """
 
 import keras
@@ -86,3 +90,35 @@ def as_list(x):
     if x is None:
         return []
     return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+MAX_REL_DIFF = 1e-5  # max |rewritten - original| / max |original|: float reassociation only
+_FLOOR = 1e-12  # keeps the ratio finite for an all-zero output
+_SAMPLES = 2
+
+
+def check_models(original, rewritten, what, samples=_SAMPLES):
+    """RuntimeError unless `rewritten` computes `original` (MAX_REL_DIFF) on `samples` random
+    raw-pixel inputs in [0, 255] (32 for an unknown dimension); `what` names the rewritten
+    model in the error."""
+    rng = np.random.default_rng(0)
+    inputs = [rng.uniform(0, 255, [samples] + [32 if d is None else d for d in t.shape[1:]])
+              .astype(np.float32) for t in original.inputs]
+    inputs = inputs[0] if len(inputs) == 1 else inputs
+    check_outputs(original(inputs, training=False), rewritten(inputs, training=False), what)
+
+
+def check_outputs(expected, actual, what, max_rel_diff=MAX_REL_DIFF):
+    """RuntimeError unless `actual` equals `expected` (nested outputs) within `max_rel_diff` of
+    max |expected|; returns that relative difference."""
+    expected = [np.asarray(keras.ops.convert_to_numpy(t), np.float64)
+                for t in keras.tree.flatten(expected)]
+    actual = [np.asarray(keras.ops.convert_to_numpy(t), np.float64)
+              for t in keras.tree.flatten(actual)]
+    diff = max(float(np.max(np.abs(a - e), initial=0.0)) for e, a in zip(expected, actual))
+    scale = max(float(np.max(np.abs(e), initial=0.0)) for e in expected)
+    rel = diff / max(scale, _FLOOR)
+    if not rel <= max_rel_diff:
+        raise RuntimeError(f"the {what} disagrees with the original: max abs diff {diff:.3g}, "
+                           f"{rel:.3g} of max |output| > {max_rel_diff:g}")
+    return rel
