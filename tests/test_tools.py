@@ -59,3 +59,18 @@ def test_early_exit_latency_table_and_plot(tmp_path):
     bench_early_exit.plot(rows, str(tmp_path / "latency.png"))
     assert (tmp_path / "latency.md").read_text().startswith("| setting |")
     assert (tmp_path / "latency.png").stat().st_size > 0 and (tmp_path / "latency.json").exists()
+
+
+def test_lerp_psa_step_table_gives_ratios_and_plots(tmp_path):
+    from tools import bench_lerp_psa
+
+    report = {"batch_size": 128, "rounds": 3, "steps": 2, "models": [
+        {"model": "resmlp_psa_h1", "trainable_params": 120_042, "macs": 6_587_328,
+         "median_ms": 40.0, "table_build_ms": 2.5},
+        {"model": "resmlp_relu_h2", "trainable_params": 174_186, "macs": 11_305_920,
+         "median_ms": 20.0}]}
+    text = bench_lerp_psa.table(report)
+    assert "| resmlp_psa_h1 | 120,042 | 6.59 M | 40.0 | 3,200 | 1.00x | 2.50 |" in text
+    assert "| resmlp_relu_h2 | 174,186 | 11.31 M | 20.0 | 6,400 | 0.50x | - |" in text
+    bench_lerp_psa.plot(report, str(tmp_path / "step.png"))
+    assert (tmp_path / "step.png").read_bytes()[:4] == b"\x89PNG"
