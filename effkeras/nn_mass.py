@@ -27,6 +27,7 @@ import math
 import keras
 
 from effkeras.graph import leaf_layers
+from effkeras.layers.activations import BSplineActivation, LerpPSA, LerpTable
 
 
 def dense_cells(cells):
@@ -159,8 +160,10 @@ def model_mass(model):
 
 # --- non-linear units ---------------------------------------------------------------------------
 
+# Learned per-channel functions (LERP-PSA, B-splines, their frozen tables) count as one unit per
+# output element, as a ReLU does.
 NONLINEAR_LAYERS = (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.PReLU,
-                    keras.layers.ELU, keras.layers.Softmax)
+                    keras.layers.ELU, keras.layers.Softmax, LerpPSA, BSplineActivation, LerpTable)
 
 
 def _nonlinear(layer):

@@ -174,3 +174,13 @@ def test_transfer_epochs_is_checked(tmp_path):
     with pytest.raises(InputError, match=">= 0"):
         training.train(training.TrainConfig(model="resmlp_psa_h1", dataset="synthetic",
                                             output_dir=str(tmp_path), transfer_epochs=-1))
+
+
+def test_learned_activations_count_as_nonlinear_units():
+    # PSA at H has as many non-linear outputs per image as ReLU at 2H: 4 blocks x 64 tokens x
+    # (96 + H) vs 4 x 64 x 2H.
+    from effkeras import nn_mass
+
+    assert nn_mass.nonlinear_units(models.get("resmlp_psa_h1")) == 4 * 64 * (96 + 96)
+    assert nn_mass.nonlinear_units(models.get("resmlp_relu_h2")) == 4 * 64 * 192
+    assert nn_mass.nonlinear_units(models.get("resmlp_bspline_h05")) == 4 * 64 * (96 + 48)

@@ -147,9 +147,10 @@ def default_input_shape(info, dataset):
     how = ("padded to " + "x".join(map(str, padded)) if padded != (height, width) else "as is")
     if channels_used != channels:
         how += f", channels tiled to {channels_used}"
+    default = (f"; its default {shape_text(info.input_shape)} is for ImageNet"
+               if info.input_shape[0] > 32 else "")
     return shape, (f"{title}'s {shape_text((height, width, channels))} {how} ({info.name} takes "
-                   f"multiples of {step}; its default {shape_text(info.input_shape)} is for "
-                   f"ImageNet)")
+                   f"multiples of {step}{default})")
 
 
 # --- memory -----------------------------------------------------------------------------------
