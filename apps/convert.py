@@ -56,6 +56,10 @@ flags.DEFINE_bool("allow_cpu_ops", False, "ethos-u: keep ops Vela cannot put on 
                   "the Cortex-M (TFLite Micro) instead of failing.")
 flags.DEFINE_enum("w1a2_form", "auto", ["auto", "thermometer", "bitplane"],
                   "arm: how w1a2 convs (ERN) become binary convs; auto picks the faster per layer.")
+flags.DEFINE_enum("lerp_form", "gather", ["gather", "relu_sum"],
+                  "Learned table activations (LERP-PSA, B-spline): `gather` (GATHER; exact int8 "
+                  "tables on int8 targets) or `relu_sum` (a sum of ReLUs, for runtimes without "
+                  "GATHER; approximate in int8).")
 flags.DEFINE_string("system_config", None, "ethos-u: Vela system config (Arm/vela.ini).")
 flags.DEFINE_string("memory_mode", None, "ethos-u: Vela memory mode (Arm/vela.ini).")
 flags.DEFINE_enum("optimise", "Performance", ["Performance", "Size"], "ethos-u: Vela's goal.")
@@ -173,6 +177,8 @@ def main(argv):
     calibration, sample, class_names = real_data(model)
     if FLAGS["early_exit"].present:  # else: stage by stage when the model has several outputs
         options["early_exit"] = FLAGS.early_exit
+    if FLAGS["lerp_form"].present:
+        options["lerp_form"] = FLAGS.lerp_form
     flatbuffer, result = deploy.convert(model, target_name, calibration=calibration,
                                         sample=sample, thresholds=FLAGS.thresholds, **options)
     if calibration is not None and hasattr(result, "calibration"):

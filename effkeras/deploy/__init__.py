@@ -3,7 +3,9 @@
     api.py       the target registry, convert, default_target, save (+ the app-facing JSON)
     verify.py    the one verifier: op census, io tensors, agreement with Keras, Report, save
     runtime.py   runs .tflite files: LiteRT, TFLite Micro, LCE's interpreter
-    passes/      graph rewrites before export: rewrite (clone-and-replace), fold_bn, w1a2
+    passes/      graph rewrites before export: rewrite (clone-and-replace), fold_bn, w1a2,
+                 collapse, freeze_tables
+    int8_tables.py  exact int8 LERP tables written into the converted int8 file, checked
     lce.py       target arm: Larq Compute Engine (binary and w1a2 nets) for ARM CPUs
     tflite.py    targets float, float16, int8: TFLite builtins for LiteRT
     tflm.py      target tflm: int8 in TFLite Micro, arena bytes, C array

@@ -19,7 +19,9 @@ import keras
 from effkeras import fileio
 from effkeras.deploy import verify
 from effkeras.deploy.passes.collapse import collapse
+from effkeras.deploy.passes.freeze_tables import freeze_tables
 from effkeras.errors import InputError
+from effkeras.layers.activations import LERP_FORMS, LerpTable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,13 +70,17 @@ def get(name):
     return TARGETS[name]
 
 
-def convert(model, target, *, calibration=None, early_exit=None, thresholds=None, **options):
+def convert(model, target, *, calibration=None, early_exit=None, thresholds=None,
+            lerp_form="gather", **options):
     """(flatbuffer bytes, Report) of `model` for `target`, verified (module docstring).
 
     calibration: images (N, H, W, C) float32 in the model's input range for targets that
     quantize (int8, tflm, ethos-u*); None draws random images and says so in the report.
     options: the target's own (e.g. sample, allow_float_fallback, io, system_config).
-    A Keras model first has its collapsible blocks collapsed (passes/collapse.py).
+    A Keras model first has its collapsible blocks collapsed (passes/collapse.py), then its
+    learned table activations (LerpPSA, ResPSA, BSplineActivation) frozen to LerpTables of
+    `lerp_form` (passes/freeze_tables.py): "gather" (builtin GATHER; exact int8 tables for the
+    int8 targets) or "relu_sum" (no GATHER, for runtimes without it; int8: approximate).
     early_exit: a model with several outputs (an early-exit network) converts stage by stage
     (early_exit.py): one file with a signature per exit (float, float16, int8), or a file per
     stage (tflm, as is a given early-exit file); False: the graph of all exits at once, one
@@ -82,9 +88,15 @@ def convert(model, target, *, calibration=None, early_exit=None, thresholds=None
     confidence thresholds (K numbers or a thresholds file) written into an early-exit file.
     """
     convert_fn = get(target).convert
-    collapsed = 0
+    if lerp_form not in LERP_FORMS:
+        raise InputError(f"unknown lerp form {lerp_form!r}; choose from {', '.join(LERP_FORMS)}")
+    collapsed = frozen = 0
+    forms = ""
     if isinstance(model, keras.Model):  # not the bytes of a .tflite file
         model, collapsed = collapse(model)
+        model, frozen = freeze_tables(model, form=lerp_form)
+        forms = ", ".join(sorted({layer.form for layer in model.layers
+                                  if isinstance(layer, LerpTable)}))
     if early_exit is None:
         early_exit = _has_exits(model)
     if early_exit:
@@ -102,7 +114,8 @@ def convert(model, target, *, calibration=None, early_exit=None, thresholds=None
             raise InputError("exit thresholds go with an early-exit model (several outputs) "
                              "converted stage by stage")
         flatbuffer, report = convert_fn(model, calibration=calibration, **options)
-    return flatbuffer, dataclasses.replace(report, collapsed_blocks=collapsed)
+    return flatbuffer, dataclasses.replace(report, collapsed_blocks=collapsed,
+                                           frozen_tables=frozen, lerp_form=forms)
 
 
 def _has_exits(model):

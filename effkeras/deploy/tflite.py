@@ -13,6 +13,11 @@ from a representative (calibration) set, int8 or float input and output (`io`). 
   whose argmax agrees) and the max abs/rel diff, which must stay within `max_rel_diff` of the
   largest Keras output (int8 rounding moves outputs by a few percent; a broken conversion or a
   calibration set from the wrong range by far more).
+Frozen LERP tables (`LerpTable`, deploy.convert's freeze_tables pass) convert as they are for
+float and float16 (the "gather" form: builtin GATHER, FLOOR, CAST...; "relu_sum": no GATHER);
+for int8 the gather form becomes exact 256-entry int8 tables written into the converted file
+(int8_tables.py: CAST, ADD, GATHER per table, each checked bit-exact in LiteRT and TFLite
+Micro), and the relu_sum form is quantized like any other op (approximate).
 """
 
 import dataclasses
@@ -24,7 +29,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from effkeras.deploy import runtime, verify
+from effkeras.deploy import int8_tables, runtime, verify
 from effkeras.deploy.api import register_target
 from effkeras.deploy.verify import PIXEL_RANGE, Report
 from effkeras.errors import InputError
@@ -58,6 +63,8 @@ class Int8Report(TFLiteReport):
     io: str = "int8"  # dtype of the file's input and output
     calibration: str = ""  # where the activation ranges came from
     float_ops: tuple = ()  # ops left in float (only with allow_float_fallback)
+    int8_tables: int = 0  # exact int8 LERP tables written (int8_tables.py), each checked
+    table_bytes: int = 0  # their entries: 256 bytes per channel
 
 
 def export_saved_model(model, directory):
@@ -144,12 +151,15 @@ def _report(target, model, flatbuffer, sample, input_range, max_rel_diff):
                          "calibration set): LiteRT, TFLite Micro, NPUs")
 def convert_int8(model, *, calibration=None, sample=None, io="int8", allow_float_fallback=False,
                  input_range=PIXEL_RANGE, max_rel_diff=MAX_REL_DIFF["int8"],
-                 calibration_samples=CALIBRATION_SAMPLES, calibration_source=None):
+                 calibration_samples=CALIBRATION_SAMPLES, calibration_source=None,
+                 max_code_step=int8_tables.MAX_CODE_STEP):
     """(int8 flatbuffer, Int8Report) of a float Keras model (module docstring).
 
     calibration: images (N, H, W, C) in `input_range` (the training split of the dataset the
     model was trained on); None: `calibration_samples` uniform random images, which suits random
     weights (benchmarks) only. calibration_source: how to name it in the report.
+    max_code_step: the most grid segments between adjacent int8 input codes of a LERP table
+    (int8_tables.py: beyond it a table is ambiguous, an InputError).
     """
     if io not in IO_TYPES:
         raise InputError(f"unknown io type {io!r}; choose from {', '.join(IO_TYPES)}")
@@ -160,7 +170,11 @@ def convert_int8(model, *, calibration=None, sample=None, io="int8", allow_float
     arrays = calibration if isinstance(calibration, (list, tuple)) else [calibration]
     arrays = [np.asarray(a, np.float32) for a in arrays]
 
-    flatbuffer = _quantize(model, arrays, io)
+    tables = int8_tables.Tables()
+    if int8_tables.gather_tables(model):
+        flatbuffer, tables = int8_tables.quantize(model, arrays, io, _quantize, max_code_step)
+    else:
+        flatbuffer = _quantize(model, arrays, io)
     ops = verify.operators(flatbuffer)
     left_float = float_ops(ops)
     if left_float and not allow_float_fallback:
@@ -175,7 +189,7 @@ def convert_int8(model, *, calibration=None, sample=None, io="int8", allow_float
         target="int8", size_bytes=len(flatbuffer), op_census=verify.op_census(ops),
         max_abs_diff=abs_diff, max_rel_diff=rel_diff, samples=count, top1_agreement=agreement,
         io=io, calibration=calibration_source or f"{len(arrays[0])} given inputs",
-        float_ops=tuple(left_float))
+        float_ops=tuple(left_float), int8_tables=tables.count, table_bytes=tables.table_bytes)
 
 
 def _quantize(model, calibration, io):

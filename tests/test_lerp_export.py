@@ -1,0 +1,282 @@
+"""Deploying learned table activations (LERP-PSA, B-splines): the freeze_tables pass, float TFLite
+in the gather and sum-of-ReLUs forms, exact int8 tables (bit-exact on every code, in LiteRT and
+TFLite Micro), TFLite Micro and Ethos-U, and the refusals of an ambiguous int8 table."""
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from effkeras import deploy, models
+from effkeras.deploy import ethos_u, int8_tables, runtime, tflite, verify
+from effkeras.deploy.passes import freeze_tables as freeze_module
+from effkeras.deploy.passes.freeze_tables import freeze_tables
+from effkeras.errors import InputError
+from effkeras.layers import BSplineActivation, LerpPSA, LerpTable
+
+CALIBRATION = 32
+
+
+def trained_like(name, seed=0):
+    """`name` (32x32x3) with weights away from init: PSA and spline functions far from the
+    identity and from ReLU, layer scales up to 1, and each BatchNormalization holding the
+    statistics of its input on random images (as after training), so that the tables' inputs
+    fill their grid as a trained model's do."""
+    keras.utils.set_random_seed(seed)
+    model = models.get(name)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, LerpPSA):
+            c, e = layer.u.shape
+            layer.set_weights([rng.normal(0, 0.7, (c, e)), rng.uniform(0.5, 1.5, (c, e)),
+                               rng.uniform(-2, 2, (c, e)), rng.uniform(0.5, 1.5, c),
+                               rng.normal(0, 0.2, c)])
+        elif isinstance(layer, BSplineActivation):
+            c, g = layer.coefficients.shape
+            knots = np.linspace(-layer.grid_range, layer.grid_range, g)
+            layer.set_weights([np.maximum(knots, 0)
+                               + np.cumsum(rng.normal(0, 0.1, (c, g)), axis=1)])
+        elif type(layer).__name__ == "LayerScale":
+            scale, *rest = layer.get_weights()
+            layer.set_weights([rng.uniform(0.3, 1.0, scale.shape)]
+                              + [rng.normal(0, 0.1, w.shape) for w in rest])
+    x = rng.uniform(0, 255, (16, 32, 32, 3)).astype(np.float32)
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            inputs = keras.ops.convert_to_numpy(keras.Model(model.input, layer.input)(x))
+            inputs = inputs.reshape(-1, inputs.shape[-1])
+            c = inputs.shape[-1]
+            layer.set_weights([rng.uniform(0.8, 1.2, c), rng.normal(0, 0.2, c),
+                               inputs.mean(0), inputs.var(0)])
+    return model
+
+
+def rel_diff(expected, actual):
+    expected, actual = np.asarray(expected, np.float64), np.asarray(actual, np.float64)
+    return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+
+
+@pytest.fixture(scope="module")
+def psa():
+    return trained_like("resmlp_psa_h025")
+
+
+@pytest.fixture(scope="module")
+def sample(psa):
+    return verify.random_sample(psa, size=8)
+
+
+@pytest.fixture(scope="module")
+def tflm_psa(psa):
+    """(int8 flatbuffer, TflmReport) of the PSA model: the int8 target, then TFLite Micro."""
+    calibration = verify.random_sample(psa, size=CALIBRATION, seed=2)
+    return deploy.convert(psa, "tflm", calibration=calibration)
+
+
+# --- the freeze pass --------------------------------------------------------------------------
+
+
+def test_freeze_folds_residual_and_batch_norm_and_is_exact(psa, sample):
+    frozen, count = freeze_tables(psa)
+    assert count == 8
+    assert not any(isinstance(layer, LerpPSA) for layer in frozen.layers)
+    tables = [layer for layer in frozen.layers if isinstance(layer, LerpTable)]
+    assert [t.name for t in tables] == [f"block{b}_mlp_psa{i}" for b in range(1, 5)
+                                        for i in (1, 2)]
+    assert all(t.form == "gather" and t.weights and not t.trainable_weights for t in tables)
+    names = {layer.name for layer in frozen.layers}
+    assert not any(f"block{b}_norm2" in names for b in range(1, 5))  # folded into psa1
+    assert {f"block{b}_norm1" for b in range(1, 5)} <= names  # read by a Permute: kept
+    scale = keras.ops.convert_to_numpy(frozen.get_layer("block1_mlp_psa1").input_scale)
+    assert not np.allclose(scale, 1.0)
+    assert rel_diff(psa.predict(sample, verbose=0), frozen.predict(sample, verbose=0)) <= 1e-5
+
+
+def test_freeze_checks_itself(psa, monkeypatch):
+    original = freeze_module.table_of
+
+    def without_identity(layer):  # forgets the residual of ResPSA
+        return original(layer) - freeze_module.grid(layer.grid_size, layer.grid_range)
+
+    monkeypatch.setattr(freeze_module, "table_of", without_identity)
+    with pytest.raises(RuntimeError, match="frozen tables.*block1_mlp_psa1.*disagrees"):
+        freeze_tables(psa)
+
+
+def test_a_model_without_tables_is_unchanged_and_forms_are_checked():
+    model = models.get("resmlp_relu_h025")
+    assert freeze_tables(model) == (model, 0)
+    with pytest.raises(InputError, match="lerp form"):
+        freeze_tables(model, form="table")
+    with pytest.raises(InputError, match="lerp form"):
+        deploy.convert(model, "float", lerp_form="table")
+
+
+# --- float TFLite ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["resmlp_psa_h025", "resmlp_bspline_h025"])
+def test_float_gather_form_is_builtin_and_matches_keras(name, psa, sample):
+    model = psa if name == "resmlp_psa_h025" else trained_like(name)
+    flatbuffer, report = deploy.convert(model, "float", sample=sample)
+    assert (report.frozen_tables, report.lerp_form) == (8, "gather")
+    assert "frozen tables:" in report.format()
+    census = report.op_census
+    assert census["GATHER"] == 16 and census["FLOOR"] == 8 and census["CAST"] == 8
+    assert not {"LESS", "SELECT_V2", "SOFTMAX", "EXP"} & set(census)
+    assert all(op.isupper() for op in census)  # builtins only: no Flex or custom op
+    error = rel_diff(model.predict(sample, verbose=0), runtime.LiteRT(flatbuffer).predict(sample))
+    print(f"{name} float gather vs Keras: {error:.3g}")
+    assert error <= 5e-5
+
+
+def test_float_relu_sum_form_has_no_gather(psa, sample):
+    flatbuffer, report = deploy.convert(psa, "float", sample=sample, lerp_form="relu_sum")
+    assert report.lerp_form == "relu_sum" and "GATHER" not in report.op_census
+    assert report.op_census["SUM"] == 8
+    error = rel_diff(psa.predict(sample, verbose=0), runtime.LiteRT(flatbuffer).predict(sample))
+    print(f"float relu_sum vs Keras: {error:.3g}")
+    assert error <= 5e-5
+
+
+# --- exact int8 tables ---------------------------------------------------------------------------
+
+
+def expected_table(layer, x_quantization, y_quantization):
+    """(256, C) int8: the table of `layer` on every input code, from its float64 function."""
+    (s_x, z_x), (s_y, z_y) = x_quantization, y_quantization
+    codes = np.arange(-128, 128, dtype=np.float64)
+    y = layer.function(np.repeat(((codes - z_x) * s_x)[:, None], layer.channels, axis=1)) / s_y
+    return np.clip(np.sign(y) * np.floor(np.abs(y) + 0.5) + z_y, -128, 127).astype(np.int8)
+
+
+def test_int8_tables_are_bit_exact_on_every_code_in_litert_and_tflite_micro(psa, tflm_psa):
+    flatbuffer, report = tflm_psa
+    frozen = {layer.name: layer for layer in freeze_tables(psa)[0].layers
+              if isinstance(layer, LerpTable)}
+    tables = int8_tables.table_ops(flatbuffer)
+    assert sorted(t.name for t in tables) == sorted(frozen)
+    for table in tables:
+        single = int8_tables.single_op_file(flatbuffer, table)
+        assert verify.op_census(verify.operators(single)) == {"ADD": 1, "CAST": 1, "GATHER": 1}
+        codes = int8_tables.all_codes(table.channels)  # (1, 256, C)
+        want = expected_table(frozen[table.name], table.x_quantization, table.y_quantization)
+        for runner in (runtime.LiteRT, runtime.TFLiteMicro):
+            (got,) = runner(single).run_one([codes[0]])
+            assert got.dtype == np.int8
+            np.testing.assert_array_equal(got, want, err_msg=f"{table.name} {runner.__name__}")
+    assert report.int8_tables == 8
+    assert report.table_bytes == 4 * (96 + 24) * 256
+
+
+def test_int8_file_is_integer_only_and_agrees_with_keras(psa, sample, tflm_psa):
+    flatbuffer, report = tflm_psa
+    assert tflite.float_ops(verify.operators(flatbuffer)) == [] and report.float_ops == ()
+    census = report.op_census
+    assert census["GATHER"] == census["CAST"] == 8
+    assert not {"FLOOR", "DEQUANTIZE", "QUANTIZE", "SUM"} & set(census)
+    error = rel_diff(psa.predict(sample, verbose=0), runtime.LiteRT(flatbuffer).predict(sample))
+    print(f"int8 tables vs Keras: {error:.3g} (report {report.max_rel_diff:.3g}, top-1 "
+          f"{report.top1_agreement}); {report.table_bytes} table bytes, {len(flatbuffer)} bytes")
+    assert error <= tflite.MAX_REL_DIFF["int8"] and report.max_rel_diff <= 0.25
+
+
+def test_tflite_micro_runs_the_int8_tables(tflm_psa):
+    flatbuffer, report = tflm_psa
+    print(f"TFLite Micro: arena {report.arena_bytes} bytes, max {report.max_lsb_diff} LSB, mean "
+          f"{report.mean_lsb_diff} LSB vs LiteRT")
+    assert report.arena_bytes > 0 and report.max_lsb_diff <= 8
+
+
+def has_vela():
+    try:
+        return bool(ethos_u.vela_binary())
+    except InputError:
+        return False
+
+
+@pytest.mark.skipif(not has_vela(), reason="Vela is not installed")
+def test_ethos_u_runs_the_tables_on_the_cpu(tflm_psa):
+    flatbuffer, _ = tflm_psa
+    with pytest.raises(InputError, match="off the ethos-u55-128 NPU"):
+        deploy.convert(flatbuffer, "ethos-u55-128")
+    _, report = deploy.convert(flatbuffer, "ethos-u55-128", allow_cpu_ops=True)
+    print(f"Vela: {report.npu_ops} NPU ops, CPU {report.cpu_op_types}")
+    assert report.cpu_op_types == {"CAST": 8, "GATHER": 8} and report.npu_ops > 0
+
+
+# --- refusals: an int8 table that would be ambiguous ---------------------------------------------
+
+
+def tiny_model():
+    """Raw pixels -> Dense(4) -> B-spline (9 knots on [-4, 4]) as the model's output: the Dense
+    output spans hundreds, so its int8 step spans several grid segments."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((4, 3))
+    x = layers.Dense(4, name="dense_in")(inputs)
+    return keras.Model(inputs, BSplineActivation(4, size=9, name="spline")(x), name="tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_probe_file():
+    """(the probe model's int8 file with float io, its probes) of the frozen tiny model: the
+    table's last op writes the int8 tensor that a DEQUANTIZE makes the model's output."""
+    model = freeze_tables(tiny_model())[0]
+    probed, probes = int8_tables.probe_model(model)
+    calibration = [verify.random_sample(model, size=CALIBRATION, seed=2)]
+    return tflite._quantize(probed, calibration, "float"), probes
+
+
+def test_a_coarse_input_step_is_an_ambiguous_table(tiny_probe_file):
+    flatbuffer, probes = tiny_probe_file
+    with pytest.raises(InputError, match=r"int8 table of spline is ambiguous.*grid segments"):
+        int8_tables.insert_tables(flatbuffer, probes)
+    written = int8_tables.insert_tables(flatbuffer, probes, max_code_step=np.inf)
+    (table,) = int8_tables.check_tables(written, {"spline": probes[int8_tables.PROBE.format(0)]})
+    assert table.channels == 4
+    assert tflite.float_ops(verify.operators(written)) == []
+    assert verify.op_census(verify.operators(written)) == {
+        "ADD": 1, "CAST": 1, "DEQUANTIZE": 1, "FULLY_CONNECTED": 1, "GATHER": 1, "QUANTIZE": 1}
+
+
+def test_convert_names_the_ambiguous_table_and_relu_sum_quantizes_without_one():
+    model = tiny_model()
+    with pytest.raises(InputError, match="spline is ambiguous.*max_code_step"):
+        deploy.convert(model, "int8", calibration_samples=CALIBRATION)
+    # The no-GATHER form quantizes like any other op, with TFLite's own int8 kernels.
+    flatbuffer, report = deploy.convert(model, "int8", calibration_samples=CALIBRATION,
+                                        lerp_form="relu_sum")
+    assert report.int8_tables == 0 and report.float_ops == () and report.lerp_form == "relu_sum"
+    assert "GATHER" not in report.op_census and report.op_census["SUM"] == 1
+    print(f"tiny int8 relu_sum vs Keras: {report.max_rel_diff:.3g}")
+
+
+def _edited(flatbuffer, edit):
+    model = verify.read_model(flatbuffer)
+    subgraph = model.subgraphs[0]
+    (fc,) = [op for op in subgraph.operators
+             if "dense_in" in subgraph.tensors[op.outputs[0]].name.decode()]
+    edit(subgraph.tensors[fc.outputs[0]])
+    return verify.pack_model(model)
+
+
+def test_a_per_channel_or_unquantized_input_is_ambiguous(tiny_probe_file):
+    flatbuffer, probes = tiny_probe_file
+
+    def per_channel(tensor):
+        tensor.quantization.scale = list(tensor.quantization.scale) * 4
+        tensor.quantization.zeroPoint = list(tensor.quantization.zeroPoint) * 4
+        tensor.quantization.quantizedDimension = 2
+
+    with pytest.raises(InputError, match="ambiguous.*one scale and one zero point"):
+        int8_tables.insert_tables(_edited(flatbuffer, per_channel), probes, np.inf)
+
+
+def test_a_probe_fused_into_another_op_is_refused(tiny_probe_file):
+    flatbuffer, probes = tiny_probe_file
+
+    def fused(tensor):
+        tensor.name += b";tiny_1/effkeras_int8_probe_0x_1/mul"
+
+    with pytest.raises(InputError, match="merged an op of spline with"):
+        int8_tables.insert_tables(_edited(flatbuffer, fused), probes, np.inf)
