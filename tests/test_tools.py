@@ -74,3 +74,29 @@ def test_lerp_psa_step_table_gives_ratios_and_plots(tmp_path):
     assert "| resmlp_relu_h2 | 174,186 | 11.31 M | 20.0 | 6,400 | 0.50x | - |" in text
     bench_lerp_psa.plot(report, str(tmp_path / "step.png"))
     assert (tmp_path / "step.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_lerp_psa_table_reads_both_stages_of_each_run(tmp_path):
+    import json
+
+    from effkeras.errors import InputError
+    from tools import lerp_psa_table
+
+    def run(directory, model, epochs, top1, seconds):
+        directory.mkdir(parents=True)
+        (directory / "metrics.json").write_text(json.dumps(
+            {"model": model, "input_shape": [32, 32, 3], "epochs": epochs,
+             "test": {"top1": top1}, "train_seconds": seconds}))
+
+    run(tmp_path / "resmlp_psa_h025", "resmlp_psa_h025", 3, 0.8512, 120.0)
+    run(tmp_path / "resmlp_psa_h025" / "transfer", "resmlp_psa_h025", 4, None, 60.0)
+    row = lerp_psa_table.row(str(tmp_path / "resmlp_psa_h025"))
+    assert row == {"model": "resmlp_psa_h025", "trainable_params": 56_970,
+                   "macs": 1_868_736 + 49_152 * 24, "nonlinear_units": 4 * 64 * (96 + 24),
+                   "transfer_epochs": 4, "epochs": 3, "top1": 0.8512, "train_seconds": 180.0}
+    assert ("| resmlp_psa_h025 | 56,970 | 3.05 M | 30,720 | 4 + 3 | 85.12% | 3.0 min |"
+            in lerp_psa_table.table([row]))
+    lerp_psa_table.plot([row], str(tmp_path / "t.png"))
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(InputError, match="no finished training run"):
+        lerp_psa_table.row(str(tmp_path / "missing"))

@@ -18,14 +18,17 @@ table, and with --output_dir as bench_lerp_psa.md/.json and a bar plot bench_ler
 from absl import flags
 
 from apps import _cli
+from effkeras.models.resmlp import COMPARISON
 from tools import _report
 
-flags.DEFINE_list("models", ["resmlp_psa_h1", "resmlp_relu_h2", "resmlp_relu_h1",
-                             "resmlp_bspline_h1"], "Registered models, the first is the reference.")
+# allow_override: tools.bench_lerp_psa and tools.lerp_psa_table share these flags (and defaults).
+flags.DEFINE_list("models", list(COMPARISON), "Registered models, the first is the reference.",
+                  allow_override=True)
 flags.DEFINE_integer("batch_size", 128, "Images per step (the recipe's 128).")
 flags.DEFINE_integer("rounds", 7, "Timed rounds; each model runs --steps steps per round.")
 flags.DEFINE_integer("steps", 5, "Steps per model per round.")
-flags.DEFINE_string("output_dir", None, "Write bench_lerp_psa.md, .json and .png here.")
+flags.DEFINE_string("output_dir", None, "Write bench_lerp_psa.md, .json and .png here.",
+                    allow_override=True)
 FLAGS = flags.FLAGS
 
 NAME = "bench_lerp_psa"
@@ -53,17 +56,15 @@ def prepare(name, batch_size):
                                                   for w in model.trainable_weights),
            "macs": totals["float_macs"]}
     tables = [layer for layer in model.layers if isinstance(layer, LerpPSA)]
-    build = None
-    if tables:
-        variables = [v for layer in tables for v in layer.trainable_variables]
+    variables = [v for layer in tables for v in layer.trainable_variables]
 
-        @tf.function
-        def build():
-            with tf.GradientTape() as tape:
-                total = tf.add_n([tf.reduce_sum(layer.table()) for layer in tables])
-            return tape.gradient(total, variables)
+    @tf.function
+    def build():
+        with tf.GradientTape() as tape:
+            total = tf.add_n([tf.reduce_sum(layer.table()) for layer in tables])
+        return tape.gradient(total, variables)
 
-    return row, lambda: model.train_on_batch(images, labels), build
+    return row, lambda: model.train_on_batch(images, labels), build if tables else None
 
 
 def timed_turns(functions, rounds, steps):
