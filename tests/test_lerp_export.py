@@ -210,10 +210,11 @@ def test_ethos_u_runs_the_tables_on_the_cpu(tflm_psa):
 
 def tiny_model():
     """Raw pixels -> Dense(4) -> B-spline (9 knots on [-4, 4]) as the model's output: the Dense
-    output spans hundreds, so its int8 step spans several grid segments."""
+    output spans tens of thousands, so its int8 step spans hundreds of grid segments."""
     keras.utils.set_random_seed(3)
     inputs = keras.Input((4, 3))
-    x = layers.Dense(4, name="dense_in")(inputs)
+    x = layers.Dense(4, kernel_initializer=keras.initializers.RandomNormal(stddev=50.0),
+                     name="dense_in")(inputs)
     return keras.Model(inputs, BSplineActivation(4, size=9, name="spline")(x), name="tiny")
 
 
