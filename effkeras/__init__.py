@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 # Registration happens on import; the trainer itself stays unloaded until used.
 from effkeras import constraints, layers, models, quantizers, saving  # noqa: E402
 from effkeras.training import distillation  # noqa: E402,F401  (registers the Distiller)
+from effkeras.training import transfer  # noqa: E402,F401  (registers FeatureTransfer)
 from effkeras.deploy.passes import w1a2  # noqa: E402,F401  (registers PlaneConv2D)
 
 __all__ = ["constraints", "layers", "models", "quantizers", "saving"]
