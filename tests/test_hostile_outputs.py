@@ -4,8 +4,6 @@ lost, with the umask's permissions."""
 import json
 import os
 import stat
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -13,7 +11,7 @@ import pytest
 
 from effkeras import fileio
 from effkeras.errors import InputError
-from conftest import REPO, assert_one_error_line, run_app
+from conftest import assert_one_error_line, run_app
 
 
 
@@ -94,10 +92,13 @@ def test_written_files_keep_the_umask_permissions(tmp_path, umask):
 
 def test_apps_write_files_with_the_umask_permissions(tmp_path):
     output = tmp_path / "model.tflite"
-    command = [sys.executable, "-m", "apps.convert", "--model=resnet20", "--target=float",
-               "--input_shape=16,16,3", f"--output={output}", f"--report={tmp_path}/report.json"]
-    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
-                         preexec_fn=lambda: os.umask(0o002))
+    previous = os.umask(0o002)  # the app process inherits it
+    try:
+        run = run_app("apps.convert", "--model=resnet20", "--target=float",
+                      "--input_shape=16,16,3", f"--output={output}",
+                      f"--report={tmp_path}/report.json")
+    finally:
+        os.umask(previous)
     assert run.returncode == 0, run.stderr[-2000:]
     for name in ("model.tflite", "model.tflite.json", "report.json"):
         assert mode(tmp_path / name) == 0o664, name

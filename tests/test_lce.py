@@ -1,8 +1,6 @@
 """LCE conversion: binary convs become LceBconv2d, outputs match Keras, bad graphs are refused."""
 
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -12,8 +10,8 @@ from keras import ops
 from effkeras.deploy import lce, verify
 from effkeras.errors import InputError
 from effkeras.layers import QuantConv2D, QuantDense
+from conftest import run_app
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign",
               kernel_constraint="weight_clip", use_bias=False)
 
@@ -139,9 +137,9 @@ def test_op_census_reads_builtin_and_custom_ops():
     assert bconv.inputs[1].shape == (32, 3, 3, 1)  # OHWI, 32 input channels in one int32 word
 
 
-def _convert_app(*flags):
-    return subprocess.run([sys.executable, "-m", "apps.convert", *flags], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+def _convert_app(*flags, cold=False):
+    """apps.convert; cold=True: in a fresh interpreter (conftest.run_app)."""
+    return run_app("apps.convert", *flags, cold=cold)
 
 
 def test_convert_app_on_a_checkpoint(tmp_path):
@@ -153,11 +151,12 @@ def test_convert_app_on_a_checkpoint(tmp_path):
     assert output.read_bytes()[4:8] == b"TFL3"
     assert "LceBconv2d 2" in run.stdout and "bconv_ops:" in run.stdout
 
-    # A model LCE cannot accelerate fails with one line and leaves no file.
+    # A model LCE cannot accelerate fails with one line and leaves no file (from a cold start:
+    # nothing of TensorFlow's start-up on stderr either).
     dense = str(tmp_path / "dense.keras")
     binary_dense_model().save(dense)
     refused = tmp_path / "dense.tflite"
-    run = _convert_app(f"--checkpoint={dense}", f"--output={refused}")
+    run = _convert_app(f"--checkpoint={dense}", f"--output={refused}", cold=True)
     assert run.returncode == 2
     assert run.stderr.strip().startswith("error: 1 binary layer(s)") and "binary_dense" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1

@@ -286,7 +286,8 @@ def test_k_outputs_round_trip_and_convert(resize, flags, tmp_path):
     x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 1)).astype(np.float32)
     model.save(tmp_path / "ranet.keras")
     loaded = keras.models.load_model(tmp_path / "ranet.keras")
-    for a, b in zip(loaded.predict(x, verbose=0), model.predict(x, verbose=0), strict=True):
+    # Called eagerly: predict() would trace each model into a tf.function first (seconds each).
+    for a, b in zip(loaded(x, training=False), model(x, training=False), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     flatbuffer, report = deploy.convert(model, "float")  # checks all 3 outputs against Keras
     assert report.op_census["FULLY_CONNECTED"] == 3 and report.max_rel_diff <= 1e-4

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from effkeras import models, summary, training
-from effkeras.deploy import lce
+from effkeras import deploy, models, summary, training
 from effkeras.layers.recu import ReCUConv2D, recu_weight
 from effkeras.training.callbacks import recu_tau
 from conftest import make_arithmetic_exact
@@ -96,6 +95,7 @@ def test_tau_is_set_each_epoch_and_survives_resume(tmp_path):
 
 
 # (model, input size for tests, binary convs, 1-bit parameters by hand from the code's nets)
+# test_every_model.py leaves these models' deployment to test_architecture_and_lce_deployment.
 ARCHITECTURES = [
     ("recu_resnet20", 32, 18, 9 * (6 * 16 * 16 + 16 * 32 + 5 * 32 * 32 + 32 * 64 + 5 * 64 * 64)),
     ("recu_resnet18", 32, 16, 9 * (4 * 64 * 64 + 64 * 128 + 3 * 128 * 128 + 128 * 256
@@ -120,7 +120,11 @@ def test_architecture_and_lce_deployment(name, size, binary_convs, one_bit):
     assert summary.totals(rows)["params"]["1bit"] == one_bit
     sample = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
     make_arithmetic_exact(model)
-    _, report = lce.convert(model, sample=sample, max_rel_diff=1e-4)
+    # Through deploy.convert to the registry's target, as test_every_model.py does for others.
+    flatbuffer, report = deploy.convert(model, models.info(name).deploy, sample=sample,
+                                        max_rel_diff=1e-4)
+    assert report.size_bytes == len(flatbuffer) and report.target == "lce (arm)"
+    assert report.float_fallback == ()
     assert report.bconv_ops == report.binary_layers == binary_convs
     assert report.op_census["LceQuantize"] == binary_convs  # every binary input is bitpacked
     assert report.op_census["CONV_2D"] == 1 + (3 if "imagenet" in name or "reactnet" in name else 0)

@@ -73,7 +73,7 @@ def test_block_layout():
     assert [(s.channels, s.size, s.tv2) for s in splines[:2]] == [(96, 65, 1e-5), (48, 65, 1e-5)]
     assert spline.losses  # the TV(2) penalty
     scale = psa.get_layer("block1_scale1")
-    assert isinstance(scale, LayerScale) and scale.bias
+    assert isinstance(scale, LayerScale) and scale.use_bias
     np.testing.assert_allclose(keras.ops.convert_to_numpy(scale.gamma), 0.1)
     norm = psa.get_layer("block1_norm1")
     assert (norm.momentum, norm.epsilon, norm.axis) in ((0.9, 1e-5, -1), (0.9, 1e-5, [2]))

@@ -11,7 +11,7 @@ import pytest
 
 from effkeras import training
 from effkeras.errors import InputError
-from conftest import REPO
+from conftest import REPO, run_app
 
 
 def read_json(path):
@@ -86,7 +86,7 @@ def test_killed_mid_epoch_resumes_from_last_complete_epoch(tmp_path):
     assert not (tmp_path / "metrics.json").exists()
     keras.models.load_model(tmp_path / state["checkpoint"])  # the committed checkpoint is whole
 
-    resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    resumed = run_app(*command[2:])  # the same command (in a fork of a warm interpreter)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resuming resnet20 from epoch 1" in resumed.stdout
     metrics = read_json(tmp_path / "metrics.json")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from effkeras import models, quantizers
+from effkeras import deploy, models, quantizers
 from effkeras.deploy import lce, verify
 from effkeras.deploy.passes import w1a2 as w1a2_pass
 from effkeras.testing import tie_free_weights
@@ -174,8 +174,11 @@ def min_maps(model):
 
 # 96x96: every w1a2 conv reads a map of at least 3x3 (layer4: 3x3). 80x80 (ern18_075): layer3
 # is 5x5, so layer4's stride-2 3x3 conv reads an odd map, which LCE one-pads.
-@pytest.mark.parametrize("name, size", [("ern18_075", 80), ("ern18", 96), ("ern34", 96),
-                                        ("ern50", 96), ("ern101", 96)])
+# test_every_model.py leaves these models' deployment to this test.
+ERNS = [("ern18_075", 80), ("ern18", 96), ("ern34", 96), ("ern50", 96), ("ern101", 96)]
+
+
+@pytest.mark.parametrize("name, size", ERNS)
 def test_every_ern_converts_exactly(name, size):
     model = tie_free_weights(models.get(name, input_shape=(size, size, 3),
                                                     num_classes=10))
@@ -193,9 +196,11 @@ def test_every_ern_converts_exactly(name, size):
         assert rewritten.get_layer("stage4_block1_conv1").pad_planes
 
     sample = ern_sample(size)
-    expected = model.predict(sample, verbose=0)
+    expected = keras.ops.convert_to_numpy(model(sample, training=False))  # eager: no tracing
     assert np.std(expected) > 0.1  # the weights make a non-trivial network
-    _, result = lce.convert(model, sample=sample)
+    # Through deploy.convert to the registry's target, as test_every_model.py does for others.
+    flatbuffer, result = deploy.convert(model, models.info(name).deploy, sample=sample)
+    assert result.size_bytes == len(flatbuffer) and result.target == "lce (arm)"
     assert_no_float_conv(result, expected_bconvs)
     assert result.w1a2_layers == len(w1a2) == result.binary_layers
     assert result.max_rel_diff <= 1e-4, result.max_rel_diff
@@ -240,10 +245,11 @@ def test_rewritten_model_round_trips(tmp_path):
     rewritten.save(tmp_path / "rewritten.keras")
     loaded = keras.saving.load_model(tmp_path / "rewritten.keras")
     sample = ern_sample(32)
-    np.testing.assert_array_equal(loaded.predict(sample, verbose=0),
-                                  rewritten.predict(sample, verbose=0))
-    np.testing.assert_allclose(rewritten.predict(sample, verbose=0),
-                               model.predict(sample, verbose=0), rtol=1e-5, atol=1e-5)
+    # Called eagerly: predict() would trace each model into a tf.function first (seconds each).
+    loaded, rewritten, model = (keras.ops.convert_to_numpy(m(sample, training=False))
+                                for m in (loaded, rewritten, model))
+    np.testing.assert_array_equal(loaded, rewritten)
+    np.testing.assert_allclose(rewritten, model, rtol=1e-5, atol=1e-5)
 
 
 # --- refusals -----------------------------------------------------------------------------------

@@ -16,20 +16,22 @@ class LayerScale(keras.layers.Layer):
 
     def __init__(self, init_value=1e-6, bias=False, **kwargs):
         super().__init__(**kwargs)
-        self.init_value, self.bias = float(init_value), bool(bias)
+        # `use_bias`, not `bias`: layers with a bias variable call it `bias`.
+        self.init_value, self.use_bias = float(init_value), bool(bias)
 
     def build(self, input_shape):
         self.gamma = self.add_weight(shape=(input_shape[-1],), name="gamma",
                                      initializer=keras.initializers.Constant(self.init_value))
-        if self.bias:
+        if self.use_bias:
             self.beta = self.add_weight(shape=(input_shape[-1],), name="beta", initializer="zeros")
 
     def call(self, x):
         y = x * ops.cast(self.gamma, x.dtype)
-        return y + ops.cast(self.beta, x.dtype) if self.bias else y
+        return y + ops.cast(self.beta, x.dtype) if self.use_bias else y
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "init_value": self.init_value, "bias": self.bias}
+        return {**super().get_config(), "init_value": self.init_value,
+                "bias": self.use_bias}
