@@ -16,3 +16,12 @@ def write(output_dir, stem, table, rows):
     os.makedirs(output_dir, exist_ok=True)
     fileio.write_bytes(os.path.join(output_dir, f"{stem}.md"), (table + "\n").encode())
     fileio.write_json(os.path.join(output_dir, f"{stem}.json"), rows)
+
+
+def publish(output_dir, stem, table, rows, plot):
+    """Prints the markdown `table`; with an `output_dir`, also writes `<stem>.md`, `<stem>.json`
+    (`rows`) and `<stem>.png` (drawn by `plot(rows, path)`)."""
+    print(table)
+    if output_dir:
+        write(output_dir, stem, table, rows)
+        plot(rows, os.path.join(output_dir, f"{stem}.png"))

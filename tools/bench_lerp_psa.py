@@ -116,7 +116,6 @@ def plot(report, path):
 
 
 def main(argv):
-    import os
     import statistics
 
     from effkeras import fileio, models
@@ -143,11 +142,7 @@ def main(argv):
             row["table_build_ms"] = statistics.median(times[f"{row['model']}/tables"])
     report = {"models": rows, "batch_size": FLAGS.batch_size, "rounds": FLAGS.rounds,
               "steps": FLAGS.steps}
-    text = table(report)
-    print(text)
-    if FLAGS.output_dir:
-        _report.write(FLAGS.output_dir, NAME, text, report)
-        plot(report, os.path.join(FLAGS.output_dir, f"{NAME}.png"))
+    _report.publish(FLAGS.output_dir, NAME, table(report), report, plot)
 
 
 if __name__ == "__main__":

@@ -95,11 +95,7 @@ def main(argv):
         fileio.check_writable(FLAGS.output_dir, "--output_dir", directory=True)
     names = ([FLAGS.teacher] if FLAGS.teacher else []) + list(FLAGS.models)
     rows = [row(os.path.join(FLAGS.runs, name)) for name in names]
-    text = table(rows)
-    print(text)
-    if FLAGS.output_dir:
-        _report.write(FLAGS.output_dir, NAME, text, rows)
-        plot(rows, os.path.join(FLAGS.output_dir, f"{NAME}.png"))
+    _report.publish(FLAGS.output_dir, NAME, table(rows), rows, plot)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from effkeras.deploy.passes.fold_bn import batch_norm_affine
-from effkeras.deploy.passes.rewrite import check_models, check_outputs, rewrite
+from effkeras.deploy.passes.rewrite import check_models, check_outputs, readers, rewrite
 from effkeras.layers.collapsible import CollapsibleConv2D
 
 
@@ -46,18 +46,13 @@ def collapse(model):
 def _foldable_batch_norms(model):
     """{id(block): BatchNormalization} for each BN called once on the output of a block that is
     called once, read by nothing else and not itself a model output."""
-    readers = {}
-    for layer in model.layers:
-        for node in layer._inbound_nodes:
-            for tensor in node.input_tensors:
-                readers.setdefault(id(tensor._keras_history[0]), []).append(layer)
-    outputs = {id(tensor._keras_history[0]) for tensor in model.outputs}
+    reading, outputs = readers(model)
     found = {}
     for layer in model.layers:
         if (not isinstance(layer, CollapsibleConv2D) or len(layer._inbound_nodes) != 1
-                or len(readers.get(id(layer), [])) != 1 or id(layer) in outputs):
+                or len(reading.get(id(layer), [])) != 1 or id(layer) in outputs):
             continue
-        reader = readers[id(layer)][0]
+        reader = reading[id(layer)][0]
         if (isinstance(reader, keras.layers.BatchNormalization)
                 and len(reader._inbound_nodes) == 1 and batch_norm_affine(reader) is not None):
             found[id(layer)] = reader

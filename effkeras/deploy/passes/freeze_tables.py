@@ -21,7 +21,7 @@ import numpy as np
 from keras import ops
 
 from effkeras.deploy.passes.fold_bn import batch_norm_affine
-from effkeras.deploy.passes.rewrite import check_models, rewrite
+from effkeras.deploy.passes.rewrite import check_models, readers, rewrite
 from effkeras.errors import InputError
 from effkeras.layers.activations import (LERP_FORMS, BSplineActivation, LerpPSA, LerpTable,
                                          grid, psa_table_numpy)
@@ -91,12 +91,7 @@ def foldable_batch_norms(model, learned):
     """{id(table layer): BatchNormalization} for each table layer called once on the output of
     an inference BN over the last axis, called once, read by nothing else and not a model
     output."""
-    readers = {}
-    for layer in model.layers:
-        for node in layer._inbound_nodes:
-            for tensor in node.input_tensors:
-                readers.setdefault(id(tensor._keras_history[0]), []).append(layer)
-    outputs = {id(tensor._keras_history[0]) for tensor in model.outputs}
+    reading, outputs = readers(model)
     found = {}
     for layer in learned:
         if len(layer._inbound_nodes) != 1:
@@ -104,7 +99,7 @@ def foldable_batch_norms(model, learned):
         (tensor,) = layer._inbound_nodes[0].input_tensors
         bn = tensor._keras_history[0]
         if (isinstance(bn, keras.layers.BatchNormalization) and len(bn._inbound_nodes) == 1
-                and readers.get(id(bn)) == [layer] and id(bn) not in outputs
+                and reading.get(id(bn)) == [layer] and id(bn) not in outputs
                 and batch_norm_affine(bn) is not None):
             found[id(layer)] = bn
     return found

@@ -86,6 +86,17 @@ def rewrite(model, replace):
     return rewritten
 
 
+def readers(model):
+    """({id(layer): [layers calling on its output]}, {id(layer) of every model output}): what a
+    pass checks before it folds one layer into another."""
+    found = {}
+    for layer in model.layers:
+        for node in layer._inbound_nodes:
+            for tensor in node.input_tensors:
+                found.setdefault(id(tensor._keras_history[0]), []).append(layer)
+    return found, {id(tensor._keras_history[0]) for tensor in model.outputs}
+
+
 def as_list(x):
     if x is None:
         return []
