@@ -1,15 +1,15 @@
 """Training-step time of LERP-PSA's ResMLP students, side by side in one process.
 
 python -m tools.bench_lerp_psa [--models=resmlp_psa_h1,resmlp_relu_h2,resmlp_relu_h1,
-    resmlp_bspline_h1] [--batch_size=128] [--rounds=7] [--steps=5] [--output_dir=DIR]
+    resmlp_bspline_h1] [--batch_size=128] [--rounds=7] [--steps_per_round=5] [--output_dir=DIR]
 
 LERP-PSA (Singh & Bazargan, ACM TRETS 2025, DOI 10.1145/3705926) claims that ResMLP with its
 learnable activations at hidden width H matches ReLU at 2H. Its table is rebuilt from the PSA
 parameters on every step (G·C·E work, whatever the batch) and read with two gathers per
 element, whose gradient is a scatter-add. This tool times what that costs on this machine: each
 model compiled with AdamW and cross-entropy (the distillation teacher's forward pass, the same for
-every student, is left out), `--steps` train_on_batch steps per model per round, the models
-taking turns round by round so that drift in the machine's speed hits all alike. For the PSA
+every student, is left out), `--steps_per_round` train_on_batch steps per model per round, the
+models taking turns round by round so that drift in the machine's speed hits all alike. For the PSA
 models it also times the table build alone (forward and gradient of every ResPSA table, no
 lerp). Reports the median ms per step, images/s and the ratio to the first model, as a markdown
 table, and with --output_dir as bench_lerp_psa.md/.json and a bar plot bench_lerp_psa.png.
@@ -25,8 +25,9 @@ from tools import _report
 flags.DEFINE_list("models", list(COMPARISON), "Registered models, the first is the reference.",
                   allow_override=True)
 flags.DEFINE_integer("batch_size", 128, "Images per step (the recipe's 128).")
-flags.DEFINE_integer("rounds", 7, "Timed rounds; each model runs --steps steps per round.")
-flags.DEFINE_integer("steps", 5, "Steps per model per round.")
+flags.DEFINE_integer("rounds", 7, "Timed rounds; each model runs --steps_per_round steps in "
+                     "each.")
+flags.DEFINE_integer("steps_per_round", 5, "Steps per model per round.")
 flags.DEFINE_string("output_dir", None, "Write bench_lerp_psa.md, .json and .png here.",
                     allow_override=True)
 FLAGS = flags.FLAGS
@@ -121,8 +122,8 @@ def main(argv):
     from effkeras import fileio, models
     from effkeras.errors import InputError
 
-    if FLAGS.rounds < 1 or FLAGS.steps < 1 or FLAGS.batch_size < 1:
-        raise InputError("--rounds, --steps and --batch_size must be >= 1")
+    if FLAGS.rounds < 1 or FLAGS.steps_per_round < 1 or FLAGS.batch_size < 1:
+        raise InputError("--rounds, --steps_per_round and --batch_size must be >= 1")
     for name in FLAGS.models:
         if models.info(name).family != "lerp_psa":  # InputError for an unknown name
             raise InputError(f"{name} is not a ResMLP of LERP-PSA (family lerp_psa)")
@@ -134,14 +135,14 @@ def main(argv):
         if build is not None:
             functions[f"{name}/tables"] = build
         rows.append(row)
-    times = timed_turns(functions, FLAGS.rounds, FLAGS.steps)
+    times = timed_turns(functions, FLAGS.rounds, FLAGS.steps_per_round)
     for row in rows:
         row.update(median_ms=statistics.median(times[row["model"]]),
                    times_ms=times[row["model"]])
         if f"{row['model']}/tables" in times:
             row["table_build_ms"] = statistics.median(times[f"{row['model']}/tables"])
     report = {"models": rows, "batch_size": FLAGS.batch_size, "rounds": FLAGS.rounds,
-              "steps": FLAGS.steps}
+              "steps": FLAGS.steps_per_round}
     _report.publish(FLAGS.output_dir, NAME, table(report), report, plot)
 
 

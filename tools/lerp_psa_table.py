@@ -1,13 +1,13 @@
 """LERP-PSA's comparison: ResMLP students with ReLU, LERP-PSA and B-spline activations, from
 their training runs, as a table and a plot of top-1 against MACs.
 
-python -m tools.lerp_psa_table --runs=runs/lerp [--models=resmlp_psa_h1,resmlp_relu_h2,
-    resmlp_relu_h1,resmlp_bspline_h1] [--teacher=teacher] [--output_dir=docs/lerp_psa]
+python -m tools.lerp_psa_table --runs_dir=runs/lerp [--models=resmlp_psa_h1,resmlp_relu_h2,
+    resmlp_relu_h1,resmlp_bspline_h1] [--teacher_run=teacher] [--output_dir=docs/lerp_psa]
 
-Each model's run is <runs>/<model> (apps.train --output_dir), its stage-1 run <runs>/<model>/
-transfer; the teacher's run is <runs>/<teacher>. Per model: trainable parameters, MACs (the
-paper's count: linear layers), non-linear units per image, the epochs of both stages, the
-final test top-1 (metrics.json) and the training time. The paper's claim (Singh & Bazargan,
+Each model's run is <runs_dir>/<model> (apps.train --output_dir), its stage-1 run
+<runs_dir>/<model>/transfer; the teacher's run is <runs_dir>/<teacher_run>. Per model: trainable
+parameters, MACs (the paper's count: linear layers), non-linear units per image, the epochs of
+both stages, the final test top-1 (metrics.json) and the training time. The paper's claim (Singh & Bazargan,
 ACM TRETS 2025, DOI 10.1145/3705926): LERP-PSA at hidden width H matches ReLU at 2H.
 """
 
@@ -19,12 +19,12 @@ from apps import _cli
 from effkeras.models.resmlp import COMPARISON
 from tools import _report
 
-flags.DEFINE_string("runs", "runs/lerp", "Directory holding one apps.train run per model.")
+flags.DEFINE_string("runs_dir", "runs/lerp", "Directory holding one apps.train run per model.")
 # allow_override: tools.bench_lerp_psa and tools.lerp_psa_table share these flags (and defaults).
 flags.DEFINE_list("models", list(COMPARISON), "Registered models, in table order.",
                   allow_override=True)
-flags.DEFINE_string("teacher", "teacher", "The teacher's run directory under --runs ('' for "
-                    "none).")
+flags.DEFINE_string("teacher_run", "teacher", "The teacher's run directory under --runs_dir "
+                    "('' for none).")
 flags.DEFINE_string("output_dir", None, "Write lerp_psa.md, .json and .png here.",
                     allow_override=True)
 FLAGS = flags.FLAGS
@@ -93,8 +93,8 @@ def main(argv):
 
     if FLAGS.output_dir:
         fileio.check_writable(FLAGS.output_dir, "--output_dir", directory=True)
-    names = ([FLAGS.teacher] if FLAGS.teacher else []) + list(FLAGS.models)
-    rows = [row(os.path.join(FLAGS.runs, name)) for name in names]
+    names = ([FLAGS.teacher_run] if FLAGS.teacher_run else []) + list(FLAGS.models)
+    rows = [row(os.path.join(FLAGS.runs_dir, name)) for name in names]
     _report.publish(FLAGS.output_dir, NAME, table(rows), rows, plot)
 
 
