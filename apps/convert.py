@@ -60,6 +60,9 @@ flags.DEFINE_enum("lerp_form", "gather", ["gather", "relu_sum"],
                   "Learned table activations (LERP-PSA, B-spline): `gather` (GATHER; exact int8 "
                   "tables on int8 targets) or `relu_sum` (a sum of ReLUs, for runtimes without "
                   "GATHER; approximate in int8).")
+flags.DEFINE_float("max_code_step", None, "int8 targets, learned tables: the most grid segments "
+                   "between adjacent int8 input codes before a table is refused as ambiguous "
+                   "(default 8).")
 flags.DEFINE_string("system_config", None, "ethos-u: Vela system config (Arm/vela.ini).")
 flags.DEFINE_string("memory_mode", None, "ethos-u: Vela memory mode (Arm/vela.ini).")
 flags.DEFINE_enum("optimise", "Performance", ["Performance", "Size"], "ethos-u: Vela's goal.")
@@ -69,7 +72,9 @@ FLAGS = flags.FLAGS
 
 # Flags that only some targets take, named as the target functions' keyword options.
 TARGET_OPTIONS = ("io", "allow_float_fallback", "allow_cpu_ops", "w1a2_form", "system_config",
-                  "memory_mode", "optimise")
+                  "memory_mode", "optimise", "max_code_step")
+# Options of the int8 conversion that the targets built on it (tflm, ethos-u*) pass on.
+INT8_OPTIONS = ("max_code_step",)
 
 
 def load_model():
@@ -101,9 +106,10 @@ def target_options(target, model):
     from effkeras.errors import InputError
 
     accepted = inspect.signature(target.convert).parameters
+    passes_on = any(p.kind == p.VAR_KEYWORD for p in accepted.values())  # **int8_options
     options = {}
     for option in TARGET_OPTIONS:
-        if option in accepted:
+        if option in accepted or (passes_on and option in INT8_OPTIONS):
             if getattr(FLAGS, option) is not None:  # None: the target's default
                 options[option] = getattr(FLAGS, option)
         elif FLAGS[option].present:

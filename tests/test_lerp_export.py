@@ -281,3 +281,18 @@ def test_a_probe_fused_into_another_op_is_refused(tiny_probe_file):
 
     with pytest.raises(InputError, match="merged an op of spline with"):
         int8_tables.insert_tables(_edited(flatbuffer, fused), probes, np.inf)
+
+
+def test_convert_app_passes_max_code_step_to_int8_targets_only(tmp_path):
+    from conftest import assert_one_error_line, run_app
+
+    output = f"--output={tmp_path / 'psa.tflite'}"
+    assert_one_error_line(run_app("apps.convert", "--model=resmlp_psa_h025", "--target=float",
+                                  "--max_code_step=3", output),
+                          "--max_code_step does not apply to --target=float")
+    assert_one_error_line(run_app("apps.convert", "--model=resmlp_psa_h025", "--target=tflm",
+                                  "--max_code_step=0.01", output),
+                          "block1_mlp_psa1 is ambiguous", "--max_code_step=1")
+    assert not (tmp_path / "psa.tflite").exists()
+    with pytest.raises(InputError, match="max_code_step must be > 0"):
+        deploy.convert(tiny_model(), "int8", max_code_step=0.0)

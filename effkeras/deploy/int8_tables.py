@@ -82,6 +82,9 @@ def gather_tables(model):
 def quantize(model, calibration, io, quantize_fn, max_code_step=MAX_CODE_STEP):
     """(int8 flatbuffer, Tables) of `model`, whose gather LerpTables become exact int8 tables
     (module docstring). quantize_fn(model, calibration, io) -> int8 flatbuffer: the converter."""
+    if not max_code_step > 0:  # NaN too
+        raise InputError(f"max_code_step must be > 0 (grid segments between adjacent int8 input "
+                         f"codes), got {max_code_step}")
     probed, probes = probe_model(model)
     flatbuffer = quantize_fn(probed, calibration, io)
     flatbuffer = insert_tables(flatbuffer, probes, max_code_step)
@@ -309,7 +312,8 @@ def table_for(layer, x_quantization, y_quantization, max_code_step=MAX_CODE_STEP
             f"{layer.grid_size}-point table and the learned function between them is lost. "
             f"Calibrate on the training data (a narrower input range), deploy with "
             f"lerp_form='relu_sum' or a float target, or accept it with "
-            f"max_code_step={np.ceil(step.max()):g}")
+            f"max_code_step={np.ceil(step.max()):g} (apps.convert "
+            f"--max_code_step={np.ceil(step.max()):g})")
     y = layer.function(x) / s_y
     rounded = np.sign(y) * np.floor(np.abs(y) + 0.5)  # half away from zero, as TFLite rounds
     return np.clip(rounded + z_y, -128, 127).astype(np.int8).T.copy()
