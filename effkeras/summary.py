@@ -85,6 +85,12 @@ def layer_params(layer):
     return params
 
 
+def trainable_params(layer):
+    """Trainable parameters of a layer or model: what PyTorch code counts (BN's moving
+    statistics left out)."""
+    return sum(math.prod(w.shape) for w in layer.trainable_weights)
+
+
 def summarize(model):
     """LayerStats for every leaf layer of `model`."""
     rows = []
@@ -235,8 +241,7 @@ def exit_costs(model):
         stage = {key: layer for key, layer in _needed_layers(tensor).items() if key not in done}
         done.update(stage)
         params += sum(sum(layer_params(layer).values()) for layer in stage.values())
-        trainable += sum(math.prod(w.shape) for layer in stage.values()
-                         for w in layer.trainable_weights)
+        trainable += sum(trainable_params(layer) for layer in stage.values())
         flops += sum(layer_flops(layer) for layer in stage.values())
         rows.append({"output": names[k] if len(names) == len(model.outputs) else f"exit{k + 1}",
                      "params": params, "trainable_params": trainable, "flops": flops,

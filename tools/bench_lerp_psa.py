@@ -53,8 +53,7 @@ def prepare(name, batch_size):
     images = rng.uniform(0, 255, (batch_size, *INPUT_SHAPE)).astype(np.float32)
     labels = rng.integers(0, 10, batch_size).astype(np.int32)
     totals = summary.totals(summary.summarize(model))
-    row = {"model": name, "trainable_params": sum(int(np.prod(w.shape))
-                                                  for w in model.trainable_weights),
+    row = {"model": name, "trainable_params": summary.trainable_params(model),
            "macs": totals["float_macs"]}
     tables = [layer for layer in model.layers if isinstance(layer, LerpPSA)]
     variables = [v for layer in tables for v in layer.trainable_variables]

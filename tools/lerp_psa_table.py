@@ -49,8 +49,6 @@ def read_run(directory):
 
 def row(directory):
     """One table row from the run in `directory` (and its transfer stage, if any)."""
-    import numpy as np
-
     from effkeras import models, nn_mass, summary
 
     metrics = read_run(directory)
@@ -58,7 +56,7 @@ def row(directory):
     transfer = os.path.join(directory, "transfer")
     stage1 = read_run(transfer) if os.path.isdir(transfer) else None
     return {"model": metrics["model"],
-            "trainable_params": sum(int(np.prod(w.shape)) for w in model.trainable_weights),
+            "trainable_params": summary.trainable_params(model),
             "macs": summary.totals(summary.summarize(model))["float_macs"],
             "nonlinear_units": nn_mass.nonlinear_units(model),
             "transfer_epochs": stage1["epochs"] if stage1 else 0,

@@ -66,10 +66,13 @@ class FeatureTransfer(keras.Model):
                                  for model in (self.student, self.teacher))
         return cache[block]
 
-    def block_variables(self, block):
+    def block_layers(self, block):
+        """The student's layers of block `block` (1-based): named `block<b>_...`."""
         prefix = f"{self.blocks[block - 1]}_"
-        return [v for layer in self.student.layers if layer.name.startswith(prefix)
-                for v in layer.trainable_variables]
+        return [layer for layer in self.student.layers if layer.name.startswith(prefix)]
+
+    def block_variables(self, block):
+        return [v for layer in self.block_layers(block) for v in layer.trainable_variables]
 
     @property
     def metrics(self):
@@ -101,9 +104,8 @@ class FeatureTransfer(keras.Model):
         with tf.GradientTape() as tape:
             loss = self._loss(x, training=True)
             # The training block's own penalties (e.g. a B-spline's TV(2)) join its loss.
-            penalties = [layer.losses for layer in self.student.layers
-                         if layer.name.startswith(f"{self.blocks[self.block - 1]}_")]
-            total = loss + sum((ops.sum(p) for group in penalties for p in group), 0.0)
+            penalties = [p for layer in self.block_layers(self.block) for p in layer.losses]
+            total = loss + sum((ops.sum(p) for p in penalties), 0.0)
         self.optimizer.apply(tape.gradient(total, variables), variables)
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
