@@ -187,7 +187,7 @@ def main(argv):
         options["lerp_form"] = FLAGS.lerp_form
     flatbuffer, result = deploy.convert(model, target_name, calibration=calibration,
                                         sample=sample, thresholds=FLAGS.thresholds, **options)
-    if calibration is not None and hasattr(result, "calibration"):
+    if calibration is not None and hasattr(result, "calibration") and not result.qat:
         result.calibration = (f"{len(calibration)} images of {FLAGS.dataset} (train)"
                               if FLAGS.dataset and not FLAGS.calibration_data
                               else f"{len(calibration)} images of {FLAGS.calibration_data}")

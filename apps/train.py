@@ -1,6 +1,11 @@
 """Train a registered model with its recipe; resumes when --output_dir holds an earlier run.
 
 python -m apps.train --model=resnet20 [--dataset=fashion_mnist] [--epochs=2] [--output_dir=runs/x]
+python -m apps.train --qat --init_from=runs/resnet20/model.keras [--output_dir=runs/resnet20_qat]
+
+--qat fine-tunes a trained float model with int8 quantization-aware training
+(effkeras.quantization; a short schedule at a low learning rate); convert its model.keras with
+--target=int8, tflm or ethos-u* and the file takes the ranges it learned.
 
 It prints the input shape it chose, its estimate of the training memory (and refuses, naming a
 --batch_size that fits, a run that would not fit) and, after the first steps, an ETA. One run at a
@@ -33,6 +38,10 @@ flags.DEFINE_string("teacher", None, "Teacher for distilling recipes: a .keras f
 flags.DEFINE_integer("transfer_epochs", None, "Two-stage recipes (LERP-PSA): knowledge-transfer "
                      "epochs per block before --epochs of distillation (default: the recipe's; "
                      "0: none).")
+flags.DEFINE_boolean("qat", False, "int8 quantization-aware training of --init_from (a trained "
+                     "float model): a short fine-tune at a low learning rate.")
+flags.DEFINE_string("init_from", None, "The trained float .keras model that --qat fine-tunes "
+                    "(--model defaults to its registry name).")
 FLAGS = flags.FLAGS
 
 
@@ -40,15 +49,18 @@ def main(argv):
     from effkeras import training
     from effkeras.errors import InputError
 
-    if not FLAGS.model:
-        raise InputError("--model is required")
+    if not FLAGS.model and not FLAGS.init_from:
+        raise InputError("--model is required (or --qat with --init_from)")
+    run_name = FLAGS.model or os.path.splitext(os.path.basename(FLAGS.init_from))[0]
+    if FLAGS.qat:
+        run_name += "_qat"
     metrics = training.train(training.TrainConfig(
         model=FLAGS.model, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
         steps_per_epoch=FLAGS.steps_per_epoch, input_shape=_cli.parse_shape(FLAGS.input_shape),
-        output_dir=FLAGS.output_dir or os.path.join("runs", FLAGS.model), seed=FLAGS.seed,
+        output_dir=FLAGS.output_dir or os.path.join("runs", run_name), seed=FLAGS.seed,
         teacher=FLAGS.teacher, validation_size=FLAGS.validation_size,
-        transfer_epochs=FLAGS.transfer_epochs))
+        transfer_epochs=FLAGS.transfer_epochs, qat=FLAGS.qat, init_from=FLAGS.init_from))
     print(json.dumps({"model": metrics["model"], "epochs": metrics["epochs"], **metrics["test"],
                       "train_seconds": round(metrics["train_seconds"], 1)}))
 

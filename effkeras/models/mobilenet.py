@@ -17,6 +17,7 @@ from keras import layers
 from effkeras.models.registry import register
 
 MOBILENET_V2_ALPHA = 1.0  # Table 2 / §6.1: width multiplier of the reference network
+MOBILENET_V2_SMALL_ALPHA = 0.35  # the narrowest width of Table 6 / Fig. 5 (§6.1)
 VWW_ALPHA = 0.25  # MLPerf Tiny VWW: MobileNet v1 at 0.25 width (Howard et al. §3.3)
 VWW_INPUT_SHAPE = (96, 96, 3)
 VWW_CLASSES = 2
@@ -31,12 +32,22 @@ def classifier_head(inputs, backbone_output, num_classes, name):
 @register("mobilenet_v2", family="peer", paper="Sandler et al., CVPR 2018 (arXiv 1801.04381)",
           input_shape=(224, 224, 3), num_classes=1000, recipe="mobilenet_v2", deploy="int8",
           min_input_size=32)
-def mobilenet_v2(input_shape=(224, 224, 3), num_classes=1000, alpha=MOBILENET_V2_ALPHA):
+def mobilenet_v2(input_shape=(224, 224, 3), num_classes=1000, alpha=MOBILENET_V2_ALPHA,
+                 name="mobilenet_v2"):
     inputs = keras.Input(input_shape, name="image")  # raw pixels in [0, 255]
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inputs)  # [-1, 1]
     backbone = keras.applications.MobileNetV2(input_tensor=x, alpha=alpha, include_top=False,
                                               weights=None, pooling="avg")
-    return classifier_head(inputs, backbone.output, num_classes, "mobilenet_v2")
+    return classifier_head(inputs, backbone.output, num_classes, name)
+
+
+@register("mobilenet_v2_035", family="peer",
+          paper="Sandler et al., CVPR 2018 (arXiv 1801.04381), width 0.35",
+          input_shape=(224, 224, 3), num_classes=1000, recipe="mobilenet_v2", deploy="int8",
+          min_input_size=32)
+def mobilenet_v2_035(input_shape=(224, 224, 3), num_classes=1000):
+    return mobilenet_v2(input_shape, num_classes, alpha=MOBILENET_V2_SMALL_ALPHA,
+                        name="mobilenet_v2_035")
 
 
 @register("mlperf_tiny_vww", family="peer",

@@ -218,6 +218,21 @@ class Recipe:
                       schedule=Schedule("constant"), augment=self.augment)
 
 
+    def qat_stage(self):
+        """int8 quantization-aware fine-tuning of a trained float model (effkeras.quantization)
+        as a recipe of its own: QAT_EPOCHS of Adam at QAT_LEARNING_RATE with a cosine decay,
+        this recipe's batch, augmentation and label smoothing (no teacher)."""
+        return Recipe(Optimizer("adam"), QAT_LEARNING_RATE, epochs=QAT_EPOCHS,
+                      batch_size=self.batch_size, base_batch_size=self.base_batch_size,
+                      loss=Loss(label_smoothing=self.loss.label_smoothing), augment=self.augment)
+
+
+# QAT starts from a trained float model and only has to adapt it to int8 rounding: a short run
+# at a low rate (Krishnamoorthi, arXiv 1806.08342 §3.2, fine-tunes float models this way).
+QAT_EPOCHS = 2
+QAT_LEARNING_RATE = 1e-4
+
+
 # --- schedules: (schedule, recipe, peak, total steps, steps per epoch) -> Keras schedule ---------
 
 

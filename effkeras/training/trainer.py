@@ -65,6 +65,7 @@ DATASET_IMAGES = {
 SYNTHETIC_CLASSES = 10  # data.load's default for synthetic
 SYNTHETIC_EXAMPLES = 640  # its train + test examples
 MAX_SEED = 2 ** 31 - 1  # numpy seeds must be < 2**32; the data seed adds the epoch
+QAT_CALIBRATION_IMAGES = 512  # training images that set a QAT run's first activation ranges
 
 
 @dataclasses.dataclass
@@ -85,6 +86,10 @@ class TrainConfig:
     validation_size: int = None
     # Two-stage recipes: knowledge-transfer epochs per block (None: the recipe's; 0: none).
     transfer_epochs: int = None
+    # int8 quantization-aware training of the trained float model in `init_from` (a .keras file;
+    # `model` defaults to its registry name), with the recipe's qat_stage.
+    qat: bool = False
+    init_from: str = None
     verbose: int = None  # None: progress bars on a terminal, one line per epoch otherwise
 
 
@@ -122,6 +127,11 @@ def check_config(config, recipe):
     if config.transfer_epochs and recipe.transfer is None:
         raise InputError(f"--transfer_epochs is for two-stage recipes (knowledge transfer, then "
                          f"distillation); {config.model}'s recipe has one stage: leave it out")
+    if config.init_from and not config.qat:
+        raise InputError("--init_from is the float model that --qat fine-tunes: add --qat")
+    if config.qat and (config.teacher or config.transfer_epochs):
+        raise InputError("--qat fine-tunes a trained float model on labels: leave --teacher and "
+                         "--transfer_epochs out")
     if config.teacher and not recipe.loss.needs_teacher:
         raise InputError(f"--teacher is only for recipes that distil; {config.model}'s recipe "
                          f"does not: leave --teacher out")
@@ -227,10 +237,20 @@ def _build(info, recipe, input_shape, num_classes):
 
 def train(config):
     """Trains (or resumes) `config.model`; returns the metrics dict also written to metrics.json."""
+    float_model = None
+    if config.qat:
+        float_model = _load_float_model(config)
+        config = dataclasses.replace(config, model=config.model or float_model.name)
+    elif not config.model:
+        raise InputError("--model is required (or --qat with --init_from)")
     info = models.info(config.model)
     recipe = recipes.get(info.recipe)
+    if config.qat:
+        recipe = recipe.qat_stage()
     check_config(config, recipe)
     with OutputDirLock(config.output_dir):
+        if float_model is not None:
+            return _train(config, info, recipe, stage="qat", float_model=float_model)
         if recipe.transfer is None or config.transfer_epochs == 0:
             return _train(config, info, recipe)
         transfer_dir = os.path.join(config.output_dir, "transfer")
@@ -241,9 +261,40 @@ def train(config):
         return _train(config, info, recipe, initial=os.path.join(transfer_dir, "model.keras"))
 
 
-def _train(config, info, recipe, stage=None, initial=None):
+def _load_float_model(config):
+    """The trained float model --qat starts from (config.init_from)."""
+    from effkeras import quantization, saving
+
+    if not config.init_from:
+        raise InputError("--qat needs --init_from=FLOAT_MODEL.keras, the trained float model to "
+                         "fine-tune")
+    model = saving.load_model(config.init_from)
+    if quantization.is_qat_model(model):
+        raise InputError(f"{config.init_from} is already a QAT model: give the float model it "
+                         f"came from, or resume its run with its --output_dir")
+    if config.model is None and model.name not in models.names():
+        raise InputError(f"{config.init_from} holds {model.name!r}, not a registry model: give "
+                         f"--model=<registry name> whose recipe to fine-tune with")
+    return model
+
+
+def _calibration_images(dataset, count=QAT_CALIBRATION_IMAGES):
+    """Up to `count` images from the batches of `dataset`."""
+    import numpy as np
+
+    images, total = [], 0
+    for batch, _ in dataset:
+        images.append(batch.numpy())
+        total += len(images[-1])
+        if total >= count:
+            break
+    return np.concatenate(images)[:count]
+
+
+def _train(config, info, recipe, stage=None, initial=None, float_model=None):
     """One run into config.output_dir. stage "transfer": the recipe's knowledge-transfer stage;
-    initial: a .keras file whose weights a fresh run starts from."""
+    stage "qat": int8 QAT of `float_model`; initial: a .keras file whose weights a fresh run
+    starts from."""
     epochs = config.epochs or recipe.epochs
     batch_size = config.batch_size or recipe.batch_size
     state_path = os.path.join(config.output_dir, "state.json")
@@ -254,7 +305,12 @@ def _train(config, info, recipe, stage=None, initial=None):
                          "input_shape": config.input_shape and tuple(config.input_shape)})
         check_state_fields(state_path, state)
 
-    if config.input_shape:
+    if float_model is not None:
+        input_shape, why = tuple(float_model.input_shape[1:]), f"the float model's, {config.init_from}"
+        if config.input_shape and tuple(config.input_shape) != input_shape:
+            raise InputError(f"{config.init_from} takes input {shape_text(input_shape)}: leave "
+                             f"--input_shape out for --qat")
+    elif config.input_shape:
         input_shape, why = tuple(config.input_shape), "--input_shape"
     elif state is not None and state.get("input_shape"):
         input_shape, why = tuple(state["input_shape"]), f"the run's own, from {state_path}"
@@ -286,7 +342,15 @@ def _train(config, info, recipe, stage=None, initial=None):
 
     splits = None if fixed_classes else load_splits()  # ImageNet: classes are the folders
     num_classes = fixed_classes or splits[0].num_classes
-    student = _build(info, recipe, input_shape, num_classes)
+    if float_model is not None:
+        from effkeras import quantization
+
+        if float_model.output_shape[-1] != num_classes:
+            raise InputError(f"{config.init_from} has {float_model.output_shape[-1]} classes, "
+                             f"{config.dataset} {num_classes}: fine-tune it on its own dataset")
+        student = quantization.quantize_model(float_model)  # ranges: calibrated below
+    else:
+        student = _build(info, recipe, input_shape, num_classes)
     teacher = (load_teacher(config.teacher, input_shape, num_classes)
                if recipe.loss.needs_teacher else None)
     check_memory(student, info=info, recipe=recipe, input_shape=input_shape, batch_size=batch_size,
@@ -297,6 +361,10 @@ def _train(config, info, recipe, stage=None, initial=None):
         blocks = len(block_names(student))
         recipe = recipe.transfer_stage(blocks, config.transfer_epochs)
         epochs = recipe.epochs
+    elif float_model is not None and state is None:
+        quantization.calibrate(student, _calibration_images(train_split.dataset))
+        log(f"int8 QAT of {config.init_from}: activation ranges calibrated on "
+            f"{QAT_CALIBRATION_IMAGES} training images")
     elif initial is not None and state is None:
         from effkeras import saving
 
@@ -309,6 +377,8 @@ def _train(config, info, recipe, stage=None, initial=None):
 
     identity = {"model": info.name, "dataset": config.dataset, "input_shape": list(input_shape),
                 "num_classes": num_classes, "validation_size": config.validation_size}
+    if float_model is not None:
+        identity["qat_from"] = os.path.abspath(config.init_from)
     if state is not None:
         check_same_run(config.output_dir, state, identity)
         state.update(identity)
