@@ -379,7 +379,7 @@ def _qat_layer(layer, batch_norm, activation, prescale):
     and a folded input scale) set once built."""
     config = layer.get_config()
     # Without a BN, a bias all the same: TFLite's op has one, and snap_biases needs it.
-    config.update(activation=activation or "linear", use_bias=layer.use_bias or batch_norm is None,
+    config.update(activation=activation or config["activation"], use_bias=layer.use_bias or batch_norm is None,
                   batch_norm_epsilon=None if batch_norm is None else float(batch_norm.epsilon))
     qat = _WEIGHTED[type(layer)].from_config(config)
 

@@ -1,0 +1,218 @@
+"""int8 quantization-aware training: the rewrite, the quantizers, the file it converts to."""
+
+import numpy as np
+import keras
+import pytest
+from keras import layers
+
+from effkeras import deploy, models, quantization, training
+from effkeras.deploy import runtime, verify
+from effkeras.errors import InputError
+from effkeras.quantization import FakeQuant, QATConv2D, QATDense, QATDepthwiseConv2D
+from conftest import assert_one_error_line, run_app
+
+
+def small_net(input_shape=(16, 16, 3)):
+    """Every pattern quantize_model folds: Rescaling -> conv, conv+BN+ReLU, depthwise+BN+ReLU6,
+    conv+BN into an Add+ReLU, same-code ops, a conv with its own ReLU, mean, Dense logits."""
+    inputs = keras.Input(input_shape, name="image")
+    x = layers.Rescaling(1 / 255, name="rescale")(inputs)
+    x = layers.Conv2D(8, 3, padding="same", use_bias=False, name="stem")(x)
+    x = layers.ReLU(name="stem_relu")(layers.BatchNormalization(name="stem_bn")(x))
+    y = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(x)
+    y = layers.ReLU(6.0, name="dw_relu")(layers.BatchNormalization(name="dw_bn")(y))
+    y = layers.BatchNormalization(name="pw_bn")(layers.Conv2D(8, 1, name="pw")(y))
+    x = layers.ReLU(name="add_relu")(layers.Add(name="add")([x, y]))
+    x = layers.MaxPooling2D(2, name="pool")(layers.ZeroPadding2D(1, name="pad")(x))
+    x = layers.Conv2D(16, 3, strides=2, activation="relu", name="down")(x)
+    x = layers.GlobalAveragePooling2D(name="mean")(x)
+    model = keras.Model(inputs, layers.Dense(10, name="logits")(x), name="small_net")
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # trained-looking BN statistics, so that folding is not trivial
+        if isinstance(layer, layers.BatchNormalization):
+            channels = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, channels), rng.normal(0, 0.1, channels),
+                               rng.normal(0, 0.2, channels), rng.uniform(0.2, 2.0, channels)])
+    return model
+
+
+def images(count, shape=(16, 16, 3), seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (count, *shape)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def qat_net():
+    model = small_net()
+    return model, quantization.quantize_model(model, images(64))
+
+
+def test_rewrite_folds_bn_and_relu_and_quantizes_where_tflite_does(qat_net):
+    model, qat = qat_net
+    kinds = [type(layer).__name__ for layer in qat.layers]
+    assert kinds.count("QATConv2D") == 3 and kinds.count("QATDepthwiseConv2D") == 1
+    assert kinds.count("QATDense") == 1
+    assert not any(isinstance(layer, (layers.BatchNormalization, layers.Rescaling, layers.ReLU))
+                   for layer in qat.layers)
+    by_name = {layer.name: layer for layer in qat.layers}
+    assert by_name["stem"].batch_norm_epsilon == model.get_layer("stem_bn").epsilon
+    assert keras.activations.serialize(by_name["dw"].activation) == "relu6"
+    assert by_name["down"].batch_norm_epsilon is None and by_name["down"].use_bias
+    # One quantization point per int8 op output: input, stem, dw, pw, add(+relu), down, mean,
+    # logits; none after the padding and the max pooling (their codes are their input's).
+    quantizers = [layer.name for layer in qat.layers if isinstance(layer, FakeQuant)]
+    assert quantizers == ["image_quant", "stem_quant", "dw_quant", "pw_quant", "add_quant",
+                          "down_quant", "mean_quant", "logits_quant"]
+    assert by_name["image_quant"].fixed_range == (0.0, 255.0)
+    # Its rounding off, the QAT model is the float model (the folded Rescaling and BNs included).
+    x = images(4, seed=1)
+    quantization.set_mode(qat, "float")
+    try:
+        np.testing.assert_allclose(qat(x), model(x), rtol=1e-5, atol=1e-5)
+    finally:
+        quantization.set_mode(qat, "quantize")
+
+
+def test_weights_are_int8_per_output_channel_symmetric(qat_net):
+    _, qat = qat_net
+    for layer in qat.layers:
+        if not isinstance(layer, quantization.FoldedBatchNorm):
+            continue
+        kernel = keras.ops.convert_to_numpy(layer.quantize_weights(layer.folded()[0]))
+        channels = kernel.reshape(-1, layer.output_channels())
+        codes = channels / layer.weight_scales()
+        np.testing.assert_allclose(codes, np.round(codes), atol=2e-3)
+        assert np.abs(np.round(codes)).max() == 127  # each channel's largest weight is code ±127
+        assert layer.weight_scales().shape == (layer.output_channels(),)
+
+
+def test_activation_ranges_calibrate_then_follow_a_moving_average():
+    quantizer = FakeQuant(ema_decay=0.9)
+    quantizer.build((None, 4))
+    x = np.array([[-1.0, 0.5, 2.0, 3.0]], np.float32)
+    quantization.set_mode(keras.Sequential([keras.Input((4,)), quantizer]), "calibrate")
+    np.testing.assert_array_equal(quantizer(x), x)  # calibrating: float outputs
+    quantizer(x * 2)
+    assert (float(quantizer.range_min), float(quantizer.range_max)) == (-2.0, 6.0)  # min/max seen
+    quantizer.mode = "quantize"
+    quantizer(np.array([[0.0, 10.0]], np.float32), training=True)
+    np.testing.assert_allclose([float(quantizer.range_min), float(quantizer.range_max)],
+                               [0.9 * -2.0, 0.9 * 6.0 + 0.1 * 10.0])
+    before = float(quantizer.range_max)
+    quantizer(np.array([[0.0, 100.0]], np.float32), training=True, observe=False)
+    assert float(quantizer.range_max) == before  # a re-used quantizer does not move its range
+    scale, zero_point = quantizer.quantization()
+    y = keras.ops.convert_to_numpy(quantizer(np.linspace(-3, 8, 50, dtype=np.float32)))
+    codes = y / scale + zero_point
+    np.testing.assert_allclose(codes, np.round(codes), atol=1e-3)
+    assert -128 <= codes.min() and codes.max() <= 127
+
+
+def test_int8_file_reads_the_qat_ranges_and_matches_keras_to_one_step(qat_net):
+    model, qat = qat_net
+    sample = images(32, seed=2)
+    flatbuffer, report = deploy.convert(qat, "int8", sample=sample)
+    assert report.qat and report.calibration == "QAT ranges (no calibration)"
+    assert report.max_lsb <= 1 and report.top1_agreement >= 0.9
+    # The same ops as post-training quantization of the float model: same quantization points.
+    _, ptq = deploy.convert(model, "int8", calibration=images(64), sample=sample)
+    assert report.op_census == ptq.op_census
+    _, outputs = verify.io_tensors(flatbuffer)
+    scale, zero_point = quantization.output_quantizers(qat)[0].quantization()
+    assert outputs[0].scale[0] == pytest.approx(scale, rel=1e-6)
+    assert outputs[0].zero_point[0] == zero_point
+    convs = [op for op in verify.operators(flatbuffer) if op.type == "CONV_2D"]
+    keras_scales = sorted(tuple(np.round(layer.weight_scales(), 9)) for layer in qat.layers
+                          if isinstance(layer, QATConv2D))
+    file_scales = sorted(tuple(np.round(op.inputs[1].scale, 9)) for op in convs)
+    np.testing.assert_allclose(np.concatenate(file_scales), np.concatenate(keras_scales),
+                               rtol=1e-5)
+    actual = runtime.LiteRT(flatbuffer).predict(sample)
+    np.testing.assert_allclose(actual, report_reference(qat, sample), atol=scale * 1.001)
+
+
+def report_reference(qat, sample):
+    """What the int8 target compares with: the QAT model with its biases on TFLite's grid."""
+    snapped = keras.models.clone_model(qat)
+    snapped.set_weights(qat.get_weights())
+    return quantization.snap_biases(snapped).predict(sample, verbose=0)
+
+
+def test_qat_model_round_trips_with_ranges_and_folded_bn(qat_net, tmp_path):
+    _, qat = qat_net
+    path = tmp_path / "qat.keras"
+    qat.save(path)
+    loaded = keras.models.load_model(path)
+    for before, after in zip(qat.weights, loaded.weights):
+        assert before.path == after.path
+        np.testing.assert_array_equal(before.numpy(), after.numpy())
+    assert {w.path.split("/")[-1] for w in loaded.get_layer("stem").weights} == {
+        "kernel", "gamma", "beta", "moving_mean", "moving_variance"}
+    x = images(4, seed=3)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), qat.predict(x, verbose=0))
+    assert quantization.is_qat_model(loaded)
+
+
+def test_what_cannot_be_quantized_is_named():
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(4, 3, activation="swish", name="swish_conv")(inputs)
+    x = layers.LayerNormalization(name="norm")(x)
+    model = keras.Model(inputs, layers.Dense(2)(layers.Flatten()(x)))
+    with pytest.raises(InputError, match=r"swish_conv \(Conv2D with activation silu.*norm "
+                                         r"\(LayerNormalization\)"):
+        quantization.quantize_model(model)
+    with pytest.raises(InputError, match="already a QAT model"):
+        quantization.quantize_model(quantization.quantize_model(small_net()))
+
+
+def test_an_uncalibrated_qat_model_does_not_convert():
+    qat = quantization.quantize_model(small_net())
+    assert quantization.unobserved(qat)[0] == "stem_quant"
+    with pytest.raises(InputError, match="have no range yet.*calibrate"):
+        deploy.convert(qat, "int8")
+
+
+def test_resnet8_qat_runs_in_tflm_and_all_on_the_ethos_u55_npu():
+    model = models.get("mlperf_tiny_resnet8", input_shape=(32, 32, 3), num_classes=10)
+    qat = quantization.quantize_model(model, images(32, (32, 32, 3)))
+    sample = images(8, (32, 32, 3), seed=4)
+    _, tflm = deploy.convert(qat, "tflm", sample=sample)
+    assert tflm.qat and tflm.arena_bytes > 0 and tflm.max_lsb <= 1
+    _, npu = deploy.convert(qat, "ethos-u55-128", sample=sample)
+    assert npu.cpu_ops == 0 and npu.npu_ops > 0
+
+
+def test_train_qat_from_a_float_run_and_resume(tmp_path):
+    float_dir, qat_dir = tmp_path / "float", tmp_path / "qat"
+    common = dict(dataset="synthetic", input_shape=(16, 16, 3), batch_size=16, steps_per_epoch=2,
+                  verbose=0)
+    training.train(training.TrainConfig(model="mlperf_tiny_resnet8", epochs=1,
+                                        output_dir=str(float_dir), **common))
+    float_model = str(float_dir / "model.keras")
+    qat_config = dict(model=None, qat=True, init_from=float_model, output_dir=str(qat_dir),
+                      **{k: v for k, v in common.items() if k != "input_shape"})
+    first = training.train(training.TrainConfig(epochs=1, **qat_config))
+    assert first["model"] == "mlperf_tiny_resnet8" and first["epochs"] == 1
+    second = training.train(training.TrainConfig(epochs=2, **qat_config))
+    assert [h["epoch"] for h in second["history"]] == [1, 2]
+    trained = keras.models.load_model(qat_dir / "model.keras")
+    assert quantization.is_qat_model(trained) and not quantization.unobserved(trained)
+    assert int(keras.models.load_model(qat_dir / "checkpoint-2.keras").optimizer.iterations) == 4
+    other = tmp_path / "other.keras"
+    other.write_bytes((float_dir / "model.keras").read_bytes())
+    with pytest.raises(InputError, match="QAT run from .*resume with --init_from"):
+        training.train(training.TrainConfig(epochs=3, **{**qat_config, "init_from": str(other)}))
+    with pytest.raises(InputError, match="already a QAT model"):
+        training.train(training.TrainConfig(epochs=1, **{
+            **qat_config, "init_from": str(qat_dir / "model.keras"),
+            "output_dir": str(tmp_path / "again")}))
+
+
+def test_train_app_refuses_qat_flags_that_cannot_work(tmp_path):
+    assert_one_error_line(run_app("apps.train", "--qat", "--dataset=synthetic",
+                                  f"--output_dir={tmp_path}/a"), "--model is required")
+    assert_one_error_line(run_app("apps.train", "--model=mlperf_tiny_resnet8",
+                                  "--init_from=x.keras", "--dataset=synthetic",
+                                  f"--output_dir={tmp_path}/b"), "--init_from is the float model")
+    assert_one_error_line(run_app("apps.train", "--qat", "--init_from=missing.keras",
+                                  "--dataset=synthetic", f"--output_dir={tmp_path}/c"),
+                          "missing.keras")
