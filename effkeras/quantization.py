@@ -23,7 +23,10 @@ target (effkeras.deploy.tflite) reads them, no calibration pass needed.
   average pooling, which TFLite runs at its input's scale, re-uses its input's quantizer.
 - A scale-only Rescaling in front of a conv is folded into its kernel (as the converter does);
   one with an offset becomes the equivalent constant 1x1 depthwise conv (PixelNormalization),
-  one op with one quantization point.
+  one op with one quantization point (the converter makes a MUL and an ADD of it; Vela runs
+  the depthwise op far faster: see PixelNormalization).
+- A BatchNormalization that follows no conv becomes the MUL and ADD TFLite makes of it
+  (`ChannelAffine`), a quantization point after each.
 Activation ranges are moving averages (decay EMA_DECAY) of each training batch's min and max;
 `calibrate` first sets them to the float model's min and max over a calibration set, exactly
 what post-training quantization uses, so QAT starts where PTQ stands.
@@ -34,6 +37,7 @@ import keras
 from keras import layers, ops
 
 from effkeras.deploy.passes.collapse import collapse
+from effkeras.deploy.passes.fold_bn import batch_norm_affine
 from effkeras.deploy.passes.rewrite import as_list, check_models, readers, rewrite
 from effkeras.errors import InputError
 from effkeras.layers.common import PixelNormalization
@@ -265,6 +269,34 @@ class QATDense(FoldedBatchNorm, layers.Dense):
         return ops.matmul(x, kernel)
 
 
+@keras.saving.register_keras_serializable(package="effkeras")
+class ChannelAffine(layers.Layer):
+    """x·value ("multiply") or x + value ("add") with a trainable value per channel: a
+    BatchNormalization that nothing folds into, as the two int8 ops TFLite makes of it (MUL,
+    ADD), each with a quantization point after it."""
+
+    def __init__(self, operation, **kwargs):
+        super().__init__(**kwargs)
+        if operation not in ("multiply", "add"):
+            raise ValueError(f"operation must be 'multiply' or 'add', got {operation!r}")
+        self.operation = operation
+
+    def build(self, input_shape):
+        self.value = self.add_weight(shape=(input_shape[-1],), name="value",
+                                     initializer="ones" if self.operation == "multiply"
+                                     else "zeros")
+
+    def call(self, x):
+        value = ops.cast(self.value, x.dtype)
+        return x * value if self.operation == "multiply" else x + value
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "operation": self.operation}
+
+
 # --- the rewrite ------------------------------------------------------------------------------
 
 _WEIGHTED = {layers.Conv2D: QATConv2D, layers.DepthwiseConv2D: QATDepthwiseConv2D,
@@ -336,7 +368,7 @@ class _Plan:
                 if _activation_of(layer) == "linear" and nxt is not None and _activation_name(nxt):
                     self.activation[id(layer)] = _activation_name(nxt)
                     self.absorbed.add(id(nxt))
-            elif isinstance(layer, (layers.Add, layers.Subtract)):
+            elif isinstance(layer, (layers.Add, layers.Subtract, layers.BatchNormalization)):
                 nxt = sole_reader(layer)
                 if nxt is not None and _activation_name(nxt):
                     self.activation[id(layer)] = _activation_name(nxt)
@@ -458,6 +490,21 @@ def quantize_model(model, calibration=None, *, input_range=INPUT_RANGE, batch_si
             norm = PixelNormalization(mean=-np.broadcast_to(layer.offset, scale.shape) * std,
                                       std=std, name=layer.name)
             return quantized(norm(x), layer.name)
+        if isinstance(layer, layers.BatchNormalization):  # nothing to fold into: MUL, ADD
+            affine = batch_norm_affine(layer)
+            if affine is None:
+                raise InputError(f"{layer.name} normalises axis {layer.axis}: quantize_model "
+                                 f"takes BatchNormalization over channels (the last axis)")
+            y = x
+            for operation, value in zip(("multiply", "add"), affine):
+                step = ChannelAffine(operation, name=f"{layer.name}_{operation}")
+                y = step(y)
+                step.value.assign(value)
+                if operation == "add" and id(layer) in plan.activation:
+                    name = plan.activation[id(layer)]
+                    y = layers.Activation(name, name=f"{layer.name}_{name}")(y)
+                y = quantized(y, step.name)
+            return y
         if isinstance(layer, layers.AveragePooling2D):
             y = _call_copy(layer, x)
             source = quantizer_of.get(id(x))

@@ -6,6 +6,7 @@ import pytest
 from keras import layers
 
 from effkeras import deploy, models, quantization, training
+from effkeras.deploy import qat as qat_deploy
 from effkeras.deploy import runtime, verify
 from effkeras.errors import InputError
 from effkeras.quantization import FakeQuant, QATConv2D, QATDense, QATDepthwiseConv2D
@@ -112,7 +113,8 @@ def test_int8_file_reads_the_qat_ranges_and_matches_keras_to_one_step(qat_net):
     sample = images(32, seed=2)
     flatbuffer, report = deploy.convert(qat, "int8", sample=sample)
     assert report.qat and report.calibration == "QAT ranges (no calibration)"
-    assert report.max_lsb <= 1 and report.top1_agreement >= 0.9
+    assert report.max_op_lsb <= 1 and report.max_lsb <= 1 and report.top1_agreement >= 0.9
+    assert report.quantization_points >= 7  # stem, dw, pw, add, down, mean, logits at least
     # The same ops as post-training quantization of the float model: same quantization points.
     _, ptq = deploy.convert(model, "int8", calibration=images(64), sample=sample)
     assert report.op_census == ptq.op_census
@@ -128,6 +130,38 @@ def test_int8_file_reads_the_qat_ranges_and_matches_keras_to_one_step(qat_net):
                                rtol=1e-5)
     actual = runtime.LiteRT(flatbuffer).predict(sample)
     np.testing.assert_allclose(actual, report_reference(qat, sample), atol=scale * 1.001)
+
+
+def test_hard_swish_and_a_lone_batch_norm_convert_op_by_op_within_one_step():
+    inputs = keras.Input((16, 16, 1), name="image")
+    x = layers.Rescaling(1 / 127.5, offset=-1, name="rescale")(inputs)  # one depthwise op
+    x = layers.BatchNormalization(name="bn")(layers.Conv2D(8, 3, padding="same", name="c")(x))
+    x = layers.Activation("hard_swish", name="act")(x)
+    y = layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = layers.BatchNormalization(name="lone_bn")(layers.Add(name="add")([x, y]))  # MUL, ADD
+    x = layers.Activation("hard_swish", name="act2")(x)
+    model = keras.Model(inputs, layers.Dense(4, name="logits")(
+        layers.GlobalAveragePooling2D(name="mean")(x)))
+    qat = quantization.quantize_model(model, images(64, (16, 16, 1)))
+    assert [type(layer).__name__ for layer in qat.layers].count("ChannelAffine") == 2
+    sample = images(16, (16, 16, 1), seed=5)
+    _, report = deploy.convert(qat, "int8", sample=sample)
+    _, ptq = deploy.convert(model, "int8", calibration=images(64, (16, 16, 1)), sample=sample)
+    # The same ops, but the offset Rescaling: one depthwise op where PTQ has a MUL and an ADD.
+    expected = {**ptq.op_census, "MUL": ptq.op_census["MUL"] - 1,
+                "ADD": ptq.op_census["ADD"] - 1,
+                "DEPTHWISE_CONV_2D": ptq.op_census["DEPTHWISE_CONV_2D"] + 1}
+    assert report.op_census == expected
+    assert report.op_census["HARD_SWISH"] == 2 and report.op_census["MUL"] == 1
+    assert report.max_op_lsb <= 1 and report.quantization_points >= 8
+    # TFLite's int8 hard-swish is a fixed-point approximation: its table is not the float
+    # function rounded, which is why the check reads the kernel's own table.
+    x_q, y_q = (0.05, -10), (0.04, -120)
+    (table,) = qat_deploy.kernel_tables([(x_q, y_q)])
+    codes = np.arange(-128, 128)
+    x = (codes - x_q[1]) * x_q[0]
+    rounded = np.clip(np.round(x * np.clip(x + 3, 0, 6) / 6 / y_q[0]) + y_q[1], -128, 127)
+    assert 0 < np.abs(table - rounded).max() <= 3
 
 
 def report_reference(qat, sample):
@@ -176,7 +210,7 @@ def test_resnet8_qat_runs_in_tflm_and_all_on_the_ethos_u55_npu():
     qat = quantization.quantize_model(model, images(32, (32, 32, 3)))
     sample = images(8, (32, 32, 3), seed=4)
     _, tflm = deploy.convert(qat, "tflm", sample=sample)
-    assert tflm.qat and tflm.arena_bytes > 0 and tflm.max_lsb <= 1
+    assert tflm.qat and tflm.arena_bytes > 0 and tflm.max_op_lsb <= 1
     _, npu = deploy.convert(qat, "ethos-u55-128", sample=sample)
     assert npu.cpu_ops == 0 and npu.npu_ops > 0
 

@@ -1,5 +1,5 @@
 """What the measuring tools share: a matplotlib figure drawn without a display and saved as a
-PNG, and a result written as a markdown table and JSON."""
+PNG, a result written as a markdown table and JSON, and the metrics of a finished training run."""
 
 import os
 
@@ -25,3 +25,18 @@ def publish(output_dir, stem, table, rows, plot):
     if output_dir:
         write(output_dir, stem, table, rows)
         plot(rows, os.path.join(output_dir, f"{stem}.png"))
+
+
+def read_run(directory):
+    """metrics.json of a finished apps.train run; InputError when there is none."""
+    import json
+
+    from effkeras.errors import InputError
+
+    path = os.path.join(directory, "metrics.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise InputError(f"no finished training run in {directory} ({path}: {e}); train it "
+                         f"with apps.train --output_dir={directory}") from None

@@ -32,29 +32,14 @@ FLAGS = flags.FLAGS
 NAME = "lerp_psa"
 
 
-def read_run(directory):
-    """metrics.json of a finished apps.train run; InputError when there is none."""
-    import json
-
-    from effkeras.errors import InputError
-
-    path = os.path.join(directory, "metrics.json")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise InputError(f"no finished training run in {directory} ({path}: {e}); train it "
-                         f"with apps.train --output_dir={directory}") from None
-
-
 def row(directory):
     """One table row from the run in `directory` (and its transfer stage, if any)."""
     from effkeras import models, nn_mass, summary
 
-    metrics = read_run(directory)
+    metrics = _report.read_run(directory)
     model = models.get(metrics["model"], input_shape=tuple(metrics["input_shape"]))
     transfer = os.path.join(directory, "transfer")
-    stage1 = read_run(transfer) if os.path.isdir(transfer) else None
+    stage1 = _report.read_run(transfer) if os.path.isdir(transfer) else None
     return {"model": metrics["model"],
             "trainable_params": summary.trainable_params(model),
             "macs": summary.totals(summary.summarize(model))["float_macs"],

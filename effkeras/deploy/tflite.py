@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -37,7 +36,6 @@ from effkeras.deploy.verify import PIXEL_RANGE, Report
 from effkeras.errors import InputError
 
 MAX_REL_DIFF = {"float": 1e-4, "float16": 2e-2, "int8": 0.25}
-MAX_LSB = 1  # QAT: the int8 file's outputs against its Keras model's, in output steps
 CALIBRATION_SAMPLES = 200
 IO_TYPES = ("int8", "float")
 # Builtin ops with int8 kernels in TFLite (its op versions and TFLite Micro's int8 kernels):
@@ -69,12 +67,16 @@ class Int8Report(TFLiteReport):
     int8_tables: int = 0  # exact int8 LERP tables written (int8_tables.py), each checked
     table_bytes: int = 0  # their entries: 256 bytes per channel
     qat: bool = False  # converted from a QAT model (effkeras.quantization), with its ranges
-    max_lsb: float = None  # QAT: max |file - Keras| on the sample, in steps of the output scale
+    max_lsb: float = None  # QAT: max |file - Keras| of the outputs, in steps of their scale
+    max_op_lsb: float = None  # QAT: the same at every quantization point, op by op (qat.py)
+    quantization_points: int = 0  # QAT: tensors of the file compared op by op
 
 
 def export_saved_model(model, directory):
     """`model` as a SavedModel whose serving signature takes batch-1 float32 inputs."""
     signature = [tf.TensorSpec((1, *shape), tf.float32) for shape in verify.input_shapes(model)]
+    if len(signature) > 1:  # the model is called on one argument: the list of its inputs
+        signature = [signature]
     model.export(directory, format="tf_saved_model", verbose=False, input_signature=signature)
 
 
@@ -169,7 +171,9 @@ def convert_int8(model, *, calibration=None, sample=None, io="int8", allow_float
     if io not in IO_TYPES:
         raise InputError(f"unknown io type {io!r}; choose from {', '.join(IO_TYPES)}")
     if quantization.is_qat_model(model):
-        return convert_qat(model, sample=sample, io=io, input_range=input_range)
+        from effkeras.deploy import qat
+
+        return qat.convert(model, sample=sample, io=io, input_range=input_range)
     if calibration is None:
         calibration = verify.random_sample(model, input_range, calibration_samples, seed=2)
         calibration_source = f"{calibration_samples} random inputs in {list(input_range)}"
@@ -197,55 +201,6 @@ def convert_int8(model, *, calibration=None, sample=None, io="int8", allow_float
         max_abs_diff=abs_diff, max_rel_diff=rel_diff, samples=count, top1_agreement=agreement,
         io=io, calibration=calibration_source or f"{len(arrays[0])} given inputs",
         float_ops=tuple(left_float), int8_tables=tables.count, table_bytes=tables.table_bytes)
-
-
-def convert_qat(model, *, sample=None, io="int8", input_range=PIXEL_RANGE, max_lsb=MAX_LSB):
-    """(int8 flatbuffer, Int8Report) of a QAT model (effkeras.quantization): the converter takes
-    its fake-quant ranges, no calibration. Its biases are first snapped to TFLite's int32 grid
-    (quantization.snap_biases, on a copy), so the file computes what that Keras model does; the
-    check is then in output steps: every output of the sample within `max_lsb` of Keras's."""
-    never = quantization.unobserved(model)
-    if never:
-        raise InputError(f"{len(never)} activation quantizer(s) of {model.name} have no range "
-                         f"yet ({', '.join(never[:3])}{' ...' if len(never) > 3 else ''}): "
-                         f"calibrate the QAT model (quantization.calibrate) or train it first")
-    snapped = keras.models.clone_model(model)
-    snapped.set_weights(model.get_weights())
-    quantization.snap_biases(snapped)
-
-    def configure(converter):
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if io == "int8":
-            converter.inference_input_type = tf.int8
-            converter.inference_output_type = tf.int8
-
-    flatbuffer = to_flatbuffer(snapped, configure)
-    ops = verify.operators(flatbuffer)
-    left_float = float_ops(ops)
-    if left_float:
-        raise InputError(f"{len(left_float)} op(s) of QAT model {model.name} stayed float: "
-                         f"{', '.join(left_float)}; each op needs a quantization point after it")
-    if sample is None:
-        sample = verify.random_sample(snapped, input_range)
-    verify.check_sample(snapped, sample)
-    expected = snapped.predict(sample, verbose=0)
-    actual = runtime.LiteRT(flatbuffer).predict(sample)
-    expected_list = expected if isinstance(expected, list) else [expected]
-    actual_list = actual if isinstance(actual, list) else [actual]
-    steps = max(float(np.max(np.abs(a - e))) / quantizer.quantization()[0]
-                for e, a, quantizer in zip(expected_list, actual_list,
-                                           quantization.output_quantizers(snapped)))
-    abs_diff = max(float(np.max(np.abs(a - e))) for e, a in zip(expected_list, actual_list))
-    largest = max(float(np.max(np.abs(e))) for e in expected_list)
-    if round(steps, 3) > max_lsb:
-        raise RuntimeError(f"the int8 file of QAT model {model.name} is {steps:.3g} output steps "
-                           f"off the Keras model (allowed: {max_lsb}): the converter did not take "
-                           f"its quantization points as they are")
-    return flatbuffer, Int8Report(
-        target="int8", size_bytes=len(flatbuffer), op_census=verify.op_census(ops),
-        max_abs_diff=abs_diff, max_rel_diff=abs_diff / max(largest, 1e-12),
-        samples=verify.batch_size(sample), top1_agreement=top1_agreement(expected, actual),
-        io=io, calibration="QAT ranges (no calibration)", qat=True, max_lsb=round(steps, 3))
 
 
 def _quantize(model, calibration, io):

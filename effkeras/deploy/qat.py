@@ -1,0 +1,214 @@
+"""The int8 file of a QAT model (effkeras.quantization), and its check in quantization steps.
+
+The converter takes the model's fake-quant ranges as they are: no calibration. The file must
+then compute what the Keras model computes, op by op, rounding for rounding, and the check holds
+it to that: at every quantization point, on every example of the sample, the file's int8 tensor
+is within MAX_LSB steps of that point's scale of what the Keras ops give when fed the file's own
+int8 inputs to them (`op_steps`). Fed the file's inputs, because float and integer arithmetic
+break a few exact ties differently (TFLite rounds half away from zero, TensorFlow's fake-quant
+half up; its fixed-point multipliers are not the float ratios): one code flipped early spreads
+through a deep net, so end to end a 30-layer net drifts several output steps while no op is
+more than one off. The report gives both: `max_op_lsb` (checked) and `max_lsb`, the outputs'
+end-to-end difference. Two things keep the Keras side honest first:
+- its biases are snapped to TFLite's int32 grid (quantization.snap_biases, on a copy);
+- TFLite's int8 HARD_SWISH is a 16-bit fixed-point approximation, a step or two off the float
+  function it replaces on some codes; so the model the file is checked against reads TFLite's
+  own table for each hard-swish (256 codes, taken from the converted kernel on the layer's input
+  and output quantization), exactly what that op computes. QAT trains on the float hard-swish.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from effkeras import quantization
+from effkeras.deploy import runtime, tflite, verify
+from effkeras.deploy.passes.rewrite import rewrite
+from effkeras.errors import InputError
+
+MAX_LSB = 1  # the file's int8 tensors against the Keras ops, in steps of their scale
+OP_CHECK_EXAMPLES = 16  # examples of the sample checked op by op
+_KERNEL_TABLES = ("hard_silu", "hard_swish")  # activations TFLite approximates in fixed point
+
+
+def convert(model, *, sample=None, io="int8", input_range=verify.PIXEL_RANGE, max_lsb=MAX_LSB):
+    """(int8 flatbuffer, tflite.Int8Report) of QAT `model` (module docstring)."""
+    never = quantization.unobserved(model)
+    if never:
+        raise InputError(f"{len(never)} activation quantizer(s) of {model.name} have no range "
+                         f"yet ({', '.join(never[:3])}{' ...' if len(never) > 3 else ''}): "
+                         f"calibrate the QAT model (quantization.calibrate) or train it first")
+    snapped = keras.models.clone_model(model)
+    snapped.set_weights(model.get_weights())
+    quantization.snap_biases(snapped)
+    flatbuffer = tflite.to_flatbuffer(snapped, lambda converter: _int8(converter, io))
+    ops = verify.operators(flatbuffer)
+    left_float = tflite.float_ops(ops)
+    if left_float:
+        raise InputError(f"{len(left_float)} op(s) of QAT model {model.name} stayed float: "
+                         f"{', '.join(left_float)}; each op needs a quantization point after it")
+    if sample is None:
+        sample = verify.random_sample(snapped, input_range)
+    verify.check_sample(snapped, sample)
+    checked = reference(snapped)
+    op_lsb, points = op_steps(checked, flatbuffer, sample[:OP_CHECK_EXAMPLES])
+    if op_lsb > max_lsb:
+        raise RuntimeError(f"the int8 file of QAT model {model.name} is {op_lsb:g} steps off the "
+                           f"Keras ops at a quantization point (allowed: {max_lsb}): the converter "
+                           f"did not take its quantization points as they are")
+    expected = checked.predict(sample, verbose=0)
+    actual = runtime.LiteRT(flatbuffer).predict(sample)
+    expected_list = expected if isinstance(expected, list) else [expected]
+    actual_list = actual if isinstance(actual, list) else [actual]
+    diffs = [float(np.max(np.abs(a - e))) for e, a in zip(expected_list, actual_list)]
+    steps = round(max(diff / quantizer.quantization()[0] for diff, quantizer in
+                      zip(diffs, quantization.output_quantizers(snapped))), 3)
+    largest = max(float(np.max(np.abs(e))) for e in expected_list)
+    return flatbuffer, tflite.Int8Report(
+        target="int8", size_bytes=len(flatbuffer), op_census=verify.op_census(ops),
+        max_abs_diff=max(diffs), max_rel_diff=max(diffs) / max(largest, 1e-12),
+        samples=verify.batch_size(sample), top1_agreement=tflite.top1_agreement(expected, actual),
+        io=io, calibration="QAT ranges (no calibration)", qat=True, max_lsb=steps,
+        max_op_lsb=op_lsb, quantization_points=points)
+
+
+def op_steps(model, flatbuffer, sample):
+    """(max steps, quantization points compared): at each FakeQuant call of `model`, |file -
+    Keras| in steps of its scale, each Keras op fed the file's own (dequantized) int8 inputs.
+    A file tensor is that point's when it alone has its shape, scale and zero point."""
+    import warnings
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    with runtime.quiet_stderr(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging": it is
+        interpreter = Interpreter(model_content=bytes(flatbuffer),
+                                  experimental_preserve_all_tensors=True)
+        interpreter.allocate_tensors()
+    tensors = [t for t in interpreter.get_tensor_details() if t["quantization"][0]]
+    (source,) = interpreter.get_input_details()  # QAT models here take one image input
+
+    def tensor_of(quantizer, shape):
+        scale, zero_point = quantizer.quantization()
+        found = [t for t in tensors if tuple(t["shape"]) == tuple(shape)
+                 and t["quantization"][1] == zero_point
+                 and abs(t["quantization"][0] - scale) <= 1e-6 * scale]
+        return found[0] if len(found) == 1 else None
+
+    worst, points = 0.0, set()
+    for example in np.asarray(sample, np.float32):
+        scale, zero_point = source["quantization"]
+        interpreter.set_tensor(source["index"], runtime.quantize(
+            example[None], scale, zero_point, source["dtype"]))
+        interpreter.invoke()
+
+        def forced(operation):
+            if not isinstance(operation, quantization.FakeQuant):
+                return operation
+
+            def call(*args, **kwargs):
+                y = np.asarray(keras.ops.convert_to_numpy(operation(*args, **kwargs)))
+                tensor = tensor_of(operation, y.shape)
+                if tensor is None:
+                    return y
+                t_scale, t_zero = tensor["quantization"]
+                value = runtime.dequantize(interpreter.get_tensor(tensor["index"]), t_scale,
+                                           t_zero)
+                nonlocal worst
+                worst = max(worst, float(np.max(np.abs(value - y))) / t_scale)
+                points.add(tensor["index"])
+                return value
+
+            return call
+
+        model._run_through_graph(example[None], operation_fn=forced)
+    return round(worst, 3), len(points)
+
+
+def _int8(converter, io):
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if io == "int8":
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+
+
+def reference(model):
+    """`model` with each hard-swish computed by TFLite's int8 kernel (a 256-code table); the
+    model itself when it has none."""
+    targets = [layer for layer in model.layers if type(layer) is keras.layers.Activation
+               and keras.activations.serialize(layer.activation) in _KERNEL_TABLES]
+    if not targets:
+        return model
+    pairs = [(quantization.input_quantizer(layer), _reader(model, layer)) for layer in targets]
+    tables = kernel_tables([(x.quantization(), y.quantization()) for x, y in pairs])
+    lookups = {id(layer): CodeTable(table, x.quantization(), y.quantization(),
+                                    name=f"{layer.name}_tflite")
+               for layer, table, (x, y) in zip(targets, tables, pairs)}
+
+    def replace(layer, x, graph):
+        return lookups[id(layer)](x) if id(layer) in lookups else None
+
+    return rewrite(model, replace)
+
+
+def _reader(model, layer):
+    """The FakeQuant that reads `layer`'s output."""
+    for candidate in model.layers:
+        if isinstance(candidate, quantization.FakeQuant) and any(
+                node.input_tensors and node.input_tensors[0]._keras_history[0] is layer
+                for node in candidate._inbound_nodes):
+            return candidate
+    raise InputError(f"{layer.name} has no quantization point after it")
+
+
+def code_range(quantization_params):
+    """The float range whose fake-quant has exactly this (scale, zero point)."""
+    scale, zero_point = quantization_params
+    return (-128 - zero_point) * scale, (127 - zero_point) * scale
+
+
+def kernel_tables(pairs):
+    """TFLite's int8 HARD_SWISH on every input code, one (256,) int8 table per (input, output)
+    quantization pair: one small file with a HARD_SWISH per pair, run in LiteRT."""
+    inputs, outputs = [], []
+    for i, (x, y) in enumerate(pairs):
+        codes = keras.Input((256,), name=f"codes_{i}")
+        quantized = quantization.FakeQuant(fixed_range=code_range(x))(codes)
+        swish = keras.layers.Activation("hard_swish")(quantized)
+        outputs.append(quantization.FakeQuant(fixed_range=code_range(y))(swish))
+        inputs.append(codes)
+    probe = keras.Model(inputs, outputs, name="hard_swish_tables")
+    flatbuffer = tflite.to_flatbuffer(probe, lambda converter: _int8(converter, "int8"))
+    if verify.op_census(verify.operators(flatbuffer)) != {"HARD_SWISH": len(pairs)}:
+        raise RuntimeError("TFLite's hard-swish tables could not be read: the probe file holds "
+                           f"{verify.op_census(verify.operators(flatbuffer))}")
+    codes = np.arange(-128, 128, dtype=np.int8)
+    got = runtime.LiteRT(flatbuffer).run_one([codes] * len(pairs))
+    return [np.asarray(table, np.int8) for table in got]
+
+
+@keras.saving.register_keras_serializable(package="effkeras")
+class CodeTable(keras.layers.Layer):
+    """y = table[code of x]: an int8 op given as its 256 outputs, between two quantizations."""
+
+    def __init__(self, table, x_quantization, y_quantization, **kwargs):
+        super().__init__(**kwargs)
+        self.table = np.asarray(table, np.int8)
+        self.x_quantization = tuple(x_quantization)
+        self.y_quantization = tuple(y_quantization)
+
+    def call(self, x):
+        from keras import ops
+
+        scale, zero_point = self.x_quantization
+        codes = ops.clip(ops.round(ops.cast(x, "float32") / scale) + zero_point, -128, 127)
+        out_scale, out_zero_point = self.y_quantization
+        values = (self.table.astype(np.float32) - out_zero_point) * out_scale
+        return ops.take(ops.convert_to_tensor(values), ops.cast(codes + 128, "int32"))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "table": self.table.tolist(),
+                "x_quantization": self.x_quantization, "y_quantization": self.y_quantization}
