@@ -27,6 +27,7 @@ def logits_of_raw_pixels(model, batch=2):
     # Keras' published MobileNetV2 count with its 1000-way Dense; Sandler et al. Table 4: 300M MACs.
     ("mobilenet_v2", {}, 3_538_984, 300_836_992),
     ("mobilenet_v2", dict(input_shape=(96, 96, 3), alpha=0.35), 1_691_208, 11_945_648),
+    ("mobilenet_v2_035", dict(input_shape=(96, 96, 3)), 1_691_208, 11_945_648),
     # ≈4.69M params, ≈385M MACs at 224x224.
     ("efficientnet_lite0", {}, 4_694_024, 385_250_272),
     ("efficientnet_lite0_hswish", {}, 4_694_024, 385_250_272),
@@ -79,6 +80,7 @@ def test_small_grayscale_inputs(name, kwargs):
 def test_registry_metadata():
     expected = {
         "mobilenet_v2": ("mobilenet_v2", "int8", 32),
+        "mobilenet_v2_035": ("mobilenet_v2", "int8", 32),
         "efficientnet_lite0": ("efficientnet_lite", "ethos-u55-128", 32),
         "efficientnet_lite0_hswish": ("efficientnet_lite", "ethos-u55-128", 32),
         "mlperf_tiny_resnet8": ("mlperf_tiny", "tflm", 4),
@@ -88,6 +90,14 @@ def test_registry_metadata():
         info = models.info(name)
         assert (info.recipe, info.deploy, info.min_input_size, info.channels) == (
             recipe, deploy, min_size, (1, 3)), name
+
+
+def test_small_mobilenet_v2_forgets_its_initial_bn_statistics_sooner():
+    model = models.get("mobilenet_v2_035", input_shape=(32, 32, 1), num_classes=10)
+    momenta = {l.momentum for l in model.layers if isinstance(l, keras.layers.BatchNormalization)}
+    assert momenta == {0.99} and model.name == "mobilenet_v2_035"
+    assert {l.momentum for l in models.get("mobilenet_v2", input_shape=(32, 32, 1)).layers
+            if isinstance(l, keras.layers.BatchNormalization)} == {0.999}
 
 
 def test_efficientnet_lite_has_no_swish_and_no_squeeze_excite():
