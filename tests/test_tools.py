@@ -100,3 +100,34 @@ def test_lerp_psa_table_reads_both_stages_of_each_run(tmp_path):
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(InputError, match="no finished training run"):
         lerp_psa_table.row(str(tmp_path / "missing"))
+
+
+def test_qat_table_puts_float_ptq_and_qat_side_by_side(tmp_path, fashion_mnist_dir):
+    from effkeras import training
+    from effkeras.errors import InputError
+    from tools import qat_table
+
+    common = dict(dataset="fashion_mnist", data_dir=str(fashion_mnist_dir), batch_size=8,
+                  steps_per_epoch=2, epochs=1, verbose=0)
+    training.train(training.TrainConfig(model="mlperf_tiny_resnet8",
+                                        output_dir=str(tmp_path / "float"), **common))
+    training.train(training.TrainConfig(model=None, qat=True, output_dir=str(tmp_path / "qat"),
+                                        init_from=str(tmp_path / "float" / "model.keras"),
+                                        **common))
+    row = qat_table.row(str(tmp_path / "float"), str(tmp_path / "qat"),
+                        data_dir=str(fashion_mnist_dir), calibration_samples=16,
+                        files_dir=str(tmp_path / "files"))
+    assert row["model"] == "mlperf_tiny_resnet8" and row["input_shape"] == [28, 28, 1]
+    for key in ("float_top1", "ptq_top1", "qat_top1", "qat_keras_top1"):
+        assert 0 <= row[key] <= 1
+    assert row["npu_cpu_ops"] == {"ptq": 0, "qat": 0} and row["tflm_arena_bytes"] > 0
+    assert row["qat_epochs"] == 1 and row["qat_bytes"] > 0 and row["ptq_bytes"] > 0
+    assert sorted(os.listdir(tmp_path / "files")) == [
+        "mlperf_tiny_resnet8_ptq_int8.tflite", "mlperf_tiny_resnet8_qat_int8.tflite"]
+    assert f"| mlperf_tiny_resnet8 | 28x28x1 | {100 * row['float_top1']:.2f}% |" in (
+        qat_table.table([row]))
+    qat_table.plot([row], str(tmp_path / "qat.png"))
+    assert (tmp_path / "qat.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(InputError, match="is not a QAT run of mlperf_tiny_resnet8"):
+        qat_table.row(str(tmp_path / "float"), str(tmp_path / "float"),
+                      data_dir=str(fashion_mnist_dir))

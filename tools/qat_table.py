@@ -32,17 +32,19 @@ SAMPLE = 200  # test images each conversion checks itself on
 NPU = "ethos-u55-128"
 
 
-def _images(split, count, shape):
+def _images(dataset, data_dir, split, count, shape):
     from effkeras import data
 
-    loaded = data.load(FLAGS.dataset, split, input_shape=shape, batch_size=count,
-                       data_dir=FLAGS.data_dir, augment_with=(), shuffle=True)
+    loaded = data.load(dataset, split, input_shape=shape, batch_size=count, data_dir=data_dir,
+                       augment_with=(), shuffle=True)
     with loaded.errors_as_input_errors():
         return next(iter(loaded.dataset))[0].numpy()
 
 
-def row(float_run, qat_run, files_dir):
-    """One table row: the float model of `float_run`, its PTQ and its QAT (`qat_run`) files."""
+def row(float_run, qat_run, *, dataset="fashion_mnist", data_dir=None, calibration_samples=200,
+        files_dir=None):
+    """One table row: the float model of `float_run`, its PTQ file (calibrated on
+    `calibration_samples` training images) and its QAT run's (`qat_run`) file."""
     import tempfile
 
     from effkeras import data, deploy, evaluation, quantization, saving
@@ -54,10 +56,9 @@ def row(float_run, qat_run, files_dir):
         raise InputError(f"{qat_run} is not a QAT run of {float_model.name} (apps.train --qat "
                          f"--init_from={float_run}/model.keras --output_dir={qat_run})")
     shape = tuple(float_model.input_shape[1:])
-    test = data.load(FLAGS.dataset, "test", input_shape=shape, batch_size=256,
-                     data_dir=FLAGS.data_dir)
-    sample = _images("test", SAMPLE, shape)
-    calibration = _images("train", FLAGS.calibration_samples, shape)
+    test = data.load(dataset, "test", input_shape=shape, batch_size=256, data_dir=data_dir)
+    sample = _images(dataset, data_dir, "test", SAMPLE, shape)
+    calibration = _images(dataset, data_dir, "train", calibration_samples, shape)
     ptq, ptq_report = deploy.convert(float_model, "int8", calibration=calibration, sample=sample)
     qat, qat_report = deploy.convert(qat_model, "int8", sample=sample)
     with tempfile.TemporaryDirectory() as scratch:
@@ -67,7 +68,7 @@ def row(float_run, qat_run, files_dir):
         for kind, flatbuffer in (("ptq", ptq), ("qat", qat)):
             path = os.path.join(directory, f"{float_model.name}_{kind}_int8.tflite")
             deploy.save(path, flatbuffer, qat_report if kind == "qat" else ptq_report)
-            top1[kind] = evaluation.evaluate_tflite(path, FLAGS.dataset, data_dir=FLAGS.data_dir,
+            top1[kind] = evaluation.evaluate_tflite(path, dataset, data_dir=data_dir,
                                                     runtime="litert")["top1"]
     _, tflm = deploy.convert(qat, "tflm")
     npu = {kind: deploy.convert(flatbuffer, NPU)[1] for kind, flatbuffer in
@@ -126,7 +127,9 @@ def main(argv):
         raise InputError("--calibration_samples must be a positive integer")
     if FLAGS.output_dir:
         fileio.check_writable(FLAGS.output_dir, "--output_dir", directory=True)
-    rows = [row(f, q, FLAGS.files_dir) for f, q in zip(FLAGS.float_runs, FLAGS.qat_runs)]
+    rows = [row(f, q, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+                calibration_samples=FLAGS.calibration_samples, files_dir=FLAGS.files_dir)
+            for f, q in zip(FLAGS.float_runs, FLAGS.qat_runs)]
     _report.publish(FLAGS.output_dir, NAME, table(rows), rows, plot)
 
 

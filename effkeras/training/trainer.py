@@ -362,9 +362,10 @@ def _train(config, info, recipe, stage=None, initial=None, float_model=None):
         recipe = recipe.transfer_stage(blocks, config.transfer_epochs)
         epochs = recipe.epochs
     elif float_model is not None and state is None:
-        quantization.calibrate(student, _calibration_images(train_split.dataset))
-        log(f"int8 QAT of {config.init_from}: activation ranges calibrated on "
-            f"{QAT_CALIBRATION_IMAGES} training images")
+        images = _calibration_images(train_split.dataset)
+        quantization.calibrate(student, images)
+        log(f"int8 QAT of {config.init_from}: activation ranges calibrated on {len(images)} "
+            f"training images")
     elif initial is not None and state is None:
         from effkeras import saving
 
