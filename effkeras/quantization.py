@@ -38,9 +38,12 @@ from keras import layers, ops
 
 from effkeras.deploy.passes.collapse import collapse
 from effkeras.deploy.passes.fold_bn import batch_norm_affine
+from effkeras.deploy.passes.freeze_tables import freeze_tables
 from effkeras.deploy.passes.rewrite import as_list, check_models, readers, rewrite
 from effkeras.errors import InputError
+from effkeras.layers.activations import LerpTable
 from effkeras.layers.common import PixelNormalization
+from effkeras.layers.convnext import LayerScale
 
 NUM_BITS = 8
 EMA_DECAY = 0.999  # per training step, for the activation ranges
@@ -310,7 +313,7 @@ _REQUANTIZED = (layers.Add, layers.Subtract, layers.Multiply, layers.Average, la
                 layers.Minimum, layers.Concatenate, layers.GlobalAveragePooling1D,
                 layers.GlobalAveragePooling2D, layers.BatchNormalization, layers.ReLU,
                 layers.Activation, layers.Softmax, layers.UpSampling2D, layers.Resizing,
-                PixelNormalization)
+                PixelNormalization, LayerScale, LerpTable)
 _ACTIVATIONS = ("relu", "relu6", "hard_swish", "hard_silu", "sigmoid", "tanh", "gelu", "linear")
 
 
@@ -368,7 +371,8 @@ class _Plan:
                 if _activation_of(layer) == "linear" and nxt is not None and _activation_name(nxt):
                     self.activation[id(layer)] = _activation_name(nxt)
                     self.absorbed.add(id(nxt))
-            elif isinstance(layer, (layers.Add, layers.Subtract, layers.BatchNormalization)):
+            elif isinstance(layer, (layers.Add, layers.Subtract, layers.BatchNormalization,
+                                    LayerScale)):
                 nxt = sole_reader(layer)
                 if nxt is not None and _activation_name(nxt):
                     self.activation[id(layer)] = _activation_name(nxt)
@@ -447,7 +451,13 @@ def quantize_model(model, calibration=None, *, input_range=INPUT_RANGE, batch_si
                          f"{type(model).__name__}")
     if is_qat_model(model):
         raise InputError(f"{model.name} is already a QAT model")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise InputError(f"quantize_model takes one image input and one logits output; "
+                         f"{model.name} has {len(model.inputs)} and {len(model.outputs)} (an "
+                         f"early-exit model converts stage by stage with post-training "
+                         f"quantization: --target=int8 or tflm on the float model)")
     model, _ = collapse(model)
+    model, _ = freeze_tables(model)  # learned activations: the int8 tables they deploy as
     plan = _Plan(model)
     loads = []
     input_quantizers = {}  # id(model input) -> its quantized tensor
@@ -490,17 +500,15 @@ def quantize_model(model, calibration=None, *, input_range=INPUT_RANGE, batch_si
             norm = PixelNormalization(mean=-np.broadcast_to(layer.offset, scale.shape) * std,
                                       std=std, name=layer.name)
             return quantized(norm(x), layer.name)
-        if isinstance(layer, layers.BatchNormalization):  # nothing to fold into: MUL, ADD
-            affine = batch_norm_affine(layer)
-            if affine is None:
-                raise InputError(f"{layer.name} normalises axis {layer.axis}: quantize_model "
-                                 f"takes BatchNormalization over channels (the last axis)")
+        if isinstance(layer, (layers.BatchNormalization, LayerScale)):  # MUL (and ADD)
+            affine = _channel_affine(layer)
+            affine_ops = ("multiply", "add")[:len(affine)]
             y = x
-            for operation, value in zip(("multiply", "add"), affine):
+            for operation, value in zip(affine_ops, affine):
                 step = ChannelAffine(operation, name=f"{layer.name}_{operation}")
                 y = step(y)
                 step.value.assign(value)
-                if operation == "add" and id(layer) in plan.activation:
+                if operation == affine_ops[-1] and id(layer) in plan.activation:
                     name = plan.activation[id(layer)]
                     y = layers.Activation(name, name=f"{layer.name}_{name}")(y)
                 y = quantized(y, step.name)
@@ -531,6 +539,21 @@ def quantize_model(model, calibration=None, *, input_range=INPUT_RANGE, batch_si
     if calibration is not None:
         calibrate(qat, calibration, batch_size=batch_size)
     return qat
+
+
+def _channel_affine(layer):
+    """(scale, shift) per channel of a BatchNormalization (inference) or a LayerScale; (scale,)
+    for a LayerScale without bias."""
+    if isinstance(layer, LayerScale):
+        values = [np.asarray(ops.convert_to_numpy(layer.gamma), np.float64)]
+        if layer.use_bias:
+            values.append(np.asarray(ops.convert_to_numpy(layer.beta), np.float64))
+        return values
+    affine = batch_norm_affine(layer)
+    if affine is None:
+        raise InputError(f"{layer.name} normalises axis {layer.axis}: quantize_model takes "
+                         f"BatchNormalization over channels (the last axis)")
+    return affine
 
 
 def calibrate(model, images, batch_size=64):

@@ -164,6 +164,17 @@ def test_hard_swish_and_a_lone_batch_norm_convert_op_by_op_within_one_step():
     assert 0 < np.abs(table - rounded).max() <= 3
 
 
+def test_resmlp_psa_qat_keeps_exact_int8_tables_and_a_layer_scale_as_mul_add():
+    model = models.get("resmlp_psa_h025", input_shape=(32, 32, 3), num_classes=10)
+    qat = quantization.quantize_model(model, images(32, (32, 32, 3)))
+    kinds = [type(layer).__name__ for layer in qat.layers]
+    assert kinds.count("LerpTable") == 8  # frozen: QAT trains the layers around the tables
+    assert kinds.count("ChannelAffine") == 2 * 8 + 2 * 5  # 8 LayerScales, 4 + 1 lone BNs
+    _, report = deploy.convert(qat, "int8", sample=images(8, (32, 32, 3), seed=6))
+    assert report.int8_tables == 8 and report.op_census["GATHER"] == 8
+    assert report.max_op_lsb <= 1 and not report.float_ops
+
+
 def report_reference(qat, sample):
     """What the int8 target compares with: the QAT model with its biases on TFLite's grid."""
     snapped = keras.models.clone_model(qat)
@@ -196,6 +207,9 @@ def test_what_cannot_be_quantized_is_named():
         quantization.quantize_model(model)
     with pytest.raises(InputError, match="already a QAT model"):
         quantization.quantize_model(quantization.quantize_model(small_net()))
+    two_exits = keras.Model(inputs, [layers.Dense(2)(layers.Flatten()(inputs))] * 2)
+    with pytest.raises(InputError, match="one image input and one logits output"):
+        quantization.quantize_model(two_exits)
 
 
 def test_an_uncalibrated_qat_model_does_not_convert():

@@ -160,7 +160,8 @@ def insert_tables(flatbuffer, probes, max_code_step=MAX_CODE_STEP):
                          "the int8 table rewrite needs them inside")
     found = set()
     for subgraph in model.subgraphs:
-        regions = _with_output_ops(model, subgraph, _regions(subgraph, probes))
+        regions = _with_dequantize(model, subgraph, _with_output_ops(
+            model, subgraph, _regions(subgraph, probes)))
         replaced = {}  # first op index of a region -> its new ops
         dropped = set()
         for name, region in regions.items():
@@ -243,6 +244,44 @@ def _with_output_ops(model, subgraph, regions):
             if len(read & made) >= 2 and read <= made:
                 region.append(index)
     return regions
+
+
+def _with_dequantize(model, subgraph, regions):
+    """`regions` with the DEQUANTIZE in front of a probe that computes in float (a QAT model:
+    the converter runs the table's ops in float between its two quantization points), so that
+    the region reads the int8 X itself."""
+    producer = {t: i for i, op in enumerate(subgraph.operators) for t in op.outputs}
+    for region in regions.values():
+        made = {t for i in region for t in subgraph.operators[i].outputs}
+        for i in list(region):
+            for t in subgraph.operators[i].inputs:
+                j = producer.get(t)
+                if (t in made or j is None or j in region
+                        or _builtin(model, subgraph.operators[j]) != schema.BuiltinOperator.DEQUANTIZE):
+                    continue
+                readers = [k for k, op in enumerate(subgraph.operators) if t in op.inputs]
+                if set(readers) <= set(region):
+                    region.append(j)
+    return regions
+
+
+def named_probes(model):
+    """(copy of `model` with each gather LerpTable renamed as a probe, {probe name:
+    LerpTable}): for a QAT model, whose tables the converter leaves in float between their
+    quantization points; insert_tables then writes them as int8 tables."""
+    probes = {}
+
+    def replace(layer, x, graph):
+        if isinstance(layer, LerpTable) and layer.form == "gather":
+            name = PROBE.format(len(probes))
+            probes[name] = layer
+            renamed = LerpTable.from_config({**layer.get_config(), "name": name})
+            y = renamed(x)
+            renamed.set_weights(layer.get_weights())
+            return y
+        return None
+
+    return rewrite(model, replace), probes
 
 
 def _boundary(model, subgraph, region, layer):

@@ -11,6 +11,8 @@ through a deep net, so end to end a 30-layer net drifts several output steps whi
 more than one off. The report gives both: `max_op_lsb` (checked) and `max_lsb`, the outputs'
 end-to-end difference. Two things keep the Keras side honest first:
 - its biases are snapped to TFLite's int32 grid (quantization.snap_biases, on a copy);
+- LERP tables (LerpTable, frozen by quantize_model) stay float in the converted file, between
+  their two quantization points: int8_tables writes them as exact int8 tables, as for PTQ;
 - TFLite's int8 HARD_SWISH is a 16-bit fixed-point approximation, a step or two off the float
   function it replaces on some codes; so the model the file is checked against reads TFLite's
   own table for each hard-swish (256 codes, taken from the converted kernel on the layer's input
@@ -22,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from effkeras import quantization
-from effkeras.deploy import runtime, tflite, verify
+from effkeras.deploy import int8_tables, runtime, tflite, verify
 from effkeras.deploy.passes.rewrite import rewrite
 from effkeras.errors import InputError
 
@@ -31,7 +33,8 @@ OP_CHECK_EXAMPLES = 16  # examples of the sample checked op by op
 _KERNEL_TABLES = ("hard_silu", "hard_swish")  # activations TFLite approximates in fixed point
 
 
-def convert(model, *, sample=None, io="int8", input_range=verify.PIXEL_RANGE, max_lsb=MAX_LSB):
+def convert(model, *, sample=None, io="int8", input_range=verify.PIXEL_RANGE, max_lsb=MAX_LSB,
+            max_code_step=int8_tables.MAX_CODE_STEP):
     """(int8 flatbuffer, tflite.Int8Report) of QAT `model` (module docstring)."""
     never = quantization.unobserved(model)
     if never:
@@ -41,7 +44,14 @@ def convert(model, *, sample=None, io="int8", input_range=verify.PIXEL_RANGE, ma
     snapped = keras.models.clone_model(model)
     snapped.set_weights(model.get_weights())
     quantization.snap_biases(snapped)
-    flatbuffer = tflite.to_flatbuffer(snapped, lambda converter: _int8(converter, io))
+    export, probes = int8_tables.named_probes(snapped)
+    flatbuffer = tflite.to_flatbuffer(export, lambda converter: _int8(converter, io))
+    tables = int8_tables.Tables()
+    if probes:  # LERP tables: the converter leaves them float; write them as int8 tables
+        flatbuffer = int8_tables.insert_tables(flatbuffer, probes, max_code_step)
+        checked = int8_tables.check_tables(flatbuffer, {layer.name: layer
+                                                        for layer in probes.values()})
+        tables = int8_tables.Tables(len(checked), sum(table.lut.size for table in checked))
     ops = verify.operators(flatbuffer)
     left_float = tflite.float_ops(ops)
     if left_float:
@@ -69,7 +79,8 @@ def convert(model, *, sample=None, io="int8", input_range=verify.PIXEL_RANGE, ma
         max_abs_diff=max(diffs), max_rel_diff=max(diffs) / max(largest, 1e-12),
         samples=verify.batch_size(sample), top1_agreement=tflite.top1_agreement(expected, actual),
         io=io, calibration="QAT ranges (no calibration)", qat=True, max_lsb=steps,
-        max_op_lsb=op_lsb, quantization_points=points)
+        max_op_lsb=op_lsb, quantization_points=points, int8_tables=tables.count,
+        table_bytes=tables.table_bytes)
 
 
 def op_steps(model, flatbuffer, sample):

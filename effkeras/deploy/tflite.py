@@ -173,7 +173,8 @@ def convert_int8(model, *, calibration=None, sample=None, io="int8", allow_float
     if quantization.is_qat_model(model):
         from effkeras.deploy import qat
 
-        return qat.convert(model, sample=sample, io=io, input_range=input_range)
+        return qat.convert(model, sample=sample, io=io, input_range=input_range,
+                           max_code_step=max_code_step)
     if calibration is None:
         calibration = verify.random_sample(model, input_range, calibration_samples, seed=2)
         calibration_source = f"{calibration_samples} random inputs in {list(input_range)}"
