@@ -39,7 +39,7 @@ from keras import layers, ops
 from effkeras.deploy.passes.collapse import collapse
 from effkeras.deploy.passes.fold_bn import batch_norm_affine
 from effkeras.deploy.passes.freeze_tables import freeze_tables
-from effkeras.deploy.passes.rewrite import as_list, check_models, readers, rewrite
+from effkeras.deploy.passes.rewrite import check_models, readers, rewrite
 from effkeras.errors import InputError
 from effkeras.layers.activations import LerpTable
 from effkeras.layers.common import PixelNormalization
@@ -163,7 +163,8 @@ class FoldedBatchNorm:
     batch_norm_epsilon: the folded BN's ε (None: no BN). The layer holds the BN's γ, β and
     moving statistics; every call computes w' = w·γ/√(var + ε), b' = (b - mean)·γ/√(var + ε) + β
     per output channel, fake-quantizes w' per channel and applies its op and activation.
-    Subclasses give `apply(x, kernel)` and `channel_shape` (the kernel axes of an output channel).
+    Subclasses give `apply(x, kernel)`, `output_channels()` and `channel_shape()` (the kernel
+    axes of an output channel).
     """
 
     def __init__(self, *args, batch_norm_epsilon=None, **kwargs):
@@ -415,7 +416,8 @@ def _qat_layer(layer, batch_norm, activation, prescale):
     and a folded input scale) set once built."""
     config = layer.get_config()
     # Without a BN, a bias all the same: TFLite's op has one, and snap_biases needs it.
-    config.update(activation=activation or config["activation"], use_bias=layer.use_bias or batch_norm is None,
+    config.update(activation=activation or config["activation"],
+                  use_bias=layer.use_bias or batch_norm is None,
                   batch_norm_epsilon=None if batch_norm is None else float(batch_norm.epsilon))
     qat = _WEIGHTED[type(layer)].from_config(config)
 
@@ -423,8 +425,8 @@ def _qat_layer(layer, batch_norm, activation, prescale):
         kernel = layer.kernel.numpy()
         if prescale is not None:  # a Rescaling before it: conv(s·x, W) = conv(x, s·W)
             kernel = kernel * np.reshape(prescale, (1, 1, -1, 1))  # s along input channels
-        values = {"kernel": kernel,
-                  "bias": layer.bias.numpy() if layer.use_bias else np.zeros(qat.output_channels())}
+        bias = layer.bias.numpy() if layer.use_bias else np.zeros(qat.output_channels())
+        values = {"kernel": kernel, "bias": bias}
         if batch_norm is not None:
             bn = {w.path.split("/")[-1]: w.numpy() for w in batch_norm.weights}
             channels = qat.output_channels()

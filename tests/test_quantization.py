@@ -9,7 +9,7 @@ from effkeras import deploy, models, quantization, training
 from effkeras.deploy import qat as qat_deploy
 from effkeras.deploy import runtime, verify
 from effkeras.errors import InputError
-from effkeras.quantization import FakeQuant, QATConv2D, QATDense, QATDepthwiseConv2D
+from effkeras.quantization import FakeQuant, QATConv2D
 from conftest import assert_one_error_line, run_app
 
 

@@ -256,8 +256,8 @@ def _with_dequantize(model, subgraph, regions):
         for i in list(region):
             for t in subgraph.operators[i].inputs:
                 j = producer.get(t)
-                if (t in made or j is None or j in region
-                        or _builtin(model, subgraph.operators[j]) != schema.BuiltinOperator.DEQUANTIZE):
+                if t in made or j is None or j in region or _builtin(
+                        model, subgraph.operators[j]) != schema.BuiltinOperator.DEQUANTIZE:
                     continue
                 readers = [k for k, op in enumerate(subgraph.operators) if t in op.inputs]
                 if set(readers) <= set(region):
