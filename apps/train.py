@@ -2,6 +2,7 @@
 
 python -m apps.train --model=resnet20 [--dataset=fashion_mnist] [--epochs=2] [--output_dir=runs/x]
 python -m apps.train --qat --init_from=runs/resnet20/model.keras [--output_dir=runs/resnet20_qat]
+python -m apps.train --finetune --init_from=runs/resnet20/model.keras   # QAT's float control
 
 --qat fine-tunes a trained float model with int8 quantization-aware training
 (effkeras.quantization; a short schedule at a low learning rate); convert its model.keras with
@@ -40,8 +41,10 @@ flags.DEFINE_integer("transfer_epochs", None, "Two-stage recipes (LERP-PSA): kno
                      "0: none).")
 flags.DEFINE_boolean("qat", False, "int8 quantization-aware training of --init_from (a trained "
                      "float model): a short fine-tune at a low learning rate.")
-flags.DEFINE_string("init_from", None, "The trained float .keras model that --qat fine-tunes "
-                    "(--model defaults to its registry name).")
+flags.DEFINE_boolean("finetune", False, "Fine-tune --init_from in float with the --qat schedule: "
+                     "the control that QAT's accuracy is compared with.")
+flags.DEFINE_string("init_from", None, "The trained float .keras model that --qat or --finetune "
+                    "starts from (--model defaults to its registry name).")
 FLAGS = flags.FLAGS
 
 
@@ -52,15 +55,16 @@ def main(argv):
     if not FLAGS.model and not FLAGS.init_from:
         raise InputError("--model is required (or --qat with --init_from)")
     run_name = FLAGS.model or os.path.splitext(os.path.basename(FLAGS.init_from))[0]
-    if FLAGS.qat:
-        run_name += "_qat"
+    if FLAGS.qat or FLAGS.finetune:
+        run_name += "_qat" if FLAGS.qat else "_finetune"
     metrics = training.train(training.TrainConfig(
         model=FLAGS.model, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
         steps_per_epoch=FLAGS.steps_per_epoch, input_shape=_cli.parse_shape(FLAGS.input_shape),
         output_dir=FLAGS.output_dir or os.path.join("runs", run_name), seed=FLAGS.seed,
         teacher=FLAGS.teacher, validation_size=FLAGS.validation_size,
-        transfer_epochs=FLAGS.transfer_epochs, qat=FLAGS.qat, init_from=FLAGS.init_from))
+        transfer_epochs=FLAGS.transfer_epochs, qat=FLAGS.qat, finetune=FLAGS.finetune,
+        init_from=FLAGS.init_from))
     print(json.dumps({"model": metrics["model"], "epochs": metrics["epochs"], **metrics["test"],
                       "train_seconds": round(metrics["train_seconds"], 1)}))
 

@@ -247,12 +247,21 @@ def test_train_qat_from_a_float_run_and_resume(tmp_path):
     assert int(keras.models.load_model(qat_dir / "checkpoint-2.keras").optimizer.iterations) == 4
     other = tmp_path / "other.keras"
     other.write_bytes((float_dir / "model.keras").read_bytes())
-    with pytest.raises(InputError, match="QAT run from .*resume with --init_from"):
+    with pytest.raises(InputError, match="holds a run from .*resume with --init_from"):
         training.train(training.TrainConfig(epochs=3, **{**qat_config, "init_from": str(other)}))
     with pytest.raises(InputError, match="already a QAT model"):
         training.train(training.TrainConfig(epochs=1, **{
             **qat_config, "init_from": str(qat_dir / "model.keras"),
             "output_dir": str(tmp_path / "again")}))
+    # The control: the same schedule in float, from the same model.
+    control = {**qat_config, "qat": False, "finetune": True, "output_dir": str(tmp_path / "ft")}
+    tuned = training.train(training.TrainConfig(epochs=1, **control))
+    assert tuned["model"] == "mlperf_tiny_resnet8"
+    assert not quantization.is_qat_model(keras.models.load_model(tmp_path / "ft" / "model.keras"))
+    with pytest.raises(InputError, match="holds a float fine-tuning run: resume it with "
+                                         "--finetune"):
+        training.train(training.TrainConfig(epochs=2, **{**qat_config,
+                                                          "output_dir": str(tmp_path / "ft")}))
 
 
 def test_train_app_refuses_qat_flags_that_cannot_work(tmp_path):
@@ -260,7 +269,10 @@ def test_train_app_refuses_qat_flags_that_cannot_work(tmp_path):
                                   f"--output_dir={tmp_path}/a"), "--model is required")
     assert_one_error_line(run_app("apps.train", "--model=mlperf_tiny_resnet8",
                                   "--init_from=x.keras", "--dataset=synthetic",
-                                  f"--output_dir={tmp_path}/b"), "--init_from is the float model")
+                                  f"--output_dir={tmp_path}/b"), "--init_from is the trained float model")
+    assert_one_error_line(run_app("apps.train", "--qat", "--finetune", "--init_from=x.keras",
+                                  "--dataset=synthetic", f"--output_dir={tmp_path}/d"),
+                          "--qat and --finetune are two runs")
     assert_one_error_line(run_app("apps.train", "--qat", "--init_from=missing.keras",
                                   "--dataset=synthetic", f"--output_dir={tmp_path}/c"),
                           "missing.keras")

@@ -114,18 +114,28 @@ def test_qat_table_puts_float_ptq_and_qat_side_by_side(tmp_path, fashion_mnist_d
     training.train(training.TrainConfig(model=None, qat=True, output_dir=str(tmp_path / "qat"),
                                         init_from=str(tmp_path / "float" / "model.keras"),
                                         **common))
-    row = qat_table.row(str(tmp_path / "float"), str(tmp_path / "qat"),
+    training.train(training.TrainConfig(model=None, finetune=True,
+                                        output_dir=str(tmp_path / "tuned"),
+                                        init_from=str(tmp_path / "float" / "model.keras"),
+                                        **common))
+    row = qat_table.row(str(tmp_path / "float"), str(tmp_path / "qat"), str(tmp_path / "tuned"),
                         data_dir=str(fashion_mnist_dir), calibration_samples=16,
                         files_dir=str(tmp_path / "files"))
     assert row["model"] == "mlperf_tiny_resnet8" and row["input_shape"] == [28, 28, 1]
-    for key in ("float_top1", "ptq_top1", "qat_top1", "qat_keras_top1"):
-        assert 0 <= row[key] <= 1
+    for kind in ("float", "tuned"):
+        assert 0 <= row[f"{kind}_keras_top1"] <= 1 and 0 <= row[f"{kind}_ptq_top1"] <= 1
+    assert 0 <= row["qat_top1"] <= 1 and 0 <= row["qat_keras_top1"] <= 1
+    assert row["qat_max_op_lsb"] <= 1
     assert row["npu_cpu_ops"] == {"ptq": 0, "qat": 0} and row["tflm_arena_bytes"] > 0
     assert row["qat_epochs"] == 1 and row["qat_bytes"] > 0 and row["ptq_bytes"] > 0
     assert sorted(os.listdir(tmp_path / "files")) == [
-        "mlperf_tiny_resnet8_ptq_int8.tflite", "mlperf_tiny_resnet8_qat_int8.tflite"]
-    assert f"| mlperf_tiny_resnet8 | 28x28x1 | {100 * row['float_top1']:.2f}% |" in (
-        qat_table.table([row]))
+        "mlperf_tiny_resnet8_float_int8.tflite", "mlperf_tiny_resnet8_qat_int8.tflite",
+        "mlperf_tiny_resnet8_tuned_int8.tflite"]
+    line = qat_table.table([row]).splitlines()[-1]
+    assert line.startswith(f"| mlperf_tiny_resnet8 | 28x28x1 | {100 * row['float_keras_top1']:.2f}% "
+                           f"| {100 * row['float_ptq_top1']:.2f}% |")
+    gain = 100 * (row["qat_top1"] - row["tuned_keras_top1"])
+    assert f"| {gain:+.2f} |" in line
     qat_table.plot([row], str(tmp_path / "qat.png"))
     assert (tmp_path / "qat.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(InputError, match="is not a QAT run of mlperf_tiny_resnet8"):

@@ -123,7 +123,8 @@ def _same_file(fd, path):
 
 # --- state.json: what the run is and how far it got ---------------------------------------------
 
-IDENTITY = ("model", "dataset", "input_shape", "num_classes", "validation_size", "qat_from")
+IDENTITY = ("model", "dataset", "input_shape", "num_classes", "validation_size", "init_from",
+            "qat")
 
 
 def _state_error(path, problem):
@@ -181,9 +182,13 @@ def check_same_run(output_dir, state, asked):
             raise InputError(f"{output_dir} holds a run at input {shape_text(before)}, not "
                              f"{shape_text(now)}: resume with --input_shape="
                              f"{','.join(map(str, before))} (or leave it out), {way_out}")
-        if key == "qat_from":
-            raise InputError(f"{output_dir} holds a QAT run from {before}, not {now}: resume with "
+        if key == "init_from":
+            raise InputError(f"{output_dir} holds a run from {before}, not {now}: resume with "
                              f"--init_from={before}, {way_out}")
+        if key == "qat":
+            raise InputError(f"{output_dir} holds a {'QAT' if before else 'float fine-tuning'} "
+                             f"run: resume it with {'--qat' if before else '--finetune'}, "
+                             f"{way_out}")
         if key == "validation_size":
             raise InputError(f"{output_dir} holds a run that held out {before} training examples, "
                              f"not {now}: resume with --validation_size={before}, {way_out}")

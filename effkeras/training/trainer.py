@@ -87,8 +87,10 @@ class TrainConfig:
     # Two-stage recipes: knowledge-transfer epochs per block (None: the recipe's; 0: none).
     transfer_epochs: int = None
     # int8 quantization-aware training of the trained float model in `init_from` (a .keras file;
-    # `model` defaults to its registry name), with the recipe's qat_stage.
+    # `model` defaults to its registry name), with the recipe's qat_stage; `finetune`: the same
+    # run without quantization, the control that QAT's gain is measured against.
     qat: bool = False
+    finetune: bool = False
     init_from: str = None
     verbose: int = None  # None: progress bars on a terminal, one line per epoch otherwise
 
@@ -127,10 +129,12 @@ def check_config(config, recipe):
     if config.transfer_epochs and recipe.transfer is None:
         raise InputError(f"--transfer_epochs is for two-stage recipes (knowledge transfer, then "
                          f"distillation); {config.model}'s recipe has one stage: leave it out")
-    if config.init_from and not config.qat:
-        raise InputError("--init_from is the float model that --qat fine-tunes: add --qat")
-    if config.qat and (config.teacher or config.transfer_epochs):
-        raise InputError("--qat fine-tunes a trained float model on labels: leave --teacher and "
+    if config.init_from and not (config.qat or config.finetune):
+        raise InputError("--init_from is the trained float model that --qat (or --finetune) "
+                         "starts from: add one of them")
+    if (config.qat or config.finetune) and (config.teacher or config.transfer_epochs):
+        raise InputError("--qat and --finetune fine-tune a trained model on labels: leave "
+                         "--teacher and "
                          "--transfer_epochs out")
     if config.teacher and not recipe.loss.needs_teacher:
         raise InputError(f"--teacher is only for recipes that distil; {config.model}'s recipe "
@@ -237,20 +241,23 @@ def _build(info, recipe, input_shape, num_classes):
 
 def train(config):
     """Trains (or resumes) `config.model`; returns the metrics dict also written to metrics.json."""
+    if config.qat and config.finetune:
+        raise InputError("--qat and --finetune are two runs: give one")
     float_model = None
-    if config.qat:
+    if config.qat or config.finetune:
         float_model = _load_float_model(config)
         config = dataclasses.replace(config, model=config.model or float_model.name)
     elif not config.model:
         raise InputError("--model is required (or --qat with --init_from)")
     info = models.info(config.model)
     recipe = recipes.get(info.recipe)
-    if config.qat:
+    if float_model is not None:
         recipe = recipe.qat_stage()
     check_config(config, recipe)
     with OutputDirLock(config.output_dir):
         if float_model is not None:
-            return _train(config, info, recipe, stage="qat", float_model=float_model)
+            return _train(config, info, recipe, stage="qat" if config.qat else "finetune",
+                          float_model=float_model)
         if recipe.transfer is None or config.transfer_epochs == 0:
             return _train(config, info, recipe)
         transfer_dir = os.path.join(config.output_dir, "transfer")
@@ -262,12 +269,12 @@ def train(config):
 
 
 def _load_float_model(config):
-    """The trained float model --qat starts from (config.init_from)."""
+    """The trained float model --qat (or --finetune) starts from (config.init_from)."""
     from effkeras import quantization, saving
 
     if not config.init_from:
-        raise InputError("--qat needs --init_from=FLOAT_MODEL.keras, the trained float model to "
-                         "fine-tune")
+        raise InputError(f"--{'qat' if config.qat else 'finetune'} needs "
+                         f"--init_from=FLOAT_MODEL.keras, the trained float model to fine-tune")
     model = saving.load_model(config.init_from)
     if quantization.is_qat_model(model):
         raise InputError(f"{config.init_from} is already a QAT model: give the float model it "
@@ -293,8 +300,8 @@ def _calibration_images(dataset, count=QAT_CALIBRATION_IMAGES):
 
 def _train(config, info, recipe, stage=None, initial=None, float_model=None):
     """One run into config.output_dir. stage "transfer": the recipe's knowledge-transfer stage;
-    stage "qat": int8 QAT of `float_model`; initial: a .keras file whose weights a fresh run
-    starts from."""
+    stage "qat": int8 QAT of `float_model`; "finetune": `float_model` trained on as it is, with
+    the same recipe; initial: a .keras file whose weights a fresh run starts from."""
     epochs = config.epochs or recipe.epochs
     batch_size = config.batch_size or recipe.batch_size
     state_path = os.path.join(config.output_dir, "state.json")
@@ -309,7 +316,7 @@ def _train(config, info, recipe, stage=None, initial=None, float_model=None):
         input_shape, why = tuple(float_model.input_shape[1:]), f"the float model's, {config.init_from}"
         if config.input_shape and tuple(config.input_shape) != input_shape:
             raise InputError(f"{config.init_from} takes input {shape_text(input_shape)}: leave "
-                             f"--input_shape out for --qat")
+                             f"--input_shape out")
     elif config.input_shape:
         input_shape, why = tuple(config.input_shape), "--input_shape"
     elif state is not None and state.get("input_shape"):
@@ -348,7 +355,8 @@ def _train(config, info, recipe, stage=None, initial=None, float_model=None):
         if float_model.output_shape[-1] != num_classes:
             raise InputError(f"{config.init_from} has {float_model.output_shape[-1]} classes, "
                              f"{config.dataset} {num_classes}: fine-tune it on its own dataset")
-        student = quantization.quantize_model(float_model)  # ranges: calibrated below
+        student = (quantization.quantize_model(float_model) if stage == "qat"  # calibrated below
+                   else float_model)
     else:
         student = _build(info, recipe, input_shape, num_classes)
     teacher = (load_teacher(config.teacher, input_shape, num_classes)
@@ -361,7 +369,7 @@ def _train(config, info, recipe, stage=None, initial=None, float_model=None):
         blocks = len(block_names(student))
         recipe = recipe.transfer_stage(blocks, config.transfer_epochs)
         epochs = recipe.epochs
-    elif float_model is not None and state is None:
+    elif stage == "qat" and state is None:
         images = _calibration_images(train_split.dataset)
         quantization.calibrate(student, images)
         log(f"int8 QAT of {config.init_from}: activation ranges calibrated on {len(images)} "
@@ -379,7 +387,7 @@ def _train(config, info, recipe, stage=None, initial=None, float_model=None):
     identity = {"model": info.name, "dataset": config.dataset, "input_shape": list(input_shape),
                 "num_classes": num_classes, "validation_size": config.validation_size}
     if float_model is not None:
-        identity["qat_from"] = os.path.abspath(config.init_from)
+        identity.update(init_from=os.path.abspath(config.init_from), qat=stage == "qat")
     if state is not None:
         check_same_run(config.output_dir, state, identity)
         state.update(identity)
