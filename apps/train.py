@@ -41,8 +41,8 @@ flags.DEFINE_integer("transfer_epochs", None, "Two-stage recipes (LERP-PSA): kno
                      "0: none).")
 flags.DEFINE_boolean("qat", False, "int8 quantization-aware training of --init_from (a trained "
                      "float model): a short fine-tune at a low learning rate.")
-flags.DEFINE_boolean("finetune", False, "Fine-tune --init_from in float with the --qat schedule: "
-                     "the control that QAT's accuracy is compared with.")
+flags.DEFINE_boolean("finetune", False, "Fine-tune --init_from in float with the --qat "
+                     "schedule: the control that QAT's accuracy is compared with.")
 flags.DEFINE_string("init_from", None, "The trained float .keras model that --qat or --finetune "
                     "starts from (--model defaults to its registry name).")
 FLAGS = flags.FLAGS

@@ -132,8 +132,9 @@ def test_qat_table_puts_float_ptq_and_qat_side_by_side(tmp_path, fashion_mnist_d
         "mlperf_tiny_resnet8_float_int8.tflite", "mlperf_tiny_resnet8_qat_int8.tflite",
         "mlperf_tiny_resnet8_tuned_int8.tflite"]
     line = qat_table.table([row]).splitlines()[-1]
-    assert line.startswith(f"| mlperf_tiny_resnet8 | 28x28x1 | {100 * row['float_keras_top1']:.2f}% "
-                           f"| {100 * row['float_ptq_top1']:.2f}% |")
+    assert line.startswith(f"| mlperf_tiny_resnet8 | 28x28x1 | "
+                           f"{100 * row['float_keras_top1']:.2f}% | "
+                           f"{100 * row['float_ptq_top1']:.2f}% |")
     gain = 100 * (row["qat_top1"] - row["tuned_keras_top1"])
     assert f"| {gain:+.2f} |" in line
     qat_table.plot([row], str(tmp_path / "qat.png"))

@@ -313,7 +313,8 @@ def _train(config, info, recipe, stage=None, initial=None, float_model=None):
         check_state_fields(state_path, state)
 
     if float_model is not None:
-        input_shape, why = tuple(float_model.input_shape[1:]), f"the float model's, {config.init_from}"
+        input_shape = tuple(float_model.input_shape[1:])
+        why = f"the float model's, {config.init_from}"
         if config.input_shape and tuple(config.input_shape) != input_shape:
             raise InputError(f"{config.init_from} takes input {shape_text(input_shape)}: leave "
                              f"--input_shape out")
