@@ -26,6 +26,12 @@ A two-stage recipe (one with a `transfer` stage: LERP-PSA's) first runs its know
 way, for --transfer_epochs epochs per block (0 skips it); stage 2, the recipe itself, then starts
 from the transferred student (<output_dir>/transfer/model.keras).
 
+With `qat` (apps.train --qat --init_from=FLOAT.keras) the run is int8 quantization-aware
+training of that trained float model (effkeras.quantization.quantize_model, its activation
+ranges first calibrated on QAT_CALIBRATION_IMAGES training images) with the recipe's qat_stage:
+a short run at a low learning rate. `finetune` is the same run without quantization, the control
+QAT is compared with. A resume must name the same --init_from, and the same kind of run.
+
 A recipe with a Mix mixes each train batch (Mixup/CutMix) after batching; its labels, and the
 test split's, are then one-hot. A recipe with an `ema` validates, checkpoints and saves the EMA of
 the weights (effkeras.training.callbacks.EmaWeights): checkpoint-<epoch>.keras and model.keras
@@ -134,8 +140,7 @@ def check_config(config, recipe):
                          "starts from: add one of them")
     if (config.qat or config.finetune) and (config.teacher or config.transfer_epochs):
         raise InputError("--qat and --finetune fine-tune a trained model on labels: leave "
-                         "--teacher and "
-                         "--transfer_epochs out")
+                         "--teacher and --transfer_epochs out")
     if config.teacher and not recipe.loss.needs_teacher:
         raise InputError(f"--teacher is only for recipes that distil; {config.model}'s recipe "
                          f"does not: leave --teacher out")
