@@ -5,8 +5,8 @@ python -m tools.qat_table --float_runs=runs/r8,runs/mnv2 --qat_runs=runs/r8_qat,
     [--files_dir=runs/qat/files] [--output_dir=docs/qat]
 
 For each float apps.train run and its `--qat --init_from=<its model.keras>` run: the test top-1
-of the float Keras model, of its PTQ int8 file (calibrated on --calibration_samples training
-images, as apps.convert does) and of the QAT int8 file, each on the whole test split, the int8
+of the float Keras model, of its PTQ int8 file (calibrated on --ptq_samples training images,
+as apps.convert does) and of the QAT int8 file, each on the whole test split, the int8
 numbers from the .tflite files run in LiteRT. QAT trains on for a few epochs, so a short-trained
 float model gains from the training as well as from learning the rounding: a `--finetune` run
 of the same float model (the same schedule, no quantization) is the control, given with
@@ -26,9 +26,13 @@ flags.DEFINE_list("float_runs", None, "apps.train run directories of the float m
 flags.DEFINE_list("qat_runs", None, "The QAT run of each float run, in the same order.")
 flags.DEFINE_list("finetune_runs", None, "The --finetune run of each float run (the control), "
                   "in the same order.")
-flags.DEFINE_string("dataset", "fashion_mnist", "The dataset the runs trained on.")
-flags.DEFINE_string("data_dir", None, "Its directory (Fashion-MNIST: the Debian package).")
-flags.DEFINE_integer("calibration_samples", 200, "Training images PTQ calibrates on.")
+# allow_override: tools.bench_early_exit defines these too, with the same defaults.
+flags.DEFINE_string("dataset", "fashion_mnist", "The dataset the runs trained on.",
+                    allow_override=True)
+flags.DEFINE_string("data_dir", None, "Its directory (Fashion-MNIST: the Debian package).",
+                    allow_override=True)
+flags.DEFINE_integer("ptq_samples", 200, "Training images PTQ calibrates on (apps.convert's "
+                     "--calibration_samples).")
 flags.DEFINE_string("files_dir", None, "Keep the .tflite files here (default: not kept).")
 flags.DEFINE_string("output_dir", None, "Write qat.md, .json and .png here.", allow_override=True)
 FLAGS = flags.FLAGS
@@ -148,12 +152,12 @@ def main(argv):
     finetune_runs = FLAGS.finetune_runs or [None] * len(FLAGS.float_runs)
     if len(finetune_runs) != len(FLAGS.float_runs):
         raise InputError("give one --finetune_runs entry per float run")
-    if FLAGS.calibration_samples < 1:
-        raise InputError("--calibration_samples must be a positive integer")
+    if FLAGS.ptq_samples < 1:
+        raise InputError("--ptq_samples must be a positive integer")
     if FLAGS.output_dir:
         fileio.check_writable(FLAGS.output_dir, "--output_dir", directory=True)
     rows = [row(f, q, t, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
-                calibration_samples=FLAGS.calibration_samples, files_dir=FLAGS.files_dir)
+                calibration_samples=FLAGS.ptq_samples, files_dir=FLAGS.files_dir)
             for f, q, t in zip(FLAGS.float_runs, FLAGS.qat_runs, finetune_runs)]
     _report.publish(FLAGS.output_dir, NAME, table(rows), rows, plot)
 
