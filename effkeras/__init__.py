@@ -11,5 +11,6 @@ from effkeras import constraints, layers, models, quantizers, saving  # noqa: E4
 from effkeras.training import distillation  # noqa: E402,F401  (registers the Distiller)
 from effkeras.training import transfer  # noqa: E402,F401  (registers FeatureTransfer)
 from effkeras.deploy.passes import w1a2  # noqa: E402,F401  (registers PlaneConv2D)
+from effkeras import quantization  # noqa: E402  (registers the QAT layers)
 
-__all__ = ["constraints", "layers", "models", "quantizers", "saving"]
+__all__ = ["constraints", "layers", "models", "quantization", "quantizers", "saving"]

@@ -175,11 +175,35 @@ def test_resmlp_psa_qat_keeps_exact_int8_tables_and_a_layer_scale_as_mul_add():
     assert report.max_op_lsb <= 1 and not report.float_ops
 
 
+def test_a_dead_channel_gets_a_weight_range_its_bias_fits_in_and_converts():
+    inputs = keras.Input((8, 8, 4), name="image")
+    x = layers.DepthwiseConv2D(3, padding="same", name="dw")(inputs)
+    model = keras.Model(inputs, layers.Dense(2, name="logits")(
+        layers.GlobalAveragePooling2D(name="mean")(layers.ReLU(6.0, name="relu")(x))))
+    kernel, bias = model.get_layer("dw").get_weights()
+    kernel[..., 0, 0] = 1e-30  # a channel decayed to nothing, with a bias
+    bias[0] = 0.8
+    model.get_layer("dw").set_weights([kernel, bias])
+    qat = quantization.quantize_model(model, images(16, (8, 8, 4)))
+    snapped = quantization.snap_biases(report_clone(qat))
+    floor = snapped.get_layer("dw").weight_floor
+    input_scale = quantization.input_quantizer(snapped.get_layer("dw")).quantization()[0]
+    assert floor[0] == pytest.approx(127 * 0.8 / (input_scale * 2 ** 24), rel=1e-4)
+    assert np.all(floor[1:] == np.abs(kernel[..., 1:, 0]).reshape(-1, 3).max(axis=0))
+    _, report = deploy.convert(qat, "int8", sample=images(8, (8, 8, 4), seed=7))
+    assert report.max_op_lsb <= 1
+    assert keras.models.clone_model(snapped).get_layer("dw").weight_floor is not None
+
+
+def report_clone(qat):
+    copy = keras.models.clone_model(qat)
+    copy.set_weights(qat.get_weights())
+    return copy
+
+
 def report_reference(qat, sample):
     """What the int8 target compares with: the QAT model with its biases on TFLite's grid."""
-    snapped = keras.models.clone_model(qat)
-    snapped.set_weights(qat.get_weights())
-    return quantization.snap_biases(snapped).predict(sample, verbose=0)
+    return quantization.snap_biases(report_clone(qat)).predict(sample, verbose=0)
 
 
 def test_qat_model_round_trips_with_ranges_and_folded_bn(qat_net, tmp_path):

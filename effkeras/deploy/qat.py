@@ -19,6 +19,8 @@ end-to-end difference. Two things keep the Keras side honest first:
   and output quantization), exactly what that op computes. QAT trains on the float hard-swish.
 """
 
+import re
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -86,7 +88,9 @@ def convert(model, *, sample=None, io="int8", input_range=verify.PIXEL_RANGE, ma
 def op_steps(model, flatbuffer, sample):
     """(max steps, quantization points compared): at each FakeQuant call of `model`, |file -
     Keras| in steps of its scale, each Keras op fed the file's own (dequantized) int8 inputs.
-    A file tensor is that point's when it alone has its shape, scale and zero point."""
+    A file tensor is that point's when it alone has its shape, scale and zero point, or alone of
+    those is named after the layer the FakeQuant follows (the converter names a fused op's
+    output after the layers in it)."""
     import warnings
 
     from ai_edge_litert.interpreter import Interpreter
@@ -104,6 +108,9 @@ def op_steps(model, flatbuffer, sample):
         found = [t for t in tensors if tuple(t["shape"]) == tuple(shape)
                  and t["quantization"][1] == zero_point
                  and abs(t["quantization"][0] - scale) <= 1e-6 * scale]
+        if len(found) > 1:  # e.g. ReLU6 outputs: range [0, 6] everywhere; the op's name decides
+            made_by = re.compile(rf"/{re.escape(quantizer.name.removesuffix('_quant'))}(_\d+)?/")
+            found = [t for t in found if made_by.search(t["name"])]
         return found[0] if len(found) == 1 else None
 
     worst, points = 0.0, set()
