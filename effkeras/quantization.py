@@ -25,8 +25,10 @@ target (effkeras.deploy.tflite) reads them, no calibration pass needed.
   one with an offset becomes the equivalent constant 1x1 depthwise conv (PixelNormalization),
   one op with one quantization point (the converter makes a MUL and an ADD of it; Vela runs
   the depthwise op far faster: see PixelNormalization).
-- A BatchNormalization that follows no conv becomes the MUL and ADD TFLite makes of it
-  (`ChannelAffine`), a quantization point after each.
+- A BatchNormalization that follows no conv, and a LayerScale (ResMLP), become the MUL and
+  ADD TFLite makes of them (`ChannelAffine`), a quantization point after each.
+- Collapsible blocks (RAN-e) are collapsed and learned activations (LERP-PSA, B-splines)
+  frozen to their tables first (deploy/passes): QAT trains what deploys, around fixed tables.
 Activation ranges are moving averages (decay EMA_DECAY) of each training batch's min and max;
 `calibrate` first sets them to the float model's min and max over a calibration set, exactly
 what post-training quantization uses, so QAT starts where PTQ stands.
