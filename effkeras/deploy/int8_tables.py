@@ -268,7 +268,10 @@ def _with_dequantize(model, subgraph, regions):
 def named_probes(model):
     """(copy of `model` with each gather LerpTable renamed as a probe, {probe name:
     LerpTable}): for a QAT model, whose tables the converter leaves in float between their
-    quantization points; insert_tables then writes them as int8 tables."""
+    quantization points; insert_tables then writes them as int8 tables. (model, {}) when it
+    has none."""
+    if not gather_tables(model):
+        return model, {}
     probes = {}
 
     def replace(layer, x, graph):

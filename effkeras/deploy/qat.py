@@ -62,13 +62,13 @@ def convert(model, *, sample=None, io="int8", input_range=verify.PIXEL_RANGE, ma
     if sample is None:
         sample = verify.random_sample(snapped, input_range)
     verify.check_sample(snapped, sample)
-    checked = reference(snapped)
-    op_lsb, points = op_steps(checked, flatbuffer, sample[:OP_CHECK_EXAMPLES])
+    keras_side = reference(snapped)
+    op_lsb, points = op_steps(keras_side, flatbuffer, sample[:OP_CHECK_EXAMPLES])
     if op_lsb > max_lsb:
         raise RuntimeError(f"the int8 file of QAT model {model.name} is {op_lsb:g} steps off the "
                            f"Keras ops at a quantization point (allowed: {max_lsb}): the converter "
                            f"did not take its quantization points as they are")
-    expected = checked.predict(sample, verbose=0)
+    expected = keras_side.predict(sample, verbose=0)
     actual = runtime.LiteRT(flatbuffer).predict(sample)
     expected_list = expected if isinstance(expected, list) else [expected]
     actual_list = actual if isinstance(actual, list) else [actual]
