@@ -18,9 +18,12 @@ target (effkeras.deploy.tflite) reads them, no calibration pass needed.
   them is fused (TFLite's fused activation): one quantization point after it, none between.
 - A `FakeQuant` (one quantization point) follows every op that TFLite computes in int8 with an
   output scale of its own: fused conv blocks, ADD (with a ReLU after it fused), MEAN, HARD_SWISH,
-  standalone BN (MUL/ADD), concatenation, and the model's input (the raw pixel range). Ops whose
+  standalone BN (MUL/ADD), and the model's input (the raw pixel range). Ops whose
   output codes are their input's (reshape, flatten, max pooling, padding, dropout) get none;
   average pooling, which TFLite runs at its input's scale, re-uses its input's quantizer.
+  Sigmoid, tanh and softmax get the fixed output range of TFLite's int8 kernels.
+- Concatenation is refused by name: TensorFlow 2.21's converter requires its inputs and output
+  at one scale in a QAT graph, and fails on quantization points that differ.
 - A scale-only Rescaling in front of a conv is folded into its kernel (as the converter does);
   one with an offset becomes the equivalent constant 1x1 depthwise conv (PixelNormalization),
   one op with one quantization point (the converter makes a MUL and an ADD of it; Vela runs
@@ -51,6 +54,9 @@ NUM_BITS = 8
 EMA_DECAY = 0.999  # per training step, for the activation ranges
 INPUT_RANGE = (0.0, 255.0)  # raw pixels: every registry model normalises them itself
 MODES = ("quantize", "calibrate", "float")
+# Activations whose int8 TFLite kernels have a fixed output quantization (and the range that
+# gives it): a quantization point of another range would cost a requantizing op.
+FIXED_OUTPUT_RANGES = {"sigmoid": (0.0, 255 / 256), "tanh": (-1.0, 127 / 128)}
 _TINY = 1e-8  # the smallest range a quantizer takes (an all-zero tensor)
 # Largest |int32 bias code| snap_biases allows: 2^24 keeps every code, and the accumulator it
 # starts, exact in float32 (XNNPack's int8 kernels requantize in float32).
@@ -329,7 +335,7 @@ _SAME_CODES = (layers.Reshape, layers.Flatten, layers.Dropout, layers.SpatialDro
                layers.Cropping2D, layers.Permute, layers.Identity)
 # Ops TFLite computes in int8 with an output scale of their own: a quantization point after.
 _REQUANTIZED = (layers.Add, layers.Subtract, layers.Multiply, layers.Average, layers.Maximum,
-                layers.Minimum, layers.Concatenate, layers.GlobalAveragePooling1D,
+                layers.Minimum, layers.GlobalAveragePooling1D,
                 layers.GlobalAveragePooling2D, layers.BatchNormalization, layers.ReLU,
                 layers.Activation, layers.Softmax, layers.UpSampling2D, layers.Resizing,
                 PixelNormalization, LayerScale, LerpTable)
@@ -416,7 +422,7 @@ class _Plan:
             raise InputError(
                 f"quantize_model cannot make these layers of {model.name} int8: "
                 f"{', '.join(unsupported)}. It quantizes Conv2D, DepthwiseConv2D and Dense "
-                f"(BN and ReLU/ReLU6 folded), add, concatenation, pooling, rescaling, BN and "
+                f"(BN and ReLU/ReLU6 folded), add, pooling, rescaling, BN and "
                 f"the activations {', '.join(a for a in _ACTIVATIONS if a != 'linear')}; "
                 f"deploy the others float (--target=float) or replace them")
 
@@ -546,6 +552,10 @@ def quantize_model(model, calibration=None, *, input_range=INPUT_RANGE, batch_si
         if id(layer) in plan.activation:
             name = plan.activation[id(layer)]
             y = layers.Activation(name, name=f"{layer.name}_{name}")(y)
+        fixed = _fixed_output_range(layer)
+        if fixed:
+            return quantized(y, layer.name,
+                             FakeQuant(fixed_range=fixed, name=f"{layer.name}_quant"))
         return quantized(y, layer.name)
 
     qat = rewrite(model, replace)
@@ -559,6 +569,16 @@ def quantize_model(model, calibration=None, *, input_range=INPUT_RANGE, batch_si
     if calibration is not None:
         calibrate(qat, calibration, batch_size=batch_size)
     return qat
+
+
+def _fixed_output_range(layer):
+    """The range whose codes TFLite's int8 kernel of `layer` always outputs (LOGISTIC and
+    SOFTMAX: scale 1/256, zero point -128; TANH: 1/128, 0); None for other layers."""
+    if isinstance(layer, layers.Softmax):
+        return FIXED_OUTPUT_RANGES["sigmoid"]
+    if type(layer) is layers.Activation:
+        return FIXED_OUTPUT_RANGES.get(_activation_of(layer))
+    return None
 
 
 def _channel_affine(layer):

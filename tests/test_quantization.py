@@ -195,6 +195,23 @@ def test_a_dead_channel_gets_a_weight_range_its_bias_fits_in_and_converts():
     assert keras.models.clone_model(snapped).get_layer("dw").weight_floor is not None
 
 
+def test_sigmoid_tanh_gelu_take_the_output_scales_of_tflites_kernels():
+    inputs = keras.Input((8, 8, 3), name="image")
+    a = layers.Activation("gelu", name="g")(layers.Conv2D(4, 3, padding="same", name="a")(inputs))
+    b = layers.Activation("sigmoid", name="s")(layers.Conv2D(4, 1, name="b")(inputs))
+    x = layers.Activation("tanh", name="t")(layers.Add(name="add")([a, b]))
+    model = keras.Model(inputs, layers.Dense(3, name="logits")(
+        layers.GlobalAveragePooling2D(name="mean")(x)))
+    qat = quantization.quantize_model(model, images(32, (8, 8, 3)))
+    assert qat.get_layer("s_quant").quantization() == pytest.approx((1 / 256, -128))
+    assert qat.get_layer("t_quant").quantization() == pytest.approx((1 / 128, 0))
+    _, report = deploy.convert(qat, "int8", sample=images(16, (8, 8, 3), seed=8))
+    # No requantizing QUANTIZE after LOGISTIC or TANH: their quantization points are TFLite's.
+    assert report.op_census == {"ADD": 1, "CONV_2D": 2, "FULLY_CONNECTED": 1, "GELU": 1,
+                                "LOGISTIC": 1, "MEAN": 1, "TANH": 1}
+    assert report.max_op_lsb <= 1
+
+
 def report_clone(qat):
     copy = keras.models.clone_model(qat)
     copy.set_weights(qat.get_weights())
@@ -225,9 +242,10 @@ def test_what_cannot_be_quantized_is_named():
     inputs = keras.Input((8, 8, 3))
     x = layers.Conv2D(4, 3, activation="swish", name="swish_conv")(inputs)
     x = layers.LayerNormalization(name="norm")(x)
+    x = layers.Concatenate(name="cat")([x, x])
     model = keras.Model(inputs, layers.Dense(2)(layers.Flatten()(x)))
     with pytest.raises(InputError, match=r"swish_conv \(Conv2D with activation silu.*norm "
-                                         r"\(LayerNormalization\)"):
+                                         r"\(LayerNormalization\), cat \(Concatenate\)"):
         quantization.quantize_model(model)
     with pytest.raises(InputError, match="already a QAT model"):
         quantization.quantize_model(quantization.quantize_model(small_net()))
