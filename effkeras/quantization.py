@@ -44,7 +44,7 @@ from keras import layers, ops
 from effkeras.deploy.passes.collapse import collapse
 from effkeras.deploy.passes.fold_bn import batch_norm_affine
 from effkeras.deploy.passes.freeze_tables import freeze_tables
-from effkeras.deploy.passes.rewrite import check_models, readers, rewrite
+from effkeras.deploy.passes.rewrite import check_models, copy_call, readers, rewrite
 from effkeras.errors import InputError
 from effkeras.layers.activations import LerpTable
 from effkeras.layers.common import PixelNormalization
@@ -139,16 +139,18 @@ class FakeQuant(layers.Layer):
         if self.fixed_range is not None:
             return ops.cast(fake_quant(x, *self.fixed_range), x.dtype)
         if observe and (training or self.mode == "calibrate"):
-            low, high = ops.cast(ops.min(x), "float32"), ops.cast(ops.max(x), "float32")
-            first = ops.equal(self.observed, 0.0)
+            batch_low = ops.cast(ops.min(x), "float32")
+            batch_high = ops.cast(ops.max(x), "float32")
             if self.mode == "calibrate":
-                low, high = ops.minimum(low, self.range_min), ops.maximum(high, self.range_max)
+                low = ops.minimum(batch_low, self.range_min)
+                high = ops.maximum(batch_high, self.range_max)
             else:
                 decay = self.ema_decay
-                low = decay * self.range_min + (1 - decay) * low
-                high = decay * self.range_max + (1 - decay) * high
-            self.range_min.assign(ops.where(first, ops.min(x), low))
-            self.range_max.assign(ops.where(first, ops.max(x), high))
+                low = decay * self.range_min + (1 - decay) * batch_low
+                high = decay * self.range_max + (1 - decay) * batch_high
+            first = ops.equal(self.observed, 0.0)
+            self.range_min.assign(ops.where(first, batch_low, low))
+            self.range_max.assign(ops.where(first, batch_high, high))
             self.observed.assign(1.0)
         if self.mode == "calibrate":
             return x
@@ -412,7 +414,7 @@ class _Plan:
                     self.folded_rescaling.add(id(layer))
                 elif not np.all(scale > 0):
                     unsupported.append(f"{layer.name} (Rescaling by a non-positive scale)")
-            elif isinstance(layer, layers.Activation) and type(layer) is layers.Activation:
+            elif type(layer) is layers.Activation:
                 if _activation_of(layer) not in _ACTIVATIONS:
                     unsupported.append(f"{layer.name} (Activation {_activation_of(layer)}: no "
                                        f"int8 TFLite kernel)")
@@ -425,14 +427,6 @@ class _Plan:
                 f"(BN and ReLU/ReLU6 folded), add, pooling, rescaling, BN and "
                 f"the activations {', '.join(a for a in _ACTIVATIONS if a != 'linear')}; "
                 f"deploy the others float (--target=float) or replace them")
-
-
-def _call_copy(layer, x):
-    """`layer` copied (config and weights) and called on x."""
-    copy = layer.__class__.from_config(layer.get_config())
-    y = copy(x)
-    copy.set_weights(layer.get_weights())
-    return y
 
 
 def _qat_layer(layer, batch_norm, activation, prescale):
@@ -540,15 +534,15 @@ def quantize_model(model, calibration=None, *, input_range=INPUT_RANGE, batch_si
                 y = quantized(y, step.name)
             return y
         if isinstance(layer, layers.AveragePooling2D):
-            y = _call_copy(layer, x)
+            y = copy_call(layer, x)
             source = quantizer_of.get(id(x))
             return quantized(y, layer.name, source, observe=source is None)
         if isinstance(layer, _SAME_CODES):
-            y = _call_copy(layer, x)
+            y = copy_call(layer, x)
             if id(x) in quantizer_of:
                 quantizer_of[id(y)] = quantizer_of[id(x)]
             return y
-        y = _call_copy(layer, x)
+        y = copy_call(layer, x)
         if id(layer) in plan.activation:
             name = plan.activation[id(layer)]
             y = layers.Activation(name, name=f"{layer.name}_{name}")(y)

@@ -51,7 +51,7 @@ from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.python.schema_util import get_builtin_code_from_operator_code
 
 from effkeras.deploy import runtime, verify
-from effkeras.deploy.passes.rewrite import check_models, rewrite
+from effkeras.deploy.passes.rewrite import check_models, copy_call, rewrite
 from effkeras.errors import InputError
 from effkeras.layers.activations import LerpTable
 
@@ -278,10 +278,7 @@ def named_probes(model):
         if isinstance(layer, LerpTable) and layer.form == "gather":
             name = PROBE.format(len(probes))
             probes[name] = layer
-            renamed = LerpTable.from_config({**layer.get_config(), "name": name})
-            y = renamed(x)
-            renamed.set_weights(layer.get_weights())
-            return y
+            return copy_call(layer, x, name=name)
         return None
 
     return rewrite(model, replace), probes

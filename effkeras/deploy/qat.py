@@ -103,15 +103,13 @@ def op_steps(model, flatbuffer, sample):
     tensors = [t for t in interpreter.get_tensor_details() if t["quantization"][0]]
     (source,) = interpreter.get_input_details()  # QAT models here take one image input
 
+    found_for = {}  # (quantizer, shape) -> its file tensor (or None), the same every example
+
     def tensor_of(quantizer, shape):
-        scale, zero_point = quantizer.quantization()
-        found = [t for t in tensors if tuple(t["shape"]) == tuple(shape)
-                 and t["quantization"][1] == zero_point
-                 and abs(t["quantization"][0] - scale) <= 1e-6 * scale]
-        if len(found) > 1:  # e.g. ReLU6 outputs: range [0, 6] everywhere; the op's name decides
-            made_by = re.compile(rf"/{re.escape(quantizer.name.removesuffix('_quant'))}(_\d+)?/")
-            found = [t for t in found if made_by.search(t["name"])]
-        return found[0] if len(found) == 1 else None
+        key = (quantizer.name, tuple(shape))
+        if key not in found_for:
+            found_for[key] = _matching_tensor(tensors, quantizer, shape)
+        return found_for[key]
 
     worst, points = 0.0, set()
     for example in np.asarray(sample, np.float32):
@@ -141,6 +139,18 @@ def op_steps(model, flatbuffer, sample):
 
         model._run_through_graph(example[None], operation_fn=forced)
     return round(worst, 3), len(points)
+
+
+def _matching_tensor(tensors, quantizer, shape):
+    """The file tensor (LiteRT details) of FakeQuant `quantizer` at `shape`; None if not one."""
+    scale, zero_point = quantizer.quantization()
+    found = [t for t in tensors if tuple(t["shape"]) == tuple(shape)
+             and t["quantization"][1] == zero_point
+             and abs(t["quantization"][0] - scale) <= 1e-6 * scale]
+    if len(found) > 1:  # e.g. ReLU6 outputs: range [0, 6] everywhere; the op's name decides
+        made_by = re.compile(rf"/{re.escape(quantizer.name.removesuffix('_quant'))}(_\d+)?/")
+        found = [t for t in found if made_by.search(t["name"])]
+    return found[0] if len(found) == 1 else None
 
 
 def _int8(converter, io):

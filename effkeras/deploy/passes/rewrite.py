@@ -86,6 +86,15 @@ def rewrite(model, replace):
     return rewritten
 
 
+def copy_call(layer, x, **config):
+    """`layer` copied (its config with `config` over it, and its weights) and called on x: a
+    layer a pass keeps, or keeps under another name, in a graph it builds itself."""
+    copy = layer.__class__.from_config({**layer.get_config(), **config})
+    y = copy(x)
+    copy.set_weights(layer.get_weights())
+    return y
+
+
 def readers(model):
     """({id(layer): [layers calling on its output]}, {id(layer) of every model output}): what a
     pass checks before it folds one layer into another."""
