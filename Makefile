@@ -11,10 +11,11 @@ DEMO_DIR := runs/demo-ern18
 
 setup: $(VENV)/.installed $(FASHION_MNIST)
 
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: setup.py requirements-larq-zoo.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,larq]'
+	$(PY) -m pip install --quiet --no-deps -r requirements-larq-zoo.txt
 	touch $@
 
 $(FASHION_MNIST):
