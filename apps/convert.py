@@ -139,15 +139,9 @@ def real_data(model):
         if isinstance(model, bytes):
             raise InputError("--dataset goes with --model or --checkpoint (a Keras model to "
                              "calibrate and check against)")
-        shape = tuple(model.input_shape[1:])
-
         def take(split, count):
-            loaded = data.load(FLAGS.dataset, split, input_shape=shape, batch_size=count,
-                               data_dir=FLAGS.data_dir, augment_with=(), shuffle=True,
-                               num_classes=model.output_shape[-1])
-            with loaded.errors_as_input_errors():
-                images, _ = next(iter(loaded.dataset))
-            return images.numpy(), loaded.class_names
+            return data.take(FLAGS.dataset, split, count, input_shape=model.input_shape[1:],
+                             data_dir=FLAGS.data_dir, num_classes=model.output_shape[-1])
 
         if calibration is None:
             calibration, class_names = take("train", FLAGS.calibration_samples)

@@ -42,15 +42,6 @@ SAMPLE = 200  # test images each conversion checks itself on
 NPU = "ethos-u55-128"
 
 
-def _images(dataset, data_dir, split, count, shape):
-    from effkeras import data
-
-    loaded = data.load(dataset, split, input_shape=shape, batch_size=count, data_dir=data_dir,
-                       augment_with=(), shuffle=True)
-    with loaded.errors_as_input_errors():
-        return next(iter(loaded.dataset))[0].numpy()
-
-
 def row(float_run, qat_run, finetune_run=None, *, dataset="fashion_mnist", data_dir=None,
         calibration_samples=200, files_dir=None):
     """One table row: the float model of `float_run`, its PTQ file (calibrated on
@@ -68,8 +59,9 @@ def row(float_run, qat_run, finetune_run=None, *, dataset="fashion_mnist", data_
                          f"--init_from={float_run}/model.keras --output_dir={qat_run})")
     shape = tuple(float_model.input_shape[1:])
     test = data.load(dataset, "test", input_shape=shape, batch_size=256, data_dir=data_dir)
-    sample = _images(dataset, data_dir, "test", SAMPLE, shape)
-    calibration = _images(dataset, data_dir, "train", calibration_samples, shape)
+    sample = data.take(dataset, "test", SAMPLE, input_shape=shape, data_dir=data_dir)[0]
+    calibration = data.take(dataset, "train", calibration_samples, input_shape=shape,
+                            data_dir=data_dir)[0]
     models = {"float": float_model, "qat": qat_model}
     if finetune_run:
         models["tuned"] = saving.load_model(os.path.join(finetune_run, "model.keras"))

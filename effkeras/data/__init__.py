@@ -184,6 +184,16 @@ def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=No
     return DataSplit(dataset, count, len(class_names), list(class_names), errors, source, indices)
 
 
+def take(name, split, count, *, input_shape, data_dir=None, num_classes=None):
+    """(images, class names): `count` shuffled, unaugmented images of a split as a float32 array
+    (N, H, W, C) in [0, 255]: calibration and check samples for a conversion."""
+    loaded = load(name, split, input_shape=input_shape, batch_size=count, data_dir=data_dir,
+                  augment_with=(), shuffle=True, num_classes=num_classes)
+    with loaded.errors_as_input_errors():
+        images, _ = next(iter(loaded.dataset))
+    return images.numpy(), loaded.class_names
+
+
 def _indices(name, count, split, validation_size):
     """Which of `count` examples of the split's files `split` takes."""
     if split == "test" or (split == "train" and validation_size is None):

@@ -74,7 +74,7 @@ def convert(model, *, target="arm", allow_float_fallback=False, sample=None,
     w1a2 = w1a2_pass.w1a2_layers(model)
     if w1a2:
         model = w1a2_pass.w1a2_to_binary(model, w1a2_form, strict=not allow_float_fallback)
-    binary = [layer for layer in leaf_layers(model) if _is_binary(layer)]
+    binary = [layer for layer in leaf_layers(model) if is_binary(layer)]
     _check_zero_padding([layer for layer in binary if layer_precision(layer) == (1, 1)])
     with tempfile.TemporaryDirectory() as saved_model:
         with _quantized_kernels_as_constants(model):
@@ -150,7 +150,7 @@ def _check_zero_padding(binary_layers):
                 f"convert at a larger input size (every binary conv's map >= its kernel)")
 
 
-def _is_binary(layer):
+def is_binary(layer):
     """A layer LCE must run as LceBconv2d: 1-bit x 1-bit, a rewritten w1a2 conv (PlaneConv2D),
     or a w1a2 layer left as it is (allow_float_fallback), which stays float."""
     return (layer_precision(layer) == (1, 1) or hasattr(layer, "bconv_kernels")

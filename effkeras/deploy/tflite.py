@@ -34,6 +34,7 @@ from effkeras.deploy import int8_tables, runtime, verify
 from effkeras.deploy.api import register_target
 from effkeras.deploy.verify import PIXEL_RANGE, Report
 from effkeras.errors import InputError
+from effkeras.graph import layer_precision, leaf_layers
 
 MAX_REL_DIFF = {"float": 1e-4, "float16": 2e-2, "int8": 0.25}
 CALIBRATION_SAMPLES = 200
@@ -170,6 +171,12 @@ def convert_int8(model, *, calibration=None, sample=None, io="int8", allow_float
     """
     if io not in IO_TYPES:
         raise InputError(f"unknown io type {io!r}; choose from {', '.join(IO_TYPES)}")
+    binary = [layer.name for layer in leaf_layers(model) if layer_precision(layer)[1] == 1]
+    if binary:
+        raise InputError(
+            f"{model.name} has {len(binary)} layer(s) with 1-bit weights ({', '.join(binary[:3])}"
+            f"{' ...' if len(binary) > 3 else ''}), which run as binary ops only in Larq Compute "
+            f"Engine: deploy it with --target=arm (int8 targets compute in 8 bits)")
     if quantization.is_qat_model(model):
         from effkeras.deploy import qat
 

@@ -1,0 +1,146 @@
+"""apps.benchmark / effkeras.benchmark: every model on every target in one run, measured side by
+side, failures as rows, and ARM device latencies merged in (tools/device_benchmark.py)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import assert_one_error_line, run_app
+from effkeras import benchmark, models, summary
+from effkeras.errors import InputError
+
+TARGETS = ["arm", "int8", "tflm", "ethos-u55-128"]
+FLOAT_NET, BINARY_NET = "mlperf_tiny_resnet8", "recu_resnet20@12"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("benchmark")
+    rows = benchmark.run([FLOAT_NET, BINARY_NET, "no_such_model"], TARGETS, runs=3, warmup=1,
+                         baseline=FLOAT_NET, output_dir=str(output_dir), progress=False)
+    return {(row.model, row.target): row for row in rows}, output_dir
+
+
+def test_every_model_on_every_target_is_a_row(run):
+    rows, _ = run
+    assert len(rows) == 3 * len(TARGETS)
+    for target in TARGETS:
+        assert "unknown model 'no_such_model'" in rows["no_such_model", target].error
+        assert rows[FLOAT_NET, target].error is None
+    for target in ("int8", "tflm", "ethos-u55-128"):  # a binary net runs binary only in LCE
+        assert "--target=arm" in rows[BINARY_NET, target].error
+    assert rows[BINARY_NET, "arm"].error is None
+
+
+def test_latencies_are_timed_together_and_given_as_ratios(run):
+    rows, _ = run
+    timed = [rows[FLOAT_NET, t] for t in ("arm", "int8", "tflm")] + [rows[BINARY_NET, "arm"]]
+    for row in timed:
+        assert 0 < row.p25_ms <= row.median_ms <= row.p75_ms
+        assert row.inferences_per_second == pytest.approx(1e3 / row.median_ms)
+    for target in TARGETS:  # the baseline against itself, target by target
+        assert rows[FLOAT_NET, target].ratio == pytest.approx(1.0)
+    binary = rows[BINARY_NET, "arm"]
+    assert binary.ratio == pytest.approx(binary.median_ms / rows[FLOAT_NET, "arm"].median_ms)
+    assert binary.baseline == f"{FLOAT_NET} (arm)"
+    assert {rows[FLOAT_NET, t].runtime for t in TARGETS} == {"lce", "litert", "tflm",
+                                                             "vela (estimate)"}
+
+
+def test_target_figures_and_mac_shares(run):
+    rows, _ = run
+    totals = summary.totals(summary.summarize(models.get("recu_resnet20", input_shape=(12, 12, 3))))
+    macs = totals["binary_macs"] + totals["low_bit_macs"] + totals["float_macs"]
+    binary = rows[BINARY_NET, "arm"]
+    assert binary.macs == macs and binary.params == totals["total_params"]
+    # ReCU's stem conv and classifier stay float: the share is that of its 18 binary convs.
+    assert binary.binary_mac_share == pytest.approx(totals["binary_macs"] / macs)
+    assert 0.9 < binary.binary_mac_share < 1.0 and binary.ops["LceBconv2d"] == 18
+    assert rows[FLOAT_NET, "arm"].binary_mac_share == 0.0
+    npu = rows[FLOAT_NET, "ethos-u55-128"]
+    assert npu.npu_mac_share == pytest.approx(1.0) and npu.cycles > 0
+    assert npu.median_ms == pytest.approx(1e3 / npu.inferences_per_second)
+    assert rows[FLOAT_NET, "tflm"].arena_bytes > 0 and rows[FLOAT_NET, "int8"].arena_bytes is None
+
+
+def test_results_are_written_and_read_back(run):
+    rows, output_dir = run
+    for row in rows.values():
+        if row.error is None:
+            data = (output_dir / row.file).read_bytes()
+            assert len(data) == row.size_bytes
+    read, threads, runs = benchmark.read(str(output_dir))
+    assert (threads, runs) == (1, 3) and read == list(rows.values())
+    table = (output_dir / "benchmark.md").read_text()
+    assert f"| {BINARY_NET} | int8 |" in table and "**failed**" in table
+    assert "× mlperf_tiny_resnet8" in table
+    assert (output_dir / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_given_files_benchmark_as_what_they_are(run, tmp_path):
+    rows, output_dir = run
+    lce_file = str(output_dir / rows[BINARY_NET, "arm"].file)
+    int8_file = str(tmp_path / "resnet8_int8.tflite")
+    with open(int8_file, "wb") as f:
+        f.write((output_dir / rows[FLOAT_NET, "int8"].file).read_bytes())
+    given = benchmark.run([lce_file, int8_file], ["arm", "tflm"], runs=2, warmup=0,
+                          progress=False)
+    by_key = {(row.model, row.target): row for row in given}
+    lce_label = os.path.splitext(os.path.basename(lce_file))[0]
+    assert by_key[lce_label, "arm"].median_ms > 0
+    assert "is an arm file" in by_key[lce_label, "tflm"].error
+    assert "is an int8 file" in by_key["resnet8_int8", "arm"].error
+    assert by_key["resnet8_int8", "tflm"].arena_bytes == rows[FLOAT_NET, "tflm"].arena_bytes
+
+
+def test_device_latencies_merge_into_the_table(run, tmp_path):
+    rows, output_dir = run
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(output_dir, copy)
+    float_file, binary_file = rows[FLOAT_NET, "arm"].file, rows[BINARY_NET, "arm"].file
+    merged = benchmark.merge_device(str(copy), {float_file: {1: 4.0, 4: 1.5},
+                                                binary_file: {1: 2.0}}, "RPi 4B")
+    by_file = {row.file: row for row in merged}
+    assert by_file[binary_file].device_ms == {"1": 2.0}
+    table = (copy / "benchmark.md").read_text()
+    assert "RPi 4B ms, 4 threads" in table
+    line = next(line for line in table.splitlines() if line.startswith(f"| {BINARY_NET} | arm"))
+    assert line.endswith("| 2.0 | – | 0.50 |")  # 2.0 ms over the baseline's 4.0 on the device
+    assert json.loads((copy / "benchmark.json").read_text())["rows"][0]["device"] == "RPi 4B"
+    with pytest.raises(InputError, match="not a file of"):
+        benchmark.merge_device(str(copy), {"other.tflite": {1: 1.0}}, "RPi 4B")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"targets": ["arm", "tpu"]}, "unknown target(s) tpu"),
+    ({"baseline": "quicknet"}, "--baseline=quicknet is not one of --models"),
+    ({"specs": [FLOAT_NET, FLOAT_NET]}, "names mlperf_tiny_resnet8 twice"),
+    ({"runs": 0}, "--runs must be an integer >= 1"),
+    ({"specs": ["mobilenet_v2@x"]}, "the size after @ must be a number"),
+])
+def test_bad_arguments_are_refused_before_any_work(kwargs, message):
+    arguments = {"specs": [FLOAT_NET], "targets": ["int8"], **kwargs}
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        benchmark.run(arguments.pop("specs"), arguments.pop("targets"), progress=False,
+                      **arguments)
+
+
+def test_app_refuses_bad_flags_with_one_line(tmp_path):
+    assert_one_error_line(run_app("apps.benchmark", f"--output_dir={tmp_path}"),
+                          "--models is required")
+    assert_one_error_line(run_app("apps.benchmark", "--models=mlperf_tiny_resnet8",
+                                  "--targets=int9", f"--output_dir={tmp_path}"),
+                          "unknown target(s) int9", "known targets:")
+
+
+def test_app_writes_the_table(tmp_path):
+    result = run_app("apps.benchmark", "--models=mlperf_tiny_resnet8@16", "--targets=float",
+                     "--runs=2", "--warmup=0", f"--output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| mlperf_tiny_resnet8@16 | float | 16x16x3 |" in result.stdout
+    saved = json.loads((tmp_path / "benchmark.json").read_text())
+    assert np.isfinite(saved["rows"][0]["median_ms"])
