@@ -331,3 +331,18 @@ def test_random_erasing_erases_a_quarter_of_the_images():
 
     erased = augment.random_erasing(seed=0)(tf.fill((400, 16, 16, 1), 128.0)).numpy() != 128
     assert 0.2 < np.mean(np.any(erased, axis=(1, 2, 3))) < 0.3  # each image on its own
+
+
+def test_larq_zoo_recipes():
+    """QuickNet: Adam 1e-2 at batch 2048, 5 of 600 epochs of warm-up, cosine (one optimizer for
+    Larq Zoo's two); Bi-Real Net: Adam 5e-3 at batch 512 decayed linearly to 0 over 300."""
+    quicknet = recipes.get("quicknet")
+    assert (quicknet.optimizer, quicknet.epochs, quicknet.batch_size) == ("adam", 600, 2048)
+    schedule = recipes.learning_rate_schedule(quicknet, epochs=600, steps_per_epoch=2,
+                                              batch_size=2048)
+    np.testing.assert_allclose(lr_at(schedule, [0, 10, 1200]), [0.0, 1e-2, 0.0], atol=1e-7)
+    bireal = recipes.get("birealnet")
+    schedule = recipes.learning_rate_schedule(bireal, epochs=300, steps_per_epoch=2,
+                                              batch_size=256)
+    np.testing.assert_allclose(lr_at(schedule, [0, 300, 600]), [2.5e-3, 1.25e-3, 0.0],
+                               atol=1e-8)

@@ -7,6 +7,7 @@ from effkeras.models import efficientnet_lite, mlperf_tiny, mobilenet  # noqa: F
 from effkeras.models import convnext  # noqa: F401  (RAN-i and its ConvNeXt peers)
 from effkeras.models import ranet  # noqa: F401  (early exits)
 from effkeras.models import resmlp  # noqa: F401  (LERP-PSA and its ResMLP)
+from effkeras.models import birealnet, quicknet  # noqa: F401  (Larq Zoo's binary peers)
 
 __all__ = ["ModelInfo", "check_input_shape", "get", "info", "load_checkpoint", "names",
            "register"]

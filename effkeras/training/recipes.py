@@ -16,7 +16,8 @@ official code (ARM-software/ML-restructurable-activation-networks); ConvNeXt, Li
 (arXiv 2201.03545) and its official code, which RAN-i's training script follows; RANet, Yang et
 al. 2020 (arXiv 2003.07326) and its official code (yangle15/RANet-pytorch); AutoAugment
 (arXiv 1805.09501), RandAugment (arXiv 1909.13719), Mixup (arXiv 1710.09412), CutMix (arXiv
-1905.04899), random erasing (arXiv 1708.04896).
+1905.04899), random erasing (arXiv 1708.04896); QuickNet, Bannink et al. 2021 (arXiv 2011.09398)
+and Bi-Real Net, Liu et al. 2018 (arXiv 1808.00278), as Larq Zoo trains them.
 """
 
 import dataclasses
@@ -94,6 +95,7 @@ class Schedule:
       The final rate is absolute: it does not scale with the batch size.
     "multistep": peak·gamma^k after the k-th milestone; milestones are fractions of the run.
     "exponential": peak·gamma^epoch, decayed once per epoch.
+    "linear": peak decayed linearly to 0 at the last step.
     "constant": peak throughout.
     """
 
@@ -259,12 +261,16 @@ def exponential(schedule, recipe, peak, total, steps_per_epoch):
                                                        staircase=True)
 
 
+def linear(schedule, recipe, peak, total, steps_per_epoch):
+    return keras.optimizers.schedules.PolynomialDecay(peak, total, end_learning_rate=0.0, power=1.0)
+
+
 def constant(schedule, recipe, peak, total, steps_per_epoch):
     return peak
 
 
 SCHEDULES = {"cosine": cosine, "multistep": multistep, "exponential": exponential,
-             "constant": constant}
+             "linear": linear, "constant": constant}
 
 
 def learning_rate_schedule(recipe, *, epochs, steps_per_epoch, batch_size, learning_rate=None):
@@ -477,6 +483,19 @@ RECIPES = {
                                augment=LERP_PSA_AUGMENT,
                                transfer=Transfer(epochs_per_block=50, learning_rate=1e-3,
                                                  optimizer=Optimizer("adamw", epsilon=1e-8))),
+    # QuickNet (arXiv 2011.09398; Larq Zoo's training/sota_experiments.py): 600 epochs at batch
+    # 2048, a 5-epoch warm-up then cosine decay, with two optimizers: Adam at 1e-2 for the binary
+    # kernels and SGD momentum 0.9 at 0.1 for every other variable. The trainer has one
+    # optimizer: Adam at the binary kernels' 1e-2 on the same schedule for all. Larq Zoo's
+    # ImageNet crop and flip (its data.py); its crop also keeps >= 10% of the image.
+    "quicknet": Recipe(Optimizer("adam"), learning_rate=1e-2, epochs=600, batch_size=2048,
+                       base_batch_size=2048, schedule=Schedule(warmup_epochs=5),
+                       augment=(("imagenet", ("random_resized_crop", "flip")),)),
+    # Bi-Real Net 18 as Larq Zoo trains it (training/basic_experiments.py): Adam lr 5e-3, batch
+    # 512, 300 epochs, decayed linearly to 0; the same crop and flip as QuickNet.
+    "birealnet": Recipe(Optimizer("adam"), learning_rate=5e-3, epochs=300, batch_size=512,
+                        base_batch_size=512, schedule=Schedule("linear"),
+                        augment=(("imagenet", ("random_resized_crop", "flip")),)),
 }
 
 
