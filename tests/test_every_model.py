@@ -25,6 +25,8 @@ DEPLOYED_BY = {
                     "recu_resnet34_imagenet", "recu_reactnet18", "recu_reactnet34")},
     "mlperf_tiny_resnet8":
         "test_deploy.py::test_tflm_arena_is_the_smallest_that_runs_and_outputs_match_litert",
+    **{name: "test_binary_peers.py::test_lce_makes_one_bconv_per_binary_conv"
+       for name in ("quicknet_small", "quicknet", "quicknet_large", "birealnet18")},
 }
 
 
@@ -90,6 +92,7 @@ def test_registered_model(name, tmp_path):
 
 def test_models_deployed_elsewhere_are_deployed_there():
     """DEPLOYED_BY names the tests that convert those models; they must still do so."""
+    import test_binary_peers
     import test_deploy
     import test_recu
     import test_w1a2_pass
@@ -100,9 +103,13 @@ def test_models_deployed_elsewhere_are_deployed_there():
                     for name, *_ in test_recu.ARCHITECTURES})
     covered["mlperf_tiny_resnet8"] = (
         "test_deploy.py::test_tflm_arena_is_the_smallest_that_runs_and_outputs_match_litert")
+    covered.update({name: "test_binary_peers.py::test_lce_makes_one_bconv_per_binary_conv"
+                    for name in test_binary_peers.PEERS})
     assert covered == DEPLOYED_BY
     assert hasattr(test_deploy, DEPLOYED_BY["mlperf_tiny_resnet8"].split("::")[1])
     for name, size in test_w1a2_pass.ERNS:
         assert size == small_size(models.info(name)) or name == "ern18_075"
     for name, size, *_ in test_recu.ARCHITECTURES:
         assert size == small_size(models.info(name))
+    assert all(test_binary_peers.LCE_SIZE == small_size(models.info(name))
+               for name in test_binary_peers.PEERS)
