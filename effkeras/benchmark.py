@@ -51,7 +51,9 @@ class Row:
     baseline: str = None  # "model (target)" the ratio is against
     binary_mac_share: float = None  # arm: MACs in LceBconv2d ops / all MACs
     npu_mac_share: float = None  # ethos-u: MACs Vela put on the NPU / all MACs
-    arena_bytes: int = None  # tflm
+    arena_bytes: int = None  # tflm: the smallest tensor arena that runs it
+    sram_bytes: int = None  # ethos-u: Vela's SRAM use
+    cpu_ops: int = None  # ethos-u: ops Vela left for the Cortex-M (not in its estimate)
     cycles: int = None  # ethos-u
     inferences_per_second: float = None  # ethos-u (Vela) or 1000 / median_ms
     accuracy: float = None
@@ -172,7 +174,10 @@ def convert(loaded, target, *, calibration=None, sample=None):
                              + (", or tflm / ethos-u*" if kind == "int8" else "")
                              + f", not {target}: give the .keras model to convert it for "
                              f"{target}")
-    return deploy.convert(loaded.model, target, calibration=calibration, sample=sample)
+    # ethos-u: ops Vela cannot put on the NPU stay for the Cortex-M, counted in the row.
+    options = {"allow_cpu_ops": True} if target.startswith("ethos-u") else {}
+    return deploy.convert(loaded.model, target, calibration=calibration, sample=sample,
+                          **options)
 
 
 def mac_shares(model, report):
@@ -189,12 +194,9 @@ def mac_shares(model, report):
         if report.float_fallback or report.bconv_ops < report.binary_layers:
             binary -= set(report.float_fallback)
         return sum(row.macs for row in rows if row.name in binary) / total, None
-    per_layer = report.artifacts.get("_per-layer.csv") if hasattr(report, "cycles_total") else None
-    if per_layer:
-        import csv
-
-        npu = sum(int(float(row["MAC Count"])) for row in csv.DictReader(
-            per_layer.decode().splitlines()) if row["Target"] == "NPU")
+    if report.target.startswith("ethos-u"):  # Vela's MAC count runs a little above ours
+        parts = [stage for stage in getattr(report, "stages", ()) if "npu_macs" in stage]
+        npu = sum(part["npu_macs"] for part in parts) if parts else report.npu_macs
         return None, min(1.0, npu / total)
     return None, None
 
@@ -215,14 +217,41 @@ def describe(loaded, target, flatbuffer, report):
         row.macs = totals["binary_macs"] + totals["low_bit_macs"] + totals["float_macs"]
         row.binary_mac_share, row.npu_mac_share = mac_shares(loaded.model, report)
     row.arena_bytes = getattr(report, "arena_bytes", None) or None
-    if hasattr(report, "cycles_total"):
-        row.cycles = report.cycles_total
-        row.inferences_per_second = report.inferences_per_second
-        row.runtime = "vela (estimate)"
-        row.median_ms = row.p25_ms = row.p75_ms = 1e3 / report.inferences_per_second
+    if target.startswith("ethos-u"):
+        # An early-exit network's stages run one after the other when no exit is taken early.
+        parts = [stage for stage in getattr(report, "stages", ()) if "cycles_total" in stage]
+        _vela(row, parts or [vars(report)])
+        row.sram_bytes = max(part["sram_bytes"] for part in parts or [vars(report)])
     else:
         row.runtime = RUNTIMES.get(target, "")
     return row
+
+
+def _vela(row, parts):
+    """Vela's estimate of the parts (a file, or stage files run in turn) into `row`."""
+    row.runtime = "vela (estimate)"
+    row.cycles = sum(part["cycles_total"] for part in parts)
+    row.cpu_ops = sum(part["cpu_ops"] for part in parts)
+    row.median_ms = row.p25_ms = row.p75_ms = sum(
+        1e3 / part["inferences_per_second"] for part in parts)
+    row.inferences_per_second = 1e3 / row.median_ms
+
+
+def stage_rows(row, report):
+    """An early-exit network's tflm or ethos-u row, stage by stage: each stage file's bytes,
+    MACs, TFLite Micro arena or Vela estimate."""
+    rows = []
+    for stage in getattr(report, "stages", ()):
+        if "file_bytes" not in stage:  # one file with a signature per stage: no stage files
+            break
+        part = Row(model=f"{row.model} stage {stage['stage']}", target=row.target,
+                   input=row.input, macs=stage["stage_macs"], size_bytes=stage["file_bytes"],
+                   arena_bytes=stage.get("arena_bytes"), sram_bytes=stage.get("sram_bytes"))
+        if "cycles_total" in stage:
+            _vela(part, [stage])
+            part.npu_mac_share = min(1.0, stage["npu_macs"] / stage["stage_macs"])
+        rows.append(part)
+    return rows
 
 
 def runner(flatbuffer, target, threads=1):
@@ -308,6 +337,7 @@ def run(specs, targets, *, input_shape=None, num_classes=None, threads=1, runs=2
                                                calibration_samples)
             flatbuffer, report = convert(loaded, target, calibration=calibration, sample=sample)
             row = describe(loaded, target, flatbuffer, report)
+            stages = stage_rows(row, report)
         except Exception as error:  # noqa: BLE001
             rows.append(Row(model=loaded.label, target=target, error=_one_line(error)))
             continue
@@ -315,7 +345,7 @@ def run(specs, targets, *, input_shape=None, num_classes=None, threads=1, runs=2
             row.file = file_name(row)
             deploy.save(os.path.join(output_dir, row.file), flatbuffer, report)
         flatbuffers[id(row)] = flatbuffer
-        rows.append(row)
+        rows += [row, *stages]
 
     runners = {}
     for row in rows:
@@ -332,8 +362,10 @@ def run(specs, targets, *, input_shape=None, num_classes=None, threads=1, runs=2
                 row.median_ms = float(np.median(ms))
                 row.p25_ms, row.p75_ms = (float(v) for v in np.percentile(ms, [25, 75]))
                 row.inferences_per_second = 1e3 / row.median_ms
-    if dataset and output_dir:
-        _evaluate(rows, output_dir, dataset, data_dir, progress)
+    if dataset and output_dir:  # trained models only: registry names build untrained ones
+        given = {spec_label(spec) for spec in specs if spec.endswith((".keras", ".tflite"))}
+        _evaluate([row for row in rows if row.model in given], output_dir, dataset, data_dir,
+                  progress)
     set_ratios(rows, baseline)
     if output_dir:
         write(rows, output_dir, threads=threads, runs=runs)
@@ -386,21 +418,34 @@ def _real_images(loaded, target, dataset, data_dir, calibration_samples):
 
 
 def _evaluate(rows, output_dir, dataset, data_dir, progress):
-    """Each runnable file's top-1 on the test split (tflm files in LiteRT: the same int8 file)."""
+    """Each runnable file's top-1 on the test split, in LiteRT or LCE (a tflm file is the same
+    int8 file LiteRT runs); an early-exit file's last exit, every stage run."""
     from tqdm import tqdm
 
-    from effkeras import evaluation
+    from effkeras import data, evaluation
+    from effkeras.deploy import early_exit
 
     todo = [row for row in rows if row.file and row.target in RUNTIMES]
     for row in tqdm(todo, desc="evaluating", unit="file", disable=not progress):
+        path = os.path.join(output_dir, row.file)
         try:
-            result = evaluation.evaluate_tflite(os.path.join(output_dir, row.file), dataset,
-                                                data_dir=data_dir)
-        except Exception as error:  # noqa: BLE001
-            row.error = _one_line(error)
+            with open(path, "rb") as f:
+                flatbuffer = f.read()
+            if early_exit.is_early_exit_file(flatbuffer):
+                stages = early_exit.Runner(flatbuffer)
+                shape = stages.description["stages"][0]["reads"][0]["shape"][1:]
+                split = data.load(dataset, "test", input_shape=shape, batch_size=256,
+                                  data_dir=data_dir)
+                result = evaluation.evaluate(lambda x: stages.exit_outputs(x)[-1], split)
+                where = "litert, last exit"
+            else:
+                result = evaluation.evaluate_tflite(path, dataset, data_dir=data_dir)
+                where = result["runtime"]
+        except Exception as error:  # noqa: BLE001  (the row's other figures stand)
+            row.accuracy_source = f"not evaluated: {_one_line(error)}"
             continue
         row.accuracy = float(result["top1"])
-        row.accuracy_source = f"{dataset} test, the .tflite in {result['runtime']}"
+        row.accuracy_source = f"{dataset} test ({result['examples']} images), the .tflite ({where})"
 
 
 def baseline_row(rows, baseline, target, key="median_ms"):
@@ -443,7 +488,7 @@ def table(rows, *, threads=1, runs=None):
     baseline = next((row.baseline for row in rows if row.baseline), None)
     header = ["model", "target", "input", "params", "MACs", "binary / NPU MACs", "file bytes",
               "runtime", "ms (median [p25–p75])", f"× {baseline.split(' (')[0]}" if baseline
-              else "× baseline", "arena bytes", "inf/s", "top-1"]
+              else "× baseline", "RAM bytes", "inf/s", "top-1"]
     header += [f"{device} ms, {t} thread{'s' * (t > 1)}" for t in measured_on]
     if measured_on:
         header.append(f"{device} × baseline")
@@ -453,14 +498,17 @@ def table(rows, *, threads=1, runs=None):
             cells = [row.model, row.target] + [""] * (len(header) - 3) + [f"**failed**: {row.error}"]
             lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
             continue
-        share = row.binary_mac_share if row.binary_mac_share is not None else row.npu_mac_share
+        share = _fmt(row.binary_mac_share if row.binary_mac_share is not None
+                     else row.npu_mac_share, "{:.2f}")
+        if row.cpu_ops:
+            share += f" ({row.cpu_ops} ops on the CPU)"
         timing = _fmt(row.median_ms, "{:.2f}")
         if row.median_ms is not None and row.p25_ms is not None and row.p25_ms != row.p75_ms:
             timing += f" [{row.p25_ms:.2f}–{row.p75_ms:.2f}]"
         cells = [row.model, row.target, row.input or "–", _fmt(row.params),
-                 _fmt(row.macs and row.macs / 1e6, "{:,.1f} M"), _fmt(share, "{:.2f}"),
+                 _fmt(row.macs and row.macs / 1e6, "{:,.1f} M"), share,
                  _fmt(row.size_bytes), row.runtime or "–", timing, _fmt(row.ratio, "{:.2f}"),
-                 _fmt(row.arena_bytes), _fmt(row.inferences_per_second, "{:,.1f}"),
+                 _fmt(row.arena_bytes or row.sram_bytes), _fmt(row.inferences_per_second, "{:,.1f}"),
                  _fmt(row.accuracy and 100 * row.accuracy, "{:.2f}%")]
         cells += [_fmt((row.device_ms or {}).get(str(t)), "{:.1f}") for t in measured_on]
         if measured_on:
@@ -474,7 +522,8 @@ def table(rows, *, threads=1, runs=None):
              + (f", median of {runs} interleaved runs" if runs else "") + "): LCE's interpreter "
              "for arm (on x86 its portable, not its ARM, kernels), LiteRT with XNNPack for float "
              "and int8, TFLite Micro's reference kernels for tflm; ethos-u rows are Vela's "
-             "estimate (1000 / inferences per second)."]
+             "estimate (1000 / inferences per second). RAM: TFLite Micro's smallest arena (tflm), "
+             "Vela's SRAM use (ethos-u)."]
     if baseline:
         notes.append(f"× {baseline.split(' (')[0]}: a row's median over that model's on the same "
                      f"target (else on {baseline}).")

@@ -144,3 +144,17 @@ def test_app_writes_the_table(tmp_path):
     assert "| mlperf_tiny_resnet8@16 | float | 16x16x3 |" in result.stdout
     saved = json.loads((tmp_path / "benchmark.json").read_text())
     assert np.isfinite(saved["rows"][0]["median_ms"])
+
+
+def test_an_early_exit_network_gets_a_row_per_stage():
+    stages = [{"stage": k, "stage_macs": 1000 * k, "file_bytes": 100 * k, "cycles_total": 10 * k,
+               "inferences_per_second": 1000.0 / k, "sram_bytes": 64 * k, "cpu_ops": k - 1,
+               "npu_macs": 1000 * k} for k in (1, 2)]
+    report = type("Report", (), {"stages": stages})()
+    row = benchmark.Row(model="ranet", target="ethos-u55-128", input="32x32x3")
+    benchmark._vela(row, stages)  # the whole network: its stages in turn
+    assert row.median_ms == pytest.approx(1.0 + 2.0) and row.cycles == 30 and row.cpu_ops == 1
+    first, second = benchmark.stage_rows(row, report)
+    assert (second.model, second.macs, second.size_bytes, second.sram_bytes) == (
+        "ranet stage 2", 2000, 200, 128)
+    assert second.median_ms == pytest.approx(2.0) and second.npu_mac_share == 1.0

@@ -219,6 +219,21 @@ def test_a_keras_model_to_tflm_with_int8_state():
     assert verify.max_diffs(model.predict(x, verbose=0), micro)[1] <= 0.25
 
 
+def test_a_keras_model_to_ethos_u_compiles_each_stage_with_vela(tmp_path):
+    flatbuffer, report = deploy.convert(three_exits(), "ethos-u55-128")
+    assert report.target == "ethos-u55-128" and report.io == "int8" and len(report.stages) == 3
+    assert early_exit.is_early_exit_file(flatbuffer)  # Vela's input: the int8 stages, int8 state
+    for k, stage in enumerate(report.stages, start=1):
+        compiled = report.artifacts[f"_stage{k}.tflite"]
+        assert stage["file_bytes"] == len(compiled) and stage["cpu_ops"] == 0
+        assert "ethos-u" in verify.op_census(verify.operators(compiled))
+        assert stage["cycles_total"] > 0 and stage["npu_macs"] > 0
+        assert stage["inferences_per_second"] > 0
+    assert "Vela cycles" in report.format()
+    deploy.save(str(tmp_path / "three.tflite"), flatbuffer, report)
+    assert (tmp_path / "three_stage3.tflite").read_bytes() == report.artifacts["_stage3.tflite"]
+
+
 # --- the runner -------------------------------------------------------------------------------
 
 
@@ -297,14 +312,14 @@ def test_thresholds_for_another_model_are_refused(float_file, ranet, tmp_path):
 def test_targets_and_models_without_an_early_exit_form_are_refused(float_file):
     model = three_exits()
     with pytest.raises(InputError, match="no early-exit form"):
-        deploy.convert(model, "ethos-u55-128")
+        deploy.convert(model, "arm")
     inputs = keras.Input((8, 8, 3))
     single = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
     with pytest.raises(InputError, match="one output"):
         deploy.convert(single, "float", early_exit=True)
     with pytest.raises(InputError, match="go with an early-exit model"):
         deploy.convert(single, "float", thresholds=[0.5])
-    with pytest.raises(InputError, match="no early-exit form"):
+    with pytest.raises(InputError, match="give the Keras model"):
         deploy.convert(float_file[0], "ethos-u55-128")  # a given early-exit file
     with pytest.raises(InputError, match="converts to TFLite Micro stage files"):
         deploy.convert(float_file[0], "int8")

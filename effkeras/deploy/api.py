@@ -102,7 +102,7 @@ def convert(model, target, *, calibration=None, early_exit=None, thresholds=None
     if early_exit:
         from effkeras.deploy import early_exit as stages
 
-        if target not in stages.TARGETS:
+        if not stages.has_form(target):
             raise InputError(f"target {target} has no early-exit form (one signature or file "
                              f"per exit stage: {', '.join(stages.TARGETS)}); convert the graph "
                              f"of all exits at once with early_exit=False (apps.convert: "

@@ -767,7 +767,13 @@ def exits_taken(confidences, thresholds):
 
 # --- conversion: the deploy targets' early-exit form ----------------------------------------------
 
-TARGETS = ("float", "float16", "int8", "tflm")
+TARGETS = ("float", "float16", "int8", "tflm", "ethos-u*")
+
+
+def has_form(target):
+    """Whether `target` has an early-exit form: one file with a signature per stage, or one
+    file per stage (tflm; ethos-u*: each stage compiled by Vela)."""
+    return target in TARGETS or target.startswith("ethos-u")
 _CALIBRATION_BATCH = 32
 
 
@@ -794,8 +800,11 @@ def _format_report(self):
              if not line.startswith(("stages:", "description:"))]
     header = ["stage", "exit", "FLOPs (cum.)", "state in", "state out", "held"]
     micro = any("arena_bytes" in stage for stage in self.stages)
+    vela = any("cycles_total" in stage for stage in self.stages)
     if micro:
         header += ["arena", "file"]
+    if vela:
+        header += ["Vela cycles", "inf/s", "SRAM", "file"]
     rows = [header]
     for stage in self.stages:
         row = [str(stage["stage"]), stage["exit"], f"{stage['flops']:,}",
@@ -803,6 +812,9 @@ def _format_report(self):
                f"{stage['held_state_bytes']:,}"]
         if micro:
             row += [f"{stage['arena_bytes']:,}", f"{stage['file_bytes']:,}"]
+        if vela:
+            row += [f"{stage['cycles_total']:,}", f"{stage['inferences_per_second']:,.1f}",
+                    f"{stage['sram_bytes']:,}", f"{stage['file_bytes']:,}"]
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines.append("stages (state, arena and file in bytes):")
@@ -840,7 +852,7 @@ def is_early_exit_file(flatbuffer):
 
 def convert(model, target, *, calibration=None, sample=None, io=None, thresholds=None,
             allow_float_fallback=False, input_range=verify.PIXEL_RANGE, max_rel_diff=None,
-            calibration_samples=None, calibration_source=None):
+            calibration_samples=None, calibration_source=None, **vela_options):
     """(K-signature flatbuffer, report) of a multi-exit Keras model for `target` (float,
     float16, int8 or tflm), verified: the chained stages' K exits against the Keras model's on
     `sample`; int8: every op in int8; tflm: each stage file in TFLite Micro against LiteRT, and
@@ -852,9 +864,25 @@ def convert(model, target, *, calibration=None, sample=None, io=None, thresholds
     ranges (`Runner` does; the description marks them). thresholds: K numbers or a thresholds
     file (`load_thresholds`), written into the file's description.
     The report's artifacts (tflm): the stage files <stem>_stage<k>.tflite and their C arrays.
+    ethos-u*: the int8 file (io int8) whose stage files Vela compiles one by one, with
+    `vela_options` (ethos_u.compile_for's); its artifacts are the Vela stage files and its
+    stages carry Vela's estimate each.
     """
     from effkeras.deploy import tflite
 
+    if target.startswith("ethos-u"):
+        if isinstance(model, (bytes, bytearray)):
+            raise InputError(f"{target}: give the Keras model of the early-exit network")
+        if io not in (None, "int8"):
+            raise InputError(f"{target} stages hand on int8 state; io={io} is not possible")
+        flatbuffer, report = convert(
+            model, "int8", calibration=calibration, sample=sample, io="int8",
+            thresholds=thresholds, input_range=input_range, max_rel_diff=max_rel_diff,
+            calibration_samples=calibration_samples, calibration_source=calibration_source)
+        return _vela_stages(flatbuffer, report, target, vela_options)
+    if vela_options:
+        raise InputError(f"{', '.join(sorted(vela_options))} go(es) with an ethos-u target, "
+                         f"not {target}")
     if target not in TARGETS:
         raise InputError(f"target {target} has no early-exit form (one file, or one per stage, "
                          f"for {', '.join(TARGETS)}); to convert the graph of all exits at once, "
@@ -935,6 +963,25 @@ def convert(model, target, *, calibration=None, sample=None, io=None, thresholds
                                                         f"given inputs")
     report = report_class({"float": "float", "float16": "float", "int8": "int8",
                            "tflm": "tflm"}[target])(**fields, **micro)
+    report.artifacts = artifacts
+    return flatbuffer, report
+
+
+def _vela_stages(flatbuffer, report, accelerator, options):
+    """The int8 early-exit `report` for `accelerator`: each stage file compiled by Vela (the
+    artifacts <stem>_stage<k>.tflite), its estimate in the report's stage rows; the whole
+    network's cycles are the stages' sum (no exit taken early)."""
+    from effkeras.deploy import ethos_u
+
+    artifacts, stages = {}, []
+    for k, (stage_file, row) in enumerate(zip(stage_files(flatbuffer), report.stages), start=1):
+        compiled, vela = ethos_u.compile_for(stage_file, accelerator=accelerator, **options)
+        artifacts[f"_stage{k}.tflite"] = compiled
+        stages.append(dict(row, file_bytes=len(compiled), cycles_total=vela.cycles_total,
+                           inferences_per_second=vela.inferences_per_second,
+                           sram_bytes=vela.sram_bytes, npu_ops=vela.npu_ops,
+                           cpu_ops=vela.cpu_ops, npu_macs=vela.npu_macs))
+    report = dataclasses.replace(report, target=accelerator, stages=tuple(stages))
     report.artifacts = artifacts
     return flatbuffer, report
 

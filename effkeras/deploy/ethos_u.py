@@ -46,6 +46,7 @@ class EthosUReport(tflite.Int8Report):
     npu_ops: int = 0  # ops of the int8 file that Vela put on the NPU
     cpu_ops: int = 0  # ops left for the CPU (TFLite Micro)
     cpu_op_types: dict = dataclasses.field(default_factory=dict)
+    npu_macs: int = 0  # the MACs of the ops on the NPU (Vela's per-layer counts)
     cycles_total: int = 0
     inferences_per_second: float = 0.0
     sram_bytes: int = 0
@@ -123,6 +124,8 @@ def compile_for(model, *, accelerator, calibration=None, sample=None, system_con
         op_census=verify.op_census(ops), accelerator=accelerator, system_config=system_config,
         memory_mode=memory_mode, npu_ops=int(npu.group(1)) if npu else 0,
         cpu_ops=sum(cpu_types.values()), cpu_op_types=cpu_types,
+        npu_macs=sum(int(float(layer["MAC Count"])) for layer in csv.DictReader(
+            per_layer.decode().splitlines()) if layer["Target"] == "NPU"),
         cycles_total=int(float(row["cycles_total"])),
         inferences_per_second=float(row["inferences_per_second"]),
         sram_bytes=round(float(row["sram_memory_used"]) * KIB),
