@@ -9,6 +9,9 @@ converter turns into `LceQuantize` (Larq Compute Engine, Bannink et al., MLSys 2
 2011.09398; its converter's `prepare_patterns_common.td`). The `x + stop_gradient(q - x)` trick
 would leave the conv in float.
 
+Larq Zoo's own kernel quantizers (plain functions there) follow larq's: `xnor_weight_scale`
+(XNORNet) and `magnitude_aware_sign_unclipped` (DoReFaNet), so the importer maps them by name.
+
 ERN's w1a2 quantizers ("Efficiera Residual Networks", arXiv 2410.11553; maths as the official
 code's `efficiera/ndk/pth/quantizers.py`) come last: `HalfWaveGaussianQuantizer` (2-bit
 activations, thresholds 1/3, 1, 5/3; larq-style `ste_unsigned` is the same class),
@@ -107,6 +110,26 @@ def ste_heaviside(x, clip_value=1.0):
         return ops.where(ops.greater(x, 0), _constant(1.0, x), _constant(0.0, x))
 
     return _with_gradient(forward, _clipped(clip_value))(x)
+
+
+def xnor_weight_scale(x):
+    """XNOR-Net's weight binarizer (Rastegari et al., arXiv 1603.05279, Sec. 3.1), as Larq Zoo's
+    XNORNet: W clipped to [-1, 1], then sign(W) times α_o = mean |W| per output channel (last
+    axis). Gradients flow through the clip, the straight-through sign (clip 1) and α."""
+    x = ops.clip(x, -1.0, 1.0)
+    alpha = ops.mean(ops.abs(x), axis=tuple(range(len(x.shape) - 1)), keepdims=True)
+    return alpha * ste_sign(x)
+
+
+def magnitude_aware_sign_unclipped(x):
+    """DoReFa-Net's 1-bit weights (Zhou et al., arXiv 1606.06160, Sec. 2.3), as Larq Zoo's
+    DoReFaNet: sign(W) times one scale for the whole kernel, mean |W|, with an identity gradient
+    (no clipping, nothing through the scale)."""
+
+    def forward(x):
+        return _sign(x) * ops.stop_gradient(ops.mean(ops.abs(x)))
+
+    return _with_gradient(forward, lambda x, upstream: upstream)(x)
 
 
 def dorefa_quantizer(x, k_bit=2, mode="activations"):
@@ -237,7 +260,7 @@ def binary_power2_scaling(kernel, divisor=32, ewgs_delta=0.0):
 
 
 for _function in (ste_sign, approx_sign, swish_sign, magnitude_aware_sign, ste_heaviside,
-                  dorefa_quantizer, ste_unsigned, half_wave_gaussian,
+                  xnor_weight_scale, magnitude_aware_sign_unclipped, dorefa_quantizer, ste_unsigned, half_wave_gaussian,
                   binary_channel_wise_mean_scaling, binary_power2_scaling):
     _register(_function)
 
@@ -329,6 +352,26 @@ class SteHeaviside(Quantizer):
 
     def get_config(self):
         return {"clip_value": self.clip_value}
+
+
+@_register
+class XnorWeightScale(Quantizer):
+    """`xnor_weight_scale` as a class (Larq Zoo's XNORNet kernels)."""
+
+    bits = 1
+
+    def __call__(self, x):
+        return xnor_weight_scale(x)
+
+
+@_register
+class MagnitudeAwareSignUnclipped(Quantizer):
+    """`magnitude_aware_sign_unclipped` as a class (Larq Zoo's DoReFaNet kernels)."""
+
+    bits = 1
+
+    def __call__(self, x):
+        return magnitude_aware_sign_unclipped(x)
 
 
 @_register
@@ -466,6 +509,8 @@ ALIASES = {
     "swish_sign": SwishSign,
     "magnitude_aware_sign": MagnitudeAwareSign,
     "ste_heaviside": SteHeaviside,
+    "xnor_weight_scale": XnorWeightScale,
+    "magnitude_aware_sign_unclipped": MagnitudeAwareSignUnclipped,
     "dorefa_quantizer": DoReFa,
     "ste_unsigned": HalfWaveGaussianQuantizer,
     "half_wave_gaussian": HalfWaveGaussianQuantizer,

@@ -10,19 +10,39 @@ then, in effkeras:
     model = import_larq_model("model.json", "model.h5")
 
 larq layers and quantizers map to effkeras' namesakes; Keras 2 core layers map to Keras 3's.
+Every Larq Zoo 2.4 architecture imports (docs/larq_zoo/import_check.md); for that the importer
+also reads, by name and never by running code from the file:
+
+- TFOpLambda / SlicingOpLambda layers (what Keras 2 records for `x + y`, `tf.nn.relu(x)`,
+  `x[..., :4]`, `tf.concat`, ...): the TensorFlow functions in `TF_FUNCTIONS`, recomputed with
+  keras.ops from the call's recorded arguments (`TFOpCall`);
+- the Zoo's `Lambda` layers, recognised by module, layer name and recorded closure data (the
+  marshalled bytecode is never read): `larq_zoo.core.utils.TFOpLayer` wrappers of tf.split and
+  tf.concat (MeliusNet's group convs), MeliusNet's improvement-block merge
+  (`AddToLastChannels`) and Real-to-Binary Net's named block outputs (identity). Any other
+  Lambda is refused;
+- quantizers, activations and initializers that the Zoo stores as plain functions
+  (`xnor_weight_scale`, `magnitude_aware_sign_unclipped`, `clip_by_value_activation`,
+  `blurpool_initializer`);
+- subclasses of Functional (the Zoo's `BinaryDenseNet`), by their Functional config: the graph.
 """
 
 import inspect
 import json
+import math
 import os
+import re
 
 import keras
 import numpy as np
+from keras import ops
 
 from effkeras import constraints, quantizers
 from effkeras.errors import InputError
 from effkeras.layers import quantized
 from effkeras.graph import leaf_layers
+
+_register = keras.saving.register_keras_serializable(package="effkeras")
 
 LARQ_LAYERS = {cls.__name__: cls for cls in (quantized.QuantConv2D, quantized.QuantDense,
                                               quantized.QuantDepthwiseConv2D,
@@ -38,6 +58,17 @@ LARQ_QUANTIZERS = {
     "NoOp": None,  # identity; it only tags a precision for larq's optimizers
     "NoOpQuantizer": None,
 }
+# Quantizers stored as plain functions ({"class_name": "function", "config": name}): larq's own
+# functions, and those Larq Zoo's XNORNet and DoReFaNet define.
+LARQ_QUANTIZER_FUNCTIONS = {
+    "ste_sign": quantizers.SteSign,
+    "approx_sign": quantizers.ApproxSign,
+    "swish_sign": quantizers.SwishSign,
+    "magnitude_aware_sign": quantizers.MagnitudeAwareSign,
+    "ste_heaviside": quantizers.SteHeaviside,
+    "xnor_weight_scale": quantizers.XnorWeightScale,
+    "magnitude_aware_sign_unclipped": quantizers.MagnitudeAwareSignUnclipped,
+}
 LARQ_CONSTRAINTS = {"WeightClip": constraints.WeightClip, "weight_clip": constraints.WeightClip}
 # Keras 2 layers that Keras 3 rebuilds from their configs (after _keras2_layer_config).
 KERAS_LAYERS = {
@@ -52,6 +83,224 @@ _QUANTIZER_KEYS = ("input_quantizer", "kernel_quantizer", "depthwise_quantizer",
                    "pointwise_quantizer")
 _CONSTRAINT_KEYS = ("kernel_constraint", "depthwise_constraint", "pointwise_constraint",
                     "bias_constraint")
+
+
+# --- TensorFlow functions that Keras 2 records as TFOpLambda layers, recomputed with keras.ops ---
+# Each takes TensorFlow's parameter names, the names Keras 2 records the call's arguments under.
+
+
+def _binary(op):
+    def call(x, y):
+        return op(x, y)
+    return call
+
+
+def _unary(op):
+    def call(x):
+        return op(x)
+    return call
+
+
+def _activation(op):
+    def call(features):
+        return op(features)
+    return call
+
+
+def _reduction(op):
+    def call(input_tensor, axis=None, keepdims=False):
+        return op(input_tensor, axis=tuple(axis) if isinstance(axis, list) else axis,
+                  keepdims=keepdims)
+    return call
+
+
+def _concat(values, axis):
+    return ops.concatenate(values, axis=axis)
+
+
+def _split(value, num_or_size_splits, axis=0, num=None):
+    if isinstance(num_or_size_splits, int):
+        return ops.split(value, num_or_size_splits, axis=axis)
+    sizes = list(num_or_size_splits)  # TensorFlow takes sizes, keras.ops the split points
+    if -1 in sizes:
+        sizes[sizes.index(-1)] = value.shape[axis] - sum(sizes) - 1
+    return ops.split(value, [int(point) for point in np.cumsum(sizes)[:-1]], axis=axis)
+
+
+def _reshape(tensor, shape):
+    return ops.reshape(tensor, shape)
+
+
+def _transpose(a, perm=None, conjugate=False):
+    return ops.transpose(a, axes=perm)
+
+
+def _expand_dims(input, axis):  # noqa: A002 (TensorFlow's name)
+    return ops.expand_dims(input, axis)
+
+
+def _squeeze(input, axis=None, squeeze_dims=None):  # noqa: A002 (squeeze_dims: tf.compat.v1's)
+    axis = squeeze_dims if axis is None else axis
+    return ops.squeeze(input, axis=tuple(axis) if isinstance(axis, list) else axis)
+
+
+def _identity(input):  # noqa: A002
+    return input
+
+
+def _pad(tensor, paddings, mode="CONSTANT", constant_values=0):
+    return ops.pad(tensor, paddings, mode=mode.lower(),
+                   constant_values=constant_values if constant_values else None)
+
+
+def _clip_by_value(t, clip_value_min, clip_value_max):
+    return ops.clip(t, clip_value_min, clip_value_max)
+
+
+def _softmax(logits, axis=None):
+    return ops.softmax(logits, axis=-1 if axis is None else axis)
+
+
+def _index(item):
+    """One recorded slice_spec item: {"start", "stop", "step"} is a slice, "..." Ellipsis,
+    None a new axis, an int an index."""
+    if isinstance(item, dict):
+        return slice(item["start"], item["stop"], item["step"])
+    return Ellipsis if item == "..." else item
+
+
+def _getitem(tensor, slice_spec):
+    if isinstance(slice_spec, list):
+        return tensor[tuple(_index(item) for item in slice_spec)]
+    return tensor[_index(slice_spec)]
+
+
+TF_FUNCTIONS = {
+    "__operators__.add": _binary(ops.add),  # x + y
+    "math.add": _binary(ops.add),
+    "math.subtract": _binary(ops.subtract),  # x - y
+    "math.multiply": _binary(ops.multiply),  # x * y
+    "math.truediv": _binary(ops.true_divide),  # x / y
+    "math.divide": _binary(ops.true_divide),
+    "math.maximum": _binary(ops.maximum),
+    "math.minimum": _binary(ops.minimum),
+    "math.pow": _binary(ops.power),  # x ** y
+    "math.negative": _unary(ops.negative),  # -x
+    "math.abs": _unary(ops.abs),
+    "math.square": _unary(ops.square),
+    "math.sqrt": _unary(ops.sqrt),
+    "math.exp": _unary(ops.exp),
+    "math.sigmoid": _unary(ops.sigmoid),  # also tf.nn.sigmoid
+    "math.tanh": _unary(ops.tanh),  # also tf.nn.tanh
+    "nn.relu": _activation(ops.relu),
+    "nn.relu6": _activation(ops.relu6),
+    "nn.softmax": _softmax,
+    "math.softmax": _softmax,
+    "math.reduce_mean": _reduction(ops.mean),
+    "math.reduce_sum": _reduction(ops.sum),
+    "math.reduce_max": _reduction(ops.max),
+    "math.reduce_min": _reduction(ops.min),
+    "concat": _concat,
+    "split": _split,
+    "reshape": _reshape,
+    "transpose": _transpose,
+    "compat.v1.transpose": _transpose,  # what tf.transpose records
+    "expand_dims": _expand_dims,
+    "squeeze": _squeeze,
+    "compat.v1.squeeze": _squeeze,  # what tf.squeeze records
+    "identity": _identity,
+    "pad": _pad,
+    "compat.v1.pad": _pad,  # what tf.pad records
+    "clip_by_value": _clip_by_value,
+    "__operators__.getitem": _getitem,  # x[...], recorded as a SlicingOpLambda
+}
+INPUT = "__input__"  # {"__input__": i} in TFOpCall.arguments: the call's i-th input tensor
+
+
+def _fill(arguments, tensors):
+    if isinstance(arguments, dict):
+        if set(arguments) == {INPUT}:
+            return tensors[arguments[INPUT]]
+        return {key: _fill(value, tensors) for key, value in arguments.items()}
+    if isinstance(arguments, list):
+        return [_fill(value, tensors) for value in arguments]
+    return arguments
+
+
+@_register
+class TFOpCall(keras.layers.Layer):
+    """A TensorFlow function call that Keras 2 recorded as a TFOpLambda layer, in keras.ops.
+
+    `function` is its name in `TF_FUNCTIONS` ("__operators__.add" for x + y) and `arguments` its
+    keyword arguments (TensorFlow's names) as JSON, with {"__input__": i} where the layer's i-th
+    input tensor goes. E.g. `tf.concat([a, b], axis=-1)` is TFOpCall("concat", {"values":
+    [{"__input__": 0}, {"__input__": 1}], "axis": -1}) called on [a, b].
+    """
+
+    def __init__(self, function, arguments, **kwargs):
+        super().__init__(**kwargs)
+        if function not in TF_FUNCTIONS:
+            raise InputError(f"TFOpCall: no keras.ops equivalent of tf.{function}; supported: "
+                             f"{sorted(TF_FUNCTIONS)}.")
+        self.function = function
+        self.arguments = arguments
+
+    def call(self, inputs):
+        tensors = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        return TF_FUNCTIONS[self.function](**_fill(self.arguments, tensors))
+
+    def get_config(self):
+        return {**super().get_config(), "function": self.function, "arguments": self.arguments}
+
+
+@_register
+class AddToLastChannels(keras.layers.Layer):
+    """[x, y] -> x + y added onto the last C_y channels of x: x + pad(y, C_x - C_y zero
+    channels in front).
+
+    MeliusNet's Improvement Block (Bethge et al., arXiv 2001.05936, Sec. 3.2): the 64 channels
+    its binary conv computes are added to the newest 64 channels of the Dense Block's output.
+    """
+
+    def build(self, input_shape):
+        x_shape, y_shape = input_shape
+        if len(x_shape) != len(y_shape) or y_shape[-1] > x_shape[-1]:
+            raise InputError(f"{self.name}: AddToLastChannels adds y {tuple(y_shape)} onto the "
+                             f"last channels of x {tuple(x_shape)}: y needs x's rank and no more "
+                             f"channels than x.")
+
+    def call(self, inputs):
+        x, y = inputs
+        rank = len(y.shape)
+        return ops.add(x, ops.pad(y, [[0, 0]] * (rank - 1) + [[x.shape[-1] - y.shape[-1], 0]]))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
+@_register
+def clip_by_value_activation(x):
+    """clip(x, 0, 1): the activation before Larq Zoo DoReFaNet's last Dense (DoReFa-Net, Zhou
+    et al., arXiv 1606.06160), stored in its config as a function name."""
+    return ops.clip(x, 0.0, 1.0)
+
+
+@_register
+def blurpool_initializer(shape, dtype=None):
+    """The anti-aliasing blur of "Making Convolutional Networks Shift-Invariant Again" (Zhang,
+    arXiv 1904.11486) for a (k, k, C, 1) depthwise kernel: the outer product of binomial
+    coefficients ([1, 2, 1] for k = 3) normalised to sum 1, for every channel. Larq Zoo's
+    QuickNet initialises (and freezes) its transition blur with it."""
+    size = shape[0]
+    row = np.array([math.comb(size - 1, k) for k in range(size)], dtype=np.float64)
+    kernel = np.outer(row, row) / row.sum() ** 2
+    kernel = np.broadcast_to(kernel[:, :, None, None], tuple(shape))
+    return ops.convert_to_tensor(kernel, dtype=dtype or "float32")
+
+
+# Functions the Zoo stores by name in an activation or initializer config.
+FUNCTIONS = {"activation": {"clip_by_value_activation": clip_by_value_activation},
+             "initializer": {"blurpool_initializer": blurpool_initializer}}
 
 
 def _droppable(key, value):
@@ -88,6 +337,13 @@ def _quantizer(config, where):
     if config is None:
         return None
     name = config.get("class_name")
+    if name == "function":  # a plain function, stored by name
+        if config.get("config") not in LARQ_QUANTIZER_FUNCTIONS:
+            raise InputError(f"{where}: larq quantizer function {config.get('config')!r} has no "
+                             f"effkeras equivalent; supported: "
+                             f"{sorted(LARQ_QUANTIZER_FUNCTIONS)} and the classes "
+                             f"{sorted(LARQ_QUANTIZERS)}.")
+        return quantizers.serialize(LARQ_QUANTIZER_FUNCTIONS[config["config"]]())
     if name not in LARQ_QUANTIZERS:
         raise InputError(f"{where}: larq quantizer {name!r} has no effkeras equivalent; "
                          f"supported: {sorted(LARQ_QUANTIZERS)}.")
@@ -120,32 +376,209 @@ def _keras2_layer_config(class_name, config):
     return config
 
 
-def _translate_layer(layer):
+def _function(key, value, where):
+    """A function stored by name ({"class_name": "function", "config": name}) in an activation
+    or initializer argument: Keras' own, or one of the Zoo's in FUNCTIONS."""
+    name = value.get("config")
+    kind = "activation" if key == "activation" else "initializer"
+    if not key.endswith(("activation", "_initializer")):
+        raise InputError(f"{where}: argument {key!r} is the Python function {name!r}, which "
+                         f"effkeras cannot import; rebuild the model with a Keras object there.")
+    if name in FUNCTIONS[kind]:
+        return keras.saving.serialize_keras_object(FUNCTIONS[kind][name])
+    known = keras.activations if kind == "activation" else keras.initializers
+    try:
+        known.get(name)
+    except ValueError:
+        raise InputError(f"{where}: {kind} function {name!r} has no effkeras equivalent; "
+                         f"supported: Keras' own and {sorted(FUNCTIONS[kind])}.") from None
+    return name
+
+
+def _named_functions(config, where):
+    return {key: _function(key, value, where)
+            if isinstance(value, dict) and value.get("class_name") == "function" else value
+            for key, value in config.items()}
+
+
+def _is_functional(entry):
+    """A Functional model or a subclass of it (the Zoo's BinaryDenseNet): its config is the graph."""
+    config = entry.get("config")
+    return isinstance(config, dict) and {"layers", "input_layers", "output_layers"} <= set(config)
+
+
+def _translate_layer(layer, layer_names):
     """One layer entry of a tf_keras model config, rewritten for Keras 3 / effkeras."""
     name, class_name = layer.get("name") or layer["config"].get("name"), layer["class_name"]
     config = _keras2_layer_config(class_name, layer["config"])
-    if class_name in MODELS:
+    where = f"layer {name!r}"
+    if class_name in MODELS or _is_functional(layer):
         return _model_entry(layer, config)
+    if class_name in ("TFOpLambda", "SlicingOpLambda"):
+        return _tf_op_entry(layer, config, layer_names, where)
+    if class_name == "Lambda":
+        return _zoo_lambda_entry(layer, config, where)
     if class_name in LARQ_LAYERS:
         for key in _QUANTIZER_KEYS:
             if key in config:
-                config[key] = _quantizer(config[key], f"layer {name!r}")
+                config[key] = _quantizer(config[key], where)
         for key in _CONSTRAINT_KEYS:
             if key in config:
                 config[key] = _constraint(config[key])
-        config = _fit_arguments(LARQ_LAYERS[class_name], config, f"layer {name!r}")
+        config = _fit_arguments(LARQ_LAYERS[class_name], _named_functions(config, where), where)
         return {**layer, "config": config, "module": quantized.__name__,
                 "registered_name": f"effkeras>{class_name}"}
     if class_name in KERAS_LAYERS:
-        config = _fit_arguments(getattr(keras.layers, class_name), config, f"layer {name!r}")
+        config = _fit_arguments(getattr(keras.layers, class_name),
+                                _named_functions(config, where), where)
         return {**layer, "config": config, "module": "keras.layers", "registered_name": None}
-    raise InputError(f"layer {name!r} is a {class_name}, which effkeras cannot import; supported: "
-                     f"larq {sorted(LARQ_LAYERS)} and Keras {sorted(KERAS_LAYERS)}.")
+    raise InputError(f"{where} is a {class_name}, which effkeras cannot import; supported: "
+                     f"larq {sorted(LARQ_LAYERS)}, Keras {sorted(KERAS_LAYERS)}, TFOpLambda "
+                     f"calls of {sorted(TF_FUNCTIONS)} and Larq Zoo's own Lambda layers.")
+
+
+def _effkeras_entry(layer, cls, config, inbound_nodes=None):
+    return {**layer, "module": __name__, "class_name": cls.__name__,
+            "registered_name": f"effkeras>{cls.__name__}", "config": config,
+            "inbound_nodes": layer["inbound_nodes"] if inbound_nodes is None else inbound_nodes}
+
+
+def _base_config(config):
+    return {key: config[key] for key in ("name", "trainable", "dtype") if key in config}
+
+
+def _is_reference(data):
+    """Keras 2's (and tf_keras') test for a recorded tensor: [layer name, node index, tensor
+    index] or the same plus call kwargs."""
+    return isinstance(data, list) and len(data) in (3, 4) and isinstance(data[0], str)
+
+
+def _tf_op_entry(layer, config, layer_names, where):
+    """A TFOpLambda (SlicingOpLambda for x[...]) as a TFOpCall. Keras 2 records the call's first
+    argument as the node (a tensor reference, a nested list of them, or ["_CONSTANT_VALUE", -1,
+    value]) and every other argument by TensorFlow's name in the references' kwargs, where
+    tensors are references too."""
+    function = config.get("function")
+    if function not in TF_FUNCTIONS:
+        raise InputError(f"{where} is a {layer['class_name']} calling tf.{function}, which "
+                         f"effkeras cannot import; supported: {sorted(TF_FUNCTIONS)}.")
+    if len(layer.get("inbound_nodes") or ()) != 1:
+        raise InputError(f"{where}: expected one recorded call of tf.{function}, got "
+                         f"{len(layer.get('inbound_nodes') or ())}.")
+    references, kwargs = [], {}
+
+    def replace(data):  # a recorded argument, with tensors as {"__input__": i}
+        if _is_reference(data):
+            if data[0] == "_CONSTANT_VALUE":
+                return data[2]
+            if data[0] not in layer_names:
+                raise InputError(f"{where}: tf.{function} reads layer {data[0]!r}, which the "
+                                 f"model does not have.")
+            references.append(list(data[:3]))
+            return {INPUT: len(references) - 1}
+        if isinstance(data, list):
+            return [replace(item) for item in data]
+        if isinstance(data, dict):
+            if data == {"class_name": "__ellipsis__"}:
+                return "..."
+            return {key: replace(value) for key, value in data.items()}
+        return data
+
+    def first_argument(data):  # the node: references carry the kwargs (the last one counts)
+        if _is_reference(data):
+            if len(data) == 4:
+                kwargs.update(data[3])
+            return replace(data)
+        return [first_argument(item) for item in data]
+
+    (node,) = layer["inbound_nodes"]
+    first = first_argument(node)
+    kwargs.pop("name", None)
+    arguments = replace(kwargs)
+    parameters = list(inspect.signature(TF_FUNCTIONS[function]).parameters)
+    arguments = {parameters[0]: first, **arguments}
+    _check_arguments(function, arguments, where)
+    return _effkeras_entry(layer, TFOpCall, {**_base_config(config), "function": function,
+                                             "arguments": arguments}, [references])
+
+
+def _check_arguments(function, arguments, where):
+    try:
+        inspect.signature(TF_FUNCTIONS[function]).bind(**arguments)
+    except TypeError as error:
+        raise InputError(f"{where}: tf.{function} called with arguments {sorted(arguments)} "
+                         f"that effkeras does not take ({error}).") from None
+
+
+# Larq Zoo's Lambda layers, recognised by their module, layer name and recorded closure data.
+# Keras 2 stores a lambda as [marshalled bytecode, defaults, closure values]; the bytecode is
+# never read. Closure values come in the order of the lambda's free variable names (sorted).
+ZOO_TFOP_LAYER = "larq_zoo.core.utils"  # TFOpLayer(tf_op, *args, **kwargs): (args, kwargs, tf_op)
+ZOO_TFOP_FUNCTIONS = ("split", "concat")  # tf_op.__name__, a TF_FUNCTIONS key
+MELIUSNET_MERGE = ("larq_zoo.literature.meliusnet", re.compile(r"_improve_merge$"))
+MELIUSNET_IMPROVEMENT_CHANNELS = 64  # the improvement conv's filters, a constant in the lambda
+R2B_BLOCK_OUTPUT = ("larq_zoo.literature.real_to_bin_nets", re.compile(r"_block_\d+_out$"))
+
+
+def _zoo_lambda_entry(layer, config, where):
+    """One of Larq Zoo's Lambdas as a Keras 3 / effkeras layer; InputError for any other."""
+    function, module, name = config.get("function"), config.get("module"), config.get("name", "")
+    closure = function[2] if isinstance(function, list) and len(function) == 3 else "unknown"
+    nodes = layer.get("inbound_nodes") or []
+    shapes = (layer.get("build_config") or {}).get("input_shape")
+    if config.get("function_type") == "lambda" and not config.get("arguments") and len(nodes) == 1:
+        (node,) = nodes
+        if module == ZOO_TFOP_LAYER and _is_tf_op_closure(closure):
+            return _tf_op_layer_entry(layer, config, closure, len(node), where)
+        if (module == MELIUSNET_MERGE[0] and MELIUSNET_MERGE[1].search(name) and len(node) == 2
+                and _is_meliusnet_merge(closure, shapes)):
+            return _effkeras_entry(layer, AddToLastChannels, _base_config(config))
+        if (module == R2B_BLOCK_OUTPUT[0] and R2B_BLOCK_OUTPUT[1].search(name) and len(node) == 1
+                and closure is None):
+            return {**layer, "module": "keras.layers", "class_name": "Identity",
+                    "registered_name": None, "config": _base_config(config)}
+    raise InputError(f"{where} is a Lambda (module {module!r}), which effkeras cannot import: it "
+                     f"never runs Python code from a model file and knows only Larq Zoo's own "
+                     f"Lambdas (TFOpLayer of tf.split / tf.concat, MeliusNet's *_improve_merge, "
+                     f"Real-to-Binary Net's *_block_N_out). Rebuild the model with Keras layers "
+                     f"in place of the Lambda.")
+
+
+def _is_tf_op_closure(closure):
+    return (isinstance(closure, list) and len(closure) == 3 and isinstance(closure[0], list)
+            and isinstance(closure[1], dict) and isinstance(closure[2], dict)
+            and closure[2].get("class_name") == "function"
+            and closure[2].get("config") in ZOO_TFOP_FUNCTIONS)
+
+
+def _tf_op_layer_entry(layer, config, closure, inputs, where):
+    """TFOpLayer(tf.split, 4, axis=-1) as TFOpCall("split", {"value": input 0,
+    "num_or_size_splits": 4, "axis": -1}); tf.concat takes the list of inputs."""
+    args, kwargs, tf_op = closure
+    function = tf_op["config"]
+    first = [{INPUT: i} for i in range(inputs)] if function == "concat" else {INPUT: 0}
+    parameters = list(inspect.signature(TF_FUNCTIONS[function]).parameters)
+    arguments = {parameters[0]: first, **dict(zip(parameters[1:], args)), **kwargs}
+    _check_arguments(function, arguments, where)
+    return _effkeras_entry(layer, TFOpCall, {**_base_config(config), "function": function,
+                                             "arguments": arguments})
+
+
+def _is_meliusnet_merge(closure, shapes):
+    """`lambda x_: x_[0] + tf.pad(x_[1], [[0, 0], [0, 0], [0, 0], [f_in - 64, 0]])` with f_in
+    (the closure) the channels of x_[0], and x_[1] of 64 channels where the shapes are recorded."""
+    if not (isinstance(closure, list) and len(closure) == 1 and isinstance(closure[0], int)):
+        return False
+    if shapes is None:
+        return True
+    x_shape, y_shape = shapes
+    return (x_shape[-1], y_shape[-1]) == (closure[0], MELIUSNET_IMPROVEMENT_CHANNELS)
 
 
 def _model_entry(entry, config):
     """A (nested) model entry; keras.Model rebuilds a Functional config given as "Model"."""
-    config = {**config, "layers": [_translate_layer(layer) for layer in config["layers"]]}
+    names = {layer.get("name") or layer["config"].get("name") for layer in config["layers"]}
+    config = {**config, "layers": [_translate_layer(layer, names) for layer in config["layers"]]}
     for key in ("input_layers", "output_layers"):
         if len(config.get(key) or ()) == 1:  # Keras 3 writes a single input unnested
             config[key] = config[key][0]
@@ -163,7 +596,7 @@ def _read_config(config_json_or_path):
         with open(text) as f:
             text = f.read()
     model = json.loads(text)
-    if model.get("class_name") not in MODELS:
+    if model.get("class_name") not in MODELS and not _is_functional(model):
         raise InputError(f"expected a model config (from model.to_json()), got class "
                          f"{model.get('class_name')!r}.")
     return model
