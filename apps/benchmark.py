@@ -24,7 +24,8 @@ flags.DEFINE_list("targets", None, "Deploy targets: arm, float, float16, int8, t
 flags.DEFINE_string("input_shape", None, "H,W,C for registry models (default: each model's).")
 flags.DEFINE_integer("num_classes", None, "Classes for registry models (default: each model's).")
 flags.DEFINE_integer("threads", 1, "Interpreter threads (LCE and LiteRT).")
-flags.DEFINE_integer("runs", 20, "Timed rounds (each runs every file once, in turn).")
+flags.DEFINE_integer("runs", 20, "Timed rounds (each runs every file once, in turn); 0: no "
+                     "timing, only sizes, arenas and Vela's estimates.")
 flags.DEFINE_integer("warmup", 3, "Untimed rounds first.")
 flags.DEFINE_string("baseline", None, "A model of --models that latencies are given as a ratio "
                     "of (absolute x86 times mean little for ARM targets).")

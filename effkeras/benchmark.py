@@ -348,8 +348,8 @@ def run(specs, targets, *, input_shape=None, num_classes=None, threads=1, runs=2
         rows += [row, *stages]
 
     runners = {}
-    for row in rows:
-        if id(row) in flatbuffers and row.target in RUNTIMES:
+    for row in rows:  # runs=0: the deterministic figures only (sizes, arenas, Vela)
+        if runs and id(row) in flatbuffers and row.target in RUNTIMES:
             try:
                 runners[id(row)] = runner(flatbuffers[id(row)], row.target, threads)
             except Exception as error:  # noqa: BLE001
@@ -384,7 +384,7 @@ def _check_arguments(specs, targets, threads, runs, warmup, baseline):
     if unknown:
         raise InputError(f"unknown target(s) {', '.join(unknown)}; known targets: "
                          f"{', '.join(deploy.names())}")
-    for name, value, least in (("threads", threads, 1), ("runs", runs, 1), ("warmup", warmup, 0)):
+    for name, value, least in (("threads", threads, 1), ("runs", runs, 0), ("warmup", warmup, 0)):
         if not isinstance(value, int) or value < least:
             raise InputError(f"--{name} must be an integer >= {least}, got {value!r}")
     labels = [spec_label(spec) for spec in specs]
@@ -553,12 +553,11 @@ def plot(rows, path):
                 axis.legend()
             return
         labels = [row.label for row in done]
-        ratios = [row.ratio for row in done]
-        use_ratio = all(r is not None for r in ratios if r is not None) and any(
-            r is not None for r in ratios)
+        use_ratio = any(row.ratio is not None for row in done)
         latency = [(row.ratio if use_ratio else row.median_ms) or 0 for row in done]
         left.barh(labels, latency, color="tab:orange")
-        left.set_xlabel(f"latency × {done[0].baseline if done and done[0].baseline else ''}"
+        baseline = next((row.baseline for row in done if row.baseline), "")
+        left.set_xlabel(f"latency × {baseline.split(' (')[0]} (on the same target)"
                         if use_ratio else "latency, ms")
         right.barh(labels, [row.size_bytes / 2**20 for row in done], color="tab:blue")
         right.set_xlabel("file MiB")

@@ -119,7 +119,7 @@ def test_device_latencies_merge_into_the_table(run, tmp_path):
     ({"targets": ["arm", "tpu"]}, "unknown target(s) tpu"),
     ({"baseline": "quicknet"}, "--baseline=quicknet is not one of --models"),
     ({"specs": [FLOAT_NET, FLOAT_NET]}, "names mlperf_tiny_resnet8 twice"),
-    ({"runs": 0}, "--runs must be an integer >= 1"),
+    ({"runs": -1}, "--runs must be an integer >= 0"),
     ({"specs": ["mobilenet_v2@x"]}, "the size after @ must be a number"),
 ])
 def test_bad_arguments_are_refused_before_any_work(kwargs, message):
