@@ -260,7 +260,8 @@ def binary_power2_scaling(kernel, divisor=32, ewgs_delta=0.0):
 
 
 for _function in (ste_sign, approx_sign, swish_sign, magnitude_aware_sign, ste_heaviside,
-                  xnor_weight_scale, magnitude_aware_sign_unclipped, dorefa_quantizer, ste_unsigned, half_wave_gaussian,
+                  xnor_weight_scale, magnitude_aware_sign_unclipped, dorefa_quantizer,
+                  ste_unsigned, half_wave_gaussian,
                   binary_channel_wise_mean_scaling, binary_power2_scaling):
     _register(_function)
 

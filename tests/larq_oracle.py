@@ -139,8 +139,8 @@ def build_tf_ops(input_shape=(8, 8, 6)):
     y = 1.0 - tf.math.sigmoid(y[..., :8] + x)
     y = tf.math.maximum(y, tf.math.tanh(x)) + tf.math.minimum(tf.math.abs(x), -x)
     y = tf.pad(y, [[0, 0], [1, 1], [1, 1], [0, 0]])[:, 1:-1, 1:-1, :]
-    y = y * tf.math.reduce_mean(d, axis=[1, 2, 3], keepdims=True) + tf.math.reduce_max(e, axis=-1,
-                                                                                       keepdims=True)
+    y = (y * tf.math.reduce_mean(d, axis=[1, 2, 3], keepdims=True)
+         + tf.math.reduce_max(e, axis=-1, keepdims=True))
     y = tf.clip_by_value(tf.math.square(y), 0.0, 4.0) - tf.nn.relu6(tf.math.exp(-tf.math.abs(y)))
     z = tf.reshape(tf.transpose(y, [0, 2, 1, 3]), (-1, 8 * 8 * 8))
     z = tf.squeeze(tf.expand_dims(z, 1), axis=[1])

@@ -102,6 +102,14 @@ def test_wrong_weights_are_refused(larq_models):
         import_larq_model(config, [np.zeros(3)])
 
 
+def test_imported_tf_ops_round_trip_keras_file(larq_models, tmp_path):
+    model = import_larq_model(larq_models / "tf_ops.json", larq_models / "tf_ops.h5")
+    model.save(tmp_path / "tf_ops.keras")
+    loaded = keras.models.load_model(tmp_path / "tf_ops.keras")
+    x = np.load(larq_models / "tf_ops_io.npz")["x"]
+    np.testing.assert_array_equal(loaded(x, training=False), model(x, training=False))
+
+
 def test_unknown_tf_function_is_refused(larq_models):
     config = json.loads((larq_models / "tf_ops.json").read_text())
     layer = next(entry for entry in config["config"]["layers"]
@@ -152,6 +160,18 @@ def test_zoo_model_matches_larq(zoo_models, name):
     np.testing.assert_allclose(outputs, reference["y"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["MeliusNet22", "RealToBinaryNet", "DoReFaNet",
+                                  "QuickNetSmall"])
+def test_imported_zoo_model_round_trips_keras_file(zoo_models, tmp_path, name):
+    """The layers and quantizers the Zoo's Lambdas and functions become save and load."""
+    folder, _ = zoo_models
+    model = import_larq_model(folder / f"{name}.json", folder / f"{name}.h5")
+    model.save(tmp_path / f"{name}.keras")
+    loaded = keras.models.load_model(tmp_path / f"{name}.keras")
+    x = np.load(folder / f"{name}_io.npz")["x"]
+    np.testing.assert_array_equal(loaded(x, training=False), model(x, training=False))
+
+
 @pytest.mark.parametrize("name", ZOO_CENSUS)
 def test_zoo_model_has_larqs_lce_op_census(zoo_models, name):
     from effkeras.deploy import lce, verify
@@ -168,7 +188,7 @@ def test_zoo_model_has_larqs_lce_op_census(zoo_models, name):
 
 @pytest.mark.parametrize("name", ["xnor_weight_scale", "magnitude_aware_sign_unclipped"])
 def test_zoo_quantizer_functions_equal_larq_zoos(zoo_models, name):
-    """XNORNet's and DoReFaNet's kernel quantizers, forward and gradient, at 0 and the clip edges."""
+    """XNORNet's and DoReFaNet's kernel quantizers, forward and gradient, at 0 and clip edges."""
     import tensorflow as tf
 
     reference = np.load(zoo_models[0] / "zoo_quantizers.npz")

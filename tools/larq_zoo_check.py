@@ -128,6 +128,17 @@ def check(name, entry, work_dir):
     return row
 
 
+HEADER = """# Larq Zoo 2.4 through effkeras' importer
+
+Every architecture larq_zoo 2.4 exports, built by larq itself (`tests/larq_oracle.py zoo`:
+weights=None, 10 classes, random weights with BN variances > 0, a batch of 2 random inputs),
+imported with `effkeras.interop.import_larq_model`, then compared: the logits (the softmax's
+input: random weights saturate the softmax) relative to the largest |logit|, the probabilities,
+and the LCE op census of `effkeras.deploy.lce.convert` against larq's own
+`larq_compute_engine.convert_keras_model`. "Mapped by name": what the importer translated
+beyond larq's and Keras' namesakes (TFOpLambda calls, the Zoo's Lambdas and functions).
+Written by `python -m tools.larq_zoo_check --output_dir=docs/larq_zoo`.
+"""
 FOOTNOTE = ("More LceBconv2d than larq's file: larq's conversion leaves a binary conv float "
             "when it quantizes the kernel at run time (LCE's constant folding gives up on large "
             "kernels; XNORNet's 6x6x256x4096 one), effkeras.deploy.lce exports quantized kernels "
@@ -186,7 +197,8 @@ def main(argv):
         rows = [check(name, entry, work_dir) for name, entry in manifest.items()]
     versions = {package: metadata.version(package) for package in
                 ("larq", "larq-zoo", "larq-compute-engine", "keras", "tensorflow")}
-    text = (table(rows) + "\n\n" + ", ".join(f"{p} {v}" for p, v in versions.items())
+    text = (HEADER + "\n" + table(rows) + "\n\n"
+            + ", ".join(f"{p} {v}" for p, v in versions.items())
             + "; random weights, batch of 2, logits relative to the largest |logit|.")
     print(text)
     if FLAGS.output_dir:

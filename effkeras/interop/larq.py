@@ -402,7 +402,7 @@ def _named_functions(config, where):
 
 
 def _is_functional(entry):
-    """A Functional model or a subclass of it (the Zoo's BinaryDenseNet): its config is the graph."""
+    """A Functional model or a subclass (the Zoo's BinaryDenseNet): its config is the graph."""
     config = entry.get("config")
     return isinstance(config, dict) and {"layers", "input_layers", "output_layers"} <= set(config)
 
@@ -663,6 +663,9 @@ def import_larq_model(config_json_or_path, weights):
     weights: a `.h5` file from `model.save_weights` (matched by layer name), a `.npz` file from
         `np.savez(path, *model.get_weights())`, that list of arrays itself, or a dict
         {layer name: [arrays]}.
+
+    The model saves as a `.keras` file; loading that needs `import effkeras.interop` first
+    (it registers TFOpCall, AddToLastChannels and the Zoo's functions).
     """
     model_config = _read_config(config_json_or_path)
     entry = _model_entry(model_config, model_config["config"])
