@@ -12,5 +12,6 @@ from effkeras.training import distillation  # noqa: E402,F401  (registers the Di
 from effkeras.training import transfer  # noqa: E402,F401  (registers FeatureTransfer)
 from effkeras.deploy.passes import w1a2  # noqa: E402,F401  (registers PlaneConv2D)
 from effkeras import quantization  # noqa: E402  (registers the QAT layers)
+from effkeras import interop  # noqa: E402,F401  (registers the layers larq imports become)
 
 __all__ = ["constraints", "layers", "models", "quantization", "quantizers", "saving"]

@@ -130,7 +130,7 @@ def test_loader_refuses_other_files_and_leaves_the_model(zoo, tmp_path):
                               folder / "birealnet18.h5")
     tuned = larq_zoo.pretrained("birealnet", folder / "birealnet18.h5", input_shape=(32, 32, 3),
                                 num_classes=10, skip_classifier=True)
-    stem_kernel = next(arrays for arrays in larq_zoo._h5_weights(folder / "birealnet18.h5")
+    stem_kernel = next(arrays for arrays in larq_zoo.read_h5_weights(folder / "birealnet18.h5")
                        .values() if arrays)[0]
     np.testing.assert_array_equal(tuned.get_layer("stem_conv").kernel.numpy(), stem_kernel)
     with pytest.raises(InputError, match="Larq Zoo has no weights for resnet18"):

@@ -64,18 +64,6 @@ def test_device_benchmark_says_what_is_missing(tmp_path):
     assert_one_error_line(result, "`adb` is not installed")
 
 
-def test_mcu_table_gives_ratios_to_the_reference():
-    from tools import mcu_table
-
-    rows = [{"model": m, "input": "8x8x3", "macs": 1e6, "params": 10, "int8_bytes": 100,
-             "arena_bytes": 64, "inferences_per_second": ips, "sram_bytes": 32, "npu_ops": 3,
-             "cpu_ops": 0} for m, ips in (("a", 50.0), ("b", 100.0))]
-    text = mcu_table.table(rows, "ethos-u55-128", reference="b")
-    assert "| x b |" in text and "| 50.0 | 0.50 | 32 |" in text and "| 100.0 | 1.00 | 32 |" in text
-    with pytest.raises(ValueError, match="not one of --models"):
-        mcu_table.table(rows, "ethos-u55-128", reference="c")
-
-
 def test_early_exit_latency_table_and_plot(tmp_path):
     from tools import _report, bench_early_exit
 

@@ -32,12 +32,11 @@ from absl import flags
 from apps import _cli
 from tools import _report
 
-# allow_override: other tools (mcu_table, bench_early_exit) define these two flags with the same
-# defaults, and a process that imports several of them (the tests) must be able to.
+# allow_override: another tool (bench_early_exit) defines --output_dir with the same default,
+# and a process that imports several tools (the tests) must be able to.
 flags.DEFINE_string("output_dir", None, "Where to write search.md, search.json, search.png.",
                     allow_override=True)
-flags.DEFINE_string("accelerator", "ethos-u55-128", "Ethos-U target (a deploy target name).",
-                    allow_override=True)
+flags.DEFINE_string("accelerator", "ethos-u55-128", "Ethos-U target (a deploy target name).")
 flags.DEFINE_integer("input_size", 224, "Input height and width.")
 flags.DEFINE_integer("steps", 8, "Greedy replacement steps.")
 flags.DEFINE_float("mac_tolerance", 0.1, "Keep MACs >= (1 - this) x Lite0's by widening stages.")

@@ -29,7 +29,6 @@ also reads, by name and never by running code from the file:
 
 import inspect
 import json
-import math
 import os
 import re
 
@@ -39,7 +38,7 @@ from keras import ops
 
 from effkeras import constraints, quantizers
 from effkeras.errors import InputError
-from effkeras.layers import quantized
+from effkeras.layers import BlurPool, quantized
 from effkeras.graph import leaf_layers
 
 _register = keras.saving.register_keras_serializable(package="effkeras")
@@ -285,22 +284,10 @@ def clip_by_value_activation(x):
     return ops.clip(x, 0.0, 1.0)
 
 
-@_register
-def blurpool_initializer(shape, dtype=None):
-    """The anti-aliasing blur of "Making Convolutional Networks Shift-Invariant Again" (Zhang,
-    arXiv 1904.11486) for a (k, k, C, 1) depthwise kernel: the outer product of binomial
-    coefficients ([1, 2, 1] for k = 3) normalised to sum 1, for every channel. Larq Zoo's
-    QuickNet initialises (and freezes) its transition blur with it."""
-    size = shape[0]
-    row = np.array([math.comb(size - 1, k) for k in range(size)], dtype=np.float64)
-    kernel = np.outer(row, row) / row.sum() ** 2
-    kernel = np.broadcast_to(kernel[:, :, None, None], tuple(shape))
-    return ops.convert_to_tensor(kernel, dtype=dtype or "float32")
-
-
 # Functions the Zoo stores by name in an activation or initializer config.
 FUNCTIONS = {"activation": {"clip_by_value_activation": clip_by_value_activation},
-             "initializer": {"blurpool_initializer": blurpool_initializer}}
+             # QuickNet's fixed transition blur (the registry's quicknet uses the same).
+             "initializer": {"blurpool_initializer": BlurPool()}}
 
 
 def _droppable(key, value):
@@ -602,7 +589,7 @@ def _read_config(config_json_or_path):
     return model
 
 
-def _h5_weights(path):
+def read_h5_weights(path):
     """{layer name: [arrays]} from tf_keras' HDF5 weights file (model.save_weights('x.h5'))."""
     import h5py
 
@@ -625,7 +612,7 @@ def _set_weights(model, weights):
     if isinstance(weights, (str, os.PathLike)):
         path = os.fspath(weights)
         if path.endswith(".h5"):
-            weights = _h5_weights(path)
+            weights = read_h5_weights(path)
         elif path.endswith(".npz"):
             with np.load(path) as archive:
                 weights = [archive[f"arr_{i}"] for i in range(len(archive.files))]

@@ -31,7 +31,7 @@ import numpy as np
 
 from effkeras import models
 from effkeras.errors import InputError
-from effkeras.interop.larq import _h5_weights
+from effkeras.interop.larq import read_h5_weights
 
 # Registry name -> (Larq Zoo release tag, weights file, its sha256 as Larq Zoo 2.4 checks it).
 # The same tag holds "<file stem>_notop.h5", the weights without the classifier.
@@ -73,7 +73,7 @@ def load_weights(model, path, *, skip_classifier=False):
         raise InputError(f"no weights file at {path!r}: download {expected_file} from Larq Zoo's "
                          f"releases (see effkeras/interop/larq_zoo.py) and pass its local path")
     try:
-        saved = _h5_weights(path)
+        saved = read_h5_weights(path)
     except (OSError, InputError) as error:  # not HDF5, or HDF5 without tf_keras' layer list
         raise InputError(f"{path} is not a tf_keras weights file (model.save_weights, .h5) as "
                          f"Larq Zoo publishes them; pass Larq Zoo's {expected_file}") from error

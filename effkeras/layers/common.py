@@ -92,3 +92,20 @@ def normalize_pixels(x, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="normalize"):
     if x.shape[-1] == 1:
         mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
     return PixelNormalization(mean, std, name=name)(x)
+
+
+@keras.saving.register_keras_serializable(package="effkeras")
+class BlurPool(keras.initializers.Initializer):
+    """The fixed kernel of anti-aliased downsampling (Zhang, "Making Convolutional Networks
+    Shift-Invariant Again", arXiv 1904.11486): the normalised outer product of a binomial row
+    ([1, 1], [1, 2, 1] or [1, 4, 6, 4, 1]), one copy per channel of a depthwise kernel."""
+
+    ROWS = {2: (1, 1), 3: (1, 2, 1), 5: (1, 4, 6, 4, 1)}
+
+    def __call__(self, shape, dtype=None):
+        if shape[0] not in self.ROWS or shape[0] != shape[1]:
+            raise ValueError(f"BlurPool takes square kernels of size 2, 3 or 5, got {shape}")
+        row = np.asarray(self.ROWS[shape[0]], np.float64)
+        kernel = np.outer(row, row) / row.sum() ** 2
+        kernel = np.broadcast_to(kernel[:, :, None, None], shape)
+        return keras.ops.cast(np.ascontiguousarray(kernel), dtype or "float32")

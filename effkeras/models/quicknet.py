@@ -21,11 +21,10 @@ LCE's "same-one" pattern: every one becomes an `LceBconv2d`.
 import dataclasses
 
 import keras
-import numpy as np
 from keras import layers
 
 from effkeras.constraints import WeightClip
-from effkeras.layers import QuantConv2D, normalize_pixels
+from effkeras.layers import BlurPool, QuantConv2D, normalize_pixels
 from effkeras.models.common import batch_norm, each_block, stages
 from effkeras.models.registry import register
 from effkeras.quantizers import SteSign
@@ -60,23 +59,6 @@ CLIP = 1.25  # SteSign's gradient clip and the latent-weight clip of every binar
 MOMENTUM, EPSILON = 0.9, 1e-5
 KERAS_BN = dict(momentum=0.99, epsilon=1e-3)
 BLUR_SIZE = 3  # the transition's anti-aliasing filter (Zhang, arXiv 1904.11486)
-
-
-@keras.saving.register_keras_serializable(package="effkeras")
-class BlurPool(keras.initializers.Initializer):
-    """The fixed kernel of anti-aliased downsampling (Zhang, "Making Convolutional Networks
-    Shift-Invariant Again", arXiv 1904.11486): the normalised outer product of a binomial row
-    ([1, 1], [1, 2, 1] or [1, 4, 6, 4, 1]), one copy per channel of a depthwise kernel."""
-
-    ROWS = {2: (1, 1), 3: (1, 2, 1), 5: (1, 4, 6, 4, 1)}
-
-    def __call__(self, shape, dtype=None):
-        if shape[0] not in self.ROWS or shape[0] != shape[1]:
-            raise ValueError(f"BlurPool takes square kernels of size 2, 3 or 5, got {shape}")
-        row = np.asarray(self.ROWS[shape[0]], np.float64)
-        kernel = np.outer(row, row) / row.sum() ** 2
-        kernel = np.broadcast_to(kernel[:, :, None, None], shape)
-        return keras.ops.cast(np.ascontiguousarray(kernel), dtype or "float32")
 
 
 def stem(x, filters):
