@@ -418,16 +418,20 @@ def _real_images(loaded, target, dataset, data_dir, calibration_samples):
 
 
 def _evaluate(rows, output_dir, dataset, data_dir, progress):
-    """Each runnable file's top-1 on the test split, in LiteRT or LCE (a tflm file is the same
-    int8 file LiteRT runs); an early-exit file's last exit, every stage run."""
+    """Each written file's top-1 on the test split, in LiteRT or LCE: a tflm file is the int8
+    file LiteRT runs, an ethos-u file the int8 file Vela compiled; an early-exit file's last
+    exit, every stage run."""
     from tqdm import tqdm
 
     from effkeras import data, evaluation
     from effkeras.deploy import early_exit
 
-    todo = [row for row in rows if row.file and row.target in RUNTIMES]
+    todo = [row for row in rows if row.file]
     for row in tqdm(todo, desc="evaluating", unit="file", disable=not progress):
         path = os.path.join(output_dir, row.file)
+        if row.target.startswith("ethos-u"):  # Vela's file runs on the NPU only: its int8 input
+            int8 = os.path.splitext(path)[0] + "_int8.tflite"
+            path = int8 if os.path.exists(int8) else path
         try:
             with open(path, "rb") as f:
                 flatbuffer = f.read()
@@ -442,7 +446,7 @@ def _evaluate(rows, output_dir, dataset, data_dir, progress):
                 result = evaluation.evaluate_tflite(path, dataset, data_dir=data_dir)
                 where = result["runtime"]
         except Exception as error:  # noqa: BLE001  (the row's other figures stand)
-            row.accuracy_source = f"not evaluated: {_one_line(error)}"
+            row.accuracy, row.accuracy_source = None, f"not evaluated: {_one_line(error)}"
             continue
         row.accuracy = float(result["top1"])
         row.accuracy_source = f"{dataset} test ({result['examples']} images), the .tflite ({where})"
@@ -495,21 +499,25 @@ def table(rows, *, threads=1, runs=None):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         if row.error:
-            cells = [row.model, row.target] + [""] * (len(header) - 3) + [f"**failed**: {row.error}"]
+            cells = ([row.model, row.target] + [""] * (len(header) - 3)
+                     + [f"**failed**: {row.error}"])
             lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
             continue
         share = _fmt(row.binary_mac_share if row.binary_mac_share is not None
                      else row.npu_mac_share, "{:.2f}")
         if row.cpu_ops:
             share += f" ({row.cpu_ops} ops on the CPU)"
+        keras_accuracy = (" (Keras)" if (row.accuracy_source or "").startswith("metrics.json")
+                          else "")
         timing = _fmt(row.median_ms, "{:.2f}")
         if row.median_ms is not None and row.p25_ms is not None and row.p25_ms != row.p75_ms:
             timing += f" [{row.p25_ms:.2f}–{row.p75_ms:.2f}]"
         cells = [row.model, row.target, row.input or "–", _fmt(row.params),
                  _fmt(row.macs and row.macs / 1e6, "{:,.1f} M"), share,
                  _fmt(row.size_bytes), row.runtime or "–", timing, _fmt(row.ratio, "{:.2f}"),
-                 _fmt(row.arena_bytes or row.sram_bytes), _fmt(row.inferences_per_second, "{:,.1f}"),
-                 _fmt(row.accuracy and 100 * row.accuracy, "{:.2f}%")]
+                 _fmt(row.arena_bytes or row.sram_bytes),
+                 _fmt(row.inferences_per_second, "{:,.1f}"),
+                 _fmt(row.accuracy and 100 * row.accuracy, "{:.2f}%") + keras_accuracy]
         cells += [_fmt((row.device_ms or {}).get(str(t)), "{:.1f}") for t in measured_on]
         if measured_on:
             reference = baseline_row(rows, baseline.split(" (")[0], row.target,
@@ -539,13 +547,16 @@ def plot(rows, path):
         if accurate:
             for axis, key, label in ((left, "median_ms", "latency, ms (log)"),
                                      (right, "size_bytes", "file bytes (log)")):
+                named = set()  # each model named once per axis, at its first point
                 for target in dict.fromkeys(row.target for row in accurate):
                     mine = [row for row in accurate if row.target == target]
                     axis.scatter([getattr(row, key) for row in mine],
                                  [100 * row.accuracy for row in mine], label=target)
                     for row in mine:
-                        axis.annotate(row.model, (getattr(row, key), 100 * row.accuracy),
-                                      fontsize=7, xytext=(3, 3), textcoords="offset points")
+                        if row.model not in named:
+                            named.add(row.model)
+                            axis.annotate(row.model, (getattr(row, key), 100 * row.accuracy),
+                                          fontsize=7, xytext=(3, 3), textcoords="offset points")
                 axis.set_xscale("log")
                 axis.set_xlabel(label)
                 axis.set_ylabel("top-1, %")

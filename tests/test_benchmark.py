@@ -158,3 +158,20 @@ def test_an_early_exit_network_gets_a_row_per_stage():
     assert (second.model, second.macs, second.size_bytes, second.sram_bytes) == (
         "ranet stage 2", 2000, 200, 128)
     assert second.median_ms == pytest.approx(2.0) and second.npu_mac_share == 1.0
+
+
+def test_checkpoints_get_their_accuracy(tmp_path):
+    run_dir = tmp_path / "r8"
+    run_dir.mkdir()
+    models.get(FLOAT_NET, input_shape=(16, 16, 3)).save(run_dir / "model.keras")
+    (run_dir / "metrics.json").write_text(json.dumps({"dataset": "synthetic",
+                                                       "test": {"top1": 0.5}}))
+    spec = str(run_dir / "model.keras")
+    keras_only = benchmark.run([spec], ["int8"], runs=0, progress=False)
+    assert keras_only[0].accuracy == 0.5 and "(Keras)" in benchmark.table(keras_only)
+    rows = benchmark.run([spec], ["int8", "ethos-u55-128"], runs=0, dataset="synthetic",
+                         output_dir=str(tmp_path / "out"), progress=False)
+    for row in rows:  # each file itself, on the test split; Vela's through its int8 input
+        assert row.model == "r8" and 0 <= row.accuracy <= 1 and row.accuracy != 0.5
+        assert row.accuracy_source.startswith("synthetic test")
+    assert "(Keras)" not in benchmark.table(rows)
