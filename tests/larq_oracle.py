@@ -196,6 +196,16 @@ def randomize_weights(model, seed=0):
 ZOO_QUANTIZERS = {"xnor_weight_scale": "xnornet", "magnitude_aware_sign_unclipped": "dorefanet"}
 
 
+def value_and_gradient(quantizer, x, upstream):
+    """(quantizer(x), d sum(quantizer(x) * upstream) / dx) as numpy arrays."""
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = quantizer(x)
+    return y.numpy(), tape.gradient(y, x, output_gradients=upstream).numpy()
+
+
 def quantizers_oracle(request_path, result_path):
     request = np.load(request_path)
     specs = json.loads(str(request["specs"]))
@@ -215,11 +225,7 @@ def quantizers_oracle(request_path, result_path):
             quantizer = getattr(module, class_name)
         else:
             quantizer = getattr(lq.quantizers, class_name)(**kwargs)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = quantizer(x)
-        results[f"y{i}"] = y.numpy()
-        results[f"grad{i}"] = tape.gradient(y, x, output_gradients=upstream).numpy()
+        results[f"y{i}"], results[f"grad{i}"] = value_and_gradient(quantizer, x, upstream)
     np.savez(result_path, **results)
 
 
@@ -301,11 +307,7 @@ def zoo_quantizers(path):
     results = {"x": x.numpy(), "upstream": upstream.numpy()}
     for name, module in ZOO_QUANTIZERS.items():
         quantizer = getattr(importlib.import_module(f"larq_zoo.literature.{module}"), name)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = quantizer(x)
-        results[f"y_{name}"] = y.numpy()
-        results[f"grad_{name}"] = tape.gradient(y, x, output_gradients=upstream).numpy()
+        results[f"y_{name}"], results[f"grad_{name}"] = value_and_gradient(quantizer, x, upstream)
     np.savez(path, **results)
 
 

@@ -53,15 +53,9 @@ def parse_args(argv=None):
 
 def timed_turns(runners, runs, warmup):
     """{name: median ms} of the zero-argument `runners`, which take turns run by run."""
-    for run in runners.values():
-        for _ in range(warmup):
-            run()
-    times = {name: [] for name in runners}
-    for _ in range(runs):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(1e3 * (time.perf_counter() - start))
+    from effkeras import benchmark
+
+    times = benchmark.time_interleaved(runners, runs=runs, warmup=warmup, progress=False)
     return {name: statistics.median(values) for name, values in times.items()}
 
 

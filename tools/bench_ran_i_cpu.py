@@ -55,22 +55,6 @@ def prepare(name, size, small):
     return row, interpreter.invoke
 
 
-def timed_turns(invokes, runs, warmup):
-    """{name: [ms, ...]}: the invokes take turns, `warmup` untimed rounds first."""
-    import time
-
-    for _ in range(warmup):
-        for invoke in invokes.values():
-            invoke()
-    times = {name: [] for name in invokes}
-    for _ in range(runs):
-        for name, invoke in invokes.items():
-            start = time.perf_counter()
-            invoke()
-            times[name].append(1e3 * (time.perf_counter() - start))
-    return times
-
-
 def table(report):
     lines = ["| model | input | params | MACs | NN-Mass | GELU units | .tflite bytes | "
              "median ms (1 thread) | FPS |", "|" + "---|" * 9]
@@ -100,7 +84,7 @@ def main(argv):
     import os
     import statistics
 
-    from effkeras import fileio
+    from effkeras import benchmark, fileio
     from effkeras.errors import InputError
 
     if FLAGS.runs < 1 or FLAGS.warmup < 0:
@@ -114,7 +98,8 @@ def main(argv):
     for name in MODELS:
         row, invokes[name] = prepare(name, FLAGS.input_size, FLAGS.small)
         rows.append(row)
-    times = timed_turns(invokes, FLAGS.runs, FLAGS.warmup)
+    times = benchmark.time_interleaved(invokes, runs=FLAGS.runs, warmup=FLAGS.warmup,
+                                       progress=False)
     for row in rows:
         row.update(median_ms=statistics.median(times[row["model"]]), runs=FLAGS.runs,
                    times_ms=times[row["model"]])

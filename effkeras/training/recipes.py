@@ -483,15 +483,15 @@ RECIPES = {
                                augment=LERP_PSA_AUGMENT,
                                transfer=Transfer(epochs_per_block=50, learning_rate=1e-3,
                                                  optimizer=Optimizer("adamw", epsilon=1e-8))),
-    # QuickNet (arXiv 2011.09398; Larq Zoo's training/sota_experiments.py): 600 epochs at batch
+    # QuickNet (arXiv 2011.09398, as Larq Zoo 2.4 trains it): 600 epochs at batch
     # 2048, a 5-epoch warm-up then cosine decay, with two optimizers: Adam at 1e-2 for the binary
     # kernels and SGD momentum 0.9 at 0.1 for every other variable. The trainer has one
     # optimizer: Adam at the binary kernels' 1e-2 on the same schedule for all. Larq Zoo's
-    # ImageNet crop and flip (its data.py); its crop also keeps >= 10% of the image.
+    # ImageNet crop and flip; its crop also keeps >= 10% of the image.
     "quicknet": Recipe(Optimizer("adam"), learning_rate=1e-2, epochs=600, batch_size=2048,
                        base_batch_size=2048, schedule=Schedule(warmup_epochs=5),
                        augment=(("imagenet", ("random_resized_crop", "flip")),)),
-    # Bi-Real Net 18 as Larq Zoo trains it (training/basic_experiments.py): Adam lr 5e-3, batch
+    # Bi-Real Net 18 as Larq Zoo 2.4 trains it: Adam lr 5e-3, batch
     # 512, 300 epochs, decayed linearly to 0; the same crop and flip as QuickNet.
     "birealnet": Recipe(Optimizer("adam"), learning_rate=5e-3, epochs=300, batch_size=512,
                         base_batch_size=512, schedule=Schedule("linear"),
