@@ -180,19 +180,18 @@ def convert(loaded, target, *, calibration=None, sample=None):
                           **options)
 
 
-def mac_shares(model, report):
-    """(binary share, NPU share) of `model`'s MACs in the converted file of `report`."""
-    from effkeras import graph, summary
+def mac_shares(model, report, rows):
+    """(binary share, NPU share) of `model`'s MACs (`rows`: its effkeras.summary rows) in the
+    converted file of `report`."""
+    from effkeras import graph
     from effkeras.deploy import lce
 
-    rows = summary.summarize(model)
     total = sum(row.macs for row in rows)
     if not total:
         return None, None
-    if report.target.startswith("lce"):
+    if report.target.startswith("lce"):  # the layers that became LceBconv2d
         binary = {layer.name for layer in graph.leaf_layers(model) if lce.is_binary(layer)}
-        if report.float_fallback or report.bconv_ops < report.binary_layers:
-            binary -= set(report.float_fallback)
+        binary -= set(report.float_fallback)
         return sum(row.macs for row in rows if row.name in binary) / total, None
     if report.target.startswith("ethos-u"):  # Vela's MAC count runs a little above ours
         parts = [stage for stage in getattr(report, "stages", ()) if "npu_macs" in stage]
@@ -211,11 +210,12 @@ def describe(loaded, target, flatbuffer, report):
               ops=dict(report.op_census), accuracy=loaded.accuracy,
               accuracy_source=loaded.accuracy_source)
     if isinstance(loaded.model, keras.Model):
-        totals = summary.totals(summary.summarize(loaded.model))
+        layers = summary.summarize(loaded.model)
+        totals = summary.totals(layers)
         row.input = "x".join(str(d) for d in loaded.model.input_shape[1:])
         row.params = totals["total_params"]
         row.macs = totals["binary_macs"] + totals["low_bit_macs"] + totals["float_macs"]
-        row.binary_mac_share, row.npu_mac_share = mac_shares(loaded.model, report)
+        row.binary_mac_share, row.npu_mac_share = mac_shares(loaded.model, report, layers)
     row.arena_bytes = getattr(report, "arena_bytes", None) or None
     if target.startswith("ethos-u"):
         # An early-exit network's stages run one after the other when no exit is taken early.
