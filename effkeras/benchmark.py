@@ -219,9 +219,10 @@ def describe(loaded, target, flatbuffer, report):
     row.arena_bytes = getattr(report, "arena_bytes", None) or None
     if target.startswith("ethos-u"):
         # An early-exit network's stages run one after the other when no exit is taken early.
-        parts = [stage for stage in getattr(report, "stages", ()) if "cycles_total" in stage]
-        _vela(row, parts or [vars(report)])
-        row.sram_bytes = max(part["sram_bytes"] for part in parts or [vars(report)])
+        parts = ([stage for stage in getattr(report, "stages", ()) if "cycles_total" in stage]
+                 or [vars(report)])
+        _vela(row, parts)
+        row.sram_bytes = max(part["sram_bytes"] for part in parts)
     else:
         row.runtime = RUNTIMES.get(target, "")
     return row
@@ -485,14 +486,21 @@ def device_threads(rows):
     return sorted({int(t) for row in rows for t in (row.device_ms or {})})
 
 
+def _baseline(rows):
+    """(the first row's baseline label "model (target)", that model) of `rows`' ratios, or
+    (None, None)."""
+    label = next((row.baseline for row in rows if row.baseline), None)
+    return label, label and label.rsplit(" (", 1)[0]
+
+
 def table(rows, *, threads=1, runs=None):
     """A Markdown table of `rows`, with a note on how the times were taken."""
     measured_on = device_threads(rows)
     device = next((row.device for row in rows if row.device), None)
-    baseline = next((row.baseline for row in rows if row.baseline), None)
+    baseline, baseline_model = _baseline(rows)
     header = ["model", "target", "input", "params", "MACs", "binary / NPU MACs", "file bytes",
-              "runtime", "ms (median [p25–p75])", f"× {baseline.split(' (')[0]}" if baseline
-              else "× baseline", "RAM bytes", "inf/s", "top-1"]
+              "runtime", "ms (median [p25–p75])", f"× {baseline_model or 'baseline'}",
+              "RAM bytes", "inf/s", "top-1"]
     header += [f"{device} ms, {t} thread{'s' * (t > 1)}" for t in measured_on]
     if measured_on:
         header.append(f"{device} × baseline")
@@ -520,7 +528,7 @@ def table(rows, *, threads=1, runs=None):
                  _fmt(row.accuracy and 100 * row.accuracy, "{:.2f}%") + keras_accuracy]
         cells += [_fmt((row.device_ms or {}).get(str(t)), "{:.1f}") for t in measured_on]
         if measured_on:
-            reference = baseline_row(rows, baseline.split(" (")[0], row.target,
+            reference = baseline_row(rows, baseline_model, row.target,
                                      key=str(measured_on[0])) if baseline else None
             ours = (row.device_ms or {}).get(str(measured_on[0]))
             cells.append(_fmt(ours / reference.device_ms[str(measured_on[0])]
@@ -533,7 +541,7 @@ def table(rows, *, threads=1, runs=None):
              "estimate (1000 / inferences per second). RAM: TFLite Micro's smallest arena (tflm), "
              "Vela's SRAM use (ethos-u)."]
     if baseline:
-        notes.append(f"× {baseline.split(' (')[0]}: a row's median over that model's on the same "
+        notes.append(f"× {baseline_model}: a row's median over that model's on the same "
                      f"target (else on {baseline}).")
     return "\n".join(lines) + "\n\n" + "\n".join(notes)
 
@@ -567,8 +575,7 @@ def plot(rows, path):
         use_ratio = any(row.ratio is not None for row in done)
         latency = [(row.ratio if use_ratio else row.median_ms) or 0 for row in done]
         left.barh(labels, latency, color="tab:orange")
-        baseline = next((row.baseline for row in done if row.baseline), "")
-        left.set_xlabel(f"latency × {baseline.split(' (')[0]} (on the same target)"
+        left.set_xlabel(f"latency × {_baseline(done)[1]} (on the same target)"
                         if use_ratio else "latency, ms")
         right.barh(labels, [row.size_bytes / 2**20 for row in done], color="tab:blue")
         right.set_xlabel("file MiB")

@@ -17,6 +17,11 @@ def layer_precision(layer):
     return input_bits, kernel_bits
 
 
+def one_bit_kernel_layers(model):
+    """The layers with 1-bit kernels (binary and w1a2 convs): what only LCE runs as binary ops."""
+    return [layer for layer in leaf_layers(model) if layer_precision(layer)[1] == 1]
+
+
 def leaf_layers(model):
     """The layers of `model`, with nested models walked into, in order."""
     for layer in model.layers:

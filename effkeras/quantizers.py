@@ -99,8 +99,7 @@ def magnitude_aware_sign(x, clip_value=1.0):
 
     The scale gets no gradient, as in larq.
     """
-    scale = ops.stop_gradient(ops.mean(ops.abs(x), axis=tuple(range(len(x.shape) - 1))))
-    return scale * ste_sign(x, clip_value=clip_value)
+    return ops.stop_gradient(channel_mean_abs(x)) * ste_sign(x, clip_value=clip_value)
 
 
 def ste_heaviside(x, clip_value=1.0):
@@ -117,8 +116,7 @@ def xnor_weight_scale(x):
     XNORNet: W clipped to [-1, 1], then sign(W) times α_o = mean |W| per output channel (last
     axis). Gradients flow through the clip, the straight-through sign (clip 1) and α."""
     x = ops.clip(x, -1.0, 1.0)
-    alpha = ops.mean(ops.abs(x), axis=tuple(range(len(x.shape) - 1)), keepdims=True)
-    return alpha * ste_sign(x)
+    return channel_mean_abs(x) * ste_sign(x)
 
 
 def magnitude_aware_sign_unclipped(x):

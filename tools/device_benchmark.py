@@ -59,10 +59,9 @@ class Device:
                 if shutil.which(tool) is None:
                     raise InputError(f"`{tool}` is not installed here; install it, or run this "
                                      f"tool on the device itself (no --ssh/--adb)")
-        self.prefix = (["ssh", ssh] if ssh else
-                       ["adb"] + (["-s", serial] if serial else []) + ["shell"] if adb else [])
         self.ssh = ssh
         self.adb = ["adb"] + (["-s", serial] if serial else [])
+        self.prefix = ["ssh", ssh] if ssh else self.adb + ["shell"] if adb else []
         if self.kind != "local":
             self.shell(["mkdir", "-p", REMOTE_DIR[self.kind]])
 

@@ -136,8 +136,7 @@ def default_target(model, name=None):
     try:
         return models.info(name or model.name).deploy
     except InputError:
-        binary = any(graph.layer_precision(layer)[1] == 1 for layer in graph.leaf_layers(model))
-        return "arm" if binary else "float"
+        return "arm" if graph.one_bit_kernel_layers(model) else "float"
 
 
 def app_metadata(flatbuffer, report, *, model_name, class_names=None,

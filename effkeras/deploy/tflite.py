@@ -34,7 +34,7 @@ from effkeras.deploy import int8_tables, runtime, verify
 from effkeras.deploy.api import register_target
 from effkeras.deploy.verify import PIXEL_RANGE, Report
 from effkeras.errors import InputError
-from effkeras.graph import layer_precision, leaf_layers
+from effkeras.graph import one_bit_kernel_layers
 
 MAX_REL_DIFF = {"float": 1e-4, "float16": 2e-2, "int8": 0.25}
 CALIBRATION_SAMPLES = 200
@@ -171,7 +171,7 @@ def convert_int8(model, *, calibration=None, sample=None, io="int8", allow_float
     """
     if io not in IO_TYPES:
         raise InputError(f"unknown io type {io!r}; choose from {', '.join(IO_TYPES)}")
-    binary = [layer.name for layer in leaf_layers(model) if layer_precision(layer)[1] == 1]
+    binary = [layer.name for layer in one_bit_kernel_layers(model)]
     if binary:
         raise InputError(
             f"{model.name} has {len(binary)} layer(s) with 1-bit weights ({', '.join(binary[:3])}"

@@ -27,7 +27,7 @@ from keras import layers
 
 from effkeras.constraints import WeightClip
 from effkeras.layers import QuantConv2D, normalize_pixels
-from effkeras.models.common import batch_norm, each_block, stages
+from effkeras.models.common import batch_norm, each_block, stages, whole_map_logits
 from effkeras.models.registry import register
 from effkeras.quantizers import ApproxSign, MagnitudeAwareSign
 
@@ -79,8 +79,4 @@ def birealnet18(input_shape=(224, 224, 3), num_classes=1000, filters=FILTERS):
     table = stages(filters=tuple(filters * 2**i for i in range(len(BLOCKS))), blocks=BLOCKS)
     for spec in each_block(table):
         x = residual_block(x, spec.filters, spec.stride, spec.name)
-    # An average pool over the whole (static) map: faster than a global pool on LCE (Larq Zoo).
-    x = layers.AveragePooling2D(tuple(x.shape[1:3]), name="pool")(x)
-    x = layers.Flatten(name="flatten")(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
-    return keras.Model(inputs, outputs, name="birealnet18")
+    return keras.Model(inputs, whole_map_logits(x, num_classes), name="birealnet18")

@@ -25,7 +25,7 @@ from keras import layers
 
 from effkeras.constraints import WeightClip
 from effkeras.layers import BlurPool, QuantConv2D, normalize_pixels
-from effkeras.models.common import batch_norm, each_block, stages
+from effkeras.models.common import batch_norm, each_block, stages, whole_map_logits
 from effkeras.models.registry import register
 from effkeras.quantizers import SteSign
 
@@ -109,10 +109,7 @@ def build_quicknet(name, input_shape, num_classes, section_blocks, section_filte
             x = transition_block(x, spec.filters, 2, f"{spec.name}_transition")
         x = residual_block(x, spec.name)
     x = layers.Activation("relu", name="head_relu")(x)
-    # An average pool over the whole (static) map: faster than a global pool on LCE (Larq Zoo).
-    x = layers.AveragePooling2D(tuple(x.shape[1:3]), name="pool")(x)
-    x = layers.Flatten(name="flatten")(x)
-    outputs = layers.Dense(num_classes, kernel_initializer="glorot_normal", name="logits")(x)
+    outputs = whole_map_logits(x, num_classes, kernel_initializer="glorot_normal")
     return keras.Model(inputs, outputs, name=name)
 
 
