@@ -139,9 +139,13 @@ def main(argv):
     files = [os.path.join(FLAGS.benchmark_dir, row.file) for row in rows
              if row.file and row.target in benchmark.CPU_TARGETS]
     missing = [path for path in files if not os.path.isfile(path)]
-    if not files or missing:
-        raise InputError(f"{FLAGS.benchmark_dir} has no file for an ARM CPU" if not files else
-                         f"{', '.join(missing)} named in benchmark.json are missing")
+    if not files:
+        raise InputError(f"{FLAGS.benchmark_dir} has no file for an ARM CPU (targets "
+                         f"{', '.join(benchmark.CPU_TARGETS)}); run apps.benchmark with one")
+    if missing:
+        raise InputError(f"{len(missing)} file(s) named in benchmark.json are missing "
+                         f"({', '.join(missing[:2])}{' ...' if len(missing) > 2 else ''}): keep "
+                         f"the run's .tflite files beside its benchmark.json")
     device = Device(FLAGS.ssh, FLAGS.adb, FLAGS.adb_serial)
     name = FLAGS.device or {"ssh": FLAGS.ssh, "adb": "Android", "local": "device"}[device.kind]
     measured = measure(device, FLAGS.binary, files, threads, FLAGS.runs, FLAGS.warmup_runs)
