@@ -173,10 +173,13 @@ def table(rows):
 def main(argv):
     from importlib import metadata
 
+    from effkeras import fileio
     from effkeras.errors import InputError
 
     if FLAGS.reuse and not FLAGS.work_dir:
         raise InputError("--reuse reads the oracle's files from --work_dir: give it")
+    if FLAGS.output_dir:  # before the ten minutes of work, not after them
+        fileio.check_writable(FLAGS.output_dir, "--output_dir", directory=True)
     with tempfile.TemporaryDirectory() as scratch:
         work_dir = FLAGS.work_dir or scratch
         os.makedirs(work_dir, exist_ok=True)
