@@ -1,169 +1,170 @@
-"""Training-step time of one binary ResNet-18, effkeras (Keras 3) against larq (tf_keras).
+"""Training-step time of Bi-Real Net 18 in effkeras (Keras 3) and in larq (tf_keras), one run.
 
-    python tools/bench_train_step.py [--batch_size=64] [--image_size=32] [--warmup=3]
-        [--rounds=5] [--steps=4] [--jit_compile] [--fused_bn]
+python -m tools.bench_train_step [--input_size=96] [--batch_size=32] [--num_classes=10]
+    [--steps=3] [--rounds=5] [--warmup=2] [--threads=0] [--output_dir=docs/benchmark/train_step]
 
-The same network, batch and optimizer run in this process (effkeras) and in a worker process
-with TF_USE_LEGACY_KERAS=1 (larq), on the same machine. They take turns, `--steps` each per
-round, so load from other users hits all alike. Prints median and best ms per
-`train_on_batch` step and each median over larq's. --fused_bn adds effkeras with the
-batch-norm layers on TF's fused kernel, as tf_keras has them: Keras 3's BatchNormalization
-computes batch statistics and their gradients with separate ops, which is where effkeras loses
-time to larq on CPU.
+The same net on both sides: `effkeras.models.get("birealnet18")` and Larq Zoo 2.4's
+`larq_zoo.literature.BiRealNet` up to its logits (equal parameter counts; effkeras' also
+normalises the pixels itself, one 1x1 depthwise conv). Four variants, each in a worker process
+of its own (tools/_train_step_worker.py; larq runs on tf_keras, which cannot share a process
+with Keras 3): effkeras and larq, each without and with XLA (jit_compile). Every worker compiles
+with Adam and sparse cross-entropy from logits, holds one random batch as tensors and times
+`model.train_step` in a tf.function, so only the step is measured. Workers start one after the
+other (build, compile, warm up), then take turns: each times --steps steps per round, one
+worker computing at a time, so the load of a shared machine hits all alike. The report is each
+variant's median (and best) ms per step over all rounds and each median over larq's without
+XLA; a variant that fails (XLA may refuse a model) is reported with its error.
+
+With --output_dir: bench_train_step.md (the table) and bench_train_step.json (every time).
+About two minutes with the defaults on 2 CPU cores.
 """
 
-import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
+import tempfile
+
+from absl import flags
+
+from apps import _cli
+from tools import _report
+
+flags.DEFINE_integer("input_size", 96, "Input height and width.")
+flags.DEFINE_integer("batch_size", 32, "Images per step.")
+flags.DEFINE_integer("num_classes", 10, "Classes of the classifier head.")
+flags.DEFINE_integer("steps", 3, "Timed steps per variant per round.")
+flags.DEFINE_integer("rounds", 5, "Rounds; the variants take turns within each.")
+flags.DEFINE_integer("warmup", 2, "Untimed steps per variant before the first round.")
+flags.DEFINE_integer("threads", 0, "TensorFlow's intra- and inter-op threads in every worker "
+                     "(0: TensorFlow's default).")
+flags.DEFINE_string("output_dir", None, "Write bench_train_step.md and .json here.",
+                    allow_override=True)
+FLAGS = flags.FLAGS
+
+NAME = "bench_train_step"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# (variant, framework, jit_compile); the first larq variant is the baseline of every ratio.
+VARIANTS = (("effkeras", "effkeras", False), ("effkeras XLA", "effkeras", True),
+            ("larq", "larq", False), ("larq XLA", "larq", True))
+BASELINE = "larq"
 
 
-def fused_batch_normalization(keras):
-    """Keras 3 BatchNormalization whose training step uses TF's fused kernel, as tf_keras does."""
-    import tensorflow as tf
+class Worker:
+    """A tools._train_step_worker process, started and warmed up; `time(n)` -> n step times."""
 
-    class FusedBatchNormalization(keras.layers.BatchNormalization):
-        def call(self, inputs, training=None, mask=None):
-            if not (training and self.trainable) or len(inputs.shape) != 4 or mask is not None:
-                return super().call(inputs, training=training, mask=mask)
-            outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-                inputs, self.gamma, self.beta, epsilon=self.epsilon, is_training=True)
-            count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:3]), variance.dtype)
-            variance = variance * (count - 1) / count  # the kernel returns Bessel's variance
-            for statistic, value in ((self.moving_mean, mean), (self.moving_variance, variance)):
-                statistic.assign(statistic * self.momentum + value * (1.0 - self.momentum))
-            return outputs
+    def __init__(self, framework, spec, log):
+        env = {key: value for key, value in os.environ.items() if key != "TF_USE_LEGACY_KERAS"}
+        env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        if framework == "larq":  # as tests/larq_zoo_oracle.py: larq 0.14 imports on tf_keras only
+            env.update(TF_USE_LEGACY_KERAS="1", PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION="python")
+        self.log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tools._train_step_worker",
+             json.dumps({**spec, "framework": framework})],
+            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+            text=True)
+        self.info = self._answer()["ready"]
 
-    return FusedBatchNormalization
+    def _answer(self):
+        line = self.process.stdout.readline()
+        answer = json.loads(line) if line else {}
+        if "error" in answer or not answer:
+            self.close()
+            self.log.seek(0)
+            raise WorkerError(answer.get("error") or f"the worker stopped: "
+                              f"{self.log.read()[-1500:].strip()}")
+        return answer
 
+    def time(self, steps):
+        self.process.stdin.write(f"{steps}\n")
+        self.process.stdin.flush()
+        return self._answer()["times_ms"]
 
-def binary_resnet18(keras, QuantConv2D, image_size, num_classes=10, BatchNormalization=None):
-    """ResNet-18 with 16 binary 3x3 convs (ste_sign input and kernel, weight_clip, one-padding),
-    a shortcut around each (Bi-Real style; AvgPool + float 1x1 conv where it downsamples), a
-    float stem and head. Both libraries share the larq API: `keras` and `QuantConv2D` pick one."""
-    layers = keras.layers
-    BatchNormalization = BatchNormalization or layers.BatchNormalization
-    binary = dict(padding="same", pad_values=1.0, input_quantizer="ste_sign",
-                  kernel_quantizer="ste_sign", kernel_constraint="weight_clip", use_bias=False)
-    inputs = keras.Input((image_size, image_size, 3))
-    x = layers.Conv2D(64, 3, padding="same", use_bias=False)(inputs)
-    x = BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
-    for stage, filters in enumerate((64, 128, 256, 512)):
-        for block in range(2):
-            for conv in range(2):
-                strides = 2 if stage and not block and not conv else 1
-                shortcut = x
-                if strides > 1:
-                    shortcut = layers.AveragePooling2D(2)(shortcut)
-                    shortcut = layers.Conv2D(filters, 1, use_bias=False)(shortcut)
-                    shortcut = BatchNormalization(momentum=0.9, epsilon=1e-5)(shortcut)
-                y = QuantConv2D(filters, 3, strides=strides, **binary)(x)
-                y = BatchNormalization(momentum=0.9, epsilon=1e-5)(y)
-                x = layers.Add()([shortcut, y])
-    x = layers.GlobalAveragePooling2D()(x)
-    outputs = layers.Dense(num_classes)(x)
-    return keras.Model(inputs, outputs)
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
 
 
-class StepTimer:
-    """One framework's model, data and optimizer; `run(n)` times n training steps."""
-
-    def __init__(self, framework, args, fused_bn=False):
-        if framework == "larq":
-            os.environ["TF_USE_LEGACY_KERAS"] = "1"
-            import larq
-            import tensorflow as tf
-
-            keras, QuantConv2D = tf.keras, larq.layers.QuantConv2D
-        else:
-            import keras
-
-            from effkeras.layers import QuantConv2D
-        import numpy as np
-
-        self.model = binary_resnet18(keras, QuantConv2D, args.image_size, BatchNormalization=(
-            fused_batch_normalization(keras) if fused_bn else None))
-        options = {"jit_compile": True} if args.jit_compile else {}
-        self.model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                           **options)
-        rng = np.random.default_rng(0)
-        shape = (args.batch_size, args.image_size, args.image_size, 3)
-        self.x = rng.normal(size=shape).astype("float32")
-        self.y = rng.integers(0, 10, args.batch_size)
-
-    def run(self, steps):
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            self.model.train_on_batch(self.x, self.y)  # returns numpy: the step has finished
-            times.append(1000 * (time.perf_counter() - start))
-        return times
+class WorkerError(Exception):
+    pass
 
 
-def larq_worker(args):
-    """Serves `run(n)` of a larq StepTimer over stdin/stdout, one JSON line per request."""
-    timer = StepTimer("larq", args)
-    for line in sys.stdin:
-        print(json.dumps(timer.run(int(line))), flush=True)
+def measure(spec, rounds, steps):
+    """{variant: row}: every variant's step times in ms, or its error."""
+    import statistics
+
+    from effkeras.errors import InputError
+
+    rows, workers = {}, {}
+    with tempfile.TemporaryFile("w+") as log:
+        for variant, framework, jit_compile in VARIANTS:
+            rows[variant] = {"variant": variant, "framework": framework,
+                             "jit_compile": jit_compile}
+            try:
+                workers[variant] = Worker(framework, {**spec, "jit_compile": jit_compile}, log)
+                rows[variant].update(workers[variant].info, times_ms=[])
+            except WorkerError as e:
+                if not jit_compile:  # the comparison itself is impossible
+                    raise InputError(f"the {variant} worker failed (for larq: is larq_zoo "
+                                     f"installed? see requirements-larq-zoo.txt): {e}") from None
+                rows[variant]["error"] = str(e)
+        for _ in range(rounds):
+            for variant, worker in list(workers.items()):
+                try:
+                    rows[variant]["times_ms"] += worker.time(steps)
+                except WorkerError as e:
+                    rows[variant]["error"] = str(e)
+                    del workers[variant]
+        for worker in workers.values():
+            worker.close()
+    baseline = statistics.median(rows[BASELINE]["times_ms"])
+    for row in rows.values():
+        if "error" not in row:
+            row.update(median_ms=statistics.median(row["times_ms"]), best_ms=min(row["times_ms"]))
+            row["vs_larq"] = row["median_ms"] / baseline
+    return rows
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--image_size", type=int, default=32)
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per round")
-    parser.add_argument("--jit_compile", action="store_true", help="compile steps with XLA")
-    parser.add_argument("--fused_bn", action="store_true",
-                        help="also time effkeras with TF's fused batch-norm kernel")
-    parser.add_argument("--larq_worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if min(args.batch_size, args.image_size, args.rounds, args.steps) < 1 or args.warmup < 0:
-        parser.error("batch_size, image_size, rounds and steps must be >= 1, warmup >= 0")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if args.larq_worker:
-        return larq_worker(args)
+def table(report):
+    s = report["setup"]
+    lines = [f"Bi-Real Net 18, {s['input_size']}x{s['input_size']}x3, batch {s['batch_size']}, "
+             f"{s['num_classes']} classes, Adam; {s['rounds']} rounds x {s['steps']} steps per "
+             f"variant after {s['warmup']} warm-up; threads: {s['threads'] or 'TF default'} "
+             f"({s['cpus']} CPUs)", "",
+             "| variant | library | XLA | params | median ms/step | best ms/step | "
+             "images/s | median / larq's |", "|" + "---|" * 8]
+    for r in report["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | {r['framework']} | {r['jit_compile']} | - | "
+                         f"failed: {r['error']} | - | - | - |")
+            continue
+        lines.append(f"| {r['variant']} | {r['library']} | {r['jit_compile']} "
+                     f"| {r['params']:,} | {r['median_ms']:.1f} | {r['best_ms']:.1f} | "
+                     f"{1000 * s['batch_size'] / r['median_ms']:.1f} | {r['vs_larq']:.3f} |")
+    return "\n".join(lines)
 
-    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
-    worker = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--larq_worker",
-                               *sys.argv[1:]], env=env, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
 
-    def larq_run(steps):
-        worker.stdin.write(f"{steps}\n")
-        worker.stdin.flush()
-        line = worker.stdout.readline()
-        if not line:
-            sys.exit(f"the larq worker stopped (exit code {worker.wait()})")
-        return json.loads(line)
+def main(argv):
+    from effkeras import fileio
+    from effkeras.errors import InputError
 
-    contenders = {"effkeras (Keras 3)": StepTimer("effkeras", args).run}
-    if args.fused_bn:
-        contenders["effkeras, fused BN"] = StepTimer("effkeras", args, fused_bn=True).run
-    contenders["larq (tf_keras)"] = larq_run
-    results = {name: [] for name in contenders}
-    for run in contenders.values():
-        run(args.warmup)
-    for _ in range(args.rounds):
-        for name, run in contenders.items():
-            results[name] += run(args.steps)
-    worker.stdin.close()
-    worker.wait()
-
-    reference = statistics.median(results["larq (tf_keras)"])
-    print(f"binary ResNet-18, batch {args.batch_size}, {args.image_size}x{args.image_size}, "
-          f"{args.rounds} x {args.steps} steps each after {args.warmup} warm-up, "
-          f"jit_compile={args.jit_compile}")
-    print(f"{'framework':20s} {'median ms/step':>15s} {'best ms/step':>13s} {'vs larq':>8s}")
-    for name, times in results.items():
-        median = statistics.median(times)
-        print(f"{name:20s} {median:15.1f} {min(times):13.1f} {median / reference:8.2f}")
+    for name, least in (("input_size", 32), ("batch_size", 1), ("num_classes", 2),
+                        ("steps", 1), ("rounds", 1), ("warmup", 0), ("threads", 0)):
+        if FLAGS[name].value < least:
+            raise InputError(f"--{name} must be >= {least}, got {FLAGS[name].value}")
+    if FLAGS.output_dir:
+        fileio.check_writable(FLAGS.output_dir, "--output_dir", directory=True)
+    spec = {"input_size": FLAGS.input_size, "batch_size": FLAGS.batch_size,
+            "num_classes": FLAGS.num_classes, "threads": FLAGS.threads, "warmup": FLAGS.warmup}
+    rows = measure(spec, FLAGS.rounds, FLAGS.steps)
+    report = {"setup": {**spec, "rounds": FLAGS.rounds, "steps": FLAGS.steps,
+                        "cpus": os.cpu_count()}, "rows": list(rows.values())}
+    text = table(report)
+    print(text)
+    if FLAGS.output_dir:
+        _report.write(FLAGS.output_dir, NAME, text, report)
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)
