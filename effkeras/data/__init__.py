@@ -8,6 +8,9 @@ name of ImageNet's folder). "validation" is held out of the training files: a fi
 `validation_size` training examples, the same in every run, prepared as test images (no
 augmentation), for what must not see the test split (early-exit thresholds); "train" with the
 same validation_size leaves them out.
+
+ImageNet is read from folders (effkeras.data.imagenet) or, where --data_dir holds them, from
+the standard sharded TFRecord files (effkeras.data.tfrecord; no "validation" split there).
 """
 
 import contextlib
@@ -16,7 +19,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from effkeras.data import augment, cifar, fashion_mnist, imagenet, synthetic
+from effkeras.data import augment, cifar, fashion_mnist, imagenet, synthetic, tfrecord
 from effkeras.errors import InputError
 
 SPLITS = ("train", "validation", "test")
@@ -103,12 +106,13 @@ def _photometric(augmentations, seed):
     return apply
 
 
-def _file_pipeline(paths, labels, shape, augmentations, seed):
+def _image_preparation(shape, augmentations, seed):
+    """prepare(decoded image, label) for images of any size (ImageNet's): crop, fit, augment."""
     height, width, channels = shape
     photometric = _photometric(augmentations, seed)
 
-    def prepare(path, label):
-        image = tf.cast(imagenet.decode(path), tf.float32)
+    def prepare(image, label):
+        image = tf.cast(image, tf.float32)
         if "random_resized_crop" in augmentations:
             image = augment.random_resized_crop(image, height, width, seed)
         elif "inception_crop" in augmentations:
@@ -119,7 +123,7 @@ def _file_pipeline(paths, labels, shape, augmentations, seed):
             image = augment.resize_and_centre_crop(image, height, width)
         return augment.match_channels(photometric(image), channels), label
 
-    return tf.data.Dataset.from_tensor_slices((paths, labels)), prepare
+    return prepare
 
 
 def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=None,
@@ -149,13 +153,28 @@ def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=No
     shuffle = split == "train" if shuffle is None else shuffle
     shape = tuple(input_shape)
     errors = contextlib.nullcontext
+    shuffle_buffer = None  # the whole split
 
-    if name == "imagenet":
+    if name == "imagenet" and tfrecord.is_sharded(data_dir):
+        if validation_size is not None:
+            raise InputError("the validation split (and --validation_size) holds training images "
+                             "out by their index, which ImageNet's TFRecord shards do not give; "
+                             "use the folder layout for it, or pass no --validation_size")
+        shards = tfrecord.read(data_dir, source)
+        class_names, indices = shards.class_names, np.arange(shards.num_examples)
+        dataset = shards.records(shuffle, seed)  # serialized: shuffled before decoding
+        prepare_image = _image_preparation(shape, augmentations, seed)
+        prepare = lambda record: prepare_image(*shards.decode(record))  # noqa: E731
+        shuffle_buffer = tfrecord.SHUFFLE_BUFFER
+        errors = shards.errors_as_input_errors
+    elif name == "imagenet":
         paths, labels, class_names = imagenet.list_files(data_dir, source)
         indices = _indices(name, len(labels), split, validation_size)
         if len(indices) < len(labels):
             paths, labels = [paths[i] for i in indices], [labels[i] for i in indices]
-        dataset, prepare = _file_pipeline(paths, labels, shape, augmentations, seed)
+        dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
+        prepare_image = _image_preparation(shape, augmentations, seed)
+        prepare = lambda path, label: prepare_image(imagenet.decode(path), label)  # noqa: E731
         errors = lambda: imagenet.decode_errors_as_input_errors(paths)  # noqa: E731
     else:
         if name == "fashion_mnist":
@@ -175,9 +194,10 @@ def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=No
             images, labels = images[indices], labels[indices]
         dataset, prepare = _array_pipeline(images, labels, shape, augmentations, seed)
 
-    count = len(labels)
+    count = len(indices)
     if shuffle:
-        dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(min(count, shuffle_buffer or count), seed=seed,
+                                  reshuffle_each_iteration=True)
     dataset = (dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
                .batch(batch_size, drop_remainder=split == "train" and count >= batch_size)
                .prefetch(tf.data.AUTOTUNE))

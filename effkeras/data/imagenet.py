@@ -1,4 +1,6 @@
-"""ImageNet-style folders: <data_dir>/{train,val}/<class name>/<image>.{jpg,jpeg,png}."""
+"""ImageNet-style folders: <data_dir>/{train,val}/<class name>/<image>.{jpg,jpeg,png}.
+
+(ImageNet's sharded TFRecord files: effkeras.data.tfrecord.)"""
 
 import contextlib
 import faulthandler
@@ -16,6 +18,9 @@ SPLIT_FOLDERS = {"train": "train", "test": "val"}
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 LAYOUT = ("expected <data_dir>/train/<class>/*.jpg and <data_dir>/val/<class>/*.jpg "
           "(one sub-folder per class, the same class folders in both splits)")
+OR_SHARDS = ("; or ImageNet's TFRecord shards <data_dir>/train-00000-of-01024 ... and "
+             "validation-00000-of-00128 ... (python -m tools.imagenet_shards writes them from "
+             "such folders)")
 # TensorFlow tells a pipeline's file errors apart by these types (a bad image, a file deleted or
 # made unreadable after listing); anything else is re-raised as it is.
 FILE_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
@@ -34,12 +39,12 @@ def list_files(data_dir, split):
     otherwise the model would silently learn (or be scored on) fewer classes than it predicts.
     """
     if not data_dir:
-        raise InputError(f"imagenet needs --data_dir: {LAYOUT}")
+        raise InputError(f"imagenet needs --data_dir: {LAYOUT}{OR_SHARDS}")
     train_dir = os.path.join(data_dir, "train")
     split_dir = os.path.join(data_dir, SPLIT_FOLDERS[split])
     for d in (train_dir, split_dir):
         if not os.path.isdir(d):
-            raise InputError(f"{d} does not exist: {LAYOUT}")
+            raise InputError(f"{d} does not exist: {LAYOUT}{OR_SHARDS}")
     classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir())
     if len(classes) < 2:
         raise InputError(f"{train_dir} has {len(classes)} class folders, at least 2 are needed: {LAYOUT}")
