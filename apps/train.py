@@ -4,6 +4,11 @@ python -m apps.train --model=resnet20 [--dataset=fashion_mnist] [--epochs=2] [--
 python -m apps.train --qat --init_from=runs/resnet20/model.keras [--output_dir=runs/resnet20_qat]
 python -m apps.train --finetune --init_from=runs/resnet20/model.keras   # QAT's float control
 
+Several GPUs (one machine): --strategy=mirrored; several machines: --strategy=multi_worker with
+TF_CONFIG set on each (README, "Training on several GPUs and machines"). --batch_size is the global
+batch; --grad_accumulation=N applies the mean gradient of N batches (a global batch larger than
+the devices hold, as RAN-i's 2,560).
+
 --qat fine-tunes a trained float model with int8 quantization-aware training
 (effkeras.quantization; a short schedule at a low learning rate); convert its model.keras with
 --target=int8, tflm or ethos-u* and the file takes the ranges it learned.
@@ -45,6 +50,17 @@ flags.DEFINE_boolean("finetune", False, "Fine-tune --init_from in float with the
                      "schedule: the control that QAT's accuracy is compared with.")
 flags.DEFINE_string("init_from", None, "The trained float .keras model that --qat or --finetune "
                     "starts from (--model defaults to its registry name).")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"],
+                  "tf.distribute strategy: one device; every GPU here (mirrored); every GPU of "
+                  "the cluster in TF_CONFIG (multi_worker); a TPU.")
+flags.DEFINE_integer("cpu_devices", None, "Split this machine's CPU into N logical devices, one "
+                     "replica each (tries --strategy=mirrored without GPUs; not faster).")
+flags.DEFINE_integer("grad_accumulation", None, "Apply the mean gradient of N batches: an update "
+                     "of batch x N examples (the learning rate scales with it).")
+flags.DEFINE_string("dtype_policy", None, "float32, mixed_float16 (GPU) or mixed_bfloat16 "
+                    "(default: the recipe's: mixed_float16 on a GPU for ERN, else float32).")
+flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA-compile the train step "
+                  "(auto: Keras' choice, XLA on a GPU when every layer supports it).")
 FLAGS = flags.FLAGS
 
 
@@ -64,7 +80,9 @@ def main(argv):
         output_dir=FLAGS.output_dir or os.path.join("runs", run_name), seed=FLAGS.seed,
         teacher=FLAGS.teacher, validation_size=FLAGS.validation_size,
         transfer_epochs=FLAGS.transfer_epochs, qat=FLAGS.qat, finetune=FLAGS.finetune,
-        init_from=FLAGS.init_from))
+        init_from=FLAGS.init_from, strategy=FLAGS.strategy, cpu_devices=FLAGS.cpu_devices,
+        grad_accumulation=FLAGS.grad_accumulation, dtype_policy=FLAGS.dtype_policy,
+        jit_compile={"true": True, "false": False}.get(FLAGS.jit_compile, "auto")))
     print(json.dumps({"model": metrics["model"], "epochs": metrics["epochs"], **metrics["test"],
                       "train_seconds": round(metrics["train_seconds"], 1)}))
 

@@ -37,6 +37,7 @@ DATASETS = {
 VALIDATION_SIZES = {"fashion_mnist": 5000, "cifar10": 5000, "cifar100": 5000, "imagenet": 50000,
                     "synthetic": 64}
 VALIDATION_SEED = 2003  # fixed: every run holds out the same training examples
+EPOCH_SEEDS = 2 ** 20  # epochs of a `first_epoch` stream: epoch e shuffles with seed·2^20 + e
 
 
 @dataclasses.dataclass
@@ -127,7 +128,7 @@ def _image_preparation(shape, augmentations, seed):
 
 
 def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=None,
-         shuffle=None, num_classes=None, seed=0, validation_size=None):
+         shuffle=None, num_classes=None, seed=0, validation_size=None, first_epoch=None):
     """A DataSplit of `name` ('fashion_mnist', 'cifar10', 'cifar100', 'imagenet', 'synthetic').
 
     split: 'train', 'validation' (held out of the training files) or 'test' ('val' = 'test').
@@ -135,6 +136,11 @@ def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=No
     and none otherwise. shuffle defaults to True for 'train'.
     validation_size: examples in the 'validation' split (default VALIDATION_SIZES[name]); with
     'train', leave that many out (the 'validation' ones); None: 'train' keeps them all.
+    first_epoch: for training, the split as an endless stream of epochs from this one on, each
+    shuffled by (seed, epoch) alone and batched whole: the same order however many iterators
+    were made before (tf.distribute makes one more than a single device does), and a resumed
+    run sees the epochs an uninterrupted one would. Random augmentations draw from seed +
+    first_epoch.
     """
     if name not in DATASETS:
         raise InputError(f"unknown dataset {name!r}; choose from {', '.join(names())}")
@@ -152,6 +158,7 @@ def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=No
     augmentations = augment.check_augmentations(augment_with)
     shuffle = split == "train" if shuffle is None else shuffle
     shape = tuple(input_shape)
+    data_seed, seed = seed, seed + (first_epoch or 0)  # shuffling; augmentation
     errors = contextlib.nullcontext
     shuffle_buffer = None  # the whole split
 
@@ -162,7 +169,7 @@ def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=No
                              "use the folder layout for it, or pass no --validation_size")
         shards = tfrecord.read(data_dir, source)
         class_names, indices = shards.class_names, np.arange(shards.num_examples)
-        dataset = shards.records(shuffle, seed)  # serialized: shuffled before decoding
+        dataset = shards.records(shuffle, data_seed)  # serialized: shuffled before decoding
         prepare_image = _image_preparation(shape, augmentations, seed)
         prepare = lambda record: prepare_image(*shards.decode(record))  # noqa: E731
         shuffle_buffer = tfrecord.SHUFFLE_BUFFER
@@ -184,7 +191,7 @@ def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=No
             if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                             or num_classes < 1):
                 raise InputError(f"synthetic data needs a positive number of classes, got {num_classes!r}")
-            images, labels = synthetic.read(shape, num_classes or 10, source, seed)
+            images, labels = synthetic.read(shape, num_classes or 10, source, data_seed)
             class_names = [str(i) for i in range(num_classes or 10)]
         else:
             images, labels = cifar.read(data_dir, source, fixed_classes)
@@ -195,12 +202,23 @@ def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=No
         dataset, prepare = _array_pipeline(images, labels, shape, augmentations, seed)
 
     count = len(indices)
-    if shuffle:
-        dataset = dataset.shuffle(min(count, shuffle_buffer or count), seed=seed,
-                                  reshuffle_each_iteration=True)
-    dataset = (dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-               .batch(batch_size, drop_remainder=split == "train" and count >= batch_size)
-               .prefetch(tf.data.AUTOTUNE))
+    buffer = min(count, shuffle_buffer or count)
+    drop_remainder = split == "train" and count >= batch_size
+
+    def batches(examples):
+        return (examples.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+                .batch(batch_size, drop_remainder=drop_remainder))
+
+    if first_epoch is not None:
+        examples = dataset
+        dataset = tf.data.Dataset.range(first_epoch, EPOCH_SEEDS).flat_map(
+            lambda epoch: batches(examples.shuffle(buffer, seed=data_seed * EPOCH_SEEDS + epoch,
+                                                   reshuffle_each_iteration=False)))
+    else:
+        if shuffle:
+            dataset = dataset.shuffle(buffer, seed=data_seed, reshuffle_each_iteration=True)
+        dataset = batches(dataset)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return DataSplit(dataset, count, len(class_names), list(class_names), errors, source, indices)
 
 

@@ -47,6 +47,7 @@ class PixelEmbedding(keras.layers.Layer):
             raise InputError(f"PixelEmbedding needs integer expansion >= 1 and bits >= 1, "
                              f"got expansion={expansion!r}, bits={bits!r}")
         kwargs.setdefault("trainable", False)
+        kwargs.setdefault("dtype", "float32")  # thresholds on raw pixels: float32 under mixed precision
         super().__init__(**kwargs)
         self.expansion = expansion
         self.bits = bits

@@ -31,6 +31,14 @@ def _quantize(quantizer, x):
     return x if quantizer is None else quantizer(x)
 
 
+def _quantize_kernel(quantizer, kernel):
+    """The quantized kernel, computed in float32 under mixed precision too (scales such as
+    mean |W| and ReCU's clamp lose precision in float16), in the kernel's dtype."""
+    if quantizer is None or kernel.dtype == "float32":
+        return _quantize(quantizer, kernel)
+    return ops.cast(quantizer(ops.cast(kernel, "float32")), kernel.dtype)
+
+
 class _QuantMixin:
     """Input quantizer, one-padding and config shared by the quantized layers."""
 
@@ -84,7 +92,7 @@ class QuantConv2D(_QuantMixin, keras.layers.Conv2D):
 
     def convolution_op(self, inputs, kernel):
         inputs, padding = self._pad(inputs)
-        return ops.conv(inputs, _quantize(self.kernel_quantizer, kernel),
+        return ops.conv(inputs, _quantize_kernel(self.kernel_quantizer, kernel),
                         strides=list(self.strides), padding=padding,
                         dilation_rate=self.dilation_rate, data_format=self.data_format)
 
@@ -112,7 +120,7 @@ class QuantDepthwiseConv2D(_QuantMixin, keras.layers.DepthwiseConv2D):
 
     def call(self, inputs):
         inputs, padding = self._pad(_quantize(self.input_quantizer, inputs))
-        outputs = ops.depthwise_conv(inputs, _quantize(self.depthwise_quantizer, self.kernel),
+        outputs = ops.depthwise_conv(inputs, _quantize_kernel(self.depthwise_quantizer, self.kernel),
                                      strides=self.strides, padding=padding,
                                      dilation_rate=self.dilation_rate,
                                      data_format=self.data_format)
@@ -148,8 +156,8 @@ class QuantSeparableConv2D(_QuantMixin, keras.layers.SeparableConv2D):
     def call(self, inputs):
         inputs, padding = self._pad(_quantize(self.input_quantizer, inputs))
         outputs = ops.separable_conv(
-            inputs, _quantize(self.depthwise_quantizer, self.depthwise_kernel),
-            _quantize(self.pointwise_quantizer, self.pointwise_kernel), strides=self.strides,
+            inputs, _quantize_kernel(self.depthwise_quantizer, self.depthwise_kernel),
+            _quantize_kernel(self.pointwise_quantizer, self.pointwise_kernel), strides=self.strides,
             padding=padding, dilation_rate=self.dilation_rate, data_format=self.data_format)
         return self._bias_and_activation(outputs)
 
@@ -172,7 +180,7 @@ class QuantDense(_QuantMixin, keras.layers.Dense):
 
     def call(self, inputs, training=None):
         inputs = _quantize(self.input_quantizer, inputs)
-        outputs = ops.matmul(inputs, _quantize(self.kernel_quantizer, self.kernel))
+        outputs = ops.matmul(inputs, _quantize_kernel(self.kernel_quantizer, self.kernel))
         return self._bias_and_activation(outputs)
 
     def get_config(self):

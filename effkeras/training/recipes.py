@@ -273,13 +273,26 @@ SCHEDULES = {"cosine": cosine, "multistep": multistep, "exponential": exponentia
              "linear": linear, "constant": constant}
 
 
+def peak_learning_rate(recipe, batch_size):
+    """The recipe's peak rate scaled linearly to `batch_size` (Goyal et al., arXiv 1706.02677)."""
+    return recipe.learning_rate * batch_size / recipe.base_batch_size
+
+
+def describe_learning_rate(recipe, batch_size, learning_rate=None):
+    """One line for the log: the peak rate this run uses and where it comes from."""
+    if learning_rate is not None:
+        return f"learning rate {learning_rate:g} (--learning_rate) at batch {batch_size}"
+    return (f"learning rate {peak_learning_rate(recipe, batch_size):g} at batch {batch_size}: the "
+            f"recipe's {recipe.learning_rate:g} at batch {recipe.base_batch_size}, scaled linearly")
+
+
 def learning_rate_schedule(recipe, *, epochs, steps_per_epoch, batch_size, learning_rate=None):
     """The recipe's schedule over exactly `epochs` epochs of `steps_per_epoch` steps.
 
     learning_rate: the peak; None: the recipe's, scaled by batch_size / base_batch_size.
     """
     peak = (learning_rate if learning_rate is not None
-            else recipe.learning_rate * batch_size / recipe.base_batch_size)
+            else peak_learning_rate(recipe, batch_size))
     total = max(1, epochs * steps_per_epoch)
     return SCHEDULES[recipe.schedule.kind](recipe.schedule, recipe, peak, total, steps_per_epoch)
 
@@ -305,14 +318,17 @@ OPTIMIZERS = {
 }
 
 
-def make_optimizer(recipe, schedule, model=None):
+def make_optimizer(recipe, schedule, model=None, accumulation=1):
     """The recipe's optimizer on `schedule`, with its decoupled weight-decay groups (`model`
-    supplies the variables when rank <= 1 ones are spared) and its weights' EMA (Keras' use_ema,
-    ema_momentum = recipe.ema)."""
+    supplies the variables when rank <= 1 ones are spared), its weights' EMA (Keras' use_ema,
+    ema_momentum = recipe.ema) and, for accumulation > 1, Keras' gradient_accumulation_steps
+    (the schedule still counts batches: Keras evaluates it at every batch)."""
     decay = recipe.weight_decay
-    ema = {"use_ema": True, "ema_momentum": recipe.ema} if recipe.ema else {}
+    options = {"use_ema": True, "ema_momentum": recipe.ema} if recipe.ema else {}
+    if accumulation > 1:
+        options["gradient_accumulation_steps"] = accumulation
     optimizer = OPTIMIZERS[recipe.optimizer.name](recipe.optimizer, schedule, decay.rate or None,
-                                                  **ema)
+                                                  **options)
     if decay.rate and (decay.exclude or not decay.decay_vectors):
         vectors = [] if decay.decay_vectors or model is None else [
             v for v in model.trainable_variables if len(v.shape) <= 1]
@@ -505,17 +521,30 @@ def get(name):
     return RECIPES[name]
 
 
-def dtype_policy(recipe):
-    """"mixed_float16" for a mixed-precision recipe on a machine with a GPU, else "float32".
+DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 
-    Set it (keras.config.set_dtype_policy) before building the model. Export for LCE needs a
-    float32 model: rebuild under "float32" and copy the weights (LCE rejects mixed precision).
+
+def dtype_policy(recipe, asked=None):
+    """The Keras dtype policy to build the model under: `asked` (one of DTYPE_POLICIES), else
+    "mixed_float16" for a mixed-precision recipe on a machine with a GPU, else "float32".
+
+    Layers whose maths needs float32 keep it under either mixed policy: the kernel quantizers
+    with their scales (effkeras.layers.quantized), LerpPSA and the B-spline activations
+    (effkeras.layers.activations), and the loss's softmax (Keras computes losses in float32).
+    Export needs a float32 model: the trainer writes model.keras rebuilt under "float32".
     """
-    if not recipe.mixed_precision:
-        return "float32"
     import tensorflow as tf
 
-    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    if asked is None:
+        return "mixed_float16" if recipe.mixed_precision and gpu else "float32"
+    if asked not in DTYPE_POLICIES:
+        raise InputError(f"--dtype_policy must be one of {', '.join(DTYPE_POLICIES)}, got "
+                         f"{asked!r} (leave it out for the recipe's)")
+    if asked == "mixed_float16" and not gpu:
+        raise InputError("mixed_float16 needs a GPU (CPUs have no fast float16 kernels); use "
+                         "--dtype_policy=mixed_bfloat16 or float32 here")
+    return asked
 
 
 # --- loss and metrics ----------------------------------------------------------------------------
@@ -550,13 +579,16 @@ def make_loss(recipe):
     return losses.cross_entropy(recipe.loss.label_smoothing)
 
 
-def compile_model(model, recipe, *, epochs, steps_per_epoch, batch_size, learning_rate=None):
+def compile_model(model, recipe, *, epochs, steps_per_epoch, batch_size, learning_rate=None,
+                  accumulation=1, jit_compile="auto"):
     """Compiles `model` with the recipe's optimizer, schedule and loss, and top-1/top-5.
 
     A model with K > 1 outputs (a list of logits, e.g. early exits) gets one cross-entropy and
     one top1/top5 pair per output (logged as <output name>_top1 ...), the loss being their sum
     weighted by the recipe's `loss.output_weights`; its labels must be repeated per output
     (see repeat_labels). A recipe with a Mix takes one-hot labels (recipe.soft_labels).
+    With accumulation > 1, `batch_size` is the batch of one update (batch x accumulation), which
+    the learning rate scales with; jit_compile is Keras' (XLA).
     """
     schedule = learning_rate_schedule(recipe, epochs=epochs, steps_per_epoch=steps_per_epoch,
                                       batch_size=batch_size, learning_rate=learning_rate)
@@ -570,7 +602,8 @@ def compile_model(model, recipe, *, epochs, steps_per_epoch, batch_size, learnin
     else:
         compiled = dict(loss=[loss] * count, loss_weights=weights,
                         metrics=[accuracy_metrics(soft) for _ in range(count)])
-    model.compile(optimizer=make_optimizer(recipe, schedule, model), **compiled)
+    model.compile(optimizer=make_optimizer(recipe, schedule, model, accumulation),
+                  jit_compile=jit_compile, **compiled)
     return model
 
 

@@ -215,13 +215,15 @@ class EpochCheckpoint(keras.callbacks.Callback):
     """Saves checkpoint-<n>.keras, then commits it in state.json, then drops the older one.
 
     An epoch whose logs or weights are not finite is not saved (the guard reports it).
+    write=False (a cluster's non-chief worker) checks and records the epoch without writing.
     """
 
-    def __init__(self, output_dir, state, guard):
+    def __init__(self, output_dir, state, guard, write=True):
         super().__init__()
         self.output_dir = output_dir
         self.state = state
         self.guard = guard
+        self.write = write
         self.epoch_started = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -236,11 +238,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
             return
         previous = self.state.get("checkpoint")
         checkpoint = f"checkpoint-{epoch + 1}.keras"
-        with atomic_path(os.path.join(self.output_dir, checkpoint)) as tmp:
-            self.model.save(tmp)
+        if self.write:
+            with atomic_path(os.path.join(self.output_dir, checkpoint)) as tmp:
+                self.model.save(tmp)
         self.state["history"].append({"epoch": epoch + 1, **logs})
         self.state.update(epoch=epoch + 1, checkpoint=checkpoint,
                           train_seconds=self.state["train_seconds"] + time.time() - self.epoch_started)
+        if not self.write:
+            return
         write_json(os.path.join(self.output_dir, "state.json"), self.state)
         if previous and previous != checkpoint:
             os.remove(os.path.join(self.output_dir, previous))

@@ -37,8 +37,19 @@ test split's, are then one-hot. A recipe with an `ema` validates, checkpoints an
 the weights (effkeras.training.callbacks.EmaWeights): checkpoint-<epoch>.keras and model.keras
 hold the EMA as their weights; a checkpoint keeps the raw weights in the optimizer's EMA slots,
 and a resume trains on from them with the EMA's state restored.
+
+Beyond one device (effkeras.training.distribute): `strategy` mirrored, multi_worker or tpu builds
+and compiles the model under that tf.distribute strategy; `batch_size` is the global batch (split
+over the replicas) and the learning rate scales with it. On a cluster only the chief writes (it
+alone takes the lock); every worker reads the same state.json. `grad_accumulation` N applies the
+mean gradient of N batches (Keras' gradient_accumulation_steps): the learning rate scales with
+the effective batch, batch x N. `dtype_policy` picks mixed precision (default: the recipe's,
+on a GPU); the model.keras it writes is float32, for evaluation and export anywhere.
+`jit_compile` compiles the train step with XLA (default: Keras' choice, XLA on a GPU when every
+layer supports it, never under a multi-replica strategy).
 """
 
+import contextlib
 import dataclasses
 import math
 import numbers
@@ -53,7 +64,7 @@ from effkeras.data import augment
 from effkeras.errors import InputError
 from effkeras.fileio import atomic_path, check_writable, write_json
 from effkeras.training import callbacks as recipe_callbacks
-from effkeras.training import memory, recipes
+from effkeras.training import distribute, memory, recipes
 from effkeras.training.rundir import (EpochCheckpoint, OutputDirLock, check_same_run,
                                       check_state_fields, finite_or_none, is_int, log, read_state,
                                       restore, shape_text)
@@ -99,6 +110,13 @@ class TrainConfig:
     finetune: bool = False
     init_from: str = None
     verbose: int = None  # None: progress bars on a terminal, one line per epoch otherwise
+    # Beyond one device (effkeras.training.distribute): the tf.distribute strategy's name, and
+    # the logical CPU devices to split this machine's CPU into (multi-replica runs without GPUs).
+    strategy: str = "default"
+    cpu_devices: int = None
+    grad_accumulation: int = None  # apply the mean gradient of this many batches (None: 1)
+    dtype_policy: str = None  # None: the recipe's (mixed_float16 on a GPU for mixed recipes)
+    jit_compile: object = "auto"  # True/False: XLA or not; "auto": Keras' choice
 
 
 # --- checking the configuration --------------------------------------------------------------
@@ -111,8 +129,12 @@ def _check_positive(name, value):
 
 def check_config(config, recipe):
     """InputError for any flag that cannot be right, before anything is read or written."""
-    for name in ("epochs", "batch_size", "steps_per_epoch", "validation_size"):
+    for name in ("epochs", "batch_size", "steps_per_epoch", "validation_size",
+                 "grad_accumulation"):
         _check_positive(name, getattr(config, name))
+    recipes.dtype_policy(recipe, config.dtype_policy)  # InputError for one this machine lacks
+    if config.jit_compile not in ("auto", True, False):
+        raise InputError(f"--jit_compile must be auto, true or false, got {config.jit_compile!r}")
     rate = config.learning_rate
     if rate is not None and (isinstance(rate, bool) or not isinstance(rate, numbers.Real)
                              or not math.isfinite(rate) or rate <= 0):
@@ -176,9 +198,10 @@ def default_input_shape(info, dataset):
 
 
 def check_memory(model, *, info, recipe, input_shape, batch_size, dataset, teacher=None,
-                 batch_from_flag=False):
+                 batch_from_flag=False, replicas=1):
     """Prints the memory estimate; InputError naming a --batch_size (or --input_shape) that fits
-    when training would take more than memory.USABLE_FRACTION of this machine's memory."""
+    when training would take more than memory.USABLE_FRACTION of this machine's memory (of one
+    GPU, for its share of the global batch, when there are GPUs)."""
     if dataset in DATASET_IMAGES:
         _, shape, count = DATASET_IMAGES[dataset]
         dataset_bytes = (count * math.prod(shape) if count
@@ -190,6 +213,9 @@ def check_memory(model, *, info, recipe, input_shape, batch_size, dataset, teach
                           optimizer_slots=slots,
                           dataset_bytes=dataset_bytes, teacher=teacher)
     gpu = memory.gpu_memory()
+    if gpu and replicas > 1:  # each GPU holds the model and its share of the batch
+        est = memory.estimate(model, batch_size=batch_size // replicas, input_shape=input_shape,
+                              optimizer_slots=slots, dataset_bytes=dataset_bytes, teacher=teacher)
     if gpu:
         limit, where, in_use = gpu, "this GPU's", 0
         est.data = 0  # the data pipeline stays in host memory
@@ -205,6 +231,7 @@ def check_memory(model, *, info, recipe, input_shape, batch_size, dataset, teach
             f"needs ~{memory.gib(est.total)}, more than {memory.USABLE_FRACTION:.0%} of {where} "
             f"{memory.gib(limit)}" + (f" ({memory.gib(in_use)} in use)" if in_use else ""))
     fits = memory.power_of_two_at_most(memory.largest_batch(est, budget))
+    fits *= replicas if gpu else 1  # a global batch
     if fits:
         source = "" if batch_from_flag else f" (the recipe's batch is {batch_size})"
         raise InputError(f"{need}{source}: use --batch_size={fits} or less, or a smaller "
@@ -236,41 +263,59 @@ def _test_metrics(logs, num_outputs):
     return {name: float(value) for name, value in logs.items()}
 
 
-def _build(info, recipe, input_shape, num_classes):
-    keras.config.set_dtype_policy(recipes.dtype_policy(recipe))  # mixed precision on a GPU only
+def _build(info, input_shape, num_classes, policy="float32"):
+    keras.config.set_dtype_policy(policy)
     try:
         return models.get(info.name, input_shape=input_shape, num_classes=num_classes)
     finally:
         keras.config.set_dtype_policy("float32")
 
 
+def _saveable(student, info, policy):
+    """The model to write as model.keras: float32 (rebuilt with the trained weights) when it
+    trained under mixed precision, with per-replica BatchNormalization statistics again."""
+    if policy != "float32":
+        trained = student
+        student = _build(info, tuple(trained.input_shape[1:]), trained.output_shape[-1])
+        student.set_weights(trained.get_weights())
+    for layer in student._flatten_layers(include_self=False):
+        if getattr(layer, "synchronized", False):
+            layer.synchronized = False
+    return student
+
+
 def train(config):
     """Trains (or resumes) `config.model`; returns the metrics dict also written to metrics.json."""
     if config.qat and config.finetune:
         raise InputError("--qat and --finetune are two runs: give one")
+    if not (config.model or config.qat or config.finetune):
+        raise InputError("--model is required (or --qat with --init_from)")
+    strategy = distribute.make_strategy(config.strategy, config.cpu_devices)  # before any op
     float_model = None
     if config.qat or config.finetune:
-        float_model = _load_float_model(config)
+        with strategy.scope():
+            float_model = _load_float_model(config)
         config = dataclasses.replace(config, model=config.model or float_model.name)
-    elif not config.model:
-        raise InputError("--model is required (or --qat with --init_from)")
     info = models.info(config.model)
     recipe = recipes.get(info.recipe)
     if float_model is not None:
         recipe = recipe.qat_stage()
     check_config(config, recipe)
-    with OutputDirLock(config.output_dir):
+    chief = distribute.is_chief(strategy)
+    run = dict(strategy=strategy, chief=chief)
+    with OutputDirLock(config.output_dir) if chief else contextlib.nullcontext():
         if float_model is not None:
             return _train(config, info, recipe, stage="qat" if config.qat else "finetune",
-                          float_model=float_model)
+                          float_model=float_model, **run)
         if recipe.transfer is None or config.transfer_epochs == 0:
-            return _train(config, info, recipe)
+            return _train(config, info, recipe, **run)
         transfer_dir = os.path.join(config.output_dir, "transfer")
         log(f"stage 1 of 2: knowledge transfer from the teacher, in {transfer_dir}")
         _train(dataclasses.replace(config, output_dir=transfer_dir), info, recipe,
-               stage="transfer")
+               stage="transfer", **run)
         log(f"stage 2 of 2: distillation, in {config.output_dir}")
-        return _train(config, info, recipe, initial=os.path.join(transfer_dir, "model.keras"))
+        return _train(config, info, recipe, initial=os.path.join(transfer_dir, "model.keras"),
+                      **run)
 
 
 def _load_float_model(config):
@@ -303,12 +348,22 @@ def _calibration_images(dataset, count=QAT_CALIBRATION_IMAGES):
     return np.concatenate(images)[:count]
 
 
-def _train(config, info, recipe, stage=None, initial=None, float_model=None):
-    """One run into config.output_dir. stage "transfer": the recipe's knowledge-transfer stage;
-    stage "qat": int8 QAT of `float_model`; "finetune": `float_model` trained on as it is, with
-    the same recipe; initial: a .keras file whose weights a fresh run starts from."""
+def _train(config, info, recipe, stage=None, initial=None, float_model=None, *, strategy,
+           chief=True):
+    """One run into config.output_dir under `strategy`. stage "transfer": the recipe's
+    knowledge-transfer stage; stage "qat": int8 QAT of `float_model`; "finetune": `float_model`
+    trained on as it is, with the same recipe; initial: a .keras file whose weights a fresh run
+    starts from. `chief`: whether this process writes the run's files."""
     epochs = config.epochs or recipe.epochs
     batch_size = config.batch_size or recipe.batch_size
+    replicas = strategy.num_replicas_in_sync
+    accumulation = config.grad_accumulation or 1
+    if batch_size % replicas:
+        raise InputError(f"the global batch {batch_size} does not split over {replicas} replicas: "
+                         f"use a --batch_size that is a multiple of {replicas}")
+    policy = recipes.dtype_policy(recipe, config.dtype_policy)
+    if float_model is not None or stage == "transfer":
+        policy = "float32"  # fine-tuning a float32 model; feature matching in float32
     state_path = os.path.join(config.output_dir, "state.json")
     state = read_state(config.output_dir)
     if state is not None:
@@ -342,10 +397,11 @@ def _train(config, info, recipe, stage=None, initial=None, float_model=None):
     train_augment = dict(recipe.augment).get(config.dataset)
 
     def load_splits():
-        # Shuffle differently after a resume, as an uninterrupted run would.
+        # Epochs from the resumed one on, in the order an uninterrupted run sees them.
         train_split = data.load(config.dataset, "train", input_shape=input_shape,
                                 batch_size=batch_size, data_dir=config.data_dir,
-                                seed=config.seed + initial_epoch, augment_with=train_augment,
+                                seed=config.seed, first_epoch=initial_epoch,
+                                augment_with=train_augment,
                                 validation_size=config.validation_size)
         # A recipe that trains on squashed images validates on them too (ERN's official code).
         test_split = data.load(config.dataset, "test", input_shape=input_shape,
@@ -364,11 +420,14 @@ def _train(config, info, recipe, stage=None, initial=None, float_model=None):
         student = (quantization.quantize_model(float_model) if stage == "qat"  # calibrated below
                    else float_model)
     else:
-        student = _build(info, recipe, input_shape, num_classes)
-    teacher = (load_teacher(config.teacher, input_shape, num_classes)
-               if recipe.loss.needs_teacher else None)
+        with strategy.scope():
+            student = _build(info, input_shape, num_classes, policy)
+    with strategy.scope():
+        teacher = (load_teacher(config.teacher, input_shape, num_classes)
+                   if recipe.loss.needs_teacher else None)
     check_memory(student, info=info, recipe=recipe, input_shape=input_shape, batch_size=batch_size,
-                 dataset=config.dataset, teacher=teacher, batch_from_flag=bool(config.batch_size))
+                 dataset=config.dataset, teacher=teacher, batch_from_flag=bool(config.batch_size),
+                 replicas=replicas)
     train_split, test_split = splits or load_splits()
     transfer = stage == "transfer"
     if transfer:  # stage 1: its own recipe, blocks x epochs per block
@@ -387,8 +446,11 @@ def _train(config, info, recipe, stage=None, initial=None, float_model=None):
         log(f"starting from the transferred student, {initial}")
     if train_split.num_classes != num_classes:  # defensive: the data disagrees with its table
         num_classes = train_split.num_classes
-        student = _build(info, recipe, input_shape, num_classes)
-        teacher = teacher and load_teacher(config.teacher, input_shape, num_classes)
+        with strategy.scope():
+            student = _build(info, input_shape, num_classes, policy)
+            teacher = teacher and load_teacher(config.teacher, input_shape, num_classes)
+    if replicas > 1:
+        distribute.synchronize_batch_norm(student)
 
     identity = {"model": info.name, "dataset": config.dataset, "input_shape": list(input_shape),
                 "num_classes": num_classes, "validation_size": config.validation_size}
@@ -401,7 +463,17 @@ def _train(config, info, recipe, stage=None, initial=None, float_model=None):
         state = {**identity, "epoch": 0, "checkpoint": None, "history": [], "train_seconds": 0.0}
 
     steps = config.steps_per_epoch or max(1, train_split.num_examples // batch_size)
-    train_data = train_split.dataset.repeat() if config.steps_per_epoch else train_split.dataset
+    if accumulation > 1:  # whole updates per epoch: a checkpoint never holds half a sum
+        if steps < accumulation:
+            raise InputError(f"--grad_accumulation={accumulation} needs at least {accumulation} "
+                             f"batches per epoch, there are {steps}: lower it or the batch size")
+        steps -= steps % accumulation
+    log(f"strategy: {distribute.describe(strategy)}; global batch {batch_size}"
+        + (f" ({batch_size // replicas} per replica)" if replicas > 1 else "")
+        + (f" x {accumulation} accumulated = {batch_size * accumulation} per update"
+           if accumulation > 1 else "")
+        + (f"; {policy}" if policy != "float32" else ""))
+    train_data = train_split.dataset  # endless: fit's epochs are `steps` batches
     model = student
     if transfer:
         model = FeatureTransfer(student, teacher)
@@ -420,19 +492,26 @@ def _train(config, info, recipe, stage=None, initial=None, float_model=None):
     num_outputs = len(student.outputs)
     train_data = recipes.repeat_labels(train_data, num_outputs)
     test_data = recipes.repeat_labels(test_data, num_outputs)
-    if transfer:
-        model.compile(recipes.make_optimizer(recipe, recipes.learning_rate_schedule(
-            recipe, epochs=epochs, steps_per_epoch=steps, batch_size=batch_size)))
-    else:
-        recipes.compile_model(model, recipe, epochs=epochs, steps_per_epoch=steps,
-                              batch_size=batch_size, learning_rate=config.learning_rate)
-    if state.get("checkpoint"):
-        restore(model, config.output_dir, state["checkpoint"], identity)
-        log(f"Resuming {info.name} from epoch {initial_epoch} in {config.output_dir}")
+    log(recipes.describe_learning_rate(recipe, batch_size * accumulation, config.learning_rate))
+    with strategy.scope():
+        if transfer:
+            model.compile(recipes.make_optimizer(recipe, recipes.learning_rate_schedule(
+                recipe, epochs=epochs, steps_per_epoch=steps, batch_size=batch_size)))
+        else:
+            recipes.compile_model(model, recipe, epochs=epochs, steps_per_epoch=steps,
+                                  batch_size=batch_size * accumulation,
+                                  learning_rate=config.learning_rate,
+                                  accumulation=accumulation, jit_compile=config.jit_compile)
+        if accumulation > 1:
+            distribute.accumulate_across_replicas(model.optimizer)
+        if state.get("checkpoint"):
+            restore(model, config.output_dir, state["checkpoint"], identity)
+            log(f"Resuming {info.name} from epoch {initial_epoch} in {config.output_dir}")
 
+    distribute.build_for_fit(model, strategy, train_data)
     guard = recipe_callbacks.StopOnNaN()
     test_steps = -(-test_split.num_examples // batch_size)
-    checkpoint = EpochCheckpoint(config.output_dir, state, guard)
+    checkpoint = EpochCheckpoint(config.output_dir, state, guard, write=chief)
     if recipe.ema:  # validation and checkpoints see the EMA weights
         checkpoint = recipe_callbacks.EmaWeights(checkpoint,
                                                  restored=bool(state.get("checkpoint")))
@@ -441,7 +520,8 @@ def _train(config, info, recipe, stage=None, initial=None, float_model=None):
                  *recipe_callbacks.make(recipe.callbacks, epochs),
                  *([BlockSchedule(epochs // blocks, print_fn=log)] if transfer else []),
                  checkpoint,
-                 keras.callbacks.TensorBoard(os.path.join(config.output_dir, "logs"))]
+                 *([keras.callbacks.TensorBoard(os.path.join(config.output_dir, "logs"))]
+                   if chief else [])]
     verbose = config.verbose if config.verbose is not None else 1 if sys.stdout.isatty() else 2
     started = time.time()
     with train_split.errors_as_input_errors(), test_split.errors_as_input_errors():
@@ -456,8 +536,9 @@ def _train(config, info, recipe, stage=None, initial=None, float_model=None):
             raise InputError(f"training diverged: {guard.failed}; {kept}")
         test = model.evaluate(test_data, return_dict=True, verbose=0)
 
-    with atomic_path(os.path.join(config.output_dir, "model.keras")) as tmp:
-        student.save(tmp)
+    if chief:
+        with atomic_path(os.path.join(config.output_dir, "model.keras")) as tmp:
+            _saveable(student, info, policy).save(tmp)
     metrics = {
         "model": info.name, "dataset": config.dataset, "input_shape": list(input_shape),
         "epochs": state["epoch"], "batch_size": batch_size, "steps_per_epoch": steps,
@@ -466,5 +547,6 @@ def _train(config, info, recipe, stage=None, initial=None, float_model=None):
         "train_seconds": state["train_seconds"], "wall_seconds_this_run": time.time() - started,
     }
     metrics = finite_or_none(metrics)
-    write_json(os.path.join(config.output_dir, "metrics.json"), metrics)
+    if chief:
+        write_json(os.path.join(config.output_dir, "metrics.json"), metrics)
     return metrics
