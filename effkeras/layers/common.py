@@ -109,3 +109,45 @@ class BlurPool(keras.initializers.Initializer):
         kernel = np.outer(row, row) / row.sum() ** 2
         kernel = np.broadcast_to(kernel[:, :, None, None], shape)
         return keras.ops.cast(np.ascontiguousarray(kernel), dtype or "float32")
+
+
+@keras.saving.register_keras_serializable(package="effkeras")
+class BatchNormalization(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` (Ioffe & Szegedy, arXiv 1502.03167) whose training step
+    runs TensorFlow's fused kernel (FusedBatchNormV3), as tf_keras does.
+
+    Keras 3 computes the batch's moments, normalises and takes their gradients with separate
+    ops. Here one kernel does it, with the same maths: the output, its gradients and the moving
+    averages (the batch variance the kernel reports is unbiased, sum / (n - 1); it is rescaled
+    to Keras' biased one first) equal Keras' to float rounding. That needs the TensorFlow
+    backend, an NHWC map normalised over its channels (4-D input, axis -1), float16, bfloat16 or
+    float32 input, and no mask, `synchronized` or renorm; anything else, and inference, is
+    Keras' own code. The layer's epsilon goes to the kernel unchanged: the CPU kernel and cuDNN 9
+    (CUDNN_BN_MIN_EPSILON = 0) take any epsilon >= 0.
+    """
+
+    FUSED_DTYPES = ("float16", "bfloat16", "float32")
+
+    def _fused(self, inputs, training, mask):
+        return bool(training and self.trainable and mask is None and not self.synchronized
+                    and not self.renorm and keras.backend.backend() == "tensorflow"
+                    and len(inputs.shape) == 4 and self.axis in (-1, 3)
+                    and keras.backend.standardize_dtype(inputs.dtype) in self.FUSED_DTYPES)
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fused(inputs, training, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        channels = inputs.shape[-1]
+        gamma = tf.ones(channels) if self.gamma is None else tf.cast(self.gamma, tf.float32)
+        beta = tf.zeros(channels) if self.beta is None else tf.cast(self.beta, tf.float32)
+        outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=inputs, scale=gamma, offset=beta, mean=tf.zeros(0), variance=tf.zeros(0),
+            epsilon=self.epsilon, is_training=True)
+        count = tf.cast(tf.size(inputs, out_type=tf.int64) // channels, tf.float32)
+        variance *= (count - 1) / count
+        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            moving.assign(tf.cast(moving, tf.float32) * self.momentum
+                          + batch * (1.0 - self.momentum))
+        return ops.cast(outputs, self.compute_dtype)

@@ -14,6 +14,8 @@ import dataclasses
 import keras
 from keras import layers
 
+from effkeras.layers import BatchNormalization
+
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
@@ -57,7 +59,7 @@ def batch_norm(name, *, momentum=0.9, epsilon=1e-5, gamma=1.0, regularizer=None)
     """A BatchNormalization layer, by default with PyTorch's BatchNorm2d settings (its momentum
     0.1 is Keras' 0.9; ε = 1e-5), as the official code of ReCU and ERN trains. `gamma` is γ's
     initial value; `regularizer` applies to γ and β."""
-    return layers.BatchNormalization(
+    return BatchNormalization(
         momentum=momentum, epsilon=epsilon,
         gamma_initializer="ones" if gamma == 1.0 else keras.initializers.Constant(gamma),
         beta_regularizer=regularizer, gamma_regularizer=regularizer, name=name)

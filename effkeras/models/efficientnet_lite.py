@@ -14,6 +14,7 @@ MobileNetV3", arXiv 1905.02244, §5.2), a piecewise-linear swish that int8 targe
 import keras
 from keras import layers
 
+from effkeras.layers import BatchNormalization
 from effkeras.models.registry import register
 
 # Table 1 (B0) stages: (expand ratio, kernel, stride, in filters, out filters, repeats).
@@ -37,7 +38,7 @@ PIXEL_MEAN, PIXEL_STD = 127.0, 128.0
 
 
 def _bn(name):
-    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+    return BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
 
 
 def mbconv_block(x, expand_ratio, kernel, stride, filters, activation, drop_rate, name, *,

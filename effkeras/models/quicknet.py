@@ -24,7 +24,7 @@ import keras
 from keras import layers
 
 from effkeras.constraints import WeightClip
-from effkeras.layers import BlurPool, QuantConv2D, normalize_pixels
+from effkeras.layers import BatchNormalization, BlurPool, QuantConv2D, normalize_pixels
 from effkeras.models.common import batch_norm, each_block, stages, whole_map_logits
 from effkeras.models.registry import register
 from effkeras.quantizers import SteSign
@@ -67,14 +67,14 @@ def stem(x, filters):
         raise ValueError(f"QuickNet's first section needs filters divisible by 4, got {filters}")
     x = layers.Conv2D(filters // 4, 3, strides=2, padding="same", use_bias=False,
                       kernel_initializer="he_normal", name="stem_conv1")(x)
-    x = layers.BatchNormalization(**KERAS_BN, name="stem_bn1")(x)
+    x = BatchNormalization(**KERAS_BN, name="stem_bn1")(x)
     x = layers.Activation("relu", name="stem_relu")(x)
     x = layers.DepthwiseConv2D(3, strides=2, padding="same", use_bias=False,
                                name="stem_depthwise")(x)
-    x = layers.BatchNormalization(**KERAS_BN, center=False, scale=False, name="stem_bn2")(x)
+    x = BatchNormalization(**KERAS_BN, center=False, scale=False, name="stem_bn2")(x)
     x = layers.Conv2D(filters, 1, use_bias=False, kernel_initializer="he_normal",
                       name="stem_conv2")(x)
-    return layers.BatchNormalization(**KERAS_BN, name="stem_bn3")(x)
+    return BatchNormalization(**KERAS_BN, name="stem_bn3")(x)
 
 
 def transition_block(x, filters, stride, name):

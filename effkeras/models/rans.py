@@ -25,7 +25,7 @@ import dataclasses
 import keras
 from keras import layers
 
-from effkeras.layers import CollapsibleConv2D, normalize_pixels
+from effkeras.layers import BatchNormalization, CollapsibleConv2D, normalize_pixels
 from effkeras.models.efficientnet_lite import mbconv_block
 from effkeras.models.registry import register
 
@@ -106,7 +106,7 @@ RAN_E_GT_32 = (
 
 
 def _bn(name):
-    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+    return BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
 
 
 def _l2():
