@@ -61,6 +61,9 @@ flags.DEFINE_string("dtype_policy", None, "float32, mixed_float16 (GPU) or mixed
                     "(default: the recipe's: mixed_float16 on a GPU for ERN, else float32).")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA-compile the train step "
                   "(auto: Keras' choice, XLA on a GPU when every layer supports it).")
+flags.DEFINE_boolean("deterministic", False, "TensorFlow's deterministic ops: the same flags and "
+                     "seed give the same losses (slower; also across strategies, to float "
+                     "tolerance).")
 FLAGS = flags.FLAGS
 
 
@@ -82,7 +85,8 @@ def main(argv):
         transfer_epochs=FLAGS.transfer_epochs, qat=FLAGS.qat, finetune=FLAGS.finetune,
         init_from=FLAGS.init_from, strategy=FLAGS.strategy, cpu_devices=FLAGS.cpu_devices,
         grad_accumulation=FLAGS.grad_accumulation, dtype_policy=FLAGS.dtype_policy,
-        jit_compile={"true": True, "false": False}.get(FLAGS.jit_compile, "auto")))
+        jit_compile={"true": True, "false": False}.get(FLAGS.jit_compile, "auto"),
+        deterministic=FLAGS.deterministic))
     print(json.dumps({"model": metrics["model"], "epochs": metrics["epochs"], **metrics["test"],
                       "train_seconds": round(metrics["train_seconds"], 1)}))
 

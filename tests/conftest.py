@@ -151,7 +151,7 @@ def make_arithmetic_exact(model, seed=0):
 
 APP_PRELOAD = ("apps._cli", "keras", "effkeras", "effkeras.data", "effkeras.deploy",
                "effkeras.evaluation", "effkeras.models", "effkeras.summary", "effkeras.training")
-_PER_TEST_ENV = ("PYTEST_CURRENT_TEST",)  # set by pytest per test: passed on, not compared
+_PER_TEST_ENV = ("PYTEST_CURRENT_TEST", "TF_CONFIG")  # per test: passed on, not compared
 
 
 def serve_apps(socket_path, repo):

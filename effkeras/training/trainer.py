@@ -117,6 +117,7 @@ class TrainConfig:
     grad_accumulation: int = None  # apply the mean gradient of this many batches (None: 1)
     dtype_policy: str = None  # None: the recipe's (mixed_float16 on a GPU for mixed recipes)
     jit_compile: object = "auto"  # True/False: XLA or not; "auto": Keras' choice
+    deterministic: bool = False  # TensorFlow's deterministic ops: reruns give the same losses
 
 
 # --- checking the configuration --------------------------------------------------------------
@@ -264,11 +265,17 @@ def _test_metrics(logs, num_outputs):
 
 
 def _build(info, input_shape, num_classes, policy="float32"):
+    """The registry model under the dtype `policy`; under mixed precision its output layers (the
+    logits) compute in float32, as the loss, its softmax and the metrics do."""
     keras.config.set_dtype_policy(policy)
     try:
-        return models.get(info.name, input_shape=input_shape, num_classes=num_classes)
+        model = models.get(info.name, input_shape=input_shape, num_classes=num_classes)
     finally:
         keras.config.set_dtype_policy("float32")
+    if policy != "float32":
+        for output in model.outputs:
+            output._keras_history.operation.dtype_policy = "float32"
+    return model
 
 
 def _saveable(student, info, policy):
@@ -291,6 +298,10 @@ def train(config):
     if not (config.model or config.qat or config.finetune):
         raise InputError("--model is required (or --qat with --init_from)")
     strategy = distribute.make_strategy(config.strategy, config.cpu_devices)  # before any op
+    if config.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     float_model = None
     if config.qat or config.finetune:
         with strategy.scope():
