@@ -37,7 +37,6 @@ DATASETS = {
 VALIDATION_SIZES = {"fashion_mnist": 5000, "cifar10": 5000, "cifar100": 5000, "imagenet": 50000,
                     "synthetic": 64}
 VALIDATION_SEED = 2003  # fixed: every run holds out the same training examples
-EPOCH_SEEDS = 2 ** 20  # epochs of a `first_epoch` stream: epoch e shuffles with seed·2^20 + e
 
 
 @dataclasses.dataclass
@@ -137,10 +136,10 @@ def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=No
     validation_size: examples in the 'validation' split (default VALIDATION_SIZES[name]); with
     'train', leave that many out (the 'validation' ones); None: 'train' keeps them all.
     first_epoch: for training, the split as an endless stream of epochs from this one on, each
-    shuffled by (seed, epoch) alone and batched whole: the same order however many iterators
-    were made before (tf.distribute makes one more than a single device does), and a resumed
-    run sees the epochs an uninterrupted one would. Random augmentations draw from seed +
-    first_epoch.
+    batched whole and, but for TFRecord shards, shuffled by (seed, epoch) alone: the same order
+    however many iterators were made before (Keras under tf.distribute makes one more than on
+    a single device), and a resumed run sees the epochs an uninterrupted one would. Random
+    augmentations draw from seed + first_epoch.
     """
     if name not in DATASETS:
         raise InputError(f"unknown dataset {name!r}; choose from {', '.join(names())}")
@@ -161,6 +160,7 @@ def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=No
     data_seed, seed = seed, seed + (first_epoch or 0)  # shuffling; augmentation
     errors = contextlib.nullcontext
     shuffle_buffer = None  # the whole split
+    examples = None  # the split's arrays, where it has them (not in TFRecord shards)
 
     if name == "imagenet" and tfrecord.is_sharded(data_dir):
         if validation_size is not None:
@@ -179,7 +179,8 @@ def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=No
         indices = _indices(name, len(labels), split, validation_size)
         if len(indices) < len(labels):
             paths, labels = [paths[i] for i in indices], [labels[i] for i in indices]
-        dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
+        examples = (paths, labels)
+        dataset = tf.data.Dataset.from_tensor_slices(examples)
         prepare_image = _image_preparation(shape, augmentations, seed)
         prepare = lambda path, label: prepare_image(imagenet.decode(path), label)  # noqa: E731
         errors = lambda: imagenet.decode_errors_as_input_errors(paths)  # noqa: E731
@@ -200,6 +201,7 @@ def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=No
         if len(indices) < len(labels):
             images, labels = images[indices], labels[indices]
         dataset, prepare = _array_pipeline(images, labels, shape, augmentations, seed)
+        examples = (images, labels)
 
     count = len(indices)
     buffer = min(count, shuffle_buffer or count)
@@ -209,15 +211,22 @@ def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=No
         return (examples.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
                 .batch(batch_size, drop_remainder=drop_remainder))
 
-    if first_epoch is not None:
-        examples = dataset
-        dataset = tf.data.Dataset.range(first_epoch, EPOCH_SEEDS).flat_map(
-            lambda epoch: batches(examples.shuffle(buffer, seed=data_seed * EPOCH_SEEDS + epoch,
-                                                   reshuffle_each_iteration=False)))
+    if first_epoch is not None and examples is not None:
+        examples = tuple(tf.constant(np.asarray(array)) for array in examples)
+
+        def epoch(number):  # a permutation of the split drawn from (seed, epoch) alone
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(count), seed=tf.stack([tf.constant(data_seed, tf.int64), number]))
+            return batches(tf.data.Dataset.from_tensor_slices(order).map(
+                lambda i: tuple(tf.gather(array, i) for array in examples)))
+
+        dataset = tf.data.Dataset.range(first_epoch, 2 ** 31).flat_map(epoch)
     else:
         if shuffle:
             dataset = dataset.shuffle(buffer, seed=data_seed, reshuffle_each_iteration=True)
         dataset = batches(dataset)
+        if first_epoch is not None:  # TFRecord shards: reshuffled as read, epoch after epoch
+            dataset = dataset.repeat()
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return DataSplit(dataset, count, len(class_names), list(class_names), errors, source, indices)
 
