@@ -58,7 +58,9 @@ def _sign(x):
 
 
 def _masked(mask, upstream):
-    return ops.where(mask, upstream, ops.zeros_like(upstream))
+    """upstream where mask, else 0, as a product with the 0/1 mask: one pass fewer than a select
+    against a zero tensor (the values are the same for every finite upstream)."""
+    return upstream * ops.cast(mask, upstream.dtype)
 
 
 def _clipped(clip_value):
@@ -75,8 +77,7 @@ def ste_sign(x, clip_value=1.0):
 
 def _approx_sign_gradient(x, upstream):
     # Bi-Real's piecewise-polynomial derivative, max(0, 2 - 2|x|) (ReCU, arXiv 2103.12369, Eq. 7).
-    abs_x = ops.abs(x)
-    return _masked(ops.less_equal(abs_x, 1.0), (1.0 - abs_x) * 2.0 * upstream)
+    return ops.relu(2.0 - 2.0 * ops.abs(x)) * upstream
 
 
 def approx_sign(x):
