@@ -32,6 +32,12 @@ def _constant(value, like):
     return ops.convert_to_tensor(value, dtype=keras.backend.standardize_dtype(like.dtype))
 
 
+def _tensor(x):
+    """A variable (a kernel) read once, as a tensor: what a custom gradient must take (or TF asks
+    for variable gradients), and what lets ops on it be shared (one |W| for scale and gradient)."""
+    return ops.copy(x) if isinstance(x, keras.Variable) else x
+
+
 def _with_gradient(forward, gradient):
     """`forward` whose backward pass is `gradient(x, upstream)` instead of autodiff."""
 
@@ -44,12 +50,7 @@ def _with_gradient(forward, gradient):
 
         return forward(x), grad
 
-    def call(x):
-        # A variable (a kernel) must enter the custom gradient as a tensor, or TF asks for
-        # variable gradients.
-        return quantize(ops.copy(x) if isinstance(x, keras.Variable) else x)
-
-    return call
+    return lambda x: quantize(_tensor(x))
 
 
 def _sign(x):
@@ -100,6 +101,7 @@ def magnitude_aware_sign(x, clip_value=1.0):
 
     The scale gets no gradient, as in larq.
     """
+    x = _tensor(x)
     return ops.stop_gradient(channel_mean_abs(x)) * ste_sign(x, clip_value=clip_value)
 
 
