@@ -1,19 +1,20 @@
 """Training-step time of Bi-Real Net 18 in effkeras (Keras 3) and in larq (tf_keras), one run.
 
 python -m tools.bench_train_step [--input_size=96] [--batch_size=32] [--num_classes=10]
-    [--steps=3] [--rounds=5] [--warmup=2] [--threads=0] [--output_dir=docs/benchmark/train_step]
+    [--steps=2] [--rounds=10] [--warmup=2] [--threads=0] [--output_dir=docs/benchmark/train_step]
 
 The same net on both sides: `effkeras.models.get("birealnet18")` and Larq Zoo 2.4's
 `larq_zoo.literature.BiRealNet` up to its logits (equal parameter counts; effkeras' also
 normalises the pixels itself, one 1x1 depthwise conv). Four variants, each in a worker process
 of its own (tools/_train_step_worker.py; larq runs on tf_keras, which cannot share a process
 with Keras 3): effkeras and larq, each without and with XLA (jit_compile). Every worker compiles
-with Adam and sparse cross-entropy from logits, holds one random batch as tensors and times
-`model.train_step` in a tf.function, so only the step is measured. Workers start one after the
-other (build, compile, warm up), then take turns: each times --steps steps per round, one
-worker computing at a time, so the load of a shared machine hits all alike. The report is each
-variant's median (and best) ms per step over all rounds and each median over larq's without
-XLA; a variant that fails (XLA may refuse a model) is reported with its error.
+with Adam and sparse cross-entropy from logits, holds the same random batch (pixels in
+[0, 255]) as tensors and times `model.train_step` in a tf.function, so only the step is
+measured. Workers start one after the other (build, compile, warm up), then take turns: each
+times --steps steps per round, one worker computing at a time, so the load of a shared machine
+hits all alike. The report is each variant's median (and best) ms per step over all rounds,
+each median over larq's without XLA, and effkeras' over larq's with XLA; a variant that fails
+(XLA may refuse a model) is reported with its error.
 
 With --output_dir: bench_train_step.md (the table) and bench_train_step.json (every time).
 About two minutes with the defaults on 2 CPU cores.
@@ -33,8 +34,8 @@ from tools import _report
 flags.DEFINE_integer("input_size", 96, "Input height and width.")
 flags.DEFINE_integer("batch_size", 32, "Images per step.")
 flags.DEFINE_integer("num_classes", 10, "Classes of the classifier head.")
-flags.DEFINE_integer("steps", 3, "Timed steps per variant per round.")
-flags.DEFINE_integer("rounds", 5, "Rounds; the variants take turns within each.")
+flags.DEFINE_integer("steps", 2, "Timed steps per variant per round.")
+flags.DEFINE_integer("rounds", 10, "Rounds; the variants take turns within each.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps per variant before the first round.")
 flags.DEFINE_integer("threads", 0, "TensorFlow's intra- and inter-op threads in every worker "
                      "(0: TensorFlow's default).")
@@ -142,6 +143,11 @@ def table(report):
         lines.append(f"| {r['variant']} | {r['library']} | {r['jit_compile']} "
                      f"| {r['params']:,} | {r['median_ms']:.1f} | {r['best_ms']:.1f} | "
                      f"{1000 * s['batch_size'] / r['median_ms']:.1f} | {r['vs_larq']:.3f} |")
+    medians = {r["variant"]: r["median_ms"] for r in report["rows"] if "error" not in r}
+    ratios = [f"{ratio} {medians[ours] / medians[theirs]:.3f}" for ratio, ours, theirs in (
+        ("without XLA", "effkeras", "larq"), ("with XLA", "effkeras XLA", "larq XLA"))
+        if ours in medians and theirs in medians]
+    lines += ["", "effkeras / larq, median step time: " + ", ".join(ratios)]
     return "\n".join(lines)
 
 
