@@ -65,29 +65,15 @@ def finish(workers, timeout=240):
     return outputs
 
 
-@pytest.fixture(scope="module")
-def single_device(tmp_path_factory):
-    output_dir = str(tmp_path_factory.mktemp("single") / "run")
-    result = run_app(*RUN, "--epochs=2", "--steps_per_epoch=3", f"--output_dir={output_dir}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return output_dir
-
-
-def test_mirrored_over_two_cpu_devices_equals_one_device(single_device, tmp_path):
-    result = run_app(*RUN, "--epochs=2", "--steps_per_epoch=3", "--strategy=mirrored",
-                     "--cpu_devices=2", f"--output_dir={tmp_path}", cold=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "MirroredStrategy with 2 replicas" in result.stdout
-    assert "global batch 32 (16 per replica)" in result.stdout
-    np.testing.assert_allclose(losses(tmp_path), losses(single_device), rtol=LOSS_RTOL)
-
-
-def test_two_workers_equal_one_device_and_only_the_chief_writes(single_device, tmp_path):
-    output_dir = str(tmp_path / "run")
-    chief, worker = finish(start_workers(output_dir, free_ports(2), "--epochs=2",
-                                         "--steps_per_epoch=3"))
+def test_two_workers_equal_one_device_and_only_the_chief_writes(tmp_path):
+    args = ("--epochs=2", "--steps_per_epoch=3")
+    one = run_app(*RUN, *args, f"--output_dir={tmp_path / 'one'}")
+    assert one.returncode == 0, one.stderr[-3000:]
+    output_dir = str(tmp_path / "cluster")
+    chief, worker = finish(start_workers(output_dir, free_ports(2), *args))
     assert "task worker 0 of 2 (the chief" in chief and "task worker 1 of 2;" in worker
-    np.testing.assert_allclose(losses(output_dir), losses(single_device), rtol=LOSS_RTOL)
+    assert "global batch 32 (16 per replica)" in chief
+    np.testing.assert_allclose(losses(output_dir), losses(tmp_path / "one"), rtol=LOSS_RTOL)
     assert sorted(os.listdir(output_dir)) == ["checkpoint-2.keras", "logs", "metrics.json",
                                               "model.keras", "state.json"]
 
@@ -95,7 +81,7 @@ def test_two_workers_equal_one_device_and_only_the_chief_writes(single_device, t
 def test_a_killed_cluster_resumes_from_the_committed_epoch(tmp_path):
     output_dir = str(tmp_path / "run")
     state_path = os.path.join(output_dir, "state.json")
-    args = ("--epochs=3", "--steps_per_epoch=40")
+    args = ("--epochs=2", "--steps_per_epoch=30")
     workers = start_workers(output_dir, free_ports(2), *args)
     deadline = time.time() + 240
     while not os.path.exists(state_path) and time.time() < deadline:
@@ -107,15 +93,17 @@ def test_a_killed_cluster_resumes_from_the_committed_epoch(tmp_path):
         w.wait()
     with open(state_path) as f:
         committed = json.load(f)["epoch"]
-    assert committed in (1, 2)
+    assert committed == 1
 
     outputs = finish(start_workers(output_dir, free_ports(2), *args))
     for output in outputs:
         assert f"Resuming mlperf_tiny_resnet8 from epoch {committed}" in output
-    assert [epoch["epoch"] for epoch in history(output_dir)] == [1, 2, 3]
+    assert [epoch["epoch"] for epoch in history(output_dir)] == [1, 2]
 
 
-def test_grad_accumulation_across_replicas_equals_one_device(tmp_path):
+def test_mirrored_with_grad_accumulation_equals_one_device(tmp_path):
+    """Two CPU devices in one process, with accumulation (whose cross-replica form is
+    effkeras'); a cluster without accumulation is compared above."""
     args = (*RUN, "--epochs=1", "--steps_per_epoch=4", "--grad_accumulation=2")
     one = run_app(*args, f"--output_dir={tmp_path / 'one'}")
     assert one.returncode == 0, one.stderr[-3000:]
@@ -124,6 +112,7 @@ def test_grad_accumulation_across_replicas_equals_one_device(tmp_path):
     two = run_app(*args, "--strategy=mirrored", "--cpu_devices=2",
                   f"--output_dir={tmp_path / 'two'}", cold=True)
     assert two.returncode == 0, two.stderr[-3000:]
+    assert "MirroredStrategy with 2 replicas" in two.stdout
     np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"),
                                rtol=LOSS_RTOL)
 
