@@ -428,8 +428,9 @@ def _train(config, info, recipe, stage=None, initial=None, float_model=None, *, 
         if float_model.output_shape[-1] != num_classes:
             raise InputError(f"{config.init_from} has {float_model.output_shape[-1]} classes, "
                              f"{config.dataset} {num_classes}: fine-tune it on its own dataset")
-        student = (quantization.quantize_model(float_model) if stage == "qat"  # calibrated below
-                   else float_model)
+        with strategy.scope():
+            student = (quantization.quantize_model(float_model) if stage == "qat"  # calibrated
+                       else float_model)
     else:
         with strategy.scope():
             student = _build(info, input_shape, num_classes, policy)
@@ -486,13 +487,14 @@ def _train(config, info, recipe, stage=None, initial=None, float_model=None, *, 
         + (f"; {policy}" if policy != "float32" else ""))
     train_data = train_split.dataset  # endless: fit's epochs are `steps` batches
     model = student
-    if transfer:
-        model = FeatureTransfer(student, teacher)
-        model.copy_stem()
-    elif teacher is not None:
-        model = Distiller(student, teacher, alpha=recipe.loss.alpha,
-                          temperature=recipe.loss.temperature,
-                          label_smoothing=recipe.loss.label_smoothing)
+    with strategy.scope():
+        if transfer:
+            model = FeatureTransfer(student, teacher)
+            model.copy_stem()
+        elif teacher is not None:
+            model = Distiller(student, teacher, alpha=recipe.loss.alpha,
+                              temperature=recipe.loss.temperature,
+                              label_smoothing=recipe.loss.label_smoothing)
     test_data = test_split.dataset
     if recipe.mix is not None:  # batch-level mixing: soft labels, test labels one-hot too
         mix = recipe.mix
