@@ -129,7 +129,10 @@ def measure(spec, rounds, steps):
 
 def table(report):
     s = report["setup"]
-    lines = [f"Bi-Real Net 18, {s['input_size']}x{s['input_size']}x3, batch {s['batch_size']}, "
+    lines = ["# Training step: effkeras (Keras 3) against larq (tf_keras)", "",
+             "Written by tools/bench_train_step.py; every step time is in "
+             "bench_train_step.json.", "",
+             f"Bi-Real Net 18, {s['input_size']}x{s['input_size']}x3, batch {s['batch_size']}, "
              f"{s['num_classes']} classes, Adam; {s['rounds']} rounds x {s['steps']} steps per "
              f"variant after {s['warmup']} warm-up; threads: {s['threads'] or 'TF default'} "
              f"({s['cpus']} CPUs)", "",
