@@ -22,7 +22,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    from effkeras import models, summary
+    from effkeras import models
+    from effkeras.graph import summary
     from effkeras.errors import InputError
 
     if FLAGS.list:

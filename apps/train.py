@@ -10,7 +10,7 @@ batch; --grad_accumulation=N applies the mean gradient of N batches (a global ba
 the devices hold, as RAN-i's 2,560).
 
 --qat fine-tunes a trained float model with int8 quantization-aware training
-(effkeras.quantization; a short schedule at a low learning rate); convert its model.keras with
+(effkeras.qat; a short schedule at a low learning rate); convert its model.keras with
 --target=int8, tflm or ethos-u* and the file takes the ranges it learned.
 
 It prints the input shape it chose, its estimate of the training memory (and refuses, naming a

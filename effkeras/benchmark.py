@@ -181,7 +181,7 @@ def convert(loaded, target, *, calibration=None, sample=None):
 
 
 def mac_shares(model, report, rows):
-    """(binary share, NPU share) of `model`'s MACs (`rows`: its effkeras.summary rows) in the
+    """(binary share, NPU share) of `model`'s MACs (`rows`: its effkeras.graph.summary rows) in the
     converted file of `report`."""
     from effkeras import graph
     from effkeras.deploy import lce
@@ -204,7 +204,7 @@ def describe(loaded, target, flatbuffer, report):
     """The Row of one converted model, before timing."""
     import keras
 
-    from effkeras import summary
+    from effkeras.graph import summary
 
     row = Row(model=loaded.label, target=target, size_bytes=len(flatbuffer),
               ops=dict(report.op_census), accuracy=loaded.accuracy,

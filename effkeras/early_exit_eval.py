@@ -29,7 +29,8 @@ import os
 
 import numpy as np
 
-from effkeras import data, evaluation, plots, saving, summary
+from effkeras import data, evaluation, plots, saving
+from effkeras.graph import summary
 from effkeras.errors import InputError
 from effkeras.fileio import atomic_path, write_json
 

@@ -2,7 +2,7 @@
 
 Each quantizer is a plain function plus a thin serializable class; `get()` resolves names
 the way larq does (`get("ste_sign")` -> `SteSign()`). Every class has `bits` (output precision,
-read by `effkeras.summary`) and larq's alias `precision`.
+read by `effkeras.graph.summary`) and larq's alias `precision`.
 
 Binarizers emit `where(x >= 0, 1, -1)` under a custom gradient: the Select form that the LCE
 converter turns into `LceQuantize` (Larq Compute Engine, Bannink et al., MLSys 2021, arXiv

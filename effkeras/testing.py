@@ -10,8 +10,8 @@ away from the thresholds, so any disagreement is a real conversion error.
 import keras
 import numpy as np
 
-from effkeras.deploy.passes.rewrite import as_list
-from effkeras.deploy.passes.w1a2 import is_w1a2
+from effkeras.graph.rewrite import as_list
+from effkeras.graph.passes.w1a2 import is_w1a2
 from effkeras.errors import InputError
 
 

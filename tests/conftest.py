@@ -150,7 +150,7 @@ def make_arithmetic_exact(model, seed=0):
 # that check it call run_app(..., cold=True).
 
 APP_PRELOAD = ("apps._cli", "keras", "effkeras", "effkeras.data", "effkeras.deploy",
-               "effkeras.evaluation", "effkeras.models", "effkeras.summary", "effkeras.training")
+               "effkeras.evaluation", "effkeras.models", "effkeras.graph.summary", "effkeras.training")
 _PER_TEST_ENV = ("PYTEST_CURRENT_TEST", "TF_CONFIG")  # per test: passed on, not compared
 
 

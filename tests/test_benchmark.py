@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import assert_one_error_line, run_app
-from effkeras import benchmark, models, summary
+from effkeras import benchmark, models
+from effkeras.graph import summary
 from effkeras.errors import InputError
 
 TARGETS = ["arm", "int8", "tflm", "ethos-u55-128"]

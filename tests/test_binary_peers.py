@@ -11,7 +11,8 @@ import keras
 import numpy as np
 import pytest
 
-from effkeras import deploy, models, summary
+from effkeras import deploy, models
+from effkeras.graph import summary
 from effkeras.errors import InputError
 from effkeras.interop import larq_zoo
 from effkeras.layers import normalize_pixels

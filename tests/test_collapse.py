@@ -6,9 +6,10 @@ import pytest
 import tensorflow as tf
 from keras import layers
 
-from effkeras import deploy, summary
+from effkeras import deploy
+from effkeras.graph import summary
 from effkeras.deploy import verify
-from effkeras.deploy.passes.collapse import collapse
+from effkeras.graph.passes.collapse import collapse
 from effkeras.layers import CollapsibleConv2D
 
 RNG = np.random.default_rng(0)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import run_app
-from effkeras import deploy, models, nn_mass, summary
+from effkeras import deploy, models
+from effkeras.graph import nn_mass, summary
 from effkeras.deploy import verify
 from effkeras.layers import LayerScale
 from effkeras.models import convnext

@@ -9,7 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from effkeras import deploy, early_exit_eval, models, summary
+from effkeras import deploy, early_exit_eval, models
+from effkeras.graph import summary
 from effkeras.data import synthetic
 from effkeras.deploy import early_exit, tflite, verify
 from effkeras.errors import InputError

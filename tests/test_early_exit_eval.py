@@ -132,7 +132,8 @@ def test_validation_is_held_out_of_the_training_files(fashion_mnist_dir):
 
 @pytest.fixture(scope="module")
 def ranet_checkpoint(tmp_path_factory):
-    from effkeras import models, summary
+    from effkeras import models
+    from effkeras.graph import summary
 
     model = models.get("ranet_cifar", input_shape=(32, 32, 1), num_classes=10,
                        **models.info("ranet_cifar").small)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from effkeras import evaluation, graph, models, quantizers, summary, training
+from effkeras import evaluation, graph, models, quantizers, training
+from effkeras.graph import summary
 from effkeras.data import augment
 from effkeras.errors import InputError
 from effkeras.layers import PixelEmbedding, QuantConv2D

@@ -7,7 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from effkeras import deploy, models, summary
+from effkeras import deploy, models
+from effkeras.graph import summary
 from effkeras.layers import BSplineActivation
 from effkeras.training import recipes
 

@@ -9,8 +9,8 @@ from keras import layers
 
 from effkeras import deploy, models
 from effkeras.deploy import ethos_u, int8_tables, runtime, tflite, verify
-from effkeras.deploy.passes import freeze_tables as freeze_module
-from effkeras.deploy.passes.freeze_tables import freeze_tables
+from effkeras.graph.passes import freeze_tables as freeze_module
+from effkeras.graph.passes.freeze_tables import freeze_tables
 from effkeras.errors import InputError
 from effkeras.layers import BSplineActivation, LerpPSA, LerpTable
 

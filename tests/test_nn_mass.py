@@ -7,8 +7,9 @@ import pytest
 from keras import layers
 
 from conftest import run_app
-from effkeras import models, summary
-from effkeras.nn_mass import dense_cells, model_mass, nonlinear_units
+from effkeras import models
+from effkeras.graph import summary
+from effkeras.graph.nn_mass import dense_cells, model_mass, nonlinear_units
 
 
 def test_dense_cells_by_hand():

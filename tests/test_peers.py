@@ -4,11 +4,12 @@ import keras
 import numpy as np
 import pytest
 
-from effkeras import models, summary
+from effkeras import models
+from effkeras.graph import summary
 
 
 def counts(model):
-    """(all parameters, MACs from effkeras.summary) of a float model."""
+    """(all parameters, MACs from effkeras.graph.summary) of a float model."""
     totals = summary.totals(summary.summarize(model))
     assert totals["binary_macs"] == totals["low_bit_macs"] == 0
     return model.count_params(), totals["float_macs"]

@@ -5,11 +5,11 @@ import keras
 import pytest
 from keras import layers
 
-from effkeras import deploy, models, quantization, training
-from effkeras.deploy import qat as qat_deploy
+from effkeras import deploy, models, training
+from effkeras.deploy import int8_qat as qat_deploy
 from effkeras.deploy import runtime, verify
 from effkeras.errors import InputError
-from effkeras.quantization import FakeQuant, QATConv2D
+from effkeras.qat import FakeQuant, FoldedBatchNorm, QATConv2D, input_quantizer, is_qat_model, output_quantizers, quantize_model, set_mode, snap_biases, unobserved
 from conftest import assert_one_error_line, run_app
 
 
@@ -44,7 +44,7 @@ def images(count, shape=(16, 16, 3), seed=0):
 @pytest.fixture(scope="module")
 def qat_net():
     model = small_net()
-    return model, quantization.quantize_model(model, images(64))
+    return model, quantize_model(model, images(64))
 
 
 def test_rewrite_folds_bn_and_relu_and_quantizes_where_tflite_does(qat_net):
@@ -66,17 +66,17 @@ def test_rewrite_folds_bn_and_relu_and_quantizes_where_tflite_does(qat_net):
     assert by_name["image_quant"].fixed_range == (0.0, 255.0)
     # Its rounding off, the QAT model is the float model (the folded Rescaling and BNs included).
     x = images(4, seed=1)
-    quantization.set_mode(qat, "float")
+    set_mode(qat, "float")
     try:
         np.testing.assert_allclose(qat(x), model(x), rtol=1e-5, atol=1e-5)
     finally:
-        quantization.set_mode(qat, "quantize")
+        set_mode(qat, "quantize")
 
 
 def test_weights_are_int8_per_output_channel_symmetric(qat_net):
     _, qat = qat_net
     for layer in qat.layers:
-        if not isinstance(layer, quantization.FoldedBatchNorm):
+        if not isinstance(layer, FoldedBatchNorm):
             continue
         kernel = keras.ops.convert_to_numpy(layer.quantize_weights(layer.folded()[0]))
         channels = kernel.reshape(-1, layer.output_channels())
@@ -90,7 +90,7 @@ def test_activation_ranges_calibrate_then_follow_a_moving_average():
     quantizer = FakeQuant(ema_decay=0.9)
     quantizer.build((None, 4))
     x = np.array([[-1.0, 0.5, 2.0, 3.0]], np.float32)
-    quantization.set_mode(keras.Sequential([keras.Input((4,)), quantizer]), "calibrate")
+    set_mode(keras.Sequential([keras.Input((4,)), quantizer]), "calibrate")
     np.testing.assert_array_equal(quantizer(x), x)  # calibrating: float outputs
     quantizer(x * 2)
     assert (float(quantizer.range_min), float(quantizer.range_max)) == (-2.0, 6.0)  # min/max seen
@@ -119,7 +119,7 @@ def test_int8_file_reads_the_qat_ranges_and_matches_keras_to_one_step(qat_net):
     _, ptq = deploy.convert(model, "int8", calibration=images(64), sample=sample)
     assert report.op_census == ptq.op_census
     _, outputs = verify.io_tensors(flatbuffer)
-    scale, zero_point = quantization.output_quantizers(qat)[0].quantization()
+    scale, zero_point = output_quantizers(qat)[0].quantization()
     assert outputs[0].scale[0] == pytest.approx(scale, rel=1e-6)
     assert outputs[0].zero_point[0] == zero_point
     convs = [op for op in verify.operators(flatbuffer) if op.type == "CONV_2D"]
@@ -142,7 +142,7 @@ def test_hard_swish_and_a_lone_batch_norm_convert_op_by_op_within_one_step():
     x = layers.Activation("hard_swish", name="act2")(x)
     model = keras.Model(inputs, layers.Dense(4, name="logits")(
         layers.GlobalAveragePooling2D(name="mean")(x)))
-    qat = quantization.quantize_model(model, images(64, (16, 16, 1)))
+    qat = quantize_model(model, images(64, (16, 16, 1)))
     assert [type(layer).__name__ for layer in qat.layers].count("ChannelAffine") == 2
     sample = images(16, (16, 16, 1), seed=5)
     _, report = deploy.convert(qat, "int8", sample=sample)
@@ -166,7 +166,7 @@ def test_hard_swish_and_a_lone_batch_norm_convert_op_by_op_within_one_step():
 
 def test_resmlp_psa_qat_keeps_exact_int8_tables_and_a_layer_scale_as_mul_add():
     model = models.get("resmlp_psa_h025", input_shape=(32, 32, 3), num_classes=10)
-    qat = quantization.quantize_model(model, images(32, (32, 32, 3)))
+    qat = quantize_model(model, images(32, (32, 32, 3)))
     kinds = [type(layer).__name__ for layer in qat.layers]
     assert kinds.count("LerpTable") == 8  # frozen: QAT trains the layers around the tables
     assert kinds.count("ChannelAffine") == 2 * 8 + 2 * 5  # 8 LayerScales, 4 + 1 lone BNs
@@ -184,10 +184,10 @@ def test_a_dead_channel_gets_a_weight_range_its_bias_fits_in_and_converts():
     kernel[..., 0, 0] = 1e-30  # a channel decayed to nothing, with a bias
     bias[0] = 0.8
     model.get_layer("dw").set_weights([kernel, bias])
-    qat = quantization.quantize_model(model, images(16, (8, 8, 4)))
-    snapped = quantization.snap_biases(report_clone(qat))
+    qat = quantize_model(model, images(16, (8, 8, 4)))
+    snapped = snap_biases(report_clone(qat))
     floor = snapped.get_layer("dw").weight_floor
-    input_scale = quantization.input_quantizer(snapped.get_layer("dw")).quantization()[0]
+    input_scale = input_quantizer(snapped.get_layer("dw")).quantization()[0]
     assert floor[0] == pytest.approx(127 * 0.8 / (input_scale * 2 ** 24), rel=1e-4)
     assert np.all(floor[1:] == np.abs(kernel[..., 1:, 0]).reshape(-1, 3).max(axis=0))
     _, report = deploy.convert(qat, "int8", sample=images(8, (8, 8, 4), seed=7))
@@ -202,7 +202,7 @@ def test_sigmoid_tanh_gelu_take_the_output_scales_of_tflites_kernels():
     x = layers.Activation("tanh", name="t")(layers.Add(name="add")([a, b]))
     model = keras.Model(inputs, layers.Dense(3, name="logits")(
         layers.GlobalAveragePooling2D(name="mean")(x)))
-    qat = quantization.quantize_model(model, images(32, (8, 8, 3)))
+    qat = quantize_model(model, images(32, (8, 8, 3)))
     assert qat.get_layer("s_quant").quantization() == pytest.approx((1 / 256, -128))
     assert qat.get_layer("t_quant").quantization() == pytest.approx((1 / 128, 0))
     _, report = deploy.convert(qat, "int8", sample=images(16, (8, 8, 3), seed=8))
@@ -220,7 +220,7 @@ def report_clone(qat):
 
 def report_reference(qat, sample):
     """What the int8 target compares with: the QAT model with its biases on TFLite's grid."""
-    return quantization.snap_biases(report_clone(qat)).predict(sample, verbose=0)
+    return snap_biases(report_clone(qat)).predict(sample, verbose=0)
 
 
 def test_qat_model_round_trips_with_ranges_and_folded_bn(qat_net, tmp_path):
@@ -235,7 +235,7 @@ def test_qat_model_round_trips_with_ranges_and_folded_bn(qat_net, tmp_path):
         "kernel", "gamma", "beta", "moving_mean", "moving_variance"}
     x = images(4, seed=3)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), qat.predict(x, verbose=0))
-    assert quantization.is_qat_model(loaded)
+    assert is_qat_model(loaded)
 
 
 def test_what_cannot_be_quantized_is_named():
@@ -246,24 +246,24 @@ def test_what_cannot_be_quantized_is_named():
     model = keras.Model(inputs, layers.Dense(2)(layers.Flatten()(x)))
     with pytest.raises(InputError, match=r"swish_conv \(Conv2D with activation silu.*norm "
                                          r"\(LayerNormalization\), cat \(Concatenate\)"):
-        quantization.quantize_model(model)
+        quantize_model(model)
     with pytest.raises(InputError, match="already a QAT model"):
-        quantization.quantize_model(quantization.quantize_model(small_net()))
+        quantize_model(quantize_model(small_net()))
     two_exits = keras.Model(inputs, [layers.Dense(2)(layers.Flatten()(inputs))] * 2)
     with pytest.raises(InputError, match="one image input and one logits output"):
-        quantization.quantize_model(two_exits)
+        quantize_model(two_exits)
 
 
 def test_an_uncalibrated_qat_model_does_not_convert():
-    qat = quantization.quantize_model(small_net())
-    assert quantization.unobserved(qat)[0] == "stem_quant"
+    qat = quantize_model(small_net())
+    assert unobserved(qat)[0] == "stem_quant"
     with pytest.raises(InputError, match="have no range yet.*calibrate"):
         deploy.convert(qat, "int8")
 
 
 def test_resnet8_qat_runs_in_tflm_and_all_on_the_ethos_u55_npu():
     model = models.get("mlperf_tiny_resnet8", input_shape=(32, 32, 3), num_classes=10)
-    qat = quantization.quantize_model(model, images(32, (32, 32, 3)))
+    qat = quantize_model(model, images(32, (32, 32, 3)))
     sample = images(8, (32, 32, 3), seed=4)
     _, tflm = deploy.convert(qat, "tflm", sample=sample)
     assert tflm.qat and tflm.arena_bytes > 0 and tflm.max_op_lsb <= 1
@@ -285,7 +285,7 @@ def test_train_qat_from_a_float_run_and_resume(tmp_path):
     second = training.train(training.TrainConfig(epochs=2, **qat_config))
     assert [h["epoch"] for h in second["history"]] == [1, 2]
     trained = keras.models.load_model(qat_dir / "model.keras")
-    assert quantization.is_qat_model(trained) and not quantization.unobserved(trained)
+    assert is_qat_model(trained) and not unobserved(trained)
     assert int(keras.models.load_model(qat_dir / "checkpoint-2.keras").optimizer.iterations) == 4
     other = tmp_path / "other.keras"
     other.write_bytes((float_dir / "model.keras").read_bytes())
@@ -299,7 +299,7 @@ def test_train_qat_from_a_float_run_and_resume(tmp_path):
     control = {**qat_config, "qat": False, "finetune": True, "output_dir": str(tmp_path / "ft")}
     tuned = training.train(training.TrainConfig(epochs=1, **control))
     assert tuned["model"] == "mlperf_tiny_resnet8"
-    assert not quantization.is_qat_model(keras.models.load_model(tmp_path / "ft" / "model.keras"))
+    assert not is_qat_model(keras.models.load_model(tmp_path / "ft" / "model.keras"))
     with pytest.raises(InputError, match="holds a float fine-tuning run: resume it with "
                                          "--finetune"):
         training.train(training.TrainConfig(epochs=2, **{**qat_config,

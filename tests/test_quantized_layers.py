@@ -123,7 +123,7 @@ def test_depthwise_equals_numpy(pad_values):
     padded = _pad(_sign(x), 3, 2, pad_values)
     expected = _depthwise_valid(padded, _sign(layer.kernel.numpy()), 2) + layer.bias.numpy()
     np.testing.assert_allclose(layer(x), expected, rtol=1e-5, atol=1e-5)
-    assert layer.kernel_quantizer.bits == 1  # what effkeras.summary reads
+    assert layer.kernel_quantizer.bits == 1  # what effkeras.graph.summary reads
 
 
 @pytest.mark.parametrize("pad_values", [0.0, 1.0])

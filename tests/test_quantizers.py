@@ -216,7 +216,7 @@ def test_unsigned_codes_agree_in_eager_graph_and_constant_folding():
 def test_ste_unsigned_is_half_wave_gaussian_and_rewritable():
     """One class for both names: a w1a2 conv with larq's `ste_unsigned` input says its thresholds
     and step, so the w1a2 -> LCE rewrite accepts it."""
-    from effkeras.deploy.passes.w1a2 import unsupported_reason
+    from effkeras.graph.passes.w1a2 import unsupported_reason
     from effkeras.layers import QuantConv2D
 
     ste_unsigned, hwgq = quantizers.get("ste_unsigned"), quantizers.get("half_wave_gaussian")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from tensorflow.lite.python import schema_py_generated as schema
 
-from effkeras import deploy, models, summary
+from effkeras import deploy, models
+from effkeras.graph import summary
 from effkeras.layers import BilinearResize
 from effkeras.models import ranet
 from effkeras.models.ranet_plan import Config, costs

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from effkeras import deploy, models, summary, training
+from effkeras import deploy, models, training
+from effkeras.graph import summary
 from effkeras.layers.recu import ReCUConv2D, recu_weight
 from effkeras.training.callbacks import recu_tau
 from conftest import make_arithmetic_exact

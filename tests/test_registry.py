@@ -45,7 +45,7 @@ def test_registering_a_name_twice_fails():
     ("resnet34", 21_797_672, 3_665_592_832),  # 21.8M params, 3.6 GFLOPs
 ])
 def test_imagenet_resnets_match_he_et_al(name, trainable, macs):
-    from effkeras import summary
+    from effkeras.graph import summary
 
     model = models.get(name)
     assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == trainable

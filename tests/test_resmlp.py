@@ -8,7 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from effkeras import models, summary, training
+from effkeras import models, training
+from effkeras.graph import summary
 from effkeras.errors import InputError
 from effkeras.layers import BSplineActivation, LayerScale, ResPSA
 from effkeras.models import resmlp
@@ -179,7 +180,7 @@ def test_transfer_epochs_is_checked(tmp_path):
 def test_learned_activations_count_as_nonlinear_units():
     # PSA at H has as many non-linear outputs per image as ReLU at 2H: 4 blocks x 64 tokens x
     # (96 + H) vs 4 x 64 x 2H.
-    from effkeras import nn_mass
+    from effkeras.graph import nn_mass
 
     assert nn_mass.nonlinear_units(models.get("resmlp_psa_h1")) == 4 * 64 * (96 + 96)
     assert nn_mass.nonlinear_units(models.get("resmlp_relu_h2")) == 4 * 64 * 192

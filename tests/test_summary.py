@@ -4,7 +4,8 @@ import keras
 import pytest
 from keras import layers
 
-from effkeras import models, summary
+from effkeras import models
+from effkeras.graph import summary
 
 
 def stats_by_name(model):

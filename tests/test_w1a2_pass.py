@@ -1,4 +1,4 @@
-"""w1a2 -> binary convs for LCE (effkeras/deploy/passes/w1a2.py): exact against
+"""w1a2 -> binary convs for LCE (effkeras/graph/passes/w1a2.py): exact against
 the un-rewritten Keras model, layer by layer and for every ERN, with every w1a2 conv an
 LceBconv2d (one per plane block) and none left as a float CONV_2D."""
 
@@ -12,7 +12,7 @@ from keras import ops
 
 from effkeras import deploy, models, quantizers
 from effkeras.deploy import lce, verify
-from effkeras.deploy.passes import w1a2 as w1a2_pass
+from effkeras.graph.passes import w1a2 as w1a2_pass
 from effkeras.testing import tie_free_weights
 from effkeras.errors import InputError
 from effkeras.layers import PixelEmbedding, QuantConv2D, QuantDense

@@ -4,12 +4,12 @@
         [--layers] [--no_model] [--json] [--plot=ern18_lce.png]
 
 --layers: every w1a2 conv of the model alone (its input -> the conv), rewritten in the
-    thermometer and the bit-plane form (effkeras/deploy/passes/w1a2.py), converted with LCE and
+    thermometer and the bit-plane form (effkeras/graph/passes/w1a2.py), converted with LCE and
     timed in the LCE interpreter, one thread, the two forms taking turns; median ms per form,
     with LCE's default bconv kernel and with its indirect BGEMM kernel (`_indirect`).
 model (default): the model rewritten with form="auto" and converted by `lce.convert`
     (checked against Keras), then
-    (a) its .tflite bytes against the weight bytes effkeras.summary counts (1-bit params / 8;
+    (a) its .tflite bytes against the weight bytes effkeras.graph.summary counts (1-bit params / 8;
         the float BN params are reported beside), and per form;
     (b) single-thread latency in the LCE interpreter against the same network with float
         activations and float convs (the quantizers removed) converted to float TFLite and run
@@ -87,7 +87,7 @@ def bench_layers(model, args):
     import numpy as np
 
     from effkeras.deploy import lce
-    from effkeras.deploy.passes import w1a2
+    from effkeras.graph.passes import w1a2
 
     rng = np.random.default_rng(0)
     rows = []
@@ -165,7 +165,7 @@ def tflite_runner(flatbuffer, x):
 def bench_model(model, args):
     import numpy as np
 
-    from effkeras import summary
+    from effkeras.graph import summary
     from effkeras.deploy import lce, verify
     from effkeras.testing import tie_free_weights
 

@@ -42,7 +42,8 @@ def prepare(name, batch_size):
     import numpy as np
     import tensorflow as tf
 
-    from effkeras import models, summary
+    from effkeras import models
+    from effkeras.graph import summary
     from effkeras.layers import LerpPSA
 
     keras.utils.set_random_seed(0)

@@ -36,7 +36,8 @@ def prepare(name, size, small):
     import keras
     import numpy as np
 
-    from effkeras import deploy, models, nn_mass, summary
+    from effkeras import deploy, models
+    from effkeras.graph import nn_mass, summary
     from effkeras.deploy import runtime
 
     info = models.info(name)

@@ -34,7 +34,8 @@ NAME = "lerp_psa"
 
 def row(directory):
     """One table row from the run in `directory` (and its transfer stage, if any)."""
-    from effkeras import models, nn_mass, summary
+    from effkeras import models
+    from effkeras.graph import nn_mass, summary
 
     metrics = _report.read_run(directory)
     model = models.get(metrics["model"], input_shape=tuple(metrics["input_shape"]))

@@ -49,12 +49,12 @@ def row(float_run, qat_run, finetune_run=None, *, dataset="fashion_mnist", data_
     `finetune_run`, that float model and its PTQ file."""
     import tempfile
 
-    from effkeras import data, deploy, evaluation, quantization, saving
+    from effkeras import data, deploy, evaluation, qat, saving
     from effkeras.errors import InputError
 
     float_model = saving.load_model(os.path.join(float_run, "model.keras"))
     qat_model = saving.load_model(os.path.join(qat_run, "model.keras"))
-    if not quantization.is_qat_model(qat_model) or qat_model.name != float_model.name:
+    if not qat.is_qat_model(qat_model) or qat_model.name != float_model.name:
         raise InputError(f"{qat_run} is not a QAT run of {float_model.name} (apps.train --qat "
                          f"--init_from={float_run}/model.keras --output_dir={qat_run})")
     shape = tuple(float_model.input_shape[1:])

@@ -74,7 +74,7 @@ def block_efficiency(per_layer_csv):
 
 
 def macs_and_params(model):
-    from effkeras import summary
+    from effkeras.graph import summary
 
     totals = summary.totals(summary.summarize(model))
     return totals["float_macs"] + totals["binary_macs"] + totals["low_bit_macs"], \

@@ -1,6 +1,7 @@
 """Deployment: one entry point, `convert(model, target, *, calibration=None, **options)`.
 
-    api.py       the target registry, convert, default_target, save (+ the app-facing JSON)
+    registry.py  the target registry (Target, register_target, names, get); imports no deploy
+    api.py       convert, default_target, save (+ the app-facing JSON)
     verify.py    the one verifier: op census, io tensors, agreement with Keras, Report, save
     runtime.py   runs .tflite files: LiteRT, TFLite Micro, LCE's interpreter
     passes/      graph rewrites before export: rewrite (clone-and-replace), fold_bn, w1a2,
@@ -15,8 +16,8 @@ The target modules (they import TensorFlow's and LCE's converters) load when a t
 asked for, so that `import effkeras` (which registers the passes' layers) stays light.
 """
 
-from effkeras.deploy.api import (TARGETS, Target, app_metadata, convert, default_target, get,
-                                 names, register_target, save)
+from effkeras.deploy.api import app_metadata, convert, default_target, save
+from effkeras.deploy.registry import TARGETS, Target, get, names, register_target
 
 __all__ = ["TARGETS", "Target", "app_metadata", "convert", "default_target", "get", "names",
            "register_target", "save"]

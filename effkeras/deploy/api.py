@@ -11,63 +11,16 @@ and tflm (`early_exit.py`): the same targets, one signature (tflm: one file) per
 
 import dataclasses
 import os
-import re
-from typing import Callable
 
 import keras
 
 from effkeras import fileio
 from effkeras.deploy import verify
-from effkeras.deploy.passes.collapse import collapse
-from effkeras.deploy.passes.freeze_tables import freeze_tables
+from effkeras.deploy.registry import get
+from effkeras.graph.passes.collapse import collapse
+from effkeras.graph.passes.freeze_tables import freeze_tables
 from effkeras.errors import InputError
 from effkeras.layers.activations import LERP_FORMS, LerpTable
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    name: str
-    convert: Callable
-    description: str
-
-
-TARGETS: dict = {}
-
-
-def register_target(name, description):
-    """Decorator registering `fn(model, *, calibration=None, **options) -> (bytes, Report)`."""
-
-    def decorate(fn):
-        if name in TARGETS:
-            raise ValueError(f"deploy target {name!r} is registered twice")
-        TARGETS[name] = Target(name, fn, description)
-        return fn
-
-    return decorate
-
-
-TARGET_MODULES = ("lce", "tflite", "tflm", "ethos_u")  # effkeras.deploy.<module> register targets
-
-
-def _load_targets():
-    import importlib
-
-    for module in TARGET_MODULES:
-        importlib.import_module(f"effkeras.deploy.{module}")
-
-
-def names():
-    """Target names, numbers in order (ethos-u55-32 before ethos-u55-128)."""
-    _load_targets()
-    return sorted(TARGETS, key=lambda name: [int(p) if p.isdigit() else p
-                                             for p in re.split(r"(\d+)", name)])
-
-
-def get(name):
-    _load_targets()
-    if name not in TARGETS:
-        raise InputError(f"unknown deploy target {name!r}; known targets: {', '.join(names())}")
-    return TARGETS[name]
 
 
 def convert(model, target, *, calibration=None, early_exit=None, thresholds=None,

@@ -41,7 +41,7 @@ import tempfile
 import keras
 import numpy as np
 
-from effkeras import summary
+from effkeras.graph import summary
 from effkeras.deploy import runtime, verify
 from effkeras.errors import InputError
 

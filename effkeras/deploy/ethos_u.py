@@ -24,7 +24,7 @@ import sys
 import tempfile
 
 from effkeras.deploy import tflite, verify
-from effkeras.deploy.api import register_target
+from effkeras.deploy.registry import register_target
 from effkeras.errors import InputError
 
 ACCELERATORS = ("ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256",

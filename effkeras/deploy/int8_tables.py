@@ -51,7 +51,7 @@ from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.python.schema_util import get_builtin_code_from_operator_code
 
 from effkeras.deploy import runtime, verify
-from effkeras.deploy.passes.rewrite import check_models, copy_call, rewrite
+from effkeras.graph.rewrite import check_models, copy_call, rewrite
 from effkeras.errors import InputError
 from effkeras.layers.activations import LerpTable
 

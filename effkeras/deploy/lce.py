@@ -26,8 +26,8 @@ import larq_compute_engine
 import numpy as np
 
 from effkeras.deploy import verify
-from effkeras.deploy.api import register_target
-from effkeras.deploy.passes import w1a2 as w1a2_pass
+from effkeras.deploy.registry import register_target
+from effkeras.graph.passes import w1a2 as w1a2_pass
 from effkeras.deploy.verify import PIXEL_RANGE, Report, op_census, operators
 from effkeras.deploy.verify import save  # noqa: F401  (lce.save(path, flatbuffer))
 from effkeras.errors import InputError

@@ -29,9 +29,9 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from effkeras import quantization
+from effkeras import qat
 from effkeras.deploy import int8_tables, runtime, verify
-from effkeras.deploy.api import register_target
+from effkeras.deploy.registry import register_target
 from effkeras.deploy.verify import PIXEL_RANGE, Report
 from effkeras.errors import InputError
 from effkeras.graph import one_bit_kernel_layers
@@ -67,7 +67,7 @@ class Int8Report(TFLiteReport):
     float_ops: tuple = ()  # ops left in float (only with allow_float_fallback)
     int8_tables: int = 0  # exact int8 LERP tables written (int8_tables.py), each checked
     table_bytes: int = 0  # their entries: 256 bytes per channel
-    qat: bool = False  # converted from a QAT model (effkeras.quantization), with its ranges
+    qat: bool = False  # converted from a QAT model (effkeras.qat), with its ranges
     max_lsb: float = None  # QAT: max |file - Keras| of the outputs, in steps of their scale
     max_op_lsb: float = None  # QAT: the same at every quantization point, op by op (qat.py)
     quantization_points: int = 0  # QAT: tensors of the file compared op by op
@@ -177,10 +177,10 @@ def convert_int8(model, *, calibration=None, sample=None, io="int8", allow_float
             f"{model.name} has {len(binary)} layer(s) with 1-bit weights ({', '.join(binary[:3])}"
             f"{' ...' if len(binary) > 3 else ''}), which run as binary ops only in Larq Compute "
             f"Engine: deploy it with --target=arm (int8 targets compute in 8 bits)")
-    if quantization.is_qat_model(model):
-        from effkeras.deploy import qat
+    if qat.is_qat_model(model):
+        from effkeras.deploy import int8_qat
 
-        return qat.convert(model, sample=sample, io=io, input_range=input_range,
+        return int8_qat.convert(model, sample=sample, io=io, input_range=input_range,
                            max_code_step=max_code_step)
     if calibration is None:
         calibration = verify.random_sample(model, input_range, calibration_samples, seed=2)

@@ -24,7 +24,7 @@ import tempfile
 import numpy as np
 
 from effkeras.deploy import runtime, tflite, verify
-from effkeras.deploy.api import register_target
+from effkeras.deploy.registry import register_target
 from effkeras.errors import InputError
 
 MAX_LSB_DIFF = 24

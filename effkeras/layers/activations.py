@@ -15,7 +15,7 @@ The B-spline baseline (DeepSplines: Bohra et al., IEEE OJSP 2020; Aziznejad et a
 2020) is the same piecewise-linear class with its `size` knot values as free parameters,
 initialised to a leaky ReLU, and a TV(2) penalty λ·Σ|c_{k+1} - 2c_k + c_{k-1}|/T on them.
 
-`LerpTable` is what both become for inference (effkeras.deploy.passes.freeze_tables): a constant
+`LerpTable` is what both become for inference (effkeras.graph.passes.freeze_tables): a constant
 table per channel, with an input affine (a folded BatchNormalization) in front, and the residual
 folded in: interpolating samples of the identity is exact, so x + lerp(T)(x) = lerp(T + g)(x).
 Its `form` "gather" lowers to TFLite builtins (CAST, FLOOR, MINIMUM/MAXIMUM, GATHER, MUL, ADD);

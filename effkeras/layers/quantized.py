@@ -115,7 +115,7 @@ class QuantDepthwiseConv2D(_QuantMixin, keras.layers.DepthwiseConv2D):
 
     @property
     def kernel_quantizer(self):
-        """The depthwise quantizer under the name effkeras.summary reads."""
+        """The depthwise quantizer under the name effkeras.graph.summary reads."""
         return self.depthwise_quantizer
 
     def call(self, inputs):
@@ -148,7 +148,7 @@ class QuantSeparableConv2D(_QuantMixin, keras.layers.SeparableConv2D):
 
     @property
     def kernel_quantizer(self):
-        """For effkeras.summary: the pointwise quantizer when both kernels share its bits."""
+        """For effkeras.graph.summary: the pointwise quantizer when both kernels share its bits."""
         depthwise_bits = getattr(self.depthwise_quantizer, "bits", None)
         pointwise_bits = getattr(self.pointwise_quantizer, "bits", None)
         return self.pointwise_quantizer if depthwise_bits == pointwise_bits else None

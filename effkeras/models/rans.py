@@ -6,7 +6,7 @@ collapsible blocks (CB) with ONE non-linearity: BN -> h-swish -> a linear 3x3 co
 residual taken from the block's un-normalised input. The conv is a `CollapsibleConv2D`: the
 released models train it as a plain 3x3 conv (`expansion=None`); `expansion=t` trains the
 paper's over-parameterised linear expansion (3x3 Cin -> t*max(Cin, Cout), then 1x1), collapsed
-into one 3x3 conv at every step and at export (`effkeras.deploy.passes.collapse`).
+into one 3x3 conv at every step and at export (`effkeras.graph.passes.collapse`).
 
 The two released networks, GT ("Ground Truth") and C ("SubNetwork-C"), as tables below (paper
 Fig. 1 / the official release): 4.5M parameters / 434M MACs and 4.7M / 488M at 224x224.

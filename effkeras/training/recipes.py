@@ -221,7 +221,7 @@ class Recipe:
 
 
     def qat_stage(self):
-        """int8 quantization-aware fine-tuning of a trained float model (effkeras.quantization)
+        """int8 quantization-aware fine-tuning of a trained float model (effkeras.qat)
         as a recipe of its own: QAT_EPOCHS of Adam at QAT_LEARNING_RATE with a cosine decay,
         this recipe's batch, augmentation and label smoothing (no teacher)."""
         return Recipe(Optimizer("adam"), QAT_LEARNING_RATE, epochs=QAT_EPOCHS,

@@ -27,7 +27,7 @@ way, for --transfer_epochs epochs per block (0 skips it); stage 2, the recipe it
 from the transferred student (<output_dir>/transfer/model.keras).
 
 With `qat` (apps.train --qat --init_from=FLOAT.keras) the run is int8 quantization-aware
-training of that trained float model (effkeras.quantization.quantize_model, its activation
+training of that trained float model (effkeras.qat.quantize_model, its activation
 ranges first calibrated on QAT_CALIBRATION_IMAGES training images) with the recipe's qat_stage:
 a short run at a low learning rate. `finetune` is the same run without quantization, the control
 QAT is compared with. A resume must name the same --init_from, and the same kind of run.
@@ -331,13 +331,13 @@ def train(config):
 
 def _load_float_model(config):
     """The trained float model --qat (or --finetune) starts from (config.init_from)."""
-    from effkeras import quantization, saving
+    from effkeras import qat, saving
 
     if not config.init_from:
         raise InputError(f"--{'qat' if config.qat else 'finetune'} needs "
                          f"--init_from=FLOAT_MODEL.keras, the trained float model to fine-tune")
     model = saving.load_model(config.init_from)
-    if quantization.is_qat_model(model):
+    if qat.is_qat_model(model):
         raise InputError(f"{config.init_from} is already a QAT model: give the float model it "
                          f"came from, or resume its run with its --output_dir")
     if config.model is None and model.name not in models.names():
@@ -423,13 +423,13 @@ def _train(config, info, recipe, stage=None, initial=None, float_model=None, *, 
     splits = None if fixed_classes else load_splits()  # ImageNet: classes are the folders
     num_classes = fixed_classes or splits[0].num_classes
     if float_model is not None:
-        from effkeras import quantization
+        from effkeras import qat
 
         if float_model.output_shape[-1] != num_classes:
             raise InputError(f"{config.init_from} has {float_model.output_shape[-1]} classes, "
                              f"{config.dataset} {num_classes}: fine-tune it on its own dataset")
         with strategy.scope():
-            student = (quantization.quantize_model(float_model) if stage == "qat"  # calibrated
+            student = (qat.quantize_model(float_model) if stage == "qat"  # calibrated
                        else float_model)
     else:
         with strategy.scope():
@@ -448,7 +448,7 @@ def _train(config, info, recipe, stage=None, initial=None, float_model=None, *, 
         epochs = recipe.epochs
     elif stage == "qat" and state is None:
         images = _calibration_images(train_split.dataset)
-        quantization.calibrate(student, images)
+        qat.calibrate(student, images)
         log(f"int8 QAT of {config.init_from}: activation ranges calibrated on {len(images)} "
             f"training images")
     elif initial is not None and state is None:

@@ -1,4 +1,4 @@
-"""The int8 file of a QAT model (effkeras.quantization), and its check in quantization steps.
+"""The int8 file of a QAT model (effkeras.qat), and its check in quantization steps.
 
 The converter takes the model's fake-quant ranges as they are: no calibration. The file must
 then compute what the Keras model computes, op by op, rounding for rounding, and the check holds
@@ -10,7 +10,7 @@ half up; its fixed-point multipliers are not the float ratios): one code flipped
 through a deep net, so end to end a 30-layer net drifts several output steps while no op is
 more than one off. The report gives both: `max_op_lsb` (checked) and `max_lsb`, the outputs'
 end-to-end difference. Two things keep the Keras side honest first:
-- its biases are snapped to TFLite's int32 grid (quantization.snap_biases, on a copy);
+- its biases are snapped to TFLite's int32 grid (qat.snap_biases, on a copy);
 - LERP tables (LerpTable, frozen by quantize_model) stay float in the converted file, between
   their two quantization points: int8_tables writes them as exact int8 tables, as for PTQ;
 - TFLite's int8 HARD_SWISH is a 16-bit fixed-point approximation, a step or two off the float
@@ -25,10 +25,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from effkeras import quantization
+from effkeras import qat
 from effkeras.deploy import int8_tables, runtime, tflite, verify
-from effkeras.deploy.passes.rewrite import rewrite
+from effkeras.graph.rewrite import rewrite
 from effkeras.errors import InputError
+from effkeras.layers.qat import CodeTable
 
 MAX_LSB = 1  # the file's int8 tensors against the Keras ops, in steps of their scale
 OP_CHECK_EXAMPLES = 16  # examples of the sample checked op by op
@@ -38,14 +39,14 @@ _KERNEL_TABLES = ("hard_silu", "hard_swish")  # activations TFLite approximates 
 def convert(model, *, sample=None, io="int8", input_range=verify.PIXEL_RANGE, max_lsb=MAX_LSB,
             max_code_step=int8_tables.MAX_CODE_STEP):
     """(int8 flatbuffer, tflite.Int8Report) of QAT `model` (module docstring)."""
-    never = quantization.unobserved(model)
+    never = qat.unobserved(model)
     if never:
         raise InputError(f"{len(never)} activation quantizer(s) of {model.name} have no range "
                          f"yet ({', '.join(never[:3])}{' ...' if len(never) > 3 else ''}): "
-                         f"calibrate the QAT model (quantization.calibrate) or train it first")
+                         f"calibrate the QAT model (qat.calibrate) or train it first")
     snapped = keras.models.clone_model(model)
     snapped.set_weights(model.get_weights())
-    quantization.snap_biases(snapped)
+    qat.snap_biases(snapped)
     export, probes = int8_tables.named_probes(snapped)
     flatbuffer = tflite.to_flatbuffer(export, lambda converter: _int8(converter, io))
     tables = int8_tables.Tables()
@@ -74,7 +75,7 @@ def convert(model, *, sample=None, io="int8", input_range=verify.PIXEL_RANGE, ma
     actual_list = actual if isinstance(actual, list) else [actual]
     diffs = [float(np.max(np.abs(a - e))) for e, a in zip(expected_list, actual_list)]
     steps = round(max(diff / quantizer.quantization()[0] for diff, quantizer in
-                      zip(diffs, quantization.output_quantizers(snapped))), 3)
+                      zip(diffs, qat.output_quantizers(snapped))), 3)
     largest = max(float(np.max(np.abs(e))) for e in expected_list)
     return flatbuffer, tflite.Int8Report(
         target="int8", size_bytes=len(flatbuffer), op_census=verify.op_census(ops),
@@ -119,7 +120,7 @@ def op_steps(model, flatbuffer, sample):
         interpreter.invoke()
 
         def forced(operation):
-            if not isinstance(operation, quantization.FakeQuant):
+            if not isinstance(operation, qat.FakeQuant):
                 return operation
 
             def call(*args, **kwargs):
@@ -167,7 +168,7 @@ def reference(model):
                and keras.activations.serialize(layer.activation) in _KERNEL_TABLES]
     if not targets:
         return model
-    pairs = [(quantization.input_quantizer(layer), _reader(model, layer)) for layer in targets]
+    pairs = [(qat.input_quantizer(layer), _reader(model, layer)) for layer in targets]
     tables = kernel_tables([(x.quantization(), y.quantization()) for x, y in pairs])
     lookups = {id(layer): CodeTable(table, x.quantization(), y.quantization(),
                                     name=f"{layer.name}_tflite")
@@ -182,7 +183,7 @@ def reference(model):
 def _reader(model, layer):
     """The FakeQuant that reads `layer`'s output."""
     for candidate in model.layers:
-        if isinstance(candidate, quantization.FakeQuant) and any(
+        if isinstance(candidate, qat.FakeQuant) and any(
                 node.input_tensors and node.input_tensors[0]._keras_history[0] is layer
                 for node in candidate._inbound_nodes):
             return candidate
@@ -201,9 +202,9 @@ def kernel_tables(pairs):
     inputs, outputs = [], []
     for i, (x, y) in enumerate(pairs):
         codes = keras.Input((256,), name=f"codes_{i}")
-        quantized = quantization.FakeQuant(fixed_range=code_range(x))(codes)
+        quantized = qat.FakeQuant(fixed_range=code_range(x))(codes)
         swish = keras.layers.Activation("hard_swish")(quantized)
-        outputs.append(quantization.FakeQuant(fixed_range=code_range(y))(swish))
+        outputs.append(qat.FakeQuant(fixed_range=code_range(y))(swish))
         inputs.append(codes)
     probe = keras.Model(inputs, outputs, name="hard_swish_tables")
     flatbuffer = tflite.to_flatbuffer(probe, lambda converter: _int8(converter, "int8"))
@@ -213,30 +214,3 @@ def kernel_tables(pairs):
     codes = np.arange(-128, 128, dtype=np.int8)
     got = runtime.LiteRT(flatbuffer).run_one([codes] * len(pairs))
     return [np.asarray(table, np.int8) for table in got]
-
-
-@keras.saving.register_keras_serializable(package="effkeras")
-class CodeTable(keras.layers.Layer):
-    """y = table[code of x]: an int8 op given as its 256 outputs, between two quantizations."""
-
-    def __init__(self, table, x_quantization, y_quantization, **kwargs):
-        super().__init__(**kwargs)
-        self.table = np.asarray(table, np.int8)
-        self.x_quantization = tuple(x_quantization)
-        self.y_quantization = tuple(y_quantization)
-
-    def call(self, x):
-        from keras import ops
-
-        scale, zero_point = self.x_quantization
-        codes = ops.clip(ops.round(ops.cast(x, "float32") / scale) + zero_point, -128, 127)
-        out_scale, out_zero_point = self.y_quantization
-        values = (self.table.astype(np.float32) - out_zero_point) * out_scale
-        return ops.take(ops.convert_to_tensor(values), ops.cast(codes + 128, "int32"))
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "table": self.table.tolist(),
-                "x_quantization": self.x_quantization, "y_quantization": self.y_quantization}

@@ -20,8 +20,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from effkeras.deploy.passes.fold_bn import batch_norm_affine
-from effkeras.deploy.passes.rewrite import check_models, readers, rewrite
+from effkeras.graph.fold_bn import batch_norm_affine
+from effkeras.graph.rewrite import check_models, readers, rewrite
 from effkeras.errors import InputError
 from effkeras.layers.activations import (LERP_FORMS, BSplineActivation, LerpPSA, LerpTable,
                                          grid, psa_table_numpy)

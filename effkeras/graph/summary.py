@@ -3,7 +3,7 @@
 One shared MAC counter for every layer type. Precision comes from the quantizers a layer carries:
 a layer whose input and kernel are both 1-bit does binary MACs; anything else counts as float.
 The totals of `as_dict` and the table's footer add NN-Mass and non-linear units per image
-(effkeras.nn_mass). A model with several outputs (early exits) also gets, per exit, what it
+(effkeras.graph.nn_mass). A model with several outputs (early exits) also gets, per exit, what it
 needs from the input on: parameters and operations (cumulative, as early-exit papers plot them)
 and the MACs of its stage alone (`exit_costs`).
 """
@@ -14,7 +14,7 @@ import math
 import keras
 
 from effkeras.graph import FLOAT_BITS, layer_precision, leaf_layers
-from effkeras.nn_mass import NONLINEAR_LAYERS, model_mass, nonlinear_units
+from effkeras.graph.nn_mass import NONLINEAR_LAYERS, model_mass, nonlinear_units
 
 
 @dataclasses.dataclass
@@ -138,7 +138,7 @@ def as_dict(model):
 
 
 def topology(model):
-    """NN-Mass (None where not defined: effkeras.nn_mass) and non-linear units per image."""
+    """NN-Mass (None where not defined: effkeras.graph.nn_mass) and non-linear units per image."""
     return {"nn_mass": model_mass(model), "nonlinear_units": nonlinear_units(model)}
 
 

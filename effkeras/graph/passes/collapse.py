@@ -11,8 +11,8 @@ random input, then the whole model against the original on a small random batch.
 import keras
 import numpy as np
 
-from effkeras.deploy.passes.fold_bn import batch_norm_affine
-from effkeras.deploy.passes.rewrite import check_models, check_outputs, readers, rewrite
+from effkeras.graph.fold_bn import batch_norm_affine
+from effkeras.graph.rewrite import check_models, check_outputs, readers, rewrite
 from effkeras.layers.collapsible import CollapsibleConv2D
 
 

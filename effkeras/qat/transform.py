@@ -8,7 +8,7 @@ on TensorFlow is tf.quantization's FakeQuantWithMinMaxVars[PerChannel]), so trai
 the TFLite converter turns the graph into an int8 model with exactly those ranges: the int8
 target (effkeras.deploy.tflite) reads them, no calibration pass needed.
 
-`quantize_model(model, calibration)` rewrites a trained float model (deploy/passes/rewrite.py):
+`quantize_model(model, calibration)` rewrites a trained float model (graph/rewrite.py):
 - Conv2D, DepthwiseConv2D and Dense become `QATConv2D`, `QATDepthwiseConv2D`, `QATDense`: the
   BatchNormalization after them is folded into their kernel and bias on every step, and the
   folded kernel is what is fake-quantized (TFLite folds BN at conversion, so QAT must see the
@@ -31,7 +31,7 @@ target (effkeras.deploy.tflite) reads them, no calibration pass needed.
 - A BatchNormalization that follows no conv, and a LayerScale (ResMLP), become the MUL and
   ADD TFLite makes of them (`ChannelAffine`), a quantization point after each.
 - Collapsible blocks (RAN-e) are collapsed and learned activations (LERP-PSA, B-splines)
-  frozen to their tables first (deploy/passes): QAT trains what deploys, around fixed tables.
+  frozen to their tables first (graph/passes): QAT trains what deploys, around fixed tables.
 Activation ranges are moving averages (decay EMA_DECAY) of each training batch's min and max;
 `calibrate` first sets them to the float model's min and max over a calibration set, exactly
 what post-training quantization uses, so QAT starts where PTQ stands.
@@ -41,45 +41,25 @@ import numpy as np
 import keras
 from keras import layers, ops
 
-from effkeras.deploy.passes.collapse import collapse
-from effkeras.deploy.passes.fold_bn import batch_norm_affine
-from effkeras.deploy.passes.freeze_tables import freeze_tables
-from effkeras.deploy.passes.rewrite import check_models, copy_call, readers, rewrite
+from effkeras.graph.passes.collapse import collapse
+from effkeras.graph.fold_bn import batch_norm_affine
+from effkeras.graph.passes.freeze_tables import freeze_tables
+from effkeras.graph.rewrite import check_models, copy_call, readers, rewrite
 from effkeras.errors import InputError
 from effkeras.layers.activations import LerpTable
 from effkeras.layers.common import PixelNormalization
 from effkeras.layers.convnext import LayerScale
+from effkeras.layers.qat import (EMA_DECAY, ChannelAffine, FakeQuant, FoldedBatchNorm, QATConv2D,
+                                QATDense, QATDepthwiseConv2D, fake_quant, quantize_kernel)
 
-NUM_BITS = 8
-EMA_DECAY = 0.999  # per training step, for the activation ranges
 INPUT_RANGE = (0.0, 255.0)  # raw pixels: every registry model normalises them itself
 MODES = ("quantize", "calibrate", "float")
 # Activations whose int8 TFLite kernels have a fixed output quantization (and the range that
 # gives it): a quantization point of another range would cost a requantizing op.
 FIXED_OUTPUT_RANGES = {"sigmoid": (0.0, 255 / 256), "tanh": (-1.0, 127 / 128)}
-_TINY = 1e-8  # the smallest range a quantizer takes (an all-zero tensor)
 # Largest |int32 bias code| snap_biases allows: 2^24 keeps every code, and the accumulator it
 # starts, exact in float32 (XNNPack's int8 kernels requantize in float32).
 MAX_BIAS_CODE = 2 ** 24
-
-
-def fake_quant(x, low, high, axis=None, narrow_range=False):
-    """x rounded to the NUM_BITS grid of [low, high] (nudged so that 0 is on it), in float32."""
-    low = ops.minimum(ops.cast(low, "float32"), 0.0)
-    high = ops.maximum(ops.maximum(ops.cast(high, "float32"), 0.0), low + _TINY)
-    return keras.quantizers.fake_quant_with_min_max_vars(
-        ops.cast(x, "float32"), low, high, num_bits=NUM_BITS, narrow_range=narrow_range,
-        axis=axis)
-
-
-def quantize_kernel(kernel, axis=-1, floor=None):
-    """Per-channel symmetric int8 weights along `axis` (TFLite's: zero point 0, codes in
-    [-127, 127], scale max|w|/127 per output channel, or floor/127 where that is larger)."""
-    axes = [i for i in range(len(kernel.shape)) if i != axis % len(kernel.shape)]
-    bound = ops.max(ops.abs(kernel), axis=axes)
-    if floor is not None:
-        bound = ops.maximum(bound, ops.convert_to_tensor(np.asarray(floor, np.float32)))
-    return fake_quant(kernel, -bound, bound, axis=axis, narrow_range=True)
 
 
 def set_mode(model, mode):
@@ -100,231 +80,6 @@ def quantized_layers(model):
 def is_qat_model(model):
     return isinstance(model, keras.Model) and any(
         isinstance(layer, FakeQuant) for layer in model._flatten_layers(include_self=False))
-
-
-@keras.saving.register_keras_serializable(package="effkeras")
-class FakeQuant(layers.Layer):
-    """One int8 quantization point, per tensor and asymmetric, with a moving-average range.
-
-    fixed_range: (low, high) that never moves (the model's input: raw pixels). Otherwise the
-    range is `range_min`/`range_max`: in training, a moving average (decay `ema_decay`) of
-    each batch's min and max, the first batch's own until then; in "calibrate" mode, the min
-    and max over every batch seen. Called with observe=False, it rounds to its range without
-    updating it (an op that TFLite runs at its input's scale re-uses its input's quantizer).
-    """
-
-    def __init__(self, ema_decay=EMA_DECAY, fixed_range=None, **kwargs):
-        super().__init__(**kwargs)
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
-        if fixed_range is not None:
-            fixed_range = tuple(float(v) for v in fixed_range)
-            if len(fixed_range) != 2 or not fixed_range[0] < fixed_range[1]:
-                raise ValueError(f"fixed_range must be (low, high) with low < high, got "
-                                 f"{fixed_range}")
-        self.ema_decay = float(ema_decay)
-        self.fixed_range = fixed_range
-        self.mode = "quantize"
-
-    def build(self, input_shape):
-        def scalar(name):
-            return self.add_weight(shape=(), initializer="zeros", trainable=False, name=name)
-
-        self.range_min, self.range_max = scalar("range_min"), scalar("range_max")
-        self.observed = scalar("observed")  # 1 once a range has been set from data
-
-    def call(self, x, training=None, observe=True):
-        if self.mode == "float":
-            return x
-        if self.fixed_range is not None:
-            return ops.cast(fake_quant(x, *self.fixed_range), x.dtype)
-        if observe and (training or self.mode == "calibrate"):
-            batch_low = ops.cast(ops.min(x), "float32")
-            batch_high = ops.cast(ops.max(x), "float32")
-            if self.mode == "calibrate":
-                low = ops.minimum(batch_low, self.range_min)
-                high = ops.maximum(batch_high, self.range_max)
-            else:
-                decay = self.ema_decay
-                low = decay * self.range_min + (1 - decay) * batch_low
-                high = decay * self.range_max + (1 - decay) * batch_high
-            first = ops.equal(self.observed, 0.0)
-            self.range_min.assign(ops.where(first, batch_low, low))
-            self.range_max.assign(ops.where(first, batch_high, high))
-            self.observed.assign(1.0)
-        if self.mode == "calibrate":
-            return x
-        return ops.cast(fake_quant(x, self.range_min, self.range_max), x.dtype)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def quantization(self):
-        """(scale, zero point) of the int8 codes, as TFLite derives them from the range."""
-        low, high = (self.fixed_range if self.fixed_range is not None else
-                     (float(self.range_min.numpy()), float(self.range_max.numpy())))
-        low, high = min(low, 0.0), max(high, 0.0, low + _TINY)
-        scale = (high - low) / (2 ** NUM_BITS - 1)
-        return scale, int(np.round(-128 - low / scale))
-
-    def get_config(self):
-        return {**super().get_config(), "ema_decay": self.ema_decay,
-                "fixed_range": self.fixed_range}
-
-
-class FoldedBatchNorm:
-    """Mixin for a conv-like layer with its BatchNormalization folded in and int8 weights.
-
-    batch_norm_epsilon: the folded BN's ε (None: no BN). The layer holds the BN's γ, β and
-    moving statistics; every call computes w' = w·γ/√(var + ε), b' = (b - mean)·γ/√(var + ε) + β
-    per output channel, fake-quantizes w' per channel and applies its op and activation.
-    Subclasses give `apply(x, kernel)`, `output_channels()` and `channel_shape()` (the kernel
-    axes of an output channel).
-    """
-
-    def __init__(self, *args, batch_norm_epsilon=None, weight_floor=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.batch_norm_epsilon = batch_norm_epsilon
-        # Per output channel, the least bound of the weights' int8 range (None: none):
-        # snap_biases sets it where a bias would not fit TFLite's int32 grid.
-        self.weight_floor = None if weight_floor is None else np.asarray(weight_floor, np.float64)
-        self.mode = "quantize"
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        if self.batch_norm_epsilon is not None:
-            channels = self.output_channels()
-
-            def add(name, initializer, trainable):
-                return self.add_weight(shape=(channels,), initializer=initializer,
-                                       trainable=trainable, name=name)
-
-            self.gamma, self.beta = add("gamma", "ones", True), add("beta", "zeros", True)
-            self.moving_mean = add("moving_mean", "zeros", False)
-            self.moving_variance = add("moving_variance", "ones", False)
-
-    def folded(self):
-        """(kernel, bias) with the BN folded in, float32."""
-        kernel = ops.cast(self.kernel, "float32")
-        bias = (ops.cast(self.bias, "float32") if self.use_bias
-                else ops.zeros((self.output_channels(),), "float32"))
-        if self.batch_norm_epsilon is None:
-            return kernel, bias
-        scale = self.gamma * ops.rsqrt(self.moving_variance + self.batch_norm_epsilon)
-        kernel = kernel * ops.reshape(scale, self.channel_shape())
-        return kernel, (bias - self.moving_mean) * scale + self.beta
-
-    def call(self, x):
-        kernel, bias = self.folded()
-        if self.mode != "float":
-            kernel = self.quantize_weights(kernel)
-        y = self.apply(ops.cast(x, "float32"), kernel) + bias
-        return ops.cast(self.activation(y), self.compute_dtype)
-
-    def quantize_weights(self, kernel):
-        return quantize_kernel(kernel, floor=self.weight_floor)
-
-    def weight_scales(self):
-        """The int8 scale of each output channel's weights (float64), as the converter sets it."""
-        kernel = np.asarray(ops.convert_to_numpy(self.folded()[0]), np.float64)
-        bound = np.abs(kernel).reshape(-1, self.output_channels()).max(axis=0)
-        if self.weight_floor is not None:
-            bound = np.maximum(bound, self.weight_floor)
-        return bound / 127
-
-    # Conv2D and Dense save their kernel and bias only; these save every variable.
-    def save_own_variables(self, store):
-        layers.Layer.save_own_variables(self, store)
-
-    def load_own_variables(self, store):
-        layers.Layer.load_own_variables(self, store)
-
-    def get_config(self):
-        floor = None if self.weight_floor is None else self.weight_floor.tolist()
-        return {**super().get_config(), "batch_norm_epsilon": self.batch_norm_epsilon,
-                "weight_floor": floor}
-
-
-@keras.saving.register_keras_serializable(package="effkeras")
-class QATConv2D(FoldedBatchNorm, layers.Conv2D):
-    def output_channels(self):
-        return self.filters
-
-    def channel_shape(self):
-        return (1, 1, 1, -1)
-
-    def apply(self, x, kernel):
-        return self.convolution_op(x, kernel)
-
-
-@keras.saving.register_keras_serializable(package="effkeras")
-class QATDepthwiseConv2D(FoldedBatchNorm, layers.DepthwiseConv2D):
-    def output_channels(self):
-        return self.kernel.shape[2] * self.depth_multiplier
-
-    def channel_shape(self):  # output channel c·multiplier + m is kernel[..., c, m]
-        return (1, 1, -1, self.depth_multiplier)
-
-    def quantize_weights(self, kernel):  # TFLite's depthwise kernel: (1, kh, kw, channels·mult)
-        height, width, channels, multiplier = kernel.shape
-        flat = quantize_kernel(ops.reshape(kernel, (height, width, channels * multiplier)),
-                               floor=self.weight_floor)
-        return ops.reshape(flat, kernel.shape)
-
-    def apply(self, x, kernel):
-        return ops.depthwise_conv(x, kernel, strides=self.strides, padding=self.padding,
-                                  dilation_rate=self.dilation_rate, data_format=self.data_format)
-
-
-@keras.saving.register_keras_serializable(package="effkeras")
-class QATDense(FoldedBatchNorm, layers.Dense):
-    def output_channels(self):
-        return self.units
-
-    def channel_shape(self):
-        return (1, -1)
-
-    def quantize_weights(self, kernel):
-        # Per tensor: the converter cannot carry a per-channel axis through the transpose of a
-        # MatMul's kernel into FULLY_CONNECTED's (units, inputs) layout (TensorFlow 2.21).
-        bound = ops.max(ops.abs(kernel))
-        if self.weight_floor is not None:
-            bound = ops.maximum(bound, float(np.max(self.weight_floor)))
-        return fake_quant(kernel, -bound, bound, narrow_range=True)
-
-    def weight_scales(self):
-        return np.full(self.units, super().weight_scales().max())
-
-    def apply(self, x, kernel):
-        return ops.matmul(x, kernel)
-
-
-@keras.saving.register_keras_serializable(package="effkeras")
-class ChannelAffine(layers.Layer):
-    """x·value ("multiply") or x + value ("add") with a trainable value per channel: a
-    BatchNormalization that nothing folds into, as the two int8 ops TFLite makes of it (MUL,
-    ADD), each with a quantization point after it."""
-
-    def __init__(self, operation, **kwargs):
-        super().__init__(**kwargs)
-        if operation not in ("multiply", "add"):
-            raise ValueError(f"operation must be 'multiply' or 'add', got {operation!r}")
-        self.operation = operation
-
-    def build(self, input_shape):
-        self.value = self.add_weight(shape=(input_shape[-1],), name="value",
-                                     initializer="ones" if self.operation == "multiply"
-                                     else "zeros")
-
-    def call(self, x):
-        value = ops.cast(self.value, x.dtype)
-        return x * value if self.operation == "multiply" else x + value
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "operation": self.operation}
 
 
 # --- the rewrite ------------------------------------------------------------------------------

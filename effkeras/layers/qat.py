@@ -1,0 +1,291 @@
+"""The layers of int8 quantization-aware training (effkeras.qat) and of its int8 checks.
+
+Integer-arithmetic-only inference (Jacob et al., CVPR 2018, arXiv 1712.05877, §2-3): int8 weights
+per output channel, symmetric (zero point 0, codes in [-127, 127]); int8 activations per tensor,
+asymmetric (a scale and a zero point), with 0 exactly representable. The fake-quant op is
+`keras.quantizers.fake_quant_with_min_max_vars` (TensorFlow's FakeQuantWithMinMaxVars[PerChannel]),
+which the TFLite converter turns into int8 ops with exactly these ranges.
+
+    FakeQuant            one quantization point per tensor, moving-average range
+    QATConv2D, QATDepthwiseConv2D, QATDense
+                         BN folded in on every step (Jacob et al. §3.2), int8 weights
+    ChannelAffine        a BN nothing folds into, as TFLite's MUL or ADD
+    CodeTable            an int8 op given as its 256 outputs (TFLite's hard-swish kernel)
+"""
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+NUM_BITS = 8
+EMA_DECAY = 0.999  # per training step, for the activation ranges
+_TINY = 1e-8  # the smallest range a quantizer takes (an all-zero tensor)
+
+
+def fake_quant(x, low, high, axis=None, narrow_range=False):
+    """x rounded to the NUM_BITS grid of [low, high] (nudged so that 0 is on it), in float32."""
+    low = ops.minimum(ops.cast(low, "float32"), 0.0)
+    high = ops.maximum(ops.maximum(ops.cast(high, "float32"), 0.0), low + _TINY)
+    return keras.quantizers.fake_quant_with_min_max_vars(
+        ops.cast(x, "float32"), low, high, num_bits=NUM_BITS, narrow_range=narrow_range,
+        axis=axis)
+
+
+def quantize_kernel(kernel, axis=-1, floor=None):
+    """Per-channel symmetric int8 weights along `axis` (TFLite's: zero point 0, codes in
+    [-127, 127], scale max|w|/127 per output channel, or floor/127 where that is larger)."""
+    axes = [i for i in range(len(kernel.shape)) if i != axis % len(kernel.shape)]
+    bound = ops.max(ops.abs(kernel), axis=axes)
+    if floor is not None:
+        bound = ops.maximum(bound, ops.convert_to_tensor(np.asarray(floor, np.float32)))
+    return fake_quant(kernel, -bound, bound, axis=axis, narrow_range=True)
+
+
+@keras.saving.register_keras_serializable(package="effkeras")
+class FakeQuant(layers.Layer):
+    """One int8 quantization point, per tensor and asymmetric, with a moving-average range.
+
+    fixed_range: (low, high) that never moves (the model's input: raw pixels). Otherwise the
+    range is `range_min`/`range_max`: in training, a moving average (decay `ema_decay`) of
+    each batch's min and max, the first batch's own until then; in "calibrate" mode, the min
+    and max over every batch seen. Called with observe=False, it rounds to its range without
+    updating it (an op that TFLite runs at its input's scale re-uses its input's quantizer).
+    """
+
+    def __init__(self, ema_decay=EMA_DECAY, fixed_range=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        if fixed_range is not None:
+            fixed_range = tuple(float(v) for v in fixed_range)
+            if len(fixed_range) != 2 or not fixed_range[0] < fixed_range[1]:
+                raise ValueError(f"fixed_range must be (low, high) with low < high, got "
+                                 f"{fixed_range}")
+        self.ema_decay = float(ema_decay)
+        self.fixed_range = fixed_range
+        self.mode = "quantize"
+
+    def build(self, input_shape):
+        def scalar(name):
+            return self.add_weight(shape=(), initializer="zeros", trainable=False, name=name)
+
+        self.range_min, self.range_max = scalar("range_min"), scalar("range_max")
+        self.observed = scalar("observed")  # 1 once a range has been set from data
+
+    def call(self, x, training=None, observe=True):
+        if self.mode == "float":
+            return x
+        if self.fixed_range is not None:
+            return ops.cast(fake_quant(x, *self.fixed_range), x.dtype)
+        if observe and (training or self.mode == "calibrate"):
+            batch_low = ops.cast(ops.min(x), "float32")
+            batch_high = ops.cast(ops.max(x), "float32")
+            if self.mode == "calibrate":
+                low = ops.minimum(batch_low, self.range_min)
+                high = ops.maximum(batch_high, self.range_max)
+            else:
+                decay = self.ema_decay
+                low = decay * self.range_min + (1 - decay) * batch_low
+                high = decay * self.range_max + (1 - decay) * batch_high
+            first = ops.equal(self.observed, 0.0)
+            self.range_min.assign(ops.where(first, batch_low, low))
+            self.range_max.assign(ops.where(first, batch_high, high))
+            self.observed.assign(1.0)
+        if self.mode == "calibrate":
+            return x
+        return ops.cast(fake_quant(x, self.range_min, self.range_max), x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def quantization(self):
+        """(scale, zero point) of the int8 codes, as TFLite derives them from the range."""
+        low, high = (self.fixed_range if self.fixed_range is not None else
+                     (float(self.range_min.numpy()), float(self.range_max.numpy())))
+        low, high = min(low, 0.0), max(high, 0.0, low + _TINY)
+        scale = (high - low) / (2 ** NUM_BITS - 1)
+        return scale, int(np.round(-128 - low / scale))
+
+    def get_config(self):
+        return {**super().get_config(), "ema_decay": self.ema_decay,
+                "fixed_range": self.fixed_range}
+
+
+class FoldedBatchNorm:
+    """Mixin for a conv-like layer with its BatchNormalization folded in and int8 weights.
+
+    batch_norm_epsilon: the folded BN's ε (None: no BN). The layer holds the BN's γ, β and
+    moving statistics; every call computes w' = w·γ/√(var + ε), b' = (b - mean)·γ/√(var + ε) + β
+    per output channel, fake-quantizes w' per channel and applies its op and activation.
+    Subclasses give `apply(x, kernel)`, `output_channels()` and `channel_shape()` (the kernel
+    axes of an output channel).
+    """
+
+    def __init__(self, *args, batch_norm_epsilon=None, weight_floor=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batch_norm_epsilon = batch_norm_epsilon
+        # Per output channel, the least bound of the weights' int8 range (None: none):
+        # snap_biases sets it where a bias would not fit TFLite's int32 grid.
+        self.weight_floor = None if weight_floor is None else np.asarray(weight_floor, np.float64)
+        self.mode = "quantize"
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.batch_norm_epsilon is not None:
+            channels = self.output_channels()
+
+            def add(name, initializer, trainable):
+                return self.add_weight(shape=(channels,), initializer=initializer,
+                                       trainable=trainable, name=name)
+
+            self.gamma, self.beta = add("gamma", "ones", True), add("beta", "zeros", True)
+            self.moving_mean = add("moving_mean", "zeros", False)
+            self.moving_variance = add("moving_variance", "ones", False)
+
+    def folded(self):
+        """(kernel, bias) with the BN folded in, float32."""
+        kernel = ops.cast(self.kernel, "float32")
+        bias = (ops.cast(self.bias, "float32") if self.use_bias
+                else ops.zeros((self.output_channels(),), "float32"))
+        if self.batch_norm_epsilon is None:
+            return kernel, bias
+        scale = self.gamma * ops.rsqrt(self.moving_variance + self.batch_norm_epsilon)
+        kernel = kernel * ops.reshape(scale, self.channel_shape())
+        return kernel, (bias - self.moving_mean) * scale + self.beta
+
+    def call(self, x):
+        kernel, bias = self.folded()
+        if self.mode != "float":
+            kernel = self.quantize_weights(kernel)
+        y = self.apply(ops.cast(x, "float32"), kernel) + bias
+        return ops.cast(self.activation(y), self.compute_dtype)
+
+    def quantize_weights(self, kernel):
+        return quantize_kernel(kernel, floor=self.weight_floor)
+
+    def weight_scales(self):
+        """The int8 scale of each output channel's weights (float64), as the converter sets it."""
+        kernel = np.asarray(ops.convert_to_numpy(self.folded()[0]), np.float64)
+        bound = np.abs(kernel).reshape(-1, self.output_channels()).max(axis=0)
+        if self.weight_floor is not None:
+            bound = np.maximum(bound, self.weight_floor)
+        return bound / 127
+
+    # Conv2D and Dense save their kernel and bias only; these save every variable.
+    def save_own_variables(self, store):
+        layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        layers.Layer.load_own_variables(self, store)
+
+    def get_config(self):
+        floor = None if self.weight_floor is None else self.weight_floor.tolist()
+        return {**super().get_config(), "batch_norm_epsilon": self.batch_norm_epsilon,
+                "weight_floor": floor}
+
+
+@keras.saving.register_keras_serializable(package="effkeras")
+class QATConv2D(FoldedBatchNorm, layers.Conv2D):
+    def output_channels(self):
+        return self.filters
+
+    def channel_shape(self):
+        return (1, 1, 1, -1)
+
+    def apply(self, x, kernel):
+        return self.convolution_op(x, kernel)
+
+
+@keras.saving.register_keras_serializable(package="effkeras")
+class QATDepthwiseConv2D(FoldedBatchNorm, layers.DepthwiseConv2D):
+    def output_channels(self):
+        return self.kernel.shape[2] * self.depth_multiplier
+
+    def channel_shape(self):  # output channel c·multiplier + m is kernel[..., c, m]
+        return (1, 1, -1, self.depth_multiplier)
+
+    def quantize_weights(self, kernel):  # TFLite's depthwise kernel: (1, kh, kw, channels·mult)
+        height, width, channels, multiplier = kernel.shape
+        flat = quantize_kernel(ops.reshape(kernel, (height, width, channels * multiplier)),
+                               floor=self.weight_floor)
+        return ops.reshape(flat, kernel.shape)
+
+    def apply(self, x, kernel):
+        return ops.depthwise_conv(x, kernel, strides=self.strides, padding=self.padding,
+                                  dilation_rate=self.dilation_rate, data_format=self.data_format)
+
+
+@keras.saving.register_keras_serializable(package="effkeras")
+class QATDense(FoldedBatchNorm, layers.Dense):
+    def output_channels(self):
+        return self.units
+
+    def channel_shape(self):
+        return (1, -1)
+
+    def quantize_weights(self, kernel):
+        # Per tensor: the converter cannot carry a per-channel axis through the transpose of a
+        # MatMul's kernel into FULLY_CONNECTED's (units, inputs) layout (TensorFlow 2.21).
+        bound = ops.max(ops.abs(kernel))
+        if self.weight_floor is not None:
+            bound = ops.maximum(bound, float(np.max(self.weight_floor)))
+        return fake_quant(kernel, -bound, bound, narrow_range=True)
+
+    def weight_scales(self):
+        return np.full(self.units, super().weight_scales().max())
+
+    def apply(self, x, kernel):
+        return ops.matmul(x, kernel)
+
+
+@keras.saving.register_keras_serializable(package="effkeras")
+class ChannelAffine(layers.Layer):
+    """x·value ("multiply") or x + value ("add") with a trainable value per channel: a
+    BatchNormalization that nothing folds into, as the two int8 ops TFLite makes of it (MUL,
+    ADD), each with a quantization point after it."""
+
+    def __init__(self, operation, **kwargs):
+        super().__init__(**kwargs)
+        if operation not in ("multiply", "add"):
+            raise ValueError(f"operation must be 'multiply' or 'add', got {operation!r}")
+        self.operation = operation
+
+    def build(self, input_shape):
+        self.value = self.add_weight(shape=(input_shape[-1],), name="value",
+                                     initializer="ones" if self.operation == "multiply"
+                                     else "zeros")
+
+    def call(self, x):
+        value = ops.cast(self.value, x.dtype)
+        return x * value if self.operation == "multiply" else x + value
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "operation": self.operation}
+
+
+@keras.saving.register_keras_serializable(package="effkeras")
+class CodeTable(keras.layers.Layer):
+    """y = table[code of x]: an int8 op given as its 256 outputs, between two quantizations."""
+
+    def __init__(self, table, x_quantization, y_quantization, **kwargs):
+        super().__init__(**kwargs)
+        self.table = np.asarray(table, np.int8)
+        self.x_quantization = tuple(x_quantization)
+        self.y_quantization = tuple(y_quantization)
+
+    def call(self, x):
+        scale, zero_point = self.x_quantization
+        codes = ops.clip(ops.round(ops.cast(x, "float32") / scale) + zero_point, -128, 127)
+        out_scale, out_zero_point = self.y_quantization
+        values = (self.table.astype(np.float32) - out_zero_point) * out_scale
+        return ops.take(ops.convert_to_tensor(values), ops.cast(codes + 128, "int32"))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "table": self.table.tolist(),
+                "x_quantization": self.x_quantization, "y_quantization": self.y_quantization}
