@@ -7,8 +7,11 @@ temporary file beside the target and moved onto it only when complete.
 
 import contextlib
 import json
+import math
 import os
 import tempfile
+
+import numpy as np
 
 from effkeras.errors import InputError
 
@@ -39,6 +42,34 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def plain(value):
+    """Returns `value` ready for strict JSON (the project's one sanitizer).
+
+    Dicts become dicts with string keys, tuples and lists become lists, NumPy arrays become
+    (nested) lists, NumPy scalars become Python numbers, and NaN and infinities become `None`
+    (JSON `null`), recursively. Anything else is returned as it is.
+
+    Args:
+        value: a number, string, `None`, NumPy scalar or array, or a dict, list or tuple of
+            those (nested to any depth).
+
+    Returns:
+        The same data built from `dict`, `list`, `str`, `int`, `float`, `bool` and `None`
+        only where `value` held the types above.
+    """
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def write_json(path, obj):
