@@ -1,4 +1,5 @@
-# effkeras: `make demo` trains, evaluates and prints a result; `make test` runs the test suite.
+# effkeras: `make demo` trains, evaluates and prints a result; `make test` runs the linter
+# (ruff check and format --check) and the test suite.
 # Both set up .venv first (idempotent).
 
 PYTHON ?= python3
@@ -39,6 +40,8 @@ demo: setup
 	$(PY) -m tools.demo_report $(DEMO_DIR)
 
 test: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q tests
 
 clean:

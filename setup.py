@@ -5,7 +5,9 @@ setup(
     version="0.1.0",
     description="Efficient image classifiers in Keras 3, deployed to edge hardware (LCE, TFLite Micro, Ethos-U).",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["effkeras", "effkeras.*", "apps", "tools"]),
+    # Only the library is installed: apps/ and tools/ run from a checkout (`python -m apps.train`),
+    # so that no top-level package named plainly `apps` or `tools` lands in site-packages.
+    packages=find_packages(include=["effkeras", "effkeras.*"]),
     install_requires=[
         # One TensorFlow distribution: tf-keras (the larq extra) depends on `tensorflow`, so
         # depending on `tensorflow-cpu` here would install both side by side.
@@ -22,7 +24,7 @@ setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.17.6"],
         # Only ever imported in a separate process with TF_USE_LEGACY_KERAS=1 (tests, importer oracle).
         "larq": ["larq==0.14.0", "tf-keras==2.21.*"],
     },
