@@ -1,23 +1,13 @@
-"""Training recipes as data: loss, optimizer, schedule, weight-decay groups and augmentation.
+"""The schema of a training recipe and the builders that turn one into Keras objects.
 
-A Recipe composes small frozen dataclasses that hold a paper's numbers; plain functions look their
-`kind`/`name` up in a table (LOSSES is in effkeras.training.losses, OPTIMIZERS and SCHEDULES here)
-and build the Keras objects; RECIPES, below them, holds the recipes themselves. `compile_model`
-does it for a given budget, so the schedule always spans the epochs actually asked for. The peak
-learning rate is given at `base_batch_size` and scales linearly with the batch size.
-
-Papers cited below: He et al. 2016 (arXiv 1512.03385); ReCU, Xu et al., ICCV 2021 (arXiv
-2103.12369) and its official code; ERN, Efficiera Residual Networks (arXiv 2410.11553) and its
-official code; MLPerf Tiny (Banbury et al., arXiv 2106.07597) and its reference code
-(mlcommons/tiny, benchmark/training); MobileNetV2, Sandler et al. 2018 (arXiv 1801.04381);
-EfficientNet, Tan & Le 2019 (arXiv 1905.11946) and its TPU reference code (tensorflow/tpu,
-models/official/efficientnet); RANs, Restructurable Activation Networks (arXiv 2208.08562) and its
-official code (ARM-software/ML-restructurable-activation-networks); ConvNeXt, Liu et al. 2022
-(arXiv 2201.03545) and its official code, which RAN-i's training script follows; RANet, Yang et
-al. 2020 (arXiv 2003.07326) and its official code (yangle15/RANet-pytorch); AutoAugment
-(arXiv 1805.09501), RandAugment (arXiv 1909.13719), Mixup (arXiv 1710.09412), CutMix (arXiv
-1905.04899), random erasing (arXiv 1708.04896); QuickNet, Bannink et al. 2021 (arXiv 2011.09398)
-and Bi-Real Net, Liu et al. 2018 (arXiv 1808.00278), as Larq Zoo trains them.
+A Recipe composes small frozen dataclasses that hold a paper's numbers (loss, optimizer, schedule,
+weight-decay groups, augmentation, batch-level mixing, a knowledge-transfer stage); plain
+functions look their `kind`/`name` up in a table (LOSSES is in effkeras.training.losses,
+OPTIMIZERS and SCHEDULES here) and build the Keras objects. `compile_model` does it for a given
+budget, so the schedule always spans the epochs actually asked for. The peak learning rate is
+given at `base_batch_size` and scales linearly with the batch size (Goyal et al., arXiv
+1706.02677). The recipes themselves are data, one module per family beside this one
+(effkeras.training.recipes).
 """
 
 import dataclasses
@@ -79,7 +69,8 @@ class Optimizer:
     def __eq__(self, other):
         if isinstance(other, str):
             return self.name == other
-        return isinstance(other, Optimizer) and dataclasses.astuple(self) == dataclasses.astuple(other)
+        return (isinstance(other, Optimizer)
+                and dataclasses.astuple(self) == dataclasses.astuple(other))
 
     def __hash__(self):
         return hash(dataclasses.astuple(self))
@@ -334,191 +325,6 @@ def make_optimizer(recipe, schedule, model=None, accumulation=1):
             v for v in model.trainable_variables if len(v.shape) <= 1]
         optimizer.exclude_from_weight_decay(var_list=vectors, var_names=list(decay.exclude))
     return optimizer
-
-
-# --- the recipes ----------------------------------------------------------------------------------
-
-# Train augmentations shared by recipes (names in effkeras.data.augment).
-IMAGENET_RECU = (("imagenet", ("random_resized_crop", "lighting", "flip")),)
-# ConvNeXt's per-image steps (arXiv 2201.03545 Table 5; its official code builds them with timm):
-# random resized crop (timm: bicubic; bilinear here), flip, RandAugment rand-m9-mstd0.5 (the Keras
-# stand-in is described at effkeras.data.augment.RANDAUGMENT_M9_FACTOR), random erasing p 0.25.
-# CIFAR keeps its pad-and-crop in place of the resized crop. Fashion-MNIST keeps its defaults:
-# RandAugment's colour ops are for RGB.
-CONVNEXT_AUGMENT = tuple(
-    (dataset, (crop, "flip", "randaugment_m9", "random_erasing"))
-    for dataset, crop in (("imagenet", "random_resized_crop"), ("cifar10", "crop"),
-                          ("cifar100", "crop")))
-
-# LERP-PSA's CIFAR augmentation (official code): RandomCrop(32, padding 4), flip, RandAugment.
-LERP_PSA_AUGMENT = tuple((dataset, ("crop", "flip", "randaugment_m9"))
-                         for dataset in ("cifar10", "cifar100"))
-
-RECIPES = {
-    # He et al. 2016 §4.2 (lr 0.1, batch 128, momentum 0.9; L2 1e-4 in the model), cosine as is usual now.
-    "sgd_cosine": Recipe(Optimizer("sgd", momentum=0.9), learning_rate=0.1, epochs=200,
-                         batch_size=128, base_batch_size=128),
-    # ReCU (arXiv 2103.12369 §5.1 and the official code's main.py/run.sh): SGD momentum 0.9 (not
-    # Nesterov), 5-epoch linear warm-up then cosine; weight decay is coupled L2 in the models (5e-4
-    # on everything for CIFAR, 1e-4 on conv/fc for ImageNet); τ set per epoch, Eq. (24).
-    "recu_cifar": Recipe(Optimizer("sgd", momentum=0.9), learning_rate=0.1, epochs=600,
-                         batch_size=256, base_batch_size=256, schedule=Schedule(warmup_epochs=5),
-                         callbacks=("recu_tau",)),
-    # ImageNet, official code: batch 512, 200 epochs. RandomResizedCrop's area range is capped at
-    # 1.0 (the code asks 0.08-1.25; areas over 1 cannot be cropped, so torchvision retries them),
-    # then PCA lighting and flips.
-    "recu_imagenet": Recipe(Optimizer("sgd", momentum=0.9), learning_rate=0.1, epochs=200,
-                            batch_size=512, base_batch_size=512, schedule=Schedule(warmup_epochs=5),
-                            callbacks=("recu_tau",), augment=IMAGENET_RECU),
-    # Stage 2 of the two-stage recipe (official code, imagenet_two-stage run.sh): Adam, no weight
-    # decay, distillation from a ResNet-34 teacher at temperature 1 replacing cross-entropy.
-    "recu_two_stage": Recipe(Optimizer("adam"), learning_rate=1e-3, epochs=256, batch_size=512,
-                             base_batch_size=512, schedule=Schedule(warmup_epochs=5),
-                             loss=Loss("distillation", alpha=1.0, temperature=1.0),
-                             callbacks=("recu_tau",), augment=IMAGENET_RECU),
-    # ERN (arXiv 2410.11553 §4.1; the official code's per-model "best" configs): Adam lr 4e-4 at
-    # batch 256, ε 1e-4, cosine to 0 with no warm-up, plain cross-entropy, fp16 AMP. Weight decay
-    # 1e-5 is coupled L2 on conv kernels only, in the models (Keras L2(5e-6)). ImageNet images are
-    # squashed to the input size (Resize((256, 256))); not in effkeras.data: RandAugment(2, 7)
-    # (ern34, ern50, ern101) and ern101's ColorJitter, RandomGrayscale and RandomRotation(15).
-    # ern34, ern50: `imagenet_with_randaugment_only` (no flip): the paper's recipe.
-    "ern": Recipe(Optimizer("adam", epsilon=1e-4), learning_rate=4e-4, epochs=400, batch_size=256,
-                  base_batch_size=256, mixed_precision=True,
-                  augment=(("imagenet", ("squash", "randaugment")),)),
-    # ern101: `imagenet_with_randaugment`.
-    "ern_randaugment": Recipe(Optimizer("adam", epsilon=1e-4), learning_rate=4e-4, epochs=400,
-                              batch_size=256, base_batch_size=256, mixed_precision=True,
-                              augment=(("imagenet", ("squash", "flip", "color_jitter", "grayscale",
-                                                     "rotation", "randaugment")),)),
-    # ern18_075: `simple` (squash + flip).
-    "ern_simple": Recipe(Optimizer("adam", epsilon=1e-4), learning_rate=4e-4, epochs=400,
-                         batch_size=256, base_batch_size=256, mixed_precision=True,
-                         augment=(("imagenet", ("squash", "flip")),)),
-    # ern18's best config in the official code (= its exp11): `simple`, 800 epochs, Adam's default
-    # ε 1e-8 (EWGS δ = 0 is the model's default). The paper-style run is `--epochs=400` with the
-    # `ern` recipe's ε.
-    "ern18": Recipe(Optimizer("adam", epsilon=1e-8), learning_rate=4e-4, epochs=800,
-                    batch_size=256, base_batch_size=256, mixed_precision=True,
-                    augment=(("imagenet", ("squash", "flip")),)),
-    # MLPerf Tiny image classification (arXiv 2106.07597; reference code
-    # benchmark/training/image_classification/train.py): Adam (Keras defaults), batch 32, 500
-    # epochs, lr 1e-3·0.99^epoch; ImageDataGenerator(rotation_range=15, width_shift_range=0.1,
-    # height_shift_range=0.1, horizontal_flip=True) on CIFAR-10, no crop. ImageDataGenerator fills
-    # uncovered pixels with the nearest edge pixel, the Keras layers used here reflect. L2 1e-4 on
-    # the convs is in the model (keras_model.py).
-    "mlperf_tiny": Recipe(Optimizer("adam"), learning_rate=1e-3, epochs=500, batch_size=32,
-                          base_batch_size=32, schedule=Schedule("exponential", gamma=0.99),
-                          augment=(("cifar10", ("rotation", "shift", "flip")),)),
-    # MLPerf Tiny Visual Wake Words (reference code benchmark/training/visual_wake_words/
-    # train_vww.py): MobileNet v1 0.25 at 96x96, Adam, 20 epochs at 1e-3, 10 at 5e-4, 20 at
-    # 2.5e-4 (milestones at 20/50 and 30/50 of the run, gamma 0.5). Its generators batch 32
-    # (BATCH_SIZE; the `batch_size = 50` in main() is never used). Each of its three stages
-    # compiles a fresh Adam (moments reset); here one Adam runs through. Its augmentation
-    # (rotation 10°, shifts 0.05, zoom 0.1, flip, on a folder of person/non-person images) is not
-    # in effkeras.data: datasets keep their defaults.
-    "mlperf_tiny_vww": Recipe(Optimizer("adam"), learning_rate=1e-3, epochs=50, batch_size=32,
-                              base_batch_size=32,
-                              schedule=Schedule("multistep", milestones=(0.4, 0.6), gamma=0.5)),
-    # MobileNetV2 (arXiv 1801.04381 §6.1): RMSprop with decay (rho) and momentum 0.9, lr 0.045 at
-    # batch 96, decayed 0.98 per epoch; ε is not given (Keras' default here). Its weight decay 4e-5
-    # is coupled L2 (TF l2_loss, = Keras L2(2e-5)) and belongs in the model's regularizers. The
-    # paper gives no epoch count: 300 is ours (the rate ends near 1e-4).
-    "mobilenet_v2": Recipe(Optimizer("rmsprop", rho=0.9, momentum=0.9), learning_rate=0.045,
-                           epochs=300, batch_size=96, base_batch_size=96,
-                           schedule=Schedule("exponential", gamma=0.98)),
-    # EfficientNet (arXiv 1905.11946 §5.2: RMSprop decay 0.9, momentum 0.9) as trained for
-    # EfficientNet-Lite by the TPU reference (main.py: base lr 0.016 per 256 images scaled
-    # linearly, ε 1e-3, label smoothing 0.1, 5 warm-up epochs, 350 epochs), with the cosine decay
-    # to 0 of the RAN-e reference scripts (arXiv 2208.08562); the TPU default is 0.97 every 2.4
-    # epochs. Its weight decay 1e-5 is coupled L2 on non-BN variables (l2_loss, = Keras
-    # L2(5e-6)), in the model.
-    "efficientnet_lite": Recipe(Optimizer("rmsprop", rho=0.9, momentum=0.9, epsilon=1e-3),
-                                learning_rate=0.016, epochs=350, batch_size=256,
-                                base_batch_size=256, schedule=Schedule(warmup_epochs=5),
-                                loss=Loss(label_smoothing=0.1)),
-    # RAN-e (arXiv 2208.08562; official code, RAN_e/scripts/train_RAN_e_*_350ep.sh and utils/):
-    # the EfficientNet recipe above as those scripts run it: RMSprop rho 0.9, momentum 0.9, ε 1e-3;
-    # lr 0.005 per 128 images scaled linearly (0.03 at the scripts' global batch 768 = 8 GPUs x
-    # 96); 350 epochs, 5-epoch linear warm-up from 0, cosine to 0; label smoothing 0.1; no EMA.
-    # Weight decay is coupled L2(5e-6) on conv and FC kernels and the FC bias, and dropout 0.2 is
-    # before the FC: both in the models. ImageNet: the Inception-style crop, flip and AutoAugment
-    # policy v0 (arXiv 1805.09501). Keras has no AutoAugment layer; its RandAugment stands in,
-    # with N=2 ops (a v0 sub-policy applies two) at M=9, the setting with which RandAugment
-    # matches AutoAugment on ImageNet ResNet-50 (arXiv 1909.13719, Table 2). Fashion-MNIST and
-    # CIFAR keep their defaults (pad-and-crop, flip).
-    "ran_e": Recipe(Optimizer("rmsprop", rho=0.9, momentum=0.9, epsilon=1e-3),
-                    learning_rate=0.005, epochs=350, batch_size=768, base_batch_size=128,
-                    schedule=Schedule(warmup_epochs=5), loss=Loss(label_smoothing=0.1),
-                    augment=(("imagenet", ("inception_crop", "flip", "randaugment_m9")),)),
-    # RAN-i (arXiv 2208.08562; official code, RAN_i/train_eval_img_cls_imagenet.py and scripts):
-    # ConvNeXt's recipe (arXiv 2201.03545 §2 and Table 5). AdamW lr 4e-3, betas (0.9, 0.999),
-    # ε 1e-8; the code's effective batch is 2560 (80 per GPU x 8 GPUs x 4 accumulation steps) and
-    # it does not rescale the 4e-3 that ConvNeXt gives for batch 4096: the rate is 4e-3 at 2560
-    # here, and scales linearly from there with --batch_size. Decoupled weight decay 0.05, none on
-    # 1-D weights (biases, LayerNorm, layer scale); 300 epochs, 20-epoch linear warm-up from 0,
-    # cosine to 1e-6; label smoothing 0.1 on Mixup 0.8 / CutMix 1.0 soft targets (switch 0.5
-    # per batch); model EMA 0.9999, whose weights are the ones reported and released.
-    "ran_i": Recipe(Optimizer("adamw", epsilon=1e-8), learning_rate=4e-3, epochs=300,
-                    batch_size=2560, base_batch_size=2560,
-                    schedule=Schedule(warmup_epochs=20, final_learning_rate=1e-6),
-                    loss=Loss(label_smoothing=0.1),
-                    weight_decay=WeightDecay(0.05, decay_vectors=False),
-                    augment=CONVNEXT_AUGMENT,
-                    mix=Mix(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5), ema=0.9999),
-    # RANet (arXiv 2003.07326; official code, main.py and args.py): the sum of the exits'
-    # cross-entropies, each weighed 1.0 (output_weights () = 1.0 per exit, whatever K); SGD
-    # momentum 0.9 (not Nesterov), lr 0.1 at batch 64, x0.1 at half and at three quarters of the
-    # run (epochs 150 and 225 of 300). Weight decay 1e-4 on every parameter, BN and biases
-    # included, is coupled L2 in the models (Keras L2(5e-5)). CIFAR: 4-pixel pad-and-crop and
-    # flip; ImageNet: random resized crop and flip (the code's ImageNet schedule, x0.1 every 30
-    # epochs of 90, differs from this one).
-    "ranet": Recipe(Optimizer("sgd", momentum=0.9), learning_rate=0.1, epochs=300, batch_size=64,
-                    base_batch_size=64, schedule=Schedule("multistep", milestones=(0.5, 0.75)),
-                    loss=Loss(output_weights=()),
-                    augment=(("cifar10", ("crop", "flip")), ("cifar100", ("crop", "flip")),
-                             ("imagenet", ("random_resized_crop", "flip")))),
-    # The ResMLP teacher of LERP-PSA (Singh & Bazargan, ACM TRETS 2025, DOI 10.1145/3705926;
-    # official code, scripts/run_resmlp_teacher.sh): AdamW lr 1e-3 (betas 0.9/0.999, ε 1e-8),
-    # weight decay 0, batch 128, 300 epochs, cosine to 1e-5; CIFAR: pad-and-crop, flip and
-    # RandAugment (torchvision's 2 ops at 9/31; Keras' layer stands in). The paper's teacher
-    # itself distils from a CIFAR ResNet; here it learns from the labels.
-    "resmlp_teacher": Recipe(Optimizer("adamw", epsilon=1e-8), learning_rate=1e-3, epochs=300,
-                             batch_size=128, base_batch_size=128,
-                             schedule=Schedule(final_learning_rate=1e-5),
-                             augment=LERP_PSA_AUGMENT),
-    # LERP-PSA's two-stage student recipe (same sources): stage 1, knowledge transfer, 50 epochs
-    # per block of feature MSE at a constant 1e-3 with one AdamW (wd 0) through the blocks;
-    # stage 2, 300 epochs of 0.8·soft-CE(teacher, T=1)·T² + 0.2·CE, AdamW 1e-3, wd 0, cosine to
-    # 1e-5 (the B-spline models add their TV(2) penalty through their regularizers). The code's
-    # B-spline coefficients get their own Adam (lr 1e-3, no decay, the same cosine): with wd 0
-    # that is what one AdamW does to them too.
-    "lerp_psa_distill": Recipe(Optimizer("adamw", epsilon=1e-8), learning_rate=1e-3, epochs=300,
-                               batch_size=128, base_batch_size=128,
-                               schedule=Schedule(final_learning_rate=1e-5),
-                               loss=Loss("distillation", alpha=0.8, temperature=1.0),
-                               augment=LERP_PSA_AUGMENT,
-                               transfer=Transfer(epochs_per_block=50, learning_rate=1e-3,
-                                                 optimizer=Optimizer("adamw", epsilon=1e-8))),
-    # QuickNet (arXiv 2011.09398, as Larq Zoo 2.4 trains it): 600 epochs at batch
-    # 2048, a 5-epoch warm-up then cosine decay, with two optimizers: Adam at 1e-2 for the binary
-    # kernels and SGD momentum 0.9 at 0.1 for every other variable. The trainer has one
-    # optimizer: Adam at the binary kernels' 1e-2 on the same schedule for all. Larq Zoo's
-    # ImageNet crop and flip; its crop also keeps >= 10% of the image.
-    "quicknet": Recipe(Optimizer("adam"), learning_rate=1e-2, epochs=600, batch_size=2048,
-                       base_batch_size=2048, schedule=Schedule(warmup_epochs=5),
-                       augment=(("imagenet", ("random_resized_crop", "flip")),)),
-    # Bi-Real Net 18 as Larq Zoo 2.4 trains it: Adam lr 5e-3, batch
-    # 512, 300 epochs, decayed linearly to 0; the same crop and flip as QuickNet.
-    "birealnet": Recipe(Optimizer("adam"), learning_rate=5e-3, epochs=300, batch_size=512,
-                        base_batch_size=512, schedule=Schedule("linear"),
-                        augment=(("imagenet", ("random_resized_crop", "flip")),)),
-}
-
-
-def get(name):
-    if name not in RECIPES:
-        raise InputError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(RECIPES))}")
-    return RECIPES[name]
 
 
 DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
