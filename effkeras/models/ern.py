@@ -44,7 +44,13 @@ KERNEL_INIT = dict(scale=1 / 3, mode="fan_in", distribution="uniform")
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """One ERN variant (Table 2; blocks and planes from the code's network configs)."""
+    """One ERN variant (Table 2; blocks and planes from the code's network configs).
+
+    Attributes:
+        block: str. `"basic"` (PreActBlock) or `"bottleneck"` (PreActBottleneck, 4·planes out).
+        stages: tuple of `common.Stage`. Rows with filters = planes, strides 1, 2, 2, 2.
+        ewgs_delta: float. δ of the code's "best" training config.
+    """
 
     block: str  # "basic" (PreActBlock) or "bottleneck" (PreActBottleneck, 4·planes out)
     stages: tuple  # common.Stage rows; filters = planes, strides 1, 2, 2, 2
@@ -68,19 +74,52 @@ EXPANSION = {"basic": 1, "bottleneck": 4}
 
 
 def q2(post_scale=True, ewgs_delta=0.0):
-    """Q2⁺ (post_scale, outputs q·2/3) or Q2ᶦ (integer q): HWGQ, 2 bits, clip at 2."""
+    """Returns the 2-bit activation quantizer: HWGQ, 2 bits, clip at 2.
+
+    Args:
+        post_scale: bool. `True` gives Q2⁺ (outputs q·2/3), `False` Q2ᶦ (integer q). Defaults
+            to `True`.
+        ewgs_delta: float. EWGS δ of the quantizer's gradient. Defaults to `0.0` (plain STE).
+
+    Returns:
+        A `HalfWaveGaussianQuantizer`.
+    """
     return HalfWaveGaussianQuantizer(2, 2.0, post_scale=post_scale, ewgs_delta=ewgs_delta)
 
 
 def embedding_codes():
-    """The stem conv reads the embedding's integer codes 0..3 directly: HWGQ with max_value 3 and
-    no post-scale is the identity on them (thresholds 1/2, 3/2, 5/2) and records their 2 bits."""
+    """Returns the input quantizer of the first stem conv, which reads the embedding's codes.
+
+    The stem conv reads the embedding's integer codes 0..3 directly: HWGQ with max_value 3 and
+    no post-scale is the identity on them (thresholds 1/2, 3/2, 5/2) and records their 2 bits.
+
+    Returns:
+        A `HalfWaveGaussianQuantizer`.
+    """
     return HalfWaveGaussianQuantizer(2, 3.0, post_scale=False)
 
 
 def conv(x, filters, kernel_size, stride, name, *, input_quantizer, shared_scale=False,
          ewgs_delta=0.0, regularizer=None):
-    """BN output -> [zero pad] -> w1a2 conv: Conv_p2 (±1/32) if shared_scale, else Conv_cw."""
+    """Applies BN output -> [zero pad] -> w1a2 conv.
+
+    The conv is Conv_p2 (±1/32) if `shared_scale`, else Conv_cw (per-channel mean|W|). A 3x3
+    conv reads explicitly zero-padded input through a VALID conv.
+
+    Args:
+        x: tensor of shape `(batch, height, width, channels)`.
+        filters: int. Output channels.
+        kernel_size: int. Square kernel size.
+        stride: int. Stride.
+        name: str. Layer name (the pad is `{name}_pad`).
+        input_quantizer: quantizer. The 2-bit activation quantizer of the conv's input.
+        shared_scale: bool. Use the shared ±1/32 kernel scale. Defaults to `False`.
+        ewgs_delta: float. EWGS δ of the kernel quantizer. Defaults to `0.0`.
+        regularizer: keras regularizer or None. Kernel regularizer. Defaults to `None`.
+
+    Returns:
+        The conv's output tensor with `filters` channels.
+    """
     if kernel_size > 1:
         x = layers.ZeroPadding2D((kernel_size - 1) // 2, name=f"{name}_pad")(x)
     kernel_quantizer = (BinaryPower2Scaling(SHARED_SCALE_DIVISOR, ewgs_delta) if shared_scale
@@ -99,6 +138,18 @@ def pre_activation_block(x, planes, stride, shortcut, name, delta, reg):
 
     With a shortcut conv, Q = Q2ᶦ and shortcut = Conv_p2 1x1,s(Q2ᶦ(h)); else Q = Q2⁺ and x.
     Only the shortcut conv's kernel uses EWGS: the code forwards δ to no other conv of a block.
+
+    Args:
+        x: tensor of shape `(batch, height, width, channels)`, a BN output.
+        planes: int. Width of the block (a bottleneck outputs `4 * planes` channels).
+        stride: int. Stride of the strided conv and the shortcut conv.
+        shortcut: bool. Whether the shortcut is a Conv_p2 1x1 conv (else the identity `x`).
+        name: str. Prefix of the block's layer names.
+        delta: float. EWGS δ of the shortcut conv's kernel.
+        reg: keras regularizer or None. Applied to the conv kernels.
+
+    Returns:
+        The block's output tensor.
     """
     h = batch_norm(f"{name}_bn0")(x)
     if shortcut:
@@ -116,7 +167,20 @@ def pre_activation_block(x, planes, stride, shortcut, name, delta, reg):
 
 def pre_activation_bottleneck(x, planes, stride, shortcut, name, delta, reg):
     """PreActBottleneck: h = BN1(x); Conv_cw 1x1 -> BN2 -> Q2⁺ -> Conv_cw 3x3,s -> BN3 -> Q2ᶦ ->
-    Conv_p2 1x1 (4·planes), plus the shortcut as in the basic block."""
+    Conv_p2 1x1 (4·planes), plus the shortcut as in the basic block.
+
+    Args:
+        x: tensor of shape `(batch, height, width, channels)`, a BN output.
+        planes: int. Width of the block (a bottleneck outputs `4 * planes` channels).
+        stride: int. Stride of the strided conv and the shortcut conv.
+        shortcut: bool. Whether the shortcut is a Conv_p2 1x1 conv (else the identity `x`).
+        name: str. Prefix of the block's layer names.
+        delta: float. EWGS δ of the shortcut conv's kernel.
+        reg: keras regularizer or None. Applied to the conv kernels.
+
+    Returns:
+        The block's output tensor.
+    """
     h = batch_norm(f"{name}_bn1")(x)
     if shortcut:
         identity = conv(h, 4 * planes, 1, stride, f"{name}_shortcut_conv", shared_scale=True,
@@ -139,8 +203,23 @@ BLOCKS = {"basic": pre_activation_block, "bottleneck": pre_activation_bottleneck
 
 
 def ern(config, name, input_shape, num_classes, weight_decay=WEIGHT_DECAY, ewgs_delta=None):
-    """An ERN from a CONFIGS row. ewgs_delta=None takes the row's (the best config's) δ, which
-    applies where the official code forwards it: stem, shortcut convs, head."""
+    """Builds an ERN from a `CONFIGS` row.
+
+    Thermometer pixel embedding -> stem -> 4 stages of pre-activation blocks -> BN -> Q2 ->
+    binary 1x1 conv (classes) -> global average pool = logits.
+
+    Args:
+        config: Config. The variant (block type, stages, best δ).
+        name: str. The model name.
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels.
+        num_classes: int. Number of classes.
+        weight_decay: float. Coupled weight decay on conv kernels only. Defaults to `1e-5`.
+        ewgs_delta: float or None. `None` takes the row's (the best config's) δ, which applies
+            where the official code forwards it: stem, shortcut convs, head. Defaults to `None`.
+
+    Returns:
+        A functional `keras.Model` returning float32 logits of shape `(batch, num_classes)`.
+    """
     delta = config.ewgs_delta if ewgs_delta is None else ewgs_delta
     reg = coupled_l2(weight_decay)  # on conv kernels only, as the code
     inputs = keras.Input(input_shape, name="image")
@@ -181,6 +260,28 @@ ERN = dict(family="ern", paper=PAPER, input_shape=(256, 256, 3), num_classes=100
 @register("ern18_075", aliases=("ern18x075",), recipe="ern_simple", **ERN)
 def ern18_075(input_shape=(256, 256, 3), num_classes=1000, weight_decay=WEIGHT_DECAY,
               ewgs_delta=None):
+    """ERNs-18 at 0.75x width (alias `ern18x075`).
+
+    Basic pre-activation blocks (2, 2, 2, 2); 0.75x changes only layer4 (384 planes) and so the
+    classifier input. Follows the paper's Table 2 row (blocks and planes from the code's network
+    configs).
+
+    Reference:
+        - [LeapMind, Efficiera Residual Networks](https://arxiv.org/abs/2410.11553)
+
+    Args:
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels; the
+            paper trains at 256x256 and evaluates at 288x288. Defaults to `(256, 256, 3)`.
+        num_classes: int. Number of classes (output channels of the binary 1x1 head).
+            Defaults to `1000`.
+        weight_decay: float. PyTorch-style (coupled) weight decay on conv kernels only, added
+            as an L2 penalty of `weight_decay / 2`. Defaults to `1e-5` (§4.1).
+        ewgs_delta: float or None. EWGS δ of the stem, shortcut and head convs. Defaults to
+            `None`: the code's best config's δ (0.01).
+
+    Returns:
+        A functional `keras.Model` returning float32 logits of shape `(batch, num_classes)`.
+    """
     return ern(CONFIGS["ern18_075"], "ern18_075", input_shape, num_classes, weight_decay,
                ewgs_delta)
 
@@ -188,22 +289,106 @@ def ern18_075(input_shape=(256, 256, 3), num_classes=1000, weight_decay=WEIGHT_D
 @register("ern18", recipe="ern18", **ERN)
 def ern18(input_shape=(256, 256, 3), num_classes=1000, weight_decay=WEIGHT_DECAY,
           ewgs_delta=None):
+    """ERNs-18.
+
+    Basic pre-activation blocks (2, 2, 2, 2), planes 64-128-256-512. Follows the paper's Table 2 row
+    (blocks and planes from the code's network configs).
+
+    Reference:
+        - [LeapMind, Efficiera Residual Networks](https://arxiv.org/abs/2410.11553)
+
+    Args:
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels; the
+            paper trains at 256x256 and evaluates at 288x288. Defaults to `(256, 256, 3)`.
+        num_classes: int. Number of classes (output channels of the binary 1x1 head).
+            Defaults to `1000`.
+        weight_decay: float. PyTorch-style (coupled) weight decay on conv kernels only, added
+            as an L2 penalty of `weight_decay / 2`. Defaults to `1e-5` (§4.1).
+        ewgs_delta: float or None. EWGS δ of the stem, shortcut and head convs. Defaults to
+            `None`: the code's best config's δ (0).
+
+    Returns:
+        A functional `keras.Model` returning float32 logits of shape `(batch, num_classes)`.
+    """
     return ern(CONFIGS["ern18"], "ern18", input_shape, num_classes, weight_decay, ewgs_delta)
 
 
 @register("ern34", recipe="ern", **ERN)
 def ern34(input_shape=(256, 256, 3), num_classes=1000, weight_decay=WEIGHT_DECAY,
           ewgs_delta=None):
+    """ERNs-34.
+
+    Basic pre-activation blocks (3, 4, 6, 3), planes 64-128-256-512. Follows the paper's Table 2 row
+    (blocks and planes from the code's network configs).
+
+    Reference:
+        - [LeapMind, Efficiera Residual Networks](https://arxiv.org/abs/2410.11553)
+
+    Args:
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels; the
+            paper trains at 256x256 and evaluates at 288x288. Defaults to `(256, 256, 3)`.
+        num_classes: int. Number of classes (output channels of the binary 1x1 head).
+            Defaults to `1000`.
+        weight_decay: float. PyTorch-style (coupled) weight decay on conv kernels only, added
+            as an L2 penalty of `weight_decay / 2`. Defaults to `1e-5` (§4.1).
+        ewgs_delta: float or None. EWGS δ of the stem, shortcut and head convs. Defaults to
+            `None`: the code's best config's δ (0.01).
+
+    Returns:
+        A functional `keras.Model` returning float32 logits of shape `(batch, num_classes)`.
+    """
     return ern(CONFIGS["ern34"], "ern34", input_shape, num_classes, weight_decay, ewgs_delta)
 
 
 @register("ern50", recipe="ern", **ERN)
 def ern50(input_shape=(256, 256, 3), num_classes=1000, weight_decay=WEIGHT_DECAY,
           ewgs_delta=None):
+    """ERNs-50.
+
+    Bottleneck pre-activation blocks (3, 4, 6, 3), planes 64-128-256-512. Follows the paper's Table
+    2 row (blocks and planes from the code's network configs).
+
+    Reference:
+        - [LeapMind, Efficiera Residual Networks](https://arxiv.org/abs/2410.11553)
+
+    Args:
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels; the
+            paper trains at 256x256 and evaluates at 288x288. Defaults to `(256, 256, 3)`.
+        num_classes: int. Number of classes (output channels of the binary 1x1 head).
+            Defaults to `1000`.
+        weight_decay: float. PyTorch-style (coupled) weight decay on conv kernels only, added
+            as an L2 penalty of `weight_decay / 2`. Defaults to `1e-5` (§4.1).
+        ewgs_delta: float or None. EWGS δ of the stem, shortcut and head convs. Defaults to
+            `None`: the code's best config's δ (0.01).
+
+    Returns:
+        A functional `keras.Model` returning float32 logits of shape `(batch, num_classes)`.
+    """
     return ern(CONFIGS["ern50"], "ern50", input_shape, num_classes, weight_decay, ewgs_delta)
 
 
 @register("ern101", recipe="ern_randaugment", **ERN)
 def ern101(input_shape=(256, 256, 3), num_classes=1000, weight_decay=WEIGHT_DECAY,
            ewgs_delta=None):
+    """ERNs-101.
+
+    Bottleneck pre-activation blocks (3, 4, 23, 3), planes 64-128-256-512. Follows the paper's Table
+    2 row (blocks and planes from the code's network configs).
+
+    Reference:
+        - [LeapMind, Efficiera Residual Networks](https://arxiv.org/abs/2410.11553)
+
+    Args:
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels; the
+            paper trains at 256x256 and evaluates at 288x288. Defaults to `(256, 256, 3)`.
+        num_classes: int. Number of classes (output channels of the binary 1x1 head).
+            Defaults to `1000`.
+        weight_decay: float. PyTorch-style (coupled) weight decay on conv kernels only, added
+            as an L2 penalty of `weight_decay / 2`. Defaults to `1e-5` (§4.1).
+        ewgs_delta: float or None. EWGS δ of the stem, shortcut and head convs. Defaults to
+            `None`: the code's best config's δ (0.01).
+
+    Returns:
+        A functional `keras.Model` returning float32 logits of shape `(batch, num_classes)`.
+    """
     return ern(CONFIGS["ern101"], "ern101", input_shape, num_classes, weight_decay, ewgs_delta)
