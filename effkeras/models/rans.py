@@ -46,7 +46,13 @@ DENSE_INIT = {"class_name": "VarianceScaling",
 
 @dataclasses.dataclass(frozen=True)
 class CB:
-    """Collapsible block to `filters` channels; `mid`: the double block filters -> mid -> filters."""
+    """Collapsible block (CB) entry of a RAN-e table.
+
+    Attributes:
+        filters: int. Output channels.
+        stride: int. Stride of the first conv. Defaults to 1.
+        mid: int or None. The double block filters -> mid -> filters; `None` for a single one.
+    """
 
     filters: int
     stride: int = 1
@@ -55,8 +61,16 @@ class CB:
 
 @dataclasses.dataclass(frozen=True)
 class IBN:
-    """Inverted bottleneck, kernel `kernel`, expansion `expand` x the input channels; `mid`: the
-    pair Cin -> mid -> filters whose two expansions both have expand x Cin channels."""
+    """Inverted bottleneck (IBN: MBConv without squeeze-excite) entry of a RAN-e table.
+
+    Attributes:
+        kernel: int. Depthwise kernel size.
+        expand: int. Expansion, times the input channels.
+        filters: int. Output channels.
+        stride: int. Stride of the depthwise conv. Defaults to 1.
+        mid: int or None. The pair Cin -> mid -> filters whose two expansions both have
+            expand x Cin channels; `None` for a single block.
+    """
 
     kernel: int
     expand: int
@@ -114,8 +128,24 @@ def _l2():
 
 
 def collapsed_block(x, filters, stride, activation, name, *, mid=None, expansion=None):
-    """Pre-activation collapsible block: BN -> act -> linear 3x3 -> BN (`mid`: twice, through
-    `mid` channels), plus the block's input when the shapes allow."""
+    """Applies a pre-activation collapsible block.
+
+    BN -> act -> linear 3x3 -> BN (`mid`: twice, through `mid` channels), plus the block's
+    input when the shapes allow (stride 1 and equal channels).
+
+    Args:
+        x: tensor of shape `(batch, height, width, channels)`.
+        filters: int. Output channels.
+        stride: int. Stride of the first conv.
+        activation: str. The block's one non-linearity, e.g. `"hard_swish"` or `"relu6"`.
+        name: str. Prefix of the block's layer names.
+        mid: int or None. Middle width of the double block. Defaults to `None` (single block).
+        expansion: int or None. Linear expansion of each `CollapsibleConv2D`; `None` trains a
+            plain 3x3 conv. Defaults to `None`.
+
+    Returns:
+        The block's output tensor with `filters` channels.
+    """
     inputs = x
     widths = (mid, filters) if mid else (filters,)
     for i, width in enumerate(widths, start=1):
@@ -132,7 +162,19 @@ def collapsed_block(x, filters, stride, activation, name, *, mid=None, expansion
 
 
 def block(x, spec, activation, name, expansion=None):
-    """One row entry of a RAN-e table: a CB or an IBN (or their double/pair forms)."""
+    """Applies one entry of a RAN-e table: a CB or an IBN (or their double/pair forms).
+
+    Args:
+        x: tensor of shape `(batch, height, width, channels)`.
+        spec: CB or IBN. The entry.
+        activation: str. The non-linearity, e.g. `"hard_swish"` or `"relu6"`.
+        name: str. Prefix of the block's layer names.
+        expansion: int or None. Linear expansion of collapsible convs (CB only). Defaults to
+            `None`.
+
+    Returns:
+        The block's output tensor with `spec.filters` channels.
+    """
     if isinstance(spec, CB):
         return collapsed_block(x, spec.filters, spec.stride, activation, name, mid=spec.mid,
                                expansion=expansion)
@@ -154,8 +196,29 @@ def block(x, spec, activation, name, expansion=None):
 def ran_e(table, name, input_shape, num_classes, *, activation="hard_swish", stem_stride=2,
           stem_filters=STEM_FILTERS, head_filters=HEAD_FILTERS, head_kernel=HEAD_KERNEL,
           expansion=None, dropout=DROPOUT):
-    """A RAN-e network of `table` (stacks of CB/IBN); `expansion`: None trains each collapsible
-    conv as one 3x3 conv (the released code), t its linear expansion to t*max(Cin, Cout)."""
+    """Builds a RAN-e network from `table` (stacks of CB/IBN).
+
+    Stem conv (no BN or activation) -> the stacks, blocks named `stage{stack}_block{j}` ->
+    1x1 conv, BN, act, depthwise conv, BN, act -> global pool -> dropout -> Dense.
+
+    Args:
+        table: tuple of tuples of CB/IBN. One tuple per stack.
+        name: str. The model name.
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels.
+        num_classes: int. Number of classes.
+        activation: str. The non-linearity. Defaults to `"hard_swish"`.
+        stem_stride: int. Stride of the 3x3 stem conv. Defaults to `2`.
+        stem_filters: int. Stem output channels. Defaults to `16`.
+        head_filters: int. Channels of the head's 1x1 conv. Defaults to `1344`.
+        head_kernel: int. Kernel of the head's depthwise conv. Defaults to `7` (the 7x7 map of a
+            224x224 input).
+        expansion: int or None. `None` trains each collapsible conv as one 3x3 conv (the
+            released code), t its linear expansion to t*max(Cin, Cout). Defaults to `None`.
+        dropout: float. Dropout rate before the classifier. Defaults to `0.2`.
+
+    Returns:
+        A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+    """
     inputs = keras.Input(input_shape, name="image")  # raw pixels in [0, 255]
     x = normalize_pixels(inputs)
     x = layers.Conv2D(stem_filters, 3, strides=stem_stride, padding="same", use_bias=False,
@@ -184,22 +247,100 @@ RAN_E = dict(family="rans", paper="Bhardwaj et al., 2022 (RAN-e, arXiv 2208.0856
 
 @register("ran_e_gt", **RAN_E)
 def ran_e_gt(input_shape=(224, 224, 3), num_classes=1000, expansion=None):
+    """RAN-e GT ("Ground Truth"), h-swish.
+
+    The released GT network (paper Fig. 1 and the official release): 4.5M parameters and 434M
+    MACs at 224x224.
+
+    Reference:
+        - [Bhardwaj et al., Restructurable Activation Networks, 2022](
+            https://arxiv.org/abs/2208.08562)
+
+    Args:
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels.
+            Defaults to `(224, 224, 3)`.
+        num_classes: int. Number of classes. Defaults to `1000`.
+        expansion: int or None. `None` trains each collapsible conv as one 3x3 conv (the
+            released code); an int t trains its linear expansion to t*max(Cin, Cout), collapsed
+            into one 3x3 conv at every step and at export. Defaults to `None`.
+
+    Returns:
+        A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+    """
     return ran_e(RAN_E_GT, "ran_e_gt", input_shape, num_classes, expansion=expansion)
 
 
 @register("ran_e_c", **RAN_E)
 def ran_e_c(input_shape=(224, 224, 3), num_classes=1000, expansion=None):
+    """RAN-e C ("SubNetwork-C"), h-swish.
+
+    The released C network (paper Fig. 1 and the official release): 4.7M parameters and 488M
+    MACs at 224x224.
+
+    Reference:
+        - [Bhardwaj et al., Restructurable Activation Networks, 2022](
+            https://arxiv.org/abs/2208.08562)
+
+    Args:
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels.
+            Defaults to `(224, 224, 3)`.
+        num_classes: int. Number of classes. Defaults to `1000`.
+        expansion: int or None. `None` trains each collapsible conv as one 3x3 conv (the
+            released code); an int t trains its linear expansion to t*max(Cin, Cout), collapsed
+            into one 3x3 conv at every step and at export. Defaults to `None`.
+
+    Returns:
+        A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+    """
     return ran_e(RAN_E_C, "ran_e_c", input_shape, num_classes, expansion=expansion)
 
 
 @register("ran_e_gt_relu6", **RAN_E)
 def ran_e_gt_relu6(input_shape=(224, 224, 3), num_classes=1000, expansion=None):
+    """RAN-e GT with ReLU6 in place of h-swish.
+
+    The GT network of paper Fig. 1; ReLU6 runs on Ethos-U without a lookup table.
+
+    Reference:
+        - [Bhardwaj et al., Restructurable Activation Networks, 2022](
+            https://arxiv.org/abs/2208.08562)
+
+    Args:
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels.
+            Defaults to `(224, 224, 3)`.
+        num_classes: int. Number of classes. Defaults to `1000`.
+        expansion: int or None. `None` trains each collapsible conv as one 3x3 conv (the
+            released code); an int t trains its linear expansion to t*max(Cin, Cout), collapsed
+            into one 3x3 conv at every step and at export. Defaults to `None`.
+
+    Returns:
+        A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+    """
     return ran_e(RAN_E_GT, "ran_e_gt_relu6", input_shape, num_classes, activation="relu6",
                  expansion=expansion)
 
 
 @register("ran_e_c_relu6", **RAN_E)
 def ran_e_c_relu6(input_shape=(224, 224, 3), num_classes=1000, expansion=None):
+    """RAN-e C with ReLU6 in place of h-swish.
+
+    The C network of paper Fig. 1; ReLU6 runs on Ethos-U without a lookup table.
+
+    Reference:
+        - [Bhardwaj et al., Restructurable Activation Networks, 2022](
+            https://arxiv.org/abs/2208.08562)
+
+    Args:
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels.
+            Defaults to `(224, 224, 3)`.
+        num_classes: int. Number of classes. Defaults to `1000`.
+        expansion: int or None. `None` trains each collapsible conv as one 3x3 conv (the
+            released code); an int t trains its linear expansion to t*max(Cin, Cout), collapsed
+            into one 3x3 conv at every step and at export. Defaults to `None`.
+
+    Returns:
+        A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+    """
     return ran_e(RAN_E_C, "ran_e_c_relu6", input_shape, num_classes, activation="relu6",
                  expansion=expansion)
 
@@ -207,6 +348,26 @@ def ran_e_c_relu6(input_shape=(224, 224, 3), num_classes=1000, expansion=None):
 @register("ran_e_gt_32", **{**RAN_E, "input_shape": (32, 32, 3), "num_classes": 10,
                             "min_input_size": 8})
 def ran_e_gt_32(input_shape=(32, 32, 3), num_classes=10, expansion=None):
+    """RAN-e GT scaled to 32x32 inputs (Fashion-MNIST, CIFAR).
+
+    The GT blocks of paper Fig. 1 at half width, the stem and stack 7 at stride 1 (total
+    stride 8, a 4x4 final map) and a 4x4 depthwise head.
+
+    Reference:
+        - [Bhardwaj et al., Restructurable Activation Networks, 2022](
+            https://arxiv.org/abs/2208.08562)
+
+    Args:
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels.
+            Defaults to `(32, 32, 3)`.
+        num_classes: int. Number of classes. Defaults to `10`.
+        expansion: int or None. `None` trains each collapsible conv as one 3x3 conv (the
+            released code); an int t trains its linear expansion to t*max(Cin, Cout), collapsed
+            into one 3x3 conv at every step and at export. Defaults to `None`.
+
+    Returns:
+        A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+    """
     return ran_e(RAN_E_GT_32, "ran_e_gt_32", input_shape, num_classes, stem_stride=1,
                  stem_filters=STEM_FILTERS // 2, head_filters=HEAD_FILTERS // 2, head_kernel=4,
                  expansion=expansion)
@@ -217,7 +378,21 @@ def lite0_search_space(collapsed=(), stage_filters=None, input_shape=(224, 224, 
     """The RAN-e search space around EfficientNet-Lite0 (arXiv 2208.08562 §3, "replace
     inefficient blocks with hardware-aware blocks"): Lite0's skeleton with the blocks named in
     `collapsed` (stage{i}_block{j}) turned into collapsible blocks and each stage's width taken
-    from `stage_filters` (default: Lite0's)."""
+    from `stage_filters` (default: Lite0's).
+
+    Args:
+        collapsed: collection of str. Block names (`stage{i}_block{j}`) to make collapsible.
+            Defaults to none.
+        stage_filters: sequence of ints or None. One output width per Lite0 stage. Defaults to
+            `None` (Lite0's widths).
+        input_shape: tuple of 3 ints. `(height, width, channels)`. Defaults to `(224, 224, 3)`.
+        num_classes: int. Number of classes. Defaults to `1000`.
+        activation: str. The non-linearity. Defaults to `"hard_swish"`.
+        name: str. The model name. Defaults to `"lite0_search"`.
+
+    Returns:
+        A functional `keras.Model` (no drop-connect).
+    """
     from effkeras.models import efficientnet_lite as lite
 
     stages = [(*row[:4], filters, row[5]) for row, filters in
