@@ -62,7 +62,16 @@ INIT_STD = 0.02  # trunc-normal std of conv and linear weights, zero biases (Con
 
 
 def ran_i_config(wm, dm, base=CONVNEXT[RAN_I_BASE]):
-    """RAN-i's depths and dims: round(d·dm) and round(C·wm) per stage of the base network."""
+    """Returns RAN-i's depths and dims: round(d·dm) and round(C·wm) per stage of the base.
+
+    Args:
+        wm: float. Width multiplier.
+        dm: float. Depth multiplier.
+        base: dict. The base network's `depths` and `dims`. Defaults to ConvNeXt-T's.
+
+    Returns:
+        A dict with `depths` and `dims`, tuples of ints (Python's `round`).
+    """
     return dict(depths=tuple(round(d * dm) for d in base["depths"]),
                 dims=tuple(round(c * wm) for c in base["dims"]))
 
@@ -84,7 +93,18 @@ def _layer_norm(name):
 
 
 def convnext_block(x, drop_rate, name):
-    """depthwise 7x7 -> LN -> 1x1 C->4C -> GELU -> 1x1 4C->C -> layer scale -> drop path -> + x."""
+    """Applies a ConvNeXt block (arXiv 2201.03545, Fig. 4).
+
+    depthwise 7x7 -> LN -> 1x1 C->4C -> GELU -> 1x1 4C->C -> layer scale -> drop path -> + x.
+
+    Args:
+        x: tensor of shape `(batch, height, width, channels)`.
+        drop_rate: float. Stochastic depth rate of the residual branch; 0 adds no Dropout.
+        name: str. Prefix of the block's layer names.
+
+    Returns:
+        A tensor of the same shape as `x`.
+    """
     channels = x.shape[-1]
     y = layers.DepthwiseConv2D(KERNEL, padding="same", name=f"{name}_dwconv",
                                depthwise_initializer=keras.initializers.TruncatedNormal(
@@ -101,6 +121,19 @@ def convnext_block(x, drop_rate, name):
 
 
 def convnext(depths, dims, name, input_shape, num_classes, drop_path_rate):
+    """Builds a ConvNeXt-style network (RAN-i and the ConvNeXt peers).
+
+    Args:
+        depths: tuple of ints. Blocks per stage.
+        dims: tuple of ints. Channels per stage.
+        name: str. The model name.
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels.
+        num_classes: int. Number of classes.
+        drop_path_rate: float. Stochastic depth at the last block, growing linearly from 0.
+
+    Returns:
+        A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+    """
     stage_table = stages(filters=dims, blocks=depths)
     total = sum(depths)
     inputs = keras.Input(input_shape, name="image")  # raw pixels in [0, 255]
@@ -122,8 +155,26 @@ def convnext(depths, dims, name, input_shape, num_classes, drop_path_rate):
 
 
 def build(name, input_shape, num_classes, *, drop_path_rate=None, dims=None, depths=None):
-    """Model `name` of the tables above; `dims`, `depths` override its stage widths and depths
-    (e.g. a narrow copy for tests), `drop_path_rate` its stochastic depth at the last block."""
+    """Builds model `name` of the tables above (a RAN-i or a ConvNeXt).
+
+    Args:
+        name: str. A key of `CONFIGS`: `ran_i_t`, `ran_i_s`, `ran_i_b`, `convnext_t`,
+            `convnext_s` or `convnext_b`.
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels.
+        num_classes: int. Number of classes.
+        drop_path_rate: float or None. Stochastic depth at the last block, in [0, 1). Defaults
+            to `None`: the model's (`DROP_PATH`).
+        dims: sequence of ints or None. Overrides the stage widths (e.g. a narrow copy for
+            tests). Defaults to `None`.
+        depths: sequence of ints or None. Overrides the stage depths. Defaults to `None`.
+
+    Returns:
+        A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+
+    Raises:
+        ValueError: if `depths` and `dims` differ in length or hold a value that is not a
+            positive int, or `drop_path_rate` is not in [0, 1).
+    """
     depths = tuple(depths or CONFIGS[name]["depths"])
     dims = tuple(dims or CONFIGS[name]["dims"])
     if len(depths) != len(dims) or not all(isinstance(v, int) and v > 0 for v in depths + dims):
@@ -147,6 +198,34 @@ def _registered(name, family, paper):
 
     def builder(input_shape=(224, 224, 3), num_classes=1000, *, drop_path_rate=None, dims=None,
                 depths=None):
+        """Builds a RAN-i (ConvNeXt-T scaled by NN-Mass) or a ConvNeXt.
+
+        RAN-i-T/S/B scale ConvNeXt-T's depths and widths by the released models' (wm, dm);
+        ConvNeXt-T/S/B follow §3 of the ConvNeXt paper.
+
+        Reference:
+            - [Bhardwaj et al., Restructurable Activation Networks, 2022](
+                https://arxiv.org/abs/2208.08562)
+            - [Liu et al., A ConvNet for the 2020s, CVPR 2022](
+                https://arxiv.org/abs/2201.03545)
+
+        Args:
+            input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels.
+                Defaults to `(224, 224, 3)`.
+            num_classes: int. Number of classes. Defaults to `1000`.
+            drop_path_rate: float or None. Stochastic depth at the last block, in [0, 1).
+                Defaults to `None`: the model's (0.1 / 0.2 / 0.4 for RAN-i-T/S/B, 0.1 / 0.4 /
+                0.5 for ConvNeXt-T/S/B).
+            dims: sequence of ints or None. Overrides the stage widths. Defaults to `None`.
+            depths: sequence of ints or None. Overrides the stage depths. Defaults to `None`.
+
+        Returns:
+            A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+
+        Raises:
+            ValueError: if `depths` and `dims` are not one positive int per stage, or
+                `drop_path_rate` is not in [0, 1).
+        """
         return build(name, input_shape, num_classes, drop_path_rate=drop_path_rate, dims=dims,
                      depths=depths)
 

@@ -44,9 +44,30 @@ def _bn(name):
 def mbconv_block(x, expand_ratio, kernel, stride, filters, activation, drop_rate, name, *,
                  expanded_filters=None, residual=True, initializer="glorot_uniform",
                  regularizer=None):
-    """MBConv without squeeze-excite: 1x1 expand, kxk depthwise, 1x1 linear project, and the
-    identity residual when the shapes allow it (and `residual`). The expansion is
-    `expanded_filters`, by default the input's channels times `expand_ratio`."""
+    """Applies MBConv without squeeze-excite.
+
+    1x1 expand, kxk depthwise, 1x1 linear project, and the identity residual when the shapes
+    allow it (and `residual`).
+
+    Args:
+        x: tensor of shape `(batch, height, width, channels)`.
+        expand_ratio: int. Expansion times the input channels; 1 skips the expand conv.
+        kernel: int. Depthwise kernel size.
+        stride: int. Depthwise stride.
+        filters: int. Output channels.
+        activation: str. The non-linearity, e.g. `"relu6"` or `"hard_swish"`.
+        drop_rate: float. Stochastic depth rate of the residual branch (0: none).
+        name: str. Prefix of the block's layer names.
+        expanded_filters: int or None. The expansion width. Defaults to `None`: the input's
+            channels times `expand_ratio`.
+        residual: bool. Whether to add the identity residual when the shapes allow it.
+            Defaults to `True`.
+        initializer: initializer. Of the conv kernels. Defaults to `"glorot_uniform"`.
+        regularizer: keras regularizer or None. Of the conv kernels. Defaults to `None`.
+
+    Returns:
+        The block's output tensor with `filters` channels.
+    """
     inputs = x
     in_filters = x.shape[-1]
     conv = dict(padding="same", use_bias=False, kernel_initializer=initializer,
@@ -72,8 +93,25 @@ def mbconv_block(x, expand_ratio, kernel, stride, filters, activation, drop_rate
 
 def efficientnet_lite(stages, activation, name, input_shape, num_classes, dropout=DROPOUT,
                       drop_connect_rate=DROP_CONNECT, block=mbconv_block):
-    """The Lite network of `stages`; `block` builds each block (mbconv_block's signature), so a
-    search can swap blocks (tools.search_ran_e)."""
+    """Builds the Lite network of `stages`.
+
+    Args:
+        stages: sequence of tuples `(expand ratio, kernel, stride, in filters, out filters,
+            repeats)`, as `LITE0_STAGES`.
+        activation: str. The non-linearity, e.g. `"relu6"`.
+        name: str. The model name.
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels,
+            rescaled to (x - 127) / 128.
+        num_classes: int. Number of classes.
+        dropout: float. Dropout before the classifier. Defaults to `0.2`.
+        drop_connect_rate: float. Stochastic depth, growing linearly with depth. Defaults to
+            `0.2`.
+        block: callable. Builds each block, with `mbconv_block`'s signature, so a search can
+            swap blocks (tools.search_ran_e). Defaults to `mbconv_block`.
+
+    Returns:
+        A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+    """
     inputs = keras.Input(input_shape, name="image")  # raw pixels in [0, 255]
     x = layers.Rescaling(1 / PIXEL_STD, offset=-PIXEL_MEAN / PIXEL_STD, name="rescale")(inputs)
     x = layers.Conv2D(STEM_FILTERS, 3, strides=2, padding="same", use_bias=False,
@@ -105,10 +143,41 @@ LITE0 = dict(family="peer", paper="Tan & Le, ICML 2019 (EfficientNet-Lite0, arXi
 
 @register("efficientnet_lite0", **LITE0)
 def efficientnet_lite0(input_shape=(224, 224, 3), num_classes=1000):
+    """EfficientNet-Lite0: B0's stages (Table 1) with ReLU6 and no squeeze-excite.
+
+    About 4.7M parameters and 385M multiply-adds at 224x224.
+
+    Reference:
+        - [Tan & Le, EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks,
+            ICML 2019](https://arxiv.org/abs/1905.11946)
+
+    Args:
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels.
+            Defaults to `(224, 224, 3)`.
+        num_classes: int. Number of classes. Defaults to `1000`.
+
+    Returns:
+        A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+    """
     return efficientnet_lite(LITE0_STAGES, "relu6", "efficientnet_lite0", input_shape, num_classes)
 
 
 @register("efficientnet_lite0_hswish", **LITE0)
 def efficientnet_lite0_hswish(input_shape=(224, 224, 3), num_classes=1000):
+    """EfficientNet-Lite0 (Table 1's B0) with every ReLU6 replaced by hard-swish.
+
+    Reference:
+        - [Tan & Le, EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks,
+            ICML 2019](https://arxiv.org/abs/1905.11946)
+        - [Howard et al., Searching for MobileNetV3](https://arxiv.org/abs/1905.02244), §5.2
+
+    Args:
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels.
+            Defaults to `(224, 224, 3)`.
+        num_classes: int. Number of classes. Defaults to `1000`.
+
+    Returns:
+        A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+    """
     return efficientnet_lite(LITE0_STAGES, "hard_swish", "efficientnet_lite0_hswish", input_shape,
                              num_classes)
