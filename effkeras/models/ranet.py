@@ -76,6 +76,19 @@ def _conv(x, filters, kernel, name, stride=1, bias=False):
 
 
 def conv_bn_relu(x, filters, kernel, name, stride=1, bias=False):
+    """Applies a "same"-padded conv, BN and ReLU (layers `{name}_conv`, `_bn`, `_relu`).
+
+    Args:
+        x: tensor of shape `(batch, height, width, channels)`.
+        filters: int. Output channels.
+        kernel: int. Kernel size.
+        name: str. Prefix of the layer names.
+        stride: int. Stride. Defaults to `1`.
+        bias: bool. Whether the conv has a bias. Defaults to `False`.
+
+    Returns:
+        The output tensor with `filters` channels.
+    """
     x = _conv(x, filters, kernel, f"{name}_conv", stride, bias)
     x = batch_norm(f"{name}_bn", regularizer=coupled_l2(WEIGHT_DECAY))(x)
     return layers.ReLU(name=f"{name}_relu")(x)
@@ -83,14 +96,35 @@ def conv_bn_relu(x, filters, kernel, name, stride=1, bias=False):
 
 def bottleneck(x, filters, width, stride, name):
     """1x1 conv to `width` then 3x3 conv to `filters` (stride 1, or 2 in a down layer), each
-    with BN and ReLU; the 3x3 conv alone when width is 0 (no bottleneck)."""
+    with BN and ReLU; the 3x3 conv alone when width is 0 (no bottleneck).
+
+    Args:
+        x: tensor of shape `(batch, height, width, channels)`.
+        filters: int. Output channels of the 3x3 conv.
+        width: int. Output channels of the 1x1 conv; 0 for none.
+        stride: int. Stride of the 3x3 conv (1, or 2 in a down layer).
+        name: str. Prefix of the layer names.
+
+    Returns:
+        The output tensor with `filters` channels.
+    """
     if width:
         x = conv_bn_relu(x, width, 1, f"{name}_1x1")
     return conv_bn_relu(x, filters, 3, f"{name}_3x3", stride)
 
 
 def resize_like(x, reference, config, name):
-    """`x` bilinearly resized to the spatial size of `reference` (itself when it has it)."""
+    """Returns `x` bilinearly resized to the spatial size of `reference`.
+
+    Args:
+        x: tensor of shape `(batch, height, width, channels)`.
+        reference: tensor whose height and width to take.
+        config: Config. Its `resize` picks aligned corners or half-pixel centres.
+        name: str. Name of the resize layer.
+
+    Returns:
+        The resized tensor, or `x` itself when it already has the size.
+    """
     size = tuple(reference.shape[1:3])
     if tuple(x.shape[1:3]) == size:
         return x
@@ -101,7 +135,18 @@ def ranet_block(x, spec, coarse, config, name):
     """One block of the plan (`spec`, a BlockPlan) on input `x`: its dense layers, fused in a
     fusion block with `coarse`, the paired coarser block's features [input, after layer 1, ...,
     after its last layer]; then conv_last and the transition. Returns (output, [input, after
-    layer 1, ..., after the last layer]): what the next sub-network's paired block reads."""
+    layer 1, ..., after the last layer]): what the next sub-network's paired block reads.
+
+    Args:
+        x: tensor of shape `(batch, height, width, channels)`.
+        spec: BlockPlan. The block's plan.
+        coarse: list of tensors or None. The paired coarser block's features (fusion blocks).
+        config: Config. The network's config (its resize mode).
+        name: str. Prefix of the block's layer names.
+
+    Returns:
+        A tuple `(output, features)`.
+    """
     features = [x]
     for t, layer in enumerate(spec.layers):
         prefix = f"{name}_layer{t + 1}"
@@ -125,7 +170,17 @@ def ranet_block(x, spec, coarse, config, name):
 
 
 def classifier(x, width, num_classes, name):
-    """Two 3x3 stride-2 convs, global average pooling and the linear layer `name`."""
+    """Applies an exit: two 3x3 stride-2 convs, global average pooling and the linear layer.
+
+    Args:
+        x: tensor of shape `(batch, height, width, channels)`.
+        width: int. Output channels of the two convs.
+        num_classes: int. Number of logits.
+        name: str. The exit's name (its Dense layer and so the model output, e.g. `exit1`).
+
+    Returns:
+        The logits tensor, shape `(batch, num_classes)`.
+    """
     x = conv_bn_relu(x, width, 3, f"{name}_head1", stride=2)
     x = conv_bn_relu(x, width, 3, f"{name}_head2", stride=2)
     x = layers.GlobalAveragePooling2D(name=f"{name}_pool")(x)
@@ -135,7 +190,20 @@ def classifier(x, width, num_classes, name):
 
 
 def ranet(config, name, input_shape, num_classes):
-    """The Keras model of `config` (a ranet_plan.Config): outputs exit1 ... exitK."""
+    """Builds the Keras model of `config` (a ranet_plan.Config): outputs exit1 ... exitK.
+
+    Args:
+        config: Config. The paper's arguments.
+        name: str. The model name.
+        input_shape: tuple of 3 ints. Square `(size, size, channels)` of raw [0, 255] pixels.
+        num_classes: int. Number of classes of every exit.
+
+    Returns:
+        A functional `keras.Model` with one logits output per exit, in forward order.
+
+    Raises:
+        ValueError: if the input is not square.
+    """
     if input_shape[0] != input_shape[1]:
         raise ValueError(f"RANet takes square inputs (its plan halves one size), got "
                          f"{input_shape[:2]}")
@@ -169,8 +237,22 @@ def ranet(config, name, input_shape, num_classes):
 
 
 def build(name, input_shape, num_classes, **overrides):
-    """Registered RANet `name`, with `overrides` of its Config fields (e.g. n_channels, step,
-    growth_rate for a small copy; resize="half_pixel")."""
+    """Builds registered RANet `name`, with `overrides` of its Config fields.
+
+    Args:
+        name: str. A key of `CONFIGS`.
+        input_shape: tuple of 3 ints. Square `(size, size, channels)`.
+        num_classes: int. Number of classes of every exit.
+        **overrides: Config fields to change (e.g. n_channels, step, growth_rate for a small
+            copy; resize="half_pixel").
+
+    Returns:
+        A functional `keras.Model` with outputs exit1 ... exitK.
+
+    Raises:
+        TypeError: if an override is not a Config field.
+        ValueError: if the input is not square or the config is invalid.
+    """
     fields = {field.name for field in dataclasses.fields(Config)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
@@ -181,7 +263,17 @@ def build(name, input_shape, num_classes, **overrides):
 
 
 def plan_of(name, input_size=None, **overrides):
-    """The ranet_plan.Plan of registered RANet `name` (with `overrides` of its Config)."""
+    """Returns the ranet_plan.Plan of registered RANet `name` (no model is built).
+
+    Args:
+        name: str. A key of `CONFIGS`.
+        input_size: int or None. Height and width of the square input. Defaults to `None`: 32
+            for the CIFAR stem, 224 for ImageNet's.
+        **overrides: Config fields to change.
+
+    Returns:
+        A `ranet_plan.Plan`.
+    """
     return build_plan(dataclasses.replace(CONFIGS[name], **overrides), input_size)
 
 
@@ -200,19 +292,118 @@ IMAGENET = dict(family="ranet", paper=PAPER, input_shape=(224, 224, 3), num_clas
 
 @register("ranet_cifar", **CIFAR)
 def ranet_cifar(input_shape=(32, 32, 3), num_classes=10, **overrides):
+    """RANet for CIFAR, the official README's network.
+
+    --step 2 --stepmode lg --nChannels 16 --growthRate 6 --scale-list 1-2-3 --grFactor 4-2-1
+    --bnFactor 4-2-1: 6 exits, 8.4-58.9M FLOPs, 2.55M parameters (CIFAR-10); the FLOPs are the
+    x values of the paper's accuracy-vs-FLOPs plots.
+
+    Reference:
+        - [Yang et al., Resolution Adaptive Networks for Efficient Inference, CVPR 2020](
+            https://arxiv.org/abs/2003.07326)
+
+    Args:
+        input_shape: tuple of 3 ints. Square `(size, size, channels)` of raw [0, 255] pixels,
+            normalised with CIFAR-10's mean and std. Defaults to `(32, 32, 3)`.
+        num_classes: int. Number of classes of every exit. Defaults to `10`.
+        **overrides: fields of `ranet_plan.Config` to change (e.g. `n_channels`, `step`,
+            `growth_rate` for a small copy; `resize="half_pixel"`).
+
+    Returns:
+        A functional `keras.Model` with K outputs `exit1` ... `exitK` (forward order), each
+        logits of shape `(batch, num_classes)`.
+
+    Raises:
+        TypeError: if an override is not a `Config` field.
+        ValueError: if the input is not square or the overridden config is invalid.
+    """
     return build("ranet_cifar", input_shape, num_classes, **overrides)
 
 
 @register("ranet_cifar_anytime", **CIFAR)
 def ranet_cifar_anytime(input_shape=(32, 32, 3), num_classes=10, **overrides):
+    """RANet for CIFAR, the anytime-prediction network.
+
+    --step 4 --stepmode even --scale-list 1-2-3-3 --grFactor 4-2-1-1 --bnFactor 4-2-1-1:
+    8 exits, 15.8-94.9M FLOPs, 3.26M parameters; the FLOPs are the x values of the paper's
+    accuracy-vs-FLOPs plots.
+
+    Reference:
+        - [Yang et al., Resolution Adaptive Networks for Efficient Inference, CVPR 2020](
+            https://arxiv.org/abs/2003.07326)
+
+    Args:
+        input_shape: tuple of 3 ints. Square `(size, size, channels)` of raw [0, 255] pixels,
+            normalised with CIFAR-10's mean and std. Defaults to `(32, 32, 3)`.
+        num_classes: int. Number of classes of every exit. Defaults to `10`.
+        **overrides: fields of `ranet_plan.Config` to change (e.g. `n_channels`, `step`,
+            `growth_rate` for a small copy; `resize="half_pixel"`).
+
+    Returns:
+        A functional `keras.Model` with K outputs `exit1` ... `exitK` (forward order), each
+        logits of shape `(batch, num_classes)`.
+
+    Raises:
+        TypeError: if an override is not a `Config` field.
+        ValueError: if the input is not square or the overridden config is invalid.
+    """
     return build("ranet_cifar_anytime", input_shape, num_classes, **overrides)
 
 
 @register("ranet_imagenet", **IMAGENET)
 def ranet_imagenet(input_shape=(224, 224, 3), num_classes=1000, **overrides):
+    """RANet for ImageNet, the anytime-prediction network.
+
+    --step 8 --growthRate 16 --nChannels 64 --scale-list 1-2-3-4 --grFactor 4-2-2-1
+    --bnFactor 4-2-2-1: 8 exits, 0.43-3.33G FLOPs, 149M parameters; the FLOPs are the x
+    values of the paper's accuracy-vs-FLOPs plots.
+
+    Reference:
+        - [Yang et al., Resolution Adaptive Networks for Efficient Inference, CVPR 2020](
+            https://arxiv.org/abs/2003.07326)
+
+    Args:
+        input_shape: tuple of 3 ints. Square `(size, size, channels)` of raw [0, 255] pixels,
+            normalised with ImageNet's mean and std. Defaults to `(224, 224, 3)`.
+        num_classes: int. Number of classes of every exit. Defaults to `1000`.
+        **overrides: fields of `ranet_plan.Config` to change (e.g. `n_channels`, `step`,
+            `growth_rate` for a small copy; `resize="half_pixel"`).
+
+    Returns:
+        A functional `keras.Model` with K outputs `exit1` ... `exitK` (forward order), each
+        logits of shape `(batch, num_classes)`.
+
+    Raises:
+        TypeError: if an override is not a `Config` field.
+        ValueError: if the input is not square or the overridden config is invalid.
+    """
     return build("ranet_imagenet", input_shape, num_classes, **overrides)
 
 
 @register("ranet_imagenet_32", **IMAGENET)
 def ranet_imagenet_32(input_shape=(224, 224, 3), num_classes=1000, **overrides):
+    """RANet for ImageNet with --nChannels 32, the README's (budgeted-batch) network.
+
+    As `ranet_imagenet` with 32 base channels: 8 exits, 0.25-2.83G FLOPs, 131M parameters;
+    the FLOPs are the x values of the paper's accuracy-vs-FLOPs plots.
+
+    Reference:
+        - [Yang et al., Resolution Adaptive Networks for Efficient Inference, CVPR 2020](
+            https://arxiv.org/abs/2003.07326)
+
+    Args:
+        input_shape: tuple of 3 ints. Square `(size, size, channels)` of raw [0, 255] pixels,
+            normalised with ImageNet's mean and std. Defaults to `(224, 224, 3)`.
+        num_classes: int. Number of classes of every exit. Defaults to `1000`.
+        **overrides: fields of `ranet_plan.Config` to change (e.g. `n_channels`, `step`,
+            `growth_rate` for a small copy; `resize="half_pixel"`).
+
+    Returns:
+        A functional `keras.Model` with K outputs `exit1` ... `exitK` (forward order), each
+        logits of shape `(batch, num_classes)`.
+
+    Raises:
+        TypeError: if an override is not a `Config` field.
+        ValueError: if the input is not square or the overridden config is invalid.
+    """
     return build("ranet_imagenet_32", input_shape, num_classes, **overrides)

@@ -54,7 +54,19 @@ RESIZES = ("align_corners", "half_pixel")
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """The paper's arguments (the official code's flags in brackets)."""
+    """The paper's arguments (the official code's flags in brackets, one comment per field).
+
+    Lists given for `scale_list`, `gr_factor` and `bn_factor` (JSON, flags) become tuples.
+
+    Raises:
+        ValueError: if `scale_list`, `gr_factor` and `bn_factor` differ in length or are
+            empty; `scale_list` does not start at 1 and rise by 0 or 1 per sub-network (1 only
+            first); a width, growth, step, block count or factor is not a positive int
+            (`block_step` may be 0 with one sub-network); `stepmode`, `stem` or `resize` is
+            unknown; `head_width` is neither a positive int nor None; `compress_factor` is
+            outside (0, 1) or `reduction` outside (0, 1]; or a fusion layer would get no
+            channels on one of its paths.
+    """
 
     n_channels: int = 16  # [--nChannels] base width; sub-network i: n_channels·gr_factor[i]
     growth_rate: int = 6  # [--growthRate] sub-network i grows by growth_rate·gr_factor[i]
@@ -178,7 +190,14 @@ class BlockPlan:
     def features(self, t):
         """(channels, spatial size) of its t-th intermediate features, t = 0..L: its input for
         t = 0, the output of its layer t after that; what layer t of the paired finer block
-        reads."""
+        reads.
+
+        Args:
+            t: int. 0 for the block's input, 1..L for the output of layer t.
+
+        Returns:
+            A tuple `(channels, size)` of ints.
+        """
         if t == 0:
             return self.in_channels, self.in_size
         return self.layers[t - 1].out_channels, self.layers[t - 1].out_size
@@ -186,6 +205,8 @@ class BlockPlan:
 
 @dataclasses.dataclass(frozen=True)
 class SubnetPlan:
+    """One sub-network: its scale, growth, input and blocks (fields commented below)."""
+
     index: int  # 1-based, lowest resolution first
     scale: int
     growth: int  # g_i
@@ -207,6 +228,8 @@ class StemPlan:
 
 @dataclasses.dataclass(frozen=True)
 class ExitPlan:
+    """One exit (classifier): the block it follows and the features it reads."""
+
     index: int  # 1-based
     subnet: int
     block: int
@@ -216,6 +239,11 @@ class ExitPlan:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
+    """A whole RANet: its config, input size, initial layer and sub-networks.
+
+    `blocks` lists every block in forward order, `exits` every exit as an `ExitPlan`.
+    """
+
     config: Config
     input_size: int
     initial: tuple  # of StemPlan, in running order
@@ -231,6 +259,7 @@ class Plan:
                      for b in self.blocks if b.exit)
 
     def block(self, subnet, index):
+        """Returns the `BlockPlan` of block `index` (1-based) of sub-network `subnet` (1-based)."""
         return self.subnets[subnet - 1].blocks[index - 1]
 
 
@@ -243,8 +272,16 @@ def _width(config, channels, growth, factor):
 
 
 def build_plan(config, input_size=None):
-    """The Plan of `config` at square inputs of `input_size` (default: 32 for the CIFAR stem,
-    224 for ImageNet's)."""
+    """Plans a RANet under the rules of the module docstring, without building a model.
+
+    Args:
+        config: Config. The paper's arguments.
+        input_size: int or None. Height and width of the square input. Defaults to `None`: 32
+            for the CIFAR stem, 224 for ImageNet's.
+
+    Returns:
+        The `Plan` of `config` at `input_size`.
+    """
     input_size = input_size or (32 if config.stem == "cifar" else 224)
     scales = tuple(config.scale_list)
     count = len(scales)
@@ -332,8 +369,19 @@ def _path(c_in, growth, width, stride, size):
 
 
 def costs(plan, num_classes, in_channels=3):
-    """[(ops, parameters)] at each exit, both cumulative, under the counting conventions of the
-    module docstring."""
+    """Counts the operations and parameters up to each exit of a plan.
+
+    Uses the counting conventions of the module docstring (the official code's op counter).
+
+    Args:
+        plan: Plan. As `build_plan` returns it.
+        num_classes: int. Outputs of each exit's linear layer.
+        in_channels: int. Channels of the input image. Defaults to `3`.
+
+    Returns:
+        A list `[(ops, parameters)]` of int pairs, one per exit in forward order, both
+        cumulative.
+    """
     config = plan.config
     total = [0, 0]
 
