@@ -47,11 +47,24 @@ MOMENTUM = 0.8  # every BN (Larq Zoo); ε keeps Keras' 1e-3
 
 
 def batch_norm_08(name):
+    """Returns Larq Zoo's BatchNormalization layer: momentum 0.8, epsilon 1e-3, named `name`."""
     return batch_norm(name, momentum=MOMENTUM, epsilon=1e-3)
 
 
 def residual_block(x, filters, stride, name):
-    """BN(binary 3x3 conv(x)) + x, or + BN(1x1 conv(avgpool(x))) where the block downsamples."""
+    """Applies a Bi-Real block: BN(binary 3x3 conv(x)) + x.
+
+    Where the block downsamples or widens, the shortcut is BN(1x1 conv(avgpool(x))).
+
+    Args:
+        x: tensor of shape `(batch, height, width, channels)`.
+        filters: int. Output channels.
+        stride: int. Stride of the binary conv and the shortcut pool.
+        name: str. Prefix of the block's layer names.
+
+    Returns:
+        The block's output tensor with `filters` channels.
+    """
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
         shortcut = layers.AveragePooling2D(stride, padding="same", name=f"{name}_shortcut_pool")(x)
@@ -69,7 +82,27 @@ def residual_block(x, filters, stride, name):
           input_shape=(224, 224, 3), num_classes=1000, recipe="birealnet", deploy="arm",
           min_input_size=32, small=dict(filters=16))
 def birealnet18(input_shape=(224, 224, 3), num_classes=1000, filters=FILTERS):
-    """Bi-Real Net 18; `filters` is the first stage's width (Larq Zoo's field of that name)."""
+    """Bi-Real Net 18, as Larq Zoo 2.4's `literature.BiRealNet` builds it.
+
+    Larq Zoo's weight file loads into it (effkeras.interop.larq_zoo). It takes raw [0, 255]
+    pixels and outputs logits.
+
+    Reference:
+        - [Liu et al., Bi-Real Net: Enhancing the Performance of 1-bit CNNs with Improved
+            Representational Capability and Advanced Training Algorithm, ECCV 2018](
+            https://arxiv.org/abs/1808.00278)
+
+    Args:
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels. LCE
+            converts the zero-padded binary convs on ARM only with inputs >= 96 pixels.
+            Defaults to `(224, 224, 3)`.
+        num_classes: int. Number of classes. Defaults to `1000`.
+        filters: int. The first stage's width (Larq Zoo's field of that name); each later stage
+            doubles it. Defaults to `64`.
+
+    Returns:
+        A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+    """
     inputs = keras.Input(input_shape, name="image")
     x = layers.Conv2D(filters, STEM_KERNEL, strides=2, padding="same", use_bias=False,
                       kernel_initializer="glorot_normal", name="stem_conv")(

@@ -34,7 +34,12 @@ PAPER = "QuickNet, Bannink et al., MLSys 2021 (arXiv 2011.09398); Larq Zoo's sot
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """One QuickNet variant: blocks and filters per section (Larq Zoo's field names)."""
+    """One QuickNet variant: blocks and filters per section (Larq Zoo's field names).
+
+    Attributes:
+        section_blocks: tuple of ints. Residual blocks per section.
+        section_filters: tuple of ints. Width of each section.
+    """
 
     section_blocks: tuple
     section_filters: tuple
@@ -62,7 +67,20 @@ BLUR_SIZE = 3  # the transition's anti-aliasing filter (Zhang, arXiv 1904.11486)
 
 
 def stem(x, filters):
-    """Float stem to 1/4 resolution: 3x3/2 conv (filters/4) -> depthwise 3x3/2 -> 1x1 conv."""
+    """Applies the float stem to 1/4 resolution.
+
+    3x3/2 conv (filters/4) -> BN -> ReLU -> depthwise 3x3/2 -> BN -> 1x1 conv -> BN.
+
+    Args:
+        x: tensor of shape `(batch, height, width, channels)`, normalised pixels.
+        filters: int. Output channels, divisible by 4.
+
+    Returns:
+        A tensor with `filters` channels at 1/4 of the input's resolution.
+
+    Raises:
+        ValueError: if `filters` is not divisible by 4.
+    """
     if filters % 4:
         raise ValueError(f"QuickNet's first section needs filters divisible by 4, got {filters}")
     x = layers.Conv2D(filters // 4, 3, strides=2, padding="same", use_bias=False,
@@ -78,7 +96,18 @@ def stem(x, filters):
 
 
 def transition_block(x, filters, stride, name):
-    """ReLU -> max-pool (stride 1) -> fixed blur-pool depthwise (stride) -> float 1x1 -> BN."""
+    """Applies a transition: ReLU -> max-pool (stride 1) -> fixed blur-pool depthwise (stride)
+    -> float 1x1 conv -> BN.
+
+    Args:
+        x: tensor of shape `(batch, height, width, channels)`.
+        filters: int. Output channels.
+        stride: int. Stride of the blur-pool.
+        name: str. Prefix of the layer names.
+
+    Returns:
+        The output tensor with `filters` channels.
+    """
     x = layers.Activation("relu", name=f"{name}_relu")(x)
     x = layers.MaxPooling2D(stride, strides=1, name=f"{name}_maxpool")(x)
     x = layers.DepthwiseConv2D(BLUR_SIZE, strides=stride, padding="same", use_bias=False,
@@ -90,7 +119,15 @@ def transition_block(x, filters, stride, name):
 
 
 def residual_block(x, name):
-    """x + BN(ReLU(binary 3x3 conv(x))), at x's width; the shortcut stays float."""
+    """Applies x + BN(ReLU(binary 3x3 conv(x))), at x's width; the shortcut stays float.
+
+    Args:
+        x: tensor of shape `(batch, height, width, channels)`.
+        name: str. Prefix of the layer names.
+
+    Returns:
+        A tensor of the same shape as `x`.
+    """
     y = QuantConv2D(x.shape[-1], 3, padding="same", pad_values=1.0, activation="relu",
                     input_quantizer=SteSign(clip_value=CLIP),
                     kernel_quantizer=SteSign(clip_value=CLIP),
@@ -101,7 +138,21 @@ def residual_block(x, name):
 
 
 def build_quicknet(name, input_shape, num_classes, section_blocks, section_filters):
-    """A QuickNet of `section_blocks` residual blocks per section at `section_filters` widths."""
+    """Builds a QuickNet of `section_blocks` residual blocks per section at `section_filters`.
+
+    Args:
+        name: str. The model name.
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels.
+        num_classes: int. Number of classes.
+        section_blocks: sequence of ints. Residual blocks per section.
+        section_filters: sequence of ints. Width of each section (the first divisible by 4).
+
+    Returns:
+        A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+
+    Raises:
+        ValueError: if `section_filters[0]` is not divisible by 4.
+    """
     inputs = keras.Input(input_shape, name="image")
     x = stem(normalize_pixels(inputs), section_filters[0])
     for spec in each_block(stages(filters=section_filters, blocks=section_blocks)):
@@ -123,6 +174,29 @@ SMALL, REGULAR, LARGE = (CONFIGS[name] for name in ("quicknet_small", "quicknet"
 @register("quicknet_small", **QUICKNET)
 def quicknet_small(input_shape=(224, 224, 3), num_classes=1000,
                    section_blocks=SMALL.section_blocks, section_filters=SMALL.section_filters):
+    """QuickNetSmall (Larq Zoo's `sota.QuickNetSmall`).
+
+    As Larq Zoo 2.4's `sota` model builds it, so Larq Zoo's weight file loads
+    (effkeras.interop.larq_zoo). It takes raw [0, 255] pixels and outputs logits.
+
+    Reference:
+        - [Bannink et al., Larq Compute Engine: Design, Benchmark, and Deploy State-of-the-Art
+            Binarized Neural Networks, MLSys 2021](https://arxiv.org/abs/2011.09398)
+
+    Args:
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels.
+            Defaults to `(224, 224, 3)`.
+        num_classes: int. Number of classes. Defaults to `1000`.
+        section_blocks: tuple of ints. Residual blocks per section. Defaults to `(4, 4, 4, 4)`.
+        section_filters: tuple of ints. Width of each section; the first must be divisible by
+            4. Defaults to `(32, 64, 256, 512)`.
+
+    Returns:
+        A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+
+    Raises:
+        ValueError: if `section_filters[0]` is not divisible by 4.
+    """
     return build_quicknet("quicknet_small", input_shape, num_classes, section_blocks,
                           section_filters)
 
@@ -130,11 +204,57 @@ def quicknet_small(input_shape=(224, 224, 3), num_classes=1000,
 @register("quicknet", **QUICKNET)
 def quicknet(input_shape=(224, 224, 3), num_classes=1000, section_blocks=REGULAR.section_blocks,
              section_filters=REGULAR.section_filters):
+    """QuickNet (Larq Zoo's `sota.QuickNet`).
+
+    As Larq Zoo 2.4's `sota` model builds it, so Larq Zoo's weight file loads
+    (effkeras.interop.larq_zoo). It takes raw [0, 255] pixels and outputs logits.
+
+    Reference:
+        - [Bannink et al., Larq Compute Engine: Design, Benchmark, and Deploy State-of-the-Art
+            Binarized Neural Networks, MLSys 2021](https://arxiv.org/abs/2011.09398)
+
+    Args:
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels.
+            Defaults to `(224, 224, 3)`.
+        num_classes: int. Number of classes. Defaults to `1000`.
+        section_blocks: tuple of ints. Residual blocks per section. Defaults to `(4, 4, 4, 4)`.
+        section_filters: tuple of ints. Width of each section; the first must be divisible by
+            4. Defaults to `(64, 128, 256, 512)`.
+
+    Returns:
+        A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+
+    Raises:
+        ValueError: if `section_filters[0]` is not divisible by 4.
+    """
     return build_quicknet("quicknet", input_shape, num_classes, section_blocks, section_filters)
 
 
 @register("quicknet_large", **QUICKNET)
 def quicknet_large(input_shape=(224, 224, 3), num_classes=1000,
                    section_blocks=LARGE.section_blocks, section_filters=LARGE.section_filters):
+    """QuickNetLarge (Larq Zoo's `sota.QuickNetLarge`).
+
+    As Larq Zoo 2.4's `sota` model builds it, so Larq Zoo's weight file loads
+    (effkeras.interop.larq_zoo). It takes raw [0, 255] pixels and outputs logits.
+
+    Reference:
+        - [Bannink et al., Larq Compute Engine: Design, Benchmark, and Deploy State-of-the-Art
+            Binarized Neural Networks, MLSys 2021](https://arxiv.org/abs/2011.09398)
+
+    Args:
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels.
+            Defaults to `(224, 224, 3)`.
+        num_classes: int. Number of classes. Defaults to `1000`.
+        section_blocks: tuple of ints. Residual blocks per section. Defaults to `(6, 8, 12, 6)`.
+        section_filters: tuple of ints. Width of each section; the first must be divisible by
+            4. Defaults to `(64, 128, 256, 512)`.
+
+    Returns:
+        A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+
+    Raises:
+        ValueError: if `section_filters[0]` is not divisible by 4.
+    """
     return build_quicknet("quicknet_large", input_shape, num_classes, section_blocks,
                           section_filters)

@@ -54,7 +54,19 @@ def _linear(units, fan_in, name, activation=None):
 
 
 def channel_mlp(x, hidden, activation, name, tv2=BSPLINE["tv2"]):
-    """F of the table above, on (tokens, EMBED)."""
+    """Applies the channel MLP F of the module docstring's table, on (tokens, EMBED).
+
+    Args:
+        x: tensor of shape `(batch, tokens, width)`.
+        hidden: int. The hidden width H.
+        activation: str. `"relu"`, `"psa"` (ResPSA before each Linear, no ReLU) or
+            `"bspline"` (BSplineActivation before each Linear).
+        name: str. Prefix of the layer names.
+        tv2: float. TV(2) regularisation of the B-spline activations. Defaults to `1e-5`.
+
+    Returns:
+        A tensor of the same shape as `x`.
+    """
     width = x.shape[-1]
     if activation == "psa":
         x = ResPSA(width, **PSA, name=f"{name}_psa1")(x)
@@ -69,7 +81,20 @@ def channel_mlp(x, hidden, activation, name, tv2=BSPLINE["tv2"]):
 
 
 def block(x, hidden, activation, name, tv2=BSPLINE["tv2"]):
-    """One ResMLP block on (tokens, EMBED); its output is the layer `{name}_out`."""
+    """Applies one ResMLP block on (tokens, EMBED); its output is the layer `{name}_out`.
+
+    x + LS1 ⊙ TokenLinear(BN(x)), then x + LS2 ⊙ F(BN(x)).
+
+    Args:
+        x: tensor of shape `(batch, tokens, width)`.
+        hidden: int. The channel MLP's hidden width H.
+        activation: str. `"relu"`, `"psa"` or `"bspline"` (see `channel_mlp`).
+        name: str. Prefix of the layer names.
+        tv2: float. TV(2) regularisation of the B-spline activations. Defaults to `1e-5`.
+
+    Returns:
+        A tensor of the same shape as `x`.
+    """
     tokens = x.shape[1]
     y = batch_norm(f"{name}_norm1")(x)
     y = layers.Permute((2, 1), name=f"{name}_to_tokens")(y)
@@ -85,7 +110,32 @@ def block(x, hidden, activation, name, tv2=BSPLINE["tv2"]):
 
 def resmlp(input_shape=(32, 32, 3), num_classes=10, *, hidden_factor, activation="relu",
            embed=EMBED, blocks=BLOCKS, tv2=BSPLINE["tv2"], name=None):
-    """ResMLP with channel MLPs of width round(embed·hidden_factor) and `activation`."""
+    """Builds a ResMLP with channel MLPs of width int(embed·hidden_factor) and `activation`.
+
+    Reference:
+        - [Singh & Bazargan, Compressing Neural Networks Using Learnable 1-D Non-Linear
+            Functions, ACM TRETS 18(2), 2025](https://doi.org/10.1145/3705926)
+        - [Touvron et al., ResMLP](https://arxiv.org/abs/2105.03404)
+
+    Args:
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels,
+            normalised with CIFAR-10's mean and std; height and width multiples of 4.
+            Defaults to `(32, 32, 3)`.
+        num_classes: int. Number of classes. Defaults to `10`.
+        hidden_factor: float. h: the channel MLPs' hidden width is H = int(embed·h).
+        activation: str. `"relu"`, `"psa"` (LERP-PSA) or `"bspline"`. Defaults to `"relu"`.
+        embed: int. Patch embedding width. Defaults to `96`.
+        blocks: int. Number of ResMLP blocks. Defaults to `4`.
+        tv2: float. TV(2) regularisation of the B-spline activations. Defaults to `1e-5`.
+        name: str or None. The model name. Defaults to `None`: `resmlp_{activation}`.
+
+    Returns:
+        A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+
+    Raises:
+        ValueError: if `activation` is unknown or the input's height or width is not a
+            multiple of 4.
+    """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     height, width, _ = input_shape
@@ -111,7 +161,14 @@ def resmlp(input_shape=(32, 32, 3), num_classes=10, *, hidden_factor, activation
 
 
 def macs(hidden):
-    """The paper-table MAC count at 32x32 (module docstring): 1,868,736 + 49,152·H."""
+    """Returns the paper-table MAC count at 32x32 (module docstring): 1,868,736 + 49,152·H.
+
+    Args:
+        hidden: int. The channel MLPs' hidden width H.
+
+    Returns:
+        The multiply-accumulates per image, an int.
+    """
     return 1_868_736 + 49_152 * hidden
 
 
@@ -122,6 +179,24 @@ COMMON = dict(input_shape=(32, 32, 3), num_classes=10, deploy="float", min_input
 
 def _registered(name, activation, hidden_factor, recipe):
     def builder(input_shape=(32, 32, 3), num_classes=10, **kwargs):
+        """Builds the registered ResMLP of LERP-PSA's CIFAR-10 experiments (see `resmlp`).
+
+        `resmlp_relu_h4` is the teacher (ReLU, H = 384); `resmlp_{relu,psa,bspline}_{h2,h1,
+        h05,h025}` are the students at H = 96·h.
+
+        Reference:
+            - [Singh & Bazargan, Compressing Neural Networks Using Learnable 1-D Non-Linear
+                Functions, ACM TRETS 18(2), 2025](https://doi.org/10.1145/3705926)
+
+        Args:
+            input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels.
+                Defaults to `(32, 32, 3)`.
+            num_classes: int. Number of classes. Defaults to `10`.
+            **kwargs: more `resmlp` options (`embed`, `blocks`, `tv2`).
+
+        Returns:
+            A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+        """
         return resmlp(input_shape, num_classes, hidden_factor=hidden_factor,
                       activation=activation, name=name, **kwargs)
 
