@@ -28,7 +28,19 @@ def _conv(filters, kernel, stride, name):
 
 
 def residual_stack(x, filters, stride, name):
-    """[3x3 conv - BN - ReLU - 3x3 conv - BN] + shortcut (1x1 conv if the shape changes) - ReLU."""
+    """Applies [3x3 conv - BN - ReLU - 3x3 conv - BN] + shortcut - ReLU.
+
+    The shortcut is a 1x1 conv (no BN) if the shape changes, else the identity.
+
+    Args:
+        x: tensor of shape `(batch, height, width, channels)`.
+        filters: int. Output channels.
+        stride: int. Stride of the first conv and the shortcut conv.
+        name: str. Prefix of the layer names.
+
+    Returns:
+        The output tensor with `filters` channels.
+    """
     y = _conv(filters, 3, stride, f"{name}_conv1")(x)
     y = batch_norm(f"{name}_bn1", **BN)(y)
     y = layers.ReLU(name=f"{name}_relu1")(y)
@@ -45,6 +57,26 @@ def residual_stack(x, filters, stride, name):
           input_shape=(32, 32, 3), num_classes=10, recipe="mlperf_tiny", deploy="tflm",
           min_input_size=4)
 def mlperf_tiny_resnet8(input_shape=(32, 32, 3), num_classes=10):
+    """The MLPerf Tiny image classification reference ResNet-8 (CIFAR-10).
+
+    Follows Table 1 of the MLPerf Tiny paper: a ResNet v1 (He et al., §4.2) of three stacks of
+    one basic block (16, 32, 64 filters), convs with biases; 78,666 parameters and 12.5M
+    multiply-adds. Pixels are rescaled to [0, 1]; the final pool covers the whole map.
+
+    Reference:
+        - [Banbury et al., MLPerf Tiny Benchmark, NeurIPS 2021 Datasets and Benchmarks](
+            https://arxiv.org/abs/2106.07597)
+        - [He et al., Deep Residual Learning for Image Recognition, CVPR 2016](
+            https://arxiv.org/abs/1512.03385)
+
+    Args:
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels.
+            Defaults to `(32, 32, 3)`.
+        num_classes: int. Number of classes. Defaults to `10`.
+
+    Returns:
+        A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+    """
     inputs = keras.Input(input_shape, name="image")  # raw pixels in [0, 255]
     x = layers.Rescaling(1 / 255, name="rescale")(inputs)
     x = _conv(STEM_FILTERS, 3, 1, "stem_conv")(x)

@@ -29,6 +29,19 @@ def _conv(filters, stride, name):
 
 
 def basic_block(x, filters, stride, name, projection=False):
+    """Applies a ResNet basic block: two 3x3 conv-BN pairs, ReLU between, shortcut add, ReLU.
+
+    Args:
+        x: tensor of shape `(batch, height, width, channels)`.
+        filters: int. Output channels.
+        stride: int. Stride of the first conv and the shortcut.
+        name: str. Prefix of the layer names.
+        projection: bool. `True` uses a 1x1 conv + BN shortcut (option B) where the shape
+            changes; `False` the parameter-free option-A shortcut. Defaults to `False`.
+
+    Returns:
+        The output tensor with `filters` channels.
+    """
     if projection and (stride > 1 or x.shape[-1] != filters):
         shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj",
                                  kernel_regularizer=keras.regularizers.L2(WEIGHT_DECAY))(x)
@@ -48,6 +61,22 @@ def basic_block(x, filters, stride, name, projection=False):
           input_shape=(32, 32, 3), num_classes=10, recipe="sgd_cosine", deploy="float",
           min_input_size=4)
 def resnet20(input_shape=(32, 32, 3), num_classes=10):
+    """The float CIFAR ResNet-20 (§4.2): n = 3 basic blocks per stage, option-A shortcuts.
+
+    0.27M parameters. Pixels are rescaled to [-1, 1].
+
+    Reference:
+        - [He et al., Deep Residual Learning for Image Recognition, CVPR 2016](
+            https://arxiv.org/abs/1512.03385)
+
+    Args:
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels.
+            Defaults to `(32, 32, 3)`.
+        num_classes: int. Number of classes. Defaults to `10`.
+
+    Returns:
+        A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+    """
     inputs = keras.Input(input_shape, name="image")  # raw pixels in [0, 255]
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inputs)
     x = _conv(16, 1, "stem_conv")(x)
@@ -61,6 +90,18 @@ def resnet20(input_shape=(32, 32, 3), num_classes=10):
 
 
 def imagenet_resnet(stage_table, name, input_shape, num_classes):
+    """Builds a float ImageNet ResNet of basic blocks with projection shortcuts (Table 1).
+
+    Args:
+        stage_table: sequence of `Stage`. The architecture table.
+        name: str. The model name.
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels,
+            normalised with ImageNet's mean and std.
+        num_classes: int. Number of classes.
+
+    Returns:
+        A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+    """
     inputs = keras.Input(input_shape, name="image")  # raw pixels in [0, 255]
     x = normalize_pixels(inputs)
     x = layers.Conv2D(64, 7, strides=2, padding="same", use_bias=False, kernel_initializer="he_normal",
@@ -79,9 +120,41 @@ IMAGENET = dict(family="reference", input_shape=(224, 224, 3), num_classes=1000,
 
 @register("resnet18", paper="He et al., CVPR 2016 (ImageNet ResNet-18)", **IMAGENET)
 def resnet18(input_shape=(224, 224, 3), num_classes=1000):
+    """The float ImageNet ResNet-18 of Table 1 (11.7M parameters).
+
+    Basic blocks with 1x1 projection shortcuts (option B); a reference peer and teacher.
+
+    Reference:
+        - [He et al., Deep Residual Learning for Image Recognition, CVPR 2016](
+            https://arxiv.org/abs/1512.03385)
+
+    Args:
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels.
+            Defaults to `(224, 224, 3)`.
+        num_classes: int. Number of classes. Defaults to `1000`.
+
+    Returns:
+        A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+    """
     return imagenet_resnet(RESNET18_STAGES, "resnet18", input_shape, num_classes)
 
 
 @register("resnet34", paper="He et al., CVPR 2016 (ImageNet ResNet-34)", **IMAGENET)
 def resnet34(input_shape=(224, 224, 3), num_classes=1000):
+    """The float ImageNet ResNet-34 of Table 1 (21.8M parameters).
+
+    Basic blocks with 1x1 projection shortcuts (option B); a reference peer and teacher.
+
+    Reference:
+        - [He et al., Deep Residual Learning for Image Recognition, CVPR 2016](
+            https://arxiv.org/abs/1512.03385)
+
+    Args:
+        input_shape: tuple of 3 ints. `(height, width, channels)` of raw [0, 255] pixels.
+            Defaults to `(224, 224, 3)`.
+        num_classes: int. Number of classes. Defaults to `1000`.
+
+    Returns:
+        A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
+    """
     return imagenet_resnet(RESNET34_STAGES, "resnet34", input_shape, num_classes)
