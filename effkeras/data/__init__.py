@@ -41,6 +41,20 @@ VALIDATION_SEED = 2003  # fixed: every run holds out the same training examples
 
 @dataclasses.dataclass
 class DataSplit:
+    """One loaded split: its batched pipeline and what the caller needs to know about it.
+
+    Attributes:
+        dataset: tf.data.Dataset. Batches of (float32 images `(batch, H, W, C)` in [0, 255],
+            int32 labels `(batch,)`).
+        num_examples: int. Examples in the split (one epoch).
+        num_classes: int. Number of classes.
+        class_names: list of str. One name per class.
+        errors_as_input_errors: callable returning a context manager. Wrap iteration in it so
+            that bad files become `InputError`s.
+        source: str or None. The files the examples come from: `"train"` or `"test"`.
+        indices: numpy int array or None. Which examples of those files, in order.
+    """
+
     dataset: tf.data.Dataset
     num_examples: int
     num_classes: int
@@ -51,13 +65,28 @@ class DataSplit:
 
 
 def names():
+    """Returns the sorted names of the datasets `load` reads."""
     return sorted(DATASETS)
 
 
 def validation_indices(num_train, validation_size, what="the training set"):
     """(validation, rest): sorted indices into `num_train` training examples, `validation_size`
     of them picked by a fixed-seed permutation (a random choice, balanced over classes in
-    expectation even where the files are sorted by class, as ImageNet's), the others in `rest`."""
+    expectation even where the files are sorted by class, as ImageNet's), the others in `rest`.
+
+    Args:
+        num_train: int. Number of training examples.
+        validation_size: int. Examples to hold out, positive and below `num_train`.
+        what: str. How error messages name the training set. Defaults to
+            `"the training set"`.
+
+    Returns:
+        A tuple `(validation, rest)` of sorted numpy int arrays.
+
+    Raises:
+        InputError: if `validation_size` is not a positive int or not smaller than
+            `num_train`.
+    """
     if (isinstance(validation_size, bool) or not isinstance(validation_size, int)
             or validation_size < 1):
         raise InputError(f"--validation_size must be a positive integer, got {validation_size!r}")
@@ -128,18 +157,43 @@ def _image_preparation(shape, augmentations, seed):
 
 def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=None,
          shuffle=None, num_classes=None, seed=0, validation_size=None, first_epoch=None):
-    """A DataSplit of `name` ('fashion_mnist', 'cifar10', 'cifar100', 'imagenet', 'synthetic').
+    """Loads a split of a dataset as a batched tf.data pipeline.
 
-    split: 'train', 'validation' (held out of the training files) or 'test' ('val' = 'test').
-    augment_with: augmentation names; None means the dataset's standard train set for 'train'
-    and none otherwise. shuffle defaults to True for 'train'.
-    validation_size: examples in the 'validation' split (default VALIDATION_SIZES[name]); with
-    'train', leave that many out (the 'validation' ones); None: 'train' keeps them all.
-    first_epoch: for training, the split as an endless stream of epochs from this one on, each
-    batched whole and, but for TFRecord shards, shuffled by (seed, epoch) alone: the same order
-    however many iterators were made before (Keras under tf.distribute makes one more than on
-    a single device), and a resumed run sees the epochs an uninterrupted one would. Random
-    augmentations draw from seed + first_epoch.
+    Images are fitted to `input_shape` (padded or resized; grayscale tiled to RGB when 3
+    channels are wanted) and stay raw float32 pixels in [0, 255]; labels are int32. A `"train"`
+    split drops the last partial batch (when it has at least one whole batch).
+
+    Args:
+        name: str. `"fashion_mnist"`, `"cifar10"`, `"cifar100"`, `"imagenet"` or
+            `"synthetic"`.
+        split: str. `"train"`, `"validation"` (held out of the training files) or `"test"`
+            (`"val"` = `"test"`).
+        input_shape: tuple of 3 ints. The model's `(height, width, channels)`.
+        batch_size: int. Examples per batch, positive.
+        data_dir: str or None. Where the dataset's files are (ImageNet: class folders, or
+            TFRecord shards). Defaults to `None`.
+        augment_with: iterable of str or None. Augmentation names. Defaults to `None`: the
+            dataset's standard train set for `"train"` and none otherwise.
+        shuffle: bool or None. Defaults to `None`: True for `"train"`.
+        num_classes: int or None. Classes of synthetic data (default 10); others fix their own.
+        seed: int. Seed of shuffling and random augmentations. Defaults to `0`.
+        validation_size: int or None. Examples in the `"validation"` split (default
+            `VALIDATION_SIZES[name]`); with `"train"`, leave that many out (the validation
+            ones). Defaults to `None`: `"train"` keeps them all.
+        first_epoch: int or None. For training, the split as an endless stream of epochs from
+            this one on, each batched whole and, but for TFRecord shards, shuffled by
+            (seed, epoch) alone: the same order however many iterators were made before (Keras
+            under tf.distribute makes one more than on a single device), and a resumed run
+            sees the epochs an uninterrupted one would. Random augmentations draw from
+            seed + first_epoch. Defaults to `None`: one epoch per iteration.
+
+    Returns:
+        A `DataSplit`.
+
+    Raises:
+        InputError: if the dataset, split, batch size, augmentations, synthetic
+            `num_classes` or `validation_size` is invalid; if a validation split is asked of
+            ImageNet's TFRecord shards; or if the dataset's files are missing or malformed.
     """
     if name not in DATASETS:
         raise InputError(f"unknown dataset {name!r}; choose from {', '.join(names())}")
@@ -232,8 +286,23 @@ def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=No
 
 
 def take(name, split, count, *, input_shape, data_dir=None, num_classes=None):
-    """(images, class names): `count` shuffled, unaugmented images of a split as a float32 array
-    (N, H, W, C) in [0, 255]: calibration and check samples for a conversion."""
+    """Returns `count` shuffled, unaugmented images of a split: samples for a conversion.
+
+    Args:
+        name: str. A dataset name (see `load`).
+        split: str. `"train"`, `"validation"` or `"test"`.
+        count: int. Number of images.
+        input_shape: tuple of 3 ints. `(height, width, channels)`.
+        data_dir: str or None. Where the dataset's files are. Defaults to `None`.
+        num_classes: int or None. Classes of synthetic data. Defaults to `None`.
+
+    Returns:
+        A tuple `(images, class_names)`: a float32 numpy array `(count, H, W, C)` in [0, 255]
+        (fewer rows if the split is smaller) and a list of str.
+
+    Raises:
+        InputError: as `load`, and if an image cannot be read.
+    """
     loaded = load(name, split, input_shape=input_shape, batch_size=count, data_dir=data_dir,
                   augment_with=(), shuffle=True, num_classes=num_classes)
     with loaded.errors_as_input_errors():
