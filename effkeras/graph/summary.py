@@ -19,6 +19,18 @@ from effkeras.graph.nn_mass import NONLINEAR_LAYERS, model_mass, nonlinear_units
 
 @dataclasses.dataclass
 class LayerStats:
+    """One leaf layer's row of the summary.
+
+    Attributes:
+        name: str. The layer name.
+        kind: str. The layer's class name.
+        output_shape: tuple. The output shape, batch dimension first.
+        params: dict. Parameter count by bit width (`{bits: count}`).
+        macs: int. Multiply-accumulates of one call (batch 1), as `layer_macs`.
+        input_bits: int. Bit width of the layer's input. Defaults to 32 (float).
+        kernel_bits: int. Bit width of its kernel. Defaults to 32 (float).
+    """
+
     name: str
     kind: str
     output_shape: tuple
@@ -39,6 +51,7 @@ class LayerStats:
 
     @property
     def memory_bytes(self):
+        """Bytes of the layer's parameters at their bit widths."""
         return sum(count * bits / 8 for bits, count in self.params.items())
 
 
@@ -47,7 +60,17 @@ def _spatial(shape):
 
 
 def layer_macs(layer):
-    """Multiply-accumulates of one call (batch 1). Pooling counts one op per window element."""
+    """Counts the multiply-accumulates of one call (batch 1) of a layer.
+
+    Convs (separable, depthwise, grouped), Dense, pooling (one op per window element) and
+    global pooling count; any other layer counts 0.
+
+    Args:
+        layer: keras.layers.Layer. A built layer of a functional model (it has `output`).
+
+    Returns:
+        The MAC count, an int.
+    """
     L = keras.layers
     out = layer.output.shape
     if isinstance(layer, L.SeparableConv2D):
@@ -73,7 +96,17 @@ def layer_macs(layer):
 
 
 def layer_params(layer):
-    """Parameter counts by bits: quantized kernels at their bit width, everything else 32-bit."""
+    """Counts a layer's parameters by bit width.
+
+    Quantized kernels count at their bit width, everything else (biases, BN, latent weights
+    of float layers) at 32 bits.
+
+    Args:
+        layer: keras.layers.Layer. A built layer.
+
+    Returns:
+        A dict `{bits: count}`.
+    """
     _, kernel_bits = layer_precision(layer)
     kernels = [w for w in (getattr(layer, "kernel", None), getattr(layer, "depthwise_kernel", None),
                            getattr(layer, "pointwise_kernel", None)) if w is not None]
@@ -86,13 +119,27 @@ def layer_params(layer):
 
 
 def trainable_params(layer):
-    """Trainable parameters of a layer or model: what PyTorch code counts (BN's moving
-    statistics left out)."""
+    """Counts the trainable parameters of a layer or model: what PyTorch code counts (BN's
+    moving statistics left out).
+
+    Args:
+        layer: keras.layers.Layer or keras.Model.
+
+    Returns:
+        The count, an int.
+    """
     return sum(math.prod(w.shape) for w in layer.trainable_weights)
 
 
 def summarize(model):
-    """LayerStats for every leaf layer of `model`."""
+    """Returns a `LayerStats` for every leaf layer of `model` (nested models walked into).
+
+    Args:
+        model: keras.Model. A built functional model.
+
+    Returns:
+        A list of `LayerStats`, in layer order.
+    """
     rows = []
     for layer in leaf_layers(model):
         input_bits, kernel_bits = layer_precision(layer)
@@ -102,6 +149,16 @@ def summarize(model):
 
 
 def totals(rows):
+    """Adds up `summarize` rows.
+
+    Args:
+        rows: list of `LayerStats`.
+
+    Returns:
+        A dict with `params` (`{"{bits}bit": count}`), `total_params`, `memory_bytes`,
+        `binary_macs`, `low_bit_macs`, `float_macs` and `binarized_mac_ratio` (binary MACs
+        over all MACs, 0.0 for none).
+    """
     params = {}
     for row in rows:
         for bits, count in row.params.items():
@@ -122,6 +179,16 @@ def totals(rows):
 
 
 def as_dict(model):
+    """Returns the whole summary of `model` as a JSON-ready dict.
+
+    Args:
+        model: keras.Model. A built functional model.
+
+    Returns:
+        A dict with `model` (name), `input_shape`, `layers` (one dict per leaf layer: name,
+        kind, bits, output shape, params, memory, MACs, binary, low_bit), `totals` (`totals`
+        plus `topology`) and, for a model with several outputs, `exits` (`exit_costs`).
+    """
     rows = summarize(model)
     return {
         "model": model.name,
@@ -138,7 +205,15 @@ def as_dict(model):
 
 
 def topology(model):
-    """NN-Mass (None where not defined: effkeras.graph.nn_mass) and non-linear units per image."""
+    """Returns NN-Mass and the non-linear units per image of `model`.
+
+    Args:
+        model: keras.Model. A built functional model.
+
+    Returns:
+        A dict with `nn_mass` (None where not defined: effkeras.graph.nn_mass) and
+        `nonlinear_units` (an int).
+    """
     return {"nn_mass": model_mass(model), "nonlinear_units": nonlinear_units(model)}
 
 
@@ -149,6 +224,19 @@ def _format_mass(mass):
 
 
 def format_table(model):
+    """Formats the summary of `model` as larq's text table.
+
+    One row per leaf layer (input bits, output shape, parameters by bit width, memory, binary,
+    low-bit and float MACs), a total row and a footer line with the parameters, memory,
+    binarized and low-bit MAC shares, NN-Mass and non-linear units; a model with several
+    outputs gets the per-exit table after it.
+
+    Args:
+        model: keras.Model. A built functional model.
+
+    Returns:
+        The table, a multi-line str.
+    """
     rows = summarize(model)
     bit_widths = sorted({bits for row in rows for bits in row.params}) or [FLOAT_BITS]
     header = ["Layer", "Type", "Input bits", "Output", *[f"{b}-bit params" for b in bit_widths],
@@ -187,7 +275,14 @@ def layer_flops(layer):
     """Operations of one call (batch 1) as the op counter of MSDNet and RANet counts them (RANet,
     arXiv 2003.07326, reports its exits' "MUL-ADD" so): `layer_macs` (convs, linear layers,
     pooling), plus one per element of a ReLU (or other non-linear activation) and one per bias
-    of a linear layer; BN, concatenation and resizing count nothing, nor do conv biases."""
+    of a linear layer; BN, concatenation and resizing count nothing, nor do conv biases.
+
+    Args:
+        layer: keras.layers.Layer. A built layer of a functional model.
+
+    Returns:
+        The operation count, an int.
+    """
     flops = layer_macs(layer)
     activation = getattr(layer, "activation", None)
     if isinstance(layer, NONLINEAR_LAYERS) or (
@@ -233,6 +328,13 @@ def exit_costs(model):
     flops: operations up to and including this exit's classifier (cumulative), counted as
     `layer_flops`: the x axis of early-exit papers' accuracy-vs-cost plots;
     stage_macs: MACs (`layer_macs`) of this exit's stage alone.
+
+    Args:
+        model: keras.Model. A built functional model, one or more outputs.
+
+    Returns:
+        A list of dicts, one per output: `output` (its name, or `exit{k}`), `params`,
+        `trainable_params`, `flops` and `stage_macs`, all ints.
     """
     rows, done = [], {}
     params = trainable = flops = 0
