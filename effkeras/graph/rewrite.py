@@ -21,7 +21,11 @@ from effkeras.errors import InputError
 
 
 class Graph:
-    """What a pass may ask about the model being copied (module docstring)."""
+    """What a pass may ask about the model being copied (module docstring).
+
+    Args:
+        model: keras.Model. The functional model being rewritten.
+    """
 
     def __init__(self, model):
         self._consumers = {}
@@ -32,23 +36,54 @@ class Graph:
         self._made = {}  # id(new tensor) -> (layer that made it, its first new input, original)
 
     def consumers(self, layer):
+        """Returns how many layer calls of the original model read `layer`'s output."""
         return self._consumers.get(id(layer), 0)
 
     def record(self, tensor, layer, source, original=None):
+        """Records which layer made `tensor` in the copy, for `producer` and `original`.
+
+        Args:
+            tensor: the new tensor.
+            layer: keras.layers.Layer. The (original or replacement) layer that made it.
+            source: the new input tensor it was made from.
+            original: keras.layers.Layer or None. The original layer whose call `tensor`
+                replaces. Defaults to `None`: `layer` itself.
+        """
         self._made[id(tensor)] = (layer, source, original if original is not None else layer)
 
     def producer(self, tensor):
-        """(layer, its new input) that made `tensor` in the copy; (None, None) for inputs."""
+        """Returns (layer, its new input) that made `tensor` in the copy.
+
+        Args:
+            tensor: a tensor of the copy.
+
+        Returns:
+            A tuple `(layer, source)`; `(None, None)` for inputs and unrecorded tensors.
+        """
         layer, source, _ = self._made.get(id(tensor), (None, None, None))
         return layer, source
 
     def original(self, tensor):
-        """The original layer whose call `tensor` replaces (itself when not replaced)."""
+        """Returns the original layer whose call `tensor` replaces (itself when not replaced).
+
+        Args:
+            tensor: a tensor of the copy.
+
+        Returns:
+            A `keras.layers.Layer`, or None for an unrecorded tensor.
+        """
         return self._made.get(id(tensor), (None, None, None))[2]
 
     def through_padding(self, tensor):
         """(tensor before a channels-last ZeroPadding2D that made `tensor`, its ((top, bottom),
-        (left, right)) pads); (tensor, zeros) when no such padding made it."""
+        (left, right)) pads); (tensor, zeros) when no such padding made it.
+
+        Args:
+            tensor: a tensor of the copy.
+
+        Returns:
+            A tuple `(tensor, pads)`, pads an int numpy array of shape `(2, 2)`.
+        """
         layer, source = self.producer(tensor)
         if isinstance(layer, keras.layers.ZeroPadding2D) and layer.data_format == "channels_last":
             return source, np.asarray(layer.padding, int)
@@ -56,7 +91,22 @@ class Graph:
 
 
 def rewrite(model, replace):
-    """A copy of functional `model` with each layer call offered to `replace` first."""
+    """Returns a copy of functional `model` with each layer call offered to `replace` first.
+
+    Kept layers are cloned from their configs and get the original's weights.
+
+    Args:
+        model: keras.Model. A functional model.
+        replace: callable. `replace(layer, inputs, graph)` gets each original layer, its first
+            new input and the `Graph`; it returns None to keep the layer, or the new output
+            tensor(s) of that call.
+
+    Returns:
+        The rewritten functional `keras.Model`.
+
+    Raises:
+        InputError: if `model` is not a functional `keras.Model`.
+    """
     if not isinstance(model, keras.Model) or not hasattr(model, "_run_through_graph"):
         raise InputError(f"graph passes need a functional keras.Model, got {type(model).__name__}")
     graph = Graph(model)
@@ -88,7 +138,16 @@ def rewrite(model, replace):
 
 def copy_call(layer, x, **config):
     """`layer` copied (its config with `config` over it, and its weights) and called on x: a
-    layer a pass keeps, or keeps under another name, in a graph it builds itself."""
+    layer a pass keeps, or keeps under another name, in a graph it builds itself.
+
+    Args:
+        layer: keras.layers.Layer. The built layer to copy.
+        x: the input tensor.
+        **config: config entries to override (e.g. `name`).
+
+    Returns:
+        The copy's output tensor.
+    """
     copy = layer.__class__.from_config({**layer.get_config(), **config})
     y = copy(x)
     copy.set_weights(layer.get_weights())
@@ -97,7 +156,15 @@ def copy_call(layer, x, **config):
 
 def readers(model):
     """({id(layer): [layers calling on its output]}, {id(layer) of every model output}): what a
-    pass checks before it folds one layer into another."""
+    pass checks before it folds one layer into another.
+
+    Args:
+        model: keras.Model. A functional model.
+
+    Returns:
+        A tuple `(readers, outputs)`: a dict from `id(layer)` to the list of layers that call
+        on its output, and the set of `id`s of the layers that make the model's outputs.
+    """
     found = {}
     for layer in model.layers:
         for node in layer._inbound_nodes:
@@ -107,6 +174,7 @@ def readers(model):
 
 
 def as_list(x):
+    """Returns `x` as a list: `[]` for None, a list of a list or tuple, else `[x]`."""
     if x is None:
         return []
     return list(x) if isinstance(x, (list, tuple)) else [x]
@@ -120,7 +188,17 @@ _SAMPLES = 2
 def check_models(original, rewritten, what, samples=_SAMPLES):
     """RuntimeError unless `rewritten` computes `original` (MAX_REL_DIFF) on `samples` random
     raw-pixel inputs in [0, 255] (32 for an unknown dimension); `what` names the rewritten
-    model in the error."""
+    model in the error.
+
+    Args:
+        original: keras.Model. The model before the rewrite.
+        rewritten: keras.Model. The model after it.
+        what: str. Names the rewritten model in the error message.
+        samples: int. Batch size of the random inputs. Defaults to `2`.
+
+    Raises:
+        RuntimeError: if the outputs differ by more than `MAX_REL_DIFF` of max |output|.
+    """
     rng = np.random.default_rng(0)
     inputs = [rng.uniform(0, 255, [samples] + [32 if d is None else d for d in t.shape[1:]])
               .astype(np.float32) for t in original.inputs]
@@ -130,7 +208,21 @@ def check_models(original, rewritten, what, samples=_SAMPLES):
 
 def check_outputs(expected, actual, what, max_rel_diff=MAX_REL_DIFF):
     """RuntimeError unless `actual` equals `expected` (nested outputs) within `max_rel_diff` of
-    max |expected|; returns that relative difference."""
+    max |expected|; returns that relative difference.
+
+    Args:
+        expected: tensor, array or nested structure of them. The reference outputs.
+        actual: the same structure. The outputs to check.
+        what: str. Names what computed `actual` in the error message.
+        max_rel_diff: float. The largest allowed max |actual - expected| / max |expected|.
+            Defaults to `MAX_REL_DIFF` (1e-5).
+
+    Returns:
+        The relative difference, a float.
+
+    Raises:
+        RuntimeError: if the relative difference exceeds `max_rel_diff` (or is NaN).
+    """
     expected = [np.asarray(keras.ops.convert_to_numpy(t), np.float64)
                 for t in keras.tree.flatten(expected)]
     actual = [np.asarray(keras.ops.convert_to_numpy(t), np.float64)
