@@ -17,9 +17,29 @@ from effkeras.layers.collapsible import CollapsibleConv2D
 
 
 def collapse(model):
-    """(new model, number of collapsed blocks) of functional `model`; (model, 0) when it has
-    no top-level CollapsibleConv2D. Raises RuntimeError naming the layers if the collapsed
-    model does not agree with the original to rewrite.MAX_REL_DIFF (relative to max |output|)."""
+    """Writes out every top-level `CollapsibleConv2D` of a model as one plain Conv2D.
+
+    An inference BatchNormalization that alone reads a block (called once, not a model
+    output) folds into its conv.
+
+    Reference:
+        - [Bhardwaj et al., Restructurable Activation Networks, 2022](
+            https://arxiv.org/abs/2208.08562)
+        - [Bhardwaj et al., Collapsible Linear Blocks for Super-Efficient Super Resolution
+            (SESR), MLSys 2022](https://arxiv.org/abs/2103.09404)
+
+    Args:
+        model: keras.Model. A functional model.
+
+    Returns:
+        A tuple `(new model, number of collapsed blocks)`; `(model, 0)` when it has no
+        top-level CollapsibleConv2D.
+
+    Raises:
+        InputError: if `model` is not a functional `keras.Model` (and has collapsible blocks).
+        RuntimeError: naming the layers, if a collapsed layer or the collapsed model does not
+            agree with the original to rewrite.MAX_REL_DIFF (relative to max |output|).
+    """
     blocks = [layer for layer in model.layers if isinstance(layer, CollapsibleConv2D)]
     if not blocks:
         return model, 0

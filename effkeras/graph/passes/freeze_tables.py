@@ -31,8 +31,30 @@ TABLE_LAYERS = (LerpPSA, BSplineActivation)  # ResPSA is a LerpPSA
 
 def freeze_tables(model, form="gather"):
     """(new model, number of frozen layers) of functional `model`; (model, 0) when it has no
-    top-level LerpPSA/ResPSA/BSplineActivation. Raises RuntimeError naming the layers if the
-    frozen model does not compute the original (rewrite.MAX_REL_DIFF of max |output|)."""
+    top-level LerpPSA/ResPSA/BSplineActivation.
+
+    Each such layer becomes a `LerpTable` of the same name; an inference BN over the last axis
+    that only it reads folds into the table's input affine.
+
+    Reference:
+        - [Singh & Bazargan, Compressing Neural Networks Using Learnable 1-D Non-Linear
+            Functions, ACM TRETS 18(2), 2025](https://doi.org/10.1145/3705926)
+
+    Args:
+        model: keras.Model. A functional model.
+        form: str. `"gather"`, the TFLite builtin form (GATHER; deploy's default), or
+            `"relu_sum"`, the same function as a sum of ReLUs for runtimes without GATHER.
+            Defaults to `"gather"`.
+
+    Returns:
+        A tuple `(new model, number of frozen layers)`.
+
+    Raises:
+        InputError: if `form` is unknown, or `model` is not a functional `keras.Model` (and
+            has table layers).
+        RuntimeError: naming the layers, if the frozen model does not compute the original
+            (rewrite.MAX_REL_DIFF of max |output|).
+    """
     if form not in LERP_FORMS:
         raise InputError(f"unknown lerp form {form!r}; choose from {', '.join(LERP_FORMS)}")
     learned = [layer for layer in model.layers if isinstance(layer, TABLE_LAYERS)]
@@ -61,7 +83,14 @@ def freeze_tables(model, form="gather"):
 
 def table_of(layer):
     """The (C, G) float64 table of a LerpPSA/ResPSA (the residual folded in) or
-    BSplineActivation: y = lerp(table)(x) for its input x."""
+    BSplineActivation: y = lerp(table)(x) for its input x.
+
+    Args:
+        layer: LerpPSA, ResPSA or BSplineActivation. A built layer.
+
+    Returns:
+        A float64 numpy array of shape `(channels, grid_size)`.
+    """
     if isinstance(layer, BSplineActivation):
         return np.asarray(ops.convert_to_numpy(layer.coefficients), np.float64)
     weights = [np.asarray(ops.convert_to_numpy(w), np.float64)
@@ -73,7 +102,17 @@ def table_of(layer):
 
 
 def lerp_table(layer, batch_norm=None, form="gather"):
-    """The built LerpTable (same name) computing `batch_norm` (or nothing), then `layer`."""
+    """Returns the built LerpTable (same name) computing `batch_norm` (or nothing), then `layer`.
+
+    Args:
+        layer: LerpPSA, ResPSA or BSplineActivation. A built layer.
+        batch_norm: keras.layers.BatchNormalization or None. An inference BN over the last
+            axis to fold into the table's input affine. Defaults to `None`.
+        form: str. `"gather"` or `"relu_sum"` (see `freeze_tables`). Defaults to `"gather"`.
+
+    Returns:
+        A built `LerpTable` with the table, scale and shift set.
+    """
     table = LerpTable(layer.channels, grid_size=layer.grid_size, grid_range=layer.grid_range,
                       form=form, name=layer.name)
     table.build((None, layer.channels))
@@ -90,7 +129,15 @@ def lerp_table(layer, batch_norm=None, form="gather"):
 def foldable_batch_norms(model, learned):
     """{id(table layer): BatchNormalization} for each table layer called once on the output of
     an inference BN over the last axis, called once, read by nothing else and not a model
-    output."""
+    output.
+
+    Args:
+        model: keras.Model. A functional model.
+        learned: list of layers. The table layers of `model`.
+
+    Returns:
+        A dict from `id(table layer)` to its foldable `BatchNormalization`.
+    """
     reading, outputs = readers(model)
     found = {}
     for layer in learned:

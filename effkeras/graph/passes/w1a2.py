@@ -101,17 +101,34 @@ FORMS = ("auto", *PLANE_FORMS)
 
 
 def is_w1a2(layer):
-    """1-bit kernel and a quantized multi-bit input (ERN's w1a2): LCE has no kernel for it."""
+    """Tells whether a layer is w1a2: a 1-bit kernel and a quantized multi-bit input (ERN's).
+
+    LCE has no kernel for such a layer.
+
+    Args:
+        layer: keras.layers.Layer.
+
+    Returns:
+        True if its kernel has 1 bit and its input 2 to 31 bits.
+    """
     input_bits, kernel_bits = layer_precision(layer)
     return kernel_bits == 1 and 1 < input_bits < FLOAT_BITS
 
 
 def w1a2_layers(model):
+    """Returns the w1a2 leaf layers of `model` (nested models walked into), in order."""
     return [layer for layer in leaf_layers(model) if is_w1a2(layer)]
 
 
 def unsupported_reason(layer):
-    """Why `layer` (w1a2) cannot be rewritten, or None."""
+    """Says why a w1a2 layer cannot be rewritten as binary convs.
+
+    Args:
+        layer: keras.layers.Layer. A w1a2 layer (`is_w1a2`).
+
+    Returns:
+        A str with the reason, or None when it can be rewritten.
+    """
     if not isinstance(layer, QuantConv2D):
         return f"{type(layer).__name__} (only Conv2D has an LCE binary kernel)"
     if layer.data_format != "channels_last" or layer.groups != 1 or layer.dilation_rate != (1, 1):
@@ -134,7 +151,18 @@ def unsupported_reason(layer):
 def choose_form(kernel_size, input_channels, filters, levels=3):
     """The faster form for a conv of this shape, as measured (module docstring): bit-plane,
     except 1x1 convs reading <= 64 code channels into >= 4x as many filters, whose binary work
-    is too small to pay for the bit-plane form's second output pass and ADD."""
+    is too small to pay for the bit-plane form's second output pass and ADD.
+
+    Args:
+        kernel_size: tuple of 2 ints. The conv's kernel size.
+        input_channels: int. Code channels of its input.
+        filters: int. Its output channels.
+        levels: int. Thresholds of the input quantizer; the bit-plane form needs 3 (2-bit
+            codes). Defaults to `3`.
+
+    Returns:
+        `"thermometer"` or `"bitplane"`.
+    """
     if levels != 3:
         return "thermometer"
     if tuple(kernel_size) == (1, 1) and input_channels <= 64 and filters >= 4 * input_channels:
@@ -155,6 +183,26 @@ def w1a2_to_binary(model, form="auto", *, strict=True):
     single bconv, but not across the bit-plane form's ADD). With `strict`, a w1a2 layer
     that cannot be rewritten (not a plain Conv2D, or quantizers without thresholds/signs) is an
     InputError naming it; otherwise it stays as it is (float in LCE).
+
+    Reference:
+        - [LeapMind, Efficiera Residual Networks](https://arxiv.org/abs/2410.11553)
+
+    Args:
+        model: keras.Model. A functional model.
+        form: str. `"thermometer"`, `"bitplane"` (2-bit inputs only) or `"auto"`. Defaults to
+            `"auto"`.
+        strict: bool. Whether a w1a2 layer that cannot be rewritten (or one inside a nested
+            model) is an error. Defaults to `True`.
+
+    Returns:
+        The rewritten functional `keras.Model`; its outputs equal the original's up to float
+        rounding.
+
+    Raises:
+        InputError: if `form` is unknown; with `strict`, if a w1a2 layer cannot be rewritten;
+            if `form="bitplane"` meets an input quantizer without 3 thresholds; if a stem conv
+            does not read the pixel embedding's codes one by one; or if `model` is not a
+            functional `keras.Model`.
     """
     if form not in FORMS:
         raise InputError(f"unknown w1a2 rewrite form {form!r}; use one of {', '.join(FORMS)}")
