@@ -37,6 +37,17 @@ def dense_cells(cells):
     earlier layer but its direct predecessor, p_i = (i-1)·w_c of them, and receives
     t_i = min(t_c, p_i). The cell's link density is ρ_c = Σ t_i / Σ p_i and
     NN-Mass m = Σ_c ρ_c·w_c·d_c (arXiv 1910.00780; its code's `analyze_topology` counts alike).
+
+    Reference:
+        - [Bhardwaj et al., How does topology influence gradient propagation and model
+            performance of deep networks with DenseNet-type skip connections?, CVPR 2021](
+            https://arxiv.org/abs/1910.00780)
+
+    Args:
+        cells: iterable of `(depth, width, max_skips)` int triples, one per cell.
+
+    Returns:
+        The NN-Mass, a float (cells of fewer than three layers add nothing).
     """
     mass = 0.0
     for depth, width, max_skips in cells:
@@ -96,7 +107,14 @@ def _chain(node, stop):
 
 def block_mass(add_node):
     """NN-Mass of the residual block ending in `add_node` (an Add of two tensors); None when its
-    branch is of no known kind."""
+    branch is of no known kind.
+
+    Args:
+        add_node: a Keras graph node of an Add call with two inputs.
+
+    Returns:
+        The block's NN-Mass (an int or float, module docstring's closed forms), or None.
+    """
     if len(add_node.parent_nodes) != 2:
         return None
     a, b = add_node.parent_nodes
@@ -150,7 +168,14 @@ def _residual_masses(model):
 
 def model_mass(model):
     """NN-Mass of a built functional Keras model (module docstring); None when it has no
-    residual block or one of a kind the formulas do not cover."""
+    residual block or one of a kind the formulas do not cover.
+
+    Args:
+        model: keras.Model. A built functional model (nested models walked into).
+
+    Returns:
+        The sum of its residual blocks' masses (an int when whole, else a float), or None.
+    """
     masses = _residual_masses(model)
     if not masses or any(m is None for m in masses):
         return None
@@ -176,6 +201,15 @@ def _nonlinear(layer):
 def nonlinear_units(model):
     """Per-image count of non-linear activation outputs: the output elements of activation
     layers (ReLU, GELU, ...) and of layers with a non-linear `activation` (arXiv 2208.08562
-    measures expressivity by this count; for ConvNeXt it is the number of GELUs)."""
+    measures expressivity by this count; for ConvNeXt it is the number of GELUs).
+
+    Learned per-channel functions (LERP-PSA, B-splines, their tables) count as a ReLU does.
+
+    Args:
+        model: keras.Model. A built functional model.
+
+    Returns:
+        The count per image, an int.
+    """
     return sum(math.prod(layer.output.shape[1:]) for layer in leaf_layers(model)
                if _nonlinear(layer))
