@@ -98,9 +98,7 @@ def swish_sign(x, beta=5.0):
 
 def magnitude_aware_sign(x, clip_value=1.0):
     """Bi-Real Net weight binarizer: sign(x) times the mean |x| per output channel (last axis).
-
-    The scale gets no gradient, as in larq.
-    """
+    The scale gets no gradient, as in larq."""
     x = _tensor(x)
     return ops.stop_gradient(channel_mean_abs(x)) * ste_sign(x, clip_value=clip_value)
 
@@ -161,7 +159,8 @@ def ste_unsigned(x, k_bit=2, max_value=2.0):
 
 
 def unsigned_thresholds(k_bit, max_value):
-    """float32 starts (i - 1/2) * max_value / levels of codes i = 1..levels: (1/3, 1, 5/3) for ERN."""
+    """float32 starts (i - 1/2) * max_value / levels of codes i = 1..levels: (1/3, 1, 5/3) for
+    ERN."""
     levels = 2**k_bit - 1
     scale = np.float32(levels / max_value)
     return (np.arange(1, levels + 1, dtype=np.float32) - np.float32(0.5)) / scale
@@ -231,9 +230,7 @@ def channel_mean_abs(kernel):
 
 def binary_channel_wise_mean_scaling(kernel, ewgs_delta=0.0):
     """ERN's XNOR weights (official code): sign(W) · α_o with α_o = mean |W_o|, sign(0) = +1.
-
-    Backward: identity (no clipping, nothing through α), or EWGS with δ = ewgs_delta.
-    """
+    Backward: identity (no clipping, nothing through α), or EWGS with δ = ewgs_delta."""
 
     def forward(kernel):
         return _sign(kernel) * channel_mean_abs(kernel)
@@ -246,10 +243,7 @@ def binary_channel_wise_mean_scaling(kernel, ewgs_delta=0.0):
 
 def binary_power2_scaling(kernel, divisor=32, ewgs_delta=0.0):
     """ERN's "shared constant scaling factor" weights (arXiv 2410.11553 §3, official code):
-    sign(W) / divisor, sign(0) = +1.
-
-    Backward: identity, or EWGS with δ = ewgs_delta.
-    """
+    sign(W) / divisor, sign(0) = +1. Backward: identity, or EWGS with δ = ewgs_delta."""
 
     def forward(kernel):
         return _sign(kernel) * _constant(1.0 / divisor, kernel)
@@ -294,6 +288,11 @@ class Quantizer:
 
 @_register
 class SteSign(Quantizer):
+    """Sign with a straight-through gradient (larq's `ste_sign`), 1 bit.
+
+    Args:
+        clip_value: float or None, default 1.0. Zero gradient where |x| > clip_value (None: never).
+    """
     bits = 1
 
     def __init__(self, clip_value=1.0):
@@ -308,6 +307,7 @@ class SteSign(Quantizer):
 
 @_register
 class ApproxSign(Quantizer):
+    """Sign with the ApproxSign (Bi-Real Net) gradient (larq's `approx_sign`), 1 bit."""
     bits = 1
 
     def __call__(self, x):
@@ -316,6 +316,11 @@ class ApproxSign(Quantizer):
 
 @_register
 class SwishSign(Quantizer):
+    """Sign with the SignSwish (BNN+) gradient (larq's `swish_sign`), 1 bit.
+
+    Args:
+        beta: float, default 5.0. Larger beta is closer to sign's derivative.
+    """
     bits = 1
 
     def __init__(self, beta=5.0):
@@ -330,6 +335,11 @@ class SwishSign(Quantizer):
 
 @_register
 class MagnitudeAwareSign(Quantizer):
+    """Bi-Real Net's weight binarizer, sign(x)·mean|x| per output channel (no scale gradient).
+
+    Args:
+        clip_value: float or None, default 1.0. Zero gradient where |x| > clip_value (None: never).
+    """
     bits = 1
 
     def __init__(self, clip_value=1.0):
@@ -344,6 +354,11 @@ class MagnitudeAwareSign(Quantizer):
 
 @_register
 class SteHeaviside(Quantizer):
+    """Heaviside step (1 where x > 0, else 0) with a straight-through gradient, 1 bit.
+
+    Args:
+        clip_value: float or None, default 1.0. Zero gradient where |x| > clip_value (None: never).
+    """
     bits = 1
 
     def __init__(self, clip_value=1.0):
@@ -378,6 +393,16 @@ class MagnitudeAwareSignUnclipped(Quantizer):
 
 @_register
 class DoReFa(Quantizer):
+    """DoReFa-Net k-bit quantizer (larq's `dorefa_quantizer`); `bits` is `k_bit`.
+
+    Args:
+        k_bit: int, default 2. Output bits.
+        mode: str, default "activations": "activations" (range [0, 1]) or "weights" ([-1, 1]).
+
+    Raises:
+        InputError: for another `mode`.
+    """
+
     def __init__(self, k_bit=2, mode="activations"):
         if mode not in ("activations", "weights"):
             raise InputError(f"DoReFa mode must be 'activations' or 'weights', got {mode!r}.")
@@ -404,6 +429,15 @@ class HalfWaveGaussianQuantizer(Quantizer):
 
     Read by the w1a2 -> LCE rewrite (effkeras.deploy): code m is on where x >= thresholds[m - 1],
     and the output is step * code (step = 2/3 with post-scale, 1 without).
+
+    Args:
+        k_bit: int >= 1, default 2. Output bits.
+        max_value: float > 0, default 2.0. The input is clipped to [0, max_value].
+        post_scale: bool, default True. Output q / s; False: the integer code q.
+        ewgs_delta: float >= 0, default 0.0. EWGS δ of the gradient (0: plain STE).
+
+    Raises:
+        InputError: if k_bit < 1, max_value <= 0, or ewgs_delta is negative or not a number.
     """
 
     def __init__(self, k_bit=2, max_value=2.0, post_scale=True, ewgs_delta=0.0):
@@ -467,7 +501,14 @@ class _ScaledBinary(Quantizer):
 
 @_register
 class BinaryChannelWiseMeanScaling(_ScaledBinary):
-    """`binary_channel_wise_mean_scaling` as a class: sign(W) · mean|W_o| (ERN's Conv_cw)."""
+    """`binary_channel_wise_mean_scaling` as a class: sign(W) · mean|W_o| (ERN's Conv_cw).
+
+    Args:
+        ewgs_delta: float >= 0, default 0.0. EWGS δ of the gradient (0: identity gradient).
+
+    Raises:
+        InputError: if ewgs_delta is negative or not a number.
+    """
 
     def __init__(self, ewgs_delta=0.0):
         self.ewgs_delta = _check_ewgs_delta("BinaryChannelWiseMeanScaling", ewgs_delta)
@@ -485,7 +526,15 @@ class BinaryChannelWiseMeanScaling(_ScaledBinary):
 
 @_register
 class BinaryPower2Scaling(_ScaledBinary):
-    """`binary_power2_scaling` as a class: sign(W) / divisor, ERN's ±1/32 (Conv_p2)."""
+    """`binary_power2_scaling` as a class: sign(W) / divisor, ERN's ±1/32 (Conv_p2).
+
+    Args:
+        divisor: int, default 32. A power of two.
+        ewgs_delta: float >= 0, default 0.0. EWGS δ of the gradient (0: identity gradient).
+
+    Raises:
+        InputError: if divisor is not a power-of-two int or ewgs_delta is negative.
+    """
 
     def __init__(self, divisor=32, ewgs_delta=0.0):
         if not isinstance(divisor, int) or divisor < 1 or divisor & (divisor - 1):
@@ -524,11 +573,16 @@ _BY_NAME = {**ALIASES, **{cls.__name__: cls for cls in ALIASES.values()},
 
 
 def serialize(quantizer):
+    """Returns `quantizer`'s Keras serialization (a config dict); None for None."""
     return None if quantizer is None else keras.saving.serialize_keras_object(quantizer)
 
 
 def get(identifier):
-    """A quantizer from a name, a config dict, an instance or any callable; None stays None."""
+    """A quantizer from a name, a config dict, an instance or any callable; None stays None.
+
+    Raises:
+        InputError: for an unknown name, or an identifier of none of these kinds.
+    """
     if identifier is None:
         return None
     if isinstance(identifier, str):
