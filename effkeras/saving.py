@@ -12,8 +12,18 @@ from effkeras.errors import InputError
 
 
 def load_model(path):
-    """The Keras model saved at `path` (a .keras file), or InputError saying why it cannot be
-    loaded."""
+    """Loads the Keras model saved at `path` (a .keras file).
+
+    Args:
+        path: str. Path of a `.keras` model file.
+
+    Returns:
+        The loaded `keras.Model`.
+
+    Raises:
+        InputError: saying why it cannot be loaded: `path` is empty or not a file, or Keras
+            cannot load it as a model (the first line of Keras' error).
+    """
     if not path or not os.path.isfile(path):
         raise InputError(f"checkpoint {path!r} is not a file; give a .keras model file")
     try:
