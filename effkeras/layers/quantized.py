@@ -19,8 +19,17 @@ _register = keras.saving.register_keras_serializable(package="effkeras")
 
 
 def same_padding(size, kernel_size, stride, dilation_rate):
-    """(before, after) padding of one spatial axis that TF's "SAME" applies; `size` may be a
-    scalar tensor (unknown spatial size)."""
+    """Returns the (before, after) padding of one spatial axis that TF's "SAME" applies.
+
+    Args:
+        size: int or scalar tensor. The axis' input size (a tensor where it is unknown).
+        kernel_size: int. The kernel size along the axis.
+        stride: int. The stride along the axis.
+        dilation_rate: int. The dilation along the axis.
+
+    Returns:
+        A tuple `(before, after)` of ints (or scalar tensors for a tensor `size`).
+    """
     effective_kernel = (kernel_size - 1) * dilation_rate + 1
     total = ((size + stride - 1) // stride - 1) * stride + effective_kernel - size
     total = max(total, 0) if isinstance(total, int) else ops.maximum(total, 0)
@@ -77,7 +86,34 @@ class _QuantMixin:
 
 @_register
 class QuantConv2D(_QuantMixin, keras.layers.Conv2D):
-    """`keras.layers.Conv2D` with `input_quantizer`, `kernel_quantizer` and `pad_values`."""
+    """`keras.layers.Conv2D` with `input_quantizer`, `kernel_quantizer` and `pad_values`.
+
+    larq's `QuantConv2D`: with no quantizers it is exactly `keras.layers.Conv2D`. A binary
+    input and kernel quantizer (e.g. `"ste_sign"`) make it an LCE `LceBconv2d` at conversion.
+
+    Example:
+
+    ```python
+    QuantConv2D(64, 3, padding="same", pad_values=1.0, input_quantizer="ste_sign",
+                kernel_quantizer="ste_sign", kernel_constraint="weight_clip")
+    ```
+
+    Args:
+        filters: int. Output channels.
+        kernel_size: int or tuple of 2 ints. The kernel size.
+        strides: int or tuple of 2 ints. Defaults to `(1, 1)`.
+        padding: str. `"valid"` or `"same"`. Defaults to `"valid"`.
+        input_quantizer: str, dict, quantizer, callable or None. Quantizes the input
+            (resolved by `effkeras.quantizers.get`, e.g. `"ste_sign"`). Defaults to `None`.
+        kernel_quantizer: same kinds. Quantizes the kernel (in float32 under mixed
+            precision). Defaults to `None`.
+        kernel_constraint: str, dict, constraint or None. Resolved by
+            `effkeras.constraints.get` (e.g. `"weight_clip"`). Defaults to `None`.
+        pad_values: float. With `padding="same"`, the value the quantized input is padded
+            with (explicitly, then a VALID op with SAME geometry); 1.0 gives LCE's one-padded
+            bconv. Unused with `"valid"`. Defaults to `0.0` (zero padding).
+        **kwargs: the other `keras.layers.Conv2D` arguments.
+    """
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", *,
                  input_quantizer=None, kernel_quantizer=None, kernel_constraint=None,
@@ -104,7 +140,22 @@ class QuantConv2D(_QuantMixin, keras.layers.Conv2D):
 @_register
 class QuantDepthwiseConv2D(_QuantMixin, keras.layers.DepthwiseConv2D):
     """`keras.layers.DepthwiseConv2D` with `input_quantizer`, `depthwise_quantizer` (larq's
-    names) and `pad_values`. LCE has no binary depthwise conv: it stays float after conversion."""
+    names) and `pad_values`. LCE has no binary depthwise conv: it stays float after conversion.
+
+    Args:
+        kernel_size: int or tuple of 2 ints. The kernel size.
+        strides: int or tuple of 2 ints. Defaults to `(1, 1)`.
+        padding: str. `"valid"` or `"same"`. Defaults to `"valid"`.
+        input_quantizer: str, dict, quantizer, callable or None. Quantizes the input
+            (resolved by `effkeras.quantizers.get`, e.g. `"ste_sign"`). Defaults to `None`.
+        depthwise_quantizer: same kinds. Quantizes the depthwise kernel. Defaults to `None`.
+        depthwise_constraint: str, dict, constraint or None. Resolved by
+            `effkeras.constraints.get`. Defaults to `None`.
+        pad_values: float. With `padding="same"`, the value the quantized input is padded
+            with (explicitly, then a VALID op with SAME geometry); 1.0 gives LCE's one-padded
+            bconv. Unused with `"valid"`. Defaults to `0.0` (zero padding).
+        **kwargs: the other `keras.layers.DepthwiseConv2D` arguments.
+    """
 
     def __init__(self, kernel_size, strides=(1, 1), padding="valid", *, input_quantizer=None,
                  depthwise_quantizer=None, depthwise_constraint=None, pad_values=0.0, **kwargs):
@@ -134,7 +185,24 @@ class QuantDepthwiseConv2D(_QuantMixin, keras.layers.DepthwiseConv2D):
 @_register
 class QuantSeparableConv2D(_QuantMixin, keras.layers.SeparableConv2D):
     """`keras.layers.SeparableConv2D` with `input_quantizer`, `depthwise_quantizer`,
-    `pointwise_quantizer` and `pad_values`, as larq."""
+    `pointwise_quantizer` and `pad_values`, as larq.
+
+    Args:
+        filters: int. Output channels.
+        kernel_size: int or tuple of 2 ints. The depthwise kernel size.
+        strides: int or tuple of 2 ints. Defaults to `(1, 1)`.
+        padding: str. `"valid"` or `"same"`. Defaults to `"valid"`.
+        input_quantizer: str, dict, quantizer, callable or None. Quantizes the input
+            (resolved by `effkeras.quantizers.get`, e.g. `"ste_sign"`). Defaults to `None`.
+        depthwise_quantizer: same kinds. Quantizes the depthwise kernel. Defaults to `None`.
+        pointwise_quantizer: same kinds. Quantizes the pointwise kernel. Defaults to `None`.
+        depthwise_constraint: str, dict, constraint or None. Defaults to `None`.
+        pointwise_constraint: str, dict, constraint or None. Defaults to `None`.
+        pad_values: float. With `padding="same"`, the value the quantized input is padded
+            with (explicitly, then a VALID op with SAME geometry); 1.0 gives LCE's one-padded
+            bconv. Unused with `"valid"`. Defaults to `0.0` (zero padding).
+        **kwargs: the other `keras.layers.SeparableConv2D` arguments.
+    """
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", *,
                  input_quantizer=None, depthwise_quantizer=None, pointwise_quantizer=None,
@@ -170,7 +238,17 @@ class QuantSeparableConv2D(_QuantMixin, keras.layers.SeparableConv2D):
 @_register
 class QuantDense(_QuantMixin, keras.layers.Dense):
     """`keras.layers.Dense` with `input_quantizer` and `kernel_quantizer`. LCE has no binary
-    fully-connected op: use a 1x1 QuantConv2D where the dense layer must run binary."""
+    fully-connected op: use a 1x1 QuantConv2D where the dense layer must run binary.
+
+    Args:
+        units: int. Output units.
+        input_quantizer: str, dict, quantizer, callable or None. Quantizes the input
+            (resolved by `effkeras.quantizers.get`, e.g. `"ste_sign"`). Defaults to `None`.
+        kernel_quantizer: same kinds. Quantizes the kernel. Defaults to `None`.
+        kernel_constraint: str, dict, constraint or None. Resolved by
+            `effkeras.constraints.get`. Defaults to `None`.
+        **kwargs: the other `keras.layers.Dense` arguments.
+    """
 
     def __init__(self, units, *, input_quantizer=None, kernel_quantizer=None,
                  kernel_constraint=None, **kwargs):

@@ -21,12 +21,32 @@ EPSILON = 1e-5  # as the official code, for both weight and activation variances
 
 
 def unbiased_variance(x, axis):
+    """Returns the unbiased (n - 1) variance of `x` over `axis`, dimensions kept.
+
+    Args:
+        x: tensor with static sizes along `axis`.
+        axis: tuple of ints. The axes to reduce.
+
+    Returns:
+        A tensor with size 1 along `axis`.
+    """
     count = math.prod(x.shape[a] for a in axis)
     return ops.var(x, axis=axis, keepdims=True) * (count / (count - 1))
 
 
 def recu_weight(kernel, tau):
-    """ReCU-binarized kernel (k, k, C_in, C_out) in ±1, with the official code's gradients."""
+    """ReCU-binarizes a kernel, with the official code's gradients.
+
+    Centres and standardises each output channel to Laplace scale b* = 2, clamps at the
+    τ-quantile Q_τ = -E|W|·ln(2 - 2τ), then signs with an identity gradient.
+
+    Args:
+        kernel: tensor of shape `(k, k, C_in, C_out)`. The latent weights.
+        tau: float or scalar tensor in (0, 1]. The quantile; τ = 1 does not clamp.
+
+    Returns:
+        A ±1 tensor of the kernel's shape.
+    """
     axes = (0, 1, 2)  # everything but the output channel
     centred = kernel - ops.mean(kernel, axis=axes, keepdims=True)
     # std of a Laplace(b) law is b·√2, so this puts every channel at scale b*.
@@ -44,6 +64,19 @@ class ReCUConv2D(QuantConv2D):
 
     Zero padding as the paper's code (padded positions contribute 0); LCE converts it on ARM.
     `tau` is a non-trainable weight set by `effkeras.training.callbacks.TauSchedule`.
+
+    Reference:
+        - [Xu et al., ReCU: Reviving the Dead Weights in Binary Neural Networks, ICCV 2021](
+            https://arxiv.org/abs/2103.12369)
+
+    Args:
+        filters: int. Output channels.
+        kernel_size: int or tuple of 2 ints. Defaults to `3`.
+        strides: int or tuple of 2 ints. Defaults to `1`.
+        padding: str. `"same"` or `"valid"`. Defaults to `"same"`.
+        **kwargs: other `QuantConv2D` arguments (e.g. `kernel_regularizer`, `name`); the
+            kernel initializer defaults to `"he_normal"`. `input_quantizer`,
+            `kernel_quantizer`, `pad_values` and `use_bias` are fixed and ignored.
     """
 
     def __init__(self, filters, kernel_size=3, strides=1, padding="same", **kwargs):
