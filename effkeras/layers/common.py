@@ -7,7 +7,13 @@ from keras import ops
 
 @keras.saving.register_keras_serializable(package="effkeras")
 class ChannelPad(keras.layers.Layer):
-    """Zero-pads the channel axis: the parameter-free 'option A' shortcut of He et al. (2016)."""
+    """Zero-pads the channel axis: the parameter-free 'option A' shortcut of He et al. (2016).
+
+    Args:
+        before: int. Zero channels added before the input's channels.
+        after: int. Zero channels added after them.
+        **kwargs: base layer arguments (e.g. `name`).
+    """
 
     def __init__(self, before, after, **kwargs):
         super().__init__(**kwargs)
@@ -28,8 +34,16 @@ class ChannelPad(keras.layers.Layer):
 def option_a_shortcut(x, filters, stride, name, pool="subsample"):
     """Identity shortcut that downsamples by `stride` and zero-pads the new channels.
 
-    pool="subsample" keeps every stride-th pixel (He et al.); "average" averages stride x stride
-    windows (ReCU's code).
+    Args:
+        x: tensor of shape `(batch, height, width, channels)`, channels <= `filters`.
+        filters: int. Output channels; the new ones are zeros, split before and after.
+        stride: int. Downsampling factor.
+        name: str. Prefix of the layer names.
+        pool: str. `"subsample"` keeps every stride-th pixel (He et al.); `"average"` averages
+            stride x stride windows (ReCU's code). Defaults to `"subsample"`.
+
+    Returns:
+        The shortcut tensor with `filters` channels.
     """
     if stride > 1 and pool == "average":
         x = keras.layers.AveragePooling2D(stride, name=f"{name}_avgpool")(x)
@@ -65,6 +79,14 @@ class PixelNormalization(keras.layers.Layer):
     SUB/MUL (Keras' Normalization layer) for ethos-u55-128 as elementwise ops costing 15.3M
     cycles at 224x224x3, more than all of RAN-e-GT's 434M MACs take (8.4M cycles), and this
     conv as 0.18M.
+
+    Args:
+        mean: sequence of floats. Per-channel mean, in [0, 1] units.
+        std: sequence of floats > 0. Per-channel std, as many as `mean`.
+        **kwargs: base layer arguments (e.g. `name`).
+
+    Raises:
+        ValueError: if `mean` and `std` differ in length or a std is not positive.
     """
 
     def __init__(self, mean, std, **kwargs):
@@ -88,7 +110,18 @@ class PixelNormalization(keras.layers.Layer):
 
 
 def normalize_pixels(x, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="normalize"):
-    """Raw [0, 255] pixels -> (x/255 - mean) / std per channel (averaged for grayscale input)."""
+    """Normalises raw [0, 255] pixels: (x/255 - mean) / std per channel.
+
+    Args:
+        x: tensor of shape `(batch, height, width, channels)`.
+        mean: sequence of floats. Defaults to ImageNet's mean.
+        std: sequence of floats. Defaults to ImageNet's std.
+        name: str. The layer name. Defaults to `"normalize"`.
+
+    Returns:
+        The output of a `PixelNormalization` layer; for grayscale input the means and stds are
+        averaged to one.
+    """
     if x.shape[-1] == 1:
         mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
     return PixelNormalization(mean, std, name=name)(x)
@@ -98,7 +131,11 @@ def normalize_pixels(x, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="normalize"):
 class BlurPool(keras.initializers.Initializer):
     """The fixed kernel of anti-aliased downsampling (Zhang, "Making Convolutional Networks
     Shift-Invariant Again", arXiv 1904.11486): the normalised outer product of a binomial row
-    ([1, 1], [1, 2, 1] or [1, 4, 6, 4, 1]), one copy per channel of a depthwise kernel."""
+    ([1, 1], [1, 2, 1] or [1, 4, 6, 4, 1]), one copy per channel of a depthwise kernel.
+
+    Called with a square depthwise kernel shape of size 2, 3 or 5; any other shape raises
+    ValueError.
+    """
 
     ROWS = {2: (1, 1), 3: (1, 2, 1), 5: (1, 4, 6, 4, 1)}
 
