@@ -34,7 +34,15 @@ from keras import ops
 
 
 def grid(grid_size, grid_range):
-    """The G grid points, float64: -R + j·2R/(G-1)."""
+    """Returns the G grid points, float64: -R + j·2R/(G-1).
+
+    Args:
+        grid_size: int. G, the number of points.
+        grid_range: float. R.
+
+    Returns:
+        A float64 numpy array of shape `(grid_size,)`.
+    """
     return np.linspace(-grid_range, grid_range, grid_size)
 
 
@@ -66,7 +74,16 @@ def _gather(values, indices):
 def lerp(x, table, grid_range):
     """Per-channel linear interpolation of `table` (C, G) at `x` (..., C), linear extrapolation
     outside [-R, R]: t = (x + R)(G-1)/(2R), k = clip(floor(t), 0, G-2), f = t - k (not clipped),
-    y = T[k] + f·(T[k+1] - T[k])."""
+    y = T[k] + f·(T[k+1] - T[k]).
+
+    Args:
+        x: tensor of shape `(..., C)`.
+        table: tensor of shape `(C, G)`.
+        grid_range: float. R.
+
+    Returns:
+        A tensor of the shape of `x`.
+    """
     channels, size = table.shape
     t = (x + grid_range) * ((size - 1) / (2 * grid_range))
     k = ops.clip(ops.floor(t), 0, size - 2)
@@ -107,7 +124,26 @@ class LerpPSA(_TableActivation):
 
     Initialisation (the official code's, for a function inside a residual trained by
     distillation): u ~ N(0, 4²), w = 1, b ~ U(-1, 1), o = 1, β = 0; outside a residual
-    u ~ U(±√(6/(1+E))).
+    u ~ U(±√(6/(1+E))). Computes in float32, also under mixed precision.
+
+    Reference:
+        - [Singh & Bazargan, Compressing Neural Networks Using Learnable 1-D Non-Linear
+            Functions, ACM TRETS 18(2), 2025](https://doi.org/10.1145/3705926)
+
+    Args:
+        channels: int > 0. C, the size of the input's last axis.
+        expansion: int > 0. E, the PSA slots per channel. Defaults to `8`.
+        grid_size: int >= 2. G, the table's points. Defaults to `64`.
+        grid_range: float > 0. R: the grid runs from -R to R. Defaults to `4.0`.
+        eps: float > 0. ε, which keeps the score width √(w² + ε) away from 0. Defaults to
+            `1.0`.
+        residual: bool or None. Whether to output x + f_c(x). Defaults to `None`: False for
+            LerpPSA, True for ResPSA.
+        **kwargs: base layer arguments (e.g. `name`).
+
+    Raises:
+        ValueError: if `channels`, `expansion`, `grid_size`, `grid_range` or `eps` is out of
+            range; when built, if the input's last axis is not `channels`.
     """
 
     residual_default = False
@@ -157,7 +193,10 @@ class LerpPSA(_TableActivation):
 
 @keras.saving.register_keras_serializable(package="effkeras")
 class ResPSA(LerpPSA):
-    """x + LerpPSA(x): the form in the paper's ResMLP (module docstring)."""
+    """x + LerpPSA(x): the form in the paper's ResMLP (module docstring).
+
+    Takes `LerpPSA`'s arguments; `residual` defaults to True.
+    """
 
     residual_default = True
 
@@ -166,7 +205,12 @@ class ResPSA(LerpPSA):
 class TotalVariation2(keras.regularizers.Regularizer):
     """TV(2) of piecewise-linear functions given by their values on a grid of step T (rows of a
     (C, K) weight): λ·Σ_c Σ_k |c_{k+1} - 2c_k + c_{k-1}| / T, the l1 norm of the slope changes,
-    which favours few breakpoints (DeepSplines, Aziznejad et al. 2020)."""
+    which favours few breakpoints (DeepSplines, Aziznejad et al. 2020).
+
+    Args:
+        strength: float. λ.
+        step: float. T, the grid step.
+    """
 
     def __init__(self, strength, step):
         self.strength, self.step = float(strength), float(step)
@@ -184,7 +228,20 @@ class BSplineActivation(_TableActivation):
     """A linear B-spline per channel: `size` free values on the knots -R..R (step R/(size//2)),
     interpolated linearly and extrapolated with the end slopes, initialised to a leaky ReLU
     (slope 0.01), with the TV(2) penalty `tv2` (λ) on the values (module docstring).
-    DeepSplines needs an odd size, so that 0 is a knot: 65 knots = 64 intervals on [-4, 4]."""
+    DeepSplines needs an odd size, so that 0 is a knot: 65 knots = 64 intervals on [-4, 4].
+
+    Args:
+        channels: int > 0. C, the size of the input's last axis.
+        size: int. The number of knots, odd and >= 3. Defaults to `65`.
+        grid_range: float > 0. R: the knots run from -R to R. Defaults to `4.0`.
+        tv2: float >= 0. λ of the TV(2) penalty; 0 adds none. Defaults to `0.0`.
+        negative_slope: float. Slope of the initial leaky ReLU below 0. Defaults to `0.01`.
+        **kwargs: base layer arguments (e.g. `name`).
+
+    Raises:
+        ValueError: if `size` is not an odd int >= 3, `tv2` is negative or not finite, or
+            `channels` or `grid_range` is out of range.
+    """
 
     def __init__(self, channels, size=65, grid_range=4.0, tv2=0.0, negative_slope=0.01,
                  **kwargs):
@@ -233,7 +290,18 @@ class LerpTable(_TableActivation):
     Non-trainable weights `values` (T), `input_scale` (a) and `input_offset` (b). `form`: "gather"
     (builtin TFLite ops, 2 GATHERs per element) or "relu_sum" (the same function as
     T[0] + s_0·t + Σ_{k=1}^{G-2} (s_k - s_{k-1})·ReLU(t - k); no GATHER, about 4(G-2) ops per
-    element)."""
+    element).
+
+    Args:
+        channels: int > 0. C, the size of the input's last axis.
+        grid_size: int >= 2. G, the table's points. Defaults to `64`.
+        grid_range: float > 0. R: the grid runs from -R to R. Defaults to `4.0`.
+        form: str. `"gather"` or `"relu_sum"`. Defaults to `"gather"`.
+        **kwargs: base layer arguments (e.g. `name`).
+
+    Raises:
+        ValueError: if `form` is unknown or another argument is out of range.
+    """
 
     def __init__(self, channels, grid_size=64, grid_range=4.0, form="gather", **kwargs):
         super().__init__(channels, grid_size, grid_range, **kwargs)
@@ -251,7 +319,14 @@ class LerpTable(_TableActivation):
                                             initializer="zeros", trainable=False)
 
     def function(self, x):
-        """The float64 NumPy function f_c at x (..., C), as the layer computes it."""
+        """Evaluates the float64 NumPy function f_c at x, as the layer computes it.
+
+        Args:
+            x: array-like of shape `(..., C)`.
+
+        Returns:
+            A float64 numpy array of the shape of `x`.
+        """
         table = np.asarray(ops.convert_to_numpy(self.values), np.float64)
         x = (np.asarray(x, np.float64) * ops.convert_to_numpy(self.input_scale)
              + ops.convert_to_numpy(self.input_offset))
@@ -274,7 +349,16 @@ class LerpTable(_TableActivation):
 
 
 def lerp_numpy(x, table, grid_range):
-    """`lerp` in float64 NumPy: the reference the layers and the int8 tables are checked with."""
+    """`lerp` in float64 NumPy: the reference the layers and the int8 tables are checked with.
+
+    Args:
+        x: array-like of shape `(..., C)`.
+        table: numpy array of shape `(C, G)`.
+        grid_range: float. R.
+
+    Returns:
+        A float64 numpy array of the shape of `x`.
+    """
     channels, size = table.shape
     t = (np.asarray(x, np.float64) + grid_range) * ((size - 1) / (2 * grid_range))
     k = np.clip(np.floor(t), 0, size - 2).astype(np.int64)
@@ -284,7 +368,21 @@ def lerp_numpy(x, table, grid_range):
 
 
 def psa_table_numpy(u, w, b, o, beta, eps, grid_size, grid_range):
-    """PSA on the grid in float64 NumPy, (C, G) (module docstring's formula)."""
+    """Samples PSA on the grid in float64 NumPy (module docstring's formula).
+
+    Args:
+        u: numpy array `(C, E)`. Slot values' slopes.
+        w: numpy array `(C, E)`. Score widths.
+        b: numpy array `(C, E)`. Score centres.
+        o: numpy array `(C,)`. Output scales.
+        beta: numpy array `(C,)`. Output offsets.
+        eps: float. ε.
+        grid_size: int. G.
+        grid_range: float. R.
+
+    Returns:
+        A float64 numpy array of shape `(C, G)`.
+    """
     g = grid(grid_size, grid_range)[:, None, None]
     scores = (g - b) ** 2 / (w ** 2 + eps)
     scores = scores - scores.min(axis=-1, keepdims=True)
