@@ -36,6 +36,35 @@ class CollapsibleConv2D(keras.layers.Conv2D):
     itself) or `expand_kernel` [k,k,Cin,E] and `project_kernel` [1,1,E,filters].
     `kernel_regularizer` and `kernel_constraint` apply to each trained weight.
     Summaries count it as one k×k conv Cin→filters (inference MACs) with its trained params.
+
+    Reference:
+        - [Bhardwaj et al., Restructurable Activation Networks, 2022](
+            https://arxiv.org/abs/2208.08562)
+        - [Bhardwaj et al., Collapsible Linear Blocks for Super-Efficient Super Resolution
+            (SESR), MLSys 2022](https://arxiv.org/abs/2103.09404)
+
+    Args:
+        filters: int. Output channels.
+        kernel_size: int or tuple of 2 ints. Defaults to `3`.
+        strides: int or tuple of 2 ints. Defaults to `1`.
+        expansion: number > 0 or None. `None`: one plain k×k conv; t: a k×k conv Cin→E then a
+            1×1 conv E→filters, E = round(t·max(Cin, filters)), trained collapsed. Defaults
+            to `None`.
+        residual: bool. Add the input (y = conv(x) + x, folded in at the centre tap); needs
+            input channels == filters and strides 1. Defaults to `False`.
+        kernel_initializer: initializer of each trained weight. Defaults to
+            `"glorot_uniform"`.
+        kernel_regularizer: regularizer or None, of each trained weight. Defaults to `None`.
+        activation: must be None or linear: the block is linear inside. Defaults to `None`.
+        name: str or None. The layer name. Defaults to `None`.
+        **kwargs: other `Conv2D` arguments; `padding`, `use_bias`, `groups`, `dilation_rate`
+            and `data_format` only with the values the block fixes ("same", False, 1, (1, 1),
+            "channels_last"); bias and LoRA arguments are dropped.
+
+    Raises:
+        InputError: for a non-linear `activation`, an `expansion` that is not None or a number
+            > 0, or a fixed Conv2D argument with another value; when built, for `residual`
+            with input channels != filters or strides != 1.
     """
 
     def __init__(self, filters, kernel_size=3, strides=1, expansion=None, residual=False,
@@ -95,7 +124,7 @@ class CollapsibleConv2D(keras.layers.Conv2D):
         self.built = True
 
     def expanded_width(self, cin):
-        """E = round(t·max(Cin, filters)), at least 1."""
+        """Returns E = round(t·max(Cin, filters)), at least 1, for input channels `cin`."""
         return max(1, int(round(self.expansion * max(cin, self.filters))))
 
     def trained_weights(self):

@@ -12,7 +12,17 @@ from keras import ops
 @keras.saving.register_keras_serializable(package="effkeras")
 class LayerScale(keras.layers.Layer):
     """x * γ with γ a per-channel (last axis) weight, initialised to `init_value`; with `bias`,
-    x * γ + β (β from 0), the affine form ResMLP uses (Touvron et al., arXiv 2105.03404 §2)."""
+    x * γ + β (β from 0), the affine form ResMLP uses (Touvron et al., arXiv 2105.03404 §2).
+
+    Reference:
+        - [Touvron et al., Going deeper with Image Transformers](
+            https://arxiv.org/abs/2103.17239), §2.1
+
+    Args:
+        init_value: float. Initial value of γ. Defaults to `1e-6` (ConvNeXt's).
+        bias: bool. Whether to add the per-channel β. Defaults to `False`.
+        **kwargs: base layer arguments (e.g. `name`).
+    """
 
     def __init__(self, init_value=1e-6, bias=False, **kwargs):
         super().__init__(**kwargs)

@@ -30,6 +30,13 @@ def thermometer_thresholds(expansion=EXPANSION, bits=BITS):
 
     Bin width s = max(1, 255 // ((2^l - 1)·k)) (8 for k = 10, l = 2); t[i, m-1] =
     s·(k·(m - 1) + i + 1) + 1/2, i.e. x > 8j for j = 1..30 on integer pixels.
+
+    Args:
+        expansion: int. k, channels per colour. Defaults to `10`.
+        bits: int. l, bits per code. Defaults to `2`.
+
+    Returns:
+        A float32 numpy array of shape `(expansion, 2^bits - 1)`.
     """
     levels = 2**bits - 1
     width = max(1, 255 // (levels * expansion))
@@ -40,7 +47,22 @@ def thermometer_thresholds(expansion=EXPANSION, bits=BITS):
 
 @keras.saving.register_keras_serializable(package="effkeras")
 class PixelEmbedding(keras.layers.Layer):
-    """Raw pixels (B, H, W, C) in [0, 255] -> (B, H, W, expansion·C) codes in 0..2^bits - 1."""
+    """Raw pixels (B, H, W, C) in [0, 255] -> (B, H, W, expansion·C) codes in 0..2^bits - 1.
+
+    ERN's fixed generalised thermometer embedding (module docstring): no weights, no gradient,
+    float32 under mixed precision; channel order is colour-major (expansion·c + i).
+
+    Reference:
+        - [LeapMind, Efficiera Residual Networks](https://arxiv.org/abs/2410.11553), §3.3
+
+    Args:
+        expansion: int >= 1. k, code channels per input channel. Defaults to `10`.
+        bits: int >= 1. l, bits per code. Defaults to `2`.
+        **kwargs: base layer arguments (e.g. `name`).
+
+    Raises:
+        InputError: if `expansion` or `bits` is not an int >= 1.
+    """
 
     def __init__(self, expansion=EXPANSION, bits=BITS, **kwargs):
         if not isinstance(expansion, int) or expansion < 1 or not isinstance(bits, int) or bits < 1:

@@ -14,6 +14,15 @@ class BilinearResize(keras.layers.Layer):
     with align_corners. False uses half-pixel centres (Keras' resize; RESIZE_BILINEAR with
     half_pixel_centers), for which halving an even size averages 2x2 blocks. Keras' own resize
     has no aligned corners, so that mode calls TensorFlow's (the TensorFlow backend only).
+
+    Args:
+        size: sequence of 2 ints >= 1. The output `(height, width)`.
+        align_corners: bool. Aligned corners (True) or half-pixel centres. Defaults to `True`.
+        **kwargs: base layer arguments (e.g. `name`).
+
+    Raises:
+        ValueError: if `size` is not two ints >= 1, or `align_corners` is True on a backend
+            other than TensorFlow.
     """
 
     def __init__(self, size, align_corners=True, **kwargs):
