@@ -23,7 +23,19 @@ _TINY = 1e-8  # the smallest range a quantizer takes (an all-zero tensor)
 
 
 def fake_quant(x, low, high, axis=None, narrow_range=False):
-    """x rounded to the NUM_BITS grid of [low, high] (nudged so that 0 is on it), in float32."""
+    """Rounds x to the 8-bit grid of [low, high] (nudged so that 0 is on it), in float32.
+
+    Args:
+        x: tensor.
+        low: float or tensor. The range's low end (raised to at most 0).
+        high: float or tensor. The range's high end (at least 0 and above `low`).
+        axis: int or None. The per-channel axis of `low` and `high`. Defaults to `None` (per
+            tensor).
+        narrow_range: bool. Use codes [-127, 127] instead of [-128, 127]. Defaults to `False`.
+
+    Returns:
+        A float32 tensor of the shape of `x`.
+    """
     low = ops.minimum(ops.cast(low, "float32"), 0.0)
     high = ops.maximum(ops.maximum(ops.cast(high, "float32"), 0.0), low + _TINY)
     return keras.quantizers.fake_quant_with_min_max_vars(
@@ -33,7 +45,17 @@ def fake_quant(x, low, high, axis=None, narrow_range=False):
 
 def quantize_kernel(kernel, axis=-1, floor=None):
     """Per-channel symmetric int8 weights along `axis` (TFLite's: zero point 0, codes in
-    [-127, 127], scale max|w|/127 per output channel, or floor/127 where that is larger)."""
+    [-127, 127], scale max|w|/127 per output channel, or floor/127 where that is larger).
+
+    Args:
+        kernel: tensor. The float weights.
+        axis: int. The output-channel axis. Defaults to `-1`.
+        floor: array-like or None. Per output channel, the least bound of the range. Defaults
+            to `None`.
+
+    Returns:
+        The fake-quantized float32 kernel.
+    """
     axes = [i for i in range(len(kernel.shape)) if i != axis % len(kernel.shape)]
     bound = ops.max(ops.abs(kernel), axis=axes)
     if floor is not None:
@@ -50,6 +72,25 @@ class FakeQuant(layers.Layer):
     each batch's min and max, the first batch's own until then; in "calibrate" mode, the min
     and max over every batch seen. Called with observe=False, it rounds to its range without
     updating it (an op that TFLite runs at its input's scale re-uses its input's quantizer).
+
+    Reference:
+        - [Jacob et al., Quantization and Training of Neural Networks for Efficient
+            Integer-Arithmetic-Only Inference, CVPR 2018](https://arxiv.org/abs/1712.05877)
+
+    Args:
+        ema_decay: float in [0, 1). Moving-average decay of the range per training step.
+            Defaults to `0.999`.
+        fixed_range: pair of floats `(low, high)`, low < high, or None. Defaults to `None`.
+        **kwargs: base layer arguments (e.g. `name`).
+
+    Raises:
+        ValueError: if `ema_decay` is outside [0, 1) or `fixed_range` is not (low, high) with
+            low < high.
+
+    Call arguments:
+        x: the tensor to quantize.
+        training: bool or None. Whether to update the moving-average range.
+        observe: bool. False rounds to the range without updating it. Defaults to `True`.
     """
 
     def __init__(self, ema_decay=EMA_DECAY, fixed_range=None, **kwargs):
@@ -119,6 +160,13 @@ class FoldedBatchNorm:
     per output channel, fake-quantizes w' per channel and applies its op and activation.
     Subclasses give `apply(x, kernel)`, `output_channels()` and `channel_shape()` (the kernel
     axes of an output channel).
+
+    Args:
+        *args: the conv-like layer's arguments.
+        batch_norm_epsilon: float or None. The folded BN's ε; None: no BN. Defaults to `None`.
+        weight_floor: array-like or None. Per output channel, the least bound of the weights'
+            int8 range (set where a bias would not fit TFLite's int32 grid). Defaults to `None`.
+        **kwargs: the conv-like layer's keyword arguments.
     """
 
     def __init__(self, *args, batch_norm_epsilon=None, weight_floor=None, **kwargs):
@@ -161,6 +209,7 @@ class FoldedBatchNorm:
         return ops.cast(self.activation(y), self.compute_dtype)
 
     def quantize_weights(self, kernel):
+        """Returns `kernel` fake-quantized to int8 per output channel (see `quantize_kernel`)."""
         return quantize_kernel(kernel, floor=self.weight_floor)
 
     def weight_scales(self):
@@ -186,6 +235,8 @@ class FoldedBatchNorm:
 
 @keras.saving.register_keras_serializable(package="effkeras")
 class QATConv2D(FoldedBatchNorm, layers.Conv2D):
+    """`keras.layers.Conv2D` with its BN folded in and int8 weights (see `FoldedBatchNorm`)."""
+
     def output_channels(self):
         return self.filters
 
@@ -198,6 +249,8 @@ class QATConv2D(FoldedBatchNorm, layers.Conv2D):
 
 @keras.saving.register_keras_serializable(package="effkeras")
 class QATDepthwiseConv2D(FoldedBatchNorm, layers.DepthwiseConv2D):
+    """`keras.layers.DepthwiseConv2D` with its BN folded in and int8 weights per channel."""
+
     def output_channels(self):
         return self.kernel.shape[2] * self.depth_multiplier
 
@@ -217,6 +270,9 @@ class QATDepthwiseConv2D(FoldedBatchNorm, layers.DepthwiseConv2D):
 
 @keras.saving.register_keras_serializable(package="effkeras")
 class QATDense(FoldedBatchNorm, layers.Dense):
+    """`keras.layers.Dense` with its BN folded in and int8 weights, per tensor (the converter
+    cannot carry a per-channel axis into FULLY_CONNECTED)."""
+
     def output_channels(self):
         return self.units
 
@@ -242,7 +298,15 @@ class QATDense(FoldedBatchNorm, layers.Dense):
 class ChannelAffine(layers.Layer):
     """x·value ("multiply") or x + value ("add") with a trainable value per channel: a
     BatchNormalization that nothing folds into, as the two int8 ops TFLite makes of it (MUL,
-    ADD), each with a quantization point after it."""
+    ADD), each with a quantization point after it.
+
+    Args:
+        operation: str. `"multiply"` (value from 1) or `"add"` (value from 0).
+        **kwargs: base layer arguments (e.g. `name`).
+
+    Raises:
+        ValueError: for another `operation`.
+    """
 
     def __init__(self, operation, **kwargs):
         super().__init__(**kwargs)
@@ -268,7 +332,14 @@ class ChannelAffine(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="effkeras")
 class CodeTable(keras.layers.Layer):
-    """y = table[code of x]: an int8 op given as its 256 outputs, between two quantizations."""
+    """y = table[code of x]: an int8 op given as its 256 outputs, between two quantizations.
+
+    Args:
+        table: array-like of 256 int8 values, the output code of each input code -128..127.
+        x_quantization: pair `(scale, zero_point)` of the input's int8 codes.
+        y_quantization: pair `(scale, zero_point)` of the output's int8 codes.
+        **kwargs: base layer arguments (e.g. `name`).
+    """
 
     def __init__(self, table, x_quantization, y_quantization, **kwargs):
         super().__init__(**kwargs)

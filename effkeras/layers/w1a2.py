@@ -32,6 +32,25 @@ class PlaneConv2D(keras.layers.Layer):
     Every plane is `where(v >= 0, 1, -1)` of a float v (θ⁻ - x, with θ⁻ the float32 just below
     θ, so v >= 0 <=> x < θ exactly): LCE quantizes v directly. Boolean planes (less, not_equal,
     logical ops) convert too but ran 5-65 % slower per layer in the LCE interpreter.
+
+    Args:
+        filters: int. Output channels.
+        kernel_size: int or tuple of 2 ints. The kernel size.
+        strides: int or tuple of 2 ints. Defaults to `(1, 1)`.
+        padding: `((top, bottom), (left, right))` ints. Defaults to no padding.
+        thresholds: array-like, `(levels,)` or `(levels, code channels)`, increasing along
+            the levels.
+        form: str. `"thermometer"` or `"bitplane"` (3 thresholds only). Defaults to
+            `"thermometer"`.
+        pad_planes: bool. Pad the planes with +1 (True) or x with 0. Defaults to `False`.
+        code_channels: sequence of ints or None. The x channel of every code channel.
+            Defaults to `None` (x's channels are the codes).
+        activation: activation or None, applied to the output. Defaults to `None`.
+        **kwargs: base layer arguments (e.g. `name`).
+
+    Raises:
+        InputError: for an unknown `form`, thresholds that are not increasing or of another
+            rank, or `"bitplane"` without exactly 3 thresholds.
     """
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding=((0, 0), (0, 0)), *,
@@ -60,6 +79,7 @@ class PlaneConv2D(keras.layers.Layer):
 
     @property
     def levels(self):
+        """The number of thresholds (code levels above 0)."""
         return len(self.thresholds)
 
     def build(self, input_shape):
