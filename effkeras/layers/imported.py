@@ -166,6 +166,14 @@ class TFOpCall(keras.layers.Layer):
     keyword arguments (TensorFlow's names) as JSON, with {"__input__": i} where the layer's i-th
     input tensor goes. E.g. `tf.concat([a, b], axis=-1)` is TFOpCall("concat", {"values":
     [{"__input__": 0}, {"__input__": 1}], "axis": -1}) called on [a, b].
+
+    Args:
+        function: str. A key of `TF_FUNCTIONS`.
+        arguments: dict. The call's keyword arguments as JSON, with input placeholders.
+        **kwargs: base layer arguments (e.g. `name`).
+
+    Raises:
+        InputError: if `function` has no keras.ops equivalent here.
     """
 
     def __init__(self, function, arguments, **kwargs):
@@ -191,6 +199,9 @@ class AddToLastChannels(keras.layers.Layer):
 
     MeliusNet's Improvement Block (Bethge et al., arXiv 2001.05936, Sec. 3.2): the 64 channels
     its binary conv computes are added to the newest 64 channels of the Dense Block's output.
+
+    Takes no arguments but the base layer's; when built, raises `InputError` unless y has x's
+    rank and no more channels than x.
     """
 
     def build(self, input_shape):
@@ -212,5 +223,12 @@ class AddToLastChannels(keras.layers.Layer):
 @_register
 def clip_by_value_activation(x):
     """clip(x, 0, 1): the activation before Larq Zoo DoReFaNet's last Dense (DoReFa-Net, Zhou
-    et al., arXiv 1606.06160), stored in its config as a function name."""
+    et al., arXiv 1606.06160), stored in its config as a function name.
+
+    Args:
+        x: tensor.
+
+    Returns:
+        A tensor of the shape of `x`.
+    """
     return ops.clip(x, 0.0, 1.0)
