@@ -390,7 +390,18 @@ def _read_config(config_json_or_path):
 
 
 def read_h5_weights(path):
-    """{layer name: [arrays]} from tf_keras' HDF5 weights file (model.save_weights('x.h5'))."""
+    """Reads tf_keras' HDF5 weights file (model.save_weights('x.h5')).
+
+    Args:
+        path: str. The `.h5` file.
+
+    Returns:
+        A dict `{layer name: [numpy arrays]}`, in the file's layer order.
+
+    Raises:
+        InputError: if the file has no tf_keras layer list.
+        OSError: from h5py, if the file cannot be opened as HDF5.
+    """
     import h5py
 
     with h5py.File(path, "r") as f:
@@ -453,6 +464,28 @@ def import_larq_model(config_json_or_path, weights):
 
     The model saves as a `.keras` file; loading that needs `import effkeras.interop` first
     (it registers TFOpCall, AddToLastChannels and the Zoo's functions).
+
+    Example:
+
+    ```python
+    model = import_larq_model("model.json", "model.h5")
+    ```
+
+    Args:
+        config_json_or_path: str. larq's `model.to_json()` string, or the file it was written
+            to.
+        weights: str, path, list of arrays or dict. A `.h5` file from `model.save_weights`
+            (matched by layer name), a `.npz` file from `np.savez(path, *model.get_weights())`,
+            that list of arrays itself, or a dict `{layer name: [arrays]}`.
+
+    Returns:
+        A functional Keras 3 `keras.Model` computing what the larq model computes.
+
+    Raises:
+        InputError: if the config is not a model config or holds a layer, quantizer, Lambda or
+            function the importer does not know; or if the weights file has another suffix,
+            is not a tf_keras weights file, or its weights do not match the model in count or
+            shape.
     """
     model_config = _read_config(config_json_or_path)
     entry = _model_entry(model_config, model_config["config"])

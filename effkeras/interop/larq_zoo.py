@@ -49,8 +49,31 @@ URL = "https://github.com/larq/zoo/releases/download/{tag}/{file}"
 
 
 def pretrained(name, path, *, input_shape=None, skip_classifier=False, num_classes=None):
-    """Registry model `name` (one of RELEASES; 1000 classes unless `num_classes` with
-    `skip_classifier`) with the Larq Zoo weights file at `path` loaded."""
+    """Builds registry model `name` with the Larq Zoo weights file at `path` loaded.
+
+    Example:
+
+    ```python
+    model = larq_zoo.pretrained("quicknet", "/data/quicknet_weights.h5")
+    ```
+
+    Args:
+        name: str. A registry name or alias with Larq Zoo weights: one of `RELEASES`.
+        path: str or path. The local weights file (Larq Zoo's release file).
+        input_shape: tuple of 3 ints or None. Defaults to `None`: the registry's (224x224x3).
+        skip_classifier: bool. Leave the classifier as built (the file may lack it: _notop).
+            Defaults to `False`.
+        num_classes: int or None. Classes of the model; other than 1000 only with
+            `skip_classifier`. Defaults to `None` (1000).
+
+    Returns:
+        The built `keras.Model` with the weights loaded.
+
+    Raises:
+        InputError: if Larq Zoo has no weights for `name`, `num_classes` differs from 1000
+            without `skip_classifier`, the model cannot be built, or `load_weights` refuses
+            the file.
+    """
     info = models.info(name)
     if info.name not in RELEASES:
         raise InputError(f"Larq Zoo has no weights for {info.name}; it has weights for "
@@ -66,7 +89,24 @@ def load_weights(model, path, *, skip_classifier=False):
     """Sets `model`'s weights from Larq Zoo's weights file `path` (tf_keras save_weights .h5) of
     the same architecture; returns `model`. Raises InputError, leaving `model` as it was, when
     the file is not such a file or holds another architecture. `skip_classifier`: leave the
-    last weighted layer (the Dense classifier) as it is; the file may then lack it (_notop)."""
+    last weighted layer (the Dense classifier) as it is; the file may then lack it (_notop).
+
+    Weights are matched by the order of the layers that hold them, and every array's shape is
+    checked before any is set.
+
+    Args:
+        model: keras.Model. A registry model of the file's architecture.
+        path: str or path. The local weights file.
+        skip_classifier: bool. Leave the classifier as it is. Defaults to `False`.
+
+    Returns:
+        `model`, with the weights set.
+
+    Raises:
+        InputError: if `path` is not a file or not a tf_keras weights file, or it holds
+            another architecture (layer count or shapes), or a _notop file without
+            `skip_classifier`.
+    """
     path = os.fspath(path)
     expected_file = RELEASES.get(model.name, (None, "a Larq Zoo weights file"))[1]
     if not os.path.isfile(path):
