@@ -2,4 +2,7 @@
 
 
 class InputError(ValueError):
-    """Bad user input (flags, files, shapes). The message says what to do."""
+    """Bad user input (flags, files, shapes). The message says what to do.
+
+    A `ValueError`, so callers that catch ValueError catch it too.
+    """

@@ -8,7 +8,25 @@ from effkeras.fileio import atomic_path
 
 @contextlib.contextmanager
 def figure(path, **subplots):
-    """(figure, axes) of `plt.subplots(**subplots)`, saved to `path` (PNG) when the block ends."""
+    """Yields (figure, axes) of `plt.subplots(**subplots)`, saved to `path` when the block ends.
+
+    The figure is drawn with the Agg backend (no display), laid out tightly and written as a
+    120-dpi PNG atomically; it is closed whether or not the block raises.
+
+    Example:
+
+    ```python
+    with figure("curve.png", figsize=(4, 3)) as (fig, axis):
+        axis.plot(x, y)
+    ```
+
+    Args:
+        path: str or path. The PNG file to write.
+        **subplots: passed on to `matplotlib.pyplot.subplots`.
+
+    Yields:
+        A tuple `(figure, axes)`.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,7 +51,21 @@ def activation_curves(layer, path, channels=16, x_range=None):
     input affine. Dashed lines mark where the grid [-R, R] lies, beyond which the function is
     extrapolated linearly; for a LerpTable that is per channel, mapped back through its input
     affine a·x + b. The x axis (the layer's input) runs over `x_range` (lo, hi), by default
-    [-1.25R, 1.25R] (for a LerpTable, the mapped grid widened 1.25x about its centre)."""
+    [-1.25R, 1.25R] (for a LerpTable, the mapped grid widened 1.25x about its centre).
+
+    Args:
+        layer: LerpPSA, ResPSA, BSplineActivation or LerpTable. The layer to plot.
+        path: str or path. The PNG file to write.
+        channels: int > 0. How many channels to plot (the first ones). Defaults to `16`.
+        x_range: pair of floats `(lo, hi)`, finite with lo < hi, or None. Defaults to `None`.
+
+    Returns:
+        `path`.
+
+    Raises:
+        TypeError: if `layer` is not a table activation.
+        ValueError: if `channels` is not a positive int or `x_range` is not finite lo < hi.
+    """
     import math
 
     import numpy as np

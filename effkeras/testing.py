@@ -20,8 +20,9 @@ def tie_free_weights(model, seed=0, spread=0.7):
 
     Binary accumulators are integers, so with random float weights some BN outputs land within
     float rounding of a threshold (1/3, 1, 5/3) and the two computations round to different
-    codes; a flipped code then changes the logits by far more than rounding (measured). Here every w1a2 kernel is ±2^-k (k per output channel, so λ = mean|W| = 2^-k), every
-    BN input is then a multiple of a grid g = step·λ (or 1/32 on the residual stream), and every
+    codes; a flipped code then changes the logits by far more than rounding (measured). Here
+    every w1a2 kernel is ±2^-k (k per output channel, so λ = mean|W| = 2^-k), every BN input
+    is then a multiple of a grid g = step·λ (or 1/32 on the residual stream), and every
     BN has γ = ±2^b with γ·g <= 1/2 (power-of-two part), mean 0, variance 1 - ε and β an odd
     multiple of half the grid. Its outputs are then odd multiples of 2^(e-1) (e = log2 |γ·g|)
     over 1 or 3 and keep a distance >= 2^(e-1)/3 from every threshold (which is a third of an
@@ -29,6 +30,19 @@ def tie_free_weights(model, seed=0, spread=0.7):
     `spread` around β; β is drawn in [0.2, 1.4] so the codes use all 4 levels.
 
     Supports graphs whose BNs read a w1a2 conv or an Add of such convs (ERN).
+
+    Args:
+        model: keras.Model. A functional w1a2 model (ERN), built.
+        seed: int. Seed of the random signs, exponents and β. Defaults to `0`.
+        spread: float. About how far BN outputs spread around β. Defaults to `0.7`.
+
+    Returns:
+        `model`, with its w1a2 kernels and BN weights set.
+
+    Raises:
+        InputError: if a w1a2 conv's step·λ is not a power of two (times 2/3), an Add mixes
+            tensors without a common grid, or a BN reads something other than a w1a2 conv or
+            an Add of them.
     """
     rng = np.random.default_rng(seed)
     grids = {}  # id(layer) -> (power-of-two grid per channel, has a 2/3 factor, std per channel)
