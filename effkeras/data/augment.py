@@ -18,6 +18,18 @@ IMAGENET_CROP_FRACTION = 0.875  # test-time: resize to size / 0.875, centre crop
 
 
 def match_channels(image, channels):
+    """Fits an image's channels to the model's: grayscale tiled to RGB, or RGB to grayscale.
+
+    Args:
+        image: float32 tensor `(height, width, channels)` in [0, 255].
+        channels: int. The model's input channels.
+
+    Returns:
+        The image with `channels` channels (itself when it has them).
+
+    Raises:
+        InputError: for any other pair of channel counts.
+    """
     source = image.shape[-1]
     if source == channels:
         return image
@@ -29,7 +41,18 @@ def match_channels(image, channels):
 
 
 def fit_to_shape(image, height, width):
-    """Centre-pads images slightly smaller than (height, width), resizes the rest."""
+    """Centre-pads images slightly smaller than (height, width), resizes the rest.
+
+    "Slightly smaller": at least 3/4 of the target in both sizes (e.g. 28 -> 32).
+
+    Args:
+        image: float32 tensor `(height, width, channels)` in [0, 255].
+        height: int. Output height.
+        width: int. Output width.
+
+    Returns:
+        A float32 tensor `(height, width, channels)`.
+    """
     source_h, source_w = image.shape[0], image.shape[1]
     if height * PAD_RATIO <= source_h <= height and width * PAD_RATIO <= source_w <= width:
         return tf.image.resize_with_crop_or_pad(image, height, width)
@@ -37,7 +60,15 @@ def fit_to_shape(image, height, width):
 
 
 def pad_and_random_crop(image, seed=None):
-    """Zero-pads by 1/8 of the size (4 px at 32) and crops back at a random offset."""
+    """Zero-pads by 1/8 of the size (4 px at 32) and crops back at a random offset.
+
+    Args:
+        image: float32 tensor `(height, width, channels)` in [0, 255].
+        seed: int or None. Op-level random seed. Defaults to `None`.
+
+    Returns:
+        A float32 tensor of the input's shape.
+    """
     height, width, channels = image.shape
     pad = max(1, height // 8)
     padded = tf.image.pad_to_bounding_box(image, pad, pad, height + 2 * pad, width + 2 * pad)
@@ -45,7 +76,17 @@ def pad_and_random_crop(image, seed=None):
 
 
 def random_resized_crop(image, height, width, seed=None):
-    """Inception-style crop: 8%-100% of the area, aspect 3/4-4/3, resized to (height, width)."""
+    """Inception-style crop: 8%-100% of the area, aspect 3/4-4/3, resized to (height, width).
+
+    Args:
+        image: float32 tensor `(H, W, channels)` of any size.
+        height: int. Output height.
+        width: int. Output width.
+        seed: int or None. Op-level random seed. Defaults to `None`.
+
+    Returns:
+        A float32 tensor `(height, width, channels)`.
+    """
     begin, size, _ = tf.image.sample_distorted_bounding_box(
         tf.shape(image), tf.zeros([1, 0, 4]), min_object_covered=0.0,
         aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=10,
@@ -59,7 +100,17 @@ def inception_crop(image, height, width, seed=None):
     """The EfficientNet reference's Inception-style crop (the RAN-e training scripts use it,
     arXiv 2208.08562): a box covering at least 10% of the image, 5%-100% of its area, aspect
     3/4-4/3, 10 attempts, resized bilinearly to (height, width); when no box is found, the
-    test-time centre crop."""
+    test-time centre crop.
+
+    Args:
+        image: float32 tensor `(H, W, channels)` of any size.
+        height: int. Output height.
+        width: int. Output width.
+        seed: int or None. Op-level random seed. Defaults to `None`.
+
+    Returns:
+        A float32 tensor `(height, width, channels)`.
+    """
     shape = tf.shape(image)
     begin, size, _ = tf.image.sample_distorted_bounding_box(
         shape, tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), min_object_covered=0.1,
@@ -78,6 +129,16 @@ def inception_crop(image, height, width, seed=None):
 
 
 def resize_and_centre_crop(image, height, width):
+    """The test-time crop: resizes the shorter side to max(height, width) / 0.875, centre crop.
+
+    Args:
+        image: float32 tensor `(H, W, channels)` of any size.
+        height: int. Output height.
+        width: int. Output width.
+
+    Returns:
+        A float32 tensor `(height, width, channels)`.
+    """
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = max(height, width) / IMAGENET_CROP_FRACTION / tf.reduce_min(shape)
     resized = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32))
@@ -93,7 +154,17 @@ LIGHTING_STD = 0.1
 
 
 def lighting(image, seed=None):
-    """Adds eigvec @ (α · eigval), α ~ N(0, 0.1), to every pixel of an RGB image in [0, 255]."""
+    """Adds eigvec @ (α · eigval), α ~ N(0, 0.1), to every pixel of an RGB image in [0, 255].
+
+    AlexNet-style PCA colour noise on ImageNet's eigen-decomposition, clipped to [0, 255].
+
+    Args:
+        image: float32 tensor `(height, width, 3)` in [0, 255].
+        seed: int or None. Op-level random seed. Defaults to `None`.
+
+    Returns:
+        A tensor of the image's shape.
+    """
     alpha = tf.random.normal([3], stddev=LIGHTING_STD, seed=seed)
     shift = tf.linalg.matvec(tf.constant(LIGHTING_EIGENVECTORS), alpha * LIGHTING_EIGENVALUES)
     return tf.clip_by_value(image + 255.0 * shift, 0.0, 255.0)
@@ -102,13 +173,31 @@ def lighting(image, seed=None):
 def squash(image, height, width):
     """The whole image resized to (height, width), aspect ratio not kept: torchvision's
     Resize((h, w)) with a size list, as ERN's train and test pipelines (official code; ERN,
-    arXiv 2410.11553, §4.1)."""
+    arXiv 2410.11553, §4.1).
+
+    Args:
+        image: float32 tensor `(H, W, channels)`.
+        height: int. Output height.
+        width: int. Output width.
+
+    Returns:
+        A float32 tensor `(height, width, channels)`.
+    """
     return tf.image.resize(image, [height, width], antialias=True)
 
 
 def five_crop_offsets(height, width, size):
     """(top, left) of torchvision's FiveCrop(size): the four corners, then the centre at
-    round((H - size) / 2), round((W - size) / 2) (Python's round, as torchvision)."""
+    round((H - size) / 2), round((W - size) / 2) (Python's round, as torchvision).
+
+    Args:
+        height: int. Image height.
+        width: int. Image width.
+        size: int. Crop side.
+
+    Returns:
+        A list of five `(top, left)` int pairs.
+    """
     return [(0, 0), (0, width - size), (height - size, 0), (height - size, width - size),
             (int(round((height - size) / 2)), int(round((width - size) / 2)))]
 
@@ -116,7 +205,18 @@ def five_crop_offsets(height, width, size):
 def ten_crop(images, size):
     """torchvision's TenCrop(size) of a batch (B, H, W, C) -> (10, B, size, size, C): the five
     crops of the images, then the five crops of their horizontal flips (ERN's test-time
-    augmentation, arXiv 2410.11553, §4.1 and Table 4)."""
+    augmentation, arXiv 2410.11553, §4.1 and Table 4).
+
+    Args:
+        images: tensor `(B, H, W, C)` with known H and W.
+        size: int. Crop side, in (0, min(H, W)].
+
+    Returns:
+        A tensor `(10, B, size, size, C)`.
+
+    Raises:
+        InputError: if H or W is unknown or smaller than `size`, or `size` is not positive.
+    """
     height, width = images.shape[1], images.shape[2]
     if height is None or width is None or not 0 < size <= min(height, width):
         raise InputError(f"ten-crop of {size}x{size} needs images at least that large with a "
@@ -150,6 +250,14 @@ def keras_augmentations(names, seed=None):
 
     Keras' factors approximate torchvision's: RandAugment magnitude 7 of 30 bins is factor 7/30;
     rotation ±15° is 15/360 of a turn.
+
+    Args:
+        names: collection of str. Augmentation names; those not in KERAS_AUGMENTATIONS are
+            ignored here.
+        seed: int or None. Seed of every layer. Defaults to `None`.
+
+    Returns:
+        A list of Keras preprocessing layers, in KERAS_AUGMENTATIONS' order.
     """
     import keras
 
@@ -177,7 +285,14 @@ RANDOM_ERASING_PROBABILITY = 0.25
 
 
 def random_erasing(seed=None):
-    """The Keras RandomErasing layer of ConvNeXt's recipe; works on images of any channel count."""
+    """The Keras RandomErasing layer of ConvNeXt's recipe; works on images of any channel count.
+
+    Args:
+        seed: int or None. The layer's seed. Defaults to `None`.
+
+    Returns:
+        A `keras.layers.RandomErasing` (probability 0.25, 2%-33% of the area).
+    """
     import keras
 
     p = RANDOM_ERASING_PROBABILITY
@@ -190,6 +305,17 @@ AUGMENTATIONS = {"crop", "flip", "random_resized_crop", "inception_crop", "light
 
 
 def check_augmentations(names):
+    """Checks augmentation names.
+
+    Args:
+        names: iterable of str.
+
+    Returns:
+        The names as a tuple.
+
+    Raises:
+        InputError: if a name is not in `AUGMENTATIONS`.
+    """
     unknown = set(names) - AUGMENTATIONS
     if unknown:
         raise InputError(f"unknown augmentation(s) {sorted(unknown)}; choose from {sorted(AUGMENTATIONS)}")
@@ -200,7 +326,11 @@ def check_augmentations(names):
 
 
 def one_hot_labels(num_classes):
-    """(images, integer labels) -> (images, one-hot float32 labels), for a dataset's map."""
+    """Returns (images, integer labels) -> (images, one-hot float32 labels), for a dataset's map.
+
+    Args:
+        num_classes: int. Width of the one-hot labels.
+    """
 
     def apply(images, labels):
         return images, tf.one_hot(tf.cast(labels, tf.int32), num_classes)
@@ -218,6 +348,20 @@ def mix_batches(num_classes, *, mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0
     batch and pair it with the batch reversed); CutMix mixes the labels by the box's area, the box
     lying wholly inside the image. The labels become one-hot before mixing, so label smoothing
     goes in the loss (smoothing then mixing is mixing then smoothing: both are linear).
+
+    Args:
+        num_classes: int. Width of the soft labels.
+        mixup_alpha: float. Mixup's Beta α; 0 turns Mixup off. Defaults to `0.0`.
+        cutmix_alpha: float. CutMix's Beta α; 0 turns CutMix off. Defaults to `0.0`.
+        switch_prob: float. Probability of CutMix when both are on. Defaults to `0.5`.
+        seed: int or None. Seed of the layers and the switch. Defaults to `None`.
+
+    Returns:
+        A function `(images, labels) -> (images, soft float32 labels)` for a batched
+        dataset's map.
+
+    Raises:
+        ValueError: if neither alpha is > 0.
     """
     import keras
 
