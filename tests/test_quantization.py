@@ -7,9 +7,11 @@ from keras import layers
 
 from effkeras import deploy, models, training
 from effkeras.deploy import int8_qat as qat_deploy
-from effkeras.deploy import runtime, verify
+from effkeras.deploy import runtime
+from effkeras.deploy.flatbuffer import io_tensors, operators
 from effkeras.errors import InputError
-from effkeras.qat import FakeQuant, FoldedBatchNorm, QATConv2D, input_quantizer, is_qat_model, output_quantizers, quantize_model, set_mode, snap_biases, unobserved
+from effkeras.qat import (FakeQuant, FoldedBatchNorm, QATConv2D, input_quantizer, is_qat_model,
+                          output_quantizers, quantize_model, set_mode, snap_biases, unobserved)
 from conftest import assert_one_error_line, run_app
 
 
@@ -118,11 +120,11 @@ def test_int8_file_reads_the_qat_ranges_and_matches_keras_to_one_step(qat_net):
     # The same ops as post-training quantization of the float model: same quantization points.
     _, ptq = deploy.convert(model, "int8", calibration=images(64), sample=sample)
     assert report.op_census == ptq.op_census
-    _, outputs = verify.io_tensors(flatbuffer)
+    _, outputs = io_tensors(flatbuffer)
     scale, zero_point = output_quantizers(qat)[0].quantization()
     assert outputs[0].scale[0] == pytest.approx(scale, rel=1e-6)
     assert outputs[0].zero_point[0] == zero_point
-    convs = [op for op in verify.operators(flatbuffer) if op.type == "CONV_2D"]
+    convs = [op for op in operators(flatbuffer) if op.type == "CONV_2D"]
     keras_scales = sorted(tuple(np.round(layer.weight_scales(), 9)) for layer in qat.layers
                           if isinstance(layer, QATConv2D))
     file_scales = sorted(tuple(np.round(op.inputs[1].scale, 9)) for op in convs)
