@@ -26,11 +26,14 @@ from absl import flags
 from apps import _cli
 
 flags.DEFINE_string("model", None, "Registered model name (see `python -m apps.summary --list`).")
-flags.DEFINE_string("dataset", "fashion_mnist", "fashion_mnist, cifar10, cifar100, imagenet or synthetic.")
-flags.DEFINE_string("data_dir", None, "Dataset directory (Fashion-MNIST defaults to the Debian package).")
+flags.DEFINE_string("dataset", "fashion_mnist",
+                    "fashion_mnist, cifar10, cifar100, imagenet or synthetic.")
+flags.DEFINE_string("data_dir", None,
+                    "Dataset directory (Fashion-MNIST defaults to the Debian package).")
 flags.DEFINE_integer("epochs", None, "Total epochs (default: the model's recipe).")
 flags.DEFINE_integer("batch_size", None, "Batch size (default: the model's recipe).")
-flags.DEFINE_float("learning_rate", None, "Peak learning rate (default: the recipe's, scaled with batch size).")
+flags.DEFINE_float("learning_rate", None,
+                   "Peak learning rate (default: the recipe's, scaled with batch size).")
 flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: one pass over the data).")
 flags.DEFINE_string("input_shape", None, "H,W,C (default: a resumed run's own; else the dataset's "
                     "image size padded to what the model takes, or the model's own for ImageNet).")
@@ -40,7 +43,8 @@ flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_integer("validation_size", None, "Hold out this many training examples (the "
                      "`validation` split early-exit thresholds are calibrated on with "
                      "apps.evaluate --early_exit=budgeted --validation_size=N).")
-flags.DEFINE_string("teacher", None, "Teacher for distilling recipes: a .keras file or a registry name.")
+flags.DEFINE_string("teacher", None,
+                    "Teacher for distilling recipes: a .keras file or a registry name.")
 flags.DEFINE_integer("transfer_epochs", None, "Two-stage recipes (LERP-PSA): knowledge-transfer "
                      "epochs per block before --epochs of distillation (default: the recipe's; "
                      "0: none).")

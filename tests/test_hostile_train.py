@@ -20,7 +20,7 @@ import pytest
 from conftest import REPO, assert_one_error_line, run_app
 from effkeras import models, training
 from effkeras.errors import InputError
-from effkeras.training import callbacks, memory, rundir, trainer
+from effkeras.training import callbacks, memory, plan, rundir
 
 TINY = ["--model=resnet20", "--dataset=synthetic", "--input_shape=16,16,3", "--batch_size=8",
         "--steps_per_epoch=1"]
@@ -74,19 +74,19 @@ def assert_resumes(folder, *flags):
 class TestDefaultInputShape:
     def test_small_datasets_train_at_their_own_size_padded_to_the_model(self):
         ern18 = models.info("ern18")
-        shape, why = trainer.default_input_shape(ern18, "fashion_mnist")
+        shape, why = plan.default_input_shape(ern18, "fashion_mnist")
         assert shape == (32, 32, 1)
         assert "Fashion-MNIST's 28x28x1 padded to 32x32" in why and "multiples of 32" in why
-        assert trainer.default_input_shape(ern18, "cifar100")[0] == (32, 32, 3)
+        assert plan.default_input_shape(ern18, "cifar100")[0] == (32, 32, 3)
         # resnet20's total stride is 4: 28 is already a multiple.
-        assert trainer.default_input_shape(models.info("resnet20"), "fashion_mnist")[0] == (28, 28, 1)
+        assert plan.default_input_shape(models.info("resnet20"), "fashion_mnist")[0] == (28, 28, 1)
         rgb_only = dataclasses.replace(ern18, channels=(3,))
-        shape, why = trainer.default_input_shape(rgb_only, "fashion_mnist")
+        shape, why = plan.default_input_shape(rgb_only, "fashion_mnist")
         assert shape == (32, 32, 3) and "channels tiled to 3" in why
 
     def test_imagenet_and_large_enough_defaults_keep_the_model_default(self):
-        assert trainer.default_input_shape(models.info("ern18"), "imagenet")[0] == (256, 256, 3)
-        assert trainer.default_input_shape(models.info("resnet20"), "cifar10")[0] == (32, 32, 3)
+        assert plan.default_input_shape(models.info("ern18"), "imagenet")[0] == (256, 256, 3)
+        assert plan.default_input_shape(models.info("resnet20"), "cifar10")[0] == (32, 32, 3)
 
     def test_app_prints_shape_memory_and_eta(self, tmp_path):
         result = run_app("apps.train", "--model=resnet20", "--dataset=synthetic", "--batch_size=4",

@@ -202,7 +202,8 @@ class Eta(keras.callbacks.Callback):
     (forward only).
     """
 
-    def __init__(self, epochs, steps_per_epoch, validation_steps=0, measure_steps=3, print_fn=print):
+    def __init__(self, epochs, steps_per_epoch, validation_steps=0, measure_steps=3,
+                 print_fn=print):
         super().__init__()
         self.epochs, self.steps, self.validation_steps = epochs, steps_per_epoch, validation_steps
         self.measure_steps = measure_steps

@@ -45,4 +45,5 @@ def soft_cross_entropy(teacher_logits, student_logits, temperature=1.0):
     code: imagenet_two-stage).
     """
     teacher_probs = ops.softmax(teacher_logits / temperature)
-    return -ops.mean(ops.sum(teacher_probs * ops.log_softmax(student_logits / temperature), axis=-1))
+    student_log_probs = ops.log_softmax(student_logits / temperature)
+    return -ops.mean(ops.sum(teacher_probs * student_log_probs, axis=-1))

@@ -165,7 +165,8 @@ def gpu_memory():
     if not tf.config.list_physical_devices("GPU"):
         return None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total",
+                              "--format=csv,noheader,nounits"],
                              capture_output=True, text=True, timeout=20).stdout.split()
         return int(out[0]) * 2 ** 20
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
@@ -199,7 +200,8 @@ def _measure_here(name, input_shape, batch_size, steps):
     model = models.get(name, input_shape=input_shape, num_classes=split.num_classes)
     recipes.compile_model(model, recipe, epochs=1, steps_per_epoch=steps, batch_size=batch_size)
     est = estimate(model, batch_size=batch_size, optimizer_slots=optimizer_slots(recipe.optimizer),
-                   input_shape=input_shape, dataset_bytes=split.num_examples * math.prod(input_shape))
+                   input_shape=input_shape,
+                   dataset_bytes=split.num_examples * math.prod(input_shape))
     model.fit(split.dataset.repeat(), epochs=1, steps_per_epoch=steps, verbose=0)
     return {"measured": peak_resident_bytes() - before, "estimate": est.total}
 

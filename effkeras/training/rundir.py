@@ -196,6 +196,28 @@ def check_same_run(output_dir, state, asked):
                          f"{now}: resume with the run's --data_dir, {way_out}")
 
 
+def open_state(output_dir, state, identity):
+    """The state a run commits its epochs to: the resumed run's, once it is checked to be the
+    same run (and brought up to date with `identity`), or a fresh one.
+
+    Args:
+        output_dir: the run directory.
+        state: its state.json as read_state returned it (None: a fresh run).
+        identity: what the run is (effkeras.training.plan.RunPlan.identity).
+
+    Returns:
+        The state dict (identity, epoch, checkpoint, history, train_seconds).
+
+    Raises:
+        InputError: the run in output_dir is another one (check_same_run).
+    """
+    if state is None:
+        return {**identity, "epoch": 0, "checkpoint": None, "history": [], "train_seconds": 0.0}
+    check_same_run(output_dir, state, identity)
+    state.update(identity)
+    return state
+
+
 # --- epochs: checkpoint, then commit --------------------------------------------------------------
 
 
@@ -242,8 +264,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
             with atomic_path(os.path.join(self.output_dir, checkpoint)) as tmp:
                 self.model.save(tmp)
         self.state["history"].append({"epoch": epoch + 1, **logs})
-        self.state.update(epoch=epoch + 1, checkpoint=checkpoint,
-                          train_seconds=self.state["train_seconds"] + time.time() - self.epoch_started)
+        seconds = self.state["train_seconds"] + time.time() - self.epoch_started
+        self.state.update(epoch=epoch + 1, checkpoint=checkpoint, train_seconds=seconds)
         if not self.write:
             return
         write_json(os.path.join(self.output_dir, "state.json"), self.state)

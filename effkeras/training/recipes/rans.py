@@ -18,16 +18,16 @@ CONVNEXT_AUGMENT = tuple(
                           ("cifar100", "crop")))
 
 RECIPES = {
-    # RAN-e (arXiv 2208.08562; official code, RAN_e/scripts/train_RAN_e_*_350ep.sh and utils/):
-    # the EfficientNet recipe (peers.py, efficientnet_lite) as those scripts run it: RMSprop rho
-    # 0.9, momentum 0.9, ε 1e-3; lr 0.005 per 128 images scaled linearly (0.03 at the scripts'
-    # global batch 768 = 8 GPUs x 96); 350 epochs, 5-epoch linear warm-up from 0, cosine to 0; label smoothing 0.1; no EMA.
-    # Weight decay is coupled L2(5e-6) on conv and FC kernels and the FC bias, and dropout 0.2 is
-    # before the FC: both in the models. ImageNet: the Inception-style crop, flip and AutoAugment
-    # policy v0 (arXiv 1805.09501). Keras has no AutoAugment layer; its RandAugment stands in,
-    # with N=2 ops (a v0 sub-policy applies two) at M=9, the setting with which RandAugment
-    # matches AutoAugment on ImageNet ResNet-50 (arXiv 1909.13719, Table 2). Fashion-MNIST and
-    # CIFAR keep their defaults (pad-and-crop, flip).
+    # RAN-e (arXiv 2208.08562; official code, RAN_e/scripts/train_RAN_e_*_350ep.sh and utils/): the
+    # EfficientNet recipe (peers.py, efficientnet_lite) as those scripts run it: RMSprop rho 0.9,
+    # momentum 0.9, ε 1e-3; lr 0.005 per 128 images scaled linearly (0.03 at the scripts' global
+    # batch 768 = 8 GPUs x 96); 350 epochs, 5-epoch linear warm-up from 0, cosine to 0; label
+    # smoothing 0.1; no EMA. Weight decay is coupled L2(5e-6) on conv and FC kernels and the FC
+    # bias, and dropout 0.2 is before the FC: both in the models. ImageNet: the Inception-style
+    # crop, flip and AutoAugment policy v0 (arXiv 1805.09501). Keras has no AutoAugment layer; its
+    # RandAugment stands in, with N=2 ops (a v0 sub-policy applies two) at M=9, the setting with
+    # which RandAugment matches AutoAugment on ImageNet ResNet-50 (arXiv 1909.13719, Table 2).
+    # Fashion-MNIST and CIFAR keep their defaults (pad-and-crop, flip).
     "ran_e": Recipe(Optimizer("rmsprop", rho=0.9, momentum=0.9, epsilon=1e-3),
                     learning_rate=0.005, epochs=350, batch_size=768, base_batch_size=128,
                     schedule=Schedule(warmup_epochs=5), loss=Loss(label_smoothing=0.1),

@@ -164,6 +164,14 @@ class Transfer:
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
+    """How a model trains, as a paper gives it: the fields below, each one of the small
+    dataclasses above or a plain value.
+
+    Raises:
+        ValueError: a knowledge-transfer stage without a distillation loss, an `ema` outside
+            [0, 1), or a Mix in a distilling recipe (it takes integer labels).
+    """
+
     optimizer: Optimizer
     learning_rate: float  # peak, at base_batch_size
     epochs: int
@@ -201,20 +209,30 @@ class Recipe:
         return self.mix is not None
 
     def transfer_stage(self, blocks, epochs_per_block=None):
-        """Stage 1 as a recipe of its own: `blocks` x `epochs_per_block` (default the
-        Transfer's) epochs at the Transfer's constant rate, with this recipe's batch and
-        augmentation."""
+        """Stage 1 (knowledge transfer) as a recipe of its own.
+
+        Args:
+            blocks: the student's block count.
+            epochs_per_block: epochs per block (None: the Transfer's).
+
+        Returns:
+            A Recipe of blocks x epochs_per_block epochs at the Transfer's constant rate and
+            optimizer, with this recipe's batch and augmentation.
+        """
         transfer = self.transfer
         return Recipe(transfer.optimizer, transfer.learning_rate,
                       epochs=blocks * (epochs_per_block or transfer.epochs_per_block),
                       batch_size=self.batch_size, base_batch_size=self.base_batch_size,
                       schedule=Schedule("constant"), augment=self.augment)
 
-
     def qat_stage(self):
-        """int8 quantization-aware fine-tuning of a trained float model (effkeras.qat)
-        as a recipe of its own: QAT_EPOCHS of Adam at QAT_LEARNING_RATE with a cosine decay,
-        this recipe's batch, augmentation and label smoothing (no teacher)."""
+        """int8 quantization-aware fine-tuning of a trained float model (effkeras.qat) as a
+        recipe of its own.
+
+        Returns:
+            A Recipe of QAT_EPOCHS of Adam at QAT_LEARNING_RATE with a cosine decay, with this
+            recipe's batch, augmentation and label smoothing (no teacher).
+        """
         return Recipe(Optimizer("adam"), QAT_LEARNING_RATE, epochs=QAT_EPOCHS,
                       batch_size=self.batch_size, base_batch_size=self.base_batch_size,
                       loss=Loss(label_smoothing=self.loss.label_smoothing), augment=self.augment)
@@ -265,12 +283,29 @@ SCHEDULES = {"cosine": cosine, "multistep": multistep, "exponential": exponentia
 
 
 def peak_learning_rate(recipe, batch_size):
-    """The recipe's peak rate scaled linearly to `batch_size` (Goyal et al., arXiv 1706.02677)."""
+    """The recipe's peak rate scaled linearly to `batch_size` (Goyal et al., arXiv 1706.02677).
+
+    Args:
+        recipe: a Recipe.
+        batch_size: the examples of one optimizer update.
+
+    Returns:
+        recipe.learning_rate x batch_size / recipe.base_batch_size.
+    """
     return recipe.learning_rate * batch_size / recipe.base_batch_size
 
 
 def describe_learning_rate(recipe, batch_size, learning_rate=None):
-    """One line for the log: the peak rate this run uses and where it comes from."""
+    """One line for the log: the peak rate this run uses and where it comes from.
+
+    Args:
+        recipe: a Recipe.
+        batch_size: the examples of one optimizer update.
+        learning_rate: --learning_rate (None: the recipe's, scaled).
+
+    Returns:
+        The line, without a newline.
+    """
     if learning_rate is not None:
         return f"learning rate {learning_rate:g} (--learning_rate) at batch {batch_size}"
     return (f"learning rate {peak_learning_rate(recipe, batch_size):g} at batch {batch_size}: the "
@@ -280,7 +315,15 @@ def describe_learning_rate(recipe, batch_size, learning_rate=None):
 def learning_rate_schedule(recipe, *, epochs, steps_per_epoch, batch_size, learning_rate=None):
     """The recipe's schedule over exactly `epochs` epochs of `steps_per_epoch` steps.
 
-    learning_rate: the peak; None: the recipe's, scaled by batch_size / base_batch_size.
+    Args:
+        recipe: a Recipe.
+        epochs: the run's epochs.
+        steps_per_epoch: optimizer steps (batches) per epoch.
+        batch_size: the examples of one update, which the recipe's rate scales with.
+        learning_rate: the peak; None: the recipe's, scaled by batch_size / base_batch_size.
+
+    Returns:
+        A Keras LearningRateSchedule, or the rate itself for a constant schedule.
     """
     peak = (learning_rate if learning_rate is not None
             else peak_learning_rate(recipe, batch_size))
@@ -313,7 +356,17 @@ def make_optimizer(recipe, schedule, model=None, accumulation=1):
     """The recipe's optimizer on `schedule`, with its decoupled weight-decay groups (`model`
     supplies the variables when rank <= 1 ones are spared), its weights' EMA (Keras' use_ema,
     ema_momentum = recipe.ema) and, for accumulation > 1, Keras' gradient_accumulation_steps
-    (the schedule still counts batches: Keras evaluates it at every batch)."""
+    (the schedule still counts batches: Keras evaluates it at every batch).
+
+    Args:
+        recipe: a Recipe.
+        schedule: the learning rate (learning_rate_schedule's).
+        model: the model it will train (needed when rank <= 1 variables are spared decay).
+        accumulation: batches whose mean gradient makes one update.
+
+    Returns:
+        A Keras optimizer.
+    """
     decay = recipe.weight_decay
     options = {"use_ema": True, "ema_momentum": recipe.ema} if recipe.ema else {}
     if accumulation > 1:
@@ -338,6 +391,16 @@ def dtype_policy(recipe, asked=None):
     with their scales (effkeras.layers.quantized), LerpPSA and the B-spline activations
     (effkeras.layers.activations), and the loss's softmax (Keras computes losses in float32).
     Export needs a float32 model: the trainer writes model.keras rebuilt under "float32".
+
+    Args:
+        recipe: a Recipe.
+        asked: --dtype_policy (None: the recipe's).
+
+    Returns:
+        A name in DTYPE_POLICIES.
+
+    Raises:
+        InputError: an unknown policy, or mixed_float16 on a machine without a GPU.
     """
     import tensorflow as tf
 
@@ -358,7 +421,18 @@ def dtype_policy(recipe, asked=None):
 
 def loss_weights(recipe, num_outputs):
     """The recipe's weight per output; 1.0 each by default (RANet, arXiv 2003.00634, sums its
-    exits' losses)."""
+    exits' losses).
+
+    Args:
+        recipe: a Recipe.
+        num_outputs: the model's outputs.
+
+    Returns:
+        A list of num_outputs floats.
+
+    Raises:
+        InputError: the recipe weighs another number of outputs.
+    """
     weights = tuple(recipe.loss.output_weights) or (1.0,) * num_outputs
     if len(weights) != num_outputs:
         raise InputError(f"the recipe weighs {len(weights)} outputs but the model has "
@@ -367,7 +441,14 @@ def loss_weights(recipe, num_outputs):
 
 
 def accuracy_metrics(soft_labels=False):
-    """top1/top5 of integer labels, or of one-hot (mixed) labels, whose argmax counts."""
+    """top1/top5 of integer labels, or of one-hot (mixed) labels, whose argmax counts.
+
+    Args:
+        soft_labels: whether the labels are one-hot (recipe.soft_labels).
+
+    Returns:
+        [top1, top5] Keras metrics.
+    """
     if soft_labels:
         return [keras.metrics.CategoricalAccuracy(name="top1"),
                 keras.metrics.TopKCategoricalAccuracy(k=5, name="top5")]
@@ -378,7 +459,14 @@ def accuracy_metrics(soft_labels=False):
 def make_loss(recipe):
     """Cross-entropy against logits with the recipe's label smoothing: of integer labels, or of
     soft labels for a recipe that mixes batches (timm's SoftTargetCrossEntropy on smoothed
-    targets is Keras' CategoricalCrossentropy with label_smoothing)."""
+    targets is Keras' CategoricalCrossentropy with label_smoothing).
+
+    Args:
+        recipe: a Recipe.
+
+    Returns:
+        A Keras loss.
+    """
     if recipe.soft_labels:
         return keras.losses.CategoricalCrossentropy(from_logits=True,
                                                     label_smoothing=recipe.loss.label_smoothing)
@@ -395,6 +483,22 @@ def compile_model(model, recipe, *, epochs, steps_per_epoch, batch_size, learnin
     (see repeat_labels). A recipe with a Mix takes one-hot labels (recipe.soft_labels).
     With accumulation > 1, `batch_size` is the batch of one update (batch x accumulation), which
     the learning rate scales with; jit_compile is Keras' (XLA).
+
+    Args:
+        model: the Keras model.
+        recipe: a Recipe.
+        epochs: the run's epochs; the schedule spans them.
+        steps_per_epoch: batches per epoch.
+        batch_size: the examples of one update.
+        learning_rate: the peak (None: the recipe's, scaled with batch_size).
+        accumulation: batches whose mean gradient makes one update.
+        jit_compile: True, False or "auto", as Keras' compile takes it.
+
+    Returns:
+        `model`, compiled.
+
+    Raises:
+        InputError: the recipe weighs another number of outputs than the model has.
     """
     schedule = learning_rate_schedule(recipe, epochs=epochs, steps_per_epoch=steps_per_epoch,
                                       batch_size=batch_size, learning_rate=learning_rate)
@@ -414,7 +518,15 @@ def compile_model(model, recipe, *, epochs, steps_per_epoch, batch_size, learnin
 
 
 def repeat_labels(dataset, num_outputs):
-    """(images, labels) -> (images, (labels,) * num_outputs) for a model with several outputs."""
+    """(images, labels) -> (images, (labels,) * num_outputs) for a model with several outputs.
+
+    Args:
+        dataset: a tf.data.Dataset of (images, labels).
+        num_outputs: the model's outputs.
+
+    Returns:
+        The dataset, unchanged for one output.
+    """
     if num_outputs == 1:
         return dataset
     return dataset.map(lambda images, labels: (images, (labels,) * num_outputs))
