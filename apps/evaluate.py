@@ -59,7 +59,8 @@ BUDGETED_FLAGS = ("budget", "sweep_point", "thresholds_out", "thresholds")
 
 
 def evaluate_early_exit():
-    from effkeras import early_exit_eval
+    from effkeras import early_exit
+    from effkeras.evaluation import early_exit as early_exit_eval
     from effkeras.errors import InputError
     from effkeras.fileio import check_writable
 
@@ -86,8 +87,8 @@ def evaluate_early_exit():
     print(json.dumps(result), flush=True)  # printed first: a failed write loses nothing
     early_exit_eval.write_report(result, FLAGS.output)
     if FLAGS.thresholds_out:
-        early_exit_eval.write_thresholds(FLAGS.thresholds_out,
-                                         early_exit_eval.thresholds_record(result))
+        early_exit.write_thresholds(FLAGS.thresholds_out,
+                                    early_exit_eval.thresholds_record(result))
 
 
 def main(argv):

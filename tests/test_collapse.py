@@ -8,7 +8,7 @@ from keras import layers
 
 from effkeras import deploy
 from effkeras.graph import summary
-from effkeras.deploy import verify
+from effkeras.deploy.flatbuffer import op_census, operators
 from effkeras.graph.passes.collapse import collapse
 from effkeras.layers import CollapsibleConv2D
 
@@ -91,7 +91,7 @@ def test_batch_norm_not_folded_when_block_output_is_read_twice():
 
 def test_float_conversion_has_one_conv_per_block(model):
     flatbuffer, report = deploy.convert(model, "float")
-    census = verify.op_census(verify.operators(flatbuffer))
+    census = op_census(operators(flatbuffer))
     assert census.get("CONV_2D") == 4
     assert report.collapsed_blocks == 4
     assert report.as_dict()["collapsed_blocks"] == 4
@@ -107,7 +107,7 @@ def test_int8_conversion_has_one_conv_per_block():
     model = keras.Model(inputs, layers.GlobalAveragePooling2D()(x))
     randomize_batch_norms(model)
     flatbuffer, report = deploy.convert(model, "int8", calibration=images((8, 8, 4), 8))
-    census = verify.op_census(verify.operators(flatbuffer))
+    census = op_census(operators(flatbuffer))
     assert census.get("CONV_2D") == 2
     assert report.collapsed_blocks == 2
 

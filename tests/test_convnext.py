@@ -11,7 +11,7 @@ import pytest
 from conftest import run_app
 from effkeras import deploy, models
 from effkeras.graph import nn_mass, summary
-from effkeras.deploy import verify
+from effkeras.deploy.flatbuffer import operators
 from effkeras.layers import LayerScale
 from effkeras.models import convnext
 
@@ -157,7 +157,7 @@ def test_float_tflite_has_static_shapes_only():
     assert census["GELU"] == 5  # one per block
     assert census["DEPTHWISE_CONV_2D"] == 5 + 1  # each block's, and the pixel normalisation
     assert census["CONV_2D"] == 2 * 5 + 4 and census["FULLY_CONNECTED"] == 1
-    for op in verify.operators(flatbuffer):
+    for op in operators(flatbuffer):
         if op.type == "RESHAPE":  # only with a constant target shape
             assert len(op.inputs) == 2 and op.inputs[1].data, op
     assert report.max_rel_diff < 1e-4

@@ -10,6 +10,7 @@ import pytest
 
 from effkeras import deploy, models
 from effkeras.deploy import ethos_u, runtime, tflite, tflm, verify
+from effkeras.deploy.flatbuffer import io_tensors, operators
 from effkeras.errors import InputError
 from conftest import assert_one_error_line, run_app
 
@@ -45,23 +46,23 @@ def test_float_and_float16_run_in_litert_and_match_keras():
     half, report16 = deploy.convert(model, "float16")
     assert len(half) < 0.6 * len(flatbuffer)  # float16 weights
     assert report16.op_census["DEQUANTIZE"] >= 19 and report16.max_rel_diff <= 2e-2
-    (inputs,), (outputs,) = verify.io_tensors(flatbuffer)
+    (inputs,), (outputs,) = io_tensors(flatbuffer)
     assert (inputs.shape, inputs.dtype, outputs.shape) == ((1, 16, 16, 3), "float32", (1, 10))
 
 
 def test_int8_every_op_is_int8_and_agrees_with_keras(resnet8):
     flatbuffer, report = deploy.convert(resnet8, "int8")
-    assert report.float_ops == () and tflite.float_ops(verify.operators(flatbuffer)) == []
+    assert report.float_ops == () and tflite.float_ops(operators(flatbuffer)) == []
     assert report.op_census == {"ADD": 3, "AVERAGE_POOL_2D": 1, "CONV_2D": 9, "FULLY_CONNECTED": 1}
     assert report.io == "int8" and "random" in report.calibration
     assert report.max_rel_diff <= 0.1 and report.top1_agreement >= 0.75
-    (inputs,), (outputs,) = verify.io_tensors(flatbuffer)
+    (inputs,), (outputs,) = io_tensors(flatbuffer)
     assert inputs.dtype == outputs.dtype == "int8" and inputs.scale and outputs.scale
     # Raw pixels are integers: an input scale of ~1 keeps them exact.
     assert inputs.scale[0] == pytest.approx(1.0, rel=1e-4)
 
     float_io, float_report = deploy.convert(resnet8, "int8", io="float")
-    (inputs,), _ = verify.io_tensors(float_io)
+    (inputs,), _ = io_tensors(float_io)
     assert inputs.dtype == "float32" and float_report.float_ops == ()
     assert {"QUANTIZE", "DEQUANTIZE"} <= set(float_report.op_census)
 
@@ -80,6 +81,7 @@ def test_an_op_without_an_int8_kernel_is_named():
         deploy.convert(model, "int8")
 
 
+@pytest.mark.deploys(mlperf_tiny_resnet8=32)  # the resnet8 fixture's input size
 def test_tflm_arena_is_the_smallest_that_runs_and_outputs_match_litert(resnet8, tmp_path):
     assert models.info("mlperf_tiny_resnet8").deploy == "tflm"  # its default target
     flatbuffer, report = deploy.convert(resnet8, "tflm")
@@ -90,7 +92,7 @@ def test_tflm_arena_is_the_smallest_that_runs_and_outputs_match_litert(resnet8, 
     sample = verify.random_sample(resnet8, size=2)
     micro = runtime.TFLiteMicro(flatbuffer, arena_size=arena).predict(sample)
     np.testing.assert_allclose(micro, runtime.LiteRT(flatbuffer).predict(sample),
-                               atol=tflm.MAX_LSB_DIFF * verify.io_tensors(flatbuffer)[1][0].scale[0])
+                               atol=tflm.MAX_LSB_DIFF * io_tensors(flatbuffer)[1][0].scale[0])
     with pytest.raises(Exception):
         runtime.TFLiteMicro(flatbuffer, arena_size=arena - tflm.ARENA_ALIGNMENT).predict(sample)
 

@@ -9,10 +9,12 @@ import keras
 import numpy as np
 import pytest
 
-from effkeras import deploy, early_exit_eval, models
+from effkeras import deploy, models
 from effkeras.graph import summary
 from effkeras.data import synthetic
 from effkeras.deploy import early_exit, tflite, verify
+from effkeras.deploy.flatbuffer import op_census, operators, read_model, signatures
+from effkeras.early_exit import NEVER, write_thresholds
 from effkeras.errors import InputError
 from conftest import assert_one_error_line, run_app
 
@@ -142,7 +144,7 @@ def test_ranet_stages_hand_on_only_what_later_stages_read(ranet):
 
 def test_float_file_has_one_signature_per_stage_and_equals_keras(ranet, float_file, tmp_path):
     flatbuffer, report = float_file
-    found = early_exit.signatures(flatbuffer)
+    found = signatures(flatbuffer)
     assert list(found) == ["stage_1", "stage_2", "stage_3"]
     assert report.max_rel_diff <= 1e-4 and report.exit_top1_agreement == (1.0, 1.0, 1.0)
     x = images(16, seed=3)
@@ -172,8 +174,8 @@ def test_float_file_has_one_signature_per_stage_and_equals_keras(ranet, float_fi
 def test_int8_file_keeps_float_state_and_agrees_on_top1(int8_file, ranet, data):
     flatbuffer, report = int8_file
     assert report.io == "float" and report.float_ops == ()
-    assert tflite.float_ops(verify.operators(flatbuffer)) == []
-    for _, inputs, outputs in early_exit.signatures(flatbuffer).values():
+    assert tflite.float_ops(operators(flatbuffer)) == []
+    for _, inputs, outputs in signatures(flatbuffer).values():
         assert {t.dtype for t in (*inputs.values(), *outputs.values())} == {"float32"}
     # 128 test images x 3 exits, each exit's logits after the chained int8 stages.
     assert report.samples == 128 and report.top1_agreement >= 0.97, report.exit_top1_agreement
@@ -190,8 +192,8 @@ def test_tflm_stage_files_each_run_in_tflite_micro(tflm_file, int8_file, data, t
     files = [report.artifacts[f"_stage{k}.tflite"] for k in (1, 2, 3)]
     assert [len(f) for f in files] == [s["file_bytes"] for s in stages]
     for k, f in enumerate(files, start=1):
-        assert list(early_exit.signatures(f)) == [f"stage_{k}"]  # one subgraph: what TFLM runs
-        assert len(early_exit._read(f).subgraphs) == 1
+        assert list(signatures(f)) == [f"stage_{k}"]  # one subgraph: what TFLM runs
+        assert len(read_model(f).subgraphs) == 1
     x = data[2][:8]
     micro = early_exit.Runner(list(reversed(files)), runtime="tflm").exit_outputs(x)
     lite = early_exit.Runner(int8_file[0]).exit_outputs(x)
@@ -227,7 +229,7 @@ def test_a_keras_model_to_ethos_u_compiles_each_stage_with_vela(tmp_path):
     for k, stage in enumerate(report.stages, start=1):
         compiled = report.artifacts[f"_stage{k}.tflite"]
         assert stage["file_bytes"] == len(compiled) and stage["cpu_ops"] == 0
-        assert "ethos-u" in verify.op_census(verify.operators(compiled))
+        assert "ethos-u" in op_census(operators(compiled))
         assert stage["cycles_total"] > 0 and stage["npu_macs"] > 0
         assert stage["inferences_per_second"] > 0
     assert "Vela cycles" in report.format()
@@ -242,7 +244,7 @@ def test_runner_stops_at_the_first_confident_exit_and_calibrates(int8_file, data
     flatbuffer = int8_file[0]
     flops = early_exit.description(flatbuffer)["exit_flops"]
     test = data[2][:32]
-    never = early_exit_eval.NEVER
+    never = NEVER
     assert set(early_exit.Runner(flatbuffer, thresholds=[never, never, 0.0])
                .predict(test).exits) == {3}
     decisions = early_exit.Runner(flatbuffer, thresholds=[0.0, 0.0, 0.0]).predict(test)
@@ -257,7 +259,7 @@ def test_runner_stops_at_the_first_confident_exit_and_calibrates(int8_file, data
     budget = (flops[0] + flops[1]) / 2
     runner.calibrate(data[0][:64], budget=budget)
     assert flops[0] <= runner.calibration["expected_flops"] <= budget
-    # Round trip through a thresholds file, as early_exit_eval writes them.
+    # Round trip through a thresholds file (early_exit.write_thresholds).
     path = str(tmp_path / "thresholds.json")
     runner.save_thresholds(path)
     again = early_exit.Runner(flatbuffer, thresholds=path)
@@ -338,7 +340,7 @@ def test_apps_convert_writes_the_signature_file_and_refuses_foreign_thresholds(r
     ranet.save(checkpoint)
     flops = [c["flops"] for c in summary.exit_costs(ranet)]
     thresholds = tmp_path / "thresholds.json"
-    early_exit_eval.write_thresholds(str(thresholds), {
+    write_thresholds(str(thresholds), {
         "model": "ranet_cifar", "num_exits": 3, "thresholds": [0.9, 0.6, 0.0],
         "exit_flops": flops, "expected_flops": float(flops[1]),
         "exit_fractions": [0.3, 0.4, 0.3]})

@@ -11,7 +11,9 @@ import pytest
 
 from conftest import assert_one_error_line, run_app
 from effkeras import data
-from effkeras import early_exit_eval as ee
+from effkeras import early_exit
+from effkeras.early_exit import exits
+from effkeras.evaluation import early_exit as ee
 from effkeras.errors import InputError
 
 F32 = np.float32
@@ -24,13 +26,13 @@ def outputs(confidence, correct=None, source="train"):
 
 
 def test_the_sweep_is_the_official_39_points():
-    assert len(ee.SWEEP) == 39 and ee.SWEEP[0] == 0.05 and ee.SWEEP[19] == 1.0
-    assert ee.SWEEP[-1] == pytest.approx(1.95)
-    np.testing.assert_allclose(ee.exit_proportions(0.5, 3), [4 / 7, 2 / 7, 1 / 7])
-    np.testing.assert_allclose(ee.exit_proportions(2.0, 3), [1 / 7, 2 / 7, 4 / 7])
-    np.testing.assert_allclose(ee.exit_proportions(1.0, 4), [0.25] * 4)
-    assert ee.exit_proportions(ee.R_LOW, 8)[0] == 1.0
-    assert ee.exit_proportions(ee.R_HIGH, 8)[-1] == 1.0
+    assert len(exits.SWEEP) == 39 and exits.SWEEP[0] == 0.05 and exits.SWEEP[19] == 1.0
+    assert exits.SWEEP[-1] == pytest.approx(1.95)
+    np.testing.assert_allclose(exits.exit_proportions(0.5, 3), [4 / 7, 2 / 7, 1 / 7])
+    np.testing.assert_allclose(exits.exit_proportions(2.0, 3), [1 / 7, 2 / 7, 4 / 7])
+    np.testing.assert_allclose(exits.exit_proportions(1.0, 4), [0.25] * 4)
+    assert exits.exit_proportions(exits.R_LOW, 8)[0] == 1.0
+    assert exits.exit_proportions(exits.R_HIGH, 8)[-1] == 1.0
 
 
 def test_thresholds_worked_by_hand():
@@ -40,14 +42,16 @@ def test_thresholds_worked_by_hand():
                   [0.1, 0.1, 0.1, 0.1, 0.1, 0.1]]
     # Exit 1: the 2nd most confident is 0.8 (samples 0, 1 leave). Exit 2 among samples 2..5
     # (0.85, 0.75, 0.65, 0.2): the 2nd is 0.75 (samples 2, 3 leave). The rest answer at exit 3.
-    thresholds = ee.calibrate_thresholds(np.asarray(confidence, F32), ee.exit_proportions(1.0, 3))
+    thresholds = exits.calibrate_thresholds(np.asarray(confidence, F32),
+                                            exits.exit_proportions(1.0, 3))
     assert thresholds.tolist() == [float(F32(0.8)), float(F32(0.75)), 0.0]
-    assert ee.exits_taken(np.asarray(confidence, F32), thresholds).tolist() == [0, 0, 1, 1, 2, 2]
+    taken = exits.exits_taken(np.asarray(confidence, F32), thresholds)
+    assert taken.tolist() == [0, 0, 1, 1, 2, 2]
     # Applied to four test samples: a leaves at 1, b at 2 (0.8 >= 0.75), c at 3, d at 1 (a tie
     # with t_1 passes); b's answer at exit 2 is wrong.
     test = np.asarray([[0.9, 0.5, 0.5, 0.8], [0.2, 0.8, 0.7, 0.1], [0.3, 0.3, 0.1, 0.9]], F32)
     correct = [[1, 1, 1, 1], [1, 0, 1, 1], [1, 1, 1, 1]]
-    scored = ee.apply_thresholds(test, np.asarray(correct, bool), thresholds, [10, 30, 60])
+    scored = exits.apply_thresholds(test, np.asarray(correct, bool), thresholds, [10, 30, 60])
     assert scored == {"exit_fractions": [0.5, 0.25, 0.25], "top1": 0.75,
                       "flops": 0.5 * 10 + 0.25 * 30 + 0.25 * 60}
 
@@ -58,11 +62,11 @@ def test_ties_take_more_and_an_exit_short_of_samples_is_never_taken():
     confidence = np.asarray([[0.9, 0.9, 0.9, 0.6, 0.6, 0.6, 0.3],
                              [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.99],
                              [0.5] * 7], F32)
-    thresholds = ee.calibrate_thresholds(confidence, ee.exit_proportions(0.5, 3))
+    thresholds = exits.calibrate_thresholds(confidence, exits.exit_proportions(0.5, 3))
     # The 4th most confident at exit 1 is 0.6, tied with two more: six samples leave. Exit 2
     # wants 2 of the one left, so nobody leaves there.
-    assert thresholds.tolist() == [float(F32(0.6)), ee.NEVER, 0.0]
-    scored = ee.apply_thresholds(confidence, np.ones((3, 7), bool), thresholds, [1, 2, 3])
+    assert thresholds.tolist() == [float(F32(0.6)), exits.NEVER, 0.0]
+    scored = exits.apply_thresholds(confidence, np.ones((3, 7), bool), thresholds, [1, 2, 3])
     assert scored["exit_fractions"] == [6 / 7, 0.0, 1 / 7]
 
 
@@ -89,8 +93,8 @@ def test_bisection_meets_a_budget_within_one_sample(budget):
     rng = np.random.default_rng(1)
     count, flops = 200, [10, 20, 35, 50]
     confidence = rng.uniform(0.1, 1.0, (4, count)).astype(F32)
-    r, thresholds = ee.thresholds_for_budget(confidence, flops, budget)
-    spent = ee.average_flops(confidence, thresholds, flops)
+    r, thresholds = exits.thresholds_for_budget(confidence, flops, budget)
+    spent = exits.average_flops(confidence, thresholds, flops)
     # One sample moving from the last exit to the first changes the average by (50 - 10) / N.
     assert spent <= budget + 1e-9 and budget - spent <= (50 - 10) / count
     assert thresholds[-1] == 0.0 and r > 0
@@ -98,10 +102,10 @@ def test_bisection_meets_a_budget_within_one_sample(budget):
 
 def test_budgets_at_the_ends():
     confidence = np.random.default_rng(2).uniform(0.1, 1, (3, 50)).astype(F32)
-    r, thresholds = ee.thresholds_for_budget(confidence, [5, 8, 13], 20)
-    assert r is None and thresholds.tolist() == [ee.NEVER, ee.NEVER, 0.0]
+    r, thresholds = exits.thresholds_for_budget(confidence, [5, 8, 13], 20)
+    assert r is None and thresholds.tolist() == [exits.NEVER, exits.NEVER, 0.0]
     with pytest.raises(InputError, match="first exit's cost.*minimum budget is 5$"):
-        ee.thresholds_for_budget(confidence, [5, 8, 13], 4.5)
+        exits.thresholds_for_budget(confidence, [5, 8, 13], 4.5)
 
 
 def test_calibration_refuses_the_test_split():
@@ -146,7 +150,7 @@ def ranet_checkpoint(tmp_path_factory):
 def test_thresholds_come_from_the_validation_indices_only(ranet_checkpoint, fashion_mnist_dir,
                                                          monkeypatch, split):
     collected, calibrated = [], []
-    collect, calibrate = ee.collect, ee.calibrate_thresholds
+    collect, calibrate = ee.collect, exits.calibrate_thresholds
 
     def spy_collect(model, data_split):
         result = collect(model, data_split)
@@ -158,7 +162,7 @@ def test_thresholds_come_from_the_validation_indices_only(ranet_checkpoint, fash
         return calibrate(confidence, proportions, orders)
 
     monkeypatch.setattr(ee, "collect", spy_collect)
-    monkeypatch.setattr(ee, "calibrate_thresholds", spy_calibrate)
+    monkeypatch.setattr(exits, "calibrate_thresholds", spy_calibrate)
     path, exit_flops = ranet_checkpoint
     result = ee.evaluate_checkpoint(path, "fashion_mnist", split=split, batch_size=16,
                                     data_dir=str(fashion_mnist_dir), validation_size=12,
@@ -197,7 +201,7 @@ def write_record(path, **changes):
 def test_load_thresholds_refuses_a_file_that_does_not_fit(tmp_path, changes, fragment):
     path = write_record(tmp_path / "t.json", **changes)
     with pytest.raises(InputError, match=fragment) as error:
-        ee.load_thresholds(str(path), 3)
+        early_exit.load_thresholds(str(path), 3)
     assert "\n" not in str(error.value)
 
 
@@ -205,19 +209,19 @@ def test_load_thresholds_refuses_unreadable_files(tmp_path):
     for text in ("not json", "[1, 2]", '{"num_exits": NaN}', "{}"):
         (tmp_path / "t.json").write_text(text)
         with pytest.raises(InputError, match="t.json"):
-            ee.load_thresholds(str(tmp_path / "t.json"), 3)
+            early_exit.load_thresholds(str(tmp_path / "t.json"), 3)
     with pytest.raises(InputError, match="No such file"):
-        ee.load_thresholds(str(tmp_path / "missing.json"), 3)
+        early_exit.load_thresholds(str(tmp_path / "missing.json"), 3)
 
 
 def test_thresholds_round_trip(tmp_path):
     record = json.loads(write_record(tmp_path / "in.json").read_text())
-    record["thresholds"] = [ee.NEVER, 0.25, 0.0]
-    ee.write_thresholds(str(tmp_path / "out.json"), record)
-    assert ee.load_thresholds(str(tmp_path / "out.json"), 3) == record
-    assert ee.load_thresholds(str(tmp_path / "out.json"), 3, [100, 200, 300]) == record
+    record["thresholds"] = [exits.NEVER, 0.25, 0.0]
+    early_exit.write_thresholds(str(tmp_path / "out.json"), record)
+    assert early_exit.load_thresholds(str(tmp_path / "out.json"), 3) == record
+    assert early_exit.load_thresholds(str(tmp_path / "out.json"), 3, [100, 200, 300]) == record
     with pytest.raises(InputError, match="calibrated for exits costing .100, 200, 300. FLOPs"):
-        ee.load_thresholds(str(tmp_path / "out.json"), 3, [100, 200, 301])
+        early_exit.load_thresholds(str(tmp_path / "out.json"), 3, [100, 200, 301])
 
 
 def run_apps(*commands):
@@ -270,7 +274,7 @@ def test_app_end_to_end_and_its_refusals(ranet_checkpoint, fashion_mnist_dir, tm
     for plot in ("eval_anytime.png", "eval_budgeted.png"):
         assert (output.parent / plot).read_bytes()[:4] == b"\x89PNG"
     assert "| exit1 |" in (output.parent / "eval.md").read_text()
-    record = ee.load_thresholds(str(written), num_exits, flops)
+    record = early_exit.load_thresholds(str(written), num_exits, flops)
     assert record == {"model": "ranet_cifar", "num_exits": num_exits,
                       "thresholds": section["budget"]["thresholds"], "exit_flops": flops,
                       "expected_flops": section["budget"]["flops"],

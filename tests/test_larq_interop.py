@@ -55,12 +55,13 @@ def test_imported_model_matches_larq(larq_models, name, weights_format):
 @pytest.mark.parametrize("name,bconvs", [("quicknet_block", 1), ("bireal_block", 2),
                                          ("tf_ops", 0)])
 def test_imported_block_has_larqs_lce_op_census(larq_models, name, bconvs):
-    from effkeras.deploy import lce, verify
+    from effkeras.deploy import lce
+    from effkeras.deploy.flatbuffer import op_census, operators
 
     model = import_larq_model(larq_models / f"{name}.json", larq_models / f"{name}.h5")
     sample = np.load(larq_models / f"{name}_io.npz")["x"]
     _, ours = lce.convert(model, sample=sample, max_rel_diff=1e-5)
-    theirs = verify.op_census(verify.operators((larq_models / f"{name}.tflite").read_bytes()))
+    theirs = op_census(operators((larq_models / f"{name}.tflite").read_bytes()))
     assert ours.op_census == theirs
     assert ours.bconv_ops == ours.binary_layers == theirs.get("LceBconv2d", 0) == bconvs
 

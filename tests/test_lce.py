@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from effkeras.deploy import lce, verify
+from effkeras.deploy import lce
+from effkeras.deploy import flatbuffer as fb
 from effkeras.errors import InputError
 from effkeras.layers import QuantConv2D, QuantDense
 from conftest import run_app
@@ -131,8 +132,8 @@ def test_chaotic_model_passes_within_its_own_sensitivity():
 
 def test_op_census_reads_builtin_and_custom_ops():
     flatbuffer, result = lce.convert(binary_stack(), sample=sample())
-    operators = verify.operators(flatbuffer)
-    assert verify.op_census(operators) == result.op_census
+    operators = fb.operators(flatbuffer)
+    assert fb.op_census(operators) == result.op_census
     bconv = next(op for op in operators if op.type == "LceBconv2d")
     assert bconv.inputs[1].shape == (32, 3, 3, 1)  # OHWI, 32 input channels in one int32 word
 

@@ -9,6 +9,7 @@ from keras import layers
 
 from effkeras import deploy, models
 from effkeras.deploy import ethos_u, int8_tables, runtime, tflite, verify
+from effkeras.deploy.flatbuffer import op_census, operators, pack_model, read_model
 from effkeras.graph.passes import freeze_tables as freeze_module
 from effkeras.graph.passes.freeze_tables import freeze_tables
 from effkeras.errors import InputError
@@ -158,7 +159,7 @@ def test_int8_tables_are_bit_exact_on_every_code_in_litert_and_tflite_micro(psa,
     assert sorted(t.name for t in tables) == sorted(frozen)
     for table in tables:
         single = int8_tables.single_op_file(flatbuffer, table)
-        assert verify.op_census(verify.operators(single)) == {"ADD": 1, "CAST": 1, "GATHER": 1}
+        assert op_census(operators(single)) == {"ADD": 1, "CAST": 1, "GATHER": 1}
         codes = int8_tables.all_codes(table.channels)  # (1, 256, C)
         want = expected_table(frozen[table.name], table.x_quantization, table.y_quantization)
         for runner in (runtime.LiteRT, runtime.TFLiteMicro):
@@ -171,7 +172,7 @@ def test_int8_tables_are_bit_exact_on_every_code_in_litert_and_tflite_micro(psa,
 
 def test_int8_file_is_integer_only_and_agrees_with_keras(psa, sample, tflm_psa):
     flatbuffer, report = tflm_psa
-    assert tflite.float_ops(verify.operators(flatbuffer)) == [] and report.float_ops == ()
+    assert tflite.float_ops(operators(flatbuffer)) == [] and report.float_ops == ()
     census = report.op_census
     assert census["GATHER"] == census["CAST"] == 8
     assert not {"FLOOR", "DEQUANTIZE", "QUANTIZE", "SUM"} & set(census)
@@ -235,8 +236,8 @@ def test_a_coarse_input_step_is_an_ambiguous_table(tiny_probe_file):
     written = int8_tables.insert_tables(flatbuffer, probes, max_code_step=np.inf)
     (table,) = int8_tables.check_tables(written, {"spline": probes[int8_tables.PROBE.format(0)]})
     assert table.channels == 4
-    assert tflite.float_ops(verify.operators(written)) == []
-    assert verify.op_census(verify.operators(written)) == {
+    assert tflite.float_ops(operators(written)) == []
+    assert op_census(operators(written)) == {
         "ADD": 1, "CAST": 1, "DEQUANTIZE": 1, "FULLY_CONNECTED": 1, "GATHER": 1, "QUANTIZE": 1}
 
 
@@ -253,12 +254,12 @@ def test_convert_names_the_ambiguous_table_and_relu_sum_quantizes_without_one():
 
 
 def _edited(flatbuffer, edit):
-    model = verify.read_model(flatbuffer)
+    model = read_model(flatbuffer)
     subgraph = model.subgraphs[0]
     (fc,) = [op for op in subgraph.operators
              if "dense_in" in subgraph.tensors[op.outputs[0]].name.decode()]
     edit(subgraph.tensors[fc.outputs[0]])
-    return verify.pack_model(model)
+    return pack_model(model)
 
 
 def test_a_per_channel_or_unquantized_input_is_ambiguous(tiny_probe_file):

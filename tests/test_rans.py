@@ -9,7 +9,7 @@ import pytest
 
 from effkeras import deploy, models
 from effkeras.graph import summary
-from effkeras.deploy import verify
+from effkeras.deploy.flatbuffer import op_census, operators
 from effkeras.layers import CollapsibleConv2D
 from effkeras.models import rans
 
@@ -68,7 +68,7 @@ def test_expanded_ran_e_exports_one_conv_per_collapsible_block():
     keras.utils.set_random_seed(0)
     model = models.get("ran_e_gt_32", expansion=2)
     flatbuffer, report = deploy.convert(model, "float")
-    census = verify.op_census(verify.operators(flatbuffer))
+    census = op_census(operators(flatbuffer))
     convs = sum(isinstance(layer, keras.layers.Conv2D)
                 and not isinstance(layer, keras.layers.DepthwiseConv2D) for layer in model.layers)
     assert report.collapsed_blocks == 7
@@ -170,4 +170,4 @@ def test_pixel_normalization_is_a_weightless_per_channel_affine():
     inputs = keras.Input((8, 8, 3))
     model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(normalize_pixels(inputs)))
     flatbuffer, _ = deploy.convert(model, "float")
-    assert verify.op_census(verify.operators(flatbuffer)) == {"DEPTHWISE_CONV_2D": 1, "MEAN": 1}
+    assert op_census(operators(flatbuffer)) == {"DEPTHWISE_CONV_2D": 1, "MEAN": 1}

@@ -11,7 +11,8 @@ import pytest
 from keras import ops
 
 from effkeras import deploy, models, quantizers
-from effkeras.deploy import lce, verify
+from effkeras.deploy import lce
+from effkeras.deploy.flatbuffer import operators
 from effkeras.graph.passes import w1a2 as w1a2_pass
 from effkeras.testing import tie_free_weights
 from effkeras.errors import InputError
@@ -104,7 +105,7 @@ def test_bit_plane_convs_share_one_filter_tensor():
     model = one_layer(3, 1, 6, channels=256, filters=256)
     flatbuffer, result = lce.convert(model, sample=bn_like(np.random.default_rng(3),
                                                            (1, 6, 6, 256)), w1a2_form="bitplane")
-    bconvs = [op for op in verify.operators(flatbuffer) if op.type == "LceBconv2d"]
+    bconvs = [op for op in operators(flatbuffer) if op.type == "LceBconv2d"]
     assert len(bconvs) == 2 and bconvs[0].inputs[1] == bconvs[1].inputs[1]
     packed = 3 * 3 * 256 * 256 // 8
     assert len(bconvs[0].inputs[1].data) == packed
@@ -174,10 +175,11 @@ def min_maps(model):
 
 # 96x96: every w1a2 conv reads a map of at least 3x3 (layer4: 3x3). 80x80 (ern18_075): layer3
 # is 5x5, so layer4's stride-2 3x3 conv reads an odd map, which LCE one-pads.
-# test_every_model.py leaves these models' deployment to this test.
+# The deploys marker: test_every_model.py leaves these models' deployment to this test.
 ERNS = [("ern18_075", 80), ("ern18", 96), ("ern34", 96), ("ern50", 96), ("ern101", 96)]
 
 
+@pytest.mark.deploys(**dict(ERNS))
 @pytest.mark.parametrize("name, size", ERNS)
 def test_every_ern_converts_exactly(name, size):
     model = tie_free_weights(models.get(name, input_shape=(size, size, 3),

@@ -2,10 +2,12 @@
 
     registry.py  the target registry (Target, register_target, names, get); imports no deploy
     api.py       convert, default_target, save (+ the app-facing JSON)
-    verify.py    the one verifier: op census, io tensors, agreement with Keras, Report, save
+    flatbuffer.py  reads and writes .tflite files: operators, op census, io tensors,
+                 signatures, metadata, one signature's subgraph alone, atomic save
+    report.py    the Report dataclasses of every target (and of early-exit files)
+    verify.py    the one verifier: the sample, agreement with Keras, the model's sensitivity
     runtime.py   runs .tflite files: LiteRT, TFLite Micro, LCE's interpreter
-    passes/      graph rewrites before export: rewrite (clone-and-replace), fold_bn, w1a2,
-                 collapse, freeze_tables
+    early_exit/  multi-exit models: the stage split, the file's description, Runner, convert
     int8_tables.py  exact int8 LERP tables written into the converted int8 file, checked
     lce.py       target arm: Larq Compute Engine (binary and w1a2 nets) for ARM CPUs
     tflite.py    targets float, float16, int8: TFLite builtins for LiteRT

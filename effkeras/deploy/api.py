@@ -6,7 +6,7 @@ direction, passes -> export -> convert -> verify (`verify.py`), and raises (Inpu
 what the user can fix) rather than return a flatbuffer that did not check out. `save` writes the
 flatbuffer, the target's extra files and the JSON an app developer reads, all atomically.
 A model with several outputs (early exits) converts stage by stage for float, float16, int8
-and tflm (`early_exit.py`): the same targets, one signature (tflm: one file) per exit.
+and tflm (`early_exit/`): the same targets, one signature (tflm: one file) per exit.
 """
 
 import dataclasses
@@ -16,6 +16,8 @@ import keras
 
 from effkeras import fileio
 from effkeras.deploy import verify
+from effkeras.deploy.flatbuffer import check_flatbuffer, io_tensors
+from effkeras.deploy.flatbuffer import save as save_flatbuffer
 from effkeras.deploy.registry import get
 from effkeras.graph.passes.collapse import collapse
 from effkeras.graph.passes.freeze_tables import freeze_tables
@@ -35,7 +37,7 @@ def convert(model, target, *, calibration=None, early_exit=None, thresholds=None
     `lerp_form` (passes/freeze_tables.py): "gather" (builtin GATHER; exact int8 tables for the
     int8 targets) or "relu_sum" (no GATHER, for runtimes without it; int8: approximate).
     early_exit: a model with several outputs (an early-exit network) converts stage by stage
-    (early_exit.py): one file with a signature per exit (float, float16, int8), or a file per
+    (early_exit/): one file with a signature per exit (float, float16, int8), or a file per
     stage (tflm, as is a given early-exit file); False: the graph of all exits at once, one
     subgraph with K outputs (to check the accuracy of every exit). thresholds: the exits'
     confidence thresholds (K numbers or a thresholds file) written into an early-exit file.
@@ -96,7 +98,7 @@ def app_metadata(flatbuffer, report, *, model_name, class_names=None,
                  input_range=verify.PIXEL_RANGE):
     """What an app developer needs beside the file: inputs and outputs with dtype, shape and
     quantization, the value range the model takes, class names, target and registry name."""
-    inputs, outputs = verify.io_tensors(flatbuffer)
+    inputs, outputs = io_tensors(flatbuffer)
 
     def describe(tensor):
         quantization = ({"scale": list(tensor.scale), "zero_point": list(tensor.zero_point)}
@@ -130,7 +132,7 @@ def save(path, flatbuffer, report, metadata=None):
     """Writes the flatbuffer to `path`, each of the report's artifacts beside it (`<stem><suffix>`;
     bytes, or a function of the file stem returning bytes) and `metadata` to `<path>.json`;
     each file atomically, the flatbuffer last."""
-    verify.check_flatbuffer(flatbuffer)
+    check_flatbuffer(flatbuffer)
     stem = os.path.splitext(path)[0]
     for suffix, content in report.artifacts.items():
         # Callable artifacts name the files they refer to (a C source includes its header).
@@ -138,4 +140,4 @@ def save(path, flatbuffer, report, metadata=None):
         fileio.write_bytes(stem + suffix, data)
     if metadata is not None:
         fileio.write_json(metadata_path(path), metadata)
-    verify.save(path, flatbuffer)
+    save_flatbuffer(path, flatbuffer)

@@ -13,7 +13,6 @@ Ethos_U85_SYS_DRAM_High + Dedicated_Sram.
 """
 
 import csv
-import dataclasses
 import functools
 import glob
 import os
@@ -23,8 +22,10 @@ import subprocess
 import sys
 import tempfile
 
-from effkeras.deploy import tflite, verify
+from effkeras.deploy import tflite
+from effkeras.deploy.flatbuffer import op_census, operators
 from effkeras.deploy.registry import register_target
+from effkeras.deploy.report import EthosUReport, extend
 from effkeras.errors import InputError
 
 ACCELERATORS = ("ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256",
@@ -36,22 +37,6 @@ DEFAULTS = {"ethos-u55": ("Ethos_U55_High_End_Embedded", "Shared_Sram"),
             "ethos-u85": ("Ethos_U85_SYS_DRAM_High", "Dedicated_Sram")}
 OPTIMISE = ("Performance", "Size")
 KIB = 1024
-
-
-@dataclasses.dataclass
-class EthosUReport(tflite.Int8Report):
-    accelerator: str = ""
-    system_config: str = ""
-    memory_mode: str = ""
-    npu_ops: int = 0  # ops of the int8 file that Vela put on the NPU
-    cpu_ops: int = 0  # ops left for the CPU (TFLite Micro)
-    cpu_op_types: dict = dataclasses.field(default_factory=dict)
-    npu_macs: int = 0  # the MACs of the ops on the NPU (Vela's per-layer counts)
-    cycles_total: int = 0
-    inferences_per_second: float = 0.0
-    sram_bytes: int = 0
-    flash_bytes: int = 0  # on- and off-chip flash (weights under Shared_Sram)
-    dram_bytes: int = 0
 
 
 def vela_binary():
@@ -111,17 +96,17 @@ def compile_for(model, *, accelerator, calibration=None, sample=None, system_con
 
     row = next(csv.DictReader(summary.decode().splitlines()))
     npu = re.search(r"NPU operators = (\d+)", run.stdout)
-    ops = verify.operators(compiled)
-    cpu_types = verify.op_census([op for op in ops if op.type != "ethos-u"])
+    ops = operators(compiled)
+    cpu_types = op_census([op for op in ops if op.type != "ethos-u"])
     if cpu_types and not allow_cpu_ops:
         raise InputError(
             f"Vela left {sum(cpu_types.values())} op(s) of {name} off the {accelerator} NPU: "
             f"{'; '.join(_cpu_reasons(run.stdout + run.stderr)) or ', '.join(cpu_types)}. "
             f"Change the input size or those layers so that every op fits the NPU, or pass "
             f"--allow_cpu_ops to run them on the Cortex-M (TFLite Micro)")
-    report = verify.extend(
+    report = extend(
         base, EthosUReport, target=accelerator, size_bytes=len(compiled),
-        op_census=verify.op_census(ops), accelerator=accelerator, system_config=system_config,
+        op_census=op_census(ops), accelerator=accelerator, system_config=system_config,
         memory_mode=memory_mode, npu_ops=int(npu.group(1)) if npu else 0,
         cpu_ops=sum(cpu_types.values()), cpu_op_types=cpu_types,
         npu_macs=sum(int(float(layer["MAC Count"])) for layer in csv.DictReader(

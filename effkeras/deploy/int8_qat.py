@@ -27,6 +27,8 @@ import tensorflow as tf
 
 from effkeras import qat
 from effkeras.deploy import int8_tables, runtime, tflite, verify
+from effkeras.deploy.flatbuffer import op_census, operators
+from effkeras.deploy.report import Int8Report
 from effkeras.graph.rewrite import rewrite
 from effkeras.errors import InputError
 from effkeras.layers.qat import CodeTable
@@ -38,7 +40,7 @@ _KERNEL_TABLES = ("hard_silu", "hard_swish")  # activations TFLite approximates 
 
 def convert(model, *, sample=None, io="int8", input_range=verify.PIXEL_RANGE, max_lsb=MAX_LSB,
             max_code_step=int8_tables.MAX_CODE_STEP):
-    """(int8 flatbuffer, tflite.Int8Report) of QAT `model` (module docstring)."""
+    """(int8 flatbuffer, Int8Report) of QAT `model` (module docstring)."""
     never = qat.unobserved(model)
     if never:
         raise InputError(f"{len(never)} activation quantizer(s) of {model.name} have no range "
@@ -55,7 +57,7 @@ def convert(model, *, sample=None, io="int8", input_range=verify.PIXEL_RANGE, ma
         checked = int8_tables.check_tables(flatbuffer, {layer.name: layer
                                                         for layer in probes.values()})
         tables = int8_tables.Tables(len(checked), sum(table.lut.size for table in checked))
-    ops = verify.operators(flatbuffer)
+    ops = operators(flatbuffer)
     left_float = tflite.float_ops(ops)
     if left_float:
         raise InputError(f"{len(left_float)} op(s) of QAT model {model.name} stayed float: "
@@ -77,8 +79,8 @@ def convert(model, *, sample=None, io="int8", input_range=verify.PIXEL_RANGE, ma
     steps = round(max(diff / quantizer.quantization()[0] for diff, quantizer in
                       zip(diffs, qat.output_quantizers(snapped))), 3)
     largest = max(float(np.max(np.abs(e))) for e in expected_list)
-    return flatbuffer, tflite.Int8Report(
-        target="int8", size_bytes=len(flatbuffer), op_census=verify.op_census(ops),
+    return flatbuffer, Int8Report(
+        target="int8", size_bytes=len(flatbuffer), op_census=op_census(ops),
         max_abs_diff=max(diffs), max_rel_diff=max(diffs) / max(largest, 1e-12),
         samples=verify.batch_size(sample), top1_agreement=tflite.top1_agreement(expected, actual),
         io=io, calibration="QAT ranges (no calibration)", qat=True, max_lsb=steps,
@@ -208,9 +210,9 @@ def kernel_tables(pairs):
         inputs.append(codes)
     probe = keras.Model(inputs, outputs, name="hard_swish_tables")
     flatbuffer = tflite.to_flatbuffer(probe, lambda converter: _int8(converter, "int8"))
-    if verify.op_census(verify.operators(flatbuffer)) != {"HARD_SWISH": len(pairs)}:
+    if op_census(operators(flatbuffer)) != {"HARD_SWISH": len(pairs)}:
         raise RuntimeError("TFLite's hard-swish tables could not be read: the probe file holds "
-                           f"{verify.op_census(verify.operators(flatbuffer))}")
+                           f"{op_census(operators(flatbuffer))}")
     codes = np.arange(-128, 128, dtype=np.int8)
     got = runtime.LiteRT(flatbuffer).run_one([codes] * len(pairs))
     return [np.asarray(table, np.int8) for table in got]

@@ -48,9 +48,9 @@ import keras
 import numpy as np
 from keras import ops
 from tensorflow.lite.python import schema_py_generated as schema
-from tensorflow.lite.python.schema_util import get_builtin_code_from_operator_code
 
-from effkeras.deploy import runtime, verify
+from effkeras.deploy import runtime
+from effkeras.deploy.flatbuffer import builtin_code, pack_model, read_model
 from effkeras.graph.rewrite import check_models, copy_call, rewrite
 from effkeras.errors import InputError
 from effkeras.layers.activations import LerpTable
@@ -154,7 +154,7 @@ def probe_model(model):
 def insert_tables(flatbuffer, probes, max_code_step=MAX_CODE_STEP):
     """`flatbuffer` (int8, converted from a probe model) with each probe's ops replaced by its
     exact table (module docstring)."""
-    model = verify.read_model(flatbuffer)
+    model = read_model(flatbuffer)
     if any(getattr(b, "offset", 0) for b in model.buffers):
         raise InputError("the int8 file keeps its weights outside the flatbuffer (over 2 GB); "
                          "the int8 table rewrite needs them inside")
@@ -185,7 +185,7 @@ def insert_tables(flatbuffer, probes, max_code_step=MAX_CODE_STEP):
         raise RuntimeError(f"the int8 converter left no ops named after the calibration probes "
                            f"of {', '.join(missing)}: cannot tell where their int8 tables go")
     _compact(model)
-    return verify.pack_model(model)
+    return pack_model(model)
 
 
 def _owners(subgraph, op):
@@ -407,7 +407,7 @@ def _add_tensor(subgraph, name, shape, dtype, buffer=0, quantization=None):
 def _opcode(model, builtin, version):
     """Index of an operator code for `builtin` at `version` or later, added when missing."""
     for index, code in enumerate(model.operatorCodes):
-        if (not code.customCode and get_builtin_code_from_operator_code(code) == builtin
+        if (not code.customCode and builtin_code(code) == builtin
                 and code.version >= version):
             return index
     code = schema.OperatorCodeT()
@@ -487,7 +487,7 @@ class TableOp:
 
 def table_ops(flatbuffer):
     """Every table op chain of `flatbuffer` (written by insert_tables)."""
-    model = verify.read_model(flatbuffer)
+    model = read_model(flatbuffer)
     found = []
     for s, subgraph in enumerate(model.subgraphs):
         producer = {int(t): op for op in subgraph.operators for t in op.outputs}
@@ -514,7 +514,7 @@ def table_ops(flatbuffer):
 
 
 def _builtin(model, op):
-    return get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
+    return builtin_code(model.operatorCodes[op.opcodeIndex])
 
 
 def all_codes(channels):
@@ -526,7 +526,7 @@ def all_codes(channels):
 def single_op_file(flatbuffer, table):
     """A flatbuffer with just `table`'s CAST, ADD and GATHER and its constants, input
     (1, 256, C) int8 with X's quantization, output Y's."""
-    source = verify.read_model(flatbuffer)
+    source = read_model(flatbuffer)
     subgraph = source.subgraphs[table.subgraph]
     cast, add, gather = table.operators
     model = schema.ModelT()
@@ -563,7 +563,7 @@ def single_op_file(flatbuffer, table):
                   gather.builtinOptionsType, gather.builtinOptions)]
     graph.inputs, graph.outputs = [x], [y]
     model.subgraphs = [graph]
-    return verify.pack_model(model)
+    return pack_model(model)
 
 
 def check_tables(flatbuffer, layers):

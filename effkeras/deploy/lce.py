@@ -18,7 +18,6 @@ layer that cannot be rewritten, or whose bconvs LCE did not make, is an error na
 """
 
 import contextlib
-import dataclasses
 import tempfile
 
 import keras
@@ -26,27 +25,17 @@ import larq_compute_engine
 import numpy as np
 
 from effkeras.deploy import verify
+from effkeras.deploy.flatbuffer import op_census, operators
+from effkeras.deploy.flatbuffer import save  # noqa: F401  (lce.save(path, flatbuffer))
 from effkeras.deploy.registry import register_target
+from effkeras.deploy.report import LceReport
+from effkeras.deploy.verify import PIXEL_RANGE
 from effkeras.graph.passes import w1a2 as w1a2_pass
-from effkeras.deploy.verify import PIXEL_RANGE, Report, op_census, operators
-from effkeras.deploy.verify import save  # noqa: F401  (lce.save(path, flatbuffer))
 from effkeras.errors import InputError
 from effkeras.graph import layer_precision, leaf_layers
 
 TARGETS = ("arm", "xcore")  # what larq_compute_engine.convert_saved_model accepts
 MAX_REL_DIFF = 1e-3  # float reassociation gives ~1e-6; a wrong conversion gives O(1)
-
-
-@dataclasses.dataclass
-class LceReport(Report):
-    binary_layers: int = 0  # layers with 1-bit input and 1-bit kernel, w1a2 rewrites included
-    w1a2_layers: int = 0  # of those, w1a2 convs rewritten as binary convs (passes/w1a2.py)
-    bconv_ops: int = 0  # LceBconv2d in the flatbuffer
-    float_fallback: tuple = ()  # binary layers left in float (only with allow_float_fallback)
-    # Set only when the flatbuffer differs by more than max_rel_diff: how far Keras' own outputs
-    # move under input noise of 1e-4 of the input range. Deep binary nets (above all untrained
-    # ones) flip signs at near-ties and cascade, so float rounding alone moves them this much.
-    sensitivity: float = None
 
 
 @register_target("arm", "Larq Compute Engine flatbuffer for 64-bit ARM CPUs (Raspberry Pi, "

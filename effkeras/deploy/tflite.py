@@ -20,7 +20,6 @@ for int8 the gather form becomes exact 256-entry int8 tables written into the co
 Micro), and the relu_sum form is quantized like any other op (approximate).
 """
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -31,8 +30,10 @@ import tensorflow as tf
 
 from effkeras import qat
 from effkeras.deploy import int8_tables, runtime, verify
+from effkeras.deploy.flatbuffer import op_census, operators
 from effkeras.deploy.registry import register_target
-from effkeras.deploy.verify import PIXEL_RANGE, Report
+from effkeras.deploy.report import Int8Report, TFLiteReport
+from effkeras.deploy.verify import PIXEL_RANGE
 from effkeras.errors import InputError
 from effkeras.graph import one_bit_kernel_layers
 
@@ -53,24 +54,6 @@ INT8_OPS = ("ABS", "ADD", "ARG_MAX", "ARG_MIN", "AVERAGE_POOL_2D", "BATCH_MATMUL
             "UNPACK")
 # Ops whose float side is the file's float interface (io="float"), not a float computation.
 _INTERFACE_OPS = ("QUANTIZE", "DEQUANTIZE")
-
-
-@dataclasses.dataclass
-class TFLiteReport(Report):
-    top1_agreement: float = None  # share of sample inputs whose argmax equals Keras's
-
-
-@dataclasses.dataclass
-class Int8Report(TFLiteReport):
-    io: str = "int8"  # dtype of the file's input and output
-    calibration: str = ""  # where the activation ranges came from
-    float_ops: tuple = ()  # ops left in float (only with allow_float_fallback)
-    int8_tables: int = 0  # exact int8 LERP tables written (int8_tables.py), each checked
-    table_bytes: int = 0  # their entries: 256 bytes per channel
-    qat: bool = False  # converted from a QAT model (effkeras.qat), with its ranges
-    max_lsb: float = None  # QAT: max |file - Keras| of the outputs, in steps of their scale
-    max_op_lsb: float = None  # QAT: the same at every quantization point, op by op (qat.py)
-    quantization_points: int = 0  # QAT: tensors of the file compared op by op
 
 
 def export_saved_model(model, directory):
@@ -150,7 +133,7 @@ def _report(target, model, flatbuffer, sample, input_range, max_rel_diff):
     abs_diff, rel_diff, agreement, count = _compare(model, flatbuffer, sample, input_range,
                                                     max_rel_diff, f"{target} TFLite file")
     return TFLiteReport(target=target, size_bytes=len(flatbuffer),
-                        op_census=verify.op_census(verify.operators(flatbuffer)),
+                        op_census=op_census(operators(flatbuffer)),
                         max_abs_diff=abs_diff, max_rel_diff=rel_diff, samples=count,
                         top1_agreement=agreement)
 
@@ -194,7 +177,7 @@ def convert_int8(model, *, calibration=None, sample=None, io="int8", allow_float
         flatbuffer, tables = int8_tables.quantize(model, arrays, io, _quantize, max_code_step)
     else:
         flatbuffer = _quantize(model, arrays, io)
-    ops = verify.operators(flatbuffer)
+    ops = operators(flatbuffer)
     left_float = float_ops(ops)
     if left_float and not allow_float_fallback:
         raise InputError(
@@ -205,7 +188,7 @@ def convert_int8(model, *, calibration=None, sample=None, io="int8", allow_float
     abs_diff, rel_diff, agreement, count = _compare(model, flatbuffer, sample, input_range,
                                                     max_rel_diff, "int8 TFLite file")
     return flatbuffer, Int8Report(
-        target="int8", size_bytes=len(flatbuffer), op_census=verify.op_census(ops),
+        target="int8", size_bytes=len(flatbuffer), op_census=op_census(ops),
         max_abs_diff=abs_diff, max_rel_diff=rel_diff, samples=count, top1_agreement=agreement,
         io=io, calibration=calibration_source or f"{len(arrays[0])} given inputs",
         float_ops=tuple(left_float), int8_tables=tables.count, table_bytes=tables.table_bytes)
@@ -244,7 +227,7 @@ def quantize_saved_model(saved_model, calibration, io, name, float_flatbuffer,
             with open(output, "rb") as f:
                 return f.read()
     if run.returncode < 0:  # killed by a signal: the quantizer crashed
-        suspects = sorted({op.type for op in verify.operators(float_flatbuffer())}
+        suspects = sorted({op.type for op in operators(float_flatbuffer())}
                           - set(INT8_OPS))
         raise InputError(
             f"TensorFlow's int8 quantizer crashed on {name} (signal {-run.returncode}), as "
@@ -275,7 +258,7 @@ def int8_file(model, target, *, calibration=None, sample=None, **int8_options):
         flatbuffer = bytes(model)
         ops = check_int8_file(flatbuffer, target)
         return flatbuffer, Int8Report(target="int8", size_bytes=len(flatbuffer),
-                                      op_census=verify.op_census(ops), max_abs_diff=None,
+                                      op_census=op_census(ops), max_abs_diff=None,
                                       max_rel_diff=None, samples=0, calibration="(given file)")
     flatbuffer, report = convert_int8(model, calibration=calibration, sample=sample,
                                       **int8_options)
@@ -285,7 +268,7 @@ def int8_file(model, target, *, calibration=None, sample=None, **int8_options):
 
 def check_int8_file(flatbuffer, target):
     """InputError unless `flatbuffer` is a builtin-op int8 file that `target` can take."""
-    ops = verify.operators(flatbuffer)
+    ops = operators(flatbuffer)
     lce = sorted({op.type for op in ops if op.type.startswith("Lce")})
     if lce:
         raise InputError(f"this file holds Larq Compute Engine ops ({', '.join(lce)}), which only "

@@ -14,7 +14,6 @@ Micro's kernels, and the target reports:
   with `kModelDataLen` and `kTensorArenaSize` constants in a namespace named after the model.
 """
 
-import dataclasses
 import os
 import re
 import subprocess
@@ -24,19 +23,14 @@ import tempfile
 import numpy as np
 
 from effkeras.deploy import runtime, tflite, verify
+from effkeras.deploy.flatbuffer import io_tensors, op_census, operators
 from effkeras.deploy.registry import register_target
+from effkeras.deploy.report import TflmReport, extend
 from effkeras.errors import InputError
 
 MAX_LSB_DIFF = 24
 MAX_MEAN_LSB_DIFF = 4
 ARENA_ALIGNMENT = 16
-
-
-@dataclasses.dataclass
-class TflmReport(tflite.Int8Report):
-    max_lsb_diff: int = 0  # TFLite Micro vs LiteRT, int8 outputs, on the sample
-    mean_lsb_diff: float = 0.0
-    arena_bytes: int = 0  # smallest arena that allocates and invokes
 
 
 @register_target("tflm", "int8 TFLite for microcontrollers, run in TFLite Micro: arena bytes "
@@ -48,7 +42,7 @@ def convert(model, *, calibration=None, sample=None, io="int8", allow_float_fall
                                         io=io, allow_float_fallback=allow_float_fallback,
                                         **int8_options)
     if sample is None:  # the int8 check's own random sample (same seed), or the file's shapes
-        shapes = [t.shape[1:] for t in verify.io_tensors(flatbuffer)[0]]
+        shapes = [t.shape[1:] for t in io_tensors(flatbuffer)[0]]
         sample = verify.random_inputs(shapes)
     name = "model" if isinstance(model, (bytes, bytearray)) else model.name
     lsb, mean = lsb_diffs(flatbuffer, sample)
@@ -57,8 +51,8 @@ def convert(model, *, calibration=None, sample=None, io="int8", allow_float_fall
                            f"{mean:.2f} on average (limits {MAX_LSB_DIFF}, {MAX_MEAN_LSB_DIFF}): "
                            f"TFLite Micro computes this file differently")
     arena = arena_bytes(flatbuffer)
-    report = verify.extend(base, TflmReport, target="tflm", max_lsb_diff=lsb,
-                           mean_lsb_diff=round(mean, 3), arena_bytes=arena)
+    report = extend(base, TflmReport, target="tflm", max_lsb_diff=lsb,
+                    mean_lsb_diff=round(mean, 3), arena_bytes=arena)
     report.artifacts = {"_model_data.h": lambda stem: c_header(name, len(flatbuffer), arena),
                         "_model_data.cc": lambda stem: c_source(name, flatbuffer, stem)}
     return flatbuffer, report
@@ -71,7 +65,7 @@ def lsb_diffs(flatbuffer, sample):
     except Exception as e:  # RuntimeError from the C++ side: an op TFLite Micro lacks
         raise InputError(f"TFLite Micro cannot run this file: {str(e).strip().splitlines()[0]}; "
                          f"it has no kernel for one of its ops "
-                         f"({', '.join(verify.op_census(verify.operators(flatbuffer)))})") from None
+                         f"({', '.join(op_census(operators(flatbuffer)))})") from None
     lite = runtime.LiteRT(flatbuffer)
     inputs = sample if isinstance(sample, (list, tuple)) else [sample]
     diffs = []
@@ -92,7 +86,7 @@ def arena_bytes(flatbuffer, limit=1 << 30):
     Micro crashes (segmentation fault) instead of failing, e.g. 1,648 bytes for a 2-op stage
     that needs 2,144, so a probe that kills the child counts as too small and the bisection
     goes on in a new child."""
-    count = len(verify.io_tensors(flatbuffer)[0])
+    count = len(io_tensors(flatbuffer)[0])
     low = high = 0  # high 0: not found yet
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "model.tflite")

@@ -1,4 +1,4 @@
-"""Top-1/top-5 accuracy and confusion counts of a model on a dataset split.
+"""Top-1/top-5 accuracy and confusion counts of a model on a dataset split (Keras or .tflite).
 
 The model is a Keras model or any callable `images (float32 numpy, B x H x W x C) -> logits`
 (a TFLite interpreter runner, say), whose logits may be a list: one (B, classes) array per output
@@ -17,15 +17,32 @@ TTA = ("none", "tencrop")
 
 def with_input_size(model, height, width):
     """`model` taking (height, width) inputs, sharing its layers and weights (a fully
-    convolutional model runs at any size); `model` itself when it already takes that size."""
+    convolutional model runs at any size).
+
+    Args:
+        model: a Keras model.
+        height, width: the input size.
+
+    Returns:
+        A Keras model; `model` itself when it already takes that size.
+    """
     if tuple(model.input_shape[1:3]) == (height, width):
         return model
     inputs = keras.Input((height, width, model.input_shape[-1]))
-    return keras.models.clone_model(model, input_tensors=inputs, clone_function=lambda layer: layer)
+    return keras.models.clone_model(model, input_tensors=inputs,
+                                    clone_function=lambda layer: layer)
 
 
 def centre_crop(images, size):
-    """torchvision's CenterCrop(size) of a batch (B, H, W, C)."""
+    """torchvision's CenterCrop(size) of a batch.
+
+    Args:
+        images: a batch (B, H, W, C).
+        size: the crop's side.
+
+    Returns:
+        The batch (B, size, size, C).
+    """
     top, left = augment.five_crop_offsets(images.shape[1], images.shape[2], size)[-1]
     return images[:, top:top + size, left:left + size, :]
 
@@ -62,20 +79,48 @@ def _predict(model, images, tta, crop):
 def predict_logits(model, images, *, tta="none", crop=None):
     """Logits of a batch: of its centre crop, or averaged over torchvision's ten crops
     (tta="tencrop": corners, centre and their flips, as ERN's evaluation, arXiv 2410.11553
-    §4.1). `model` (a Keras model or a callable) must take crop x crop inputs (see
-    with_input_size). A list of arrays for a model with several outputs."""
+    §4.1).
+
+    Args:
+        model: a Keras model or a callable, taking crop x crop inputs (see with_input_size).
+        images: a batch (B, H, W, C).
+        tta: "none" or "tencrop".
+        crop: the crop's side; None: the whole images.
+
+    Returns:
+        An array (B, classes), or a list of them for a model with several outputs.
+
+    Raises:
+        InputError: an unknown tta.
+    """
     outputs = _predict(model, images, tta, crop)
     return outputs[0] if len(outputs) == 1 else outputs
 
 
 def output_names(model, count):
-    """A Keras model's output names; exit1 ... exitK for a callable (or unnamed outputs)."""
+    """The names of a model's outputs.
+
+    Args:
+        model: a Keras model or a callable.
+        count: its number of outputs.
+
+    Returns:
+        A Keras model's output names; exit1 ... exitK for a callable (or unnamed outputs).
+    """
     names = list(getattr(model, "output_names", None) or [])
     return names if len(names) == count else [f"exit{k + 1}" for k in range(count)]
 
 
 def ranked_classes(logits, top=5):
-    """The `top` highest-scoring classes of each row of `logits` (B, classes), best first."""
+    """The highest-scoring classes of each row, best first.
+
+    Args:
+        logits: an array (B, classes).
+        top: how many.
+
+    Returns:
+        An int array (B, top).
+    """
     return np.argsort(-logits, axis=-1)[:, :top]
 
 
@@ -96,12 +141,22 @@ class _Scores:
 def evaluate(model, split, *, tta="none", crop=None):
     """Accuracy and confusion matrix of `model` over a DataSplit, in one pass.
 
-    model: a Keras model, or a callable `images (float32 numpy B,H,W,C) -> logits` (or a list
-    of logits, one per output) that takes crop x crop images when crop is given.
-    crop: evaluate crop x crop centre crops (or ten crops with tta="tencrop") of the split's
-    images; None: the whole images (a callable with tta="tencrop" needs it).
-    One output: {"examples", "top1", "top5", "class_names", "confusion"}. K outputs: "outputs"
-    (their names), <name>_top1 and <name>_top5 per output, and "confusion" by output name.
+    Args:
+        model: a Keras model, or a callable `images (float32 numpy B,H,W,C) -> logits` (or a
+            list of logits, one per output) that takes crop x crop images when crop is given.
+        split: a data.DataSplit.
+        tta: "none", or "tencrop" to average the logits of the ten crops.
+        crop: evaluate crop x crop centre crops (or ten crops with tta="tencrop") of the
+            split's images; None: the whole images (a callable with tta="tencrop" needs it).
+
+    Returns:
+        One output: {"examples", "top1", "top5", "class_names", "confusion"}. K outputs:
+        "outputs" (their names), <name>_top1 and <name>_top5 per output, and "confusion" by
+        output name.
+
+    Raises:
+        InputError: the split has no examples, an unknown tta, or ten crops of a callable
+            without crop.
     """
     keras_model = isinstance(model, keras.Model)
     if tta == "tencrop" and not crop:
@@ -134,7 +189,16 @@ def evaluate(model, split, *, tta="none", crop=None):
 
 
 def check_tta(tta, resize, crop):
-    """Raises InputError for an unknown tta, a non-positive size or crop > resize."""
+    """Checks test-time augmentation settings.
+
+    Args:
+        tta: "none" or "tencrop".
+        resize: the side images are squashed to, or None.
+        crop: the crop's side, or None.
+
+    Raises:
+        InputError: an unknown tta, a non-positive size or crop > resize.
+    """
     if tta not in TTA:
         raise InputError(f"unknown test-time augmentation {tta!r}; choose from {', '.join(TTA)}")
     for name, value in (("resize", resize), ("crop", crop)):
@@ -165,13 +229,29 @@ def _sizes(model, tta, resize, crop):
 
 def evaluate_checkpoint(path, dataset, *, split="test", data_dir=None, batch_size=256,
                         tta="none", resize=None, crop=None, validation_size=None):
-    """Accuracy of a .keras checkpoint on a dataset split ("validation": held out of the training
-    files, validation_size examples; see effkeras.data).
+    """Accuracy of a .keras checkpoint on a dataset split.
 
-    resize/crop: squash every image to resize x resize (aspect ratio not kept, as ERN's official
-    code), then
-    evaluate its centre crop x crop, or with tta="tencrop" average the logits of its ten crops.
     ERN's protocol is tta="tencrop", resize=308 (306 for ERNs34), crop=288.
+
+    Args:
+        path: the .keras checkpoint.
+        dataset: a data.load dataset name.
+        split: the split scored ("validation": held out of the training files,
+            validation_size examples; see effkeras.data).
+        data_dir: where the dataset's files are.
+        batch_size: images per batch.
+        tta: "none", or "tencrop" to average the logits of the ten crops.
+        resize: squash every image to resize x resize (aspect ratio not kept, as ERN's
+            official code) before cropping.
+        crop: evaluate the centre crop x crop (or the ten crops).
+        validation_size: training examples held out as the "validation" split.
+
+    Returns:
+        {"checkpoint", "dataset", "split", "tta", "resize", "crop"} and `evaluate`'s fields.
+
+    Raises:
+        InputError: bad tta settings, a crop below the model's minimum input size, or classes
+            that do not fit.
     """
     check_tta(tta, resize, crop)
     model = saving.load_model(path)
@@ -189,8 +269,17 @@ def evaluate_checkpoint(path, dataset, *, split="test", data_dir=None, batch_siz
 
 
 def check_classes(model, path, dataset, data_split):
-    """InputError unless every output of the Keras `model` (loaded from `path`) predicts the
-    split's number of classes."""
+    """Checks that every output of the Keras `model` predicts the split's number of classes.
+
+    Args:
+        model: the Keras model.
+        path: where it was loaded from (for the message).
+        dataset: the dataset's name (for the message).
+        data_split: the data.DataSplit.
+
+    Raises:
+        InputError: the numbers differ.
+    """
     shapes = model.output_shape if isinstance(model.output_shape, list) else [model.output_shape]
     predicted = sorted({shape[-1] for shape in shapes})
     if predicted != [data_split.num_classes]:
@@ -200,20 +289,36 @@ def check_classes(model, path, dataset, data_split):
 
 def evaluate_tflite(path, dataset, *, split="test", data_dir=None, batch_size=256, runtime=None,
                     validation_size=None):
-    """Accuracy of a .tflite file on a dataset split, run in LiteRT (default), TFLite Micro
-    (runtime="tflm": firmware's kernels) or, for files with LCE ops, LCE's interpreter. The
-    images are fitted to the file's input shape as for the Keras model."""
+    """Accuracy of a .tflite file on a dataset split. The images are fitted to the file's input
+    shape as for the Keras model.
+
+    Args:
+        path: the .tflite file.
+        dataset: a data.load dataset name.
+        split: the split scored.
+        data_dir: where the dataset's files are.
+        batch_size: images per batch.
+        runtime: None (LiteRT, or LCE's interpreter for files with LCE ops), "litert", "tflm"
+            (firmware's kernels) or "lce".
+        validation_size: training examples held out as the "validation" split.
+
+    Returns:
+        {"checkpoint", "dataset", "split", "runtime"} and `evaluate`'s fields.
+
+    Raises:
+        InputError: a file that cannot be read, several inputs, or classes that do not fit.
+    """
     from effkeras.deploy import runtime as runtimes
-    from effkeras.deploy import verify
+    from effkeras.deploy.flatbuffer import check_flatbuffer, io_tensors
 
     try:
         with open(path, "rb") as f:
             flatbuffer = f.read()
-        verify.check_flatbuffer(flatbuffer)
+        check_flatbuffer(flatbuffer)
     except (OSError, ValueError) as e:
         raise InputError(f"cannot read {path} as a .tflite file: {e}") from None
     runner = runtimes.runner(flatbuffer, runtime)
-    inputs, outputs = verify.io_tensors(flatbuffer)
+    inputs, outputs = io_tensors(flatbuffer)
     if len(inputs) != 1:
         raise InputError(f"{path} takes {len(inputs)} inputs; evaluation feeds one image batch")
     data_split = data.load(dataset, split, input_shape=inputs[0].shape[1:], batch_size=batch_size,
