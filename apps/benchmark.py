@@ -10,7 +10,7 @@ python -m apps.benchmark --models=runs/a/model.keras,runs/b/model.keras --target
 A model is a registry name (untrained weights; NAME@SIZE for a square input, NAME:key=value for
 builder options), a .keras checkpoint (its accuracy from its run's metrics.json) or a .tflite
 file. Writes the .tflite files, benchmark.json, benchmark.md and benchmark.png to --output_dir;
-tools/device_benchmark.py then adds latencies measured on a Raspberry Pi or an Android phone.
+apps.device_benchmark then adds latencies measured on a Raspberry Pi or an Android phone.
 """
 
 from absl import flags
@@ -49,7 +49,7 @@ def main(argv):
     if not targets:  # each registry model's own target, in the order met
         targets = list(dict.fromkeys(
             models.info(benchmark.parse_spec(spec)[0]).deploy for spec in FLAGS.models
-            if not spec.endswith((".keras", ".tflite"))))
+            if not benchmark.is_file(spec)))
         if not targets:
             raise InputError(f"--targets is required for files; known targets: "
                              f"{', '.join(deploy.names())}")

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import assert_one_error_line, run_app
 from effkeras import benchmark, models
+from effkeras.benchmark import pipeline
 from effkeras.graph import summary
 from effkeras.errors import InputError
 
@@ -153,7 +154,7 @@ def test_an_early_exit_network_gets_a_row_per_stage():
                "npu_macs": 1000 * k} for k in (1, 2)]
     report = type("Report", (), {"stages": stages})()
     row = benchmark.Row(model="ranet", target="ethos-u55-128", input="32x32x3")
-    benchmark._vela(row, stages)  # the whole network: its stages in turn
+    pipeline._vela(row, stages)  # the whole network: its stages in turn
     assert row.median_ms == pytest.approx(1.0 + 2.0) and row.cycles == 30 and row.cpu_ops == 1
     first, second = benchmark.stage_rows(row, report)
     assert (second.model, second.macs, second.size_bytes, second.sram_bytes) == (
@@ -176,3 +177,59 @@ def test_checkpoints_get_their_accuracy(tmp_path):
         assert row.model == "r8" and 0 <= row.accuracy <= 1 and row.accuracy != 0.5
         assert row.accuracy_source.startswith("synthetic test")
     assert "(Keras)" not in benchmark.table(rows)
+
+
+def _benchmark_dir(tmp_path):
+    """An apps.benchmark output with two ARM files and one microcontroller file."""
+    from effkeras import benchmark
+
+    rows = [benchmark.Row(model=m, target=t, file=f"{m}_{t}.tflite", median_ms=ms, size_bytes=n)
+            for m, t, ms, n in (("quicknet", "arm", 9.0, 12000), ("ern18", "arm", 6.0, 6000),
+                                ("resnet8", "tflm", 7.0, 3000))]
+    for row in rows:
+        (tmp_path / row.file).write_bytes(b"x" * row.size_bytes)
+    benchmark.set_ratios(rows, "quicknet")
+    benchmark.write(rows, str(tmp_path))
+    return tmp_path
+
+
+def test_device_benchmark_merges_the_device_latencies(tmp_path):
+    directory = _benchmark_dir(tmp_path)
+    fake = tmp_path / "lce_benchmark_model"
+    # Prints what lce_benchmark_model prints, with a latency of (bytes / threads) microseconds.
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do case $a in --num_threads=*) n=${a#*=};; '
+                    '--graph=*) g=${a#*=};; esac; done\n'
+                    'echo "count=50 first=1 curr=1 min=1 max=2 avg=3 std=0"\n'
+                    'echo "Inference timings in us: Init: 100, First inference: 9000, '
+                    'Warmup (avg): 8000, Inference (avg): $(( $(wc -c < $g) / n ))"\n')
+    fake.chmod(0o755)
+    result = run_app("apps.device_benchmark", f"--benchmark_dir={directory}",
+                     f"--binary={fake}", "--threads=1,4", "--device=RPi 4B")
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = {row["file"]: row for row in
+             json.loads((directory / "benchmark.json").read_text())["rows"]}
+    assert saved["ern18_arm.tflite"]["device_ms"] == {"1": 6.0, "4": 1.5}
+    assert saved["resnet8_tflm.tflite"]["device_ms"] is None  # not a file for an ARM CPU
+    line = next(l for l in (directory / "benchmark.md").read_text().splitlines()
+                if l.startswith("| ern18 | arm"))
+    assert line.endswith("| 6.0 | 1.5 | 0.50 |")  # 1 thread, 4 threads, x quicknet on the Pi
+
+
+def test_device_benchmark_says_what_is_missing(tmp_path):
+    directory = _benchmark_dir(tmp_path)
+    assert_one_error_line(run_app("apps.device_benchmark", f"--benchmark_dir={directory}",
+                                  f"--binary={tmp_path / 'missing'}"),
+                          "is not an executable benchmark binary", "GitHub releases")
+    assert_one_error_line(run_app("apps.device_benchmark", f"--benchmark_dir={tmp_path / 'x'}"),
+                          "cannot read", "apps.benchmark")
+    fake = tmp_path / "bin"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    env_path = os.environ["PATH"]
+    try:
+        os.environ["PATH"] = str(tmp_path)  # no adb here
+        result = run_app("apps.device_benchmark", f"--benchmark_dir={directory}",
+                         f"--binary={fake}", "--adb")
+    finally:
+        os.environ["PATH"] = env_path
+    assert_one_error_line(result, "`adb` is not installed")

@@ -1,67 +1,9 @@
-"""The user scripts under tools/: those that run where the project cannot (a Raspberry Pi), and
-the tables and plots of the measuring tools."""
+"""The scripts under tools/ that regenerate a result in docs/: the tables and plots of the
+measuring tools."""
 
-import json
 import os
 
 import pytest
-
-from conftest import assert_one_error_line, run_app
-
-def _benchmark_dir(tmp_path):
-    """An apps.benchmark output with two ARM files and one microcontroller file."""
-    from effkeras import benchmark
-
-    rows = [benchmark.Row(model=m, target=t, file=f"{m}_{t}.tflite", median_ms=ms, size_bytes=n)
-            for m, t, ms, n in (("quicknet", "arm", 9.0, 12000), ("ern18", "arm", 6.0, 6000),
-                                ("resnet8", "tflm", 7.0, 3000))]
-    for row in rows:
-        (tmp_path / row.file).write_bytes(b"x" * row.size_bytes)
-    benchmark.set_ratios(rows, "quicknet")
-    benchmark.write(rows, str(tmp_path))
-    return tmp_path
-
-
-def test_device_benchmark_merges_the_device_latencies(tmp_path):
-    directory = _benchmark_dir(tmp_path)
-    fake = tmp_path / "lce_benchmark_model"
-    # Prints what lce_benchmark_model prints, with a latency of (bytes / threads) microseconds.
-    fake.write_text('#!/bin/sh\nfor a in "$@"; do case $a in --num_threads=*) n=${a#*=};; '
-                    '--graph=*) g=${a#*=};; esac; done\n'
-                    'echo "count=50 first=1 curr=1 min=1 max=2 avg=3 std=0"\n'
-                    'echo "Inference timings in us: Init: 100, First inference: 9000, '
-                    'Warmup (avg): 8000, Inference (avg): $(( $(wc -c < $g) / n ))"\n')
-    fake.chmod(0o755)
-    result = run_app("tools.device_benchmark", f"--benchmark_dir={directory}",
-                     f"--binary={fake}", "--threads=1,4", "--device=RPi 4B")
-    assert result.returncode == 0, result.stderr[-2000:]
-    saved = {row["file"]: row for row in
-             json.loads((directory / "benchmark.json").read_text())["rows"]}
-    assert saved["ern18_arm.tflite"]["device_ms"] == {"1": 6.0, "4": 1.5}
-    assert saved["resnet8_tflm.tflite"]["device_ms"] is None  # not a file for an ARM CPU
-    line = next(l for l in (directory / "benchmark.md").read_text().splitlines()
-                if l.startswith("| ern18 | arm"))
-    assert line.endswith("| 6.0 | 1.5 | 0.50 |")  # 1 thread, 4 threads, x quicknet on the Pi
-
-
-def test_device_benchmark_says_what_is_missing(tmp_path):
-    directory = _benchmark_dir(tmp_path)
-    assert_one_error_line(run_app("tools.device_benchmark", f"--benchmark_dir={directory}",
-                                  f"--binary={tmp_path / 'missing'}"),
-                          "is not an executable benchmark binary", "GitHub releases")
-    assert_one_error_line(run_app("tools.device_benchmark", f"--benchmark_dir={tmp_path / 'x'}"),
-                          "cannot read", "apps.benchmark")
-    fake = tmp_path / "bin"
-    fake.write_text("#!/bin/sh\n")
-    fake.chmod(0o755)
-    env_path = os.environ["PATH"]
-    try:
-        os.environ["PATH"] = str(tmp_path)  # no adb here
-        result = run_app("tools.device_benchmark", f"--benchmark_dir={directory}",
-                         f"--binary={fake}", "--adb")
-    finally:
-        os.environ["PATH"] = env_path
-    assert_one_error_line(result, "`adb` is not installed")
 
 
 def test_early_exit_latency_table_and_plot(tmp_path):

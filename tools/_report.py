@@ -1,5 +1,6 @@
-"""What the measuring tools share: a matplotlib figure drawn without a display and saved as a
-PNG, a result written as a markdown table and JSON, and the metrics of a finished training run."""
+"""What the tools share: a matplotlib figure drawn without a display and saved as a PNG, a
+result written as a markdown table and JSON (the docs/ files), and the metrics of a finished
+training run."""
 
 import os
 

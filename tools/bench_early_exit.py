@@ -11,10 +11,11 @@ the same --validation_size), as RANet's budgeted batch classification does (arXi
 §3.4), then every setting classifies the same test images in LiteRT, the settings taking turns
 image batch by image batch so that the machine's load falls on all alike. Reported per setting:
 mean milliseconds per image, top-1, average FLOPs and the share of images leaving at each exit.
+
+Regenerates docs/ranet/early_exit_latency.md, .json and .png (--output_dir=docs/ranet).
 """
 
 import os
-import time
 
 import numpy as np
 from absl import flags
@@ -62,22 +63,30 @@ def settings(runner, validation):
 
 
 def measure(runner, named, images, labels):
-    """{name: row} with every setting taking turns over chunks of `images`."""
-    times = {name: 0.0 for name in named}
+    """{name: row} with every setting taking turns over chunks of `images`
+    (`benchmark.time_interleaved`: round k classifies chunk k under every setting in turn)."""
+    from effkeras import benchmark
+
+    chunks = [images[start:start + FLAGS.chunk] for start in range(0, len(images), FLAGS.chunk)]
     decisions = {name: [] for name in named}
-    for start in range(0, len(images), FLAGS.chunk):
-        batch = images[start:start + FLAGS.chunk]
-        for name, thresholds in named.items():
-            runner.set_thresholds(thresholds)
-            began = time.perf_counter()
-            decisions[name].append(runner.predict(batch))
-            times[name] += time.perf_counter() - began
+
+    def setting(name):
+        pending = iter(chunks)
+
+        def classify():
+            runner.set_thresholds(named[name])
+            decisions[name].append(runner.predict(next(pending)))
+
+        return classify
+
+    times = benchmark.time_interleaved({name: setting(name) for name in named},
+                                       runs=len(chunks), warmup=0, progress=False)
     rows = {}
     for name in named:
         predicted = np.concatenate([d.predictions for d in decisions[name]])
         exits = np.concatenate([d.exits for d in decisions[name]])
         costs = np.concatenate([d.costs for d in decisions[name]])
-        rows[name] = {"ms_per_image": 1000 * times[name] / len(images),
+        rows[name] = {"ms_per_image": sum(times[name]) / len(images),
                       "top1": float(np.mean(predicted == labels)),
                       "flops": float(np.mean(costs)),
                       "exit_fractions": (np.bincount(exits - 1, minlength=runner.num_exits)

@@ -1,7 +1,11 @@
 """ERN on Larq Compute Engine: the w1a2 rewrite's form per layer, file size, latency vs float.
 
-    python tools/bench_ern_lce.py [--model=ern18] [--input_size=224] [--runs=30] [--warmup=3]
+    python -m tools.bench_ern_lce [--model=ern18] [--input_size=224] [--runs=30] [--warmup=3]
         [--layers] [--no_model] [--json] [--plot=ern18_lce.png]
+
+Regenerates the ERN-18 size and x86 latency table of the ERN docs ("Deploying w1a2 through
+LCE", today in README.md) with the defaults, and with --layers the per-layer form measurements
+that `--w1a2_form=auto` rests on (effkeras/graph/passes/w1a2.py).
 
 --layers: every w1a2 conv of the model alone (its input -> the conv), rewritten in the
     thermometer and the bit-plane form (effkeras/graph/passes/w1a2.py), converted with LCE and
@@ -13,42 +17,38 @@ model (default): the model rewritten with form="auto" and converted by `lce.conv
         the float BN params are reported beside), and per form;
     (b) single-thread latency in the LCE interpreter against the same network with float
         activations and float convs (the quantizers removed) converted to float TFLite and run
-        by the TFLite interpreter (XNNPack, one thread), taking turns in this process: warm-up
-        runs, then the median of --runs. LCE runs with its default kernels
-        (`Interpreter(flatbuffer, num_threads=1)`) and, beside, with use_indirect_bgemm=True.
+        in LiteRT (XNNPack, one thread), taking turns in this process
+        (`effkeras.benchmark.time_interleaved`): warm-up runs, then the median of --runs. LCE
+        runs with its default kernels (`runtime.LCE(flatbuffer, num_threads=1)`) and, beside,
+        with use_indirect_bgemm=True.
 On x86 LCE runs portable kernels (measured: slower than XNNPack's float ones there): the ratio
 is informative, the ARM result needs `lce_benchmark_model` on the device.
 """
 
-import argparse
 import json
 import os
-import statistics
-import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # noqa: E402
+
+from apps import _cli  # noqa: E402
+from tools import _report  # noqa: E402
+
+flags.DEFINE_string("model", "ern18", "The ERN model of the registry.")
+flags.DEFINE_integer("input_size", 224, "Input height and width.")
+flags.DEFINE_integer("num_classes", 1000, "Classes of the classifier.")
+flags.DEFINE_integer("runs", 30, "Timed runs per runner (the runners take turns).")
+flags.DEFINE_integer("warmup", 3, "Untimed runs per runner first.")
+flags.DEFINE_bool("layers", False, "Time each w1a2 conv per form.")
+flags.DEFINE_bool("no_model", False, "Skip the whole-model part.")
+flags.DEFINE_bool("json", False, "Print one JSON object at the end.")
+flags.DEFINE_string("plot", None, "Write the model's sizes and latencies as a PNG here.")
+FLAGS = flags.FLAGS
 
 FORMS = ("thermometer", "bitplane")
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="ern18")
-    parser.add_argument("--input_size", type=int, default=224)
-    parser.add_argument("--num_classes", type=int, default=1000)
-    parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--layers", action="store_true", help="time each w1a2 conv per form")
-    parser.add_argument("--no_model", action="store_true", help="skip the whole-model part")
-    parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
-    parser.add_argument("--plot", help="write the model's sizes and latencies as a PNG here")
-    args = parser.parse_args(argv)
-    if args.runs < 1 or args.warmup < 0 or args.input_size < 32:
-        parser.error("--runs >= 1, --warmup >= 0 and --input_size >= 32")
-    return args
 
 
 def timed_turns(runners, runs, warmup):
@@ -56,16 +56,21 @@ def timed_turns(runners, runs, warmup):
     from effkeras import benchmark
 
     times = benchmark.time_interleaved(runners, runs=runs, warmup=warmup, progress=False)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: benchmark.quartiles(values)[0] for name, values in times.items()}
+
+
+def invoke(run, x):
+    """A zero-argument function running one inference of `x` (batch 1) in the runtime `run`
+    (effkeras.deploy.runtime's protocol), the input encoded once."""
+    encoded = run.encode([x[0]])
+    return lambda: run.run_one(encoded)
 
 
 def lce_runner(flatbuffer, x, indirect_bgemm=False):
     """One-thread LCE interpreter: its default bconv kernel (BGEMM), or the indirect BGEMM one."""
-    import larq_compute_engine
+    from effkeras.deploy import runtime
 
-    interpreter = larq_compute_engine.testing.Interpreter(flatbuffer, num_threads=1,
-                                                          use_indirect_bgemm=indirect_bgemm)
-    return lambda: interpreter.predict(x)
+    return invoke(runtime.LCE(flatbuffer, num_threads=1, use_indirect_bgemm=indirect_bgemm), x)
 
 
 def layer_inputs(model, layer):
@@ -82,7 +87,7 @@ def layer_inputs(model, layer):
     return tensor
 
 
-def bench_layers(model, args):
+def bench_layers(model, runs, warmup):
     import keras
     import numpy as np
 
@@ -104,7 +109,7 @@ def bench_layers(model, args):
         runners = {form: lce_runner(fb, x) for form, fb in flatbuffers.items()}
         runners.update({f"{form}_indirect": lce_runner(fb, x, indirect_bgemm=True)
                         for form, fb in flatbuffers.items()})
-        ms = timed_turns(runners, args.runs, args.warmup)
+        ms = timed_turns(runners, runs, warmup)
         h, w, c = layer.input.shape[1:]
         row = dict(layer=layer.name, kernel=layer.kernel_size[0], stride=layer.strides[0],
                    input=f"{inputs.shape[1]}x{inputs.shape[2]}x{inputs.shape[3]}",
@@ -146,37 +151,22 @@ def float_tflite(model):
         return tf.lite.TFLiteConverter.from_saved_model(saved_model).convert()
 
 
-def tflite_runner(flatbuffer, x):
-    import tensorflow as tf
-
-    interpreter = tf.lite.Interpreter(model_content=flatbuffer, num_threads=1)  # XNNPack default
-    interpreter.allocate_tensors()
-    index = interpreter.get_input_details()[0]["index"]
-    output = interpreter.get_output_details()[0]["index"]
-
-    def run():
-        interpreter.set_tensor(index, x)
-        interpreter.invoke()
-        return interpreter.get_tensor(output)
-
-    return run
-
-
-def bench_model(model, args):
+def bench_model(model, input_size, runs, warmup):
     import numpy as np
 
+    from effkeras.deploy import flatbuffer as files
+    from effkeras.deploy import lce, runtime, verify
     from effkeras.graph import summary
-    from effkeras.deploy import lce, verify
     from effkeras.testing import tie_free_weights
 
     tie_free_weights(model)  # so the agreement check is meaningful (not all zeros)
     rng = np.random.default_rng(1)
-    sample = rng.integers(0, 256, (2, args.input_size, args.input_size, 3)).astype("float32")
+    sample = rng.integers(0, 256, (2, input_size, input_size, 3)).astype("float32")
     totals = summary.as_dict(model)["totals"]
     one_bit = totals["params"].get("1bit", 0)
     float_params = totals["params"].get("32bit", 0)
     weight_bytes = one_bit / 8  # the packed binary weights; the float BN params come on top
-    result = dict(model=model.name, input_size=args.input_size, one_bit_params=one_bit,
+    result = dict(model=model.name, input_size=input_size, one_bit_params=one_bit,
                   weight_bytes=weight_bytes, float_params=float_params,
                   float_param_bytes=4 * float_params)
 
@@ -193,7 +183,7 @@ def bench_model(model, args):
               f"{weight_bytes:,.0f} 1-bit weight bytes), {checked.bconv_ops} LceBconv2d, "
               f"max rel diff {checked.max_rel_diff:.2g} vs Keras, converted in "
               f"{time.perf_counter() - start:.0f} s", flush=True)
-    census = verify.op_census(verify.operators(flatbuffers["auto"]))
+    census = files.op_census(files.operators(flatbuffers["auto"]))
     result["auto_op_census"] = census
 
     twin = float_twin(model)
@@ -201,70 +191,64 @@ def bench_model(model, args):
     result["float_tflite_bytes"] = len(float_flatbuffer)
     x = sample[:1]
     expected = twin.predict(x, verbose=0)
-    got = tflite_runner(float_flatbuffer, x)()
+    float_runtime = runtime.LiteRT(float_flatbuffer, num_threads=1)  # XNNPack
+    got = float_runtime.predict(x)
     result["float_max_rel_diff"] = verify.max_diffs(expected, got)[1]
     runners = {f"lce_{form}": lce_runner(fb, x) for form, fb in flatbuffers.items()}
     runners["lce_auto_indirect_bgemm"] = lce_runner(flatbuffers["auto"], x, indirect_bgemm=True)
-    runners["float_xnnpack"] = tflite_runner(float_flatbuffer, x)
-    ms = timed_turns(runners, args.runs, args.warmup)
+    runners["float_xnnpack"] = invoke(float_runtime, x)
+    ms = timed_turns(runners, runs, warmup)
     for name, value in ms.items():
         result[f"{name}_ms"] = round(value, 2)
     result["lce_auto_over_float"] = round(ms["lce_auto"] / ms["float_xnnpack"], 3)
     result["lce_auto_indirect_bgemm_over_float"] = round(
         ms["lce_auto_indirect_bgemm"] / ms["float_xnnpack"], 3)
-    print(f"latency, 1 thread, median of {args.runs}: " + ", ".join(
+    print(f"latency, 1 thread, median of {runs}: " + ", ".join(
         f"{name} {value:.1f} ms" for name, value in ms.items()), flush=True)
     return result
 
 
 def plot(result, path):
     """Two bar charts: .tflite bytes per form (and the 1-bit weight bytes), latency per runtime."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sizes = {"1-bit weights": result["weight_bytes"],
              **{form: result[f"{form}_tflite_bytes"] for form in ("auto", *FORMS)},
              "float twin": result["float_tflite_bytes"]}
     latencies = {name[:-3]: value for name, value in result.items()
                  if name.endswith("_ms")}
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.bar(list(sizes), [v / 2**20 for v in sizes.values()], color="tab:blue")
-    left.set_ylabel("MiB")
-    left.set_title(f"{result['model']} at {result['input_size']}: file size")
-    right.bar(list(latencies), list(latencies.values()), color="tab:orange")
-    right.set_ylabel("ms, 1 thread (x86: ratios only)")
-    right.set_title("latency")
-    for axis in (left, right):
-        axis.tick_params(axis="x", rotation=30)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with _report.figure(path, ncols=2, figsize=(11, 4)) as (_, (left, right)):
+        left.bar(list(sizes), [v / 2**20 for v in sizes.values()], color="tab:blue")
+        left.set_ylabel("MiB")
+        left.set_title(f"{result['model']} at {result['input_size']}: file size")
+        right.bar(list(latencies), list(latencies.values()), color="tab:orange")
+        right.set_ylabel("ms, 1 thread (x86: ratios only)")
+        right.set_title("latency")
+        for axis in (left, right):
+            axis.tick_params(axis="x", rotation=30)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(argv):
     from effkeras import models
     from effkeras.errors import InputError
 
-    build = dict(input_shape=(args.input_size, args.input_size, 3), num_classes=args.num_classes)
-    try:
-        if models.info(args.model).family != "ern":
-            raise InputError(f"--model={args.model} is not an ERN model")
-        model = models.get(args.model, **build)
-    except InputError as error:
-        sys.exit(f"error: {error}")
+    if FLAGS.runs < 1 or FLAGS.warmup < 0 or FLAGS.input_size < 32:
+        raise InputError("--runs >= 1, --warmup >= 0 and --input_size >= 32")
+    build = dict(input_shape=(FLAGS.input_size, FLAGS.input_size, 3),
+                 num_classes=FLAGS.num_classes)
+    if models.info(FLAGS.model).family != "ern":  # InputError for an unknown name
+        raise InputError(f"--model={FLAGS.model} is not an ERN model")
+    model = models.get(FLAGS.model, **build)
     output = {}
-    if args.layers:
-        output["layers"] = bench_layers(model, args)
-    if not args.no_model:
-        output["model"] = bench_model(models.get(args.model, **build), args)
-        if args.plot:
-            plot(output["model"], args.plot)
-            print(f"wrote {args.plot}")
-    if args.json:
+    if FLAGS.layers:
+        output["layers"] = bench_layers(model, FLAGS.runs, FLAGS.warmup)
+    if not FLAGS.no_model:
+        output["model"] = bench_model(models.get(FLAGS.model, **build), FLAGS.input_size,
+                                      FLAGS.runs, FLAGS.warmup)
+        if FLAGS.plot:
+            plot(output["model"], FLAGS.plot)
+            print(f"wrote {FLAGS.plot}")
+    if FLAGS.json:
         print(json.dumps(output))
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

@@ -13,6 +13,8 @@ models taking turns round by round so that drift in the machine's speed hits all
 models it also times the table build alone (forward and gradient of every ResPSA table, no
 lerp). Reports the median ms per step, images/s and the ratio to the first model, as a markdown
 table, and with --output_dir as bench_lerp_psa.md/.json and a bar plot bench_lerp_psa.png.
+
+Regenerates docs/lerp_psa/bench_lerp_psa.md, .json and .png (--output_dir=docs/lerp_psa).
 """
 
 from absl import flags
@@ -69,18 +71,20 @@ def prepare(name, batch_size):
 
 
 def timed_turns(functions, rounds, steps):
-    """{name: [ms per step per round]}; one untimed round first (tracing)."""
-    import time
+    """{name: [ms per step per round]}; one untimed round first (tracing). The functions take
+    turns (`benchmark.time_interleaved`), each running `steps` steps per turn."""
+    from effkeras import benchmark
 
-    times = {name: [] for name in functions}
-    for r in range(rounds + 1):
-        for name, function in functions.items():
-            start = time.perf_counter()
+    def repeated(function):
+        def turn():
             for _ in range(steps):
                 function()
-            if r:
-                times[name].append(1e3 * (time.perf_counter() - start) / steps)
-    return times
+
+        return turn
+
+    times = benchmark.time_interleaved({name: repeated(f) for name, f in functions.items()},
+                                       runs=rounds, warmup=1, progress=False)
+    return {name: [ms / steps for ms in values] for name, values in times.items()}
 
 
 def table(report):

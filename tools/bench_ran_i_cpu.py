@@ -3,11 +3,14 @@
 python -m tools.bench_ran_i_cpu [--runs=10] [--warmup=2] [--input_size=224] [--small]
     [--output_dir=bench_ran_i]
 
+Regenerates docs/rans/cpu/bench_ran_i_cpu.json and .png (--runs=20 --output_dir=docs/rans/cpu).
+
 RAN-i (Bhardwaj et al., arXiv 2208.08562) claims about 40% more frames per second than ConvNeXt
 (Liu et al., arXiv 2201.03545) on Arm server CPUs. Both models (random weights) go through
-`effkeras.deploy.convert(model, "float")` (checked against Keras) and run in one LiteRT
-interpreter each (XNNPack, one thread, batch 1). The two take turns run by run, so drift in the
-machine's speed hits both alike; the report is the median of --runs invokes per model, the
+effkeras.benchmark as apps.benchmark --targets=float does (`effkeras.deploy.convert`, checked
+against Keras) and run in one LiteRT interpreter each (XNNPack, one thread, batch 1), timed by
+`benchmark.time_interleaved`: the two take turns run by run, so drift in the machine's speed
+hits both alike; the report is the median of --runs invokes per model, the
 latency ratio convnext_t / ran_i_t (RAN-i's FPS gain on this CPU) beside the MAC ratio, as a
 markdown table, and with --output_dir as bench_ran_i_cpu.json and a bar plot
 bench_ran_i_cpu.png. --small builds the registry's small test copies (ModelInfo.small) for a
@@ -32,28 +35,23 @@ NAME = "bench_ran_i_cpu"
 
 
 def prepare(name, size, small):
-    """(row, zero-argument invoke) of `name` converted to float TFLite."""
+    """(row, zero-argument invoke) of `name` converted to float TFLite (effkeras.benchmark)."""
     import keras
-    import numpy as np
 
-    from effkeras import deploy, models
-    from effkeras.graph import nn_mass, summary
-    from effkeras.deploy import runtime
+    from effkeras import benchmark, models
+    from effkeras.graph import nn_mass
 
     info = models.info(name)
     keras.utils.set_random_seed(0)
     model = models.get(name, input_shape=(size, size, 3), **(info.small if small else {}))
-    totals = summary.totals(summary.summarize(model))
-    flatbuffer, report = deploy.convert(model, "float")
-    interpreter = runtime.LiteRT(flatbuffer, num_threads=THREADS).interpreter
-    image = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image)
-    row = {"model": name, "input": f"{size}x{size}x3", "params": totals["total_params"],
-           "macs": totals["float_macs"] + totals["low_bit_macs"] + totals["binary_macs"],
-           "nn_mass": nn_mass.model_mass(model), "gelu_units": nn_mass.nonlinear_units(model),
-           "size_bytes": len(flatbuffer), "op_census": report.op_census,
-           "max_rel_diff_vs_keras": report.max_rel_diff}
-    return row, interpreter.invoke
+    loaded = benchmark.Loaded(name, model)
+    flatbuffer, report = benchmark.convert(loaded, "float")
+    described = benchmark.describe(loaded, "float", flatbuffer, report)
+    row = {"model": name, "input": described.input, "params": described.params,
+           "macs": described.macs, "nn_mass": nn_mass.model_mass(model),
+           "gelu_units": nn_mass.nonlinear_units(model), "size_bytes": described.size_bytes,
+           "op_census": described.ops, "max_rel_diff_vs_keras": report.max_rel_diff}
+    return row, benchmark.inference(flatbuffer, "float", THREADS)
 
 
 def table(report):
@@ -83,7 +81,6 @@ def plot(report, path):
 
 def main(argv):
     import os
-    import statistics
 
     from effkeras import benchmark, fileio
     from effkeras.errors import InputError
@@ -102,7 +99,7 @@ def main(argv):
     times = benchmark.time_interleaved(invokes, runs=FLAGS.runs, warmup=FLAGS.warmup,
                                        progress=False)
     for row in rows:
-        row.update(median_ms=statistics.median(times[row["model"]]), runs=FLAGS.runs,
+        row.update(median_ms=benchmark.quartiles(times[row["model"]])[0], runs=FLAGS.runs,
                    times_ms=times[row["model"]])
     ran_i, peer = rows
     report = {"models": rows, "threads": THREADS, "runs": FLAGS.runs, "warmup": FLAGS.warmup,

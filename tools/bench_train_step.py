@@ -18,6 +18,10 @@ each median over larq's without XLA, and effkeras' over larq's with XLA; a varia
 
 With --output_dir: bench_train_step.md (the table) and bench_train_step.json (every time).
 About two minutes with the defaults on 2 CPU cores.
+
+Regenerates docs/benchmark/train_step/bench_train_step.md and .json (--rounds=30
+--output_dir=docs/benchmark/train_step). The step times are taken inside each worker (larq's
+runs on tf_keras and cannot import effkeras); the workers take turns round by round here.
 """
 
 import json

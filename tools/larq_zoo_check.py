@@ -16,6 +16,8 @@ them, larq's conversion keeps them float as well.
 
 With --output_dir: import_check.md (the table) and import_check.json (the rows). ~10 minutes
 on 2 cores (larq's conversions run with the pure-Python protobuf larq_zoo needs).
+
+Regenerates docs/larq_zoo/import_check.md and .json (--output_dir=docs/larq_zoo).
 """
 
 import collections
@@ -85,7 +87,8 @@ def check(name, entry, work_dir):
     import keras
     import numpy as np
 
-    from effkeras.deploy import lce, verify
+    from effkeras.deploy import lce
+    from effkeras.deploy.flatbuffer import op_census, operators
     from effkeras.errors import InputError
     from effkeras.interop import import_larq_model
 
@@ -107,7 +110,7 @@ def check(name, entry, work_dir):
     row["larq_lce"] = entry["lce"]
     if entry["lce"] != "ok":
         return row
-    theirs = verify.op_census(verify.operators(open(f"{path}.tflite", "rb").read()))
+    theirs = op_census(operators(open(f"{path}.tflite", "rb").read()))
     start = time.perf_counter()
     try:
         flatbuffer, report = lce.convert(model, sample=reference["x"], max_rel_diff=1e-5)

@@ -8,6 +8,9 @@ A registered --model is built with its untrained initial weights (seeded by --se
 is evaluated on inputs that run across (by default) 1.25x its grid [-R, R], which the plot marks
 with dashed lines; a ResPSA is plotted as the x + f(x) it computes. Writes DIR/<layer>.png and
 prints the paths.
+
+Regenerates docs/lerp_psa/functions/*.png from the trained LERP-PSA model of docs/lerp_psa
+(--checkpoint=<its model.keras> --output_dir=docs/lerp_psa/functions).
 """
 
 import os

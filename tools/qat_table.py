@@ -13,6 +13,9 @@ of the same float model (the same schedule, no quantization) is the control, giv
 --finetune_runs, and its PTQ file the fair PTQ. Beside them: the QAT file against its Keras
 model (steps, op by op), file bytes, TFLite Micro's arena for the QAT file, and the ops Vela
 leaves on the CPU for ethos-u55-128 (PTQ / QAT).
+
+Regenerates docs/qat/qat.md, .json and .png (--output_dir=docs/qat), and docs/qat/seed1 from
+the runs trained with --seed=1.
 """
 
 import os

@@ -20,6 +20,8 @@ Every network visited is a row of the table (estimated inferences/s, MACs, param
 SRAM); the Pareto front is over (inferences/s, MACs), MACs standing for capacity since nothing
 is trained here. The released `ran_e_gt` and `ran_e_c` are compiled the same way and placed on it.
 Writes search.md (the table), search.json and search.png to --output_dir.
+
+Regenerates docs/rans/search/search.md, .json and .png (--output_dir=docs/rans/search --steps=10).
 """
 
 import csv

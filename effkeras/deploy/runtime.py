@@ -1,9 +1,22 @@
-"""Running a .tflite file: LiteRT for builtin-op files (float, float16, int8), Larq Compute
-Engine's interpreter for files with LCE ops, and the TFLite Micro interpreter (what firmware
-runs). Every runner takes float batches (N, H, W, C) in the model's input range, quantizes
-them where the file takes int8, runs them one by one (files are exported with batch 1) and
-returns float outputs (dequantized), as Keras's `predict` would: an array, or a list of arrays
-for several outputs.
+"""Running a .tflite file: one protocol, three runtimes.
+
+- `LiteRT`: builtin-op files (float, float16, int8) in LiteRT (`ai-edge-litert`, XNNPack);
+- `TFLiteMicro`: the TFLite Micro interpreter (what firmware runs: its reference kernels);
+- `LCE`: files with Larq Compute Engine ops, in LCE's interpreter.
+
+Every runner is a `Runtime`: `inputs` and `outputs` (one dict per tensor: "dtype", "shape" and
+"quantization", a (scale, zero point) pair, (0.0, 0) where the tensor is not quantized; outputs
+in the order of the Keras model's outputs), `threads`, and
+
+- `encode(arrays)`: float inputs of one example (no batch axis) in the file's input dtypes
+  (int8 inputs quantized with `quantize`);
+- `run_one(encoded)`: the raw outputs of one example (int8 stays int8);
+- `decode(raw)`: those outputs as float32 (int8 dequantized with `dequantize`);
+- `predict(sample)`: float batches (N, H, W, C) in the model's input range, run one example at a
+  time (files are exported with batch 1), returned as Keras's `predict` would: an array, or a
+  list of arrays for several outputs.
+
+`quantize` and `dequantize` are the project's one int8 encode and decode.
 """
 
 import contextlib
@@ -11,28 +24,113 @@ import os
 
 import numpy as np
 
-from effkeras.deploy import verify
+from effkeras.deploy.flatbuffer import io_tensors, operators
 from effkeras.errors import InputError
 
 RUNTIMES = ("litert", "tflm", "lce")
 
 
 def quantize(x, scale, zero_point, dtype):
+    """Affine quantization of float values, rounded and clipped to the integer type.
+
+    Args:
+        x: float values (array-like).
+        scale: the quantization scale (float > 0).
+        zero_point: the integer that 0.0 maps to.
+        dtype: the integer NumPy type of the result (e.g. `np.int8`).
+
+    Returns:
+        `clip(round(x / scale + zero_point))` as a `dtype` array.
+    """
     info = np.iinfo(dtype)
     return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
 
 
 def dequantize(q, scale, zero_point):
+    """The float values of quantized integers.
+
+    Args:
+        q: integer values (a NumPy array).
+        scale: the quantization scale.
+        zero_point: the integer that 0.0 maps to.
+
+    Returns:
+        `(q - zero_point) * scale` as a float32 array.
+    """
     return (q.astype(np.float32) - zero_point) * np.float32(scale)
 
 
-def _quantization(details):
-    scale, zero_point = details["quantization"]
-    return (scale, zero_point) if scale else None
+class Runtime:
+    """What every runner shares: encode, run one example, decode, predict (see the module doc).
+
+    A subclass sets `inputs`, `outputs` and `threads`, and implements `run_one`.
+    """
+
+    threads = 1
+
+    def run_one(self, encoded):
+        """The raw output tensors of one example.
+
+        Args:
+            encoded: one array per input, in the input's dtype, without the batch axis
+                (what `encode` returns).
+
+        Returns:
+            A list with one array per output, without the batch axis, in the output's dtype.
+        """
+        raise NotImplementedError
+
+    def encode(self, arrays):
+        """Float inputs of one example in the file's input dtypes.
+
+        Args:
+            arrays: one float array per input, without the batch axis.
+
+        Returns:
+            A list of arrays: int8 inputs quantized with their scale and zero point, the
+            others cast to their dtype.
+        """
+        return [_encode(details, array) for details, array in zip(self.inputs, arrays)]
+
+    def decode(self, raw):
+        """Raw outputs of one example as float32.
+
+        Args:
+            raw: one array per output (what `run_one` returns).
+
+        Returns:
+            A list of float32 arrays, int8 outputs dequantized.
+        """
+        return [_decode(details, value) for details, value in zip(self.outputs, raw)]
+
+    def predict(self, sample):
+        """Float outputs of a batch, as Keras's `Model.predict` gives them.
+
+        Args:
+            sample: a float array (N, ...) in the model's input range, or a list of them for
+                several inputs.
+
+        Returns:
+            An (N, ...) float32 array, or a list of them for several outputs.
+        """
+        inputs = sample if isinstance(sample, (list, tuple)) else [sample]
+        inputs = [np.asarray(x, np.float32) for x in inputs]
+        results = [[] for _ in self.outputs]
+        for i in range(len(inputs[0])):
+            decoded = self.decode(self.run_one(self.encode([x[i] for x in inputs])))
+            for collected, value in zip(results, decoded):
+                collected.append(value)
+        outputs = [np.stack(values) for values in results]
+        return outputs[0] if len(outputs) == 1 else outputs
 
 
-class LiteRT:
-    """A builtin-op .tflite in the LiteRT interpreter (ai-edge-litert)."""
+class LiteRT(Runtime):
+    """A builtin-op .tflite in the LiteRT interpreter (ai-edge-litert).
+
+    Args:
+        flatbuffer: the .tflite file's bytes.
+        num_threads: the interpreter's threads (XNNPack's too).
+    """
 
     def __init__(self, flatbuffer, num_threads=1):
         from ai_edge_litert.interpreter import Interpreter
@@ -41,25 +139,25 @@ class LiteRT:
             self.interpreter = Interpreter(model_content=bytes(flatbuffer),
                                            num_threads=num_threads)
             self.interpreter.allocate_tensors()
+        self.threads = num_threads
         self.inputs = self.interpreter.get_input_details()
         self.outputs = _keras_order(self.interpreter)
 
-    def run_one(self, arrays):
-        """Raw output tensors (int8 stays int8) of one example; `arrays` already in input dtype."""
-        for details, array in zip(self.inputs, arrays):
+    def run_one(self, encoded):
+        for details, array in zip(self.inputs, encoded):
             self.interpreter.set_tensor(details["index"], array[None])
         self.interpreter.invoke()
         return [self.interpreter.get_tensor(details["index"])[0] for details in self.outputs]
 
-    def encode(self, arrays):
-        return [_encode(details, array) for details, array in zip(self.inputs, arrays)]
 
-    def predict(self, sample):
-        return _predict(self, sample)
+class TFLiteMicro(Runtime):
+    """The TFLite Micro interpreter (tflite-micro's Python package: firmware's kernels), which
+    runs on one thread.
 
-
-class TFLiteMicro:
-    """The TFLite Micro interpreter (tflite-micro's Python package: firmware's kernels)."""
+    Args:
+        flatbuffer: the .tflite file's bytes (TFLite Micro runs its subgraph 0 only).
+        arena_size: the tensor arena's bytes; None for the package's default.
+    """
 
     def __init__(self, flatbuffer, arena_size=None):
         from tflite_micro import runtime
@@ -67,47 +165,72 @@ class TFLiteMicro:
         with quiet_stderr():
             self.interpreter = runtime.Interpreter.from_bytes(bytes(flatbuffer),
                                                               arena_size=arena_size)
-        count = len(verify.io_tensors(flatbuffer)[0])
-        self.inputs = [_micro_details(self.interpreter.get_input_details(i)) for i in range(count)]
-        outputs = len(verify.io_tensors(flatbuffer)[1])
+        inputs, outputs = io_tensors(flatbuffer)
+        self.inputs = [_micro_details(self.interpreter.get_input_details(i))
+                       for i in range(len(inputs))]
         self.outputs = [_micro_details(self.interpreter.get_output_details(i))
-                        for i in range(outputs)]
+                        for i in range(len(outputs))]
 
-    def run_one(self, arrays):
-        for index, array in enumerate(arrays):
+    def run_one(self, encoded):
+        for index, array in enumerate(encoded):
             self.interpreter.set_input(array[None], index)
         self.interpreter.invoke()
         return [self.interpreter.get_output(i)[0] for i in range(len(self.outputs))]
 
-    def encode(self, arrays):
-        return [_encode(details, array) for details, array in zip(self.inputs, arrays)]
 
-    def predict(self, sample):
-        return _predict(self, sample)
+class LCE(Runtime):
+    """A flatbuffer with Larq Compute Engine ops, in LCE's interpreter (on x86 its portable
+    kernels, on aarch64 its optimized ones).
 
+    Args:
+        flatbuffer: the .tflite file's bytes.
+        num_threads: the interpreter's threads.
+        use_indirect_bgemm: run LceBconv2d with LCE's indirect BGEMM kernel instead of its
+            default one.
+    """
 
-class LCE:
-    """A flatbuffer with Larq Compute Engine ops, in LCE's interpreter."""
-
-    def __init__(self, flatbuffer):
+    def __init__(self, flatbuffer, num_threads=1, use_indirect_bgemm=False):
         import larq_compute_engine
 
-        self.interpreter = larq_compute_engine.testing.Interpreter(bytes(flatbuffer))
+        self.interpreter = larq_compute_engine.testing.Interpreter(
+            bytes(flatbuffer), num_threads=num_threads, use_indirect_bgemm=use_indirect_bgemm)
+        self.threads = num_threads
+        lce = self.interpreter
+        self.inputs = [_lce_details(*d) for d in zip(lce.input_types, lce.input_shapes,
+                                                     lce.input_scales, lce.input_zero_points)]
+        self.outputs = [_lce_details(*d) for d in zip(lce.output_types, lce.output_shapes,
+                                                      lce.output_scales,
+                                                      lce.output_zero_points)]
 
-    def predict(self, sample):
-        return self.interpreter.predict(sample)
+    def run_one(self, encoded):
+        outputs = self.interpreter.interpreter.predict([array[None] for array in encoded])
+        return [output[0] for output in outputs]
 
 
-def runner(flatbuffer, runtime=None):
-    """The runner for `flatbuffer`: LCE when it holds LCE ops, else `runtime` (default LiteRT)."""
-    has_lce_ops = any(op.type.startswith("Lce") for op in verify.operators(flatbuffer))
+def runner(flatbuffer, runtime=None, *, num_threads=1):
+    """The runner for `flatbuffer`: LCE when it holds LCE ops, else `runtime`.
+
+    Args:
+        flatbuffer: the .tflite file's bytes.
+        runtime: "litert" (the default for builtin-op files), "tflm" or "lce".
+        num_threads: threads for LiteRT and LCE (TFLite Micro runs on one).
+
+    Returns:
+        A `Runtime`: `LiteRT`, `TFLiteMicro` or `LCE`.
+
+    Raises:
+        InputError: `runtime` is unknown, or the file holds LCE ops and `runtime` is not "lce".
+    """
+    has_lce_ops = any(op.type.startswith("Lce") for op in operators(flatbuffer))
     runtime = runtime or ("lce" if has_lce_ops else "litert")
     if runtime not in RUNTIMES:
         raise InputError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
     if has_lce_ops and runtime != "lce":
         raise InputError(f"this file holds Larq Compute Engine ops, which only LCE runs, not "
                          f"{runtime}; use runtime 'lce'")
-    return {"litert": LiteRT, "tflm": TFLiteMicro, "lce": LCE}[runtime](flatbuffer)
+    if runtime == "tflm":
+        return TFLiteMicro(flatbuffer)
+    return {"litert": LiteRT, "lce": LCE}[runtime](flatbuffer, num_threads=num_threads)
 
 
 def _micro_details(details):
@@ -116,6 +239,22 @@ def _micro_details(details):
     quantization = ((float(scales[0]), int(zero_points[0]))
                     if scales is not None and len(scales) else (0.0, 0))
     return {"dtype": details["dtype"], "shape": details["shape"], "quantization": quantization}
+
+
+def _lce_details(dtype, shape, scale, zero_point):
+    """LCE's per-tensor properties as the details dict of the other runtimes."""
+    scale = scale[0] if isinstance(scale, (list, tuple)) and len(scale) == 1 else scale
+    if isinstance(zero_point, (list, tuple)) and len(zero_point) == 1:
+        zero_point = zero_point[0]
+    quantization = ((float(scale), int(zero_point or 0))
+                    if isinstance(scale, (int, float)) and scale else (0.0, 0))
+    return {"dtype": np.dtype(dtype).type, "shape": np.asarray(shape),
+            "quantization": quantization}
+
+
+def _quantization(details):
+    scale, zero_point = details["quantization"]
+    return (scale, zero_point) if scale else None
 
 
 def _encode(details, array):
@@ -130,18 +269,6 @@ def _decode(details, array):
     if np.issubdtype(details["dtype"], np.integer) and quantization:
         return dequantize(array, *quantization)
     return array.astype(np.float32)
-
-
-def _predict(runner, sample):
-    inputs = sample if isinstance(sample, (list, tuple)) else [sample]
-    inputs = [np.asarray(x, np.float32) for x in inputs]
-    results = [[] for _ in runner.outputs]
-    for i in range(len(inputs[0])):
-        raw = runner.run_one(runner.encode([x[i] for x in inputs]))
-        for collected, details, value in zip(results, runner.outputs, raw):
-            collected.append(_decode(details, value))
-    outputs = [np.stack(values) for values in results]
-    return outputs[0] if len(outputs) == 1 else outputs
 
 
 def _keras_order(interpreter):
@@ -163,7 +290,7 @@ def _keras_order(interpreter):
 
 @contextlib.contextmanager
 def quiet_stderr():
-    """Mutes fd 2: TFLite Micro's C++ prints its allocation errors there."""
+    """Mutes fd 2 for the block: TFLite Micro's C++ prints its allocation errors there."""
     saved = os.dup(2)
     try:
         with open(os.devnull, "w") as devnull:
