@@ -93,6 +93,7 @@ def expected_census(name, blocks):
             "DEPTHWISE_CONV_2D": 1, "MAX_POOL_2D": 1, "AVERAGE_POOL_2D": 4, "FULLY_CONNECTED": 1}
 
 
+@pytest.mark.deploys(**dict.fromkeys(PEERS, LCE_SIZE))
 @pytest.mark.parametrize("name", PEERS)
 def test_lce_makes_one_bconv_per_binary_conv(name):
     model = exact_weights(models.get(name, input_shape=(LCE_SIZE, LCE_SIZE, 3)))

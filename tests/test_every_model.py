@@ -1,7 +1,10 @@
 """Every registered model goes through the same harness: built small, saved and loaded, summarised,
-and converted to its default deploy target with that target's checks (for the models in
-DEPLOYED_BY, by the dedicated test named there, with stricter checks). A new model is tested by
-being registered."""
+and converted to its default deploy target with that target's checks (for the models a dedicated
+test marks with `@pytest.mark.deploys(name=input_size, ...)`, by that test, with stricter checks).
+A new model is tested by being registered."""
+
+import ast
+import os
 
 import keras
 import numpy as np
@@ -11,24 +14,37 @@ from effkeras import deploy, models
 from effkeras.graph import summary
 from effkeras.layers import BSplineActivation
 from effkeras.training import recipes
+import test_binary_peers
+import test_deploy
+import test_recu
+import test_w1a2_pass
+from conftest import REPO
 
 CLASSES = 10
+# The test modules with tests marked `deploys` (pyproject.toml): tests that convert registered
+# models to their default target, at this file's input sizes (ERN 18x0.75: 80, its odd-map case)
+# and with stricter checks (weights under which the conversion must be exact, exact op counts).
+# The harness does everything else for those models.
+DEDICATED_MODULES = (test_w1a2_pass, test_recu, test_deploy, test_binary_peers)
 
 
-# Models whose default-target conversion a dedicated test runs, at this file's input size (ERN
-# 18x0.75: 80, its odd-map case) and with stricter checks (weights under which the conversion must
-# be exact, exact op counts): the harness does everything else for them.
-DEPLOYED_BY = {
-    **{name: "test_w1a2_pass.py::test_every_ern_converts_exactly"
-       for name in ("ern18_075", "ern18", "ern34", "ern50", "ern101")},
-    **{name: "test_recu.py::test_architecture_and_lce_deployment"
-       for name in ("recu_resnet20", "recu_resnet18", "recu_vgg_small", "recu_resnet18_imagenet",
-                    "recu_resnet34_imagenet", "recu_reactnet18", "recu_reactnet34")},
-    "mlperf_tiny_resnet8":
-        "test_deploy.py::test_tflm_arena_is_the_smallest_that_runs_and_outputs_match_litert",
-    **{name: "test_binary_peers.py::test_lce_makes_one_bconv_per_binary_conv"
-       for name in ("quicknet_small", "quicknet", "quicknet_large", "birealnet18")},
-}
+def deploys_marks(modules):
+    """{model name: (test function, input size)} from the `deploys` marks of the test functions
+    in `modules`; a model marked twice is an error."""
+    found = {}
+    for module in modules:
+        for function in vars(module).values():
+            for mark in getattr(function, "pytestmark", []):
+                if mark.name != "deploys":
+                    continue
+                assert not mark.args, f"{function.__name__}: deploys(name=input_size, ...)"
+                for name, size in mark.kwargs.items():
+                    assert name not in found, f"{name} is deployed by two tests"
+                    found[name] = (function, size)
+    return found
+
+
+DEPLOYED_BY = deploys_marks(DEDICATED_MODULES)
 
 
 def small_size(info):
@@ -92,25 +108,33 @@ def test_registered_model(name, tmp_path):
 
 
 def test_models_deployed_elsewhere_are_deployed_there():
-    """DEPLOYED_BY names the tests that convert those models; they must still do so."""
-    import test_binary_peers
-    import test_deploy
-    import test_recu
-    import test_w1a2_pass
-
-    covered = {name: "test_w1a2_pass.py::test_every_ern_converts_exactly"
-               for name, _ in test_w1a2_pass.ERNS}
-    covered.update({name: "test_recu.py::test_architecture_and_lce_deployment"
-                    for name, *_ in test_recu.ARCHITECTURES})
-    covered["mlperf_tiny_resnet8"] = (
-        "test_deploy.py::test_tflm_arena_is_the_smallest_that_runs_and_outputs_match_litert")
-    covered.update({name: "test_binary_peers.py::test_lce_makes_one_bconv_per_binary_conv"
-                    for name in test_binary_peers.PEERS})
-    assert covered == DEPLOYED_BY
-    assert hasattr(test_deploy, DEPLOYED_BY["mlperf_tiny_resnet8"].split("::")[1])
-    for name, size in test_w1a2_pass.ERNS:
-        assert size == small_size(models.info(name)) or name == "ern18_075"
-    for name, size, *_ in test_recu.ARCHITECTURES:
-        assert size == small_size(models.info(name))
-    assert all(test_binary_peers.LCE_SIZE == small_size(models.info(name))
-               for name in test_binary_peers.PEERS)
+    """The tests marked `deploys` convert registered models at the harness's input sizes, and
+    each parametrized one runs exactly the models (and sizes) its mark names."""
+    assert set(DEPLOYED_BY) <= set(models.names())
+    for name, (function, size) in DEPLOYED_BY.items():
+        assert size == small_size(models.info(name)) or name == "ern18_075", (name, size)
+    for function in {function for function, _ in DEPLOYED_BY.values()}:
+        marked = {name: size for name, (f, size) in DEPLOYED_BY.items() if f is function}
+        for mark in getattr(function, "pytestmark", []):
+            if mark.name != "parametrize":
+                continue
+            argnames = mark.args[0]
+            if isinstance(argnames, str):
+                argnames = [a.strip() for a in argnames.split(",")]
+            rows = [row if len(argnames) > 1 else (row,) for row in mark.args[1]]
+            params = [dict(zip(argnames, row)) for row in rows]
+            assert sorted(p["name"] for p in params) == sorted(marked), function.__name__
+            for p in params:
+                assert p.get("size", marked[p["name"]]) == marked[p["name"]], p
+    # Every test module that uses the marker is one of DEDICATED_MODULES.
+    tests = os.path.join(REPO, "tests")
+    using = set()
+    for filename in os.listdir(tests):
+        if filename.startswith("test_") and filename.endswith(".py"):
+            with open(os.path.join(tests, filename)) as f:
+                tree = ast.parse(f.read())
+            if any(isinstance(node, ast.Attribute) and node.attr == "deploys"
+                   and isinstance(node.value, ast.Attribute) and node.value.attr == "mark"
+                   for node in ast.walk(tree)):
+                using.add(filename[:-3])
+    assert using == {module.__name__ for module in DEDICATED_MODULES}

@@ -96,7 +96,8 @@ def test_tau_is_set_each_epoch_and_survives_resume(tmp_path):
 
 
 # (model, input size for tests, binary convs, 1-bit parameters by hand from the code's nets)
-# test_every_model.py leaves these models' deployment to test_architecture_and_lce_deployment.
+# The deploys marker: test_every_model.py leaves these models' deployment to
+# test_architecture_and_lce_deployment.
 ARCHITECTURES = [
     ("recu_resnet20", 32, 18, 9 * (6 * 16 * 16 + 16 * 32 + 5 * 32 * 32 + 32 * 64 + 5 * 64 * 64)),
     ("recu_resnet18", 32, 16, 9 * (4 * 64 * 64 + 64 * 128 + 3 * 128 * 128 + 128 * 256
@@ -113,6 +114,7 @@ ARCHITECTURES = [
 ]
 
 
+@pytest.mark.deploys(**{name: size for name, size, *_ in ARCHITECTURES})
 @pytest.mark.parametrize("name, size, binary_convs, one_bit", ARCHITECTURES)
 def test_architecture_and_lce_deployment(name, size, binary_convs, one_bit):
     model = models.get(name, input_shape=(size, size, 3))
