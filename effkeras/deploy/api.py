@@ -27,20 +27,36 @@ from effkeras.layers.activations import LERP_FORMS, LerpTable
 
 def convert(model, target, *, calibration=None, early_exit=None, thresholds=None,
             lerp_form="gather", **options):
-    """(flatbuffer bytes, Report) of `model` for `target`, verified (module docstring).
+    """`model` converted for `target` and verified (module docstring).
 
-    calibration: images (N, H, W, C) float32 in the model's input range for targets that
-    quantize (int8, tflm, ethos-u*); None draws random images and says so in the report.
-    options: the target's own (e.g. sample, allow_float_fallback, io, system_config).
     A Keras model first has its collapsible blocks collapsed (passes/collapse.py), then its
     learned table activations (LerpPSA, ResPSA, BSplineActivation) frozen to LerpTables of
-    `lerp_form` (passes/freeze_tables.py): "gather" (builtin GATHER; exact int8 tables for the
-    int8 targets) or "relu_sum" (no GATHER, for runtimes without it; int8: approximate).
-    early_exit: a model with several outputs (an early-exit network) converts stage by stage
-    (early_exit/): one file with a signature per exit (float, float16, int8), or a file per
-    stage (tflm, as is a given early-exit file); False: the graph of all exits at once, one
-    subgraph with K outputs (to check the accuracy of every exit). thresholds: the exits'
-    confidence thresholds (K numbers or a thresholds file) written into an early-exit file.
+    `lerp_form` (passes/freeze_tables.py).
+
+    Args:
+        model: a Keras model, or the bytes of a .tflite file (targets that take one).
+        target: a registered target name (`names()`).
+        calibration: images (N, H, W, C) float32 in the model's input range for targets that
+            quantize (int8, tflm, ethos-u*); None draws random images and says so in the
+            report.
+        early_exit: a model with several outputs (an early-exit network) converts stage by
+            stage (early_exit/): one file with a signature per exit (float, float16, int8),
+            or a file per stage (tflm, as is a given early-exit file); False: the graph of
+            all exits at once, one subgraph with K outputs (to check the accuracy of every
+            exit); None: stage by stage when the model has several outputs.
+        thresholds: the exits' confidence thresholds (K numbers or a thresholds file)
+            written into an early-exit file.
+        lerp_form: "gather" (builtin GATHER; exact int8 tables for the int8 targets) or
+            "relu_sum" (no GATHER, for runtimes without it; int8: approximate).
+        **options: the target's own (e.g. sample, allow_float_fallback, io, system_config).
+
+    Returns:
+        (flatbuffer bytes, the target's Report).
+
+    Raises:
+        InputError: what the user can fix (an unknown target or lerp form, a model the
+            target cannot take, thresholds without early exits).
+        RuntimeError: the converted file disagrees with Keras.
     """
     convert_fn = get(target).convert
     if lerp_form not in LERP_FORMS:
@@ -83,9 +99,16 @@ def _has_exits(model):
 
 
 def default_target(model, name=None):
-    """The registry's default target of `model` (ModelInfo.deploy, looked up by `name` or the
-    model's name); for a model not in the registry, "arm" (LCE) when it has 1-bit kernels, else
-    "float"."""
+    """The registry's default target of `model`.
+
+    Args:
+        model: a Keras model.
+        name: its registry name; None: the model's name.
+
+    Returns:
+        ModelInfo.deploy; for a model not in the registry, "arm" (LCE) when it has 1-bit
+        kernels, else "float".
+    """
     from effkeras import graph, models
 
     try:
@@ -96,8 +119,19 @@ def default_target(model, name=None):
 
 def app_metadata(flatbuffer, report, *, model_name, class_names=None,
                  input_range=verify.PIXEL_RANGE):
-    """What an app developer needs beside the file: inputs and outputs with dtype, shape and
-    quantization, the value range the model takes, class names, target and registry name."""
+    """What an app developer needs beside the file (written as `<file>.json` by `save`).
+
+    Args:
+        flatbuffer: the converted file.
+        report: its Report (an early-exit one adds its exits and stages).
+        model_name: the registry name.
+        class_names: the class names; None: "0", "1", ...
+        input_range: (low, high) of the pixel values the model takes.
+
+    Returns:
+        A dict: inputs and outputs with dtype, shape and quantization, the value range the
+        model takes, class names, target and registry name.
+    """
     inputs, outputs = io_tensors(flatbuffer)
 
     def describe(tensor):
@@ -123,15 +157,32 @@ def app_metadata(flatbuffer, report, *, model_name, class_names=None,
 
 
 def metadata_path(path):
-    """`model.tflite` -> `model.tflite.json`: named after the whole file, so that it never meets
-    a report or another target's file."""
+    """Where the app-facing JSON of a file goes: `model.tflite` -> `model.tflite.json`, named
+    after the whole file, so that it never meets a report or another target's file.
+
+    Args:
+        path: the .tflite file's path.
+
+    Returns:
+        The JSON's path.
+    """
     return path + ".json"
 
 
 def save(path, flatbuffer, report, metadata=None):
-    """Writes the flatbuffer to `path`, each of the report's artifacts beside it (`<stem><suffix>`;
-    bytes, or a function of the file stem returning bytes) and `metadata` to `<path>.json`;
-    each file atomically, the flatbuffer last."""
+    """Writes the flatbuffer, its artifacts and its app-facing JSON, each file atomically, the
+    flatbuffer last.
+
+    Args:
+        path: the .tflite file to write.
+        flatbuffer: its bytes.
+        report: the conversion's Report; each of its artifacts is written beside the file as
+            `<stem><suffix>` (bytes, or a function of the file stem returning bytes).
+        metadata: the app-facing dict (`app_metadata`), written to `<path>.json`; None: none.
+
+    Raises:
+        ValueError: not a TFLite flatbuffer.
+    """
     check_flatbuffer(flatbuffer)
     stem = os.path.splitext(path)[0]
     for suffix, content in report.artifacts.items():

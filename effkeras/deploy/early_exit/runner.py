@@ -114,9 +114,18 @@ class Decisions:
 
     @property
     def expected_cost(self):
+        """The average cost in FLOPs per image of the exits taken."""
         return float(np.mean(self.costs))
 
     def exit_fractions(self, num_exits):
+        """The share of the images that left at each exit.
+
+        Args:
+            num_exits: K.
+
+        Returns:
+            K floats.
+        """
         return [float(np.mean(self.exits == k)) for k in range(1, num_exits + 1)]
 
 
