@@ -35,7 +35,8 @@ def write_idx(path, array):
 def fashion_mnist_dir(tmp_path):
     rng = np.random.default_rng(0)
     for prefix, count in (("train", 40), ("t10k", 20)):
-        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (count, 28, 28)))
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz",
+                  rng.integers(0, 256, (count, 28, 28)))
         write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(count) % 10)
     return tmp_path
 

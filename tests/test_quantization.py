@@ -313,7 +313,8 @@ def test_train_app_refuses_qat_flags_that_cannot_work(tmp_path):
                                   f"--output_dir={tmp_path}/a"), "--model is required")
     assert_one_error_line(run_app("apps.train", "--model=mlperf_tiny_resnet8",
                                   "--init_from=x.keras", "--dataset=synthetic",
-                                  f"--output_dir={tmp_path}/b"), "--init_from is the trained float model")
+                                  f"--output_dir={tmp_path}/b"),
+                          "--init_from is the trained float model")
     assert_one_error_line(run_app("apps.train", "--qat", "--finetune", "--init_from=x.keras",
                                   "--dataset=synthetic", f"--output_dir={tmp_path}/d"),
                           "--qat and --finetune are two runs")
