@@ -1,5 +1,6 @@
 """One framework's Bi-Real Net 18 training step, timed on request: tools/bench_train_step.py's
-worker (for docs/benchmark/train_step). Each worker is a process of its own, as larq (tf_keras) cannot share one with Keras 3:
+worker (for docs/benchmark/train_step). Each worker is a process of its own, as larq (tf_keras)
+cannot share one with Keras 3:
 
     python -m tools._train_step_worker '{"framework": "effkeras" | "larq", "jit_compile": false,
         "input_size": 96, "batch_size": 32, "num_classes": 10, "threads": 0, "warmup": 2}'

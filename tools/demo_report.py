@@ -1,5 +1,8 @@
 """Prints the demo's result: test accuracy, training time, per-class recall and, when the run
-was converted, the flatbuffer's size, op census and agreement with Keras."""
+was converted, the flatbuffer's size, op census and agreement with Keras.
+
+Run by `make demo` (the Makefile's last step) on the demo's run directory; it regenerates no
+file in docs/ (it prints what the README's demo section shows)."""
 
 import json
 import os
@@ -24,7 +27,8 @@ def main(run_dir):
             converted = json.load(f)
         print(f"{converted['output']}: {converted['size_bytes']:,} bytes ({converted['target']}), "
               f"max |LCE - Keras| {converted['max_abs_diff']:.2g}")
-        print("op census: " + ", ".join(f"{op} {n}" for op, n in sorted(converted["op_census"].items())))
+        census = sorted(converted["op_census"].items())
+        print("op census: " + ", ".join(f"{op} {n}" for op, n in census))
 
 
 if __name__ == "__main__":

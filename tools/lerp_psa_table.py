@@ -7,8 +7,9 @@ python -m tools.lerp_psa_table --runs_dir=runs/lerp [--models=resmlp_psa_h1,resm
 Each model's run is <runs_dir>/<model> (apps.train --output_dir), its stage-1 run
 <runs_dir>/<model>/transfer; the teacher's run is <runs_dir>/<teacher_run>. Per model: trainable
 parameters, MACs (the paper's count: linear layers), non-linear units per image, the epochs of
-both stages, the final test top-1 (metrics.json) and the training time. The paper's claim (Singh & Bazargan,
-ACM TRETS 2025, DOI 10.1145/3705926): LERP-PSA at hidden width H matches ReLU at 2H.
+both stages, the final test top-1 (metrics.json) and the training time. The paper's claim
+(Singh & Bazargan, ACM TRETS 2025, DOI 10.1145/3705926): LERP-PSA at hidden width H matches
+ReLU at 2H.
 
 Regenerates docs/lerp_psa/lerp_psa.md, .json and .png (--output_dir=docs/lerp_psa).
 """
