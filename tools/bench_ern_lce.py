@@ -3,9 +3,9 @@
     python -m tools.bench_ern_lce [--model=ern18] [--input_size=224] [--runs=30] [--warmup=3]
         [--layers] [--no_model] [--json] [--plot=ern18_lce.png]
 
-Regenerates the ERN-18 size and x86 latency table of the ERN docs ("Deploying w1a2 through
-LCE", today in README.md) with the defaults, and with --layers the per-layer form measurements
-that `--w1a2_form=auto` rests on (effkeras/graph/passes/w1a2.py).
+Regenerates the ERN-18 size and x86 latency table of docs/ern/README.md ("Deploying w1a2
+through LCE") with the defaults, and with --layers the per-layer form measurements that
+`--w1a2_form=auto` rests on (effkeras/graph/passes/w1a2.py).
 
 --layers: every w1a2 conv of the model alone (its input -> the conv), rewritten in the
     thermometer and the bit-plane form (effkeras/graph/passes/w1a2.py), converted with LCE and
