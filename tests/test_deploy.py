@@ -10,6 +10,7 @@ import pytest
 
 from effkeras import deploy, models
 from effkeras.deploy import ethos_u, runtime, tflite, tflm, verify
+from effkeras.deploy.converter import float_ops
 from effkeras.deploy.flatbuffer import io_tensors, operators
 from effkeras.errors import InputError
 from conftest import assert_one_error_line, run_app
@@ -52,7 +53,7 @@ def test_float_and_float16_run_in_litert_and_match_keras():
 
 def test_int8_every_op_is_int8_and_agrees_with_keras(resnet8):
     flatbuffer, report = deploy.convert(resnet8, "int8")
-    assert report.float_ops == () and tflite.float_ops(operators(flatbuffer)) == []
+    assert report.float_ops == () and float_ops(operators(flatbuffer)) == []
     assert report.op_census == {"ADD": 3, "AVERAGE_POOL_2D": 1, "CONV_2D": 9, "FULLY_CONNECTED": 1}
     assert report.io == "int8" and "random" in report.calibration
     assert report.max_rel_diff <= 0.1 and report.top1_agreement >= 0.75

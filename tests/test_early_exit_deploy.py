@@ -12,7 +12,8 @@ import pytest
 from effkeras import deploy, models
 from effkeras.graph import summary
 from effkeras.data import synthetic
-from effkeras.deploy import early_exit, tflite, verify
+from effkeras.deploy import early_exit, verify
+from effkeras.deploy.converter import float_ops, top1_agreement
 from effkeras.deploy.flatbuffer import op_census, operators, read_model, signatures
 from effkeras.early_exit import NEVER, write_thresholds
 from effkeras.errors import InputError
@@ -174,7 +175,7 @@ def test_float_file_has_one_signature_per_stage_and_equals_keras(ranet, float_fi
 def test_int8_file_keeps_float_state_and_agrees_on_top1(int8_file, ranet, data):
     flatbuffer, report = int8_file
     assert report.io == "float" and report.float_ops == ()
-    assert tflite.float_ops(operators(flatbuffer)) == []
+    assert float_ops(operators(flatbuffer)) == []
     for _, inputs, outputs in signatures(flatbuffer).values():
         assert {t.dtype for t in (*inputs.values(), *outputs.values())} == {"float32"}
     # 128 test images x 3 exits, each exit's logits after the chained int8 stages.
@@ -199,7 +200,7 @@ def test_tflm_stage_files_each_run_in_tflite_micro(tflm_file, int8_file, data, t
     lite = early_exit.Runner(int8_file[0]).exit_outputs(x)
     # TFLite Micro's reference kernels round requantizations their own way (tflm.py): a few
     # LSB per stage, which flips only near-ties.
-    assert verify.max_diffs(lite, micro)[1] <= 0.1 and tflite.top1_agreement(lite, micro) >= 0.9
+    assert verify.max_diffs(lite, micro)[1] <= 0.1 and top1_agreement(lite, micro) >= 0.9
     path = str(tmp_path / "ranet.tflite")
     deploy.save(path, flatbuffer, report)
     assert os.path.exists(str(tmp_path / "ranet_stage3.tflite"))

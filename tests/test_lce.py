@@ -105,9 +105,9 @@ def test_failed_conversion_writes_no_file(tmp_path):
     path = tmp_path / "model.tflite"
     with pytest.raises(InputError):
         flatbuffer, _ = lce.convert(binary_dense_model())
-        lce.save(path, flatbuffer)
+        fb.save(path, flatbuffer)
     with pytest.raises(ValueError):
-        lce.save(path, b"not a flatbuffer")
+        fb.save(path, b"not a flatbuffer")
     assert os.listdir(tmp_path) == []
 
 

@@ -9,6 +9,7 @@ from keras import layers
 
 from effkeras import deploy, models
 from effkeras.deploy import ethos_u, int8_tables, runtime, tflite, verify
+from effkeras.deploy.converter import float_ops
 from effkeras.deploy.flatbuffer import op_census, operators, pack_model, read_model
 from effkeras.graph.passes import freeze_tables as freeze_module
 from effkeras.graph.passes.freeze_tables import freeze_tables
@@ -172,7 +173,7 @@ def test_int8_tables_are_bit_exact_on_every_code_in_litert_and_tflite_micro(psa,
 
 def test_int8_file_is_integer_only_and_agrees_with_keras(psa, sample, tflm_psa):
     flatbuffer, report = tflm_psa
-    assert tflite.float_ops(operators(flatbuffer)) == [] and report.float_ops == ()
+    assert float_ops(operators(flatbuffer)) == [] and report.float_ops == ()
     census = report.op_census
     assert census["GATHER"] == census["CAST"] == 8
     assert not {"FLOOR", "DEQUANTIZE", "QUANTIZE", "SUM"} & set(census)
@@ -236,7 +237,7 @@ def test_a_coarse_input_step_is_an_ambiguous_table(tiny_probe_file):
     written = int8_tables.insert_tables(flatbuffer, probes, max_code_step=np.inf)
     (table,) = int8_tables.check_tables(written, {"spline": probes[int8_tables.PROBE.format(0)]})
     assert table.channels == 4
-    assert tflite.float_ops(operators(written)) == []
+    assert float_ops(operators(written)) == []
     assert op_census(operators(written)) == {
         "ADD": 1, "CAST": 1, "DEQUANTIZE": 1, "FULLY_CONNECTED": 1, "GATHER": 1, "QUANTIZE": 1}
 

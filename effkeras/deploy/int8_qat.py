@@ -26,7 +26,8 @@ import numpy as np
 import tensorflow as tf
 
 from effkeras import qat
-from effkeras.deploy import int8_tables, runtime, tflite, verify
+from effkeras.deploy import int8_tables, runtime, verify
+from effkeras.deploy.converter import float_ops, to_flatbuffer, top1_agreement
 from effkeras.deploy.flatbuffer import op_census, operators
 from effkeras.deploy.report import Int8Report
 from effkeras.graph.rewrite import rewrite
@@ -50,7 +51,7 @@ def convert(model, *, sample=None, io="int8", input_range=verify.PIXEL_RANGE, ma
     snapped.set_weights(model.get_weights())
     qat.snap_biases(snapped)
     export, probes = int8_tables.named_probes(snapped)
-    flatbuffer = tflite.to_flatbuffer(export, lambda converter: _int8(converter, io))
+    flatbuffer = to_flatbuffer(export, lambda converter: _int8(converter, io))
     tables = int8_tables.Tables()
     if probes:  # LERP tables: the converter leaves them float; write them as int8 tables
         flatbuffer = int8_tables.insert_tables(flatbuffer, probes, max_code_step)
@@ -58,7 +59,7 @@ def convert(model, *, sample=None, io="int8", input_range=verify.PIXEL_RANGE, ma
                                                         for layer in probes.values()})
         tables = int8_tables.Tables(len(checked), sum(table.lut.size for table in checked))
     ops = operators(flatbuffer)
-    left_float = tflite.float_ops(ops)
+    left_float = float_ops(ops)
     if left_float:
         raise InputError(f"{len(left_float)} op(s) of QAT model {model.name} stayed float: "
                          f"{', '.join(left_float)}; each op needs a quantization point after it")
@@ -82,7 +83,7 @@ def convert(model, *, sample=None, io="int8", input_range=verify.PIXEL_RANGE, ma
     return flatbuffer, Int8Report(
         target="int8", size_bytes=len(flatbuffer), op_census=op_census(ops),
         max_abs_diff=max(diffs), max_rel_diff=max(diffs) / max(largest, 1e-12),
-        samples=verify.batch_size(sample), top1_agreement=tflite.top1_agreement(expected, actual),
+        samples=verify.batch_size(sample), top1_agreement=top1_agreement(expected, actual),
         io=io, calibration="QAT ranges (no calibration)", qat=True, max_lsb=steps,
         max_op_lsb=op_lsb, quantization_points=points, int8_tables=tables.count,
         table_bytes=tables.table_bytes)
@@ -209,7 +210,7 @@ def kernel_tables(pairs):
         outputs.append(qat.FakeQuant(fixed_range=code_range(y))(swish))
         inputs.append(codes)
     probe = keras.Model(inputs, outputs, name="hard_swish_tables")
-    flatbuffer = tflite.to_flatbuffer(probe, lambda converter: _int8(converter, "int8"))
+    flatbuffer = to_flatbuffer(probe, lambda converter: _int8(converter, "int8"))
     if op_census(operators(flatbuffer)) != {"HARD_SWISH": len(pairs)}:
         raise RuntimeError("TFLite's hard-swish tables could not be read: the probe file holds "
                            f"{op_census(operators(flatbuffer))}")

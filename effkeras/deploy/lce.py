@@ -26,7 +26,6 @@ import numpy as np
 
 from effkeras.deploy import verify
 from effkeras.deploy.flatbuffer import op_census, operators
-from effkeras.deploy.flatbuffer import save  # noqa: F401  (lce.save(path, flatbuffer))
 from effkeras.deploy.registry import register_target
 from effkeras.deploy.report import LceReport
 from effkeras.deploy.verify import PIXEL_RANGE

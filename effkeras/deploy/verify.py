@@ -8,7 +8,7 @@
   numerical sensitivity (`sensitivity`: deep binary nets flip signs at near-ties).
 
 Reading the file (operators, op census, io tensors) is flatbuffer.py's; the Report types are
-report.py's; each target checks its own op census (e.g. tflite.float_ops, lce's bconv count).
+report.py's; each target checks its own op census (e.g. converter.float_ops, lce's bconv count).
 """
 
 import numpy as np

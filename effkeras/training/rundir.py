@@ -221,18 +221,6 @@ def open_state(output_dir, state, identity):
 # --- epochs: checkpoint, then commit --------------------------------------------------------------
 
 
-def finite_or_none(value):
-    """JSON-safe: NaN and infinities become null (a NaN epoch is never committed; this guards
-    the final metrics)."""
-    if isinstance(value, dict):
-        return {k: finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_or_none(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
 class EpochCheckpoint(keras.callbacks.Callback):
     """Saves checkpoint-<n>.keras, then commits it in state.json, then drops the older one.
 

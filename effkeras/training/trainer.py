@@ -63,12 +63,12 @@ import keras
 from effkeras import data
 from effkeras.data import augment
 from effkeras.errors import InputError
-from effkeras.fileio import atomic_path, write_json
+from effkeras.fileio import atomic_path, plain, write_json
 from effkeras.training import callbacks as recipe_callbacks
 from effkeras.training import distribute, memory, recipes, stages
 from effkeras.training.config import TrainConfig, check_config
 from effkeras.training.plan import DATASET_IMAGES, SYNTHETIC_EXAMPLES, known_classes, make_plan
-from effkeras.training.rundir import (EpochCheckpoint, OutputDirLock, finite_or_none, log,
+from effkeras.training.rundir import (EpochCheckpoint, OutputDirLock, log,
                                       open_state, restore, shape_text)
 
 __all__ = ["TrainConfig", "train"]
@@ -223,7 +223,7 @@ def _finish(stage, built, plan, state, test, started, *, chief):
         "history": state["history"], "test": stage.test_metrics(test, len(student.outputs)),
         "train_seconds": state["train_seconds"], "wall_seconds_this_run": time.time() - started,
     }
-    metrics = finite_or_none(metrics)
+    metrics = plain(metrics)
     if chief:
         write_json(os.path.join(output_dir, "metrics.json"), metrics)
     return metrics

@@ -27,6 +27,7 @@ from effkeras.deploy.early_exit.description import (describe, description, stage
                                                     with_description)
 from effkeras.deploy.early_exit.runner import Runner, _micro_stages
 from effkeras.deploy.early_exit.stages import SIGNATURE, export_stages, run_stages, split_stages
+from effkeras.deploy.converter import convert_saved_model, float_ops, quantize_saved_model, top1_agreement
 from effkeras.deploy.flatbuffer import op_census, operators, signatures
 from effkeras.deploy.report import EarlyExitInt8Report, EarlyExitTFLiteReport, EarlyExitTflmReport
 from effkeras.errors import InputError
@@ -136,18 +137,18 @@ def convert(model, target, *, calibration=None, sample=None, io=None, thresholds
         export_stages(stages, directory)
 
         def float_file(configure=None):
-            return tflite.convert_saved_model(directory, model.name, configure, keys)
+            return convert_saved_model(directory, model.name, configure, keys)
 
         if target == "float":
             flatbuffer = float_file()
         elif target == "float16":
             flatbuffer = float_file(_float16)
         else:
-            flatbuffer = tflite.quantize_saved_model(
+            flatbuffer = quantize_saved_model(
                 directory, _stage_calibration(stages, calibration), io, model.name, float_file,
                 keys)
     ops = operators(flatbuffer)
-    left_float = tflite.float_ops(ops) if quantized else []
+    left_float = float_ops(ops) if quantized else []
     if left_float and (target == "tflm" or not allow_float_fallback):
         raise InputError(
             f"{len(left_float)} op(s) of {model.name} stayed float in the int8 file: "
@@ -173,9 +174,9 @@ def convert(model, target, *, calibration=None, sample=None, io=None, thresholds
     fields = dict(
         target=target, size_bytes=len(flatbuffer), op_census=op_census(ops),
         max_abs_diff=abs_diff, max_rel_diff=rel_diff, samples=verify.batch_size(sample),
-        top1_agreement=tflite.top1_agreement(expected, actual), exits=len(stages),
+        top1_agreement=top1_agreement(expected, actual), exits=len(stages),
         exit_max_rel_diff=tuple(verify.max_diffs(e, a)[1] for e, a in zip(expected, actual)),
-        exit_top1_agreement=tuple(tflite.top1_agreement(e, a)
+        exit_top1_agreement=tuple(top1_agreement(e, a)
                                   for e, a in zip(expected, actual)),
         stages=_stage_rows(described), thresholds=None if chosen is None else tuple(chosen),
         description=described)
