@@ -7,7 +7,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up chatter
 
 
 def import_tensorflow_quietly():
-    """TF 2.21 writes start-up lines (oneDNN, CUDA probing) to fd 2 before any log setting applies."""
+    """TF 2.21 writes start-up lines (oneDNN, CUDA probing) to fd 2 before any log setting
+    applies."""
     saved = os.dup(2)
     try:
         with open(os.devnull, "w") as devnull:

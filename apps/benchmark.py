@@ -17,20 +17,37 @@ from absl import flags
 
 from apps import _cli
 
-flags.DEFINE_list("models", None, "Models: registry names (NAME[@SIZE][:key=value,...]), "
-                  ".keras or .tflite files.")
-flags.DEFINE_list("targets", None, "Deploy targets: arm, float, float16, int8, tflm, "
-                  "ethos-u55-128, ... (default: each model's own).")
+flags.DEFINE_list(
+    "models", None, "Models: registry names (NAME[@SIZE][:key=value,...]), .keras or .tflite files."
+)
+flags.DEFINE_list(
+    "targets",
+    None,
+    "Deploy targets: arm, float, float16, int8, tflm, "
+    "ethos-u55-128, ... (default: each model's own).",
+)
 flags.DEFINE_string("input_shape", None, "H,W,C for registry models (default: each model's).")
 flags.DEFINE_integer("num_classes", None, "Classes for registry models (default: each model's).")
 flags.DEFINE_integer("threads", 1, "Interpreter threads (LCE and LiteRT).")
-flags.DEFINE_integer("runs", 20, "Timed rounds (each runs every file once, in turn); 0: no "
-                     "timing, only sizes, arenas and Vela's estimates.")
+flags.DEFINE_integer(
+    "runs",
+    20,
+    "Timed rounds (each runs every file once, in turn); 0: no "
+    "timing, only sizes, arenas and Vela's estimates.",
+)
 flags.DEFINE_integer("warmup", 3, "Untimed rounds first.")
-flags.DEFINE_string("baseline", None, "A model of --models that latencies are given as a ratio "
-                    "of (absolute x86 times mean little for ARM targets).")
-flags.DEFINE_string("dataset", None, "Calibrate and check on this dataset's images and give "
-                    "each file's test top-1 (fashion_mnist, cifar10, cifar100, imagenet).")
+flags.DEFINE_string(
+    "baseline",
+    None,
+    "A model of --models that latencies are given as a ratio "
+    "of (absolute x86 times mean little for ARM targets).",
+)
+flags.DEFINE_string(
+    "dataset",
+    None,
+    "Calibrate and check on this dataset's images and give "
+    "each file's test top-1 (fashion_mnist, cifar10, cifar100, imagenet).",
+)
 flags.DEFINE_string("data_dir", None, "Directory of --dataset.")
 flags.DEFINE_integer("calibration_samples", 200, "Training images for int8 calibration.")
 flags.DEFINE_string("output_dir", "runs/benchmark", "Where the files and the results go.")
@@ -47,18 +64,31 @@ def main(argv):
     check_writable(FLAGS.output_dir, "--output_dir", directory=True)
     targets = FLAGS.targets
     if not targets:  # each registry model's own target, in the order met
-        targets = list(dict.fromkeys(
-            models.info(benchmark.parse_spec(spec)[0]).deploy for spec in FLAGS.models
-            if not benchmark.is_file(spec)))
+        targets = list(
+            dict.fromkeys(
+                models.info(benchmark.parse_spec(spec)[0]).deploy
+                for spec in FLAGS.models
+                if not benchmark.is_file(spec)
+            )
+        )
         if not targets:
-            raise InputError(f"--targets is required for files; known targets: "
-                             f"{', '.join(deploy.names())}")
+            raise InputError(
+                f"--targets is required for files; known targets: {', '.join(deploy.names())}"
+            )
     rows = benchmark.run(
-        FLAGS.models, targets, input_shape=_cli.parse_shape(FLAGS.input_shape),
-        num_classes=FLAGS.num_classes, threads=FLAGS.threads, runs=FLAGS.runs,
-        warmup=FLAGS.warmup, baseline=FLAGS.baseline, dataset=FLAGS.dataset,
-        data_dir=FLAGS.data_dir, calibration_samples=FLAGS.calibration_samples,
-        output_dir=FLAGS.output_dir)
+        FLAGS.models,
+        targets,
+        input_shape=_cli.parse_shape(FLAGS.input_shape),
+        num_classes=FLAGS.num_classes,
+        threads=FLAGS.threads,
+        runs=FLAGS.runs,
+        warmup=FLAGS.warmup,
+        baseline=FLAGS.baseline,
+        dataset=FLAGS.dataset,
+        data_dir=FLAGS.data_dir,
+        calibration_samples=FLAGS.calibration_samples,
+        output_dir=FLAGS.output_dir,
+    )
     print(benchmark.table(rows, threads=FLAGS.threads, runs=FLAGS.runs))
     print(f"wrote {FLAGS.output_dir}/{benchmark.STEM}.json, .md and .png")
 

@@ -33,36 +33,76 @@ flags.DEFINE_string("target", None, "Deploy target (default: the model's registr
 flags.DEFINE_string("output", None, "Where to write the flatbuffer (.tflite).")
 flags.DEFINE_string("input_shape", None, "H,W,C for --model (default: the model's).")
 flags.DEFINE_integer("num_classes", None, "Number of classes for --model (default: the model's).")
-flags.DEFINE_string("dataset", None, "Calibrate on this dataset's train split and check on its "
-                    "test split (fashion_mnist, cifar10, cifar100, imagenet, synthetic). "
-                    "Default: random inputs.")
+flags.DEFINE_string(
+    "dataset",
+    None,
+    "Calibrate on this dataset's train split and check on its "
+    "test split (fashion_mnist, cifar10, cifar100, imagenet, synthetic). "
+    "Default: random inputs.",
+)
 flags.DEFINE_string("data_dir", None, "Directory of --dataset.")
 flags.DEFINE_integer("calibration_samples", 200, "Images drawn for int8 calibration.")
-flags.DEFINE_string("calibration_data", None, "A .npy array (N, H, W, C) of calibration images "
-                    "in [0, 255], instead of --dataset.")
-flags.DEFINE_integer("sample_size", None, "Images the check runs on (default 32 of --dataset, "
-                     "else 4 random).")
-flags.DEFINE_enum("io", None, ["int8", "float"], "int8 targets: the file's input/output type "
-                  "(default int8; float for an early-exit model's int8 file).")
-flags.DEFINE_bool("early_exit", True, "A model with several outputs (early exits): one signature "
-                  "per exit stage (tflm: one file per stage); --noearly_exit converts the graph of "
-                  "all exits at once.")
-flags.DEFINE_string("thresholds", None, "Early-exit models: a thresholds JSON file (exit k is "
-                    "taken when the softmax maximum reaches thresholds[k-1]) to write into the "
-                    "file's description.")
-flags.DEFINE_bool("allow_float_fallback", False,
-                  "Keep layers the target cannot run in low precision in float instead of failing.")
-flags.DEFINE_bool("allow_cpu_ops", False, "ethos-u: keep ops Vela cannot put on the NPU for "
-                  "the Cortex-M (TFLite Micro) instead of failing.")
-flags.DEFINE_enum("w1a2_form", "auto", ["auto", "thermometer", "bitplane"],
-                  "arm: how w1a2 convs (ERN) become binary convs; auto picks the faster per layer.")
-flags.DEFINE_enum("lerp_form", "gather", ["gather", "relu_sum"],
-                  "Learned table activations (LERP-PSA, B-spline): `gather` (GATHER; exact int8 "
-                  "tables on int8 targets) or `relu_sum` (a sum of ReLUs, for runtimes without "
-                  "GATHER; approximate in int8).")
-flags.DEFINE_float("max_code_step", None, "int8 targets, learned tables: the most grid segments "
-                   "between adjacent int8 input codes before a table is refused as ambiguous "
-                   "(default 8).")
+flags.DEFINE_string(
+    "calibration_data",
+    None,
+    "A .npy array (N, H, W, C) of calibration images in [0, 255], instead of --dataset.",
+)
+flags.DEFINE_integer(
+    "sample_size", None, "Images the check runs on (default 32 of --dataset, else 4 random)."
+)
+flags.DEFINE_enum(
+    "io",
+    None,
+    ["int8", "float"],
+    "int8 targets: the file's input/output type "
+    "(default int8; float for an early-exit model's int8 file).",
+)
+flags.DEFINE_bool(
+    "early_exit",
+    True,
+    "A model with several outputs (early exits): one signature "
+    "per exit stage (tflm: one file per stage); --noearly_exit converts the graph of "
+    "all exits at once.",
+)
+flags.DEFINE_string(
+    "thresholds",
+    None,
+    "Early-exit models: a thresholds JSON file (exit k is "
+    "taken when the softmax maximum reaches thresholds[k-1]) to write into the "
+    "file's description.",
+)
+flags.DEFINE_bool(
+    "allow_float_fallback",
+    False,
+    "Keep layers the target cannot run in low precision in float instead of failing.",
+)
+flags.DEFINE_bool(
+    "allow_cpu_ops",
+    False,
+    "ethos-u: keep ops Vela cannot put on the NPU for "
+    "the Cortex-M (TFLite Micro) instead of failing.",
+)
+flags.DEFINE_enum(
+    "w1a2_form",
+    "auto",
+    ["auto", "thermometer", "bitplane"],
+    "arm: how w1a2 convs (ERN) become binary convs; auto picks the faster per layer.",
+)
+flags.DEFINE_enum(
+    "lerp_form",
+    "gather",
+    ["gather", "relu_sum"],
+    "Learned table activations (LERP-PSA, B-spline): `gather` (GATHER; exact int8 "
+    "tables on int8 targets) or `relu_sum` (a sum of ReLUs, for runtimes without "
+    "GATHER; approximate in int8).",
+)
+flags.DEFINE_float(
+    "max_code_step",
+    None,
+    "int8 targets, learned tables: the most grid segments "
+    "between adjacent int8 input codes before a table is refused as ambiguous "
+    "(default 8).",
+)
 flags.DEFINE_string("system_config", None, "ethos-u: Vela system config (Arm/vela.ini).")
 flags.DEFINE_string("memory_mode", None, "ethos-u: Vela memory mode (Arm/vela.ini).")
 flags.DEFINE_enum("optimise", "Performance", ["Performance", "Size"], "ethos-u: Vela's goal.")
@@ -71,8 +111,16 @@ flags.DEFINE_string("report", None, "Also write the report as JSON to this file.
 FLAGS = flags.FLAGS
 
 # Flags that only some targets take, named as the target functions' keyword options.
-TARGET_OPTIONS = ("io", "allow_float_fallback", "allow_cpu_ops", "w1a2_form", "system_config",
-                  "memory_mode", "optimise", "max_code_step")
+TARGET_OPTIONS = (
+    "io",
+    "allow_float_fallback",
+    "allow_cpu_ops",
+    "w1a2_form",
+    "system_config",
+    "memory_mode",
+    "optimise",
+    "max_code_step",
+)
 # Options of the int8 conversion that the targets built on it (tflm, ethos-u*) pass on.
 INT8_OPTIONS = ("max_code_step",)
 
@@ -84,13 +132,17 @@ def load_model():
 
     given = [name for name in ("model", "checkpoint", "tflite") if getattr(FLAGS, name)]
     if len(given) != 1:
-        raise InputError("give exactly one of --model=NAME, --checkpoint=FILE.keras or "
-                         "--tflite=FILE.tflite")
+        raise InputError(
+            "give exactly one of --model=NAME, --checkpoint=FILE.keras or --tflite=FILE.tflite"
+        )
     if (FLAGS.input_shape or FLAGS.num_classes is not None) and not FLAGS.model:
         raise InputError("--input_shape and --num_classes go with --model, not --checkpoint")
     if FLAGS.model:
-        return models.get(FLAGS.model, input_shape=_cli.parse_shape(FLAGS.input_shape),
-                          num_classes=FLAGS.num_classes), models.info(FLAGS.model).name
+        return models.get(
+            FLAGS.model,
+            input_shape=_cli.parse_shape(FLAGS.input_shape),
+            num_classes=FLAGS.num_classes,
+        ), models.info(FLAGS.model).name
     if FLAGS.checkpoint:
         model = saving.load_model(FLAGS.checkpoint)
         return model, model.name
@@ -114,10 +166,15 @@ def target_options(target, model):
                 options[option] = getattr(FLAGS, option)
         elif FLAGS[option].present:
             raise InputError(f"--{option} does not apply to --target={target.name}")
-    if isinstance(model, bytes) and target.name not in ("tflm",) and not target.name.startswith(
-            "ethos-u"):
-        raise InputError(f"--tflite takes an int8 file to --target=tflm or ethos-u-*, not "
-                         f"--target={target.name}; convert a --model or --checkpoint instead")
+    if (
+        isinstance(model, bytes)
+        and target.name not in ("tflm",)
+        and not target.name.startswith("ethos-u")
+    ):
+        raise InputError(
+            f"--tflite takes an int8 file to --target=tflm or ethos-u-*, not "
+            f"--target={target.name}; convert a --model or --checkpoint instead"
+        )
     return options
 
 
@@ -133,15 +190,25 @@ def real_data(model):
         try:
             calibration = np.load(FLAGS.calibration_data, allow_pickle=False).astype(np.float32)
         except (OSError, ValueError) as e:
-            raise InputError(f"cannot read --calibration_data={FLAGS.calibration_data} as a .npy "
-                             f"array: {e}") from None
+            raise InputError(
+                f"cannot read --calibration_data={FLAGS.calibration_data} as a .npy array: {e}"
+            ) from None
     if FLAGS.dataset:
         if isinstance(model, bytes):
-            raise InputError("--dataset goes with --model or --checkpoint (a Keras model to "
-                             "calibrate and check against)")
+            raise InputError(
+                "--dataset goes with --model or --checkpoint (a Keras model to "
+                "calibrate and check against)"
+            )
+
         def take(split, count):
-            return data.take(FLAGS.dataset, split, count, input_shape=model.input_shape[1:],
-                             data_dir=FLAGS.data_dir, num_classes=model.output_shape[-1])
+            return data.take(
+                FLAGS.dataset,
+                split,
+                count,
+                input_shape=model.input_shape[1:],
+                data_dir=FLAGS.data_dir,
+                num_classes=model.output_shape[-1],
+            )
 
         if calibration is None:
             calibration, class_names = take("train", FLAGS.calibration_samples)
@@ -165,12 +232,16 @@ def main(argv):
         if getattr(FLAGS, name) is not None and getattr(FLAGS, name) < 1:
             raise InputError(f"--{name} must be a positive integer")
     if FLAGS.target and FLAGS.target not in deploy.names():
-        raise InputError(f"--target={FLAGS.target} is not a deploy target; known targets: "
-                         f"{', '.join(deploy.names())}")
+        raise InputError(
+            f"--target={FLAGS.target} is not a deploy target; known targets: "
+            f"{', '.join(deploy.names())}"
+        )
     model, name = load_model()
     if isinstance(model, bytes) and not FLAGS.target:
-        raise InputError(f"--tflite needs --target (tflm or ethos-u-*); known targets: "
-                         f"{', '.join(deploy.names())}")
+        raise InputError(
+            f"--tflite needs --target (tflm or ethos-u-*); known targets: "
+            f"{', '.join(deploy.names())}"
+        )
     target_name = FLAGS.target or deploy.default_target(model, name)
     target = deploy.get(target_name)
     options = target_options(target, model)
@@ -179,14 +250,26 @@ def main(argv):
         options["early_exit"] = FLAGS.early_exit
     if FLAGS["lerp_form"].present:
         options["lerp_form"] = FLAGS.lerp_form
-    flatbuffer, result = deploy.convert(model, target_name, calibration=calibration,
-                                        sample=sample, thresholds=FLAGS.thresholds, **options)
+    flatbuffer, result = deploy.convert(
+        model,
+        target_name,
+        calibration=calibration,
+        sample=sample,
+        thresholds=FLAGS.thresholds,
+        **options,
+    )
     if calibration is not None and hasattr(result, "calibration") and not result.qat:
-        result.calibration = (f"{len(calibration)} images of {FLAGS.dataset} (train)"
-                              if FLAGS.dataset and not FLAGS.calibration_data
-                              else f"{len(calibration)} images of {FLAGS.calibration_data}")
-    deploy.save(FLAGS.output, flatbuffer, result,
-                deploy.app_metadata(flatbuffer, result, model_name=name, class_names=class_names))
+        result.calibration = (
+            f"{len(calibration)} images of {FLAGS.dataset} (train)"
+            if FLAGS.dataset and not FLAGS.calibration_data
+            else f"{len(calibration)} images of {FLAGS.calibration_data}"
+        )
+    deploy.save(
+        FLAGS.output,
+        flatbuffer,
+        result,
+        deploy.app_metadata(flatbuffer, result, model_name=name, class_names=class_names),
+    )
     summary = {**result.as_dict(), "output": FLAGS.output}
     if FLAGS.report:
         write_json(FLAGS.report, summary)
@@ -195,10 +278,13 @@ def main(argv):
     else:
         print(f"{result.format()}\nwrote {FLAGS.output}")
     if getattr(result, "sensitivity", None) is not None:
-        print(f"warning: the flatbuffer matches Keras only to {result.max_rel_diff:.2g}, within the "
-              f"model's own sensitivity to input noise ({result.sensitivity:.2g}): binary layers "
-              f"flip signs at near-ties. Untrained or deep binary nets do this; a trained model "
-              f"usually matches closer.", file=sys.stderr)
+        print(
+            f"warning: the flatbuffer matches Keras only to {result.max_rel_diff:.2g}, within the "
+            f"model's own sensitivity to input noise ({result.sensitivity:.2g}): binary layers "
+            f"flip signs at near-ties. Untrained or deep binary nets do this; a trained model "
+            f"usually matches closer.",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

@@ -22,13 +22,16 @@ from absl import flags
 from apps import _cli
 
 flags.DEFINE_string("benchmark_dir", None, "An apps.benchmark --output_dir.")
-flags.DEFINE_string("binary", "./lce_benchmark_model_aarch64",
-                    "lce_benchmark_model (or TFLite's benchmark_model) for the device, on this "
-                    "machine; it is copied to the device with --ssh or --adb.")
+flags.DEFINE_string(
+    "binary",
+    "./lce_benchmark_model_aarch64",
+    "lce_benchmark_model (or TFLite's benchmark_model) for the device, on this "
+    "machine; it is copied to the device with --ssh or --adb.",
+)
 flags.DEFINE_string("ssh", None, "Run on this ssh host (e.g. pi@raspberrypi.local).")
 flags.DEFINE_bool("adb", False, "Run on the Android device adb reaches.")
 flags.DEFINE_string("adb_serial", None, "With --adb: the device's serial (adb -s).")
-flags.DEFINE_string("device", None, "The device's name in the table (e.g. \"RPi 4B\").")
+flags.DEFINE_string("device", None, 'The device\'s name in the table (e.g. "RPi 4B").')
 flags.DEFINE_list("threads", ["1"], "Thread counts, one measurement each.")
 flags.DEFINE_integer("runs", 50, "--num_runs of the benchmark binary.")
 flags.DEFINE_integer("warmup_runs", 5, "--warmup_runs of the benchmark binary.")
@@ -53,8 +56,7 @@ def main(argv):
     files = devices.arm_files(FLAGS.benchmark_dir, rows)
     device = devices.Device(FLAGS.ssh, FLAGS.adb, FLAGS.adb_serial)
     name = FLAGS.device or {"ssh": FLAGS.ssh, "adb": "Android", "local": "device"}[device.kind]
-    measured = devices.measure(device, FLAGS.binary, files, threads, FLAGS.runs,
-                               FLAGS.warmup_runs)
+    measured = devices.measure(device, FLAGS.binary, files, threads, FLAGS.runs, FLAGS.warmup_runs)
     rows = benchmark.merge_device(FLAGS.benchmark_dir, measured, name)
     print(benchmark.table(rows, threads=x86_threads, runs=x86_runs))
 

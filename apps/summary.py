@@ -19,17 +19,29 @@ flags.DEFINE_string("input_shape", None, "H,W,C (default: the model's).")
 flags.DEFINE_integer("num_classes", None, "Number of classes (default: the model's).")
 flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
 flags.DEFINE_bool("list", False, "List the registered models and exit.")
-flags.DEFINE_bool("markdown", False,
-                  "With --list: print the registry as a markdown table (family, parameters and "
-                  "MACs at the default input, default target, ...), as docs/models.md holds it.")
+flags.DEFINE_bool(
+    "markdown",
+    False,
+    "With --list: print the registry as a markdown table (family, parameters and "
+    "MACs at the default input, default target, ...), as docs/models.md holds it.",
+)
 flags.DEFINE_list("models", None, "With --list --markdown: only the rows of these models.")
 FLAGS = flags.FLAGS
 
 # The docs page (docs/<page>/README.md) of each registry family; the families not named here
 # have a page of their own name.
 FAMILY_PAGES = {"peer": "peers", "reference": "peers"}
-TABLE_HEADER = ("model", "family", "parameters", "MACs", "default target", "input", "classes",
-                "recipe", "paper")
+TABLE_HEADER = (
+    "model",
+    "family",
+    "parameters",
+    "MACs",
+    "default target",
+    "input",
+    "classes",
+    "recipe",
+    "paper",
+)
 
 
 def family_page(family):
@@ -72,10 +84,17 @@ def registry_row(name):
     totals = summary.totals(summary.summarize(model))
     keras.backend.clear_session()  # also forgets the uninitialised variables
     macs = totals["binary_macs"] + totals["low_bit_macs"] + totals["float_macs"]
-    return (f"`{name}`", f"[{info.family}]({family_page(info.family)}/README.md)",
-            f"{totals['total_params']:,}", f"{macs:,}", f"`{info.deploy}`",
-            "x".join(map(str, info.input_shape)), str(info.num_classes), f"`{info.recipe}`",
-            info.paper)
+    return (
+        f"`{name}`",
+        f"[{info.family}]({family_page(info.family)}/README.md)",
+        f"{totals['total_params']:,}",
+        f"{macs:,}",
+        f"`{info.deploy}`",
+        "x".join(map(str, info.input_shape)),
+        str(info.num_classes),
+        f"`{info.recipe}`",
+        info.paper,
+    )
 
 
 def markdown_table(names):
@@ -94,8 +113,8 @@ def markdown_table(names):
 
 def main(argv):
     from effkeras import models
-    from effkeras.graph import summary
     from effkeras.errors import InputError
+    from effkeras.graph import summary
 
     if FLAGS.markdown and not FLAGS.list:
         raise InputError("--markdown goes with --list")
@@ -112,9 +131,12 @@ def main(argv):
         return
     if not FLAGS.model:
         raise InputError("--model is required (or --list)")
-    model = models.get(FLAGS.model, input_shape=_cli.parse_shape(FLAGS.input_shape),
-                       num_classes=FLAGS.num_classes)
-    print(json.dumps(summary.as_dict(model), indent=2) if FLAGS.json else summary.format_table(model))
+    model = models.get(
+        FLAGS.model, input_shape=_cli.parse_shape(FLAGS.input_shape), num_classes=FLAGS.num_classes
+    )
+    print(
+        json.dumps(summary.as_dict(model), indent=2) if FLAGS.json else summary.format_table(model)
+    )
 
 
 if __name__ == "__main__":

@@ -108,5 +108,6 @@ def check_writable(path, what="--output", directory=False):
         os.close(fd)
         os.remove(probe)
     except OSError as e:
-        raise InputError(f"{what}={path}: cannot write in {parent} ({e.strerror}); choose a "
-                         f"writable place") from None
+        raise InputError(
+            f"{what}={path}: cannot write in {parent} ({e.strerror}); choose a writable place"
+        ) from None

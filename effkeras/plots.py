@@ -74,11 +74,14 @@ def activation_curves(layer, path, channels=16, x_range=None):
     from effkeras.layers.activations import LerpTable, _TableActivation
 
     if not isinstance(layer, _TableActivation):
-        raise TypeError(f"activation_curves plots a LerpPSA, ResPSA, BSplineActivation or "
-                        f"LerpTable layer, got {type(layer).__name__}")
+        raise TypeError(
+            f"activation_curves plots a LerpPSA, ResPSA, BSplineActivation or "
+            f"LerpTable layer, got {type(layer).__name__}"
+        )
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise ValueError(f"channels must be a positive int (how many channels to plot), got "
-                         f"{channels!r}")
+        raise ValueError(
+            f"channels must be a positive int (how many channels to plot), got {channels!r}"
+        )
     if x_range is not None:
         lo, hi = x_range
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
@@ -90,20 +93,23 @@ def activation_curves(layer, path, channels=16, x_range=None):
         scale = np.asarray(ops.convert_to_numpy(layer.input_scale), np.float64)
         offset = np.asarray(ops.convert_to_numpy(layer.input_offset), np.float64)
         live = scale != 0  # a channel with a = 0 is a constant: no grid to mark
-        edges[live] = np.sort((np.array([-radius, radius]) - offset[live, None])
-                              / scale[live, None], axis=1)
+        edges[live] = np.sort(
+            (np.array([-radius, radius]) - offset[live, None]) / scale[live, None], axis=1
+        )
     if x_range is None:
         centre, half = edges.mean(axis=1), 1.25 * (edges[:, 1] - edges[:, 0]) / 2
         spans = np.stack([centre - half, centre + half], axis=1)
     else:
         spans = np.tile([lo, hi], (layer.channels, 1))
     x = np.linspace(spans[:, 0], spans[:, 1], 401)  # (N, C): each channel over its own span
-    y = np.asarray(ops.convert_to_numpy(layer(ops.convert_to_tensor(x, layer.compute_dtype))),
-                   np.float64)
+    y = np.asarray(
+        ops.convert_to_numpy(layer(ops.convert_to_tensor(x, layer.compute_dtype))), np.float64
+    )
     columns = math.ceil(math.sqrt(shown))
     rows = math.ceil(shown / columns)
-    with figure(path, nrows=rows, ncols=columns, figsize=(2.4 * columns, 2.0 * rows),
-                squeeze=False) as (fig, axes):
+    with figure(
+        path, nrows=rows, ncols=columns, figsize=(2.4 * columns, 2.0 * rows), squeeze=False
+    ) as (fig, axes):
         for c, axis in enumerate(axes.flat):
             if c >= shown:
                 axis.axis("off")
@@ -115,6 +121,7 @@ def activation_curves(layer, path, channels=16, x_range=None):
             axis.set_title(f"channel {c}", fontsize=8)
             axis.tick_params(labelsize=6)
         what = "x + f(x)" if getattr(layer, "residual", False) else "f(x)"
-        fig.suptitle(f"{layer.name} ({type(layer).__name__}): {what}, grid ±{radius:g} dashed",
-                     fontsize=9)
+        fig.suptitle(
+            f"{layer.name} ({type(layer).__name__}): {what}, grid ±{radius:g} dashed", fontsize=9
+        )
     return path

@@ -10,9 +10,9 @@ away from the thresholds, so any disagreement is a real conversion error.
 import keras
 import numpy as np
 
-from effkeras.graph.rewrite import as_list
-from effkeras.graph.passes.w1a2 import is_w1a2
 from effkeras.errors import InputError
+from effkeras.graph.passes.w1a2 import is_w1a2
+from effkeras.graph.rewrite import as_list
 
 
 def tie_free_weights(model, seed=0, spread=0.7):
@@ -47,44 +47,54 @@ def tie_free_weights(model, seed=0, spread=0.7):
     rng = np.random.default_rng(seed)
     grids = {}  # id(layer) -> (power-of-two grid per channel, has a 2/3 factor, std per channel)
     for layer in model.layers:
-        producers = [t._keras_history[0] for t in as_list(getattr(layer, "input", None))] \
-            if not isinstance(layer, keras.layers.InputLayer) else []
+        producers = (
+            [t._keras_history[0] for t in as_list(getattr(layer, "input", None))]
+            if not isinstance(layer, keras.layers.InputLayer)
+            else []
+        )
         if is_w1a2(layer) and isinstance(layer, keras.layers.Conv2D):
             kh, kw, fan_in, filters = layer.kernel.shape
             exponent = -rng.integers(1, 4, filters)
             signs = np.where(rng.random(layer.kernel.shape) < 0.5, -1.0, 1.0)
-            kernel = signs * 2.0 ** exponent
+            kernel = signs * 2.0**exponent
             layer.kernel.assign(kernel.astype(np.float32))
             scale = np.asarray(layer.kernel_quantizer.scale(layer.kernel), np.float64)
             step = layer.input_quantizer.step
             third = not float(step).is_integer()
             grid = scale * (1.5 * step if third else step)  # step = 2/3 -> grid 1 (and the 2/3)
             if not np.all(np.log2(grid) == np.round(np.log2(grid))):
-                raise InputError(f"{layer.name}: step·λ {step}·{scale[0]} is not a power of two "
-                                 f"(times 2/3)")
+                raise InputError(
+                    f"{layer.name}: step·λ {step}·{scale[0]} is not a power of two (times 2/3)"
+                )
             std = step * scale * np.sqrt(3.5 * kh * kw * fan_in)  # codes ~ uniform on 0..3
             grids[id(layer)] = (grid, third, std)
         elif isinstance(layer, keras.layers.Add):
             inputs = [grids.get(id(p)) for p in producers]
             if any(i is None for i in inputs) or len({i[1] for i in inputs}) != 1:
                 raise InputError(f"{layer.name}: adds tensors without a common grid")
-            grids[id(layer)] = (np.min([i[0] for i in inputs], axis=0), inputs[0][1],
-                                np.sqrt(np.sum([i[2] ** 2 for i in inputs], axis=0)))
+            grids[id(layer)] = (
+                np.min([i[0] for i in inputs], axis=0),
+                inputs[0][1],
+                np.sqrt(np.sum([i[2] ** 2 for i in inputs], axis=0)),
+            )
         elif isinstance(layer, keras.layers.BatchNormalization):
             source = grids.get(id(producers[0]))
             if source is None:
-                raise InputError(f"{layer.name}: reads {producers[0].name}, not a w1a2 conv or "
-                                 f"an Add of them")
-            grid, _, std = (np.broadcast_to(v, layer.gamma.shape) for v in
-                            (source[0], source[1], source[2]))
+                raise InputError(
+                    f"{layer.name}: reads {producers[0].name}, not a w1a2 conv or an Add of them"
+                )
+            grid, _, std = (
+                np.broadcast_to(v, layer.gamma.shape) for v in (source[0], source[1], source[2])
+            )
             # γ = ±2^b: spread/std rounded to a power of two, capped so that γ·grid <= 1/2.
             b = np.minimum(np.round(np.log2(spread / std)), -1 - np.log2(grid))
             e = b + np.log2(grid)
-            gamma = np.where(rng.random(b.shape) < 0.2, -1.0, 1.0) * 2.0 ** b
+            gamma = np.where(rng.random(b.shape) < 0.2, -1.0, 1.0) * 2.0**b
             half = 2.0 ** (e - 1)
             beta = (2 * np.floor(rng.uniform(0.2, 1.4, b.shape) / (2 * half)) + 1) * half
-            layer.set_weights([gamma, beta, np.zeros_like(gamma),
-                               np.full_like(gamma, 1 - layer.epsilon)])
+            layer.set_weights(
+                [gamma, beta, np.zeros_like(gamma), np.full_like(gamma, 1 - layer.epsilon)]
+            )
         elif isinstance(layer, keras.layers.ZeroPadding2D) and id(producers[0]) in grids:
             grids[id(layer)] = grids[id(producers[0])]
     return model

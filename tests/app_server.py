@@ -29,9 +29,17 @@ import time
 import numpy as np
 
 # Imported once by the server, before any fork.
-APP_PRELOAD = ("apps._cli", "keras", "effkeras", "effkeras.data", "effkeras.deploy",
-               "effkeras.evaluation", "effkeras.models", "effkeras.graph.summary",
-               "effkeras.training")
+APP_PRELOAD = (
+    "apps._cli",
+    "keras",
+    "effkeras",
+    "effkeras.data",
+    "effkeras.deploy",
+    "effkeras.evaluation",
+    "effkeras.models",
+    "effkeras.graph.summary",
+    "effkeras.training",
+)
 _PER_TEST_ENV = ("PYTEST_CURRENT_TEST", "TF_CONFIG")  # per test: passed on, not compared
 
 
@@ -121,9 +129,11 @@ def _run_app_in_this_fork(listener, conn, request):
         os.umask(request["umask"])
         os.environ.clear()
         os.environ.update(request["env"])
-        for fd, path, flags in ((0, os.devnull, os.O_RDONLY),
-                                (1, request["stdout"], os.O_WRONLY | os.O_TRUNC),
-                                (2, request["stderr"], os.O_WRONLY | os.O_TRUNC)):
+        for fd, path, flags in (
+            (0, os.devnull, os.O_RDONLY),
+            (1, request["stdout"], os.O_WRONLY | os.O_TRUNC),
+            (2, request["stderr"], os.O_WRONLY | os.O_TRUNC),
+        ):
             opened = os.open(path, flags)
             os.dup2(opened, fd)
             os.close(opened)
@@ -165,11 +175,18 @@ class _AppServer:
         self.socket_path = os.path.join(self.folder, "socket")
         self.env = {k: v for k, v in env.items() if k not in _PER_TEST_ENV}
         tests = os.path.dirname(os.path.abspath(__file__))
-        bootstrap = (f"import sys; sys.path.insert(0, {tests!r}); import app_server; "
-                     f"app_server.serve_apps(*sys.argv[1:])")
+        bootstrap = (
+            f"import sys; sys.path.insert(0, {tests!r}); import app_server; "
+            f"app_server.serve_apps(*sys.argv[1:])"
+        )
         self.process = subprocess.Popen(
-            [sys.executable, "-c", bootstrap, self.socket_path, repo], cwd=repo, env=env,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            [sys.executable, "-c", bootstrap, self.socket_path, repo],
+            cwd=repo,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
         if self.process.stdout.readline().strip() != b"ready":  # after the imports, or died
             self.close()
             raise RuntimeError("the app server did not start")
@@ -195,8 +212,14 @@ class _AppServer:
             paths.append(path)
         umask = os.umask(0o022)
         os.umask(umask)
-        request = {"argv": list(args), "env": env, "cwd": cwd, "umask": umask,
-                   "stdout": paths[0], "stderr": paths[1]}
+        request = {
+            "argv": list(args),
+            "env": env,
+            "cwd": cwd,
+            "umask": umask,
+            "stdout": paths[0],
+            "stderr": paths[1],
+        }
         deadline = None if timeout is None else time.monotonic() + timeout
         pid, lines, buffer = None, [], b""
         try:
@@ -217,7 +240,9 @@ class _AppServer:
                                 os.kill(pid, signal.SIGKILL)
                             except ProcessLookupError:
                                 pass
-                        raise subprocess.TimeoutExpired(command, timeout, *map(_read_text, paths))
+                        raise subprocess.TimeoutExpired(
+                            command, timeout, *map(_read_text, paths)
+                        ) from None
                     if not chunk:  # it died without a word: killed by a signal
                         break
                     *done, buffer = (buffer + chunk).split(b"\n")
@@ -279,5 +304,11 @@ def run(args, env, cwd, timeout=None):
             with _app_server_lock:
                 _app_server_failed = True
                 _app_server = None
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -9,10 +9,9 @@ import struct
 import subprocess
 import sys
 
+import app_server
 import numpy as np
 import pytest
-
-import app_server
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,8 +34,9 @@ def write_idx(path, array):
 def fashion_mnist_dir(tmp_path):
     rng = np.random.default_rng(0)
     for prefix, count in (("train", 40), ("t10k", 20)):
-        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz",
-                  rng.integers(0, 256, (count, 28, 28)))
+        write_idx(
+            tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (count, 28, 28))
+        )
         write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(count) % 10)
     return tmp_path
 
@@ -44,8 +44,12 @@ def fashion_mnist_dir(tmp_path):
 def write_cifar_batch(path, images, labels, label_key=b"labels"):
     """A batch as the official python archive stores it: channel-planar uint8 rows, bytes keys."""
     data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
-    batch = {b"batch_label": b"testing batch", label_key: list(map(int, labels)), b"data": data,
-             b"filenames": [b"img%d.png" % i for i in range(len(labels))]}
+    batch = {
+        b"batch_label": b"testing batch",
+        label_key: list(map(int, labels)),
+        b"data": data,
+        b"filenames": [b"img%d.png" % i for i in range(len(labels))],
+    }
     with open(path, "wb") as f:
         pickle.dump(batch, f, protocol=2)
 
@@ -56,8 +60,11 @@ def cifar10_dir(tmp_path):
     root = tmp_path / "cifar-10-batches-py"
     root.mkdir()
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        write_cifar_batch(root / name, rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8),
-                          rng.integers(0, 10, 6))
+        write_cifar_batch(
+            root / name,
+            rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8),
+            rng.integers(0, 10, 6),
+        )
     return tmp_path
 
 
@@ -100,8 +107,14 @@ def run_app(*args, timeout=300, cold=False):
     """
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     if cold or os.environ.get("EFFKERAS_TEST_COLD_APPS"):
-        return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     return app_server.run(args, env=env, cwd=REPO, timeout=timeout)
 
 
@@ -132,8 +145,14 @@ def make_arithmetic_exact(model, seed=0):
     for layer in leaf_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             shape = layer.gamma.shape
-            layer.set_weights([2.0 ** rng.integers(-2, 1, shape), rng.integers(-8, 9, shape) / 8,
-                               rng.integers(-8, 9, shape) / 8, np.full(shape, 1 - layer.epsilon)])
+            layer.set_weights(
+                [
+                    2.0 ** rng.integers(-2, 1, shape),
+                    rng.integers(-8, 9, shape) / 8,
+                    rng.integers(-8, 9, shape) / 8,
+                    np.full(shape, 1 - layer.epsilon),
+                ]
+            )
         elif hasattr(layer, "alpha") and hasattr(layer, "tau"):
             layer.alpha.assign(2.0 ** rng.integers(-2, 1, layer.alpha.shape))
         elif isinstance(layer, keras.layers.Conv2D) and layer.kernel_size == (1, 1):

@@ -41,11 +41,16 @@ def build_quicknet_block(input_shape=(16, 16, 3), filters=32):
     x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(inputs)
     x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
     y = lq.layers.QuantConv2D(
-        filters, 3, padding="same", pad_values=1.0,
+        filters,
+        3,
+        padding="same",
+        pad_values=1.0,
         input_quantizer=lq.quantizers.SteSign(clip_value=1.25),
         kernel_quantizer=lq.quantizers.SteSign(clip_value=1.25),
         kernel_constraint=lq.constraints.WeightClip(1.25),
-        activation="relu", use_bias=False)(x)
+        activation="relu",
+        use_bias=False,
+    )(x)
     y = layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(y)
     outputs = layers.Add()([x, y])
     return tf.keras.Model(inputs, outputs, name="quicknet_block")
@@ -58,8 +63,13 @@ def build_bireal_block(input_shape=(16, 16, 3), filters=32):
     import tensorflow as tf
 
     layers = tf.keras.layers
-    binary = dict(input_quantizer="approx_sign", kernel_quantizer="magnitude_aware_sign",
-                  kernel_constraint="weight_clip", use_bias=False, padding="same")
+    binary = dict(
+        input_quantizer="approx_sign",
+        kernel_quantizer="magnitude_aware_sign",
+        kernel_constraint="weight_clip",
+        use_bias=False,
+        padding="same",
+    )
     inputs = tf.keras.Input(input_shape)
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(inputs)
     x = layers.BatchNormalization()(x)
@@ -83,22 +93,41 @@ def build_layer_mix(input_shape=(12, 12, 3)):
     x = layers.ZeroPadding2D(1)(inputs)
     x = layers.Conv2D(32, 3, activation="relu")(x)
     x = lq.layers.QuantDepthwiseConv2D(
-        3, padding="same", pad_values=1.0, input_quantizer="swish_sign",
-        depthwise_quantizer=lq.quantizers.SteSign(0.5), depthwise_constraint="weight_clip")(x)
+        3,
+        padding="same",
+        pad_values=1.0,
+        input_quantizer="swish_sign",
+        depthwise_quantizer=lq.quantizers.SteSign(0.5),
+        depthwise_constraint="weight_clip",
+    )(x)
     x = layers.BatchNormalization(scale=False)(x)
     y = lq.layers.QuantSeparableConv2D(
-        32, 3, padding="same", input_quantizer="ste_sign", depthwise_quantizer="ste_sign",
-        pointwise_quantizer="ste_sign", pointwise_constraint="weight_clip")(x)
+        32,
+        3,
+        padding="same",
+        input_quantizer="ste_sign",
+        depthwise_quantizer="ste_sign",
+        pointwise_quantizer="ste_sign",
+        pointwise_constraint="weight_clip",
+    )(x)
     y = layers.ReLU(max_value=6.0)(y)
     x = layers.Concatenate()([x, y])
     x = layers.MaxPooling2D(2)(x)
     x = layers.DepthwiseConv2D(3, padding="same")(x)
-    x = lq.layers.QuantConv2D(32, 1, input_quantizer=lq.quantizers.DoReFa(k_bit=2),
-                              kernel_quantizer=lq.quantizers.DoReFa(k_bit=2, mode="weights"))(x)
+    x = lq.layers.QuantConv2D(
+        32,
+        1,
+        input_quantizer=lq.quantizers.DoReFa(k_bit=2),
+        kernel_quantizer=lq.quantizers.DoReFa(k_bit=2, mode="weights"),
+    )(x)
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.5)(x)
-    x = lq.layers.QuantDense(16, input_quantizer="ste_heaviside", kernel_quantizer="ste_sign",
-                             kernel_constraint="weight_clip")(x)
+    x = lq.layers.QuantDense(
+        16,
+        input_quantizer="ste_heaviside",
+        kernel_quantizer="ste_sign",
+        kernel_constraint="weight_clip",
+    )(x)
     outputs = layers.Activation("softmax")(layers.Dense(10)(x))
     return tf.keras.Model(inputs, outputs, name="layer_mix")
 
@@ -109,19 +138,32 @@ def build_sequential(input_shape=(28, 28, 1)):
     import tensorflow as tf
 
     layers = tf.keras.layers
-    binary = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign",
-                  kernel_constraint="weight_clip", use_bias=False)
-    return tf.keras.Sequential([
-        lq.layers.QuantConv2D(32, 3, kernel_quantizer="ste_sign", kernel_constraint="weight_clip",
-                              use_bias=False, input_shape=input_shape),
-        layers.BatchNormalization(scale=False),
-        lq.layers.QuantConv2D(32, 3, **binary),
-        layers.MaxPooling2D(2),
-        layers.BatchNormalization(scale=False),
-        layers.Flatten(),
-        lq.layers.QuantDense(10, **binary),
-        layers.BatchNormalization(scale=False),
-    ], name="sequential")
+    binary = dict(
+        input_quantizer="ste_sign",
+        kernel_quantizer="ste_sign",
+        kernel_constraint="weight_clip",
+        use_bias=False,
+    )
+    return tf.keras.Sequential(
+        [
+            lq.layers.QuantConv2D(
+                32,
+                3,
+                kernel_quantizer="ste_sign",
+                kernel_constraint="weight_clip",
+                use_bias=False,
+                input_shape=input_shape,
+            ),
+            layers.BatchNormalization(scale=False),
+            lq.layers.QuantConv2D(32, 3, **binary),
+            layers.MaxPooling2D(2),
+            layers.BatchNormalization(scale=False),
+            layers.Flatten(),
+            lq.layers.QuantDense(10, **binary),
+            layers.BatchNormalization(scale=False),
+        ],
+        name="sequential",
+    )
 
 
 def build_tf_ops(input_shape=(8, 8, 6)):
@@ -139,8 +181,9 @@ def build_tf_ops(input_shape=(8, 8, 6)):
     y = 1.0 - tf.math.sigmoid(y[..., :8] + x)
     y = tf.math.maximum(y, tf.math.tanh(x)) + tf.math.minimum(tf.math.abs(x), -x)
     y = tf.pad(y, [[0, 0], [1, 1], [1, 1], [0, 0]])[:, 1:-1, 1:-1, :]
-    y = (y * tf.math.reduce_mean(d, axis=[1, 2, 3], keepdims=True)
-         + tf.math.reduce_max(e, axis=-1, keepdims=True))
+    y = y * tf.math.reduce_mean(d, axis=[1, 2, 3], keepdims=True) + tf.math.reduce_max(
+        e, axis=-1, keepdims=True
+    )
     y = tf.clip_by_value(tf.math.square(y), 0.0, 4.0) - tf.nn.relu6(tf.math.exp(-tf.math.abs(y)))
     z = tf.reshape(tf.transpose(y, [0, 2, 1, 3]), (-1, 8 * 8 * 8))
     z = tf.squeeze(tf.expand_dims(z, 1), axis=[1])
@@ -148,8 +191,13 @@ def build_tf_ops(input_shape=(8, 8, 6)):
     return tf.keras.Model(inputs, w + tf.nn.softmax(w), name="tf_ops")  # logits count too
 
 
-MODELS = {"quicknet_block": build_quicknet_block, "bireal_block": build_bireal_block,
-          "layer_mix": build_layer_mix, "sequential": build_sequential, "tf_ops": build_tf_ops}
+MODELS = {
+    "quicknet_block": build_quicknet_block,
+    "bireal_block": build_bireal_block,
+    "layer_mix": build_layer_mix,
+    "sequential": build_sequential,
+    "tf_ops": build_tf_ops,
+}
 
 
 LCE_MODELS = ("quicknet_block", "bireal_block", "tf_ops")
@@ -162,10 +210,19 @@ LCE_MODELS = ("quicknet_block", "bireal_block", "tf_ops")
 # BinaryResNetE18 and the BinaryDenseNets take a stride-1 stem below 50 pixels; XNORNet's 6x6
 # "valid" conv needs 6x6 maps after three stride-2 pools, i.e. 224 pixels.
 ZOO_INPUT_SIZES = {
-    "QuickNet": 32, "QuickNetSmall": 32, "QuickNetLarge": 32,
-    "BiRealNet": 96, "BinaryAlexNet": 64, "BinaryResNetE18": 32,
-    "BinaryDenseNet28": 32, "BinaryDenseNet37": 32, "BinaryDenseNet37Dilated": 32,
-    "BinaryDenseNet45": 32, "MeliusNet22": 96, "RealToBinaryNet": 96, "XNORNet": 224,
+    "QuickNet": 32,
+    "QuickNetSmall": 32,
+    "QuickNetLarge": 32,
+    "BiRealNet": 96,
+    "BinaryAlexNet": 64,
+    "BinaryResNetE18": 32,
+    "BinaryDenseNet28": 32,
+    "BinaryDenseNet37": 32,
+    "BinaryDenseNet37Dilated": 32,
+    "BinaryDenseNet45": 32,
+    "MeliusNet22": 96,
+    "RealToBinaryNet": 96,
+    "XNORNet": 224,
     "DoReFaNet": 64,
 }
 ZOO_CLASSES = 10
@@ -175,11 +232,16 @@ def zoo_builders():
     """{name: builder} of every architecture larq_zoo.sota and larq_zoo.literature export."""
     import larq_zoo
 
-    builders = {name: getattr(module, name)
-                for module in (larq_zoo.sota, larq_zoo.literature) for name in module.__all__}
+    builders = {
+        name: getattr(module, name)
+        for module in (larq_zoo.sota, larq_zoo.literature)
+        for name in module.__all__
+    }
     if set(builders) != set(ZOO_INPUT_SIZES):
-        raise SystemExit(f"larq_zoo {larq_zoo.__version__} exports {sorted(builders)}; "
-                         f"ZOO_INPUT_SIZES has {sorted(ZOO_INPUT_SIZES)}: update it.")
+        raise SystemExit(
+            f"larq_zoo {larq_zoo.__version__} exports {sorted(builders)}; "
+            f"ZOO_INPUT_SIZES has {sorted(ZOO_INPUT_SIZES)}: update it."
+        )
     return builders
 
 
@@ -261,17 +323,25 @@ def zoo_oracle(out_dir, names=None, lce_names=()):
         # Compare logits too: random weights can saturate the softmax, hiding differences.
         head = model.layers[-1]
         softmax = getattr(head, "activation", None) is tf.keras.activations.softmax or isinstance(
-            head, tf.keras.layers.Softmax)
+            head, tf.keras.layers.Softmax
+        )
         logits = tf.keras.Model(model.inputs, head.input) if softmax else model
         x = np.random.default_rng(1).normal(size=(2, size, size, 3)).astype("float32")
         with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
             f.write(model.to_json())
         model.save_weights(os.path.join(out_dir, f"{name}.h5"))
-        np.savez(os.path.join(out_dir, f"{name}_io.npz"), x=x,
-                 y=model(x, training=False).numpy(), logits=logits(x, training=False).numpy())
-        entry = {"input_size": size, "build_s": round(time.perf_counter() - start, 1),
-                 "logits_layer": head.inbound_nodes[0].inbound_layers.name if softmax else None,
-                 "lce": None}
+        np.savez(
+            os.path.join(out_dir, f"{name}_io.npz"),
+            x=x,
+            y=model(x, training=False).numpy(),
+            logits=logits(x, training=False).numpy(),
+        )
+        entry = {
+            "input_size": size,
+            "build_s": round(time.perf_counter() - start, 1),
+            "logits_layer": head.inbound_nodes[0].inbound_layers.name if softmax else None,
+            "lce": None,
+        }
         if name in lce_names or "all" in lce_names:
             import larq_compute_engine as lce
 
@@ -322,7 +392,10 @@ if __name__ == "__main__":
         models_oracle(args[0], args[1:])
     elif command == "zoo":
         lce_names = [a.split("=", 1)[1].split(",") for a in args[1:] if a.startswith("--lce=")]
-        zoo_oracle(args[0], [a for a in args[1:] if not a.startswith("--")],
-                   lce_names[0] if lce_names else ())
+        zoo_oracle(
+            args[0],
+            [a for a in args[1:] if not a.startswith("--")],
+            lce_names[0] if lce_names else (),
+        )
     else:
         sys.exit(f"unknown command {command!r}: use 'quantizers', 'models' or 'zoo'")

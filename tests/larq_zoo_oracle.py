@@ -20,8 +20,12 @@ os.environ["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = "python"
 import numpy as np  # noqa: E402
 
 # effkeras registry name -> Larq Zoo builder (module, function).
-ZOO = {"quicknet_small": ("sota", "QuickNetSmall"), "quicknet": ("sota", "QuickNet"),
-       "quicknet_large": ("sota", "QuickNetLarge"), "birealnet18": ("literature", "BiRealNet")}
+ZOO = {
+    "quicknet_small": ("sota", "QuickNetSmall"),
+    "quicknet": ("sota", "QuickNet"),
+    "quicknet_large": ("sota", "QuickNetLarge"),
+    "birealnet18": ("literature", "BiRealNet"),
+}
 
 
 def randomize(model, rng):
@@ -35,10 +39,14 @@ def randomize(model, rng):
             for weight in layer.weights:
                 kind = weight.name.split("/")[-1].split(":")[0]
                 shape = tuple(weight.shape)
-                values.append({"gamma": lambda: rng.uniform(0.5, 1.5, shape),
-                               "beta": lambda: rng.normal(0, 0.3, shape),
-                               "moving_mean": lambda: rng.normal(0, 0.3, shape),
-                               "moving_variance": lambda: rng.uniform(0.5, 2.0, shape)}[kind]())
+                values.append(
+                    {
+                        "gamma": lambda s: rng.uniform(0.5, 1.5, s),
+                        "beta": lambda s: rng.normal(0, 0.3, s),
+                        "moving_mean": lambda s: rng.normal(0, 0.3, s),
+                        "moving_variance": lambda s: rng.uniform(0.5, 2.0, s),
+                    }[kind](shape)
+                )
             layer.set_weights(values)
         elif getattr(layer, "bias", None) is not None:
             layer.bias.assign(rng.normal(0, 0.1, tuple(layer.bias.shape)))
@@ -53,10 +61,11 @@ def main(out_dir, input_path):
     x = np.load(input_path)["x"]
     counts = {}
     for name, (module, builder) in ZOO.items():
-        model = getattr(getattr(larq_zoo, module), builder)(input_shape=x.shape[1:],
-                                                             weights=None)
-        counts[name] = [int(model.count_params()),
-                        int(sum(np.prod(w.shape) for w in model.trainable_weights))]
+        model = getattr(getattr(larq_zoo, module), builder)(input_shape=x.shape[1:], weights=None)
+        counts[name] = [
+            int(model.count_params()),
+            int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        ]
         randomize(model, rng)
         model.save_weights(os.path.join(out_dir, f"{name}.h5"))
         logits = tf.keras.Model(model.input, model.layers[-2].output)  # before the softmax

@@ -6,12 +6,12 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import assert_one_error_line, run_app
+
 from effkeras import benchmark, models
 from effkeras.benchmark import pipeline
-from effkeras.graph import summary
 from effkeras.errors import InputError
+from effkeras.graph import summary
 
 TARGETS = ["arm", "int8", "tflm", "ethos-u55-128"]
 FLOAT_NET, BINARY_NET = "mlperf_tiny_resnet8", "recu_resnet20@12"
@@ -20,8 +20,15 @@ FLOAT_NET, BINARY_NET = "mlperf_tiny_resnet8", "recu_resnet20@12"
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("benchmark")
-    rows = benchmark.run([FLOAT_NET, BINARY_NET, "no_such_model"], TARGETS, runs=3, warmup=1,
-                         baseline=FLOAT_NET, output_dir=str(output_dir), progress=False)
+    rows = benchmark.run(
+        [FLOAT_NET, BINARY_NET, "no_such_model"],
+        TARGETS,
+        runs=3,
+        warmup=1,
+        baseline=FLOAT_NET,
+        output_dir=str(output_dir),
+        progress=False,
+    )
     return {(row.model, row.target): row for row in rows}, output_dir
 
 
@@ -47,8 +54,12 @@ def test_latencies_are_timed_together_and_given_as_ratios(run):
     binary = rows[BINARY_NET, "arm"]
     assert binary.ratio == pytest.approx(binary.median_ms / rows[FLOAT_NET, "arm"].median_ms)
     assert binary.baseline == f"{FLOAT_NET} (arm)"
-    assert {rows[FLOAT_NET, t].runtime for t in TARGETS} == {"lce", "litert", "tflm",
-                                                             "vela (estimate)"}
+    assert {rows[FLOAT_NET, t].runtime for t in TARGETS} == {
+        "lce",
+        "litert",
+        "tflm",
+        "vela (estimate)",
+    }
 
 
 def test_target_figures_and_mac_shares(run):
@@ -87,8 +98,7 @@ def test_given_files_benchmark_as_what_they_are(run, tmp_path):
     int8_file = str(tmp_path / "resnet8_int8.tflite")
     with open(int8_file, "wb") as f:
         f.write((output_dir / rows[FLOAT_NET, "int8"].file).read_bytes())
-    given = benchmark.run([lce_file, int8_file], ["arm", "tflm"], runs=2, warmup=0,
-                          progress=False)
+    given = benchmark.run([lce_file, int8_file], ["arm", "tflm"], runs=2, warmup=0, progress=False)
     by_key = {(row.model, row.target): row for row in given}
     lce_label = os.path.splitext(os.path.basename(lce_file))[0]
     assert by_key[lce_label, "arm"].median_ms > 0
@@ -104,8 +114,9 @@ def test_device_latencies_merge_into_the_table(run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(output_dir, copy)
     float_file, binary_file = rows[FLOAT_NET, "arm"].file, rows[BINARY_NET, "arm"].file
-    merged = benchmark.merge_device(str(copy), {float_file: {1: 4.0, 4: 1.5},
-                                                binary_file: {1: 2.0}}, "RPi 4B")
+    merged = benchmark.merge_device(
+        str(copy), {float_file: {1: 4.0, 4: 1.5}, binary_file: {1: 2.0}}, "RPi 4B"
+    )
     by_file = {row.file: row for row in merged}
     assert by_file[binary_file].device_ms == {"1": 2.0}
     table = (copy / "benchmark.md").read_text()
@@ -117,31 +128,47 @@ def test_device_latencies_merge_into_the_table(run, tmp_path):
         benchmark.merge_device(str(copy), {"other.tflite": {1: 1.0}}, "RPi 4B")
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"targets": ["arm", "tpu"]}, "unknown target(s) tpu"),
-    ({"baseline": "quicknet"}, "--baseline=quicknet is not one of --models"),
-    ({"specs": [FLOAT_NET, FLOAT_NET]}, "names mlperf_tiny_resnet8 twice"),
-    ({"runs": -1}, "--runs must be an integer >= 0"),
-    ({"specs": ["mobilenet_v2@x"]}, "the size after @ must be a number"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"targets": ["arm", "tpu"]}, "unknown target(s) tpu"),
+        ({"baseline": "quicknet"}, "--baseline=quicknet is not one of --models"),
+        ({"specs": [FLOAT_NET, FLOAT_NET]}, "names mlperf_tiny_resnet8 twice"),
+        ({"runs": -1}, "--runs must be an integer >= 0"),
+        ({"specs": ["mobilenet_v2@x"]}, "the size after @ must be a number"),
+    ],
+)
 def test_bad_arguments_are_refused_before_any_work(kwargs, message):
     arguments = {"specs": [FLOAT_NET], "targets": ["int8"], **kwargs}
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        benchmark.run(arguments.pop("specs"), arguments.pop("targets"), progress=False,
-                      **arguments)
+        benchmark.run(arguments.pop("specs"), arguments.pop("targets"), progress=False, **arguments)
 
 
 def test_app_refuses_bad_flags_with_one_line(tmp_path):
-    assert_one_error_line(run_app("apps.benchmark", f"--output_dir={tmp_path}"),
-                          "--models is required")
-    assert_one_error_line(run_app("apps.benchmark", "--models=mlperf_tiny_resnet8",
-                                  "--targets=int9", f"--output_dir={tmp_path}"),
-                          "unknown target(s) int9", "known targets:")
+    assert_one_error_line(
+        run_app("apps.benchmark", f"--output_dir={tmp_path}"), "--models is required"
+    )
+    assert_one_error_line(
+        run_app(
+            "apps.benchmark",
+            "--models=mlperf_tiny_resnet8",
+            "--targets=int9",
+            f"--output_dir={tmp_path}",
+        ),
+        "unknown target(s) int9",
+        "known targets:",
+    )
 
 
 def test_app_writes_the_table(tmp_path):
-    result = run_app("apps.benchmark", "--models=mlperf_tiny_resnet8@16", "--targets=float",
-                     "--runs=2", "--warmup=0", f"--output_dir={tmp_path}")
+    result = run_app(
+        "apps.benchmark",
+        "--models=mlperf_tiny_resnet8@16",
+        "--targets=float",
+        "--runs=2",
+        "--warmup=0",
+        f"--output_dir={tmp_path}",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| mlperf_tiny_resnet8@16 | float | 16x16x3 |" in result.stdout
     saved = json.loads((tmp_path / "benchmark.json").read_text())
@@ -149,16 +176,30 @@ def test_app_writes_the_table(tmp_path):
 
 
 def test_an_early_exit_network_gets_a_row_per_stage():
-    stages = [{"stage": k, "stage_macs": 1000 * k, "file_bytes": 100 * k, "cycles_total": 10 * k,
-               "inferences_per_second": 1000.0 / k, "sram_bytes": 64 * k, "cpu_ops": k - 1,
-               "npu_macs": 1000 * k} for k in (1, 2)]
+    stages = [
+        {
+            "stage": k,
+            "stage_macs": 1000 * k,
+            "file_bytes": 100 * k,
+            "cycles_total": 10 * k,
+            "inferences_per_second": 1000.0 / k,
+            "sram_bytes": 64 * k,
+            "cpu_ops": k - 1,
+            "npu_macs": 1000 * k,
+        }
+        for k in (1, 2)
+    ]
     report = type("Report", (), {"stages": stages})()
     row = benchmark.Row(model="ranet", target="ethos-u55-128", input="32x32x3")
     pipeline._vela(row, stages)  # the whole network: its stages in turn
     assert row.median_ms == pytest.approx(1.0 + 2.0) and row.cycles == 30 and row.cpu_ops == 1
     first, second = benchmark.stage_rows(row, report)
     assert (second.model, second.macs, second.size_bytes, second.sram_bytes) == (
-        "ranet stage 2", 2000, 200, 128)
+        "ranet stage 2",
+        2000,
+        200,
+        128,
+    )
     assert second.median_ms == pytest.approx(2.0) and second.npu_mac_share == 1.0
 
 
@@ -166,13 +207,20 @@ def test_checkpoints_get_their_accuracy(tmp_path):
     run_dir = tmp_path / "r8"
     run_dir.mkdir()
     models.get(FLOAT_NET, input_shape=(16, 16, 3)).save(run_dir / "model.keras")
-    (run_dir / "metrics.json").write_text(json.dumps({"dataset": "synthetic",
-                                                       "test": {"top1": 0.5}}))
+    (run_dir / "metrics.json").write_text(
+        json.dumps({"dataset": "synthetic", "test": {"top1": 0.5}})
+    )
     spec = str(run_dir / "model.keras")
     keras_only = benchmark.run([spec], ["int8"], runs=0, progress=False)
     assert keras_only[0].accuracy == 0.5 and "(Keras)" in benchmark.table(keras_only)
-    rows = benchmark.run([spec], ["int8", "ethos-u55-128"], runs=0, dataset="synthetic",
-                         output_dir=str(tmp_path / "out"), progress=False)
+    rows = benchmark.run(
+        [spec],
+        ["int8", "ethos-u55-128"],
+        runs=0,
+        dataset="synthetic",
+        output_dir=str(tmp_path / "out"),
+        progress=False,
+    )
     for row in rows:  # each file itself, on the test split; Vela's through its int8 input
         assert row.model == "r8" and 0 <= row.accuracy <= 1 and row.accuracy != 0.5
         assert row.accuracy_source.startswith("synthetic test")
@@ -183,9 +231,14 @@ def _benchmark_dir(tmp_path):
     """An apps.benchmark output with two ARM files and one microcontroller file."""
     from effkeras import benchmark
 
-    rows = [benchmark.Row(model=m, target=t, file=f"{m}_{t}.tflite", median_ms=ms, size_bytes=n)
-            for m, t, ms, n in (("quicknet", "arm", 9.0, 12000), ("ern18", "arm", 6.0, 6000),
-                                ("resnet8", "tflm", 7.0, 3000))]
+    rows = [
+        benchmark.Row(model=m, target=t, file=f"{m}_{t}.tflite", median_ms=ms, size_bytes=n)
+        for m, t, ms, n in (
+            ("quicknet", "arm", 9.0, 12000),
+            ("ern18", "arm", 6.0, 6000),
+            ("resnet8", "tflm", 7.0, 3000),
+        )
+    ]
     for row in rows:
         (tmp_path / row.file).write_bytes(b"x" * row.size_bytes)
     benchmark.set_ratios(rows, "quicknet")
@@ -197,39 +250,60 @@ def test_device_benchmark_merges_the_device_latencies(tmp_path):
     directory = _benchmark_dir(tmp_path)
     fake = tmp_path / "lce_benchmark_model"
     # Prints what lce_benchmark_model prints, with a latency of (bytes / threads) microseconds.
-    fake.write_text('#!/bin/sh\nfor a in "$@"; do case $a in --num_threads=*) n=${a#*=};; '
-                    '--graph=*) g=${a#*=};; esac; done\n'
-                    'echo "count=50 first=1 curr=1 min=1 max=2 avg=3 std=0"\n'
-                    'echo "Inference timings in us: Init: 100, First inference: 9000, '
-                    'Warmup (avg): 8000, Inference (avg): $(( $(wc -c < $g) / n ))"\n')
+    fake.write_text(
+        '#!/bin/sh\nfor a in "$@"; do case $a in --num_threads=*) n=${a#*=};; '
+        "--graph=*) g=${a#*=};; esac; done\n"
+        'echo "count=50 first=1 curr=1 min=1 max=2 avg=3 std=0"\n'
+        'echo "Inference timings in us: Init: 100, First inference: 9000, '
+        'Warmup (avg): 8000, Inference (avg): $(( $(wc -c < $g) / n ))"\n'
+    )
     fake.chmod(0o755)
-    result = run_app("apps.device_benchmark", f"--benchmark_dir={directory}",
-                     f"--binary={fake}", "--threads=1,4", "--device=RPi 4B")
+    result = run_app(
+        "apps.device_benchmark",
+        f"--benchmark_dir={directory}",
+        f"--binary={fake}",
+        "--threads=1,4",
+        "--device=RPi 4B",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    saved = {row["file"]: row for row in
-             json.loads((directory / "benchmark.json").read_text())["rows"]}
+    saved = {
+        row["file"]: row for row in json.loads((directory / "benchmark.json").read_text())["rows"]
+    }
     assert saved["ern18_arm.tflite"]["device_ms"] == {"1": 6.0, "4": 1.5}
     assert saved["resnet8_tflm.tflite"]["device_ms"] is None  # not a file for an ARM CPU
-    line = next(l for l in (directory / "benchmark.md").read_text().splitlines()
-                if l.startswith("| ern18 | arm"))
+    line = next(
+        l
+        for l in (directory / "benchmark.md").read_text().splitlines()
+        if l.startswith("| ern18 | arm")
+    )
     assert line.endswith("| 6.0 | 1.5 | 0.50 |")  # 1 thread, 4 threads, x quicknet on the Pi
 
 
 def test_device_benchmark_says_what_is_missing(tmp_path):
     directory = _benchmark_dir(tmp_path)
-    assert_one_error_line(run_app("apps.device_benchmark", f"--benchmark_dir={directory}",
-                                  f"--binary={tmp_path / 'missing'}"),
-                          "is not an executable benchmark binary", "GitHub releases")
-    assert_one_error_line(run_app("apps.device_benchmark", f"--benchmark_dir={tmp_path / 'x'}"),
-                          "cannot read", "apps.benchmark")
+    assert_one_error_line(
+        run_app(
+            "apps.device_benchmark",
+            f"--benchmark_dir={directory}",
+            f"--binary={tmp_path / 'missing'}",
+        ),
+        "is not an executable benchmark binary",
+        "GitHub releases",
+    )
+    assert_one_error_line(
+        run_app("apps.device_benchmark", f"--benchmark_dir={tmp_path / 'x'}"),
+        "cannot read",
+        "apps.benchmark",
+    )
     fake = tmp_path / "bin"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
     env_path = os.environ["PATH"]
     try:
         os.environ["PATH"] = str(tmp_path)  # no adb here
-        result = run_app("apps.device_benchmark", f"--benchmark_dir={directory}",
-                         f"--binary={fake}", "--adb")
+        result = run_app(
+            "apps.device_benchmark", f"--benchmark_dir={directory}", f"--binary={fake}", "--adb"
+        )
     finally:
         os.environ["PATH"] = env_path
     assert_one_error_line(result, "`adb` is not installed")

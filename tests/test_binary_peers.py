@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from effkeras import deploy, models
-from effkeras.graph import summary
 from effkeras.errors import InputError
+from effkeras.graph import summary
 from effkeras.interop import larq_zoo
 from effkeras.layers import normalize_pixels
 from effkeras.models import birealnet, quicknet
@@ -35,8 +35,13 @@ def zoo(tmp_path_factory):
     normalized = keras.ops.convert_to_numpy(normalize_pixels(keras.ops.convert_to_tensor(pixels)))
     np.savez(folder / "input.npz", x=normalized)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, ORACLE, str(folder), str(folder / "input.npz")],
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, ORACLE, str(folder), str(folder / "input.npz")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     with open(folder / "counts.json") as f:
         return folder, pixels, json.load(f)
@@ -50,8 +55,11 @@ def trainable_count(model):
 def test_counts_and_outputs_equal_larq_zoos(zoo, name):
     folder, pixels, counts = zoo
     model = models.get(name)  # 224x224x3, 1000 classes
-    assert [model.count_params(), trainable_count(model)] == counts[name] == [
-        PARAMS[name], TRAINABLE_PARAMS[name]]
+    assert (
+        [model.count_params(), trainable_count(model)]
+        == counts[name]
+        == [PARAMS[name], TRAINABLE_PARAMS[name]]
+    )
 
     reference = np.load(folder / f"{name}_logits.npy")  # before Larq Zoo's softmax
     scale = np.abs(reference).max()
@@ -72,8 +80,9 @@ def exact_weights(model, seed=0):
             shape = layer.moving_mean.shape
             values = [2.0 ** rng.integers(-2, 1, shape)] if layer.scale else []
             values += [rng.integers(-8, 9, shape) / 8] if layer.center else []
-            layer.set_weights(values + [rng.integers(-8, 9, shape) / 8,
-                                        np.full(shape, 1 - layer.epsilon)])
+            layer.set_weights(
+                values + [rng.integers(-8, 9, shape) / 8, np.full(shape, 1 - layer.epsilon)]
+            )
         elif isinstance(layer, keras.layers.Conv2D) and layer.kernel_size == (1, 1):
             layer.kernel.assign(rng.integers(-4, 5, layer.kernel.shape) / 4)
     return model
@@ -85,12 +94,27 @@ def expected_census(name, blocks):
     conv: our pixel normalisation. One LceBconv2d and one LceQuantize per binary conv (the float
     shortcut adds keep every sign apart), one ADD per block; every ReLU fused."""
     if name.startswith("quicknet"):  # float convs: stem 3x3 and 1x1, three transition 1x1
-        return {"LceBconv2d": blocks, "LceQuantize": blocks, "ADD": blocks, "CONV_2D": 5,
-                "DEPTHWISE_CONV_2D": 1 + 1 + 3, "MAX_POOL_2D": 3, "AVERAGE_POOL_2D": 1,
-                "FULLY_CONNECTED": 1}
+        return {
+            "LceBconv2d": blocks,
+            "LceQuantize": blocks,
+            "ADD": blocks,
+            "CONV_2D": 5,
+            "DEPTHWISE_CONV_2D": 1 + 1 + 3,
+            "MAX_POOL_2D": 3,
+            "AVERAGE_POOL_2D": 1,
+            "FULLY_CONNECTED": 1,
+        }
     # Bi-Real: float stem 7x7 and three shortcut 1x1 convs; three shortcut pools and the head's.
-    return {"LceBconv2d": blocks, "LceQuantize": blocks, "ADD": blocks, "CONV_2D": 4,
-            "DEPTHWISE_CONV_2D": 1, "MAX_POOL_2D": 1, "AVERAGE_POOL_2D": 4, "FULLY_CONNECTED": 1}
+    return {
+        "LceBconv2d": blocks,
+        "LceQuantize": blocks,
+        "ADD": blocks,
+        "CONV_2D": 4,
+        "DEPTHWISE_CONV_2D": 1,
+        "MAX_POOL_2D": 1,
+        "AVERAGE_POOL_2D": 4,
+        "FULLY_CONNECTED": 1,
+    }
 
 
 @pytest.mark.deploys(**dict.fromkeys(PEERS, LCE_SIZE))
@@ -101,8 +125,9 @@ def test_lce_makes_one_bconv_per_binary_conv(name):
     config = quicknet.CONFIGS.get(name)
     assert binary == (sum(config.section_blocks) if config else sum(birealnet.BLOCKS))
     sample = np.random.default_rng(1).uniform(0, 255, (2, LCE_SIZE, LCE_SIZE, 3))
-    flatbuffer, report = deploy.convert(model, "arm", sample=sample.astype(np.float32),
-                                        max_rel_diff=1e-4)
+    flatbuffer, report = deploy.convert(
+        model, "arm", sample=sample.astype(np.float32), max_rel_diff=1e-4
+    )
     assert report.target == "lce (arm)" and report.size_bytes == len(flatbuffer)
     assert report.bconv_ops == report.binary_layers == binary and report.float_fallback == ()
     assert report.op_census == expected_census(name, binary)
@@ -112,8 +137,11 @@ def test_loader_refuses_other_files_and_leaves_the_model(zoo, tmp_path):
     folder, _, _ = zoo
     model = models.get("quicknet", input_shape=(32, 32, 3))
     kept = [w.copy() for w in model.get_weights()]
-    with pytest.raises(InputError, match=r"does not hold quicknet's weights \(Larq Zoo's quick"
-                                         r"net_weights.h5\): weighted layer 1 .*\(3, 3, 3, 8\)"):
+    with pytest.raises(
+        InputError,
+        match=r"does not hold quicknet's weights \(Larq Zoo's quick"
+        r"net_weights.h5\): weighted layer 1 .*\(3, 3, 3, 8\)",
+    ):
         larq_zoo.load_weights(model, folder / "quicknet_small.h5")  # narrower stem, same depth
     with pytest.raises(InputError, match="it has 41 layers with weights, quicknet has 48"):
         larq_zoo.load_weights(model, folder / "birealnet18.h5")
@@ -128,12 +156,20 @@ def test_loader_refuses_other_files_and_leaves_the_model(zoo, tmp_path):
 
     # Another classifier: refused, unless left out (fine-tuning from Larq Zoo's backbone).
     with pytest.raises(InputError, match="classifier .* pass skip_classifier=True"):
-        larq_zoo.load_weights(models.get("birealnet18", input_shape=(32, 32, 3), num_classes=10),
-                              folder / "birealnet18.h5")
-    tuned = larq_zoo.pretrained("birealnet", folder / "birealnet18.h5", input_shape=(32, 32, 3),
-                                num_classes=10, skip_classifier=True)
-    stem_kernel = next(arrays for arrays in larq_zoo.read_h5_weights(folder / "birealnet18.h5")
-                       .values() if arrays)[0]
+        larq_zoo.load_weights(
+            models.get("birealnet18", input_shape=(32, 32, 3), num_classes=10),
+            folder / "birealnet18.h5",
+        )
+    tuned = larq_zoo.pretrained(
+        "birealnet",
+        folder / "birealnet18.h5",
+        input_shape=(32, 32, 3),
+        num_classes=10,
+        skip_classifier=True,
+    )
+    stem_kernel = next(
+        arrays for arrays in larq_zoo.read_h5_weights(folder / "birealnet18.h5").values() if arrays
+    )[0]
     np.testing.assert_array_equal(tuned.get_layer("stem_conv").kernel.numpy(), stem_kernel)
     with pytest.raises(InputError, match="Larq Zoo has no weights for resnet18"):
         larq_zoo.pretrained("resnet18", folder / "quicknet.h5")

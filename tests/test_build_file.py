@@ -16,7 +16,12 @@ def python_files(folder):
 def test_build_names_every_python_file():
     with open(os.path.join(REPO, "BUILD")) as f:
         named = set(re.findall(r'"([\w/]+\.py)"', f.read()))
-    on_disk = python_files("effkeras") | python_files("apps") | python_files("tools") | python_files("tests")
+    on_disk = (
+        python_files("effkeras")
+        | python_files("apps")
+        | python_files("tools")
+        | python_files("tests")
+    )
     assert sorted(on_disk - named) == [], "add these to BUILD"
     assert sorted(named - on_disk) == [], "BUILD names files that do not exist"
 

@@ -7,8 +7,8 @@ import tensorflow as tf
 from keras import layers
 
 from effkeras import deploy
-from effkeras.graph import summary
 from effkeras.deploy.flatbuffer import op_census, operators
+from effkeras.graph import summary
 from effkeras.graph.passes.collapse import collapse
 from effkeras.layers import CollapsibleConv2D
 
@@ -23,8 +23,14 @@ def randomize_batch_norms(model):
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization):
             c = layer.gamma.shape[0]
-            layer.set_weights([RNG.uniform(0.5, 2.0, c), RNG.normal(0, 1, c),
-                               RNG.normal(0, 20, c), RNG.uniform(100, 2000, c)])
+            layer.set_weights(
+                [
+                    RNG.uniform(0.5, 2.0, c),
+                    RNG.normal(0, 1, c),
+                    RNG.normal(0, 20, c),
+                    RNG.uniform(100, 2000, c),
+                ]
+            )
 
 
 def block_model(input_shape=(12, 12, 4)):
@@ -114,9 +120,10 @@ def test_int8_conversion_has_one_conv_per_block():
 
 def test_gradients_reach_the_trained_weights():
     x = tf.constant(images((8, 8, 4)))
-    for layer, names in ((CollapsibleConv2D(4, expansion=2, residual=True),
-                          ["expand_kernel", "project_kernel"]),
-                         (CollapsibleConv2D(6, strides=2), ["kernel"])):
+    for layer, names in (
+        (CollapsibleConv2D(4, expansion=2, residual=True), ["expand_kernel", "project_kernel"]),
+        (CollapsibleConv2D(6, strides=2), ["kernel"]),
+    ):
         layer.build(x.shape)
         assert [w.path.split("/")[-1] for w in layer.trainable_weights] == names
         with tf.GradientTape() as tape:
@@ -140,8 +147,9 @@ def test_collapsed_training_equals_the_expanded_convs(strides, residual):
         expected += x
     assert y.shape == expected.shape
     assert rel_diff(expected, y) < 1e-5
-    np.testing.assert_allclose(layer.collapsed_kernel(),
-                               keras.ops.convert_to_numpy(layer.kernel), rtol=0, atol=0)
+    np.testing.assert_allclose(
+        layer.collapsed_kernel(), keras.ops.convert_to_numpy(layer.kernel), rtol=0, atol=0
+    )
 
 
 def test_summary_counts_one_conv_and_the_trained_params():
@@ -153,8 +161,10 @@ def test_summary_counts_one_conv_and_the_trained_params():
 
 
 def test_kernel_regularizer_reaches_each_trained_weight():
-    for layer, count in ((CollapsibleConv2D(4, expansion=2, kernel_regularizer="l2"), 2),
-                         (CollapsibleConv2D(4, kernel_regularizer="l2"), 1)):
+    for layer, count in (
+        (CollapsibleConv2D(4, expansion=2, kernel_regularizer="l2"), 2),
+        (CollapsibleConv2D(4, kernel_regularizer="l2"), 1),
+    ):
         layer.build((None, 8, 8, 4))
         assert len(layer.losses) == count
 

@@ -7,11 +7,11 @@ import math
 import keras
 import numpy as np
 import pytest
-
 from conftest import run_app
+
 from effkeras import deploy, models
-from effkeras.graph import nn_mass, summary
 from effkeras.deploy.flatbuffer import operators
+from effkeras.graph import nn_mass, summary
 from effkeras.layers import LayerScale
 from effkeras.models import convnext
 
@@ -45,7 +45,10 @@ def test_table_row(name):
     depths, dims, params, macs, mass, gelus = TABLE[name]
     info = models.info(name)
     assert (info.family, info.recipe, info.deploy) == (
-        "rans" if name.startswith("ran_i") else "peer", "ran_i", "float")
+        "rans" if name.startswith("ran_i") else "peer",
+        "ran_i",
+        "float",
+    )
     model = models.get(name)  # 224x224x3, 1000 classes: built symbolically, never run
     totals = summary.totals(summary.summarize(model))
     assert totals["total_params"] == model.count_params()
@@ -63,8 +66,16 @@ def test_block_layers_in_order():
     model = small("ran_i_t")
     block = [layer for layer in model.layers if layer.name.startswith("stage2_block2_")]
     kinds = [type(layer).__name__ for layer in block]
-    assert kinds == ["DepthwiseConv2D", "LayerNormalization", "Conv2D", "Activation", "Conv2D",
-                     "LayerScale", "Dropout", "Add"]
+    assert kinds == [
+        "DepthwiseConv2D",
+        "LayerNormalization",
+        "Conv2D",
+        "Activation",
+        "Conv2D",
+        "LayerScale",
+        "Dropout",
+        "Add",
+    ]
     dw, ln, expand, gelu, project, scale, drop, _ = block
     assert dw.kernel_size == (7, 7) and dw.use_bias
     assert ln.epsilon == 1e-6 and ln.axis in (-1, [-1], [3], 3)
@@ -81,7 +92,10 @@ def test_block_layers_in_order():
     assert stem.kernel_size == stem.strides == (4, 4)
     assert model.get_layer("stage2_downsample_conv").strides == (2, 2)
     assert [type(layer).__name__ for layer in model.layers[-3:]] == [
-        "GlobalAveragePooling2D", "LayerNormalization", "Dense"]
+        "GlobalAveragePooling2D",
+        "LayerNormalization",
+        "Dense",
+    ]
     assert type(model.layers[1]).__name__ == "PixelNormalization"
 
 
@@ -103,16 +117,21 @@ def test_stochastic_depth_drops_branches_in_training_only():
     # Linear in the block index, from 0 (first block: no dropout layer) to drop_path_rate.
     total = sum(convnext.CONFIGS["convnext_t"]["depths"])
     assert len(drops) == total - 1
-    np.testing.assert_allclose([d.rate for d in drops],
-                               [rate * i / (total - 1) for i in range(1, total)])
+    np.testing.assert_allclose(
+        [d.rate for d in drops], [rate * i / (total - 1) for i in range(1, total)]
+    )
     last = drops[-1]
     add = model.get_layer(last.name.replace("_drop_path", "_add"))
     assert last.output in add.input  # the dropped branch is what the residual add reads
     probe = keras.Model(model.input, [last.input, last.output])
     x = np.random.default_rng(0).uniform(0, 255, (64, 32, 32, 3)).astype(np.float32)
     branch, dropped = (keras.ops.convert_to_numpy(t) for t in probe(x, training=True))
-    kept = np.array([np.allclose(d, b / (1 - rate), rtol=1e-5, atol=0) and np.any(d)
-                     for b, d in zip(branch, dropped)])
+    kept = np.array(
+        [
+            np.allclose(d, b / (1 - rate), rtol=1e-5, atol=0) and np.any(d)
+            for b, d in zip(branch, dropped)
+        ]
+    )
     zeroed = np.array([not np.any(d) for d in dropped])
     assert np.all(kept | zeroed) and 0 < zeroed.sum() < len(x)  # whole samples dropped, some kept
     branch, out = (keras.ops.convert_to_numpy(t) for t in probe(x, training=False))
@@ -120,13 +139,21 @@ def test_stochastic_depth_drops_branches_in_training_only():
 
 
 def test_drop_path_defaults_follow_the_papers():
-    for name, rate in [("convnext_t", 0.1), ("convnext_s", 0.4), ("convnext_b", 0.5),
-                       ("ran_i_t", 0.1), ("ran_i_s", 0.2), ("ran_i_b", 0.4)]:
+    for name, rate in [
+        ("convnext_t", 0.1),
+        ("convnext_s", 0.4),
+        ("convnext_b", 0.5),
+        ("ran_i_t", 0.1),
+        ("ran_i_s", 0.2),
+        ("ran_i_b", 0.4),
+    ]:
         model = small(name)
         last = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)][-1]
         assert last.rate == pytest.approx(rate), name
-    assert not any(isinstance(layer, keras.layers.Dropout)
-                   for layer in small("ran_i_t", drop_path_rate=0.0).layers)
+    assert not any(
+        isinstance(layer, keras.layers.Dropout)
+        for layer in small("ran_i_t", drop_path_rate=0.0).layers
+    )
 
 
 def test_overrides_and_bad_values():
@@ -164,15 +191,23 @@ def test_float_tflite_has_static_shapes_only():
 
 
 def test_cpu_benchmark_tool_at_a_tiny_size(tmp_path):
-    result = run_app("tools.bench_ran_i_cpu", "--input_size=32", "--small", "--runs=3",
-                     "--warmup=1", f"--output_dir={tmp_path}")
+    result = run_app(
+        "tools.bench_ran_i_cpu",
+        "--input_size=32",
+        "--small",
+        "--runs=3",
+        "--warmup=1",
+        f"--output_dir={tmp_path}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "bench_ran_i_cpu.json").read_text())
     rows = {row["model"]: row for row in report["models"]}
     assert set(rows) == {"ran_i_t", "convnext_t"}
-    assert all(row["median_ms"] > 0 and row["macs"] > 0 and row["runs"] == 3
-               for row in rows.values())
-    assert report["speedup"] == pytest.approx(rows["convnext_t"]["median_ms"]
-                                              / rows["ran_i_t"]["median_ms"])
+    assert all(
+        row["median_ms"] > 0 and row["macs"] > 0 and row["runs"] == 3 for row in rows.values()
+    )
+    assert report["speedup"] == pytest.approx(
+        rows["convnext_t"]["median_ms"] / rows["ran_i_t"]["median_ms"]
+    )
     assert (tmp_path / "bench_ran_i_cpu.png").stat().st_size > 0
     assert "| ran_i_t |" in result.stdout and "| convnext_t |" in result.stdout

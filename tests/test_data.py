@@ -4,11 +4,11 @@ import pickle
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import write_idx
 
 from effkeras import data
 from effkeras.data import augment, fashion_mnist
 from effkeras.errors import InputError
-from conftest import write_idx
 
 
 def first_batch(split):
@@ -18,8 +18,13 @@ def first_batch(split):
 
 def test_fashion_mnist_pads_28_to_32_and_tiles_to_rgb(fashion_mnist_dir):
     raw_images, raw_labels = fashion_mnist.read(str(fashion_mnist_dir), "test")
-    split = data.load("fashion_mnist", "test", input_shape=(32, 32, 3), batch_size=20,
-                      data_dir=str(fashion_mnist_dir))
+    split = data.load(
+        "fashion_mnist",
+        "test",
+        input_shape=(32, 32, 3),
+        batch_size=20,
+        data_dir=str(fashion_mnist_dir),
+    )
     images, labels = first_batch(split)
     assert (split.num_examples, split.num_classes) == (20, 10)
     assert images.shape == (20, 32, 32, 3) and images.dtype == np.float32
@@ -30,8 +35,13 @@ def test_fashion_mnist_pads_28_to_32_and_tiles_to_rgb(fashion_mnist_dir):
 
 
 def test_train_split_shuffles_and_augments(fashion_mnist_dir):
-    split = data.load("fashion_mnist", "train", input_shape=(28, 28, 1), batch_size=40,
-                      data_dir=str(fashion_mnist_dir))
+    split = data.load(
+        "fashion_mnist",
+        "train",
+        input_shape=(28, 28, 1),
+        batch_size=40,
+        data_dir=str(fashion_mnist_dir),
+    )
     images, labels = first_batch(split)
     raw_images, raw_labels = fashion_mnist.read(str(fashion_mnist_dir), "train")
     assert sorted(labels) == sorted(raw_labels) and list(labels) != list(raw_labels)
@@ -45,28 +55,44 @@ def test_fashion_mnist_rejects_damaged_idx(fashion_mnist_dir, damage):
     if damage == "truncate":
         write_idx(path, np.zeros((20, 28, 28)))
         import gzip
+
         raw = gzip.open(path).read()
         with gzip.open(path, "wb") as f:
             f.write(raw[:-100])
     elif damage == "bad_magic":
         import gzip
+
         with gzip.open(path, "wb") as f:
             f.write(b"\x00\x00\x0d\x03" + bytes(100))
     else:
         path.write_bytes(b"definitely not gzip")
     with pytest.raises(InputError, match="t10k-images-idx3-ubyte.gz"):
-        data.load("fashion_mnist", "test", input_shape=(28, 28, 1), batch_size=4,
-                  data_dir=str(fashion_mnist_dir))
+        data.load(
+            "fashion_mnist",
+            "test",
+            input_shape=(28, 28, 1),
+            batch_size=4,
+            data_dir=str(fashion_mnist_dir),
+        )
 
 
 def test_missing_fashion_mnist_names_layout_and_setup(tmp_path):
     with pytest.raises(InputError, match="apt-get install dataset-fashion-mnist"):
-        data.load("fashion_mnist", "train", input_shape=(28, 28, 1), batch_size=4, data_dir=str(tmp_path))
+        data.load(
+            "fashion_mnist", "train", input_shape=(28, 28, 1), batch_size=4, data_dir=str(tmp_path)
+        )
 
 
 def test_cifar10_reads_channel_planar_batches(cifar10_dir):
-    split = data.load("cifar10", "train", input_shape=(32, 32, 3), batch_size=30,
-                      data_dir=str(cifar10_dir), shuffle=False, augment_with=())
+    split = data.load(
+        "cifar10",
+        "train",
+        input_shape=(32, 32, 3),
+        batch_size=30,
+        data_dir=str(cifar10_dir),
+        shuffle=False,
+        augment_with=(),
+    )
     images, labels = first_batch(split)
     with open(cifar10_dir / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
         batch = pickle.load(f, encoding="bytes")
@@ -81,8 +107,12 @@ def test_cifar100_uses_fine_labels(tmp_path):
     root = tmp_path / "cifar-100-python"
     root.mkdir()
     for name in ("train", "test"):
-        write_cifar_batch(root / name, np.zeros((4, 32, 32, 3), np.uint8), [99, 0, 50, 7],
-                          label_key=b"fine_labels")
+        write_cifar_batch(
+            root / name,
+            np.zeros((4, 32, 32, 3), np.uint8),
+            [99, 0, 50, 7],
+            label_key=b"fine_labels",
+        )
     split = data.load("cifar100", "test", input_shape=(32, 32, 3), batch_size=4, data_dir=str(root))
     assert list(first_batch(split)[1]) == [99, 0, 50, 7] and split.num_classes == 100
 
@@ -98,7 +128,9 @@ def test_crafted_cifar_pickle_is_refused_without_running(cifar10_dir, tmp_path, 
     with open(target, "wb") as f:
         pickle.dump({b"data": RunsCode(), b"labels": [0]}, f, protocol=2)
     with pytest.raises(InputError, match="refusing to load posix.system"):
-        data.load("cifar10", "test", input_shape=(32, 32, 3), batch_size=4, data_dir=str(cifar10_dir))
+        data.load(
+            "cifar10", "test", input_shape=(32, 32, 3), batch_size=4, data_dir=str(cifar10_dir)
+        )
     assert not (tmp_path / "PWNED_MARKER").exists()
 
 
@@ -106,12 +138,18 @@ def test_truncated_cifar_pickle(cifar10_dir):
     target = cifar10_dir / "cifar-10-batches-py" / "test_batch"
     target.write_bytes(target.read_bytes()[:500])
     with pytest.raises(InputError, match="not a valid CIFAR batch"):
-        data.load("cifar10", "test", input_shape=(32, 32, 3), batch_size=4, data_dir=str(cifar10_dir))
+        data.load(
+            "cifar10", "test", input_shape=(32, 32, 3), batch_size=4, data_dir=str(cifar10_dir)
+        )
 
 
 def test_imagenet_folders(imagenet_dir):
-    train = data.load("imagenet", "train", input_shape=(24, 24, 3), batch_size=6, data_dir=str(imagenet_dir))
-    test = data.load("imagenet", "test", input_shape=(24, 24, 3), batch_size=4, data_dir=str(imagenet_dir))
+    train = data.load(
+        "imagenet", "train", input_shape=(24, 24, 3), batch_size=6, data_dir=str(imagenet_dir)
+    )
+    test = data.load(
+        "imagenet", "test", input_shape=(24, 24, 3), batch_size=4, data_dir=str(imagenet_dir)
+    )
     assert (train.num_examples, test.num_examples, test.num_classes) == (6, 4, 2)
     assert test.class_names == ["n01440764", "n01443537"]
     images, labels = first_batch(test)
@@ -122,7 +160,9 @@ def test_imagenet_folders(imagenet_dir):
 def test_truncated_image_is_named(imagenet_dir):
     bad = imagenet_dir / "val" / "n01443537" / "0.JPEG"
     bad.write_bytes(bad.read_bytes()[:60])
-    split = data.load("imagenet", "test", input_shape=(24, 24, 3), batch_size=4, data_dir=str(imagenet_dir))
+    split = data.load(
+        "imagenet", "test", input_shape=(24, 24, 3), batch_size=4, data_dir=str(imagenet_dir)
+    )
     with pytest.raises(InputError, match="0.JPEG is corrupt, truncated or unreadable"):
         with split.errors_as_input_errors():
             list(split.dataset)
@@ -132,12 +172,18 @@ def test_empty_imagenet_dir(tmp_path):
     (tmp_path / "train").mkdir()
     (tmp_path / "val").mkdir()
     with pytest.raises(InputError, match="one sub-folder per class"):
-        data.load("imagenet", "train", input_shape=(24, 24, 3), batch_size=4, data_dir=str(tmp_path))
+        data.load(
+            "imagenet", "train", input_shape=(24, 24, 3), batch_size=4, data_dir=str(tmp_path)
+        )
 
 
 def test_synthetic_is_deterministic():
-    a = first_batch(data.load("synthetic", "test", input_shape=(8, 8, 3), batch_size=16, num_classes=4))
-    b = first_batch(data.load("synthetic", "test", input_shape=(8, 8, 3), batch_size=16, num_classes=4))
+    a = first_batch(
+        data.load("synthetic", "test", input_shape=(8, 8, 3), batch_size=16, num_classes=4)
+    )
+    b = first_batch(
+        data.load("synthetic", "test", input_shape=(8, 8, 3), batch_size=16, num_classes=4)
+    )
     np.testing.assert_array_equal(a[0], b[0])
     assert a[0].shape == (16, 8, 8, 3) and set(a[1]) <= {0, 1, 2, 3}
 
@@ -154,7 +200,9 @@ def test_bad_dataset_arguments():
     with pytest.raises(InputError, match="unknown dataset"):
         data.load("mnist", "train", input_shape=(28, 28, 1), batch_size=4)
     with pytest.raises(InputError, match="unknown augmentation"):
-        data.load("synthetic", "train", input_shape=(8, 8, 1), batch_size=4, augment_with=("cutmix",))
+        data.load(
+            "synthetic", "train", input_shape=(8, 8, 1), batch_size=4, augment_with=("cutmix",)
+        )
 
 
 def test_lighting_shifts_every_pixel_by_one_colour_offset():
@@ -167,10 +215,24 @@ def test_lighting_shifts_every_pixel_by_one_colour_offset():
 
 def test_ern_photometric_augmentations_run_in_the_pipeline(imagenet_dir):
     names = ("squash", "flip", "color_jitter", "grayscale", "rotation", "randaugment")
-    split = data.load("imagenet", "train", input_shape=(24, 24, 3), batch_size=6,
-                      data_dir=str(imagenet_dir), augment_with=names, seed=3)
-    plain = data.load("imagenet", "train", input_shape=(24, 24, 3), batch_size=6,
-                      data_dir=str(imagenet_dir), augment_with=("squash",), seed=3)
+    split = data.load(
+        "imagenet",
+        "train",
+        input_shape=(24, 24, 3),
+        batch_size=6,
+        data_dir=str(imagenet_dir),
+        augment_with=names,
+        seed=3,
+    )
+    plain = data.load(
+        "imagenet",
+        "train",
+        input_shape=(24, 24, 3),
+        batch_size=6,
+        data_dir=str(imagenet_dir),
+        augment_with=("squash",),
+        seed=3,
+    )
     (augmented, labels), (original, same_labels) = first_batch(split), first_batch(plain)
     assert augmented.shape == (6, 24, 24, 3) and 0 <= augmented.min() and augmented.max() <= 255
     np.testing.assert_array_equal(labels, same_labels)  # same shuffle, different pixels

@@ -15,13 +15,19 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import REPO, assert_one_error_line, run_app
 
 # The same global batch and seed for every strategy; deterministic ops make reruns equal, so
 # what differs between strategies is float summation order alone.
-RUN = ("apps.train", "--model=mlperf_tiny_resnet8", "--dataset=synthetic", "--input_shape=16,16,3",
-       "--batch_size=32", "--seed=3", "--deterministic")
+RUN = (
+    "apps.train",
+    "--model=mlperf_tiny_resnet8",
+    "--dataset=synthetic",
+    "--input_shape=16,16,3",
+    "--batch_size=32",
+    "--seed=3",
+    "--deterministic",
+)
 LOSS_RTOL = 2e-4  # measured: ~2e-5 after 8 steps of Adam between 1 and 2 replicas
 
 
@@ -49,12 +55,30 @@ def start_workers(output_dir, ports, *extra):
     cluster = {"worker": [f"localhost:{port}" for port in ports]}
     workers = []
     for index in range(len(ports)):
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", *RUN, "--strategy=multi_worker", f"--output_dir={output_dir}",
-             *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True))
+        env = {
+            **os.environ,
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "TF_CONFIG": json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            ),
+        }
+        workers.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    *RUN,
+                    "--strategy=multi_worker",
+                    f"--output_dir={output_dir}",
+                    *extra,
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     return workers
 
 
@@ -74,8 +98,13 @@ def test_two_workers_equal_one_device_and_only_the_chief_writes(tmp_path):
     assert "task worker 0 of 2 (the chief" in chief and "task worker 1 of 2;" in worker
     assert "global batch 32 (16 per replica)" in chief
     np.testing.assert_allclose(losses(output_dir), losses(tmp_path / "one"), rtol=LOSS_RTOL)
-    assert sorted(os.listdir(output_dir)) == ["checkpoint-2.keras", "logs", "metrics.json",
-                                              "model.keras", "state.json"]
+    assert sorted(os.listdir(output_dir)) == [
+        "checkpoint-2.keras",
+        "logs",
+        "metrics.json",
+        "model.keras",
+        "state.json",
+    ]
 
 
 def test_a_killed_cluster_resumes_from_the_committed_epoch(tmp_path):
@@ -109,12 +138,16 @@ def test_mirrored_with_grad_accumulation_equals_one_device(tmp_path):
     assert one.returncode == 0, one.stderr[-3000:]
     assert "x 2 accumulated = 64 per update" in one.stdout
     assert "learning rate 0.002 at batch 64" in one.stdout  # Adam 1e-3 at 32, scaled
-    two = run_app(*args, "--strategy=mirrored", "--cpu_devices=2",
-                  f"--output_dir={tmp_path / 'two'}", cold=True)
+    two = run_app(
+        *args,
+        "--strategy=mirrored",
+        "--cpu_devices=2",
+        f"--output_dir={tmp_path / 'two'}",
+        cold=True,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert "MirroredStrategy with 2 replicas" in two.stdout
-    np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"),
-                               rtol=LOSS_RTOL)
+    np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=LOSS_RTOL)
 
 
 def test_mixed_bfloat16_trains_and_writes_a_float32_model(tmp_path):
@@ -122,9 +155,17 @@ def test_mixed_bfloat16_trains_and_writes_a_float32_model(tmp_path):
 
     from effkeras import saving
 
-    result = run_app("apps.train", "--model=recu_resnet20", "--dataset=synthetic",
-                     "--input_shape=16,16,3", "--epochs=1", "--steps_per_epoch=1",
-                     "--batch_size=8", "--dtype_policy=mixed_bfloat16", f"--output_dir={tmp_path}")
+    result = run_app(
+        "apps.train",
+        "--model=recu_resnet20",
+        "--dataset=synthetic",
+        "--input_shape=16,16,3",
+        "--epochs=1",
+        "--steps_per_epoch=1",
+        "--batch_size=8",
+        "--dtype_policy=mixed_bfloat16",
+        f"--output_dir={tmp_path}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "; mixed_bfloat16" in result.stdout
     trained = saving.load_model(str(tmp_path / "checkpoint-1.keras"))
@@ -156,19 +197,27 @@ def test_quantized_kernels_compute_in_float32_under_mixed_precision():
     out = np.asarray(layer(image, training=False), "float32")[0, 0, 0]
     expected = np.sign(kernel[1, 1, 0]) * scale
     # bfloat16 keeps 8 bits: a float32 scale rounds once (< 2^-8), not per summand
-    np.testing.assert_allclose(out, expected, rtol=2 ** -8)
+    np.testing.assert_allclose(out, expected, rtol=2**-8)
 
 
-@pytest.mark.parametrize("extra, env, fragments", [
-    (("--strategy=multi_worker",), {}, ("TF_CONFIG", "not set")),
-    (("--strategy=multi_worker",), {"TF_CONFIG": "{not json"}, ("TF_CONFIG must be JSON",)),
-    (("--strategy=multi_worker",),
-     {"TF_CONFIG": '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}'},
-     ("is not in its cluster",)),
-    (("--dtype_policy=mixed_float16",), {}, ("mixed_float16 needs a GPU", "mixed_bfloat16")),
-    (("--dtype_policy=half",), {}, ("--dtype_policy must be one of",)),
-    (("--grad_accumulation=8", "--steps_per_epoch=3"), {}, ("needs at least 8 batches",)),
-])
+@pytest.mark.parametrize(
+    "extra, env, fragments",
+    [
+        (("--strategy=multi_worker",), {}, ("TF_CONFIG", "not set")),
+        (("--strategy=multi_worker",), {"TF_CONFIG": "{not json"}, ("TF_CONFIG must be JSON",)),
+        (
+            ("--strategy=multi_worker",),
+            {
+                "TF_CONFIG": '{"cluster": {"worker": ["a:1"]}, '
+                '"task": {"type": "worker", "index": 3}}'
+            },
+            ("is not in its cluster",),
+        ),
+        (("--dtype_policy=mixed_float16",), {}, ("mixed_float16 needs a GPU", "mixed_bfloat16")),
+        (("--dtype_policy=half",), {}, ("--dtype_policy must be one of",)),
+        (("--grad_accumulation=8", "--steps_per_epoch=3"), {}, ("needs at least 8 batches",)),
+    ],
+)
 def test_bad_distribution_flags_get_one_error_line(tmp_path, monkeypatch, extra, env, fragments):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     for key, value in env.items():

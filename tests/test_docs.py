@@ -13,7 +13,6 @@ import os
 import re
 
 import pytest
-
 from conftest import REPO, assert_one_error_line, run_app
 
 FAMILY_PAGES = ("recu", "ern", "rans", "ranet", "lerp_psa", "peers")
@@ -46,8 +45,9 @@ def prose(text):
 def anchors(text):
     """GitHub's anchors of a markdown file's headings."""
     headings = re.findall(r"^#+ (.+)$", without_code_blocks(text), flags=re.M)
-    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
-            for heading in headings}
+    return {
+        re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-") for heading in headings
+    }
 
 
 def committed_table():
@@ -78,8 +78,11 @@ def test_every_relative_link_resolves():
             if re.match(r"[a-z]+:", target):  # https:, mailto:
                 continue
             file_part, _, anchor = target.partition("#")
-            resolved = os.path.normpath(os.path.join(os.path.dirname(path), file_part)) \
-                if file_part else path
+            resolved = (
+                os.path.normpath(os.path.join(os.path.dirname(path), file_part))
+                if file_part
+                else path
+            )
             where = f"{os.path.relpath(path, REPO)}: {target}"
             if not os.path.exists(resolved):
                 broken.append(where)
@@ -92,13 +95,19 @@ def test_registry_table_lists_every_model_as_registered():
     from effkeras import models
 
     rows = [cells(line) for line in committed_table()[2:]]
-    assert [row[0] for row in rows] == [f"`{name}`" for name in models.names()], \
+    assert [row[0] for row in rows] == [f"`{name}`" for name in models.names()], (
         "regenerate docs/models.md: python -m apps.summary --list --markdown"
+    )
     for row in rows:
         info = models.info(row[0].strip("`"))
         assert row[1].startswith(f"[{info.family}](") and row[1].endswith("/README.md)"), row
-        assert row[4:] == [f"`{info.deploy}`", "x".join(map(str, info.input_shape)),
-                           str(info.num_classes), f"`{info.recipe}`", info.paper], row
+        assert row[4:] == [
+            f"`{info.deploy}`",
+            "x".join(map(str, info.input_shape)),
+            str(info.num_classes),
+            f"`{info.recipe}`",
+            info.paper,
+        ], row
 
 
 def sample_of_each_family(lines):
@@ -122,11 +131,14 @@ def test_registry_table_is_generated():
         names = [cells(line)[0].strip("`") for line in expected[2:]]
         result = run_app("apps.summary", "--list", "--markdown", "--models=" + ",".join(names))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip("\n").split("\n") == expected, \
+    assert result.stdout.strip("\n").split("\n") == expected, (
         "regenerate docs/models.md: python -m apps.summary --list --markdown"
+    )
 
 
 def test_markdown_goes_with_list():
     assert_one_error_line(run_app("apps.summary", "--markdown"), "--markdown goes with --list")
-    assert_one_error_line(run_app("apps.summary", "--list", "--models=resnet20"),
-                          "--models goes with --list --markdown")
+    assert_one_error_line(
+        run_app("apps.summary", "--list", "--models=resnet20"),
+        "--models goes with --list --markdown",
+    )

@@ -8,16 +8,16 @@ import os
 import keras
 import numpy as np
 import pytest
+from conftest import assert_one_error_line, run_app
 
 from effkeras import deploy, models
-from effkeras.graph import summary
 from effkeras.data import synthetic
 from effkeras.deploy import early_exit, verify
 from effkeras.deploy.converter import float_ops, top1_agreement
 from effkeras.deploy.flatbuffer import op_census, operators, read_model, signatures
 from effkeras.early_exit import NEVER, write_thresholds
 from effkeras.errors import InputError
-from conftest import assert_one_error_line, run_app
+from effkeras.graph import summary
 
 SHAPE, CLASSES = (32, 32, 1), 10
 
@@ -26,14 +26,18 @@ def small_ranet():
     """The registry's small RANet, its conv kernels drawn here (He fan-out, seeded): the model's
     own initializers are unseeded Keras 3 instances shared by every layer, which give
     same-shaped layers the same values, drawn before set_random_seed can fix them."""
-    model = models.get("ranet_cifar", input_shape=SHAPE, num_classes=CLASSES,
-                       **models.info("ranet_cifar").small)
+    model = models.get(
+        "ranet_cifar", input_shape=SHAPE, num_classes=CLASSES, **models.info("ranet_cifar").small
+    )
     rng = np.random.default_rng(0)
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D):
             kh, kw, _, filters = layer.kernel.shape
-            layer.kernel.assign(rng.normal(0, np.sqrt(2 / (kh * kw * filters)),
-                                           layer.kernel.shape).astype("float32"))
+            layer.kernel.assign(
+                rng.normal(0, np.sqrt(2 / (kh * kw * filters)), layer.kernel.shape).astype(
+                    "float32"
+                )
+            )
     return model
 
 
@@ -42,14 +46,14 @@ def fit_heads(model, images, labels):
     model has (an untrained net's top-2 logits differ by less than int8 rounding moves them,
     which turns top-1 agreement into coin flips at near-ties)."""
     count = len(model.outputs)
-    pools = keras.Model(model.input, [model.get_layer(f"exit{k}_pool").output
-                                      for k in range(1, count + 1)])
+    pools = keras.Model(
+        model.input, [model.get_layer(f"exit{k}_pool").output for k in range(1, count + 1)]
+    )
     target = np.eye(CLASSES)[labels] * 8 - 4
     for k, features in enumerate(pools.predict(images, verbose=0), start=1):
         x = np.concatenate([features, np.ones((len(features), 1))], axis=1)
         w = np.linalg.solve(x.T @ x + 1e-2 * np.eye(x.shape[1]), x.T @ target)
-        model.get_layer(f"exit{k}").set_weights([w[:-1].astype("float32"),
-                                                 w[-1].astype("float32")])
+        model.get_layer(f"exit{k}").set_weights([w[:-1].astype("float32"), w[-1].astype("float32")])
     return model
 
 
@@ -121,8 +125,9 @@ def test_stages_of_a_hand_built_model_share_its_layers_and_chain_to_its_outputs(
     kernel = id(model.get_layer("shared").kernel)  # one variable, called in stages 1 and 3
     assert [kernel in {id(v) for v in stage.weights} for stage in stages] == [True, False, True]
     x = images(5, (8, 8, 3))
-    for expected, got in zip(model.predict(x, verbose=0), early_exit.run_stages(stages, x),
-                             strict=True):
+    for expected, got in zip(
+        model.predict(x, verbose=0), early_exit.run_stages(stages, x), strict=True
+    ):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -131,12 +136,13 @@ def test_ranet_stages_hand_on_only_what_later_stages_read(ranet):
     assert len(stages) == 3 and same_variables(stages, ranet)
     assert sum(len(s.weights) for s in stages) == len(ranet.weights)  # each in one stage
     assert sum(s.count_params() for s in stages) == ranet.count_params()  # nothing duplicated
-    read_later = [{n for s in stages[k + 1:] for n in s.input_names} for k in range(3)]
+    read_later = [{n for s in stages[k + 1 :] for n in s.input_names} for k in range(3)]
     for k, stage in enumerate(stages):
         assert set(stage.state_names) <= read_later[k] and stage.state_names or k == 2
     x = images(4)
-    for expected, got in zip(ranet.predict(x, verbose=0), early_exit.run_stages(stages, x),
-                             strict=True):
+    for expected, got in zip(
+        ranet.predict(x, verbose=0), early_exit.run_stages(stages, x), strict=True
+    ):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -163,8 +169,14 @@ def test_float_file_has_one_signature_per_stage_and_equals_keras(ranet, float_fi
             assert t["dtype"] == "float32" and t["bytes"] == 4 * np.prod(t["shape"])
         assert stage["held_state_bytes"] >= sum(t["bytes"] for t in stage["hands_on"])
     path = str(tmp_path / "ranet.tflite")
-    deploy.save(path, flatbuffer, report, deploy.app_metadata(
-        flatbuffer, report, model_name="ranet_cifar", class_names=[f"c{i}" for i in range(10)]))
+    deploy.save(
+        path,
+        flatbuffer,
+        report,
+        deploy.app_metadata(
+            flatbuffer, report, model_name="ranet_cifar", class_names=[f"c{i}" for i in range(10)]
+        ),
+    )
     with open(path + ".json") as f:
         app = json.load(f)
     assert [o["signature"] for o in app["outputs"]] == ["stage_1", "stage_2", "stage_3"]
@@ -214,8 +226,11 @@ def test_a_keras_model_to_tflm_with_int8_state():
     assert report.io == "int8" and report.max_rel_diff <= 0.25
     reads = report.description["stages"][2]["reads"]
     assert {t["dtype"] for t in reads} == {"int8"} and all(t["quantization"] for t in reads)
-    assert [(t["name"], t.get("from_stage")) for t in reads] == [("image", None), ("a", 1),
-                                                                  ("b", 2)]
+    assert [(t["name"], t.get("from_stage")) for t in reads] == [
+        ("image", None),
+        ("a", 1),
+        ("b", 2),
+    ]
     with pytest.raises(InputError, match="take and hand on int8 tensors, not float"):
         deploy.convert(flatbuffer, "tflm", io="float")
     x = images(4, (8, 8, 3))
@@ -246,8 +261,9 @@ def test_runner_stops_at_the_first_confident_exit_and_calibrates(int8_file, data
     flops = early_exit.description(flatbuffer)["exit_flops"]
     test = data[2][:32]
     never = NEVER
-    assert set(early_exit.Runner(flatbuffer, thresholds=[never, never, 0.0])
-               .predict(test).exits) == {3}
+    assert set(
+        early_exit.Runner(flatbuffer, thresholds=[never, never, 0.0]).predict(test).exits
+    ) == {3}
     decisions = early_exit.Runner(flatbuffer, thresholds=[0.0, 0.0, 0.0]).predict(test)
     assert set(decisions.exits) == {1} and decisions.expected_cost == flops[0]
     runner = early_exit.Runner(flatbuffer)
@@ -268,7 +284,8 @@ def test_runner_stops_at_the_first_confident_exit_and_calibrates(int8_file, data
     assert again.exit_fractions == runner.calibration["exit_fractions"]
     again.calibrate(data[0][64:128])  # to the file's exit fractions
     assert again.calibration["exit_fractions"][0] == pytest.approx(
-        runner.calibration["exit_fractions"][0], abs=0.1)
+        runner.calibration["exit_fractions"][0], abs=0.1
+    )
 
 
 # --- refusals ---------------------------------------------------------------------------------
@@ -295,16 +312,30 @@ def test_a_stage_fed_the_wrong_state_is_refused(float_file):
 def test_thresholds_for_another_model_are_refused(float_file, ranet, tmp_path):
     flatbuffer = float_file[0]
     flops = early_exit.description(flatbuffer)["exit_flops"]
-    record = {"model": "ranet_cifar", "num_exits": 4, "thresholds": [0.9, 0.8, 0.7, 0.0],
-              "exit_flops": flops + [flops[-1] + 1], "expected_flops": float(flops[0]),
-              "exit_fractions": [1.0, 0.0, 0.0, 0.0]}
+    record = {
+        "model": "ranet_cifar",
+        "num_exits": 4,
+        "thresholds": [0.9, 0.8, 0.7, 0.0],
+        "exit_flops": flops + [flops[-1] + 1],
+        "expected_flops": float(flops[0]),
+        "exit_fractions": [1.0, 0.0, 0.0, 0.0],
+    }
     four = tmp_path / "four.json"
     four.write_text(json.dumps(record))
     with pytest.raises(InputError, match="for 4 exits but the model has 3"):
         early_exit.Runner(flatbuffer, thresholds=str(four))
     other = tmp_path / "other.json"
-    other.write_text(json.dumps({**record, "num_exits": 3, "thresholds": [0.9, 0.8, 0.0],
-                                 "exit_flops": [1, 2, 3], "exit_fractions": [1.0, 0.0, 0.0]}))
+    other.write_text(
+        json.dumps(
+            {
+                **record,
+                "num_exits": 3,
+                "thresholds": [0.9, 0.8, 0.0],
+                "exit_flops": [1, 2, 3],
+                "exit_fractions": [1.0, 0.0, 0.0],
+            }
+        )
+    )
     with pytest.raises(InputError, match="calibrated for exits costing"):
         early_exit.Runner(flatbuffer, thresholds=str(other))
     with pytest.raises(InputError, match="are for 2 exits, and the model has 3"):
@@ -341,13 +372,26 @@ def test_apps_convert_writes_the_signature_file_and_refuses_foreign_thresholds(r
     ranet.save(checkpoint)
     flops = [c["flops"] for c in summary.exit_costs(ranet)]
     thresholds = tmp_path / "thresholds.json"
-    write_thresholds(str(thresholds), {
-        "model": "ranet_cifar", "num_exits": 3, "thresholds": [0.9, 0.6, 0.0],
-        "exit_flops": flops, "expected_flops": float(flops[1]),
-        "exit_fractions": [0.3, 0.4, 0.3]})
+    write_thresholds(
+        str(thresholds),
+        {
+            "model": "ranet_cifar",
+            "num_exits": 3,
+            "thresholds": [0.9, 0.6, 0.0],
+            "exit_flops": flops,
+            "expected_flops": float(flops[1]),
+            "exit_fractions": [0.3, 0.4, 0.3],
+        },
+    )
     output = str(tmp_path / "ranet.tflite")
-    result = run_app("apps.convert", f"--checkpoint={checkpoint}", "--target=float",
-                     f"--output={output}", f"--thresholds={thresholds}", "--json")
+    result = run_app(
+        "apps.convert",
+        f"--checkpoint={checkpoint}",
+        "--target=float",
+        f"--output={output}",
+        f"--thresholds={thresholds}",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary_line = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary_line["exits"] == 3 and summary_line["max_rel_diff"] <= 1e-4
@@ -357,9 +401,25 @@ def test_apps_convert_writes_the_signature_file_and_refuses_foreign_thresholds(r
     assert early_exit.Runner(output).thresholds == [0.9, 0.6, 0.0]
 
     four = tmp_path / "four.json"
-    four.write_text(json.dumps({"model": "x", "num_exits": 4, "thresholds": [0.5, 0.5, 0.5, 0.0],
-                                "exit_flops": [1, 2, 3, 4], "expected_flops": 2.0,
-                                "exit_fractions": [0.25] * 4}))
-    assert_one_error_line(run_app("apps.convert", f"--checkpoint={checkpoint}", "--target=int8",
-                                  f"--output={tmp_path / 'x.tflite'}", f"--thresholds={four}"),
-                          "for 4 exits but the model has 3")
+    four.write_text(
+        json.dumps(
+            {
+                "model": "x",
+                "num_exits": 4,
+                "thresholds": [0.5, 0.5, 0.5, 0.0],
+                "exit_flops": [1, 2, 3, 4],
+                "expected_flops": 2.0,
+                "exit_fractions": [0.25] * 4,
+            }
+        )
+    )
+    assert_one_error_line(
+        run_app(
+            "apps.convert",
+            f"--checkpoint={checkpoint}",
+            "--target=int8",
+            f"--output={tmp_path / 'x.tflite'}",
+            f"--thresholds={four}",
+        ),
+        "for 4 exits but the model has 3",
+    )

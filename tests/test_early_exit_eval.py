@@ -8,13 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
 from conftest import assert_one_error_line, run_app
-from effkeras import data
-from effkeras import early_exit
+
+from effkeras import data, early_exit
 from effkeras.early_exit import exits
-from effkeras.evaluation import early_exit as ee
 from effkeras.errors import InputError
+from effkeras.evaluation import early_exit as ee
 
 F32 = np.float32
 
@@ -37,13 +36,16 @@ def test_the_sweep_is_the_official_39_points():
 
 def test_thresholds_worked_by_hand():
     # r = 1, three exits, six validation samples: m_1 = m_2 = floor(6 / 3) = 2.
-    confidence = [[0.9, 0.8, 0.7, 0.6, 0.5, 0.4],
-                  [0.95, 0.3, 0.85, 0.75, 0.65, 0.2],
-                  [0.1, 0.1, 0.1, 0.1, 0.1, 0.1]]
+    confidence = [
+        [0.9, 0.8, 0.7, 0.6, 0.5, 0.4],
+        [0.95, 0.3, 0.85, 0.75, 0.65, 0.2],
+        [0.1, 0.1, 0.1, 0.1, 0.1, 0.1],
+    ]
     # Exit 1: the 2nd most confident is 0.8 (samples 0, 1 leave). Exit 2 among samples 2..5
     # (0.85, 0.75, 0.65, 0.2): the 2nd is 0.75 (samples 2, 3 leave). The rest answer at exit 3.
-    thresholds = exits.calibrate_thresholds(np.asarray(confidence, F32),
-                                            exits.exit_proportions(1.0, 3))
+    thresholds = exits.calibrate_thresholds(
+        np.asarray(confidence, F32), exits.exit_proportions(1.0, 3)
+    )
     assert thresholds.tolist() == [float(F32(0.8)), float(F32(0.75)), 0.0]
     taken = exits.exits_taken(np.asarray(confidence, F32), thresholds)
     assert taken.tolist() == [0, 0, 1, 1, 2, 2]
@@ -52,16 +54,19 @@ def test_thresholds_worked_by_hand():
     test = np.asarray([[0.9, 0.5, 0.5, 0.8], [0.2, 0.8, 0.7, 0.1], [0.3, 0.3, 0.1, 0.9]], F32)
     correct = [[1, 1, 1, 1], [1, 0, 1, 1], [1, 1, 1, 1]]
     scored = exits.apply_thresholds(test, np.asarray(correct, bool), thresholds, [10, 30, 60])
-    assert scored == {"exit_fractions": [0.5, 0.25, 0.25], "top1": 0.75,
-                      "flops": 0.5 * 10 + 0.25 * 30 + 0.25 * 60}
+    assert scored == {
+        "exit_fractions": [0.5, 0.25, 0.25],
+        "top1": 0.75,
+        "flops": 0.5 * 10 + 0.25 * 30 + 0.25 * 60,
+    }
 
 
 def test_ties_take_more_and_an_exit_short_of_samples_is_never_taken():
     # r = 0.5, seven samples: pi = 4/7, 2/7, 1/7 so m_1 = 4 and m_2 = 2 (exact products, which a
     # bare floor of 7 * (4/7) in floating point could take as 3).
-    confidence = np.asarray([[0.9, 0.9, 0.9, 0.6, 0.6, 0.6, 0.3],
-                             [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.99],
-                             [0.5] * 7], F32)
+    confidence = np.asarray(
+        [[0.9, 0.9, 0.9, 0.6, 0.6, 0.6, 0.3], [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.99], [0.5] * 7], F32
+    )
     thresholds = exits.calibrate_thresholds(confidence, exits.exit_proportions(0.5, 3))
     # The 4th most confident at exit 1 is 0.6, tied with two more: six samples leave. Exit 2
     # wants 2 of the one left, so nobody leaves there.
@@ -115,8 +120,14 @@ def test_calibration_refuses_the_test_split():
 
 def test_validation_is_held_out_of_the_training_files(fashion_mnist_dir):
     def load(split, size=10):
-        return data.load("fashion_mnist", split, input_shape=(28, 28, 1), batch_size=64,
-                         data_dir=str(fashion_mnist_dir), validation_size=size)
+        return data.load(
+            "fashion_mnist",
+            split,
+            input_shape=(28, 28, 1),
+            batch_size=64,
+            data_dir=str(fashion_mnist_dir),
+            validation_size=size,
+        )
 
     validation, rest, test = load("validation"), load("train"), load("test")
     assert (validation.source, rest.source, test.source) == ("train", "train", "test")
@@ -127,8 +138,13 @@ def test_validation_is_held_out_of_the_training_files(fashion_mnist_dir):
     # The fixture labels image i with i % 10: the split holds those images, in order, unaugmented.
     _, labels = next(iter(validation.dataset))
     np.testing.assert_array_equal(labels, validation.indices % 10)
-    full = data.load("fashion_mnist", "train", input_shape=(28, 28, 1), batch_size=8,
-                     data_dir=str(fashion_mnist_dir))
+    full = data.load(
+        "fashion_mnist",
+        "train",
+        input_shape=(28, 28, 1),
+        batch_size=8,
+        data_dir=str(fashion_mnist_dir),
+    )
     assert full.num_examples == 40  # without validation_size, train keeps every image
     with pytest.raises(InputError, match="smaller than fashion_mnist's training set .40"):
         load("validation", 40)
@@ -139,16 +155,18 @@ def ranet_checkpoint(tmp_path_factory):
     from effkeras import models
     from effkeras.graph import summary
 
-    model = models.get("ranet_cifar", input_shape=(32, 32, 1), num_classes=10,
-                       **models.info("ranet_cifar").small)
+    model = models.get(
+        "ranet_cifar", input_shape=(32, 32, 1), num_classes=10, **models.info("ranet_cifar").small
+    )
     path = tmp_path_factory.mktemp("ranet") / "ranet.keras"
     model.save(path)
     return str(path), [cost["flops"] for cost in summary.exit_costs(model)]
 
 
 @pytest.mark.parametrize("split", ["test", "train"])
-def test_thresholds_come_from_the_validation_indices_only(ranet_checkpoint, fashion_mnist_dir,
-                                                         monkeypatch, split):
+def test_thresholds_come_from_the_validation_indices_only(
+    ranet_checkpoint, fashion_mnist_dir, monkeypatch, split
+):
     collected, calibrated = [], []
     collect, calibrate = ee.collect, exits.calibrate_thresholds
 
@@ -164,9 +182,15 @@ def test_thresholds_come_from_the_validation_indices_only(ranet_checkpoint, fash
     monkeypatch.setattr(ee, "collect", spy_collect)
     monkeypatch.setattr(exits, "calibrate_thresholds", spy_calibrate)
     path, exit_flops = ranet_checkpoint
-    result = ee.evaluate_checkpoint(path, "fashion_mnist", split=split, batch_size=16,
-                                    data_dir=str(fashion_mnist_dir), validation_size=12,
-                                    budget=3e6)
+    result = ee.evaluate_checkpoint(
+        path,
+        "fashion_mnist",
+        split=split,
+        batch_size=16,
+        data_dir=str(fashion_mnist_dir),
+        validation_size=12,
+        budget=3e6,
+    )
     (scored_source, scored_indices, _), (val_source, val_indices, validation) = collected
     held_out, rest = data.validation_indices(40, 12)
     assert val_source == "train"
@@ -182,22 +206,31 @@ def test_thresholds_come_from_the_validation_indices_only(ranet_checkpoint, fash
 
 
 def write_record(path, **changes):
-    record = {"model": "ranet_cifar", "num_exits": 3, "thresholds": [0.5, 0.9, 0.0],
-              "exit_flops": [100, 200, 300], "expected_flops": 180.0,
-              "exit_fractions": [0.5, 0.2, 0.3], **changes}
+    record = {
+        "model": "ranet_cifar",
+        "num_exits": 3,
+        "thresholds": [0.5, 0.9, 0.0],
+        "exit_flops": [100, 200, 300],
+        "expected_flops": 180.0,
+        "exit_fractions": [0.5, 0.2, 0.3],
+        **changes,
+    }
     path.write_text(json.dumps(record))
     return path
 
 
-@pytest.mark.parametrize("changes, fragment", [
-    ({"num_exits": 2, "thresholds": [0.5, 0.0]}, "for 2 exits but the model has 3"),
-    ({"thresholds": [0.5, 0.0]}, "thresholds must be a list of num_exits=3"),
-    ({"thresholds": [0.5, 0.9, 0.2]}, "last threshold must be 0.0"),
-    ({"thresholds": [0.5, "x", 0.0]}, "finite numbers >= 0"),
-    ({"exit_fractions": [0.5, 0.2, 0.2]}, "add up to 1"),
-    ({"exit_flops": [300, 200, 100]}, "cumulative"),
-    ({"model": None}, "model must be a string"),
-])
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [
+        ({"num_exits": 2, "thresholds": [0.5, 0.0]}, "for 2 exits but the model has 3"),
+        ({"thresholds": [0.5, 0.0]}, "thresholds must be a list of num_exits=3"),
+        ({"thresholds": [0.5, 0.9, 0.2]}, "last threshold must be 0.0"),
+        ({"thresholds": [0.5, "x", 0.0]}, "finite numbers >= 0"),
+        ({"exit_fractions": [0.5, 0.2, 0.2]}, "add up to 1"),
+        ({"exit_flops": [300, 200, 100]}, "cumulative"),
+        ({"model": None}, "model must be a string"),
+    ],
+)
 def test_load_thresholds_refuses_a_file_that_does_not_fit(tmp_path, changes, fragment):
     path = write_record(tmp_path / "t.json", **changes)
     with pytest.raises(InputError, match=fragment) as error:
@@ -235,30 +268,62 @@ def test_app_end_to_end_and_its_refusals(ranet_checkpoint, fashion_mnist_dir, tm
 
     path, flops = ranet_checkpoint
     num_exits = len(flops)
-    common = [f"--checkpoint={path}", "--dataset=fashion_mnist",
-              f"--data_dir={fashion_mnist_dir}", "--batch_size=16"]
+    common = [
+        f"--checkpoint={path}",
+        "--dataset=fashion_mnist",
+        f"--data_dir={fashion_mnist_dir}",
+        "--batch_size=16",
+    ]
     given = write_record(tmp_path / "given.json", exit_flops=flops)
     output, written = tmp_path / "report" / "eval.json", tmp_path / "thresholds.json"
     single = tmp_path / "single.keras"
     inputs = keras.Input((32, 32, 1))
     keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs))).save(single)
-    mismatched = write_record(tmp_path / "two.json", num_exits=2, thresholds=[0.5, 0.0],
-                              exit_flops=[1, 2], exit_fractions=[0.5, 0.5])
+    mismatched = write_record(
+        tmp_path / "two.json",
+        num_exits=2,
+        thresholds=[0.5, 0.0],
+        exit_flops=[1, 2],
+        exit_fractions=[0.5, 0.5],
+    )
     budgeted = ["--early_exit=budgeted", f"--output={tmp_path}/bad.json"]
     ok, low, mismatch, too_large, one_output = run_apps(
-        [*common, "--early_exit=anytime,budgeted", "--validation_size=12", "--budget=3.5e6",
-         f"--output={output}", f"--thresholds_out={written}", f"--thresholds={given}"],
+        [
+            *common,
+            "--early_exit=anytime,budgeted",
+            "--validation_size=12",
+            "--budget=3.5e6",
+            f"--output={output}",
+            f"--thresholds_out={written}",
+            f"--thresholds={given}",
+        ],
         [*common, *budgeted, "--validation_size=12", "--budget=1000"],
         [*common, *budgeted, "--validation_size=12", f"--thresholds={mismatched}"],
         [*common, *budgeted, "--validation_size=40"],
-        [f"--checkpoint={single}", "--dataset=fashion_mnist", f"--data_dir={fashion_mnist_dir}",
-         *budgeted, "--validation_size=12"])
+        [
+            f"--checkpoint={single}",
+            "--dataset=fashion_mnist",
+            f"--data_dir={fashion_mnist_dir}",
+            *budgeted,
+            "--validation_size=12",
+        ],
+    )
 
     assert ok.returncode == 0, ok.stderr[-3000:]
     result = json.loads(ok.stdout)
     assert json.loads(output.read_text()) == result
-    assert {"checkpoint", "dataset", "split", "model", "num_exits", "exits", "examples",
-            "anytime", "validation", "budgeted"} <= set(result)
+    assert {
+        "checkpoint",
+        "dataset",
+        "split",
+        "model",
+        "num_exits",
+        "exits",
+        "examples",
+        "anytime",
+        "validation",
+        "budgeted",
+    } <= set(result)
     assert result["validation"]["examples"] == 12 and result["examples"] == 20
     names = [f"exit{k}" for k in range(1, num_exits + 1)]
     assert [row["exit"] for row in result["anytime"]] == names == result["exits"]
@@ -267,18 +332,31 @@ def test_app_end_to_end_and_its_refusals(ranet_checkpoint, fashion_mnist_dir, tm
     assert {"flops", "top1", "top5"} <= set(result["anytime"][0])
     section = result["budgeted"]
     assert len(section["sweep"]) == 39 and {"budget", "selected", "given"} <= set(section)
-    assert {"point", "r", "target_fractions", "thresholds", "exit_fractions", "top1", "flops",
-            "validation_fractions", "validation_flops"} <= set(section["sweep"][0])
+    assert {
+        "point",
+        "r",
+        "target_fractions",
+        "thresholds",
+        "exit_fractions",
+        "top1",
+        "flops",
+        "validation_fractions",
+        "validation_flops",
+    } <= set(section["sweep"][0])
     assert section["budget"]["validation_flops"] <= 3.5e6
     assert section["given"]["thresholds"] == [0.5, 0.9, 0.0]
     for plot in ("eval_anytime.png", "eval_budgeted.png"):
         assert (output.parent / plot).read_bytes()[:4] == b"\x89PNG"
     assert "| exit1 |" in (output.parent / "eval.md").read_text()
     record = early_exit.load_thresholds(str(written), num_exits, flops)
-    assert record == {"model": "ranet_cifar", "num_exits": num_exits,
-                      "thresholds": section["budget"]["thresholds"], "exit_flops": flops,
-                      "expected_flops": section["budget"]["flops"],
-                      "exit_fractions": section["budget"]["exit_fractions"]}
+    assert record == {
+        "model": "ranet_cifar",
+        "num_exits": num_exits,
+        "thresholds": section["budget"]["thresholds"],
+        "exit_flops": flops,
+        "expected_flops": section["budget"]["flops"],
+        "exit_fractions": section["budget"]["exit_fractions"],
+    }
 
     assert_one_error_line(low, "--budget=1,000", f"minimum budget is {flops[0]}")
     assert_one_error_line(mismatch, f"2 exits but the model has {num_exits}")

@@ -5,15 +5,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_app
 
 from effkeras import evaluation, graph, models, quantizers, training
-from effkeras.graph import summary
 from effkeras.data import augment
 from effkeras.errors import InputError
+from effkeras.graph import summary
 from effkeras.layers import PixelEmbedding, QuantConv2D
 from effkeras.layers.ern import thermometer_thresholds
 from effkeras.training import recipes
-from conftest import run_app
 
 F32 = np.float32
 
@@ -39,8 +39,9 @@ def numpy_hwgq(x, post_scale, delta, upstream):
     return (q * 2 / 3 if post_scale else q), g
 
 
-@pytest.mark.parametrize("post_scale, delta", [(True, 0.0), (False, 0.0), (True, 0.01),
-                                               (False, 0.5)])
+@pytest.mark.parametrize(
+    "post_scale, delta", [(True, 0.0), (False, 0.0), (True, 0.01), (False, 0.5)]
+)
 def test_activation_quantizer_matches_numpy(post_scale, delta):
     rng = np.random.default_rng(0)
     # Away from the thresholds (float64 and float32 agree there); the thresholds are tested below.
@@ -113,17 +114,21 @@ def test_shared_one_over_32_weights():
 
 
 def test_quantizer_names_configs_and_bad_arguments():
-    for name, cls in (("half_wave_gaussian", quantizers.HalfWaveGaussianQuantizer),
-                      ("binary_channel_wise_mean_scaling", quantizers.BinaryChannelWiseMeanScaling),
-                      ("binary_power2_scaling", quantizers.BinaryPower2Scaling)):
+    for name, cls in (
+        ("half_wave_gaussian", quantizers.HalfWaveGaussianQuantizer),
+        ("binary_channel_wise_mean_scaling", quantizers.BinaryChannelWiseMeanScaling),
+        ("binary_power2_scaling", quantizers.BinaryPower2Scaling),
+    ):
         assert isinstance(quantizers.get(name), cls)
     quantizer = quantizers.HalfWaveGaussianQuantizer(2, 3.0, post_scale=False, ewgs_delta=0.01)
     restored = quantizers.get(quantizers.serialize(quantizer))
     assert restored.get_config() == quantizer.get_config()
     assert restored.thresholds == (0.5, 1.5, 2.5)
-    for bad in (lambda: quantizers.BinaryPower2Scaling(24),
-                lambda: quantizers.BinaryChannelWiseMeanScaling(-0.1),
-                lambda: quantizers.HalfWaveGaussianQuantizer(0)):
+    for bad in (
+        lambda: quantizers.BinaryPower2Scaling(24),
+        lambda: quantizers.BinaryChannelWiseMeanScaling(-0.1),
+        lambda: quantizers.HalfWaveGaussianQuantizer(0),
+    ):
         with pytest.raises(InputError):
             bad()
 
@@ -146,10 +151,11 @@ def test_thermometer_matches_the_spec_for_every_byte():
     assert z.shape == (256, 30) and set(np.unique(z)) == {0, 1, 2, 3}
     for c in range(3):
         channel = image[0, :, 0, c]
-        block = z[:, 10 * c:10 * c + 10]  # colour-major: channel 10·c + i
+        block = z[:, 10 * c : 10 * c + 10]  # colour-major: channel 10·c + i
         np.testing.assert_array_equal(block, spec_thermometer(channel))
-        integer_form = sum(channel[:, None] > 8 * (10 * (m - 1) + np.arange(10) + 1)
-                           for m in (1, 2, 3))
+        integer_form = sum(
+            channel[:, None] > 8 * (10 * (m - 1) + np.arange(10) + 1) for m in (1, 2, 3)
+        )
         np.testing.assert_array_equal(block, integer_form)
     total = z[:, :10].sum(axis=1)
     np.testing.assert_array_equal(total[1:], np.minimum(30, (values[1:] - 1) // 8))  # 31 levels
@@ -201,16 +207,22 @@ def test_weight_size_convs_and_macs_match_the_table(name):
         if isinstance(layer, keras.layers.Conv2D):
             assert graph.layer_precision(layer) == (2, 1), layer.name
         assert not isinstance(layer, (keras.layers.Dense, keras.layers.MaxPooling2D))
-    bn = sum(4 * l.gamma.shape[0] for l in model.layers
-             if isinstance(l, keras.layers.BatchNormalization))
+    bn = sum(
+        4 * l.gamma.shape[0] for l in model.layers if isinstance(l, keras.layers.BatchNormalization)
+    )
     assert totals["params"]["32bit"] == bn
 
 
 def test_registry_metadata_and_alias():
     for name in TABLE:
         info = models.info(name)
-        assert (info.family, info.deploy, info.input_shape, info.num_classes,
-                info.min_input_size) == ("ern", "arm", (256, 256, 3), 1000, 32)
+        assert (
+            info.family,
+            info.deploy,
+            info.input_shape,
+            info.num_classes,
+            info.min_input_size,
+        ) == ("ern", "arm", (256, 256, 3), 1000, 32)
         assert recipes.get(info.recipe).optimizer == "adam"
     assert models.info("ern18x075").name == "ern18_075"
     with pytest.raises(InputError, match=">= 32"):
@@ -218,8 +230,11 @@ def test_registry_metadata_and_alias():
 
 
 def quantizer_map(model):
-    return {l.name: (l.input_quantizer, l.kernel_quantizer) for l in model.layers
-            if isinstance(l, QuantConv2D)}
+    return {
+        l.name: (l.input_quantizer, l.kernel_quantizer)
+        for l in model.layers
+        if isinstance(l, QuantConv2D)
+    }
 
 
 def test_ern18_layout_scales_and_ewgs_placement():
@@ -232,12 +247,15 @@ def test_ern18_layout_scales_and_ewgs_placement():
     assert shapes["classifier"] == (8, 8, 1000) and shapes["logits"] == (1000,)
     convs = quantizer_map(model)
     # A shortcut conv opens every stage (layer1 too, 64 -> 64); the second block is identity.
-    assert [n for n in convs if "shortcut" in n] == [f"stage{s}_block1_shortcut_conv"
-                                                     for s in range(1, 5)]
+    assert [n for n in convs if "shortcut" in n] == [
+        f"stage{s}_block1_shortcut_conv" for s in range(1, 5)
+    ]
     for name, (inputs, kernel) in convs.items():
         shared = name.endswith(("conv2", "shortcut_conv")) and name.startswith("stage")
-        assert isinstance(kernel, quantizers.BinaryPower2Scaling if shared
-                          else quantizers.BinaryChannelWiseMeanScaling), name
+        assert isinstance(
+            kernel,
+            quantizers.BinaryPower2Scaling if shared else quantizers.BinaryChannelWiseMeanScaling,
+        ), name
         # Q2ᶦ (integer codes) before every ±1/32 conv and in the shortcut blocks' conv1.
         integer = shared or name.endswith("block1_conv1") or name == "stem_conv1"
         assert inputs.post_scale is not integer, name
@@ -259,7 +277,8 @@ def test_bottleneck_layout():
     assert model.get_layer("stage4_block3_add").output.shape[1:] == (1, 1, 2048)
     assert isinstance(convs["stage2_block1_conv3"][1], quantizers.BinaryPower2Scaling)
     assert convs["stage2_block1_conv2"][1].ewgs_delta == 0 and model.get_layer(
-        "stage2_block1_conv2").strides == (2, 2)  # stride on the 3x3, as the code
+        "stage2_block1_conv2"
+    ).strides == (2, 2)  # stride on the 3x3, as the code
     assert convs["stage2_block2_conv1"][0].post_scale  # identity block: Q2⁺
 
 
@@ -279,13 +298,28 @@ def test_new_layers_and_quantizers_round_trip(tmp_path):
     inputs = keras.Input((8, 8, 3))
     x = PixelEmbedding(name="embed")(inputs)
     outputs = []
-    for i, (input_quantizer, kernel_quantizer) in enumerate([
-            (quantizers.HalfWaveGaussianQuantizer(2, 3.0, post_scale=False),
-             quantizers.BinaryChannelWiseMeanScaling(0.01)),
-            (quantizers.HalfWaveGaussianQuantizer(ewgs_delta=0.01),
-             quantizers.BinaryPower2Scaling(16, 0.02))]):
-        outputs.append(QuantConv2D(4, 3, input_quantizer=input_quantizer, use_bias=False,
-                                   kernel_quantizer=kernel_quantizer, name=f"conv{i}")(x))
+    for i, (input_quantizer, kernel_quantizer) in enumerate(
+        [
+            (
+                quantizers.HalfWaveGaussianQuantizer(2, 3.0, post_scale=False),
+                quantizers.BinaryChannelWiseMeanScaling(0.01),
+            ),
+            (
+                quantizers.HalfWaveGaussianQuantizer(ewgs_delta=0.01),
+                quantizers.BinaryPower2Scaling(16, 0.02),
+            ),
+        ]
+    ):
+        outputs.append(
+            QuantConv2D(
+                4,
+                3,
+                input_quantizer=input_quantizer,
+                use_bias=False,
+                kernel_quantizer=kernel_quantizer,
+                name=f"conv{i}",
+            )(x)
+        )
     model = keras.Model(inputs, keras.layers.Concatenate()(outputs))
     model.save(tmp_path / "layers.keras")
     loaded = keras.saving.load_model(tmp_path / "layers.keras")
@@ -337,8 +371,9 @@ def test_a_few_training_steps_reduce_the_loss():
     model = models.get("ern18", input_shape=(32, 32, 3), num_classes=4)
     x = np.random.default_rng(7).uniform(0, 255, (16, 32, 32, 3)).astype(F32)
     y = np.arange(16) % 4
-    recipes.compile_model(model, recipes.get("ern18"), epochs=8, steps_per_epoch=1, batch_size=16,
-                          learning_rate=2e-3)
+    recipes.compile_model(
+        model, recipes.get("ern18"), epochs=8, steps_per_epoch=1, batch_size=16, learning_rate=2e-3
+    )
     before = [w.numpy().copy() for w in model.trainable_weights]
     history = model.fit(x, y, epochs=8, batch_size=16, verbose=0).history["loss"]
     assert np.all(np.isfinite(history)) and history[-1] < history[0]
@@ -347,14 +382,29 @@ def test_a_few_training_steps_reduce_the_loss():
 
 
 def test_fashion_mnist_grayscale_end_to_end_with_ten_crop(tmp_path, fashion_mnist_dir):
-    metrics = training.train(training.TrainConfig(
-        model="ern18_075", dataset="fashion_mnist", data_dir=str(fashion_mnist_dir),
-        input_shape=(32, 32, 1), batch_size=8, steps_per_epoch=2, epochs=1,
-        output_dir=str(tmp_path), verbose=0))
+    metrics = training.train(
+        training.TrainConfig(
+            model="ern18_075",
+            dataset="fashion_mnist",
+            data_dir=str(fashion_mnist_dir),
+            input_shape=(32, 32, 1),
+            batch_size=8,
+            steps_per_epoch=2,
+            epochs=1,
+            output_dir=str(tmp_path),
+            verbose=0,
+        )
+    )
     assert metrics["epochs"] == 1 and np.isfinite(metrics["test"]["loss"])
-    result = evaluation.evaluate_checkpoint(str(tmp_path / "model.keras"), "fashion_mnist",
-                                            data_dir=str(fashion_mnist_dir), batch_size=8,
-                                            tta="tencrop", resize=40, crop=32)
+    result = evaluation.evaluate_checkpoint(
+        str(tmp_path / "model.keras"),
+        "fashion_mnist",
+        data_dir=str(fashion_mnist_dir),
+        batch_size=8,
+        tta="tencrop",
+        resize=40,
+        crop=32,
+    )
     assert result["examples"] == 20
     assert (result["tta"], result["resize"], result["crop"]) == ("tencrop", 40, 32)
     assert sum(map(sum, result["confusion"])) == 20
@@ -364,16 +414,21 @@ def test_fashion_mnist_grayscale_end_to_end_with_ten_crop(tmp_path, fashion_mnis
 
 
 def test_ten_crop_geometry():
-    assert augment.five_crop_offsets(308, 308, 288) == [(0, 0), (0, 20), (20, 0), (20, 20),
-                                                        (10, 10)]
+    assert augment.five_crop_offsets(308, 308, 288) == [
+        (0, 0),
+        (0, 20),
+        (20, 0),
+        (20, 20),
+        (10, 10),
+    ]
     assert augment.five_crop_offsets(9, 12, 6)[-1] == (2, 3)  # round(1.5) = 2, as torchvision
     images = np.arange(2 * 9 * 12 * 1, dtype=F32).reshape(2, 9, 12, 1)
     crops = augment.ten_crop(tf.constant(images), 6).numpy()
     assert crops.shape == (10, 2, 6, 6, 1)
     flipped = images[:, :, ::-1]
     for k, (top, left) in enumerate(augment.five_crop_offsets(9, 12, 6)):
-        np.testing.assert_array_equal(crops[k], images[:, top:top + 6, left:left + 6])
-        np.testing.assert_array_equal(crops[5 + k], flipped[:, top:top + 6, left:left + 6])
+        np.testing.assert_array_equal(crops[k], images[:, top : top + 6, left : left + 6])
+        np.testing.assert_array_equal(crops[5 + k], flipped[:, top : top + 6, left : left + 6])
     # The flipped image's top-left crop is the original's top-right crop, mirrored.
     np.testing.assert_array_equal(crops[5], crops[1][:, :, ::-1])
     with pytest.raises(InputError):
@@ -407,8 +462,9 @@ def test_tta_flags_are_checked():
         evaluation.check_tta("tencrop", 256, 288)
     with pytest.raises(InputError, match="tencrop"):
         evaluation.check_tta("fivecrop", None, None)
-    result = run_app("apps.evaluate", "--checkpoint=nowhere.keras", "--tta=tencrop", "--resize=256",
-                     "--crop=288")
+    result = run_app(
+        "apps.evaluate", "--checkpoint=nowhere.keras", "--tta=tencrop", "--resize=256", "--crop=288"
+    )
     assert result.returncode == 2 and result.stderr.strip().startswith("error: --crop=288")
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -417,7 +473,13 @@ def test_ten_crop_on_imagenet_folders_squashes_first(tmp_path, imagenet_dir):
     """Images of several aspect ratios are squashed to resize x resize (as the official
     evaluation), then ten-cropped."""
     models.get("ern18", input_shape=(32, 32, 3), num_classes=2).save(tmp_path / "ern18.keras")
-    result = evaluation.evaluate_checkpoint(str(tmp_path / "ern18.keras"), "imagenet",
-                                            data_dir=str(imagenet_dir), batch_size=3,
-                                            tta="tencrop", resize=36, crop=32)
+    result = evaluation.evaluate_checkpoint(
+        str(tmp_path / "ern18.keras"),
+        "imagenet",
+        data_dir=str(imagenet_dir),
+        batch_size=3,
+        tta="tencrop",
+        resize=36,
+        crop=32,
+    )
     assert result["examples"] == 4 and sum(map(sum, result["confusion"])) == 4

@@ -18,7 +18,9 @@ def two_exits(size=None):
     x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs / 255.0)
     pooled = keras.layers.GlobalAveragePooling2D()
     early = keras.layers.Dense(10, name="exit1")(pooled(x))
-    late = keras.layers.Dense(10, name="exit2")(pooled(keras.layers.Conv2D(4, 3, padding="same")(x)))
+    late = keras.layers.Dense(10, name="exit2")(
+        pooled(keras.layers.Conv2D(4, 3, padding="same")(x))
+    )
     return keras.Model(inputs, [early, late])
 
 
@@ -38,8 +40,13 @@ def test_a_callable_scores_as_the_keras_model(tta, crop):
         return model(images).numpy()
 
     result = evaluation.evaluate(runner, split(), tta=tta, crop=crop)
-    assert result == expected and set(result) == {"examples", "top1", "top5", "class_names",
-                                                  "confusion"}
+    assert result == expected and set(result) == {
+        "examples",
+        "top1",
+        "top5",
+        "class_names",
+        "confusion",
+    }
     assert set(seen) == {(crop or 8, crop or 8)}
 
 
@@ -51,8 +58,9 @@ def test_several_outputs_are_scored_each():
         alone = evaluation.evaluate(single(model, k), split())
         assert (result[f"{name}_top1"], result[f"{name}_top5"]) == (alone["top1"], alone["top5"])
         assert result["confusion"][name] == alone["confusion"]
-    as_callable = evaluation.evaluate(lambda images: [o.numpy() for o in model(images)], split(),
-                                      tta="tencrop", crop=6)
+    as_callable = evaluation.evaluate(
+        lambda images: [o.numpy() for o in model(images)], split(), tta="tencrop", crop=6
+    )
     assert as_callable["outputs"] == ["exit1", "exit2"]
     assert as_callable == evaluation.evaluate(model, split(), tta="tencrop", crop=6)
 

@@ -9,16 +9,16 @@ import os
 import keras
 import numpy as np
 import pytest
-
-from effkeras import deploy, models
-from effkeras.graph import summary
-from effkeras.layers import BSplineActivation
-from effkeras.training import recipes
 import test_binary_peers
 import test_deploy
 import test_recu
 import test_w1a2_pass
 from conftest import REPO
+
+from effkeras import deploy, models
+from effkeras.graph import summary
+from effkeras.layers import BSplineActivation
+from effkeras.training import recipes
 
 CLASSES = 10
 # The test modules with tests marked `deploys` (pyproject.toml): tests that convert registered
@@ -86,10 +86,15 @@ def test_registered_model(name, tmp_path):
     model.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras")
     # Called eagerly: predict() would trace each model into a tf.function first (seconds each).
-    for got, expected in zip(*(keras.tree.flatten(m(x, training=False)) for m in (loaded, model)),
-                             strict=True):
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(got),
-                                   keras.ops.convert_to_numpy(expected), rtol=1e-5, atol=1e-5)
+    for got, expected in zip(
+        *(keras.tree.flatten(m(x, training=False)) for m in (loaded, model)), strict=True
+    ):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(got),
+            keras.ops.convert_to_numpy(expected),
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
     totals = summary.totals(summary.summarize(model))
     assert totals["total_params"] == model.count_params()
@@ -111,7 +116,7 @@ def test_models_deployed_elsewhere_are_deployed_there():
     """The tests marked `deploys` convert registered models at the harness's input sizes, and
     each parametrized one runs exactly the models (and sizes) its mark names."""
     assert set(DEPLOYED_BY) <= set(models.names())
-    for name, (function, size) in DEPLOYED_BY.items():
+    for name, (_function, size) in DEPLOYED_BY.items():
         assert size == small_size(models.info(name)) or name == "ern18_075", (name, size)
     for function in {function for function, _ in DEPLOYED_BY.values()}:
         marked = {name: size for name, (f, size) in DEPLOYED_BY.items() if f is function}
@@ -133,8 +138,12 @@ def test_models_deployed_elsewhere_are_deployed_there():
         if filename.startswith("test_") and filename.endswith(".py"):
             with open(os.path.join(tests, filename)) as f:
                 tree = ast.parse(f.read())
-            if any(isinstance(node, ast.Attribute) and node.attr == "deploys"
-                   and isinstance(node.value, ast.Attribute) and node.value.attr == "mark"
-                   for node in ast.walk(tree)):
+            if any(
+                isinstance(node, ast.Attribute)
+                and node.attr == "deploys"
+                and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "mark"
+                for node in ast.walk(tree)
+            ):
                 using.add(filename[:-3])
     assert using == {module.__name__ for module in DEDICATED_MODULES}

@@ -20,9 +20,12 @@ def pair(dtype="float32", **config):
     for layer in (ours, theirs):
         layer.build(SHAPE)
     channels = SHAPE[-1]
-    values = {"gamma": RNG.uniform(0.5, 1.5, channels), "beta": RNG.normal(0, 0.3, channels),
-              "moving_mean": RNG.normal(0, 0.3, channels),
-              "moving_variance": RNG.uniform(0.5, 2.0, channels)}
+    values = {
+        "gamma": RNG.uniform(0.5, 1.5, channels),
+        "beta": RNG.normal(0, 0.3, channels),
+        "moving_mean": RNG.normal(0, 0.3, channels),
+        "moving_variance": RNG.uniform(0.5, 2.0, channels),
+    }
     weights = [values[w.name] for w in theirs.weights]
     ours.set_weights(weights)
     theirs.set_weights(weights)
@@ -45,8 +48,9 @@ def step(layer, x, upstream):
     return [y, *tape.gradient(loss, [x, *trainable])]
 
 
-@pytest.mark.parametrize("policy, tolerance", [("float32", 1e-5), ("mixed_float16", 2e-3),
-                                               ("mixed_bfloat16", 2e-2)])
+@pytest.mark.parametrize(
+    "policy, tolerance", [("float32", 1e-5), ("mixed_float16", 2e-3), ("mixed_bfloat16", 2e-2)]
+)
 @pytest.mark.parametrize("affine", [True, False])
 def test_training_equals_keras(policy, tolerance, affine):
     ours, theirs = pair(policy, momentum=0.8, epsilon=1e-3, center=affine, scale=affine)
@@ -84,8 +88,9 @@ def test_falls_back_to_keras(case):
     for layer in (ours, theirs):
         layer.build(shape)
     assert "FusedBatchNormV3" not in fused_ops(ours, x, mask=mask)
-    np.testing.assert_allclose(ours(x, training=True, mask=mask),
-                               theirs(x, training=True, mask=mask), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        ours(x, training=True, mask=mask), theirs(x, training=True, mask=mask), rtol=1e-6, atol=1e-6
+    )
     for a, b in zip(ours.non_trainable_weights, theirs.non_trainable_weights, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
 
@@ -103,14 +108,15 @@ def test_keras_file_round_trip(tmp_path):
     bn = loaded.get_layer("bn")
     assert type(bn) is layers.BatchNormalization and bn.momentum == 0.8
     assert isinstance(bn, keras.layers.BatchNormalization)  # what the deploy passes look for
-    np.testing.assert_array_equal(loaded.predict(images, verbose=0),
-                                  model.predict(images, verbose=0))
+    np.testing.assert_array_equal(
+        loaded.predict(images, verbose=0), model.predict(images, verbose=0)
+    )
 
 
-@pytest.mark.parametrize("name", ["birealnet18", "quicknet_small", "efficientnet_lite0",
-                                  "ran_e_c"])
+@pytest.mark.parametrize("name", ["birealnet18", "quicknet_small", "efficientnet_lite0", "ran_e_c"])
 def test_model_builders_use_it(name):
     model = models.get(name, input_shape=(32, 32, 3), num_classes=10, **models.info(name).small)
-    norms = [layer for layer in leaf_layers(model)
-             if isinstance(layer, keras.layers.BatchNormalization)]
+    norms = [
+        layer for layer in leaf_layers(model) if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     assert norms and all(type(layer) is layers.BatchNormalization for layer in norms)

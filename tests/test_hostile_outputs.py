@@ -8,11 +8,10 @@ import stat
 import keras
 import numpy as np
 import pytest
+from conftest import assert_one_error_line, run_app
 
 from effkeras import fileio
 from effkeras.errors import InputError
-from conftest import assert_one_error_line, run_app
-
 
 
 @pytest.fixture
@@ -22,12 +21,15 @@ def a_file(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("output, message", [
-    ("{tmp}", "is a folder"),  # a directory as the output file
-    ("{file}/model.tflite", "is a file, not a folder"),  # a file where a folder should be
-    ("{file}/deeper/model.tflite", "is a file, not a folder"),
-    ("/proc/effkeras/model.tflite", "cannot write"),  # a read-only place (even for root)
-])
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        ("{tmp}", "is a folder"),  # a directory as the output file
+        ("{file}/model.tflite", "is a file, not a folder"),  # a file where a folder should be
+        ("{file}/deeper/model.tflite", "is a file, not a folder"),
+        ("/proc/effkeras/model.tflite", "cannot write"),  # a read-only place (even for root)
+    ],
+)
 def test_convert_refuses_unwritable_outputs_before_converting(tmp_path, a_file, output, message):
     output = output.format(tmp=tmp_path, file=a_file)
     result = run_app("apps.convert", "--model=resnet20", "--target=float", f"--output={output}")
@@ -38,8 +40,13 @@ def test_convert_refuses_unwritable_outputs_before_converting(tmp_path, a_file, 
 
 def test_convert_refuses_an_unwritable_report_and_writes_nothing(tmp_path, a_file):
     output = tmp_path / "model.tflite"
-    result = run_app("apps.convert", "--model=resnet20", "--target=float", f"--output={output}",
-                     f"--report={a_file}/report.json")
+    result = run_app(
+        "apps.convert",
+        "--model=resnet20",
+        "--target=float",
+        f"--output={output}",
+        f"--report={a_file}/report.json",
+    )
     assert_one_error_line(result, "--report")
     assert not output.exists()
 
@@ -49,8 +56,12 @@ def test_evaluate_checks_its_output_first(tmp_path, a_file):
     inputs = keras.Input((8, 8, 1))
     keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs))).save(checkpoint)
     for output in (tmp_path, f"{a_file}/eval.json"):
-        result = run_app("apps.evaluate", f"--checkpoint={checkpoint}", "--dataset=synthetic",
-                         f"--output={output}")
+        result = run_app(
+            "apps.evaluate",
+            f"--checkpoint={checkpoint}",
+            "--dataset=synthetic",
+            f"--output={output}",
+        )
         assert_one_error_line(result, "--output")
         assert result.stdout == ""
 
@@ -59,14 +70,16 @@ def test_a_failed_conversion_keeps_the_previous_file(tmp_path):
     from effkeras.layers import QuantDense
 
     inputs = keras.Input((4, 4, 32))
-    outputs = QuantDense(8, input_quantizer="ste_sign", kernel_quantizer="ste_sign",
-                         name="binary_dense")(keras.layers.Flatten()(inputs))
+    outputs = QuantDense(
+        8, input_quantizer="ste_sign", kernel_quantizer="ste_sign", name="binary_dense"
+    )(keras.layers.Flatten()(inputs))
     checkpoint = tmp_path / "dense.keras"
     keras.Model(inputs, outputs).save(checkpoint)
     output = tmp_path / "model.tflite"
     output.write_bytes(b"the previous, good file")
-    result = run_app("apps.convert", f"--checkpoint={checkpoint}", "--target=arm",
-                     f"--output={output}")
+    result = run_app(
+        "apps.convert", f"--checkpoint={checkpoint}", "--target=arm", f"--output={output}"
+    )
     assert_one_error_line(result, "binary_dense")
     assert output.read_bytes() == b"the previous, good file"
     assert sorted(os.listdir(tmp_path)) == ["dense.keras", "model.tflite"]  # no temporaries
@@ -94,9 +107,14 @@ def test_apps_write_files_with_the_umask_permissions(tmp_path):
     output = tmp_path / "model.tflite"
     previous = os.umask(0o002)  # the app process inherits it
     try:
-        run = run_app("apps.convert", "--model=resnet20", "--target=float",
-                      "--input_shape=16,16,3", f"--output={output}",
-                      f"--report={tmp_path}/report.json")
+        run = run_app(
+            "apps.convert",
+            "--model=resnet20",
+            "--target=float",
+            "--input_shape=16,16,3",
+            f"--output={output}",
+            f"--report={tmp_path}/report.json",
+        )
     finally:
         os.umask(previous)
     assert run.returncode == 0, run.stderr[-2000:]

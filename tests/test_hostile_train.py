@@ -16,17 +16,27 @@ import sys
 
 import keras
 import pytest
-
 from conftest import REPO, assert_one_error_line, run_app
+
 from effkeras import models, training
 from effkeras.errors import InputError
 from effkeras.training import callbacks, memory, plan, rundir
 
-TINY = ["--model=resnet20", "--dataset=synthetic", "--input_shape=16,16,3", "--batch_size=8",
-        "--steps_per_epoch=1"]
-TINY_CONFIG = dict(model="resnet20", dataset="synthetic", input_shape=(16, 16, 3), batch_size=8,
-                   steps_per_epoch=1, verbose=0)
-
+TINY = [
+    "--model=resnet20",
+    "--dataset=synthetic",
+    "--input_shape=16,16,3",
+    "--batch_size=8",
+    "--steps_per_epoch=1",
+]
+TINY_CONFIG = dict(
+    model="resnet20",
+    dataset="synthetic",
+    input_shape=(16, 16, 3),
+    batch_size=8,
+    steps_per_epoch=1,
+    verbose=0,
+)
 
 
 def snapshot(folder):
@@ -89,20 +99,32 @@ class TestDefaultInputShape:
         assert plan.default_input_shape(models.info("resnet20"), "cifar10")[0] == (32, 32, 3)
 
     def test_app_prints_shape_memory_and_eta(self, tmp_path):
-        result = run_app("apps.train", "--model=resnet20", "--dataset=synthetic", "--batch_size=4",
-                         "--steps_per_epoch=3", "--epochs=1", f"--output_dir={tmp_path}")
+        result = run_app(
+            "apps.train",
+            "--model=resnet20",
+            "--dataset=synthetic",
+            "--batch_size=4",
+            "--steps_per_epoch=3",
+            "--epochs=1",
+            f"--output_dir={tmp_path}",
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         assert "input 32x32x3: resnet20's default" in result.stdout
-        assert re.search(r"memory: training needs ~[\d.]+ [MG]iB .*activations at batch 4", result.stdout)
+        assert re.search(
+            r"memory: training needs ~[\d.]+ [MG]iB .*activations at batch 4", result.stdout
+        )
         assert re.search(r"ETA: an epoch takes ~\d+\w.*, 1 epoch ~", result.stdout)
         assert result.stdout.count("ETA:") == 1
         assert strict_json(tmp_path / "state.json")["input_shape"] == [32, 32, 3]
 
 
 class TestMemoryEstimate:
-    @pytest.mark.parametrize("name, input_shape, batch_size", [("resnet20", (64, 64, 3), 64),
-                                                               ("ern18", (64, 64, 3), 32)])
-    def test_estimate_is_within_half_and_twice_the_measured_peak(self, name, input_shape, batch_size):
+    @pytest.mark.parametrize(
+        "name, input_shape, batch_size", [("resnet20", (64, 64, 3), 64), ("ern18", (64, 64, 3), 32)]
+    )
+    def test_estimate_is_within_half_and_twice_the_measured_peak(
+        self, name, input_shape, batch_size
+    ):
         # Peak RSS growth of a 3-step fit in a fresh process (memory.py's table: 0.74-1.75).
         result = memory.measure(name, input_shape, batch_size)
         ratio = result["estimate"] / result["measured"]
@@ -123,20 +145,39 @@ class TestMemoryEstimate:
         monkeypatch.setattr(memory, "resident_bytes", lambda: 0)
         config = dict(TINY_CONFIG, input_shape=(64, 64, 3), batch_size=4096)
         with pytest.raises(InputError, match=r"--batch_size=(\d+) or less") as caught:
-            training.train(training.TrainConfig(epochs=1, output_dir=str(tmp_path / "out"), **config))
+            training.train(
+                training.TrainConfig(epochs=1, output_dir=str(tmp_path / "out"), **config)
+            )
         fits = int(re.search(r"--batch_size=(\d+)", str(caught.value)).group(1))
         model = models.get("resnet20", input_shape=(64, 64, 3))
-        est = memory.estimate(model, batch_size=fits, optimizer_slots=1, input_shape=(64, 64, 3),
-                              dataset_bytes=3 * 640 * 64 * 64 * 3)
+        est = memory.estimate(
+            model,
+            batch_size=fits,
+            optimizer_slots=1,
+            input_shape=(64, 64, 3),
+            dataset_bytes=3 * 640 * 64 * 64 * 3,
+        )
         assert 16 <= fits < 4096 and est.total < 0.8 * 4 * memory.GIB
         assert not (tmp_path / "out").exists()  # refused before anything was written
 
     def test_app_refuses_at_once_naming_batch_or_input_shape(self, tmp_path):
-        huge_batch = run_app("apps.train", "--model=resnet20", "--dataset=synthetic",
-                             "--input_shape=64,64,3", "--batch_size=10000000", f"--output_dir={tmp_path}/a")
+        huge_batch = run_app(
+            "apps.train",
+            "--model=resnet20",
+            "--dataset=synthetic",
+            "--input_shape=64,64,3",
+            "--batch_size=10000000",
+            f"--output_dir={tmp_path}/a",
+        )
         assert_one_error_line(huge_batch, "needs ~", "--batch_size=", "or less")
-        huge_input = run_app("apps.train", "--model=resnet20", "--dataset=synthetic",
-                             "--input_shape=16384,16384,3", "--batch_size=1", f"--output_dir={tmp_path}/b")
+        huge_input = run_app(
+            "apps.train",
+            "--model=resnet20",
+            "--dataset=synthetic",
+            "--input_shape=16384,16384,3",
+            "--batch_size=1",
+            f"--output_dir={tmp_path}/b",
+        )
         assert_one_error_line(huge_input, "even at batch 1", "--input_shape=")
         assert os.listdir(tmp_path) == []
 
@@ -149,12 +190,16 @@ class TestEta:
 
     def test_prints_once_after_the_first_steps(self):
         printed = []
-        eta = callbacks.Eta(epochs=10, steps_per_epoch=100, validation_steps=30, print_fn=printed.append)
+        eta = callbacks.Eta(
+            epochs=10, steps_per_epoch=100, validation_steps=30, print_fn=printed.append
+        )
         eta.on_train_begin()
         for batch in range(6):
             eta.on_train_batch_end(batch)
             assert len(printed) == (1 if batch >= 3 else 0)
-        assert re.match(r"ETA: an epoch takes ~\d+s \(100 steps of [\d.]+s\), 10 epochs ~", printed[0])
+        assert re.match(
+            r"ETA: an epoch takes ~\d+s \(100 steps of [\d.]+s\), 10 epochs ~", printed[0]
+        )
 
 
 # --- 1. one run per output dir ----------------------------------------------------------------
@@ -162,12 +207,22 @@ class TestEta:
 
 class TestOutputDirLock:
     def test_second_concurrent_run_is_refused_and_a_killed_runs_lock_is_taken_over(self, tmp_path):
-        command = [sys.executable, "-m", "apps.train", "--model=resnet20", "--dataset=synthetic",
-                   "--input_shape=16,16,3", "--batch_size=8", "--steps_per_epoch=100000",
-                   "--epochs=1", f"--output_dir={tmp_path}"]
+        command = [
+            sys.executable,
+            "-m",
+            "apps.train",
+            "--model=resnet20",
+            "--dataset=synthetic",
+            "--input_shape=16,16,3",
+            "--batch_size=8",
+            "--steps_per_epoch=100000",
+            "--epochs=1",
+            f"--output_dir={tmp_path}",
+        ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-        first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.DEVNULL, text=True)
+        first = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
         try:
             for line in first.stdout:
                 if line.startswith("ETA:"):  # training: the lock is held
@@ -175,7 +230,9 @@ class TestOutputDirLock:
             else:
                 pytest.fail("the first run ended early")
             second = run_app("apps.train", *TINY, "--epochs=1", f"--output_dir={tmp_path}")
-            assert_one_error_line(second, "in use by another run", f"pid {first.pid}", "--output_dir")
+            assert_one_error_line(
+                second, "in use by another run", f"pid {first.pid}", "--output_dir"
+            )
         finally:
             first.send_signal(signal.SIGKILL)
             first.wait()
@@ -195,7 +252,9 @@ class TestOutputDirLock:
     def test_held_lock_refuses_in_process_too(self, tmp_path):
         with rundir.OutputDirLock(str(tmp_path)):
             with pytest.raises(InputError, match="in use by another run"):
-                training.train(training.TrainConfig(epochs=1, output_dir=str(tmp_path), **TINY_CONFIG))
+                training.train(
+                    training.TrainConfig(epochs=1, output_dir=str(tmp_path), **TINY_CONFIG)
+                )
         assert os.listdir(tmp_path) == []
 
 
@@ -203,11 +262,17 @@ class TestOutputDirLock:
 
 
 class TestResumeIsTheSameRun:
-    @pytest.mark.parametrize("flag, fragments", [
-        ("--dataset=cifar10", ("holds a run on synthetic, not cifar10", "--dataset=synthetic")),
-        ("--input_shape=32,32,3", ("holds a run at input 16x16x3, not 32x32x3", "--input_shape=16,16,3")),
-        ("--model=recu_resnet20", ("holds a run of resnet20, not recu_resnet20",)),
-    ])
+    @pytest.mark.parametrize(
+        "flag, fragments",
+        [
+            ("--dataset=cifar10", ("holds a run on synthetic, not cifar10", "--dataset=synthetic")),
+            (
+                "--input_shape=32,32,3",
+                ("holds a run at input 16x16x3, not 32x32x3", "--input_shape=16,16,3"),
+            ),
+            ("--model=recu_resnet20", ("holds a run of resnet20, not recu_resnet20",)),
+        ],
+    )
     def test_another_dataset_shape_or_model_is_refused(self, run_dir, flag, fragments):
         before = snapshot(run_dir)
         flags = [f for f in TINY if f.split("=")[0] != flag.split("=")[0]] + [flag]
@@ -233,18 +298,42 @@ class TestResumeIsTheSameRun:
 
 
 class TestBrokenRunFiles:
-    @pytest.mark.parametrize("damage, fragments", [
-        (lambda d: (d / "state.json").write_text((d / "state.json").read_text()[:40]),
-         ("state.json cannot be read as JSON", "nothing was deleted")),
-        (lambda d: (d / "state.json").write_text("[1, 2]"), ("state.json is not a JSON object",)),
-        (lambda d: (d / "state.json").write_text(json.dumps(
-            {**json.loads((d / "state.json").read_text()), "checkpoint": None})),
-         ("names no checkpoint",)),
-        (lambda d: (d / "checkpoint-1.keras").unlink(), ("checkpoint-1.keras, which is missing",)),
-        (lambda d: (d / "checkpoint-1.keras").write_bytes((d / "checkpoint-1.keras").read_bytes()[:500]),
-         ("cannot load", "checkpoint-1.keras", "nothing was deleted")),
-    ], ids=["truncated_state", "state_not_object", "no_checkpoint_named", "missing_checkpoint",
-            "truncated_checkpoint"])
+    @pytest.mark.parametrize(
+        "damage, fragments",
+        [
+            (
+                lambda d: (d / "state.json").write_text((d / "state.json").read_text()[:40]),
+                ("state.json cannot be read as JSON", "nothing was deleted"),
+            ),
+            (
+                lambda d: (d / "state.json").write_text("[1, 2]"),
+                ("state.json is not a JSON object",),
+            ),
+            (
+                lambda d: (d / "state.json").write_text(
+                    json.dumps({**json.loads((d / "state.json").read_text()), "checkpoint": None})
+                ),
+                ("names no checkpoint",),
+            ),
+            (
+                lambda d: (d / "checkpoint-1.keras").unlink(),
+                ("checkpoint-1.keras, which is missing",),
+            ),
+            (
+                lambda d: (d / "checkpoint-1.keras").write_bytes(
+                    (d / "checkpoint-1.keras").read_bytes()[:500]
+                ),
+                ("cannot load", "checkpoint-1.keras", "nothing was deleted"),
+            ),
+        ],
+        ids=[
+            "truncated_state",
+            "state_not_object",
+            "no_checkpoint_named",
+            "missing_checkpoint",
+            "truncated_checkpoint",
+        ],
+    )
     def test_broken_file_is_a_clear_error_and_nothing_is_deleted(self, run_dir, damage, fragments):
         damage(run_dir)
         before = snapshot(run_dir)
@@ -264,20 +353,23 @@ class TestBrokenRunFiles:
 
 
 class TestNumericFlags:
-    @pytest.mark.parametrize("flag, fragment", [
-        ("--learning_rate=0", "--learning_rate must be a finite number > 0"),
-        ("--learning_rate=-0.1", "--learning_rate must be a finite number > 0"),
-        ("--learning_rate=nan", "--learning_rate must be a finite number > 0"),
-        ("--learning_rate=inf", "--learning_rate must be a finite number > 0"),
-        ("--epochs=-1", "--epochs must be a positive integer"),
-        ("--batch_size=0", "--batch_size must be a positive integer"),
-        ("--steps_per_epoch=-3", "--steps_per_epoch must be a positive integer"),
-        ("--seed=-1", "--seed must be an integer in"),
-        ("--epochs=1.5", "epochs"),
-        ("--input_shape=0,16,3", "positive ints"),
-        ("--dataset=mnist", "unknown dataset 'mnist'"),
-        ("--teacher=resnet20", "--teacher is only for recipes that distil"),
-    ])
+    @pytest.mark.parametrize(
+        "flag, fragment",
+        [
+            ("--learning_rate=0", "--learning_rate must be a finite number > 0"),
+            ("--learning_rate=-0.1", "--learning_rate must be a finite number > 0"),
+            ("--learning_rate=nan", "--learning_rate must be a finite number > 0"),
+            ("--learning_rate=inf", "--learning_rate must be a finite number > 0"),
+            ("--epochs=-1", "--epochs must be a positive integer"),
+            ("--batch_size=0", "--batch_size must be a positive integer"),
+            ("--steps_per_epoch=-3", "--steps_per_epoch must be a positive integer"),
+            ("--seed=-1", "--seed must be an integer in"),
+            ("--epochs=1.5", "epochs"),
+            ("--input_shape=0,16,3", "positive ints"),
+            ("--dataset=mnist", "unknown dataset 'mnist'"),
+            ("--teacher=resnet20", "--teacher is only for recipes that distil"),
+        ],
+    )
     def test_bad_flag_is_one_error_line(self, tmp_path, flag, fragment):
         flags = [f for f in [*TINY, "--epochs=1"] if f.split("=")[0] != flag.split("=")[0]]
         result = run_app("apps.train", *flags, flag, f"--output_dir={tmp_path}/out")
@@ -285,23 +377,34 @@ class TestNumericFlags:
         assert not (tmp_path / "out").exists()
 
     def test_library_checks_types_too(self, tmp_path):
-        for field, value in (("learning_rate", True), ("epochs", True), ("seed", 2 ** 40),
-                             ("learning_rate", float("nan")), ("verbose", 7)):
+        for field, value in (
+            ("learning_rate", True),
+            ("epochs", True),
+            ("seed", 2**40),
+            ("learning_rate", float("nan")),
+            ("verbose", 7),
+        ):
             with pytest.raises(InputError):
-                training.train(training.TrainConfig(
-                    output_dir=str(tmp_path), **{**TINY_CONFIG, "epochs": 1, field: value}))
+                training.train(
+                    training.TrainConfig(
+                        output_dir=str(tmp_path), **{**TINY_CONFIG, "epochs": 1, field: value}
+                    )
+                )
 
 
 class TestNaNLoss:
     def test_nan_stops_with_an_error_and_keeps_the_last_good_checkpoint(self, run_dir):
-        result = run_app("apps.train", *TINY, "--epochs=3", "--learning_rate=1e30",
-                         f"--output_dir={run_dir}")
-        assert_one_error_line(result, "training diverged", "loss=nan", "checkpoint-1.keras",
-                              "--learning_rate")
+        result = run_app(
+            "apps.train", *TINY, "--epochs=3", "--learning_rate=1e30", f"--output_dir={run_dir}"
+        )
+        assert_one_error_line(
+            result, "training diverged", "loss=nan", "checkpoint-1.keras", "--learning_rate"
+        )
         state = strict_json(run_dir / "state.json")
         assert state["epoch"] == 1 and state["checkpoint"] == "checkpoint-1.keras"
         assert sorted(f for f in os.listdir(run_dir) if f.startswith("checkpoint")) == [
-            "checkpoint-1.keras"]
+            "checkpoint-1.keras"
+        ]
         strict_json(run_dir / "metrics.json")  # the earlier run's, still valid JSON
         saved = keras.models.load_model(run_dir / "checkpoint-1.keras")
         assert all(math.isfinite(float(abs(w).max())) for w in saved.get_weights())
@@ -309,8 +412,14 @@ class TestNaNLoss:
 
     def test_nan_in_the_first_epoch_saves_nothing(self, tmp_path):
         flags = [f for f in TINY if not f.startswith("--steps_per_epoch")]
-        result = run_app("apps.train", *flags, "--epochs=2", "--steps_per_epoch=3",
-                         "--learning_rate=1e30", f"--output_dir={tmp_path}")
+        result = run_app(
+            "apps.train",
+            *flags,
+            "--epochs=2",
+            "--steps_per_epoch=3",
+            "--learning_rate=1e30",
+            f"--output_dir={tmp_path}",
+        )
         assert_one_error_line(result, "training diverged", "no epoch was saved")
         assert not [f for f in os.listdir(tmp_path) if f.endswith((".keras", ".json"))]
 
@@ -319,23 +428,47 @@ class TestNaNLoss:
 
 
 class TestTeacher:
-    CONFIG = dict(model="recu_reactnet18", dataset="synthetic", input_shape=(32, 32, 3),
-                  batch_size=4, steps_per_epoch=1, epochs=1, verbose=0)
+    CONFIG = dict(
+        model="recu_reactnet18",
+        dataset="synthetic",
+        input_shape=(32, 32, 3),
+        batch_size=4,
+        steps_per_epoch=1,
+        epochs=1,
+        verbose=0,
+    )
 
     def test_corrupt_or_missing_teacher_file(self, tmp_path):
         (tmp_path / "teacher.keras").write_bytes(b"not a zip")
         with pytest.raises(InputError, match="--teacher: cannot load .*teacher.keras"):
-            training.train(training.TrainConfig(teacher=str(tmp_path / "teacher.keras"),
-                                                output_dir=str(tmp_path / "a"), **self.CONFIG))
+            training.train(
+                training.TrainConfig(
+                    teacher=str(tmp_path / "teacher.keras"),
+                    output_dir=str(tmp_path / "a"),
+                    **self.CONFIG,
+                )
+            )
         with pytest.raises(InputError, match="--teacher: .*nowhere.keras"):
-            training.train(training.TrainConfig(teacher=str(tmp_path / "nowhere.keras"),
-                                                output_dir=str(tmp_path / "b"), **self.CONFIG))
+            training.train(
+                training.TrainConfig(
+                    teacher=str(tmp_path / "nowhere.keras"),
+                    output_dir=str(tmp_path / "b"),
+                    **self.CONFIG,
+                )
+            )
 
     def test_app_with_a_teacher_of_another_shape(self, tmp_path):
         teacher = models.get("resnet20", input_shape=(16, 16, 3), num_classes=10)
         teacher.save(tmp_path / "teacher.keras")
-        result = run_app("apps.train", "--model=recu_reactnet18", "--dataset=synthetic",
-                         "--input_shape=32,32,3", "--batch_size=4", "--steps_per_epoch=1",
-                         "--epochs=1", f"--teacher={tmp_path}/teacher.keras",
-                         f"--output_dir={tmp_path}/out")
+        result = run_app(
+            "apps.train",
+            "--model=recu_reactnet18",
+            "--dataset=synthetic",
+            "--input_shape=32,32,3",
+            "--batch_size=4",
+            "--steps_per_epoch=1",
+            "--epochs=1",
+            f"--teacher={tmp_path}/teacher.keras",
+            f"--output_dir={tmp_path}/out",
+        )
         assert_one_error_line(result, "teacher takes (16, 16, 3)")

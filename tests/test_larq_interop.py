@@ -19,9 +19,22 @@ from effkeras.layers import QuantConv2D
 ORACLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "larq_oracle.py")
 MODELS = ("quicknet_block", "bireal_block", "layer_mix", "sequential", "tf_ops")
 # What larq_zoo 2.4 exports from larq_zoo.sota and larq_zoo.literature (the oracle checks it).
-ZOO = ("QuickNet", "QuickNetSmall", "QuickNetLarge", "BiRealNet", "BinaryAlexNet",
-       "BinaryResNetE18", "BinaryDenseNet28", "BinaryDenseNet37", "BinaryDenseNet37Dilated",
-       "BinaryDenseNet45", "MeliusNet22", "RealToBinaryNet", "XNORNet", "DoReFaNet")
+ZOO = (
+    "QuickNet",
+    "QuickNetSmall",
+    "QuickNetLarge",
+    "BiRealNet",
+    "BinaryAlexNet",
+    "BinaryResNetE18",
+    "BinaryDenseNet28",
+    "BinaryDenseNet37",
+    "BinaryDenseNet37Dilated",
+    "BinaryDenseNet45",
+    "MeliusNet22",
+    "RealToBinaryNet",
+    "XNORNet",
+    "DoReFaNet",
+)
 # larq's own LCE conversion takes ~20 s a model here (larq_zoo needs the pure-Python protobuf):
 # the Zoo's op census against larq's is checked by tools/larq_zoo_check.py, for all of them
 # (docs/larq_zoo/import_check.md); the suite checks it on the blocks of MODELS.
@@ -32,8 +45,13 @@ def larq_models(tmp_path_factory):
     """One larq subprocess saves every test model: config, weights, reference outputs."""
     folder = tmp_path_factory.mktemp("larq_models")
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, ORACLE, "models", str(folder), *MODELS], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, ORACLE, "models", str(folder), *MODELS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return folder
 
@@ -52,8 +70,7 @@ def test_imported_model_matches_larq(larq_models, name, weights_format):
     np.testing.assert_allclose(outputs, reference["y"], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name,bconvs", [("quicknet_block", 1), ("bireal_block", 2),
-                                         ("tf_ops", 0)])
+@pytest.mark.parametrize("name,bconvs", [("quicknet_block", 1), ("bireal_block", 2), ("tf_ops", 0)])
 def test_imported_block_has_larqs_lce_op_census(larq_models, name, bconvs):
     from effkeras.deploy import lce
     from effkeras.deploy.flatbuffer import op_census, operators
@@ -87,8 +104,9 @@ def test_unsupported_layer_is_named(larq_models, class_name):
 
 def test_unsupported_quantizer_is_named(larq_models):
     config = json.loads((larq_models / "bireal_block.json").read_text())
-    layer = next(entry for entry in config["config"]["layers"]
-                 if entry["class_name"] == "QuantConv2D")
+    layer = next(
+        entry for entry in config["config"]["layers"] if entry["class_name"] == "QuantConv2D"
+    )
     layer["config"]["kernel_quantizer"]["class_name"] = "SteTern"
     with pytest.raises(InputError, match="SteTern"):
         import_larq_model(json.dumps(config), str(larq_models / "bireal_block.h5"))
@@ -112,11 +130,15 @@ def test_imported_tf_ops_round_trip_keras_file(larq_models, tmp_path):
 
 def test_unknown_tf_function_is_refused(larq_models):
     config = json.loads((larq_models / "tf_ops.json").read_text())
-    layer = next(entry for entry in config["config"]["layers"]
-                 if entry["class_name"] == "TFOpLambda")
+    layer = next(
+        entry for entry in config["config"]["layers"] if entry["class_name"] == "TFOpLambda"
+    )
     layer["config"]["function"] = "math.cumsum"
-    with pytest.raises(InputError, match=rf"'{layer['name']}' is a TFOpLambda calling "
-                                         rf"tf.math.cumsum"):
+    with pytest.raises(
+        InputError,
+        match=rf"'{layer['name']}' is a TFOpLambda calling "
+        rf"tf.math.cumsum",
+    ):
         import_larq_model(json.dumps(config), str(larq_models / "tf_ops.h5"))
 
 
@@ -125,8 +147,13 @@ def zoo_models(tmp_path_factory):
     """One larq subprocess builds every Larq Zoo architecture (random weights): ~30 s."""
     folder = tmp_path_factory.mktemp("larq_zoo")
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, ORACLE, "zoo", str(folder)], env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, ORACLE, "zoo", str(folder)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return folder, json.loads((folder / "zoo.json").read_text())
 
@@ -158,8 +185,7 @@ def test_zoo_model_matches_larq(zoo_models, name):
     np.testing.assert_allclose(outputs, reference["y"], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["MeliusNet22", "RealToBinaryNet", "DoReFaNet",
-                                  "QuickNetSmall"])
+@pytest.mark.parametrize("name", ["MeliusNet22", "RealToBinaryNet", "DoReFaNet", "QuickNetSmall"])
 def test_imported_zoo_model_round_trips_keras_file(zoo_models, tmp_path, name):
     """The layers and quantizers the Zoo's Lambdas and functions become save and load."""
     folder, _ = zoo_models
@@ -201,10 +227,15 @@ def _other_tf_op(entry):
     entry["config"]["function"][2][2]["config"] = "cumsum"
 
 
-@pytest.mark.parametrize("suffix,change", [("_improve_merge", _not_meliusnet),
-                                           ("_improve_merge", _wrong_merge_width),
-                                           ("stem_s1_groupconv_split", _other_tf_op)],
-                         ids=["other_module", "other_width", "other_tf_op"])
+@pytest.mark.parametrize(
+    "suffix,change",
+    [
+        ("_improve_merge", _not_meliusnet),
+        ("_improve_merge", _wrong_merge_width),
+        ("stem_s1_groupconv_split", _other_tf_op),
+    ],
+    ids=["other_module", "other_width", "other_tf_op"],
+)
 def test_unknown_lambda_is_refused(zoo_models, suffix, change):
     """Only the Zoo's own Lambdas import: recognised by module, name and closure data (the
     bytecode is never read); anything else is refused by name."""
@@ -216,15 +247,24 @@ def test_unknown_lambda_is_refused(zoo_models, suffix, change):
         import_larq_model(json.dumps(config), str(folder / "MeliusNet22.h5"))
 
 
-
 def test_check_tool_table():
     from tools import larq_zoo_check
 
-    row = {"architecture": "XNORNet", "input_size": 224, "params": 58341728,
-           "mapped": {"XnorWeightScale": 6}, "max_abs_logit": 1380.0,
-           "logits_max_rel_diff": 2.2e-7, "probabilities_max_abs_diff": 0.0, "larq_lce": "ok",
-           "census_equal": False, "census_differences": {"LceBconv2d": [6, 5]},
-           "float_fallback": [], "bconv": [6, 5], "lce_bytes": [7654500, 153965392]}
+    row = {
+        "architecture": "XNORNet",
+        "input_size": 224,
+        "params": 58341728,
+        "mapped": {"XnorWeightScale": 6},
+        "max_abs_logit": 1380.0,
+        "logits_max_rel_diff": 2.2e-7,
+        "probabilities_max_abs_diff": 0.0,
+        "larq_lce": "ok",
+        "census_equal": False,
+        "census_differences": {"LceBconv2d": [6, 5]},
+        "float_fallback": [],
+        "bconv": [6, 5],
+        "lce_bytes": [7654500, 153965392],
+    }
     failed = {**row, "architecture": "X", "larq_lce": "ConverterError: no"}
     text = larq_zoo_check.table([row, failed])
     assert "| XNORNet | 224 | 58,341,728 | 6 XnorWeightScale | 1.38e+03 | 2.2e-07 |" in text

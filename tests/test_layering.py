@@ -19,12 +19,20 @@ def build_targets():
         tree = ast.parse(f.read())
     targets = {}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
-                node.func.id in ("py_library", "py_binary", "py_test"):
-            fields = {k.arg: ast.literal_eval(k.value) for k in node.keywords
-                      if k.arg in ("name", "srcs", "deps")}
-            targets[fields["name"]] = {"srcs": fields.get("srcs", []),
-                                       "deps": [d.lstrip(":") for d in fields.get("deps", [])]}
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("py_library", "py_binary", "py_test")
+        ):
+            fields = {
+                k.arg: ast.literal_eval(k.value)
+                for k in node.keywords
+                if k.arg in ("name", "srcs", "deps")
+            }
+            targets[fields["name"]] = {
+                "srcs": fields.get("srcs", []),
+                "deps": [d.lstrip(":") for d in fields.get("deps", [])],
+            }
     return targets
 
 
@@ -47,7 +55,7 @@ def imported_modules(path, modules):
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
             candidates = [f"{base}.{alias.name}" for alias in node.names] + [base]
             candidates = [c for c in candidates[:-1] if c in modules] or [base]
@@ -63,8 +71,12 @@ def imported_modules(path, modules):
 
 def import_graph():
     targets = build_targets()
-    owner = {src: name for name, target in targets.items() for src in target["srcs"]
-             if src.split("/")[0] in CHECKED}
+    owner = {
+        src: name
+        for name, target in targets.items()
+        for src in target["srcs"]
+        if src.split("/")[0] in CHECKED
+    }
     modules = {module_name(path): path for path in owner}
     graph = {name: imported_modules(path, modules) for name, path in modules.items()}
     return targets, owner, modules, graph
@@ -90,8 +102,7 @@ def test_every_import_is_allowed_by_build_deps():
         allowed = reachable(targets, target)
         for imported in sorted(imports):
             if owner[modules[imported]] not in allowed:
-                wrong.append(f"{name} ({target}) imports {imported} "
-                             f"({owner[modules[imported]]})")
+                wrong.append(f"{name} ({target}) imports {imported} ({owner[modules[imported]]})")
     assert wrong == [], "imports BUILD's deps do not allow:\n" + "\n".join(wrong)
 
 
@@ -121,7 +132,7 @@ def test_no_import_cycle_between_modules():
         state[name] = "open"
         for imported in sorted(graph[name]):
             if state.get(imported) == "open":
-                cycles.append(" -> ".join(path[path.index(imported):] + [imported]))
+                cycles.append(" -> ".join(path[path.index(imported) :] + [imported]))
             elif imported not in state:
                 visit(imported, path + [imported])
         state[name] = "done"
@@ -134,11 +145,31 @@ def test_no_import_cycle_between_modules():
 
 def test_import_effkeras_loads_no_deploy_training_or_interop():
     """`import effkeras` registers layers and models only: no converter, trainer or importer."""
-    code = ("import sys, effkeras; print(sorted({m.split('.')[1] for m in sys.modules "
-            "if m.startswith('effkeras.')}))")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    code = (
+        "import sys, effkeras; print(sorted({m.split('.')[1] for m in sys.modules "
+        "if m.startswith('effkeras.')}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     loaded = set(ast.literal_eval(result.stdout.strip().splitlines()[-1]))
     assert "layers" in loaded and "models" in loaded
     assert not loaded & {"deploy", "training", "interop", "benchmark", "evaluation", "data"}
+
+
+def test_no_module_is_longer_than_600_lines():
+    _, owner, _, _ = import_graph()
+    long = {}
+    for path in owner:
+        if path.startswith("effkeras/"):
+            with open(os.path.join(REPO, path)) as f:
+                lines = sum(1 for _ in f)
+            if lines > 600:
+                long[path] = lines
+    assert long == {}, "split these modules"

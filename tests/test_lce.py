@@ -5,16 +5,20 @@ import os
 import keras
 import numpy as np
 import pytest
+from conftest import run_app
 from keras import ops
 
-from effkeras.deploy import lce
 from effkeras.deploy import flatbuffer as fb
+from effkeras.deploy import lce
 from effkeras.errors import InputError
 from effkeras.layers import QuantConv2D, QuantDense
-from conftest import run_app
 
-BINARY = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign",
-              kernel_constraint="weight_clip", use_bias=False)
+BINARY = dict(
+    input_quantizer="ste_sign",
+    kernel_quantizer="ste_sign",
+    kernel_constraint="weight_clip",
+    use_bias=False,
+)
 
 
 def _stop_gradient_sign(x):
@@ -26,8 +30,9 @@ class StopGradientSignConv(QuantConv2D):
     which LCE does not recognise: it stays a float CONV_2D."""
 
     def call(self, inputs):
-        return ops.conv(_stop_gradient_sign(inputs), _stop_gradient_sign(self.kernel),
-                        padding=self.padding)
+        return ops.conv(
+            _stop_gradient_sign(inputs), _stop_gradient_sign(self.kernel), padding=self.padding
+        )
 
 
 def _randomize_batchnorms(model, seed=0):
@@ -36,8 +41,14 @@ def _randomize_batchnorms(model, seed=0):
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             n = layer.gamma.shape[0]
-            layer.set_weights([rng.normal(size=n), rng.normal(size=n), rng.normal(size=n),
-                               rng.uniform(0.5, 2.0, size=n)])
+            layer.set_weights(
+                [
+                    rng.normal(size=n),
+                    rng.normal(size=n),
+                    rng.normal(size=n),
+                    rng.uniform(0.5, 2.0, size=n),
+                ]
+            )
     return model
 
 
@@ -46,8 +57,9 @@ def binary_stack(middle=None):
     inputs = keras.Input((16, 16, 3))
     x = keras.layers.Conv2D(32, 3, padding="same")(inputs)
     x = keras.layers.BatchNormalization()(x)
-    middle = middle or QuantConv2D(32, 3, padding="same", pad_values=1.0, name="bconv_same",
-                                   **BINARY)
+    middle = middle or QuantConv2D(
+        32, 3, padding="same", pad_values=1.0, name="bconv_same", **BINARY
+    )
     x = middle(x)
     x = keras.layers.BatchNormalization()(x)
     x = keras.layers.MaxPooling2D()(x)
@@ -159,18 +171,23 @@ def test_convert_app_on_a_checkpoint(tmp_path):
     refused = tmp_path / "dense.tflite"
     run = _convert_app(f"--checkpoint={dense}", f"--output={refused}", cold=True)
     assert run.returncode == 2
-    assert run.stderr.strip().startswith("error: 1 binary layer(s)") and "binary_dense" in run.stderr
+    assert (
+        run.stderr.strip().startswith("error: 1 binary layer(s)") and "binary_dense" in run.stderr
+    )
     assert len(run.stderr.strip().splitlines()) == 1
     assert not refused.exists()
 
 
-@pytest.mark.parametrize("flags, message", [
-    ([], "exactly one of --model"),
-    (["--model=resnet20", "--checkpoint=x.keras"], "exactly one of --model"),
-    (["--checkpoint=/nonexistent/model.keras"], "is not a file"),
-    (["--model=no_such_model"], "known models: "),
-    (["--model=resnet20", "--target=riscv"], "--target"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ([], "exactly one of --model"),
+        (["--model=resnet20", "--checkpoint=x.keras"], "exactly one of --model"),
+        (["--checkpoint=/nonexistent/model.keras"], "is not a file"),
+        (["--model=no_such_model"], "known models: "),
+        (["--model=resnet20", "--target=riscv"], "--target"),
+    ],
+)
 def test_convert_app_bad_input(tmp_path, flags, message):
     output = tmp_path / "model.tflite"
     run = _convert_app(*flags, f"--output={output}")

@@ -11,9 +11,9 @@ from effkeras import deploy, models
 from effkeras.deploy import ethos_u, int8_tables, runtime, tflite, verify
 from effkeras.deploy.converter import float_ops
 from effkeras.deploy.flatbuffer import op_census, operators, pack_model, read_model
+from effkeras.errors import InputError
 from effkeras.graph.passes import freeze_tables as freeze_module
 from effkeras.graph.passes.freeze_tables import freeze_tables
-from effkeras.errors import InputError
 from effkeras.layers import BSplineActivation, LerpPSA, LerpTable
 
 CALIBRATION = 32
@@ -30,26 +30,35 @@ def trained_like(name, seed=0):
     for layer in model.layers:
         if isinstance(layer, LerpPSA):
             c, e = layer.u.shape
-            layer.set_weights([rng.normal(0, 0.7, (c, e)), rng.uniform(0.5, 1.5, (c, e)),
-                               rng.uniform(-2, 2, (c, e)), rng.uniform(0.5, 1.5, c),
-                               rng.normal(0, 0.2, c)])
+            layer.set_weights(
+                [
+                    rng.normal(0, 0.7, (c, e)),
+                    rng.uniform(0.5, 1.5, (c, e)),
+                    rng.uniform(-2, 2, (c, e)),
+                    rng.uniform(0.5, 1.5, c),
+                    rng.normal(0, 0.2, c),
+                ]
+            )
         elif isinstance(layer, BSplineActivation):
             c, g = layer.coefficients.shape
             knots = np.linspace(-layer.grid_range, layer.grid_range, g)
-            layer.set_weights([np.maximum(knots, 0)
-                               + np.cumsum(rng.normal(0, 0.1, (c, g)), axis=1)])
+            layer.set_weights(
+                [np.maximum(knots, 0) + np.cumsum(rng.normal(0, 0.1, (c, g)), axis=1)]
+            )
         elif type(layer).__name__ == "LayerScale":
             scale, *rest = layer.get_weights()
-            layer.set_weights([rng.uniform(0.3, 1.0, scale.shape)]
-                              + [rng.normal(0, 0.1, w.shape) for w in rest])
+            layer.set_weights(
+                [rng.uniform(0.3, 1.0, scale.shape)] + [rng.normal(0, 0.1, w.shape) for w in rest]
+            )
     x = rng.uniform(0, 255, (16, 32, 32, 3)).astype(np.float32)
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization):
             inputs = keras.ops.convert_to_numpy(keras.Model(model.input, layer.input)(x))
             inputs = inputs.reshape(-1, inputs.shape[-1])
             c = inputs.shape[-1]
-            layer.set_weights([rng.uniform(0.8, 1.2, c), rng.normal(0, 0.2, c),
-                               inputs.mean(0), inputs.var(0)])
+            layer.set_weights(
+                [rng.uniform(0.8, 1.2, c), rng.normal(0, 0.2, c), inputs.mean(0), inputs.var(0)]
+            )
     return model
 
 
@@ -83,8 +92,7 @@ def test_freeze_folds_residual_and_batch_norm_and_is_exact(psa, sample):
     assert count == 8
     assert not any(isinstance(layer, LerpPSA) for layer in frozen.layers)
     tables = [layer for layer in frozen.layers if isinstance(layer, LerpTable)]
-    assert [t.name for t in tables] == [f"block{b}_mlp_psa{i}" for b in range(1, 5)
-                                        for i in (1, 2)]
+    assert [t.name for t in tables] == [f"block{b}_mlp_psa{i}" for b in range(1, 5) for i in (1, 2)]
     assert all(t.form == "gather" and t.weights and not t.trainable_weights for t in tables)
     names = {layer.name for layer in frozen.layers}
     assert not any(f"block{b}_norm2" in names for b in range(1, 5))  # folded into psa1
@@ -154,8 +162,9 @@ def expected_table(layer, x_quantization, y_quantization):
 
 def test_int8_tables_are_bit_exact_on_every_code_in_litert_and_tflite_micro(psa, tflm_psa):
     flatbuffer, report = tflm_psa
-    frozen = {layer.name: layer for layer in freeze_tables(psa)[0].layers
-              if isinstance(layer, LerpTable)}
+    frozen = {
+        layer.name: layer for layer in freeze_tables(psa)[0].layers if isinstance(layer, LerpTable)
+    }
     tables = int8_tables.table_ops(flatbuffer)
     assert sorted(t.name for t in tables) == sorted(frozen)
     for table in tables:
@@ -178,15 +187,19 @@ def test_int8_file_is_integer_only_and_agrees_with_keras(psa, sample, tflm_psa):
     assert census["GATHER"] == census["CAST"] == 8
     assert not {"FLOOR", "DEQUANTIZE", "QUANTIZE", "SUM"} & set(census)
     error = rel_diff(psa.predict(sample, verbose=0), runtime.LiteRT(flatbuffer).predict(sample))
-    print(f"int8 tables vs Keras: {error:.3g} (report {report.max_rel_diff:.3g}, top-1 "
-          f"{report.top1_agreement}); {report.table_bytes} table bytes, {len(flatbuffer)} bytes")
+    print(
+        f"int8 tables vs Keras: {error:.3g} (report {report.max_rel_diff:.3g}, top-1 "
+        f"{report.top1_agreement}); {report.table_bytes} table bytes, {len(flatbuffer)} bytes"
+    )
     assert error <= tflite.MAX_REL_DIFF["int8"] and report.max_rel_diff <= 0.25
 
 
 def test_tflite_micro_runs_the_int8_tables(tflm_psa):
     flatbuffer, report = tflm_psa
-    print(f"TFLite Micro: arena {report.arena_bytes} bytes, max {report.max_lsb_diff} LSB, mean "
-          f"{report.mean_lsb_diff} LSB vs LiteRT")
+    print(
+        f"TFLite Micro: arena {report.arena_bytes} bytes, max {report.max_lsb_diff} LSB, mean "
+        f"{report.mean_lsb_diff} LSB vs LiteRT"
+    )
     assert report.arena_bytes > 0 and report.max_lsb_diff <= 8
 
 
@@ -215,8 +228,9 @@ def tiny_model():
     output spans tens of thousands, so its int8 step spans hundreds of grid segments."""
     keras.utils.set_random_seed(3)
     inputs = keras.Input((4, 3))
-    x = layers.Dense(4, kernel_initializer=keras.initializers.RandomNormal(stddev=50.0),
-                     name="dense_in")(inputs)
+    x = layers.Dense(
+        4, kernel_initializer=keras.initializers.RandomNormal(stddev=50.0), name="dense_in"
+    )(inputs)
     return keras.Model(inputs, BSplineActivation(4, size=9, name="spline")(x), name="tiny")
 
 
@@ -239,7 +253,13 @@ def test_a_coarse_input_step_is_an_ambiguous_table(tiny_probe_file):
     assert table.channels == 4
     assert float_ops(operators(written)) == []
     assert op_census(operators(written)) == {
-        "ADD": 1, "CAST": 1, "DEQUANTIZE": 1, "FULLY_CONNECTED": 1, "GATHER": 1, "QUANTIZE": 1}
+        "ADD": 1,
+        "CAST": 1,
+        "DEQUANTIZE": 1,
+        "FULLY_CONNECTED": 1,
+        "GATHER": 1,
+        "QUANTIZE": 1,
+    }
 
 
 def test_convert_names_the_ambiguous_table_and_relu_sum_quantizes_without_one():
@@ -247,8 +267,9 @@ def test_convert_names_the_ambiguous_table_and_relu_sum_quantizes_without_one():
     with pytest.raises(InputError, match="spline is ambiguous.*max_code_step"):
         deploy.convert(model, "int8", calibration_samples=CALIBRATION)
     # The no-GATHER form quantizes like any other op, with TFLite's own int8 kernels.
-    flatbuffer, report = deploy.convert(model, "int8", calibration_samples=CALIBRATION,
-                                        lerp_form="relu_sum")
+    flatbuffer, report = deploy.convert(
+        model, "int8", calibration_samples=CALIBRATION, lerp_form="relu_sum"
+    )
     assert report.int8_tables == 0 and report.float_ops == () and report.lerp_form == "relu_sum"
     assert "GATHER" not in report.op_census and report.op_census["SUM"] == 1
     print(f"tiny int8 relu_sum vs Keras: {report.max_rel_diff:.3g}")
@@ -257,8 +278,11 @@ def test_convert_names_the_ambiguous_table_and_relu_sum_quantizes_without_one():
 def _edited(flatbuffer, edit):
     model = read_model(flatbuffer)
     subgraph = model.subgraphs[0]
-    (fc,) = [op for op in subgraph.operators
-             if "dense_in" in subgraph.tensors[op.outputs[0]].name.decode()]
+    (fc,) = [
+        op
+        for op in subgraph.operators
+        if "dense_in" in subgraph.tensors[op.outputs[0]].name.decode()
+    ]
     edit(subgraph.tensors[fc.outputs[0]])
     return pack_model(model)
 
@@ -289,12 +313,23 @@ def test_convert_app_passes_max_code_step_to_int8_targets_only(tmp_path):
     from conftest import assert_one_error_line, run_app
 
     output = f"--output={tmp_path / 'psa.tflite'}"
-    assert_one_error_line(run_app("apps.convert", "--model=resmlp_psa_h025", "--target=float",
-                                  "--max_code_step=3", output),
-                          "--max_code_step does not apply to --target=float")
-    assert_one_error_line(run_app("apps.convert", "--model=resmlp_psa_h025", "--target=tflm",
-                                  "--max_code_step=0.01", output),
-                          "block1_mlp_psa1 is ambiguous", "--max_code_step=1")
+    assert_one_error_line(
+        run_app(
+            "apps.convert", "--model=resmlp_psa_h025", "--target=float", "--max_code_step=3", output
+        ),
+        "--max_code_step does not apply to --target=float",
+    )
+    assert_one_error_line(
+        run_app(
+            "apps.convert",
+            "--model=resmlp_psa_h025",
+            "--target=tflm",
+            "--max_code_step=0.01",
+            output,
+        ),
+        "block1_mlp_psa1 is ambiguous",
+        "--max_code_step=1",
+    )
     assert not (tmp_path / "psa.tflite").exists()
     with pytest.raises(InputError, match="max_code_step must be > 0"):
         deploy.convert(tiny_model(), "int8", max_code_step=0.0)

@@ -11,10 +11,17 @@ import sys
 import keras
 import numpy as np
 import pytest
-
 from conftest import REPO, assert_one_error_line
-from effkeras.layers.activations import (BSplineActivation, LerpPSA, LerpTable, ResPSA, grid,
-                                         lerp_numpy, psa_table_numpy)
+
+from effkeras.layers.activations import (
+    BSplineActivation,
+    LerpPSA,
+    LerpTable,
+    ResPSA,
+    grid,
+    lerp_numpy,
+    psa_table_numpy,
+)
 
 R = 4.0
 G = 64
@@ -24,8 +31,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def reference_table(layer):
     """psa_table_numpy of the layer's own weights, in float64."""
-    weights = [np.asarray(v.numpy(), np.float64)
-               for v in (layer.u, layer.w, layer.b, layer.o, layer.beta)]
+    weights = [
+        np.asarray(v.numpy(), np.float64) for v in (layer.u, layer.w, layer.b, layer.o, layer.beta)
+    ]
     return psa_table_numpy(*weights, layer.eps, layer.grid_size, layer.grid_range)
 
 
@@ -42,7 +50,7 @@ def inputs(rng, shape, spread=2.0):
     x = rng.uniform(-spread * R, spread * R, shape)
     flat = x.reshape(-1)
     points = grid(G, R)
-    flat[:len(points)] = points
+    flat[: len(points)] = points
     return x
 
 
@@ -104,8 +112,9 @@ def test_table_is_psa_on_the_grid_and_the_lerp_reproduces_it(dtype, atol):
         table = reference_table(layer)  # (C, G)
         scale = max(1.0, np.abs(table).max())
         np.testing.assert_allclose(layer.table().numpy(), table, rtol=0, atol=atol * scale)
-        np.testing.assert_allclose(y - (x if layer.residual else 0), table.T, rtol=0,
-                                   atol=atol * scale)
+        np.testing.assert_allclose(
+            y - (x if layer.residual else 0), table.T, rtol=0, atol=atol * scale
+        )
 
 
 def test_grid_is_uniform_and_has_no_zero_for_even_sizes():
@@ -162,8 +171,7 @@ def test_psa_gradients_match_central_differences(cls):
     for weight, grad in zip(weights, grads[1:]):
         numeric = central_difference(layer, x, direction, weight)
         scale = np.abs(numeric).max()
-        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-7 * scale,
-                                   err_msg=weight.name)
+        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-7 * scale, err_msg=weight.name)
         assert scale > 0, weight.name  # every weight moves the output
 
 
@@ -196,13 +204,15 @@ def test_bspline_starts_as_a_leaky_relu():
     y = layer(x).numpy()
     knots = grid(65, R)
     assert np.isclose(knots[1] - knots[0], 0.125) and 0.0 in knots  # step R/(size//2), 0 a knot
-    np.testing.assert_allclose(layer.coefficients.numpy(),
-                               np.tile(leaky_relu(knots), (3, 1)), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(
+        layer.coefficients.numpy(), np.tile(leaky_relu(knots), (3, 1)), rtol=0, atol=1e-7
+    )
     np.testing.assert_allclose(y, leaky_relu(x.astype(np.float64)), rtol=0, atol=1e-6)
     # With a negative slope of its own.
     other = BSplineActivation(3, negative_slope=0.2)
-    np.testing.assert_allclose(other(x).numpy(), leaky_relu(x.astype(np.float64), 0.2), rtol=0,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        other(x).numpy(), leaky_relu(x.astype(np.float64), 0.2), rtol=0, atol=1e-6
+    )
 
 
 def test_tv2_penalty_value_and_model_losses():
@@ -249,9 +259,13 @@ def test_lerp_table_forms_equal_the_reference(form):
     layer = frozen_table(form)
     values, scale, offset = (np.asarray(w, np.float64) for w in layer.get_weights())
     rng = np.random.default_rng(6)
-    x = np.concatenate([rng.uniform(-12, 12, (500, 3)),
-                        # exactly at the grid points, through the affine
-                        (grid(G, R)[:, None] - offset) / scale]).astype("float32")
+    x = np.concatenate(
+        [
+            rng.uniform(-12, 12, (500, 3)),
+            # exactly at the grid points, through the affine
+            (grid(G, R)[:, None] - offset) / scale,
+        ]
+    ).astype("float32")
     y = layer(x).numpy()
     want = lerp_numpy(x.astype(np.float64) * scale + offset, values, R)
     assert np.abs(want).max() > np.abs(values).max()  # extrapolated well past the table's range
@@ -272,8 +286,13 @@ def test_lerp_table_forms_agree_with_each_other():
 
 def layers_to_round_trip():
     spline = BSplineActivation(4, tv2=1e-3, negative_slope=0.05)
-    return [LerpPSA(4, expansion=3, grid_size=16, grid_range=2.0, eps=0.5), ResPSA(4), spline,
-            frozen_table("gather", 3), frozen_table("relu_sum", 3)]
+    return [
+        LerpPSA(4, expansion=3, grid_size=16, grid_range=2.0, eps=0.5),
+        ResPSA(4),
+        spline,
+        frozen_table("gather", 3),
+        frozen_table("relu_sum", 3),
+    ]
 
 
 @pytest.mark.parametrize("index", range(5))
@@ -318,22 +337,25 @@ def test_float32_under_mixed_precision(cls):
 # Argument checks, parameter counts
 
 
-@pytest.mark.parametrize("make, fragment", [
-    (lambda: LerpPSA(4, grid_size=1), "grid_size must be an int >= 2"),
-    (lambda: LerpPSA(4, grid_size=64.0), "grid_size must be an int >= 2"),
-    (lambda: LerpPSA(4, grid_size=True), "grid_size must be an int >= 2"),
-    (lambda: LerpPSA(4, grid_range=0), "grid_range R must be a finite number > 0"),
-    (lambda: LerpPSA(4, grid_range=-4.0), "grid_range R must be a finite number > 0"),
-    (lambda: LerpPSA(4, grid_range=float("nan")), "grid_range R must be a finite number > 0"),
-    (lambda: LerpTable(4, grid_range=-1.0), "grid_range R must be a finite number > 0"),
-    (lambda: LerpPSA(4, eps=0), "eps must be a finite number > 0"),
-    (lambda: ResPSA(4, eps=-1.0), "eps must be a finite number > 0"),
-    (lambda: LerpPSA(4, expansion=0), "expansion must be a positive int"),
-    (lambda: LerpPSA(0), "channels must be a positive int"),
-    (lambda: BSplineActivation(4, size=64), "needs an odd size"),
-    (lambda: BSplineActivation(4, tv2=-1e-5), "tv2 (λ) must be a finite number >= 0"),
-    (lambda: LerpTable(4, form="lut"), "form must be one of ('gather', 'relu_sum')"),
-])
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda: LerpPSA(4, grid_size=1), "grid_size must be an int >= 2"),
+        (lambda: LerpPSA(4, grid_size=64.0), "grid_size must be an int >= 2"),
+        (lambda: LerpPSA(4, grid_size=True), "grid_size must be an int >= 2"),
+        (lambda: LerpPSA(4, grid_range=0), "grid_range R must be a finite number > 0"),
+        (lambda: LerpPSA(4, grid_range=-4.0), "grid_range R must be a finite number > 0"),
+        (lambda: LerpPSA(4, grid_range=float("nan")), "grid_range R must be a finite number > 0"),
+        (lambda: LerpTable(4, grid_range=-1.0), "grid_range R must be a finite number > 0"),
+        (lambda: LerpPSA(4, eps=0), "eps must be a finite number > 0"),
+        (lambda: ResPSA(4, eps=-1.0), "eps must be a finite number > 0"),
+        (lambda: LerpPSA(4, expansion=0), "expansion must be a positive int"),
+        (lambda: LerpPSA(0), "channels must be a positive int"),
+        (lambda: BSplineActivation(4, size=64), "needs an odd size"),
+        (lambda: BSplineActivation(4, tv2=-1e-5), "tv2 (λ) must be a finite number >= 0"),
+        (lambda: LerpTable(4, form="lut"), "form must be one of ('gather', 'relu_sum')"),
+    ],
+)
 def test_bad_arguments_raise_one_clear_value_error(make, fragment):
     with pytest.raises(ValueError) as raised:
         make()
@@ -383,8 +405,9 @@ def test_activation_curves_of_a_lerp_table_and_bad_arguments(tmp_path):
     from effkeras import plots
 
     path = str(tmp_path / "table.png")
-    assert plots.activation_curves(frozen_table("relu_sum"), path, channels=2,
-                                   x_range=(-5, 5)) == path
+    assert (
+        plots.activation_curves(frozen_table("relu_sum"), path, channels=2, x_range=(-5, 5)) == path
+    )
     assert open(path, "rb").read(8) == PNG_MAGIC
     with pytest.raises(TypeError, match="LerpPSA, ResPSA, BSplineActivation or LerpTable"):
         plots.activation_curves(keras.layers.Dense(3), path)
@@ -396,8 +419,14 @@ def test_activation_curves_of_a_lerp_table_and_bad_arguments(tmp_path):
 
 def run_tool(*flags):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "tools.plot_activations", *flags], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tools.plot_activations", *flags],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_plot_activations_tool_writes_one_png_per_layer(tmp_path):
@@ -412,8 +441,7 @@ def test_plot_activations_tool_writes_one_png_per_layer(tmp_path):
 
 def test_plot_activations_tool_refuses_an_unknown_layer(tmp_path):
     result = run_tool("--model=resmlp_psa_h025", f"--output_dir={tmp_path}", "--layer=nope")
-    assert_one_error_line(result, "--layer='nope' is not a table activation",
-                          "block1_mlp_psa1")
+    assert_one_error_line(result, "--layer='nope' is not a table activation", "block1_mlp_psa1")
 
 
 def test_plot_activations_in_process(tmp_path):
@@ -427,9 +455,11 @@ def test_plot_activations_in_process(tmp_path):
     psa.save(path)
     loaded = saving.load_model(path)
     assert [layer.name for layer in plot_activations.table_layers(loaded)] == [
-        f"block{b}_mlp_psa{i}" for b in range(1, 5) for i in (1, 2)]
-    written = plot_activations.plot_model(loaded, str(tmp_path / "out"), layer="block2_mlp_psa2",
-                                          channels=1)
+        f"block{b}_mlp_psa{i}" for b in range(1, 5) for i in (1, 2)
+    ]
+    written = plot_activations.plot_model(
+        loaded, str(tmp_path / "out"), layer="block2_mlp_psa2", channels=1
+    )
     assert written == [str(tmp_path / "out" / "block2_mlp_psa2.png")]
     assert open(written[0], "rb").read(8) == PNG_MAGIC
     with pytest.raises(InputError, match="has no table activation"):

@@ -4,9 +4,9 @@ import json
 
 import keras
 import pytest
+from conftest import run_app
 from keras import layers
 
-from conftest import run_app
 from effkeras import models
 from effkeras.graph import summary
 from effkeras.graph.nn_mass import dense_cells, model_mass, nonlinear_units
@@ -37,6 +37,7 @@ def seq(*layer_list):
         for layer in layer_list:
             x = layer(x)
         return x
+
     return apply
 
 
@@ -49,21 +50,45 @@ def test_block_formulas_by_hand():
     # Basic block, C_in = C_out = 8: 8 + 8.
     assert model_mass(block_model(seq(conv(8), bn(), layers.ReLU(), conv(8), bn()))) == 16
     # Bottleneck 16 -> 4 -> 4 -> 16: (16 + 2·4)·16 / (2·16 + 4) = 384 / 36.
-    assert model_mass(block_model(seq(conv(4, 1), layers.ReLU(), conv(4), layers.ReLU(),
-                                      conv(16, 1)), c_in=16)) == pytest.approx(384 / 36)
+    assert model_mass(
+        block_model(seq(conv(4, 1), layers.ReLU(), conv(4), layers.ReLU(), conv(16, 1)), c_in=16)
+    ) == pytest.approx(384 / 36)
     # Inverted residual 8 -> 48 -> 8: (8 + 2·48)·8 / (2·8 + 48) = 13; without expansion E = C_in.
-    assert model_mass(block_model(seq(conv(48, 1), layers.ReLU(6.0),
-                                      layers.DepthwiseConv2D(3, padding="same"), conv(8, 1)))) == 13
-    assert model_mass(block_model(seq(layers.DepthwiseConv2D(3, padding="same"), conv(8, 1)))) \
-        == pytest.approx((8 + 16) * 8 / (16 + 8))
+    assert (
+        model_mass(
+            block_model(
+                seq(
+                    conv(48, 1),
+                    layers.ReLU(6.0),
+                    layers.DepthwiseConv2D(3, padding="same"),
+                    conv(8, 1),
+                )
+            )
+        )
+        == 13
+    )
+    assert model_mass(
+        block_model(seq(layers.DepthwiseConv2D(3, padding="same"), conv(8, 1)))
+    ) == pytest.approx((8 + 16) * 8 / (16 + 8))
     # ConvNeXt block, C = 8: 2·8, with 1x1 convs or with Dense layers on the feature map.
     for pointwise in (lambda f: conv(f, 1), layers.Dense):
-        branch = seq(layers.DepthwiseConv2D(7, padding="same"), layers.LayerNormalization(),
-                     pointwise(32), layers.Activation("gelu"), pointwise(8))
+        branch = seq(
+            layers.DepthwiseConv2D(7, padding="same"),
+            layers.LayerNormalization(),
+            pointwise(32),
+            layers.Activation("gelu"),
+            pointwise(8),
+        )
         assert model_mass(block_model(branch)) == 16
     # A 1x1 projection shortcut (8 -> 16, stride 2) counts as its basic block: 8 + 16.
-    assert model_mass(block_model(seq(conv(16, stride=2), layers.ReLU(), conv(16)),
-                                  skip=conv(16, 1, stride=2))) == 24
+    assert (
+        model_mass(
+            block_model(
+                seq(conv(16, stride=2), layers.ReLU(), conv(16)), skip=conv(16, 1, stride=2)
+            )
+        )
+        == 24
+    )
 
 
 def test_not_defined():

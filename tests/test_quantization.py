@@ -1,8 +1,9 @@
 """int8 quantization-aware training: the rewrite, the quantizers, the file it converts to."""
 
-import numpy as np
 import keras
+import numpy as np
 import pytest
+from conftest import assert_one_error_line, run_app
 from keras import layers
 
 from effkeras import deploy, models, training
@@ -10,9 +11,18 @@ from effkeras.deploy import int8_qat as qat_deploy
 from effkeras.deploy import runtime
 from effkeras.deploy.flatbuffer import io_tensors, operators
 from effkeras.errors import InputError
-from effkeras.qat import (FakeQuant, FoldedBatchNorm, QATConv2D, input_quantizer, is_qat_model,
-                          output_quantizers, quantize_model, set_mode, snap_biases, unobserved)
-from conftest import assert_one_error_line, run_app
+from effkeras.qat import (
+    FakeQuant,
+    FoldedBatchNorm,
+    QATConv2D,
+    input_quantizer,
+    is_qat_model,
+    output_quantizers,
+    quantize_model,
+    set_mode,
+    snap_biases,
+    unobserved,
+)
 
 
 def small_net(input_shape=(16, 16, 3)):
@@ -34,8 +44,14 @@ def small_net(input_shape=(16, 16, 3)):
     for layer in model.layers:  # trained-looking BN statistics, so that folding is not trivial
         if isinstance(layer, layers.BatchNormalization):
             channels = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, channels), rng.normal(0, 0.1, channels),
-                               rng.normal(0, 0.2, channels), rng.uniform(0.2, 2.0, channels)])
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, channels),
+                    rng.normal(0, 0.1, channels),
+                    rng.normal(0, 0.2, channels),
+                    rng.uniform(0.2, 2.0, channels),
+                ]
+            )
     return model
 
 
@@ -54,8 +70,10 @@ def test_rewrite_folds_bn_and_relu_and_quantizes_where_tflite_does(qat_net):
     kinds = [type(layer).__name__ for layer in qat.layers]
     assert kinds.count("QATConv2D") == 3 and kinds.count("QATDepthwiseConv2D") == 1
     assert kinds.count("QATDense") == 1
-    assert not any(isinstance(layer, (layers.BatchNormalization, layers.Rescaling, layers.ReLU))
-                   for layer in qat.layers)
+    assert not any(
+        isinstance(layer, (layers.BatchNormalization, layers.Rescaling, layers.ReLU))
+        for layer in qat.layers
+    )
     by_name = {layer.name: layer for layer in qat.layers}
     assert by_name["stem"].batch_norm_epsilon == model.get_layer("stem_bn").epsilon
     assert keras.activations.serialize(by_name["dw"].activation) == "relu6"
@@ -63,8 +81,16 @@ def test_rewrite_folds_bn_and_relu_and_quantizes_where_tflite_does(qat_net):
     # One quantization point per int8 op output: input, stem, dw, pw, add(+relu), down, mean,
     # logits; none after the padding and the max pooling (their codes are their input's).
     quantizers = [layer.name for layer in qat.layers if isinstance(layer, FakeQuant)]
-    assert quantizers == ["image_quant", "stem_quant", "dw_quant", "pw_quant", "add_quant",
-                          "down_quant", "mean_quant", "logits_quant"]
+    assert quantizers == [
+        "image_quant",
+        "stem_quant",
+        "dw_quant",
+        "pw_quant",
+        "add_quant",
+        "down_quant",
+        "mean_quant",
+        "logits_quant",
+    ]
     assert by_name["image_quant"].fixed_range == (0.0, 255.0)
     # Its rounding off, the QAT model is the float model (the folded Rescaling and BNs included).
     x = images(4, seed=1)
@@ -98,8 +124,10 @@ def test_activation_ranges_calibrate_then_follow_a_moving_average():
     assert (float(quantizer.range_min), float(quantizer.range_max)) == (-2.0, 6.0)  # min/max seen
     quantizer.mode = "quantize"
     quantizer(np.array([[0.0, 10.0]], np.float32), training=True)
-    np.testing.assert_allclose([float(quantizer.range_min), float(quantizer.range_max)],
-                               [0.9 * -2.0, 0.9 * 6.0 + 0.1 * 10.0])
+    np.testing.assert_allclose(
+        [float(quantizer.range_min), float(quantizer.range_max)],
+        [0.9 * -2.0, 0.9 * 6.0 + 0.1 * 10.0],
+    )
     before = float(quantizer.range_max)
     quantizer(np.array([[0.0, 100.0]], np.float32), training=True, observe=False)
     assert float(quantizer.range_max) == before  # a re-used quantizer does not move its range
@@ -125,11 +153,13 @@ def test_int8_file_reads_the_qat_ranges_and_matches_keras_to_one_step(qat_net):
     assert outputs[0].scale[0] == pytest.approx(scale, rel=1e-6)
     assert outputs[0].zero_point[0] == zero_point
     convs = [op for op in operators(flatbuffer) if op.type == "CONV_2D"]
-    keras_scales = sorted(tuple(np.round(layer.weight_scales(), 9)) for layer in qat.layers
-                          if isinstance(layer, QATConv2D))
+    keras_scales = sorted(
+        tuple(np.round(layer.weight_scales(), 9))
+        for layer in qat.layers
+        if isinstance(layer, QATConv2D)
+    )
     file_scales = sorted(tuple(np.round(op.inputs[1].scale, 9)) for op in convs)
-    np.testing.assert_allclose(np.concatenate(file_scales), np.concatenate(keras_scales),
-                               rtol=1e-5)
+    np.testing.assert_allclose(np.concatenate(file_scales), np.concatenate(keras_scales), rtol=1e-5)
     actual = runtime.LiteRT(flatbuffer).predict(sample)
     np.testing.assert_allclose(actual, report_reference(qat, sample), atol=scale * 1.001)
 
@@ -142,17 +172,21 @@ def test_hard_swish_and_a_lone_batch_norm_convert_op_by_op_within_one_step():
     y = layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
     x = layers.BatchNormalization(name="lone_bn")(layers.Add(name="add")([x, y]))  # MUL, ADD
     x = layers.Activation("hard_swish", name="act2")(x)
-    model = keras.Model(inputs, layers.Dense(4, name="logits")(
-        layers.GlobalAveragePooling2D(name="mean")(x)))
+    model = keras.Model(
+        inputs, layers.Dense(4, name="logits")(layers.GlobalAveragePooling2D(name="mean")(x))
+    )
     qat = quantize_model(model, images(64, (16, 16, 1)))
     assert [type(layer).__name__ for layer in qat.layers].count("ChannelAffine") == 2
     sample = images(16, (16, 16, 1), seed=5)
     _, report = deploy.convert(qat, "int8", sample=sample)
     _, ptq = deploy.convert(model, "int8", calibration=images(64, (16, 16, 1)), sample=sample)
     # The same ops, but the offset Rescaling: one depthwise op where PTQ has a MUL and an ADD.
-    expected = {**ptq.op_census, "MUL": ptq.op_census["MUL"] - 1,
-                "ADD": ptq.op_census["ADD"] - 1,
-                "DEPTHWISE_CONV_2D": ptq.op_census["DEPTHWISE_CONV_2D"] + 1}
+    expected = {
+        **ptq.op_census,
+        "MUL": ptq.op_census["MUL"] - 1,
+        "ADD": ptq.op_census["ADD"] - 1,
+        "DEPTHWISE_CONV_2D": ptq.op_census["DEPTHWISE_CONV_2D"] + 1,
+    }
     assert report.op_census == expected
     assert report.op_census["HARD_SWISH"] == 2 and report.op_census["MUL"] == 1
     assert report.max_op_lsb <= 1 and report.quantization_points >= 8
@@ -180,8 +214,12 @@ def test_resmlp_psa_qat_keeps_exact_int8_tables_and_a_layer_scale_as_mul_add():
 def test_a_dead_channel_gets_a_weight_range_its_bias_fits_in_and_converts():
     inputs = keras.Input((8, 8, 4), name="image")
     x = layers.DepthwiseConv2D(3, padding="same", name="dw")(inputs)
-    model = keras.Model(inputs, layers.Dense(2, name="logits")(
-        layers.GlobalAveragePooling2D(name="mean")(layers.ReLU(6.0, name="relu")(x))))
+    model = keras.Model(
+        inputs,
+        layers.Dense(2, name="logits")(
+            layers.GlobalAveragePooling2D(name="mean")(layers.ReLU(6.0, name="relu")(x))
+        ),
+    )
     kernel, bias = model.get_layer("dw").get_weights()
     kernel[..., 0, 0] = 1e-30  # a channel decayed to nothing, with a bias
     bias[0] = 0.8
@@ -190,7 +228,7 @@ def test_a_dead_channel_gets_a_weight_range_its_bias_fits_in_and_converts():
     snapped = snap_biases(report_clone(qat))
     floor = snapped.get_layer("dw").weight_floor
     input_scale = input_quantizer(snapped.get_layer("dw")).quantization()[0]
-    assert floor[0] == pytest.approx(127 * 0.8 / (input_scale * 2 ** 24), rel=1e-4)
+    assert floor[0] == pytest.approx(127 * 0.8 / (input_scale * 2**24), rel=1e-4)
     assert np.all(floor[1:] == np.abs(kernel[..., 1:, 0]).reshape(-1, 3).max(axis=0))
     _, report = deploy.convert(qat, "int8", sample=images(8, (8, 8, 4), seed=7))
     assert report.max_op_lsb <= 1
@@ -202,15 +240,23 @@ def test_sigmoid_tanh_gelu_take_the_output_scales_of_tflites_kernels():
     a = layers.Activation("gelu", name="g")(layers.Conv2D(4, 3, padding="same", name="a")(inputs))
     b = layers.Activation("sigmoid", name="s")(layers.Conv2D(4, 1, name="b")(inputs))
     x = layers.Activation("tanh", name="t")(layers.Add(name="add")([a, b]))
-    model = keras.Model(inputs, layers.Dense(3, name="logits")(
-        layers.GlobalAveragePooling2D(name="mean")(x)))
+    model = keras.Model(
+        inputs, layers.Dense(3, name="logits")(layers.GlobalAveragePooling2D(name="mean")(x))
+    )
     qat = quantize_model(model, images(32, (8, 8, 3)))
     assert qat.get_layer("s_quant").quantization() == pytest.approx((1 / 256, -128))
     assert qat.get_layer("t_quant").quantization() == pytest.approx((1 / 128, 0))
     _, report = deploy.convert(qat, "int8", sample=images(16, (8, 8, 3), seed=8))
     # No requantizing QUANTIZE after LOGISTIC or TANH: their quantization points are TFLite's.
-    assert report.op_census == {"ADD": 1, "CONV_2D": 2, "FULLY_CONNECTED": 1, "GELU": 1,
-                                "LOGISTIC": 1, "MEAN": 1, "TANH": 1}
+    assert report.op_census == {
+        "ADD": 1,
+        "CONV_2D": 2,
+        "FULLY_CONNECTED": 1,
+        "GELU": 1,
+        "LOGISTIC": 1,
+        "MEAN": 1,
+        "TANH": 1,
+    }
     assert report.max_op_lsb <= 1
 
 
@@ -234,7 +280,12 @@ def test_qat_model_round_trips_with_ranges_and_folded_bn(qat_net, tmp_path):
         assert before.path == after.path
         np.testing.assert_array_equal(before.numpy(), after.numpy())
     assert {w.path.split("/")[-1] for w in loaded.get_layer("stem").weights} == {
-        "kernel", "gamma", "beta", "moving_mean", "moving_variance"}
+        "kernel",
+        "gamma",
+        "beta",
+        "moving_mean",
+        "moving_variance",
+    }
     x = images(4, seed=3)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), qat.predict(x, verbose=0))
     assert is_qat_model(loaded)
@@ -246,8 +297,11 @@ def test_what_cannot_be_quantized_is_named():
     x = layers.LayerNormalization(name="norm")(x)
     x = layers.Concatenate(name="cat")([x, x])
     model = keras.Model(inputs, layers.Dense(2)(layers.Flatten()(x)))
-    with pytest.raises(InputError, match=r"swish_conv \(Conv2D with activation silu.*norm "
-                                         r"\(LayerNormalization\), cat \(Concatenate\)"):
+    with pytest.raises(
+        InputError,
+        match=r"swish_conv \(Conv2D with activation silu.*norm "
+        r"\(LayerNormalization\), cat \(Concatenate\)",
+    ):
         quantize_model(model)
     with pytest.raises(InputError, match="already a QAT model"):
         quantize_model(quantize_model(small_net()))
@@ -275,13 +329,22 @@ def test_resnet8_qat_runs_in_tflm_and_all_on_the_ethos_u55_npu():
 
 def test_train_qat_from_a_float_run_and_resume(tmp_path):
     float_dir, qat_dir = tmp_path / "float", tmp_path / "qat"
-    common = dict(dataset="synthetic", input_shape=(16, 16, 3), batch_size=16, steps_per_epoch=2,
-                  verbose=0)
-    training.train(training.TrainConfig(model="mlperf_tiny_resnet8", epochs=1,
-                                        output_dir=str(float_dir), **common))
+    common = dict(
+        dataset="synthetic", input_shape=(16, 16, 3), batch_size=16, steps_per_epoch=2, verbose=0
+    )
+    training.train(
+        training.TrainConfig(
+            model="mlperf_tiny_resnet8", epochs=1, output_dir=str(float_dir), **common
+        )
+    )
     float_model = str(float_dir / "model.keras")
-    qat_config = dict(model=None, qat=True, init_from=float_model, output_dir=str(qat_dir),
-                      **{k: v for k, v in common.items() if k != "input_shape"})
+    qat_config = dict(
+        model=None,
+        qat=True,
+        init_from=float_model,
+        output_dir=str(qat_dir),
+        **{k: v for k, v in common.items() if k != "input_shape"},
+    )
     first = training.train(training.TrainConfig(epochs=1, **qat_config))
     assert first["model"] == "mlperf_tiny_resnet8" and first["epochs"] == 1
     second = training.train(training.TrainConfig(epochs=2, **qat_config))
@@ -294,30 +357,62 @@ def test_train_qat_from_a_float_run_and_resume(tmp_path):
     with pytest.raises(InputError, match="holds a run from .*resume with --init_from"):
         training.train(training.TrainConfig(epochs=3, **{**qat_config, "init_from": str(other)}))
     with pytest.raises(InputError, match="already a QAT model"):
-        training.train(training.TrainConfig(epochs=1, **{
-            **qat_config, "init_from": str(qat_dir / "model.keras"),
-            "output_dir": str(tmp_path / "again")}))
+        training.train(
+            training.TrainConfig(
+                epochs=1,
+                **{
+                    **qat_config,
+                    "init_from": str(qat_dir / "model.keras"),
+                    "output_dir": str(tmp_path / "again"),
+                },
+            )
+        )
     # The control: the same schedule in float, from the same model.
     control = {**qat_config, "qat": False, "finetune": True, "output_dir": str(tmp_path / "ft")}
     tuned = training.train(training.TrainConfig(epochs=1, **control))
     assert tuned["model"] == "mlperf_tiny_resnet8"
     assert not is_qat_model(keras.models.load_model(tmp_path / "ft" / "model.keras"))
-    with pytest.raises(InputError, match="holds a float fine-tuning run: resume it with "
-                                         "--finetune"):
-        training.train(training.TrainConfig(epochs=2, **{**qat_config,
-                                                          "output_dir": str(tmp_path / "ft")}))
+    with pytest.raises(
+        InputError, match="holds a float fine-tuning run: resume it with --finetune"
+    ):
+        training.train(
+            training.TrainConfig(epochs=2, **{**qat_config, "output_dir": str(tmp_path / "ft")})
+        )
 
 
 def test_train_app_refuses_qat_flags_that_cannot_work(tmp_path):
-    assert_one_error_line(run_app("apps.train", "--qat", "--dataset=synthetic",
-                                  f"--output_dir={tmp_path}/a"), "--model is required")
-    assert_one_error_line(run_app("apps.train", "--model=mlperf_tiny_resnet8",
-                                  "--init_from=x.keras", "--dataset=synthetic",
-                                  f"--output_dir={tmp_path}/b"),
-                          "--init_from is the trained float model")
-    assert_one_error_line(run_app("apps.train", "--qat", "--finetune", "--init_from=x.keras",
-                                  "--dataset=synthetic", f"--output_dir={tmp_path}/d"),
-                          "--qat and --finetune are two runs")
-    assert_one_error_line(run_app("apps.train", "--qat", "--init_from=missing.keras",
-                                  "--dataset=synthetic", f"--output_dir={tmp_path}/c"),
-                          "missing.keras")
+    assert_one_error_line(
+        run_app("apps.train", "--qat", "--dataset=synthetic", f"--output_dir={tmp_path}/a"),
+        "--model is required",
+    )
+    assert_one_error_line(
+        run_app(
+            "apps.train",
+            "--model=mlperf_tiny_resnet8",
+            "--init_from=x.keras",
+            "--dataset=synthetic",
+            f"--output_dir={tmp_path}/b",
+        ),
+        "--init_from is the trained float model",
+    )
+    assert_one_error_line(
+        run_app(
+            "apps.train",
+            "--qat",
+            "--finetune",
+            "--init_from=x.keras",
+            "--dataset=synthetic",
+            f"--output_dir={tmp_path}/d",
+        ),
+        "--qat and --finetune are two runs",
+    )
+    assert_one_error_line(
+        run_app(
+            "apps.train",
+            "--qat",
+            "--init_from=missing.keras",
+            "--dataset=synthetic",
+            f"--output_dir={tmp_path}/c",
+        ),
+        "missing.keras",
+    )

@@ -57,9 +57,17 @@ def test_same_padding_geometry():
 @pytest.mark.parametrize("pad_values", [0.0, 1.0])
 def test_conv2d_equals_numpy(stride, size, pad_values):
     x = RNG.normal(size=(2, size, size, 5)).astype(np.float32)
-    layer = QuantConv2D(6, 3, strides=stride, padding="same", pad_values=pad_values,
-                        input_quantizer="ste_sign", kernel_quantizer="ste_sign",
-                        kernel_constraint="weight_clip", activation="relu")
+    layer = QuantConv2D(
+        6,
+        3,
+        strides=stride,
+        padding="same",
+        pad_values=pad_values,
+        input_quantizer="ste_sign",
+        kernel_quantizer="ste_sign",
+        kernel_constraint="weight_clip",
+        activation="relu",
+    )
     layer.build(x.shape)
     _random_layer_weights(layer)
     y = layer(x).numpy()
@@ -72,8 +80,16 @@ def test_one_padding_differs_from_zero_padding_only_at_borders():
     x = RNG.normal(size=(1, 8, 8, 4)).astype(np.float32)
     outputs = []
     for pad_values in (0.0, 1.0):
-        layer = QuantConv2D(3, 3, padding="same", pad_values=pad_values, input_quantizer="ste_sign",
-                            kernel_quantizer="ste_sign", kernel_initializer="ones", use_bias=False)
+        layer = QuantConv2D(
+            3,
+            3,
+            padding="same",
+            pad_values=pad_values,
+            input_quantizer="ste_sign",
+            kernel_quantizer="ste_sign",
+            kernel_initializer="ones",
+            use_bias=False,
+        )
         outputs.append(layer(x).numpy())
     difference = outputs[1] - outputs[0]
     np.testing.assert_array_equal(difference[:, 1:-1, 1:-1], 0)
@@ -84,11 +100,19 @@ def test_one_padding_differs_from_zero_padding_only_at_borders():
 
 def test_one_padding_graph_is_lce_same_one_pattern():
     """sign -> PadV2(1.0) -> VALID Conv2D, nothing in between (LCE's converter patterns)."""
-    layer = QuantConv2D(4, 3, strides=2, padding="same", pad_values=1.0,
-                        input_quantizer="ste_sign", kernel_quantizer="ste_sign")
+    layer = QuantConv2D(
+        4,
+        3,
+        strides=2,
+        padding="same",
+        pad_values=1.0,
+        input_quantizer="ste_sign",
+        kernel_quantizer="ste_sign",
+    )
     layer.build((1, 8, 8, 4))
-    graph = tf.function(layer.call).get_concrete_function(
-        tf.TensorSpec([1, 8, 8, 4], tf.float32)).graph
+    graph = (
+        tf.function(layer.call).get_concrete_function(tf.TensorSpec([1, 8, 8, 4], tf.float32)).graph
+    )
     conv = next(op for op in graph.get_operations() if op.type == "Conv2D")
     assert conv.get_attr("padding") == b"VALID"
     pad = conv.inputs[0].op
@@ -104,8 +128,15 @@ def test_one_padding_graph_is_lce_same_one_pattern():
 
 @pytest.mark.parametrize("size", [7, 8])
 def test_one_padding_with_unknown_spatial_size(size):
-    layer = QuantConv2D(4, 3, strides=2, padding="same", pad_values=1.0,
-                        input_quantizer="ste_sign", kernel_quantizer="ste_sign")
+    layer = QuantConv2D(
+        4,
+        3,
+        strides=2,
+        padding="same",
+        pad_values=1.0,
+        input_quantizer="ste_sign",
+        kernel_quantizer="ste_sign",
+    )
     x = RNG.normal(size=(1, size, size, 4)).astype(np.float32)
     expected = layer(x).numpy()
     traced = tf.function(layer, input_signature=[tf.TensorSpec([None, None, None, 4])])
@@ -115,9 +146,15 @@ def test_one_padding_with_unknown_spatial_size(size):
 @pytest.mark.parametrize("pad_values", [0.0, 1.0])
 def test_depthwise_equals_numpy(pad_values):
     x = RNG.normal(size=(2, 7, 7, 3)).astype(np.float32)
-    layer = QuantDepthwiseConv2D(3, strides=2, padding="same", pad_values=pad_values,
-                                 input_quantizer="ste_sign", depthwise_quantizer="ste_sign",
-                                 depthwise_constraint="weight_clip")
+    layer = QuantDepthwiseConv2D(
+        3,
+        strides=2,
+        padding="same",
+        pad_values=pad_values,
+        input_quantizer="ste_sign",
+        depthwise_quantizer="ste_sign",
+        depthwise_constraint="weight_clip",
+    )
     layer.build(x.shape)
     _random_layer_weights(layer)
     padded = _pad(_sign(x), 3, 2, pad_values)
@@ -129,23 +166,31 @@ def test_depthwise_equals_numpy(pad_values):
 @pytest.mark.parametrize("pad_values", [0.0, 1.0])
 def test_separable_equals_numpy(pad_values):
     x = RNG.normal(size=(2, 6, 6, 3)).astype(np.float32)
-    layer = QuantSeparableConv2D(4, 3, padding="same", pad_values=pad_values,
-                                 input_quantizer="ste_sign", depthwise_quantizer="ste_sign",
-                                 pointwise_quantizer="magnitude_aware_sign")
+    layer = QuantSeparableConv2D(
+        4,
+        3,
+        padding="same",
+        pad_values=pad_values,
+        input_quantizer="ste_sign",
+        depthwise_quantizer="ste_sign",
+        pointwise_quantizer="magnitude_aware_sign",
+    )
     layer.build(x.shape)
     _random_layer_weights(layer)
     pointwise = layer.pointwise_kernel.numpy()
     pointwise = _sign(pointwise) * np.abs(pointwise).mean(axis=(0, 1, 2))
-    depthwise = _depthwise_valid(_pad(_sign(x), 3, 1, pad_values),
-                                 _sign(layer.depthwise_kernel.numpy()))
+    depthwise = _depthwise_valid(
+        _pad(_sign(x), 3, 1, pad_values), _sign(layer.depthwise_kernel.numpy())
+    )
     expected = _conv_valid(depthwise, pointwise) + layer.bias.numpy()
     np.testing.assert_allclose(layer(x), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_dense_equals_numpy():
     x = RNG.normal(size=(3, 5)).astype(np.float32)
-    layer = QuantDense(4, input_quantizer="approx_sign", kernel_quantizer="ste_sign",
-                       activation="relu")
+    layer = QuantDense(
+        4, input_quantizer="approx_sign", kernel_quantizer="ste_sign", activation="relu"
+    )
     layer.build(x.shape)
     _random_layer_weights(layer)
     expected = np.maximum(_sign(x) @ _sign(layer.kernel.numpy()) + layer.bias.numpy(), 0)
@@ -155,12 +200,18 @@ def test_dense_equals_numpy():
 @pytest.mark.parametrize("padding", ["same", "valid"])
 def test_without_quantizers_equals_keras(padding):
     x = RNG.normal(size=(2, 8, 8, 3)).astype(np.float32)
-    pairs = [(QuantConv2D(4, 3, strides=2, padding=padding), keras.layers.Conv2D(4, 3, 2, padding)),
-             (QuantDepthwiseConv2D(3, padding=padding),
-              keras.layers.DepthwiseConv2D(3, padding=padding)),
-             (QuantSeparableConv2D(4, 3, padding=padding),
-              keras.layers.SeparableConv2D(4, 3, padding=padding)),
-             (QuantDense(4), keras.layers.Dense(4))]
+    pairs = [
+        (QuantConv2D(4, 3, strides=2, padding=padding), keras.layers.Conv2D(4, 3, 2, padding)),
+        (
+            QuantDepthwiseConv2D(3, padding=padding),
+            keras.layers.DepthwiseConv2D(3, padding=padding),
+        ),
+        (
+            QuantSeparableConv2D(4, 3, padding=padding),
+            keras.layers.SeparableConv2D(4, 3, padding=padding),
+        ),
+        (QuantDense(4), keras.layers.Dense(4)),
+    ]
     for ours, theirs in pairs:
         ours.build(x.shape)
         theirs.build(x.shape)
@@ -170,9 +221,16 @@ def test_without_quantizers_equals_keras(padding):
 
 
 def test_training_step_clips_latent_weights_and_zeroes_clipped_gradients():
-    layer = QuantConv2D(4, 3, padding="same", pad_values=1.0, input_quantizer="ste_sign",
-                        kernel_quantizer=quantizers.SteSign(clip_value=0.5),
-                        kernel_constraint="weight_clip", use_bias=False)
+    layer = QuantConv2D(
+        4,
+        3,
+        padding="same",
+        pad_values=1.0,
+        input_quantizer="ste_sign",
+        kernel_quantizer=quantizers.SteSign(clip_value=0.5),
+        kernel_constraint="weight_clip",
+        use_bias=False,
+    )
     x = RNG.normal(size=(2, 6, 6, 3)).astype(np.float32)
     layer.build(x.shape)
     layer.kernel.assign(RNG.uniform(-1, 1, layer.kernel.shape).astype(np.float32))
@@ -191,18 +249,40 @@ def test_training_step_clips_latent_weights_and_zeroes_clipped_gradients():
 
 def test_keras_file_round_trip(tmp_path):
     inputs = keras.Input((8, 8, 3))
-    x = QuantConv2D(8, 3, strides=2, padding="same", pad_values=1.0, name="conv",
-                    input_quantizer=quantizers.SteSign(1.25), kernel_quantizer="ste_sign",
-                    kernel_constraint="weight_clip")(inputs)
-    x = QuantDepthwiseConv2D(3, padding="same", pad_values=1.0, name="depthwise",
-                             input_quantizer="approx_sign", depthwise_quantizer="ste_sign",
-                             depthwise_constraint="weight_clip")(x)
-    x = QuantSeparableConv2D(8, 3, padding="same", name="separable", input_quantizer="swish_sign",
-                             depthwise_quantizer="ste_sign", pointwise_quantizer="ste_sign",
-                             pointwise_constraint="weight_clip")(x)
+    x = QuantConv2D(
+        8,
+        3,
+        strides=2,
+        padding="same",
+        pad_values=1.0,
+        name="conv",
+        input_quantizer=quantizers.SteSign(1.25),
+        kernel_quantizer="ste_sign",
+        kernel_constraint="weight_clip",
+    )(inputs)
+    x = QuantDepthwiseConv2D(
+        3,
+        padding="same",
+        pad_values=1.0,
+        name="depthwise",
+        input_quantizer="approx_sign",
+        depthwise_quantizer="ste_sign",
+        depthwise_constraint="weight_clip",
+    )(x)
+    x = QuantSeparableConv2D(
+        8,
+        3,
+        padding="same",
+        name="separable",
+        input_quantizer="swish_sign",
+        depthwise_quantizer="ste_sign",
+        pointwise_quantizer="ste_sign",
+        pointwise_constraint="weight_clip",
+    )(x)
     x = keras.layers.Flatten()(x)
-    outputs = QuantDense(5, name="dense", input_quantizer="ste_unsigned",
-                         kernel_quantizer="magnitude_aware_sign")(x)
+    outputs = QuantDense(
+        5, name="dense", input_quantizer="ste_unsigned", kernel_quantizer="magnitude_aware_sign"
+    )(x)
     model = keras.Model(inputs, outputs)
     for layer in model.layers:
         _random_layer_weights(layer)

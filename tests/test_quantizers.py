@@ -57,9 +57,19 @@ def larq_results(tmp_path_factory):
     upstream = np.random.default_rng(1).uniform(0.5, 2.0, x.shape).astype(np.float32)
     np.savez(folder / "request.npz", x=x, upstream=upstream, specs=json.dumps(SHARED))
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, ORACLE, "quantizers", str(folder / "request.npz"),
-                           str(folder / "result.npz")], env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            ORACLE,
+            "quantizers",
+            str(folder / "request.npz"),
+            str(folder / "result.npz"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return x, upstream, dict(np.load(folder / "result.npz"))
 
@@ -72,13 +82,15 @@ def _forward_and_gradient(quantizer, x, upstream):
     return y, tape.gradient(y, x, output_gradients=tf.convert_to_tensor(upstream))
 
 
-@pytest.mark.parametrize("index", range(len(SHARED)),
-                         ids=[f"{name}{kwargs}" for name, kwargs in SHARED])
+@pytest.mark.parametrize(
+    "index", range(len(SHARED)), ids=[f"{name}{kwargs}" for name, kwargs in SHARED]
+)
 def test_equals_larq(larq_results, index):
     x, upstream, expected = larq_results
     name, kwargs = SHARED[index]
-    y, grad = _forward_and_gradient(quantizers.get({"class_name": name, "config": kwargs}),
-                                    x, upstream)
+    y, grad = _forward_and_gradient(
+        quantizers.get({"class_name": name, "config": kwargs}), x, upstream
+    )
     np.testing.assert_allclose(y, expected[f"y{index}"], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(grad, expected[f"grad{index}"], rtol=1e-6, atol=1e-7)
 
@@ -89,8 +101,9 @@ def test_graph_and_xla_match_eager():
     for name in quantizers.ALIASES:
         quantizer = quantizers.get(name)
         eager = _forward_and_gradient(quantizer, x, upstream)
-        compiled = tf.function(lambda v, q=quantizer: _forward_and_gradient(q, v, upstream),
-                               jit_compile=True)
+        compiled = tf.function(
+            lambda v, q=quantizer: _forward_and_gradient(q, v, upstream), jit_compile=True
+        )
         (y, grad), (xla_y, xla_grad) = eager, compiled(x)
         np.testing.assert_allclose(y, xla_y, rtol=1e-6, err_msg=name)  # XLA sums in its order
         # XLA's tanh/cosh differ in the last bits; SignSwish's 2 - bx tanh(bx/2) amplifies that.
@@ -133,8 +146,11 @@ def test_ern_two_bit_levels_and_thresholds():
 
 def test_binarizers_emit_select_of_constants():
     """LCE only turns Select(x >= 0, 1, -1) into LceQuantize (its converter, arXiv 2011.09398)."""
-    graph = tf.function(quantizers.ste_sign).get_concrete_function(
-        tf.TensorSpec([None, 4], tf.float32)).graph
+    graph = (
+        tf.function(quantizers.ste_sign)
+        .get_concrete_function(tf.TensorSpec([None, 4], tf.float32))
+        .graph
+    )
     kinds = {op.type for op in graph.get_operations()}
     assert "SelectV2" in kinds and "GreaterEqual" in kinds
     assert not kinds & {"Sign", "StopGradient", "Sub"}
@@ -157,8 +173,7 @@ def test_get_resolves_like_larq():
 
 
 def test_bits_and_precision():
-    for name in ("ste_sign", "approx_sign", "swish_sign", "magnitude_aware_sign",
-                 "ste_heaviside"):
+    for name in ("ste_sign", "approx_sign", "swish_sign", "magnitude_aware_sign", "ste_heaviside"):
         assert quantizers.get(name).bits == quantizers.get(name).precision == 1
     assert quantizers.DoReFa(k_bit=3).bits == 3
     assert quantizers.UnsignedQuantizer(k_bit=4, max_value=1.0).precision == 4
@@ -169,20 +184,35 @@ def test_weight_clip():
     assert isinstance(clip, constraints.WeightClip) and clip.clip_value == 1.0
     w = np.float32([-3, -1.25, -0.5, 0.5, 1.3])
     np.testing.assert_array_equal(constraints.WeightClip(1.25)(w), [-1.25, -1.25, -0.5, 0.5, 1.25])
-    assert constraints.get(keras.saving.serialize_keras_object(
-        constraints.WeightClip(0.5))).clip_value == 0.5
+    assert (
+        constraints.get(keras.saving.serialize_keras_object(constraints.WeightClip(0.5))).clip_value
+        == 0.5
+    )
     assert constraints.get(None) is None
 
 
 def test_keras_file_round_trip(tmp_path):
     """Every quantizer and the constraint survive model.save / keras.saving.load_model."""
-    all_quantizers = [quantizers.SteSign(1.25), quantizers.ApproxSign(), quantizers.SwishSign(2.0),
-                      quantizers.MagnitudeAwareSign(0.5), quantizers.SteHeaviside(0.75),
-                      quantizers.DoReFa(3, "weights"), quantizers.UnsignedQuantizer(3, 1.5)]
+    all_quantizers = [
+        quantizers.SteSign(1.25),
+        quantizers.ApproxSign(),
+        quantizers.SwishSign(2.0),
+        quantizers.MagnitudeAwareSign(0.5),
+        quantizers.SteHeaviside(0.75),
+        quantizers.DoReFa(3, "weights"),
+        quantizers.UnsignedQuantizer(3, 1.5),
+    ]
     inputs = keras.Input((6,))
-    outputs = [QuantDense(4, input_quantizer=q, kernel_quantizer=q,
-                          kernel_constraint=constraints.WeightClip(0.9), name=f"dense{i}")(inputs)
-               for i, q in enumerate(all_quantizers)]
+    outputs = [
+        QuantDense(
+            4,
+            input_quantizer=q,
+            kernel_quantizer=q,
+            kernel_constraint=constraints.WeightClip(0.9),
+            name=f"dense{i}",
+        )(inputs)
+        for i, q in enumerate(all_quantizers)
+    ]
     model = keras.Model(inputs, keras.layers.Concatenate()(outputs))
     model.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras")
@@ -203,8 +233,9 @@ def test_unsigned_codes_agree_in_eager_graph_and_constant_folding():
 
     quantizer = quantizers.HalfWaveGaussianQuantizer()
     starts = np.array(quantizer.thresholds, np.float32)
-    x = np.concatenate([starts, np.nextafter(starts, -np.inf), np.nextafter(starts, np.inf),
-                        [0.0, 2.0, -1.0, 3.0]]).astype(np.float32)
+    x = np.concatenate(
+        [starts, np.nextafter(starts, -np.inf), np.nextafter(starts, np.inf), [0.0, 2.0, -1.0, 3.0]]
+    ).astype(np.float32)
     eager = quantizer(tf.constant(x)).numpy()
     traced = tf.function(lambda v: quantizer(v))(tf.constant(x)).numpy()
     folded = tf.function(lambda: quantizer(tf.constant(x)))().numpy()
@@ -223,16 +254,24 @@ def test_ste_unsigned_is_half_wave_gaussian_and_rewritable():
     assert type(ste_unsigned) is type(hwgq) is quantizers.HalfWaveGaussianQuantizer
     assert ste_unsigned.thresholds == hwgq.thresholds and ste_unsigned.step == hwgq.step
     assert quantizers.UnsignedQuantizer is quantizers.HalfWaveGaussianQuantizer
-    layer = QuantConv2D(4, 3, use_bias=False, input_quantizer="ste_unsigned",
-                        kernel_quantizer="binary_channel_wise_mean_scaling")
+    layer = QuantConv2D(
+        4,
+        3,
+        use_bias=False,
+        input_quantizer="ste_unsigned",
+        kernel_quantizer="binary_channel_wise_mean_scaling",
+    )
     layer(keras.Input((6, 6, 8)))
     assert unsupported_reason(layer) is None
 
 
 def test_unsigned_quantizer_configs_saved_before_the_merge_load():
-    old = {"module": "effkeras.quantizers", "class_name": "UnsignedQuantizer",
-           "config": {"k_bit": 3, "max_value": 1.5},
-           "registered_name": "effkeras>UnsignedQuantizer"}
+    old = {
+        "module": "effkeras.quantizers",
+        "class_name": "UnsignedQuantizer",
+        "config": {"k_bit": 3, "max_value": 1.5},
+        "registered_name": "effkeras>UnsignedQuantizer",
+    }
     for restored in (quantizers.get(old), keras.saving.deserialize_keras_object(old)):
         assert isinstance(restored, quantizers.HalfWaveGaussianQuantizer)
         assert restored.get_config() == {"k_bit": 3, "max_value": 1.5}

@@ -56,12 +56,26 @@ README_TABLE = [
 
 def test_plan_reproduces_the_readme_cifar_table():
     plan = ranet.plan_of("ranet_cifar")
-    assert [(s.channels, s.stride, s.size) for s in plan.initial] == [(16, 1, 32), (32, 2, 16),
-                                                                       (64, 2, 8)]
-    rows = [(b.subnet, b.index, b.kind, len(b.layers), (b.in_channels, b.in_size),
-             (b.dense_channels, b.size), (b.conv_last, b.conv_last_in), b.transition,
-             (b.out_channels, b.size), b.exit)
-            for b in plan.blocks]
+    assert [(s.channels, s.stride, s.size) for s in plan.initial] == [
+        (16, 1, 32),
+        (32, 2, 16),
+        (64, 2, 8),
+    ]
+    rows = [
+        (
+            b.subnet,
+            b.index,
+            b.kind,
+            len(b.layers),
+            (b.in_channels, b.in_size),
+            (b.dense_channels, b.size),
+            (b.conv_last, b.conv_last_in),
+            b.transition,
+            (b.out_channels, b.size),
+            b.exit,
+        )
+        for b in plan.blocks
+    ]
     assert rows == README_TABLE
     assert [b.index for b in plan.blocks if b.down] == [2, 2, 4]  # S2B2, S3B2, S3B4
     # A down block's last full-resolution features (what a stage hand-off would carry).
@@ -69,9 +83,17 @@ def test_plan_reproduces_the_readme_cifar_table():
     # Growth and bottleneck widths: S1 g = 24 (bottleneck <= 96), S2 9 + 3 (18 / 12), S3 5 + 1.
     s1, s2, s3 = plan.subnets
     assert (s1.growth, s2.growth, s2.coarse_growth, s3.growth, s3.coarse_growth) == (
-        24, 12, 3, 6, 1)
+        24,
+        12,
+        3,
+        6,
+        1,
+    )
     assert [layer.width for b in s1.blocks for layer in b.layers][:3] == [64, 88, 96]
-    paths = lambda layer: (layer.growth, layer.width, layer.coarse_growth, layer.coarse_width)
+
+    def paths(layer):
+        return (layer.growth, layer.width, layer.coarse_growth, layer.coarse_width)
+
     assert paths(plan.block(2, 1).layers[0]) == (9, 18, 3, 12)
     assert paths(plan.block(3, 1).layers[0]) == (5, 5, 1, 2)
     assert {layer.width for b in s2.blocks[2:] for layer in b.layers} == {24}
@@ -82,13 +104,18 @@ def test_plan_reproduces_the_anytime_cifar_table():
     plan = ranet.plan_of("ranet_cifar_anytime")
     # S4's input comes first in the initial layer, S3's from it at stride 1 (the same scale).
     assert [(s.subnet, s.channels, s.stride, s.size) for s in plan.initial] == [
-        (4, 16, 1, 32), (3, 16, 1, 32), (2, 32, 2, 16), (1, 64, 2, 8)]
+        (4, 16, 1, 32),
+        (3, 16, 1, 32),
+        (2, 32, 2, 16),
+        (1, 64, 2, 8),
+    ]
     outs = [[(b.out_channels, b.size) for b in s.blocks] for s in plan.subnets]
     assert outs == [
         [(160, 8), (256, 8)],
         [(100, 16), (92, 8), (140, 8), (188, 8)],
         [(50, 32), (46, 16), (87, 16), (69, 8), (93, 8), (117, 8)],
-        [(50, 32), (46, 32), (87, 32), (138, 16), (101, 16), (156, 8), (180, 8), (204, 8)]]
+        [(50, 32), (46, 32), (87, 32), (138, 16), (101, 16), (156, 8), (180, 8), (204, 8)],
+    ]
     downs = [[b.index for b in s.blocks if b.down] for s in plan.subnets]
     transitions = [[b.index for b in s.blocks if b.transition] for s in plan.subnets]
     assert downs == [[], [2], [2, 4], [4, 6]] and transitions == [[], [2], [2, 4], [2, 5]]
@@ -101,19 +128,31 @@ def test_plan_reproduces_the_anytime_cifar_table():
     assert layer.coarse_size == layer.in_size == 32
 
 
-@pytest.mark.parametrize("name,heads", [
-    ("ranet_imagenet", [768, 1280, 716, 972, 975, 1231, 588, 716]),
-    ("ranet_imagenet_32", [640, 1152, 666, 922, 936, 1192, 573, 701])])
+@pytest.mark.parametrize(
+    "name,heads",
+    [
+        ("ranet_imagenet", [768, 1280, 716, 972, 975, 1231, 588, 716]),
+        ("ranet_imagenet_32", [640, 1152, 666, 922, 936, 1192, 573, 701]),
+    ],
+)
 def test_plan_reproduces_the_imagenet_config(name, heads):
     plan = ranet.plan_of(name)
     assert [len(s.blocks) for s in plan.subnets] == [2, 4, 6, 8]
     assert {len(b.layers) for b in plan.blocks} == {8}
     assert [e.channels for e in plan.exits] == heads
     assert [(s.growth - s.coarse_growth, s.coarse_growth) for s in plan.subnets] == [
-        (64, 0), (24, 8), (24, 8), (12, 4)]
+        (64, 0),
+        (24, 8),
+        (24, 8),
+        (12, 4),
+    ]
     if name == "ranet_imagenet":
         assert [(s.base_size, s.base_channels) for s in plan.subnets] == [
-            (7, 256), (14, 128), (28, 128), (56, 64)]
+            (7, 256),
+            (14, 128),
+            (28, 128),
+            (56, 64),
+        ]
 
 
 # Cumulative FLOPs (M) at each exit and parameters (M) as the official code counts them, for
@@ -121,21 +160,56 @@ def test_plan_reproduces_the_imagenet_config(name, heads):
 COSTS = [
     ("ranet_cifar", {}, 10, [8360714, 21765140, 32844062, 41523752, 53225778, 58921020], 2547601),
     ("ranet_cifar", {}, 100, [8.372, 21.788, 32.879, 41.570, 53.284, 58.991], 2.617),
-    ("ranet_cifar", dict(scale_list=(1, 2, 2, 3), gr_factor=(4, 2, 2, 1), bn_factor=(4, 2, 2, 1)),
-     10, [10.73, 24.13, 35.21, 43.89, 93.01, 114.61, 163.94, 175.65], 5.094),
-    ("ranet_cifar", dict(scale_list=(1, 2, 3, 3), gr_factor=(4, 2, 1, 1), bn_factor=(4, 2, 1, 1)),
-     10, [10.74, 24.14, 35.22, 43.90, 55.60, 61.30, 105.56, 117.27], 3.968),
-    ("ranet_cifar_anytime", {}, 10,
-     [15.814, 31.283, 44.655, 50.358, 60.655, 63.648, 90.174, 94.905], 3.262),
-    ("ranet_cifar_anytime", {}, 100,
-     [15.826, 31.306, 44.690, 50.405, 60.713, 63.718, 90.255, 94.997], 3.355),
-    ("ranet_imagenet", {}, 1000,
-     [434.97, 888.67, 1153.36, 1352.45, 2279.91, 2588.47, 3235.52, 3333.48], 149.14),
-    ("ranet_imagenet_32", {}, 1000,
-     [246.47, 631.16, 860.40, 1041.14, 1869.85, 2160.38, 2734.28, 2828.31], 131.12),
+    (
+        "ranet_cifar",
+        dict(scale_list=(1, 2, 2, 3), gr_factor=(4, 2, 2, 1), bn_factor=(4, 2, 2, 1)),
+        10,
+        [10.73, 24.13, 35.21, 43.89, 93.01, 114.61, 163.94, 175.65],
+        5.094,
+    ),
+    (
+        "ranet_cifar",
+        dict(scale_list=(1, 2, 3, 3), gr_factor=(4, 2, 1, 1), bn_factor=(4, 2, 1, 1)),
+        10,
+        [10.74, 24.14, 35.22, 43.90, 55.60, 61.30, 105.56, 117.27],
+        3.968,
+    ),
+    (
+        "ranet_cifar_anytime",
+        {},
+        10,
+        [15.814, 31.283, 44.655, 50.358, 60.655, 63.648, 90.174, 94.905],
+        3.262,
+    ),
+    (
+        "ranet_cifar_anytime",
+        {},
+        100,
+        [15.826, 31.306, 44.690, 50.405, 60.713, 63.718, 90.255, 94.997],
+        3.355,
+    ),
+    (
+        "ranet_imagenet",
+        {},
+        1000,
+        [434.97, 888.67, 1153.36, 1352.45, 2279.91, 2588.47, 3235.52, 3333.48],
+        149.14,
+    ),
+    (
+        "ranet_imagenet_32",
+        {},
+        1000,
+        [246.47, 631.16, 860.40, 1041.14, 1869.85, 2160.38, 2734.28, 2828.31],
+        131.12,
+    ),
     # The official train_imagenet.sh (not a paper model): nChannels 16, grFactor 4-2-1-1.
-    ("ranet_imagenet", dict(n_channels=16, gr_factor=(4, 2, 1, 1), bn_factor=(4, 2, 1, 1)), 1000,
-     [168.1, 520.5, 731.9, 903.8, 1052.3, 1118.8, 1589.0, 1681.0], 87.97),
+    (
+        "ranet_imagenet",
+        dict(n_channels=16, gr_factor=(4, 2, 1, 1), bn_factor=(4, 2, 1, 1)),
+        1000,
+        [168.1, 520.5, 731.9, 903.8, 1052.3, 1118.8, 1589.0, 1681.0],
+        87.97,
+    ),
 ]
 
 
@@ -183,9 +257,13 @@ def test_model_follows_its_plan(cifar):
     plan = ranet.plan_of("ranet_cifar")
     for block in plan.blocks:
         name = f"subnet{block.subnet}_block{block.index}"
-        last = (f"{name}_transition_relu" if block.transition else
-                f"{name}_conv_last_concat" if block.conv_last else
-                f"{name}_layer{len(block.layers)}_concat")
+        last = (
+            f"{name}_transition_relu"
+            if block.transition
+            else f"{name}_conv_last_concat"
+            if block.conv_last
+            else f"{name}_layer{len(block.layers)}_concat"
+        )
         shape = cifar.get_layer(last).output.shape
         assert shape[1:] == (block.size, block.size, block.out_channels), name
         dense = cifar.get_layer(f"{name}_layer{len(block.layers)}_concat").output.shape
@@ -200,21 +278,32 @@ def test_model_follows_its_plan(cifar):
 
 def test_exit_flops_of_the_keras_model_match_the_paper(cifar, anytime):
     exits = summary.exit_costs(cifar)
-    assert [e["flops"] for e in exits] == [8360714, 21765140, 32844062, 41523752, 53225778,
-                                           58921020]
+    assert [e["flops"] for e in exits] == [
+        8360714,
+        21765140,
+        32844062,
+        41523752,
+        53225778,
+        58921020,
+    ]
     assert exits[-1]["trainable_params"] == 2_547_601
     assert exits[-1]["params"] == cifar.count_params()  # BN's moving statistics too
     # Stage MACs add up to the model's MACs.
     totals = summary.totals(summary.summarize(cifar))
     assert sum(e["stage_macs"] for e in exits) == totals["float_macs"]
     assert [e["flops"] for e in summary.exit_costs(anytime)] == [
-        f for f, _ in costs(ranet.plan_of("ranet_cifar_anytime"), 10)]
+        f for f, _ in costs(ranet.plan_of("ranet_cifar_anytime"), 10)
+    ]
 
 
-@pytest.mark.parametrize("name,small", [
-    # The ImageNet stem (7x7/2 conv with a bias, max pooling), half-pixel resize.
-    ("ranet_imagenet", dict(n_channels=4, growth_rate=4, step=2, resize="half_pixel")),
-    ("ranet_cifar_anytime", dict(TINY, bottleneck=False))])
+@pytest.mark.parametrize(
+    "name,small",
+    [
+        # The ImageNet stem (7x7/2 conv with a bias, max pooling), half-pixel resize.
+        ("ranet_imagenet", dict(n_channels=4, growth_rate=4, step=2, resize="half_pixel")),
+        ("ranet_cifar_anytime", dict(TINY, bottleneck=False)),
+    ],
+)
 def test_keras_counts_equal_plan_counts(name, small):
     model = models.get(name, input_shape=(64, 64, 1), num_classes=7, **small)  # grayscale
     counted = costs(ranet.plan_of(name, 64, **small), 7, in_channels=1)
@@ -238,6 +327,7 @@ def test_summary_lists_exits_of_multi_output_models_only(cifar):
 
 def align_corners_reference(x, size):
     """Bilinear resize with corner centres aligned, straight from its definition."""
+
     def weights(n_in, n_out):
         m = np.zeros((n_out, n_in))
         for i in range(n_out):
@@ -248,8 +338,9 @@ def align_corners_reference(x, size):
             m[i, hi] += src - lo
         return m
 
-    return np.einsum("hH,bHWc,wW->bhwc", weights(x.shape[1], size[0]), x,
-                     weights(x.shape[2], size[1]))
+    return np.einsum(
+        "hH,bHWc,wW->bhwc", weights(x.shape[1], size[0]), x, weights(x.shape[2], size[1])
+    )
 
 
 def test_bilinear_resize():
@@ -271,18 +362,20 @@ def resize_options(flatbuffer):
     """(align_corners, half_pixel_centers) of every RESIZE_BILINEAR, in every subgraph (an
     early-exit file has one per stage)."""
     model = schema.ModelT.InitFromPackedBuf(flatbuffer, 0)
-    return {(op.builtinOptions.alignCorners, op.builtinOptions.halfPixelCenters)
-            for subgraph in model.subgraphs for op in subgraph.operators
-            if model.operatorCodes[op.opcodeIndex].builtinCode
-            == schema.BuiltinOperator.RESIZE_BILINEAR}
+    return {
+        (op.builtinOptions.alignCorners, op.builtinOptions.halfPixelCenters)
+        for subgraph in model.subgraphs
+        for op in subgraph.operators
+        if model.operatorCodes[op.opcodeIndex].builtinCode == schema.BuiltinOperator.RESIZE_BILINEAR
+    }
 
 
-@pytest.mark.parametrize("resize,flags", [("align_corners", {(True, False)}),
-                                          ("half_pixel", {(False, True)})])
+@pytest.mark.parametrize(
+    "resize,flags", [("align_corners", {(True, False)}), ("half_pixel", {(False, True)})]
+)
 def test_k_outputs_round_trip_and_convert(resize, flags, tmp_path):
     keras.utils.set_random_seed(0)
-    model = models.get("ranet_cifar", input_shape=(16, 16, 1), num_classes=3, resize=resize,
-                       **TINY)
+    model = models.get("ranet_cifar", input_shape=(16, 16, 1), num_classes=3, resize=resize, **TINY)
     assert model.output_names == ["exit1", "exit2", "exit3"]
     x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 1)).astype(np.float32)
     model.save(tmp_path / "ranet.keras")
@@ -305,8 +398,7 @@ def test_ranet_recipe_sums_the_exits_and_decays_everything():
     assert recipes.loss_weights(recipe, 3) == [1.0, 1.0, 1.0]
     optimizer = model.optimizer
     assert (optimizer.momentum, optimizer.nesterov) == (0.9, False)
-    schedule = recipes.learning_rate_schedule(recipe, epochs=300, steps_per_epoch=10,
-                                              batch_size=64)
+    schedule = recipes.learning_rate_schedule(recipe, epochs=300, steps_per_epoch=10, batch_size=64)
     rates = [float(schedule(step)) for step in (0, 1499, 1500, 2249, 2250)]
     assert rates == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
     # Coupled L2 on every trainable weight (kernels, BN's gamma and beta, the classifiers' biases).

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from effkeras import deploy, models
-from effkeras.graph import summary
 from effkeras.deploy.flatbuffer import op_census, operators
+from effkeras.graph import summary
 from effkeras.layers import CollapsibleConv2D
 from effkeras.models import rans
 
@@ -32,14 +32,20 @@ def test_released_networks_match_their_tables(name):
         assert got_params == params
         assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == trainable
         assert abs(got_macs - macs) / macs < 1e-3
-    activations = {layer.get_config()["activation"] for layer in model.layers
-                   if isinstance(layer, keras.layers.Activation)}
+    activations = {
+        layer.get_config()["activation"]
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Activation)
+    }
     assert activations == {"relu6"}
 
 
 def test_tables_hold_the_blocks_they_name():
     gt, c = models.get("ran_e_gt"), models.get("ran_e_c")
-    count = lambda model: sum(isinstance(layer, CollapsibleConv2D) for layer in model.layers)
+
+    def count(model):
+        return sum(isinstance(layer, CollapsibleConv2D) for layer in model.layers)
+
     # GT: 6 collapsible blocks, one of them the double 128 -> 64 -> 128 (7 convs); C: 7.
     assert count(gt) == 7 and count(c) == 7
     assert gt.get_layer("stage7_block2_conv1").filters == 64
@@ -69,8 +75,11 @@ def test_expanded_ran_e_exports_one_conv_per_collapsible_block():
     model = models.get("ran_e_gt_32", expansion=2)
     flatbuffer, report = deploy.convert(model, "float")
     census = op_census(operators(flatbuffer))
-    convs = sum(isinstance(layer, keras.layers.Conv2D)
-                and not isinstance(layer, keras.layers.DepthwiseConv2D) for layer in model.layers)
+    convs = sum(
+        isinstance(layer, keras.layers.Conv2D)
+        and not isinstance(layer, keras.layers.DepthwiseConv2D)
+        for layer in model.layers
+    )
     assert report.collapsed_blocks == 7
     assert census["CONV_2D"] == convs  # one CONV_2D per collapsible conv, nothing of the expansion
     assert report.max_rel_diff < 1e-4
@@ -84,28 +93,40 @@ def test_search_tool_keeps_faster_trials_and_tabulates(tmp_path, monkeypatch):
     # Vela's part replaced by a fixed cost model (Vela itself runs in the deploy tests): stage 1
     # gets slower as a collapsible block, stage 2's blocks faster; MACs per cycle rank stage 1
     # worst, then stage2_block2, then stage2_block1.
-    efficiency = {"stage1_block1": (10, 1000), "stage2_block1": (100, 100),
-                  "stage2_block2": (50, 100), "stage6_block1": (900, 100)}
+    efficiency = {
+        "stage1_block1": (10, 1000),
+        "stage2_block1": (100, 100),
+        "stage2_block2": (50, 100),
+        "stage6_block1": (900, 100),
+    }
 
     def compile_row(model, name, collapsed, stage_filters):
-        ips = 40.0 + 5 * sum(b.startswith("stage2") for b in collapsed) - 10 * (
-            "stage1_block1" in collapsed)
+        ips = (
+            40.0
+            + 5 * sum(b.startswith("stage2") for b in collapsed)
+            - 10 * ("stage1_block1" in collapsed)
+        )
         macs, params = search_ran_e.macs_and_params(model)
-        row = search_ran_e.Row(name, tuple(sorted(collapsed)), tuple(stage_filters), ips, macs,
-                               params, 1000)
+        row = search_ran_e.Row(
+            name, tuple(sorted(collapsed)), tuple(stage_filters), ips, macs, params, 1000
+        )
         return row, {b: cost for b, cost in efficiency.items() if b not in collapsed}
 
     monkeypatch.setattr(search_ran_e, "compile_row", compile_row)
-    flags.FLAGS(["search_ran_e", f"--output_dir={tmp_path}", "--input_size=32", "--steps=3",
-                 "--compare="])
+    flags.FLAGS(
+        ["search_ran_e", f"--output_dir={tmp_path}", "--input_size=32", "--steps=3", "--compare="]
+    )
     try:
         search_ran_e.main([])
     finally:
         flags.FLAGS.unparse_flags()
     rows = json.loads((tmp_path / "search.json").read_text())
     assert [(row["name"], row["accepted"]) for row in rows] == [
-        ("lite0_hswish", True), ("step1: stage1_block1 (rejected)", False),
-        ("step2: stage2_block2", True), ("step3: stage2_block1", True)]
+        ("lite0_hswish", True),
+        ("step1: stage1_block1 (rejected)", False),
+        ("step2: stage2_block2", True),
+        ("step3: stage2_block1", True),
+    ]
     assert rows[-1]["collapsed"] == ["stage2_block1", "stage2_block2"]
     assert rows[-1]["pareto"]  # the fastest; the others trade speed for MACs (capacity)
     assert (tmp_path / "search.png").stat().st_size > 0
@@ -115,8 +136,15 @@ def test_search_tool_keeps_faster_trials_and_tabulates(tmp_path, monkeypatch):
 def test_pareto_front_drops_dominated_networks():
     from tools.search_ran_e import Row, mark_pareto
 
-    rows = [Row(name, (), (), ips, macs, 0, 0) for name, ips, macs in
-            (("a", 50.0, 400), ("b", 40.0, 390), ("c", 60.0, 300), ("d", 50.0, 400))]
+    rows = [
+        Row(name, (), (), ips, macs, 0, 0)
+        for name, ips, macs in (
+            ("a", 50.0, 400),
+            ("b", 40.0, 390),
+            ("c", 60.0, 300),
+            ("d", 50.0, 400),
+        )
+    ]
     mark_pareto(rows)
     assert [row.pareto for row in rows] == [True, False, True, True]  # b is beaten by a
 
@@ -124,14 +152,18 @@ def test_pareto_front_drops_dominated_networks():
 def test_block_efficiency_sums_vela_per_layer_rows_per_block():
     from tools.search_ran_e import block_efficiency
 
-    header = ("Original Operator,NNG Operator,Target,Staging Usage,Peak% (Staging),Op Cycles,"
-              "Network% (cycles),NPU,SRAM AC,DRAM AC,OnFlash AC,OffFlash AC,MAC Count,"
-              "Network% (MAC),Util% (MAC),Name")
-    rows = ["Conv2D,Conv2D,NPU,1,1,400,1,400,1,0,0,0,8000,1,1,m/stage2_block1_expand_act/mul;x",
-            "DepthwiseConv2D,DepthwiseConv2D,NPU,1,1,600,1,600,1,0,0,0,2000,1,1,"
-            "m/stage2_block1_dw_act/mul",
-            "Add,Add,NPU,1,1,50,1,50,1,0,0,0,0,0,0,m/stage2_block2_add/add",
-            "Mul,Mul,NPU,1,1,70,1,70,1,0,0,0,0,0,0,m/rescale/mul"]
+    header = (
+        "Original Operator,NNG Operator,Target,Staging Usage,Peak% (Staging),Op Cycles,"
+        "Network% (cycles),NPU,SRAM AC,DRAM AC,OnFlash AC,OffFlash AC,MAC Count,"
+        "Network% (MAC),Util% (MAC),Name"
+    )
+    rows = [
+        "Conv2D,Conv2D,NPU,1,1,400,1,400,1,0,0,0,8000,1,1,m/stage2_block1_expand_act/mul;x",
+        "DepthwiseConv2D,DepthwiseConv2D,NPU,1,1,600,1,600,1,0,0,0,2000,1,1,"
+        "m/stage2_block1_dw_act/mul",
+        "Add,Add,NPU,1,1,50,1,50,1,0,0,0,0,0,0,m/stage2_block2_add/add",
+        "Mul,Mul,NPU,1,1,70,1,70,1,0,0,0,0,0,0,m/rescale/mul",
+    ]
     blocks = block_efficiency("\n".join([header, *rows]).encode())
     assert blocks == {"stage2_block1": (10000, 1000), "stage2_block2": (0, 50)}
 
@@ -158,8 +190,12 @@ def test_pixel_normalization_is_a_weightless_per_channel_affine():
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     x = np.random.default_rng(0).uniform(0, 255, (2, 5, 5, 3)).astype(np.float32)
     layer = PixelNormalization(mean, std)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)),
-                               (x / 255 - np.array(mean)) / np.array(std), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(layer(x)),
+        (x / 255 - np.array(mean)) / np.array(std),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     assert layer.weights == []
     gray = keras.Model(*(lambda i: (i, normalize_pixels(i)))(keras.Input((5, 5, 1))))
     assert gray.layers[1].mean == (pytest.approx(np.mean(mean)),)

@@ -14,7 +14,9 @@ def lr_at(schedule, steps):
 
 def test_recu_cifar_schedule_warms_up_then_decays_to_zero():
     recipe = recipes.get("recu_cifar")
-    schedule = recipes.learning_rate_schedule(recipe, epochs=600, steps_per_epoch=10, batch_size=256)
+    schedule = recipes.learning_rate_schedule(
+        recipe, epochs=600, steps_per_epoch=10, batch_size=256
+    )
     warmup = 5 * 10  # 5 of 600 epochs
     lrs = lr_at(schedule, [0, warmup // 2, warmup, warmup + (6000 - warmup) // 2, 6000])
     np.testing.assert_allclose(lrs, [0.0, 0.05, 0.1, 0.05, 0.0], atol=1e-6)
@@ -22,11 +24,14 @@ def test_recu_cifar_schedule_warms_up_then_decays_to_zero():
 
 def test_schedule_scales_with_epochs_and_batch():
     recipe = recipes.get("recu_cifar")
-    schedule = recipes.learning_rate_schedule(recipe, epochs=120, steps_per_epoch=10, batch_size=128)
+    schedule = recipes.learning_rate_schedule(
+        recipe, epochs=120, steps_per_epoch=10, batch_size=128
+    )
     assert float(schedule(10)) == pytest.approx(0.05)  # warm-up is 1/120 of the run; lr x 128/256
     assert float(schedule(5)) == pytest.approx(0.025)
-    flat = recipes.learning_rate_schedule(recipes.get("sgd_cosine"), epochs=2, steps_per_epoch=5,
-                                          batch_size=128, learning_rate=0.3)
+    flat = recipes.learning_rate_schedule(
+        recipes.get("sgd_cosine"), epochs=2, steps_per_epoch=5, batch_size=128, learning_rate=0.3
+    )
     assert float(flat(0)) == pytest.approx(0.3)  # no warm-up, explicit peak
 
 
@@ -37,8 +42,13 @@ def test_unknown_recipe():
 
 def compiled(recipe, *, epochs=10, steps_per_epoch=4, batch_size=None, model=None):
     model = model or keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    return recipes.compile_model(model, recipe, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                                 batch_size=batch_size or recipe.batch_size)
+    return recipes.compile_model(
+        model,
+        recipe,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size or recipe.batch_size,
+    )
 
 
 def test_every_recipe_builds_and_names_known_augmentations():
@@ -53,16 +63,20 @@ def test_mlperf_tiny_decays_by_099_per_epoch():
     recipe = recipes.get("mlperf_tiny")
     assert (recipe.optimizer, recipe.batch_size, recipe.epochs) == ("adam", 32, 500)
     schedule = recipes.learning_rate_schedule(recipe, epochs=500, steps_per_epoch=10, batch_size=32)
-    np.testing.assert_allclose(lr_at(schedule, [0, 9, 10, 25, 4999]),
-                               1e-3 * 0.99 ** np.array([0, 0, 1, 2, 499]), rtol=1e-5)
+    np.testing.assert_allclose(
+        lr_at(schedule, [0, 9, 10, 25, 4999]), 1e-3 * 0.99 ** np.array([0, 0, 1, 2, 499]), rtol=1e-5
+    )
     assert dict(recipe.augment)["cifar10"] == ("rotation", "shift", "flip")
 
 
 def test_mlperf_tiny_vww_steps_at_epochs_20_and_30():
     recipe = recipes.get("mlperf_tiny_vww")
     schedule = recipes.learning_rate_schedule(recipe, epochs=50, steps_per_epoch=10, batch_size=32)
-    np.testing.assert_allclose(lr_at(schedule, [0, 199, 200, 299, 300, 499]),
-                               [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4], rtol=1e-6)
+    np.testing.assert_allclose(
+        lr_at(schedule, [0, 199, 200, 299, 300, 499]),
+        [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4],
+        rtol=1e-6,
+    )
     shorter = recipes.learning_rate_schedule(recipe, epochs=10, steps_per_epoch=10, batch_size=64)
     np.testing.assert_allclose(lr_at(shorter, [39, 40, 60]), [2e-3, 1e-3, 5e-4], rtol=1e-6)
 
@@ -72,8 +86,9 @@ def test_mobilenet_v2_rmsprop_with_per_epoch_decay():
     assert isinstance(optimizer, keras.optimizers.RMSprop)
     assert (optimizer.rho, optimizer.momentum, optimizer.weight_decay) == (0.9, 0.9, None)
     schedule = optimizer._learning_rate
-    np.testing.assert_allclose(lr_at(schedule, [0, 4, 5, 10]), [0.09, 0.09, 0.09 * 0.98,
-                                                                0.09 * 0.98 ** 2], rtol=1e-5)
+    np.testing.assert_allclose(
+        lr_at(schedule, [0, 4, 5, 10]), [0.09, 0.09, 0.09 * 0.98, 0.09 * 0.98**2], rtol=1e-5
+    )
 
 
 def test_efficientnet_lite_warms_up_for_5_of_350_epochs_with_label_smoothing():
@@ -87,28 +102,47 @@ def test_efficientnet_lite_warms_up_for_5_of_350_epochs_with_label_smoothing():
     assert float(schedule(700)) == pytest.approx(0.0, abs=1e-9)
     y_true, logits = np.array([0, 2]), np.array([[2.0, 0.0, -1.0], [0.5, 0.1, 3.0]], np.float32)
     expected = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1)(
-        np.eye(3)[y_true], logits)
+        np.eye(3)[y_true], logits
+    )
     assert float(model.loss(y_true, logits)) == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_sgd_nesterov_adamw_and_weight_decay_groups():
-    recipe = recipes.Recipe(recipes.Optimizer("sgd", momentum=0.9, nesterov=True),
-                            learning_rate=0.1, epochs=1, batch_size=8, base_batch_size=8)
+    recipe = recipes.Recipe(
+        recipes.Optimizer("sgd", momentum=0.9, nesterov=True),
+        learning_rate=0.1,
+        epochs=1,
+        batch_size=8,
+        base_batch_size=8,
+    )
     assert compiled(recipe).optimizer.nesterov
-    recipe = recipes.Recipe(recipes.Optimizer("adamw", epsilon=1e-8), learning_rate=0.1, epochs=1,
-                            batch_size=8, base_batch_size=8,
-                            schedule=recipes.Schedule("multistep", milestones=(0.5,)),
-                            weight_decay=recipes.WeightDecay(0.5, decay_vectors=False))
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, bias_initializer="ones"),
-                              keras.layers.BatchNormalization()])
+    recipe = recipes.Recipe(
+        recipes.Optimizer("adamw", epsilon=1e-8),
+        learning_rate=0.1,
+        epochs=1,
+        batch_size=8,
+        base_batch_size=8,
+        schedule=recipes.Schedule("multistep", milestones=(0.5,)),
+        weight_decay=recipes.WeightDecay(0.5, decay_vectors=False),
+    )
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(3, bias_initializer="ones"),
+            keras.layers.BatchNormalization(),
+        ]
+    )
     optimizer = compiled(recipe, epochs=1, steps_per_epoch=10, model=model).optimizer
     assert isinstance(optimizer, keras.optimizers.AdamW) and optimizer.weight_decay == 0.5
     before = [v.numpy().copy() for v in model.trainable_variables]
-    optimizer.apply_gradients([(np.zeros(v.shape, np.float32), v) for v in model.trainable_variables])
+    optimizer.apply_gradients(
+        [(np.zeros(v.shape, np.float32), v) for v in model.trainable_variables]
+    )
     decayed = [not np.allclose(b, v.numpy()) for b, v in zip(before, model.trainable_variables)]
     assert decayed == [True, False, False, False]  # zero gradients: only decay moves the kernel
-    np.testing.assert_allclose(model.trainable_variables[0].numpy(), before[0] * (1 - 0.5 * 0.1),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        model.trainable_variables[0].numpy(), before[0] * (1 - 0.5 * 0.1), rtol=1e-6
+    )
 
 
 def test_distillation_loss_alpha_and_temperature():
@@ -134,7 +168,7 @@ def test_distillation_loss_alpha_and_temperature():
     kl = np.mean(np.sum(p_t * (np.log(p_t) - log_p_s), -1))
     entropy = -np.mean(np.sum(p_t * np.log(p_t), -1))
     ce = -np.mean(log_softmax(s)[np.arange(6), y])
-    expected = alpha * temperature ** 2 * (kl + entropy) + (1 - alpha) * ce
+    expected = alpha * temperature**2 * (kl + entropy) + (1 - alpha) * ce
     distiller = Distiller(student, teacher, alpha=alpha, temperature=temperature)
     assert float(distiller.compute_loss(x, y, student(x))) == pytest.approx(expected, rel=1e-5)
     assert Distiller.from_config(distiller.get_config()).temperature == temperature
@@ -144,8 +178,14 @@ def test_several_outputs_get_weighted_losses_and_metrics_per_output():
     inputs = keras.Input((4,))
     outputs = [keras.layers.Dense(3, name=f"exit{k}")(inputs) for k in (1, 2)]
     model = keras.Model(inputs, outputs)
-    recipe = recipes.Recipe(recipes.Optimizer("adam"), learning_rate=1e-3, epochs=1, batch_size=4,
-                            base_batch_size=4, loss=recipes.Loss(output_weights=(0.25, 1.0)))
+    recipe = recipes.Recipe(
+        recipes.Optimizer("adam"),
+        learning_rate=1e-3,
+        epochs=1,
+        batch_size=4,
+        base_batch_size=4,
+        loss=recipes.Loss(output_weights=(0.25, 1.0)),
+    )
     compiled(recipe, model=model)
     x, y = np.random.default_rng(1).normal(size=(4, 4)).astype(np.float32), np.arange(4) % 3
     logs = model.evaluate(x, (y, y), return_dict=True, verbose=0)
@@ -178,13 +218,17 @@ def test_ran_e_rmsprop_lr_per_128_images_warm_up_then_cosine_to_zero():
     assert (optimizer.rho, optimizer.momentum, optimizer.epsilon) == (0.9, 0.9, 1e-3)
     assert optimizer.weight_decay is None  # L2 5e-6 is in the model's regularizers
     warmup, total = 5 * 4, 350 * 4
-    np.testing.assert_allclose(lr_at(optimizer._learning_rate, [0, warmup // 2, warmup, total]),
-                               [0.0, 0.015, 0.03, 0.0], atol=1e-7)  # 0.005 x 768 / 128
+    np.testing.assert_allclose(
+        lr_at(optimizer._learning_rate, [0, warmup // 2, warmup, total]),
+        [0.0, 0.015, 0.03, 0.0],
+        atol=1e-7,
+    )  # 0.005 x 768 / 128
     at_128 = recipes.learning_rate_schedule(recipe, epochs=350, steps_per_epoch=4, batch_size=128)
     assert float(at_128(warmup)) == pytest.approx(0.005)
     y_true, logits = np.array([0, 2]), np.array([[2.0, 0.0, -1.0], [0.5, 0.1, 3.0]], np.float32)
     expected = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1)(
-        np.eye(3)[y_true], logits)
+        np.eye(3)[y_true], logits
+    )
     assert float(model.loss(y_true, logits)) == pytest.approx(float(expected), rel=1e-6)
     assert dict(recipe.augment) == {"imagenet": ("inception_crop", "flip", "randaugment_m9")}
 
@@ -194,19 +238,27 @@ def test_ran_i_adamw_warms_up_20_of_300_epochs_then_cosine_to_1e_6():
     optimizer = compiled(recipe, epochs=300, steps_per_epoch=4).optimizer
     assert isinstance(optimizer, keras.optimizers.AdamW)
     assert (optimizer.beta_1, optimizer.beta_2, optimizer.epsilon, optimizer.weight_decay) == (
-        0.9, 0.999, 1e-8, 0.05)
+        0.9,
+        0.999,
+        1e-8,
+        0.05,
+    )
     assert optimizer.use_ema and optimizer.ema_momentum == 0.9999
     warmup, total = 20 * 4, 300 * 4
     middle = warmup + (total - warmup) // 2
     np.testing.assert_allclose(
         lr_at(optimizer._learning_rate, [0, warmup // 2, warmup, middle, total, total + 50]),
-        [0.0, 2e-3, 4e-3, 1e-6 + (4e-3 - 1e-6) / 2, 1e-6, 1e-6], rtol=1e-5, atol=1e-12)
+        [0.0, 2e-3, 4e-3, 1e-6 + (4e-3 - 1e-6) / 2, 1e-6, 1e-6],
+        rtol=1e-5,
+        atol=1e-12,
+    )
     # The peak scales with the batch (4e-3 at 2560); the floor does not.
     half = recipes.learning_rate_schedule(recipe, epochs=300, steps_per_epoch=4, batch_size=1280)
     np.testing.assert_allclose(lr_at(half, [warmup, total]), [2e-3, 1e-6], rtol=1e-5)
     # Other cosine recipes still end at 0.
-    recu = recipes.learning_rate_schedule(recipes.get("recu_cifar"), epochs=10, steps_per_epoch=4,
-                                          batch_size=256)
+    recu = recipes.learning_rate_schedule(
+        recipes.get("recu_cifar"), epochs=10, steps_per_epoch=4, batch_size=256
+    )
     assert float(recu(40)) == 0.0
 
 
@@ -219,7 +271,8 @@ def test_ran_i_takes_soft_labels_with_label_smoothing():
     smoothed = soft * 0.9 + 0.1 / 3
     log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     assert float(model.loss(soft, logits)) == pytest.approx(
-        float(-np.mean(np.sum(smoothed * log_p, -1))), rel=1e-5)
+        float(-np.mean(np.sum(smoothed * log_p, -1))), rel=1e-5
+    )
     logs = model.evaluate(np.zeros((2, 4), np.float32), soft, return_dict=True, verbose=0)
     assert {"loss", "top1", "top5"} <= set(logs)  # one-hot labels: Categorical metrics
 
@@ -231,15 +284,22 @@ def test_ran_i_adamw_decays_kernels_but_not_1d_weights():
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(3, bias_initializer="ones", name="head")(x)
     model = keras.Model(inputs, outputs)
-    recipes.compile_model(model, recipes.get("ran_i"), epochs=300, steps_per_epoch=1,
-                          batch_size=2560, learning_rate=1.0)
+    recipes.compile_model(
+        model,
+        recipes.get("ran_i"),
+        epochs=300,
+        steps_per_epoch=1,
+        batch_size=2560,
+        learning_rate=1.0,
+    )
     optimizer = model.optimizer
     for variable in model.trainable_variables:
         variable.assign(np.full(variable.shape, 0.5, np.float32))
     optimizer.build(model.trainable_variables)
     optimizer.iterations.assign(20)  # the end of the 20-epoch warm-up: lr = peak = 1.0
-    optimizer.apply_gradients([(np.zeros(v.shape, np.float32), v)
-                               for v in model.trainable_variables])
+    optimizer.apply_gradients(
+        [(np.zeros(v.shape, np.float32), v) for v in model.trainable_variables]
+    )
     for variable in model.trainable_variables:  # zero gradients: only the decay moves a weight
         expected = 0.5 * (1 - 0.05 * 1.0) if len(variable.shape) > 1 else 0.5
         np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-6, err_msg=variable.path)
@@ -270,8 +330,9 @@ def test_mixup_and_cutmix_labels_weigh_the_images_they_mix():
     labels = np.arange(8)
     # CutMix's label weight is the box's exact area, its mask whole pixels: a rounding at the edges.
     for mix, tolerance in (({"mixup_alpha": 0.8}, 1e-3), ({"cutmix_alpha": 1.0}, 2.5)):
-        mixed_images, soft = augment.mix_batches(8, seed=1, **mix)(tf.constant(images),
-                                                                     tf.constant(labels))
+        mixed_images, soft = augment.mix_batches(8, seed=1, **mix)(
+            tf.constant(images), tf.constant(labels)
+        )
         mixed_images, soft = mixed_images.numpy(), soft.numpy()
         assert soft.shape == (8, 8) and np.all(soft >= 0)
         np.testing.assert_allclose(soft.sum(-1), 1.0, rtol=1e-5)
@@ -284,19 +345,31 @@ def test_mixup_and_cutmix_labels_weigh_the_images_they_mix():
     assert kinds == {True, False}
 
 
-def test_ran_e_augmentations_run_on_fashion_mnist_at_32x32x1_and_on_imagenet(fashion_mnist_dir,
-                                                                             imagenet_dir):
+def test_ran_e_augmentations_run_on_fashion_mnist_at_32x32x1_and_on_imagenet(
+    fashion_mnist_dir, imagenet_dir
+):
     from effkeras import data
 
     recipe = recipes.get("ran_e")
-    train = data.load("fashion_mnist", "train", input_shape=(32, 32, 1), batch_size=8,
-                      data_dir=str(fashion_mnist_dir),
-                      augment_with=dict(recipe.augment).get("fashion_mnist"))
+    train = data.load(
+        "fashion_mnist",
+        "train",
+        input_shape=(32, 32, 1),
+        batch_size=8,
+        data_dir=str(fashion_mnist_dir),
+        augment_with=dict(recipe.augment).get("fashion_mnist"),
+    )
     images, labels = next(iter(train.dataset))
     assert images.shape == (8, 32, 32, 1) and labels.shape == (8,)
     assert 0 <= float(np.min(images)) and float(np.max(images)) <= 255
-    train = data.load("imagenet", "train", input_shape=(32, 32, 3), batch_size=6,
-                      data_dir=str(imagenet_dir), augment_with=dict(recipe.augment)["imagenet"])
+    train = data.load(
+        "imagenet",
+        "train",
+        input_shape=(32, 32, 3),
+        batch_size=6,
+        data_dir=str(imagenet_dir),
+        augment_with=dict(recipe.augment)["imagenet"],
+    )
     images, _ = next(iter(train.dataset))
     assert images.shape == (6, 32, 32, 3) and np.all(np.isfinite(images))
 
@@ -309,8 +382,9 @@ def test_inception_crop_falls_back_to_the_centre_crop():
     assert all(c.shape == (24, 24, 3) for c in crops)
     # A 1-pixel-high image cannot hold a box of aspect 3/4-4/3 and 5% of the area: centre crop.
     strip = tf.reshape(tf.range(60 * 3, dtype=tf.float32), (1, 60, 3))
-    np.testing.assert_allclose(augment.inception_crop(strip, 8, 8),
-                               augment.resize_and_centre_crop(strip, 8, 8))
+    np.testing.assert_allclose(
+        augment.inception_crop(strip, 8, 8), augment.resize_and_centre_crop(strip, 8, 8)
+    )
 
 
 def test_ran_i_per_image_augmentations_run_on_cifar(cifar10_dir):
@@ -319,8 +393,14 @@ def test_ran_i_per_image_augmentations_run_on_cifar(cifar10_dir):
     recipe = recipes.get("ran_i")
     names = dict(recipe.augment)["cifar10"]
     assert names == ("crop", "flip", "randaugment_m9", "random_erasing")
-    train = data.load("cifar10", "train", input_shape=(32, 32, 3), batch_size=10,
-                      data_dir=str(cifar10_dir), augment_with=names)
+    train = data.load(
+        "cifar10",
+        "train",
+        input_shape=(32, 32, 3),
+        batch_size=10,
+        data_dir=str(cifar10_dir),
+        augment_with=names,
+    )
     images, _ = next(iter(train.dataset))
     assert images.shape == (10, 32, 32, 3) and 0 <= float(np.min(images))
     assert float(np.max(images)) <= 255
@@ -338,11 +418,10 @@ def test_larq_zoo_recipes():
     Larq Zoo's two); Bi-Real Net: Adam 5e-3 at batch 512 decayed linearly to 0 over 300."""
     quicknet = recipes.get("quicknet")
     assert (quicknet.optimizer, quicknet.epochs, quicknet.batch_size) == ("adam", 600, 2048)
-    schedule = recipes.learning_rate_schedule(quicknet, epochs=600, steps_per_epoch=2,
-                                              batch_size=2048)
+    schedule = recipes.learning_rate_schedule(
+        quicknet, epochs=600, steps_per_epoch=2, batch_size=2048
+    )
     np.testing.assert_allclose(lr_at(schedule, [0, 10, 1200]), [0.0, 1e-2, 0.0], atol=1e-7)
     bireal = recipes.get("birealnet")
-    schedule = recipes.learning_rate_schedule(bireal, epochs=300, steps_per_epoch=2,
-                                              batch_size=256)
-    np.testing.assert_allclose(lr_at(schedule, [0, 300, 600]), [2.5e-3, 1.25e-3, 0.0],
-                               atol=1e-8)
+    schedule = recipes.learning_rate_schedule(bireal, epochs=300, steps_per_epoch=2, batch_size=256)
+    np.testing.assert_allclose(lr_at(schedule, [0, 300, 600]), [2.5e-3, 1.25e-3, 0.0], atol=1e-8)

@@ -7,12 +7,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import make_arithmetic_exact
 
 from effkeras import deploy, models, training
 from effkeras.graph import summary
 from effkeras.layers.recu import ReCUConv2D, recu_weight
 from effkeras.training.callbacks import recu_tau
-from conftest import make_arithmetic_exact
 
 SQRT8 = 2 * math.sqrt(2)
 
@@ -22,14 +22,16 @@ def numpy_recu(kernel, tau, upstream):
     the latent W."""
     n = np.prod(kernel.shape[:3])
     w0 = kernel - kernel.mean(axis=(0, 1, 2), keepdims=True)
-    var = (w0 ** 2).sum(axis=(0, 1, 2), keepdims=True) / (n - 1)
+    var = (w0**2).sum(axis=(0, 1, 2), keepdims=True) / (n - 1)
     s = np.sqrt(var + 1e-5)
     w1 = w0 * SQRT8 / s
     q = np.inf if tau == 1 else -np.abs(w1).mean() * np.log(2 - 2 * tau)
     forward = np.where(np.clip(w1, -q, q) >= 0, 1.0, -1.0)
     h = upstream * (np.abs(w1) <= q)  # identity STE, clamp mask (boundaries inside)
     # Through the per-channel standardisation, then the centring.
-    dw0 = SQRT8 / s * h - SQRT8 * w0 / (s ** 3 * (n - 1)) * (h * w0).sum(axis=(0, 1, 2), keepdims=True)
+    dw0 = SQRT8 / s * h - SQRT8 * w0 / (s**3 * (n - 1)) * (h * w0).sum(
+        axis=(0, 1, 2), keepdims=True
+    )
     return forward, dw0 - dw0.mean(axis=(0, 1, 2), keepdims=True), (np.abs(w1) > q).mean()
 
 
@@ -74,8 +76,15 @@ def test_activation_path_normalises_only_in_training():
 
 def test_tau_schedule_table():
     # Eq. (24) for I = 600 (derived).
-    for epoch, tau in [(0, 0.8500), (100, 0.8648), (200, 0.8822), (300, 0.9029), (400, 0.9272),
-                       (500, 0.9560), (599, 0.9896)]:
+    for epoch, tau in [
+        (0, 0.8500),
+        (100, 0.8648),
+        (200, 0.8822),
+        (300, 0.9029),
+        (400, 0.9272),
+        (500, 0.9560),
+        (599, 0.9896),
+    ]:
         assert recu_tau(epoch, 600) == pytest.approx(tau, abs=5e-5)
 
 
@@ -84,8 +93,15 @@ def layer_taus(model):
 
 
 def test_tau_is_set_each_epoch_and_survives_resume(tmp_path):
-    config = dict(model="recu_resnet20", dataset="synthetic", input_shape=(8, 8, 3), batch_size=8,
-                  steps_per_epoch=2, output_dir=str(tmp_path), verbose=0)
+    config = dict(
+        model="recu_resnet20",
+        dataset="synthetic",
+        input_shape=(8, 8, 3),
+        batch_size=8,
+        steps_per_epoch=2,
+        output_dir=str(tmp_path),
+        verbose=0,
+    )
     training.train(training.TrainConfig(epochs=2, **config))
     saved = keras.models.load_model(tmp_path / "checkpoint-2.keras")
     np.testing.assert_allclose(layer_taus(saved), recu_tau(1, 2), rtol=1e-6)
@@ -100,17 +116,82 @@ def test_tau_is_set_each_epoch_and_survives_resume(tmp_path):
 # test_architecture_and_lce_deployment.
 ARCHITECTURES = [
     ("recu_resnet20", 32, 18, 9 * (6 * 16 * 16 + 16 * 32 + 5 * 32 * 32 + 32 * 64 + 5 * 64 * 64)),
-    ("recu_resnet18", 32, 16, 9 * (4 * 64 * 64 + 64 * 128 + 3 * 128 * 128 + 128 * 256
-                                   + 3 * 256 * 256 + 256 * 512 + 3 * 512 * 512)),
+    (
+        "recu_resnet18",
+        32,
+        16,
+        9
+        * (
+            4 * 64 * 64
+            + 64 * 128
+            + 3 * 128 * 128
+            + 128 * 256
+            + 3 * 256 * 256
+            + 256 * 512
+            + 3 * 512 * 512
+        ),
+    ),
     ("recu_vgg_small", 32, 5, 9 * (128 * 128 + 128 * 256 + 256 * 256 + 256 * 512 + 512 * 512)),
-    ("recu_resnet18_imagenet", 96, 16, 9 * (4 * 64 * 64 + 64 * 128 + 3 * 128 * 128 + 128 * 256
-                                            + 3 * 256 * 256 + 256 * 512 + 3 * 512 * 512)),
-    ("recu_resnet34_imagenet", 96, 32, 9 * (6 * 64 * 64 + 64 * 128 + 7 * 128 * 128 + 128 * 256
-                                            + 11 * 256 * 256 + 256 * 512 + 5 * 512 * 512)),
-    ("recu_reactnet18", 96, 16, 9 * (4 * 64 * 64 + 64 * 128 + 3 * 128 * 128 + 128 * 256
-                                     + 3 * 256 * 256 + 256 * 512 + 3 * 512 * 512)),
-    ("recu_reactnet34", 96, 32, 9 * (6 * 64 * 64 + 64 * 128 + 7 * 128 * 128 + 128 * 256
-                                     + 11 * 256 * 256 + 256 * 512 + 5 * 512 * 512)),
+    (
+        "recu_resnet18_imagenet",
+        96,
+        16,
+        9
+        * (
+            4 * 64 * 64
+            + 64 * 128
+            + 3 * 128 * 128
+            + 128 * 256
+            + 3 * 256 * 256
+            + 256 * 512
+            + 3 * 512 * 512
+        ),
+    ),
+    (
+        "recu_resnet34_imagenet",
+        96,
+        32,
+        9
+        * (
+            6 * 64 * 64
+            + 64 * 128
+            + 7 * 128 * 128
+            + 128 * 256
+            + 11 * 256 * 256
+            + 256 * 512
+            + 5 * 512 * 512
+        ),
+    ),
+    (
+        "recu_reactnet18",
+        96,
+        16,
+        9
+        * (
+            4 * 64 * 64
+            + 64 * 128
+            + 3 * 128 * 128
+            + 128 * 256
+            + 3 * 256 * 256
+            + 256 * 512
+            + 3 * 512 * 512
+        ),
+    ),
+    (
+        "recu_reactnet34",
+        96,
+        32,
+        9
+        * (
+            6 * 64 * 64
+            + 64 * 128
+            + 7 * 128 * 128
+            + 128 * 256
+            + 11 * 256 * 256
+            + 256 * 512
+            + 5 * 512 * 512
+        ),
+    ),
 ]
 
 
@@ -124,8 +205,9 @@ def test_architecture_and_lce_deployment(name, size, binary_convs, one_bit):
     sample = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
     make_arithmetic_exact(model)
     # Through deploy.convert to the registry's target, as test_every_model.py does for others.
-    flatbuffer, report = deploy.convert(model, models.info(name).deploy, sample=sample,
-                                        max_rel_diff=1e-4)
+    flatbuffer, report = deploy.convert(
+        model, models.info(name).deploy, sample=sample, max_rel_diff=1e-4
+    )
     assert report.size_bytes == len(flatbuffer) and report.target == "lce (arm)"
     assert report.float_fallback == ()
     assert report.bconv_ops == report.binary_layers == binary_convs
@@ -135,19 +217,42 @@ def test_architecture_and_lce_deployment(name, size, binary_convs, one_bit):
 
 def test_float_layers_where_the_spec_keeps_them():
     model = models.get("recu_resnet18_imagenet", input_shape=(64, 64, 3))
-    floats = [l.name for l in model.layers
-              if isinstance(l, keras.layers.Conv2D) and not isinstance(l, ReCUConv2D)]
-    assert floats == ["stem_conv", "stage2_block1_downsample_conv", "stage3_block1_downsample_conv",
-                      "stage4_block1_downsample_conv"]
+    floats = [
+        l.name
+        for l in model.layers
+        if isinstance(l, keras.layers.Conv2D) and not isinstance(l, ReCUConv2D)
+    ]
+    assert floats == [
+        "stem_conv",
+        "stage2_block1_downsample_conv",
+        "stage3_block1_downsample_conv",
+        "stage4_block1_downsample_conv",
+    ]
     assert model.get_layer("stage1_block1_bn1").gamma.numpy().max() == pytest.approx(1e-8)
 
 
 def test_distillation_trains_the_student(tmp_path):
-    metrics = training.train(training.TrainConfig(
-        model="recu_reactnet18", dataset="synthetic", input_shape=(32, 32, 3), batch_size=8,
-        steps_per_epoch=2, epochs=1, teacher="resnet20", output_dir=str(tmp_path), verbose=0))
+    metrics = training.train(
+        training.TrainConfig(
+            model="recu_reactnet18",
+            dataset="synthetic",
+            input_shape=(32, 32, 3),
+            batch_size=8,
+            steps_per_epoch=2,
+            epochs=1,
+            teacher="resnet20",
+            output_dir=str(tmp_path),
+            verbose=0,
+        )
+    )
     student = keras.models.load_model(tmp_path / "model.keras")
     assert student.name == "recu_reactnet18" and metrics["epochs"] == 1
     with pytest.raises(ValueError, match="--teacher"):
-        training.train(training.TrainConfig(model="recu_reactnet18", dataset="synthetic",
-                                            output_dir=str(tmp_path / "b"), epochs=1))
+        training.train(
+            training.TrainConfig(
+                model="recu_reactnet18",
+                dataset="synthetic",
+                output_dir=str(tmp_path / "b"),
+                epochs=1,
+            )
+        )

@@ -11,9 +11,14 @@ def test_unknown_model_lists_known_names():
         models.get("resnet21")
 
 
-@pytest.mark.parametrize("shape, message", [((2, 2, 3), "height and width >= 4"),
-                                            ((32, 32), "height, width, channels"),
-                                            ((32, 32, 2), "input channels")])
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((2, 2, 3), "height and width >= 4"),
+        ((32, 32), "height, width, channels"),
+        ((32, 32, 2), "input channels"),
+    ],
+)
 def test_input_shapes_the_model_cannot_take(shape, message):
     with pytest.raises(InputError, match=message):
         models.get("resnet20", input_shape=shape)
@@ -36,14 +41,25 @@ def test_builds_at_other_shapes_and_classes():
 
 def test_registering_a_name_twice_fails():
     with pytest.raises(ValueError, match="twice"):
-        models.register("resnet20", family="x", paper="x", input_shape=(8, 8, 3), num_classes=2,
-                        recipe="sgd_cosine", deploy="float", min_input_size=1)(lambda **k: None)
+        models.register(
+            "resnet20",
+            family="x",
+            paper="x",
+            input_shape=(8, 8, 3),
+            num_classes=2,
+            recipe="sgd_cosine",
+            deploy="float",
+            min_input_size=1,
+        )(lambda **k: None)
 
 
-@pytest.mark.parametrize("name, trainable, macs", [
-    ("resnet18", 11_689_512, 1_815_904_768),  # He et al. Table 1: 11.7M params, 1.8 GFLOPs
-    ("resnet34", 21_797_672, 3_665_592_832),  # 21.8M params, 3.6 GFLOPs
-])
+@pytest.mark.parametrize(
+    "name, trainable, macs",
+    [
+        ("resnet18", 11_689_512, 1_815_904_768),  # He et al. Table 1: 11.7M params, 1.8 GFLOPs
+        ("resnet34", 21_797_672, 3_665_592_832),  # 21.8M params, 3.6 GFLOPs
+    ],
+)
 def test_imagenet_resnets_match_he_et_al(name, trainable, macs):
     from effkeras.graph import summary
 
@@ -63,11 +79,14 @@ def test_import_effkeras_registers_every_custom_object(tmp_path):
     assert ern.CONFIGS["ern18"].stages[1] == common.Stage(filters=128, blocks=2, stride=2)
     path = tmp_path / "ern18_075.keras"
     models.get("ern18_075", input_shape=(32, 32, 3), num_classes=10).save(path)
-    code = ("import sys, keras, effkeras\n"
-            "model = keras.models.load_model(sys.argv[1])\n"
-            "assert 'effkeras.training.trainer' not in sys.modules\n"
-            "print(model.count_params())\n")
-    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
-                            text=True, timeout=300)
+    code = (
+        "import sys, keras, effkeras\n"
+        "model = keras.models.load_model(sys.argv[1])\n"
+        "assert 'effkeras.training.trainer' not in sys.modules\n"
+        "print(model.count_params())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-1] == "7850624"

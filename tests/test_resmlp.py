@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from effkeras import models, training
-from effkeras.graph import summary
 from effkeras.errors import InputError
+from effkeras.graph import summary
 from effkeras.layers import BSplineActivation, LayerScale, ResPSA
 from effkeras.models import resmlp
 from effkeras.training import recipes
@@ -45,8 +45,7 @@ def test_students_match_the_table(hidden):
         name = f"resmlp_{activation}_{SUFFIX[hidden]}"
         assert _row(name) == (params, 1_868_736 + 49_152 * hidden), name
         info = models.info(name)
-        assert (info.family, info.recipe, info.deploy) == ("lerp_psa", "lerp_psa_distill",
-                                                           "float")
+        assert (info.family, info.recipe, info.deploy) == ("lerp_psa", "lerp_psa_distill", "float")
 
 
 def test_teacher_matches_the_table():
@@ -57,15 +56,21 @@ def test_teacher_matches_the_table():
 def test_block_layout():
     psa = models.get("resmlp_psa_h1")
     names = [layer.name for layer in psa.layers]
-    assert names[names.index("block2_norm2"):names.index("block2_out") + 1] == [
-        "block2_norm2", "block2_mlp_psa1", "block2_mlp_fc1", "block2_mlp_psa2", "block2_mlp_fc2",
-        "block2_scale2", "block2_out"]
+    assert names[names.index("block2_norm2") : names.index("block2_out") + 1] == [
+        "block2_norm2",
+        "block2_mlp_psa1",
+        "block2_mlp_fc1",
+        "block2_mlp_psa2",
+        "block2_mlp_fc2",
+        "block2_scale2",
+        "block2_out",
+    ]
     tables = [layer for layer in psa.layers if isinstance(layer, ResPSA)]
     assert [t.channels for t in tables] == [96, 96] * 4
-    assert all((t.grid_size, t.grid_range, t.expansion, t.eps) == (64, 4.0, 8, 1.0)
-               for t in tables)
-    assert not any(getattr(layer, "activation", None) is keras.activations.relu
-                   for layer in psa.layers)  # no ReLU anywhere
+    assert all((t.grid_size, t.grid_range, t.expansion, t.eps) == (64, 4.0, 8, 1.0) for t in tables)
+    assert not any(
+        getattr(layer, "activation", None) is keras.activations.relu for layer in psa.layers
+    )  # no ReLU anywhere
     relu = models.get("resmlp_relu_h2")
     assert relu.get_layer("block1_mlp_fc1").activation is keras.activations.relu
     assert relu.get_layer("block1_mlp_fc1").units == 192
@@ -90,17 +95,22 @@ def test_bad_input_size():
 def test_two_stage_recipe():
     recipe = recipes.get("lerp_psa_distill")
     assert (recipe.loss.kind, recipe.loss.alpha, recipe.loss.temperature) == (
-        "distillation", 0.8, 1.0)
+        "distillation",
+        0.8,
+        1.0,
+    )
     assert recipe.optimizer == "adamw" and recipe.weight_decay.rate == 0
     assert (recipe.learning_rate, recipe.epochs, recipe.batch_size) == (1e-3, 300, 128)
-    schedule = recipes.learning_rate_schedule(recipe, epochs=300, steps_per_epoch=10,
-                                              batch_size=128)
+    schedule = recipes.learning_rate_schedule(
+        recipe, epochs=300, steps_per_epoch=10, batch_size=128
+    )
     assert float(schedule(0)) == pytest.approx(1e-3)
     assert float(schedule(3000)) == pytest.approx(1e-5)
     stage1 = recipe.transfer_stage(blocks=4)
     assert stage1.epochs == 200 and stage1.optimizer == "adamw"
-    constant = recipes.learning_rate_schedule(stage1, epochs=200, steps_per_epoch=10,
-                                              batch_size=128)
+    constant = recipes.learning_rate_schedule(
+        stage1, epochs=200, steps_per_epoch=10, batch_size=128
+    )
     assert constant == pytest.approx(1e-3)
     assert recipe.transfer_stage(blocks=4, epochs_per_block=2).epochs == 8
     with pytest.raises(ValueError, match="distillation loss"):
@@ -129,8 +139,9 @@ def test_feature_transfer_trains_one_block_at_a_time_with_one_optimizer():
     assert any(p.startswith("block1_") for p in changed)
     assert any(p.startswith("block2_") for p in changed)
     assert not any(p.startswith("embed") for p in changed)
-    for w_student, w_teacher in zip(student.get_layer("embed").weights,
-                                    teacher.get_layer("embed").weights):
+    for w_student, w_teacher in zip(
+        student.get_layer("embed").weights, teacher.get_layer("embed").weights
+    ):
         np.testing.assert_array_equal(np.array(w_student), np.array(w_teacher))
     assert model.block == 2 and int(model.optimizer.iterations) == 4
     # Block 1's Adam moments survive block 2 (one optimizer through the blocks).
@@ -138,8 +149,15 @@ def test_feature_transfer_trains_one_block_at_a_time_with_one_optimizer():
     moment = model.optimizer._momentums[model.optimizer._get_variable_index(first)]
     assert np.any(np.array(moment) != 0)
     # The loss is the MSE of block 2's features now.
-    mse = float(np.mean((np.array(model._prefixes(2)[0](images, training=False))
-                         - np.array(model._prefixes(2)[1](images, training=False))) ** 2))
+    mse = float(
+        np.mean(
+            (
+                np.array(model._prefixes(2)[0](images, training=False))
+                - np.array(model._prefixes(2)[1](images, training=False))
+            )
+            ** 2
+        )
+    )
     assert model.evaluate(images, batch_size=16, verbose=0) == pytest.approx(mse, rel=1e-4)
 
 
@@ -152,9 +170,16 @@ def test_transfer_needs_matching_blocks():
 
 
 def test_two_stage_training_runs_both_stages_and_resumes(tmp_path):
-    config = dict(model="resmlp_psa_h025", dataset="synthetic", batch_size=16,
-                  steps_per_epoch=2, output_dir=str(tmp_path), teacher="resmlp_relu_h05",
-                  transfer_epochs=1, verbose=0)
+    config = dict(
+        model="resmlp_psa_h025",
+        dataset="synthetic",
+        batch_size=16,
+        steps_per_epoch=2,
+        output_dir=str(tmp_path),
+        teacher="resmlp_relu_h05",
+        transfer_epochs=1,
+        verbose=0,
+    )
     first = training.train(training.TrainConfig(epochs=1, **config))
     stage1 = json.loads((tmp_path / "transfer" / "state.json").read_text())
     assert stage1["epoch"] == 4  # 4 blocks x 1 epoch
@@ -170,11 +195,23 @@ def test_two_stage_training_runs_both_stages_and_resumes(tmp_path):
 
 def test_transfer_epochs_is_checked(tmp_path):
     with pytest.raises(InputError, match="two-stage"):
-        training.train(training.TrainConfig(model="resmlp_relu_h4", dataset="synthetic",
-                                            output_dir=str(tmp_path), transfer_epochs=2))
+        training.train(
+            training.TrainConfig(
+                model="resmlp_relu_h4",
+                dataset="synthetic",
+                output_dir=str(tmp_path),
+                transfer_epochs=2,
+            )
+        )
     with pytest.raises(InputError, match=">= 0"):
-        training.train(training.TrainConfig(model="resmlp_psa_h1", dataset="synthetic",
-                                            output_dir=str(tmp_path), transfer_epochs=-1))
+        training.train(
+            training.TrainConfig(
+                model="resmlp_psa_h1",
+                dataset="synthetic",
+                output_dir=str(tmp_path),
+                transfer_epochs=-1,
+            )
+        )
 
 
 def test_learned_activations_count_as_nonlinear_units():

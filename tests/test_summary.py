@@ -60,8 +60,14 @@ def test_w1a2_macs_count_as_low_bit():
     from effkeras.layers import QuantConv2D
 
     inputs = keras.Input((8, 8, 4))
-    x = QuantConv2D(8, 3, padding="same", input_quantizer="ste_unsigned", kernel_quantizer="ste_sign",
-                    name="w1a2")(inputs)
+    x = QuantConv2D(
+        8,
+        3,
+        padding="same",
+        input_quantizer="ste_unsigned",
+        kernel_quantizer="ste_sign",
+        name="w1a2",
+    )(inputs)
     x = QuantConv2D(8, 1, input_quantizer="ste_sign", kernel_quantizer="ste_sign", name="w1a1")(x)
     rows = stats_by_name(keras.Model(inputs, x))
     assert (rows["w1a2"].input_bits, rows["w1a2"].kernel_bits) == (2, 1) and rows["w1a2"].low_bit

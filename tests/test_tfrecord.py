@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import assert_one_error_line, run_app
+
 from effkeras import data
 from effkeras.data import tfrecord
 from effkeras.errors import InputError
@@ -25,15 +25,24 @@ def shard_dir(imagenet_dir):
 
 def everything(data_dir, split):
     """(DataSplit, images, labels) of an unaugmented, unshuffled split, in a canonical order."""
-    loaded = data.load("imagenet", split, input_shape=SHAPE, batch_size=100, data_dir=str(data_dir),
-                       augment_with=(), shuffle=False)
+    loaded = data.load(
+        "imagenet",
+        split,
+        input_shape=SHAPE,
+        batch_size=100,
+        data_dir=str(data_dir),
+        augment_with=(),
+        shuffle=False,
+    )
     images, labels = map(np.concatenate, zip(*[(x.numpy(), y.numpy()) for x, y in loaded.dataset]))
     order = sorted(range(len(labels)), key=lambda i: (labels[i], images[i].tobytes()))
     return loaded, images[order], labels[order]
 
 
 def records(path):
-    return [tf.train.Example.FromString(r) for r in tf.data.TFRecordDataset(path).as_numpy_iterator()]
+    return [
+        tf.train.Example.FromString(r) for r in tf.data.TFRecordDataset(path).as_numpy_iterator()
+    ]
 
 
 def feature(example, key):
@@ -45,8 +54,12 @@ def feature(example, key):
 def test_shards_read_back_as_the_folders(imagenet_dir, shard_dir, split):
     folders, folder_images, folder_labels = everything(imagenet_dir, split)
     shards, shard_images, shard_labels = everything(shard_dir, split)
-    assert (shards.num_examples, shards.num_classes, shards.class_names, shards.source) == \
-        (folders.num_examples, 2, ["n01440764", "n01443537"], split)
+    assert (shards.num_examples, shards.num_classes, shards.class_names, shards.source) == (
+        folders.num_examples,
+        2,
+        ["n01440764", "n01443537"],
+        split,
+    )
     np.testing.assert_array_equal(shard_labels, folder_labels)
     np.testing.assert_array_equal(shard_images, folder_images)
 
@@ -63,8 +76,10 @@ def test_records_hold_the_files_bytes_and_standard_labels(imagenet_dir, shard_di
         assert feature(example, "image/encoded") == raw and name.startswith(synset + "/")
         assert feature(example, "image/class/label") == ["n01440764", "n01443537"].index(synset) + 1
         assert feature(example, "image/format") == (b"PNG" if name.endswith(".png") else b"JPEG")
-        assert tf.io.decode_image(raw).shape[:2] == (feature(example, "image/height"),
-                                                     feature(example, "image/width"))
+        assert tf.io.decode_image(raw).shape[:2] == (
+            feature(example, "image/height"),
+            feature(example, "image/width"),
+        )
     train = data.load("imagenet", "train", input_shape=SHAPE, batch_size=4, data_dir=str(shard_dir))
     images, labels = next(iter(train.dataset))  # shuffled and augmented, as the folders' train
     assert images.shape == (4, *SHAPE) and set(labels.numpy()) <= {0, 1}
@@ -86,15 +101,20 @@ def test_index_reproduces_the_info_and_reads_0_based_labels(shard_dir, tmp_path)
             for label in labels:
                 writer.write(tfrecord._example(image, label, "", "x.png", 4, 4).SerializeToString())
     assert tfrecord.index(str(other)) == {
-        "shards": {"train": 1, "validation": 1}, "examples": {"train": 3, "validation": 1},
-        "class_names": ["0", "1", "2"], "label_offset": 0}
+        "shards": {"train": 1, "validation": 1},
+        "examples": {"train": 3, "validation": 1},
+        "class_names": ["0", "1", "2"],
+        "label_offset": 0,
+    }
     test = data.load("imagenet", "test", input_shape=SHAPE, batch_size=4, data_dir=str(other))
     assert list(next(iter(test.dataset))[1].numpy()) == [2]
 
 
 def test_broken_shards_and_validation_split_are_refused(shard_dir):
     with pytest.raises(InputError, match="use the folder layout"):
-        data.load("imagenet", "validation", input_shape=SHAPE, batch_size=4, data_dir=str(shard_dir))
+        data.load(
+            "imagenet", "validation", input_shape=SHAPE, batch_size=4, data_dir=str(shard_dir)
+        )
     bad = shard_dir / "validation-00001-of-00002"
     bad.write_bytes(bad.read_bytes()[:-30])
     split = data.load("imagenet", "test", input_shape=SHAPE, batch_size=4, data_dir=str(shard_dir))
@@ -117,14 +137,24 @@ def test_a_failed_write_leaves_no_shard(imagenet_dir, tmp_path):
 
 def test_the_tool_writes_indexes_and_refuses(imagenet_dir, tmp_path):
     output = tmp_path / "out"
-    written = run_app("tools.imagenet_shards", f"--from_folder={imagenet_dir}",
-                      f"--output_dir={output}", "--train_shards=2", "--validation_shards=1")
+    written = run_app(
+        "tools.imagenet_shards",
+        f"--from_folder={imagenet_dir}",
+        f"--output_dir={output}",
+        "--train_shards=2",
+        "--validation_shards=1",
+    )
     assert written.returncode == 0, written.stderr[-2000:]
     assert json.loads(written.stdout.splitlines()[-1]) == {
-        "shards": {"train": 2, "validation": 1}, "examples": {"train": 6, "validation": 4},
-        "classes": 2, "label_offset": 1}
-    assert_one_error_line(run_app("tools.imagenet_shards", f"--from_folder={imagenet_dir}",
-                                  f"--output_dir={output}"), "already holds shards")
+        "shards": {"train": 2, "validation": 1},
+        "examples": {"train": 6, "validation": 4},
+        "classes": 2,
+        "label_offset": 1,
+    }
+    assert_one_error_line(
+        run_app("tools.imagenet_shards", f"--from_folder={imagenet_dir}", f"--output_dir={output}"),
+        "already holds shards",
+    )
     (output / tfrecord.INFO_FILE).unlink()
     indexed = run_app("tools.imagenet_shards", f"--index={output}")
     assert indexed.returncode == 0, indexed.stderr[-2000:]
@@ -132,9 +162,17 @@ def test_the_tool_writes_indexes_and_refuses(imagenet_dir, tmp_path):
 
 
 def test_train_app_on_shards(shard_dir, tmp_path):
-    trained = run_app("apps.train", "--model=resnet20", "--dataset=imagenet", f"--data_dir={shard_dir}",
-                      "--input_shape=16,16,3", "--epochs=1", "--steps_per_epoch=2", "--batch_size=2",
-                      f"--output_dir={tmp_path}/run")
+    trained = run_app(
+        "apps.train",
+        "--model=resnet20",
+        "--dataset=imagenet",
+        f"--data_dir={shard_dir}",
+        "--input_shape=16,16,3",
+        "--epochs=1",
+        "--steps_per_epoch=2",
+        "--batch_size=2",
+        f"--output_dir={tmp_path}/run",
+    )
     assert trained.returncode == 0, trained.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and metrics["dataset"] == "imagenet"

@@ -9,11 +9,22 @@ import pytest
 def test_early_exit_latency_table_and_plot(tmp_path):
     from tools import _report, bench_early_exit
 
-    rows = {"budget 1 M FLOPs": {"ms_per_image": 0.5, "top1": 0.9, "flops": 1e6,
-                                 "exit_fractions": [0.75, 0.25], "thresholds": [0.9, 0.0]},
-            bench_early_exit.ALL_STAGES: {"ms_per_image": 2.0, "top1": 0.92, "flops": 3e6,
-                                          "exit_fractions": [0.0, 1.0],
-                                          "thresholds": [1e8, 0.0]}}
+    rows = {
+        "budget 1 M FLOPs": {
+            "ms_per_image": 0.5,
+            "top1": 0.9,
+            "flops": 1e6,
+            "exit_fractions": [0.75, 0.25],
+            "thresholds": [0.9, 0.0],
+        },
+        bench_early_exit.ALL_STAGES: {
+            "ms_per_image": 2.0,
+            "top1": 0.92,
+            "flops": 3e6,
+            "exit_fractions": [0.0, 1.0],
+            "thresholds": [1e8, 0.0],
+        },
+    }
     text = bench_early_exit.table(rows)
     assert "| budget 1 M FLOPs | 0.50 | 0.25 | 90.00% | 1.0 M | 0.75 0.25 |" in text
     _report.write(str(tmp_path), "latency", text, rows)
@@ -25,11 +36,26 @@ def test_early_exit_latency_table_and_plot(tmp_path):
 def test_lerp_psa_step_table_gives_ratios_and_plots(tmp_path):
     from tools import bench_lerp_psa
 
-    report = {"batch_size": 128, "rounds": 3, "steps": 2, "models": [
-        {"model": "resmlp_psa_h1", "trainable_params": 120_042, "macs": 6_587_328,
-         "median_ms": 40.0, "table_build_ms": 2.5},
-        {"model": "resmlp_relu_h2", "trainable_params": 174_186, "macs": 11_305_920,
-         "median_ms": 20.0}]}
+    report = {
+        "batch_size": 128,
+        "rounds": 3,
+        "steps": 2,
+        "models": [
+            {
+                "model": "resmlp_psa_h1",
+                "trainable_params": 120_042,
+                "macs": 6_587_328,
+                "median_ms": 40.0,
+                "table_build_ms": 2.5,
+            },
+            {
+                "model": "resmlp_relu_h2",
+                "trainable_params": 174_186,
+                "macs": 11_305_920,
+                "median_ms": 20.0,
+            },
+        ],
+    }
     text = bench_lerp_psa.table(report)
     assert "| resmlp_psa_h1 | 120,042 | 6.59 M | 40.0 | 3,200 | 1.00x | 2.50 |" in text
     assert "| resmlp_relu_h2 | 174,186 | 11.31 M | 20.0 | 6,400 | 0.50x | - |" in text
@@ -45,18 +71,35 @@ def test_lerp_psa_table_reads_both_stages_of_each_run(tmp_path):
 
     def run(directory, model, epochs, top1, seconds):
         directory.mkdir(parents=True)
-        (directory / "metrics.json").write_text(json.dumps(
-            {"model": model, "input_shape": [32, 32, 3], "epochs": epochs,
-             "test": {"top1": top1}, "train_seconds": seconds}))
+        (directory / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "model": model,
+                    "input_shape": [32, 32, 3],
+                    "epochs": epochs,
+                    "test": {"top1": top1},
+                    "train_seconds": seconds,
+                }
+            )
+        )
 
     run(tmp_path / "resmlp_psa_h025", "resmlp_psa_h025", 3, 0.8512, 120.0)
     run(tmp_path / "resmlp_psa_h025" / "transfer", "resmlp_psa_h025", 4, None, 60.0)
     row = lerp_psa_table.row(str(tmp_path / "resmlp_psa_h025"))
-    assert row == {"model": "resmlp_psa_h025", "trainable_params": 56_970,
-                   "macs": 1_868_736 + 49_152 * 24, "nonlinear_units": 4 * 64 * (96 + 24),
-                   "transfer_epochs": 4, "epochs": 3, "top1": 0.8512, "train_seconds": 180.0}
-    assert ("| resmlp_psa_h025 | 56,970 | 3.05 M | 30,720 | 4 + 3 | 85.12% | 3.0 min |"
-            in lerp_psa_table.table([row]))
+    assert row == {
+        "model": "resmlp_psa_h025",
+        "trainable_params": 56_970,
+        "macs": 1_868_736 + 49_152 * 24,
+        "nonlinear_units": 4 * 64 * (96 + 24),
+        "transfer_epochs": 4,
+        "epochs": 3,
+        "top1": 0.8512,
+        "train_seconds": 180.0,
+    }
+    assert (
+        "| resmlp_psa_h025 | 56,970 | 3.05 M | 30,720 | 4 + 3 | 85.12% | 3.0 min |"
+        in lerp_psa_table.table([row])
+    )
     lerp_psa_table.plot([row], str(tmp_path / "t.png"))
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(InputError, match="no finished training run"):
@@ -68,20 +111,45 @@ def test_qat_table_puts_float_ptq_and_qat_side_by_side(tmp_path, fashion_mnist_d
     from effkeras.errors import InputError
     from tools import qat_table
 
-    common = dict(dataset="fashion_mnist", data_dir=str(fashion_mnist_dir), batch_size=8,
-                  steps_per_epoch=2, epochs=1, verbose=0)
-    training.train(training.TrainConfig(model="mlperf_tiny_resnet8",
-                                        output_dir=str(tmp_path / "float"), **common))
-    training.train(training.TrainConfig(model=None, qat=True, output_dir=str(tmp_path / "qat"),
-                                        init_from=str(tmp_path / "float" / "model.keras"),
-                                        **common))
-    training.train(training.TrainConfig(model=None, finetune=True,
-                                        output_dir=str(tmp_path / "tuned"),
-                                        init_from=str(tmp_path / "float" / "model.keras"),
-                                        **common))
-    row = qat_table.row(str(tmp_path / "float"), str(tmp_path / "qat"), str(tmp_path / "tuned"),
-                        data_dir=str(fashion_mnist_dir), calibration_samples=16,
-                        files_dir=str(tmp_path / "files"))
+    common = dict(
+        dataset="fashion_mnist",
+        data_dir=str(fashion_mnist_dir),
+        batch_size=8,
+        steps_per_epoch=2,
+        epochs=1,
+        verbose=0,
+    )
+    training.train(
+        training.TrainConfig(
+            model="mlperf_tiny_resnet8", output_dir=str(tmp_path / "float"), **common
+        )
+    )
+    training.train(
+        training.TrainConfig(
+            model=None,
+            qat=True,
+            output_dir=str(tmp_path / "qat"),
+            init_from=str(tmp_path / "float" / "model.keras"),
+            **common,
+        )
+    )
+    training.train(
+        training.TrainConfig(
+            model=None,
+            finetune=True,
+            output_dir=str(tmp_path / "tuned"),
+            init_from=str(tmp_path / "float" / "model.keras"),
+            **common,
+        )
+    )
+    row = qat_table.row(
+        str(tmp_path / "float"),
+        str(tmp_path / "qat"),
+        str(tmp_path / "tuned"),
+        data_dir=str(fashion_mnist_dir),
+        calibration_samples=16,
+        files_dir=str(tmp_path / "files"),
+    )
     assert row["model"] == "mlperf_tiny_resnet8" and row["input_shape"] == [28, 28, 1]
     for kind in ("float", "tuned"):
         assert 0 <= row[f"{kind}_keras_top1"] <= 1 and 0 <= row[f"{kind}_ptq_top1"] <= 1
@@ -90,16 +158,21 @@ def test_qat_table_puts_float_ptq_and_qat_side_by_side(tmp_path, fashion_mnist_d
     assert row["npu_cpu_ops"] == {"ptq": 0, "qat": 0} and row["tflm_arena_bytes"] > 0
     assert row["qat_epochs"] == 1 and row["qat_bytes"] > 0 and row["ptq_bytes"] > 0
     assert sorted(os.listdir(tmp_path / "files")) == [
-        "mlperf_tiny_resnet8_float_int8.tflite", "mlperf_tiny_resnet8_qat_int8.tflite",
-        "mlperf_tiny_resnet8_tuned_int8.tflite"]
+        "mlperf_tiny_resnet8_float_int8.tflite",
+        "mlperf_tiny_resnet8_qat_int8.tflite",
+        "mlperf_tiny_resnet8_tuned_int8.tflite",
+    ]
     line = qat_table.table([row]).splitlines()[-1]
-    assert line.startswith(f"| mlperf_tiny_resnet8 | 28x28x1 | "
-                           f"{100 * row['float_keras_top1']:.2f}% | "
-                           f"{100 * row['float_ptq_top1']:.2f}% |")
+    assert line.startswith(
+        f"| mlperf_tiny_resnet8 | 28x28x1 | "
+        f"{100 * row['float_keras_top1']:.2f}% | "
+        f"{100 * row['float_ptq_top1']:.2f}% |"
+    )
     gain = 100 * (row["qat_top1"] - row["tuned_keras_top1"])
     assert f"| {gain:+.2f} |" in line
     qat_table.plot([row], str(tmp_path / "qat.png"))
     assert (tmp_path / "qat.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(InputError, match="is not a QAT run of mlperf_tiny_resnet8"):
-        qat_table.row(str(tmp_path / "float"), str(tmp_path / "float"),
-                      data_dir=str(fashion_mnist_dir))
+        qat_table.row(
+            str(tmp_path / "float"), str(tmp_path / "float"), data_dir=str(fashion_mnist_dir)
+        )

@@ -8,10 +8,10 @@ import sys
 
 import keras
 import pytest
+from conftest import REPO, run_app
 
 from effkeras import training
 from effkeras.errors import InputError
-from conftest import REPO, run_app
 
 
 def read_json(path):
@@ -20,8 +20,15 @@ def read_json(path):
 
 
 def test_one_epoch_then_two_continues_at_epoch_two(tmp_path, capsys):
-    config = dict(model="resnet20", dataset="synthetic", input_shape=(16, 16, 3), batch_size=16,
-                  steps_per_epoch=3, output_dir=str(tmp_path), verbose=0)
+    config = dict(
+        model="resnet20",
+        dataset="synthetic",
+        input_shape=(16, 16, 3),
+        batch_size=16,
+        steps_per_epoch=3,
+        output_dir=str(tmp_path),
+        verbose=0,
+    )
     first = training.train(training.TrainConfig(epochs=1, **config))
     assert [h["epoch"] for h in first["history"]] == [1]
     second = training.train(training.TrainConfig(epochs=2, **config))
@@ -30,18 +37,36 @@ def test_one_epoch_then_two_continues_at_epoch_two(tmp_path, capsys):
     assert second["history"][0] == first["history"][0]
     metrics = read_json(tmp_path / "metrics.json")
     assert metrics["epochs"] == 2 and 0 <= metrics["test"]["top1"] <= 1
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint-2.keras", "logs", "metrics.json",
-                                            "model.keras", "state.json"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "checkpoint-2.keras",
+        "logs",
+        "metrics.json",
+        "model.keras",
+        "state.json",
+    ]
     saved = keras.models.load_model(tmp_path / "checkpoint-2.keras")
     assert int(saved.optimizer.iterations) == 6  # 2 epochs x 3 steps: optimizer state carried over
     state = read_json(tmp_path / "state.json")  # what the run is: a resume must match it
     assert {k: state[k] for k in ("model", "dataset", "input_shape", "num_classes")} == {
-        "model": "resnet20", "dataset": "synthetic", "input_shape": [16, 16, 3], "num_classes": 10}
+        "model": "resnet20",
+        "dataset": "synthetic",
+        "input_shape": [16, 16, 3],
+        "num_classes": 10,
+    }
 
 
-def test_validation_split_is_held_out_of_training_and_fixed_for_the_run(tmp_path, fashion_mnist_dir):
-    config = dict(model="resnet20", dataset="fashion_mnist", data_dir=str(fashion_mnist_dir),
-                  input_shape=(16, 16, 1), batch_size=10, output_dir=str(tmp_path), verbose=0)
+def test_validation_split_is_held_out_of_training_and_fixed_for_the_run(
+    tmp_path, fashion_mnist_dir
+):
+    config = dict(
+        model="resnet20",
+        dataset="fashion_mnist",
+        data_dir=str(fashion_mnist_dir),
+        input_shape=(16, 16, 1),
+        batch_size=10,
+        output_dir=str(tmp_path),
+        verbose=0,
+    )
     first = training.train(training.TrainConfig(epochs=1, validation_size=10, **config))
     # 40 training images, 10 held out: 3 steps of 10 per epoch.
     saved = keras.models.load_model(tmp_path / "checkpoint-1.keras")
@@ -56,17 +81,30 @@ def test_validation_split_is_held_out_of_training_and_fixed_for_the_run(tmp_path
 def test_output_dir_of_another_model_is_refused(tmp_path):
     (tmp_path / "state.json").write_text(json.dumps({"model": "other", "epoch": 1, "history": []}))
     with pytest.raises(InputError, match="holds a run of other"):
-        training.train(training.TrainConfig(model="resnet20", dataset="synthetic", epochs=1,
-                                            output_dir=str(tmp_path)))
+        training.train(
+            training.TrainConfig(
+                model="resnet20", dataset="synthetic", epochs=1, output_dir=str(tmp_path)
+            )
+        )
 
 
 def test_killed_mid_epoch_resumes_from_last_complete_epoch(tmp_path):
-    command = [sys.executable, "-m", "apps.train", "--model=resnet20", "--dataset=synthetic",
-               "--input_shape=32,32,3", "--batch_size=32", "--steps_per_epoch=40", "--epochs=3",
-               f"--output_dir={tmp_path}"]
+    command = [
+        sys.executable,
+        "-m",
+        "apps.train",
+        "--model=resnet20",
+        "--dataset=synthetic",
+        "--input_shape=32,32,3",
+        "--batch_size=32",
+        "--steps_per_epoch=40",
+        "--epochs=3",
+        f"--output_dir={tmp_path}",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     state_path = tmp_path / "state.json"
     # Keras prints "Epoch 2/3" when epoch 2 begins, after every epoch-end callback of epoch 1
     # (the checkpoint commit among them) has run, and 40 steps before epoch 2 can end.
@@ -103,29 +141,54 @@ def two_exit_model():
         inputs = keras.Input(input_shape)
         x = keras.layers.Rescaling(1 / 255)(inputs)
         x = keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu")(x)
-        early = keras.layers.Dense(num_classes, name="exit1")(keras.layers.GlobalAveragePooling2D()(x))
+        early = keras.layers.Dense(num_classes, name="exit1")(
+            keras.layers.GlobalAveragePooling2D()(x)
+        )
         x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
-        late = keras.layers.Dense(num_classes, name="exit2")(keras.layers.GlobalAveragePooling2D()(x))
+        late = keras.layers.Dense(num_classes, name="exit2")(
+            keras.layers.GlobalAveragePooling2D()(x)
+        )
         return keras.Model(inputs, [early, late], name="test_two_exit")
 
-    registry.register("test_two_exit", family="test", paper="-", input_shape=(16, 16, 3),
-                      num_classes=10, recipe="sgd_cosine", deploy="float", min_input_size=4)(build)
+    registry.register(
+        "test_two_exit",
+        family="test",
+        paper="-",
+        input_shape=(16, 16, 3),
+        num_classes=10,
+        recipe="sgd_cosine",
+        deploy="float",
+        min_input_size=4,
+    )(build)
     yield "test_two_exit"
     del registry._MODELS["test_two_exit"]
 
 
 def test_model_with_two_outputs_trains_resumes_and_logs_each_output(tmp_path, two_exit_model):
-    config = dict(model=two_exit_model, dataset="synthetic", input_shape=(16, 16, 3),
-                  batch_size=16, steps_per_epoch=2, output_dir=str(tmp_path), verbose=0)
+    config = dict(
+        model=two_exit_model,
+        dataset="synthetic",
+        input_shape=(16, 16, 3),
+        batch_size=16,
+        steps_per_epoch=2,
+        output_dir=str(tmp_path),
+        verbose=0,
+    )
     first = training.train(training.TrainConfig(epochs=1, **config))
     second = training.train(training.TrainConfig(epochs=2, **config))
     assert [h["epoch"] for h in second["history"]] == [1, 2]
     assert second["history"][0] == first["history"][0]
-    per_output = {f"{prefix}exit{k}_{metric}" for prefix in ("", "val_") for k in (1, 2)
-                  for metric in ("top1", "top5", "loss")}
+    per_output = {
+        f"{prefix}exit{k}_{metric}"
+        for prefix in ("", "val_")
+        for k in (1, 2)
+        for metric in ("top1", "top5", "loss")
+    }
     assert per_output <= set(second["history"][1])
     test = read_json(tmp_path / "metrics.json")["test"]
-    assert set(test) == {"loss"} | {f"exit{k}_{m}" for k in (1, 2) for m in ("top1", "top5", "loss")}
+    assert set(test) == {"loss"} | {
+        f"exit{k}_{m}" for k in (1, 2) for m in ("top1", "top5", "loss")
+    }
     assert test["loss"] == pytest.approx(test["exit1_loss"] + test["exit2_loss"], rel=1e-4)
     saved = keras.models.load_model(tmp_path / "checkpoint-2.keras")
     assert int(saved.optimizer.iterations) == 4
@@ -140,8 +203,10 @@ def test_model_with_two_outputs_trains_resumes_and_logs_each_output(tmp_path, tw
 def _ema_model():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    model.compile(keras.optimizers.SGD(0.5, use_ema=True, ema_momentum=0.5),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        keras.optimizers.SGD(0.5, use_ema=True, ema_momentum=0.5),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     return model
 
 
@@ -196,8 +261,12 @@ def test_ema_callback_validates_and_checkpoints_the_ema_and_resumes_from_the_raw
             if not first:
                 first.append(self.model.get_weights())
 
-    restore(resumed, str(tmp_path), "checkpoint-1.keras",
-            {"model": "test", "input_shape": [4], "num_classes": 3})
+    restore(
+        resumed,
+        str(tmp_path),
+        "checkpoint-1.keras",
+        {"model": "test", "input_shape": [4], "num_classes": 3},
+    )
     resumed.fit(epochs=2, initial_epoch=1, callbacks=[First(), EmaWeights(restored=True)], **fit)
     assert close(first[0], raw[3])
     assert close(resumed.get_weights(), model.get_weights())
@@ -217,8 +286,16 @@ def tiny_ran_i_model():
         x = keras.layers.GlobalAveragePooling2D()(x)
         return keras.Model(inputs, keras.layers.Dense(num_classes)(x), name="test_ran_i")
 
-    registry.register("test_ran_i", family="test", paper="-", input_shape=(32, 32, 3),
-                      num_classes=10, recipe="ran_i", deploy="float", min_input_size=4)(build)
+    registry.register(
+        "test_ran_i",
+        family="test",
+        paper="-",
+        input_shape=(32, 32, 3),
+        num_classes=10,
+        recipe="ran_i",
+        deploy="float",
+        min_input_size=4,
+    )(build)
     yield "test_ran_i"
     del registry._MODELS["test_ran_i"]
 
@@ -226,17 +303,27 @@ def tiny_ran_i_model():
 def test_ran_i_recipe_trains_with_mixing_and_saves_the_ema(tmp_path, cifar10_dir, tiny_ran_i_model):
     import numpy as np
 
-    config = dict(model=tiny_ran_i_model, dataset="cifar10", data_dir=str(cifar10_dir),
-                  input_shape=(32, 32, 3), batch_size=8, steps_per_epoch=2, learning_rate=0.01,
-                  output_dir=str(tmp_path / "run"), verbose=0)
+    config = dict(
+        model=tiny_ran_i_model,
+        dataset="cifar10",
+        data_dir=str(cifar10_dir),
+        input_shape=(32, 32, 3),
+        batch_size=8,
+        steps_per_epoch=2,
+        learning_rate=0.01,
+        output_dir=str(tmp_path / "run"),
+        verbose=0,
+    )
     first = training.train(training.TrainConfig(epochs=1, **config))
     assert 0 <= first["test"]["top1"] <= 1 and np.isfinite(first["test"]["loss"])
     checkpoint = keras.models.load_model(tmp_path / "run" / "checkpoint-1.keras")
     final = keras.models.load_model(tmp_path / "run" / "model.keras")
     ema = [v.numpy() for v in final.trainable_variables]
     assert all(np.array_equal(a, v.numpy()) for a, v in zip(ema, checkpoint.trainable_variables))
-    assert all(np.array_equal(a, v.numpy()) for a, v in
-               zip(ema, final.optimizer._model_variables_moving_average))
+    assert all(
+        np.array_equal(a, v.numpy())
+        for a, v in zip(ema, final.optimizer._model_variables_moving_average)
+    )
     raw = [v.numpy() for v in checkpoint.optimizer._model_variables_moving_average]
     assert not any(np.allclose(a, r) for a, r in zip(ema, raw) if a.ndim > 1)  # 2 steps at 0.01
     assert isinstance(final.loss, keras.losses.CategoricalCrossentropy)  # soft labels

@@ -8,16 +8,16 @@ import keras
 import larq_compute_engine
 import numpy as np
 import pytest
+from conftest import run_app
 from keras import ops
 
 from effkeras import deploy, models, quantizers
 from effkeras.deploy import lce
 from effkeras.deploy.flatbuffer import operators
-from effkeras.graph.passes import w1a2 as w1a2_pass
-from effkeras.testing import tie_free_weights
 from effkeras.errors import InputError
+from effkeras.graph.passes import w1a2 as w1a2_pass
 from effkeras.layers import PixelEmbedding, QuantConv2D, QuantDense
-from conftest import run_app
+from effkeras.testing import tie_free_weights
 
 F32 = np.float32
 THRESHOLDS = F32([1 / 3, 1, 5 / 3])
@@ -32,22 +32,32 @@ def bn_like(rng, shape):
     multiplication by float32(2/3)) where its eager forward and `.thresholds` give 3; the rewrite
     follows `.thresholds` (test_planes_follow_the_quantizer_thresholds)."""
     x = (rng.integers(-48, 240, shape) + 0.5) / 96
-    special = np.concatenate([THRESHOLDS[:2], np.nextafter(THRESHOLDS, F32(-1)),
-                              np.nextafter(THRESHOLDS, F32(3)), F32([0, 2, -1, 3])])
+    special = np.concatenate(
+        [
+            THRESHOLDS[:2],
+            np.nextafter(THRESHOLDS, F32(-1)),
+            np.nextafter(THRESHOLDS, F32(3)),
+            F32([0, 2, -1, 3]),
+        ]
+    )
     for border in (x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]):
         border[...] = rng.choice(special, border.shape)
     return x.astype(F32)
 
 
-def one_layer(kernel_size, stride, size, channels=40, filters=24, k_bit=2, post_scale=True,
-              seed=0):
+def one_layer(kernel_size, stride, size, channels=40, filters=24, k_bit=2, post_scale=True, seed=0):
     """x -> [ZeroPadding2D(1)] -> w1a2 QuantConv2D, as ERN builds its convs."""
     inputs = keras.Input((size, size, channels))
     x = keras.layers.ZeroPadding2D(1)(inputs) if kernel_size == 3 else inputs
-    outputs = QuantConv2D(filters, kernel_size, strides=stride, use_bias=False, name="w1a2_conv",
-                          input_quantizer=quantizers.HalfWaveGaussianQuantizer(
-                              k_bit, post_scale=post_scale),
-                          kernel_quantizer=quantizers.BinaryChannelWiseMeanScaling())(x)
+    outputs = QuantConv2D(
+        filters,
+        kernel_size,
+        strides=stride,
+        use_bias=False,
+        name="w1a2_conv",
+        input_quantizer=quantizers.HalfWaveGaussianQuantizer(k_bit, post_scale=post_scale),
+        kernel_quantizer=quantizers.BinaryChannelWiseMeanScaling(),
+    )(x)
     model = keras.Model(inputs, outputs)
     layer = model.get_layer("w1a2_conv")
     layer.kernel.assign(np.random.default_rng(seed).normal(size=layer.kernel.shape).astype(F32))
@@ -67,14 +77,17 @@ def assert_no_float_conv(result, expected_bconvs):
 
 
 @pytest.mark.parametrize("form", ["thermometer", "bitplane"])
-@pytest.mark.parametrize("kernel_size, stride, size, one_padded", [
-    (3, 1, 8, True),  # SAME geometry: the planes are one-padded (LCE's fused padding)
-    (3, 2, 8, False),  # PyTorch pads 1 on both sides, SAME would pad 0 and 1: x is zero-padded
-    (3, 2, 7, True),  # odd map: PyTorch's padding is SAME's
-    (3, 1, 2, True),  # a map smaller than the kernel
-    (1, 1, 8, False),
-    (1, 2, 7, False),
-])
+@pytest.mark.parametrize(
+    "kernel_size, stride, size, one_padded",
+    [
+        (3, 1, 8, True),  # SAME geometry: the planes are one-padded (LCE's fused padding)
+        (3, 2, 8, False),  # PyTorch pads 1 on both sides, SAME would pad 0 and 1: x is zero-padded
+        (3, 2, 7, True),  # odd map: PyTorch's padding is SAME's
+        (3, 1, 2, True),  # a map smaller than the kernel
+        (1, 1, 8, False),
+        (1, 2, 7, False),
+    ],
+)
 def test_single_layer_is_exact(form, kernel_size, stride, size, one_padded):
     model = one_layer(kernel_size, stride, size, post_scale=stride == 1)
     x = bn_like(np.random.default_rng(1), (2, size, size, 40))
@@ -82,8 +95,9 @@ def test_single_layer_is_exact(form, kernel_size, stride, size, one_padded):
     (planes,) = plane_layers(rewritten)
     assert (planes.form, planes.pad_planes, planes.name) == (form, one_padded, "w1a2_conv")
     assert not any(isinstance(l, keras.layers.ZeroPadding2D) for l in rewritten.layers)
-    np.testing.assert_allclose(rewritten.predict(x, verbose=0), model.predict(x, verbose=0),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        rewritten.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5
+    )
 
     _, result = lce.convert(model, sample=x, w1a2_form=form)
     assert_no_float_conv(result, 1 if form == "thermometer" else 2)
@@ -103,8 +117,9 @@ def test_more_bits_use_the_thermometer():
 
 def test_bit_plane_convs_share_one_filter_tensor():
     model = one_layer(3, 1, 6, channels=256, filters=256)
-    flatbuffer, result = lce.convert(model, sample=bn_like(np.random.default_rng(3),
-                                                           (1, 6, 6, 256)), w1a2_form="bitplane")
+    flatbuffer, result = lce.convert(
+        model, sample=bn_like(np.random.default_rng(3), (1, 6, 6, 256)), w1a2_form="bitplane"
+    )
     bconvs = [op for op in operators(flatbuffer) if op.type == "LceBconv2d"]
     assert len(bconvs) == 2 and bconvs[0].inputs[1] == bconvs[1].inputs[1]
     packed = 3 * 3 * 256 * 256 // 8
@@ -115,12 +130,18 @@ def test_bit_plane_convs_share_one_filter_tensor():
 def test_planes_follow_the_quantizer_thresholds():
     """Eagerly, at the thresholds themselves and one float either side, 5/3 included."""
     inputs = keras.Input((1, 1, 1))
-    layer = QuantConv2D(1, 1, use_bias=False, input_quantizer=quantizers.HalfWaveGaussianQuantizer(
-        post_scale=False), kernel_quantizer=quantizers.BinaryChannelWiseMeanScaling())
+    layer = QuantConv2D(
+        1,
+        1,
+        use_bias=False,
+        input_quantizer=quantizers.HalfWaveGaussianQuantizer(post_scale=False),
+        kernel_quantizer=quantizers.BinaryChannelWiseMeanScaling(),
+    )
     model = keras.Model(inputs, layer(inputs))
     layer.kernel.assign(np.ones((1, 1, 1, 1), F32))
-    x = np.concatenate([np.nextafter(THRESHOLDS, F32(-1)), THRESHOLDS,
-                        np.nextafter(THRESHOLDS, F32(3))]).reshape(-1, 1, 1, 1)
+    x = np.concatenate(
+        [np.nextafter(THRESHOLDS, F32(-1)), THRESHOLDS, np.nextafter(THRESHOLDS, F32(3))]
+    ).reshape(-1, 1, 1, 1)
     codes = np.ravel(model(x))
     np.testing.assert_array_equal(codes, [0, 1, 2, 1, 2, 3, 1, 2, 3])
     for form in ("thermometer", "bitplane"):
@@ -133,12 +154,14 @@ def test_stem_reads_the_raw_pixels(form):
     model = models.get("ern18", input_shape=(32, 32, 3), num_classes=10)
     stem = keras.Model(model.input, model.get_layer("stem_conv1").output)
     stem.get_layer("stem_conv1").kernel.assign(
-        np.random.default_rng(4).normal(size=(3, 3, 30, 64)).astype(F32))
+        np.random.default_rng(4).normal(size=(3, 3, 30, 64)).astype(F32)
+    )
     rng = np.random.default_rng(5)
     pixels = rng.integers(0, 256, (2, 32, 32, 3)).astype(F32)
     # Every threshold (8j + 1/2), its neighbouring bytes and the extremes, along the borders.
-    special = np.concatenate([8 * np.arange(1, 31) + 0.5, 8 * np.arange(1, 31),
-                              8 * np.arange(1, 31) + 1, [0, 255]]).astype(F32)
+    special = np.concatenate(
+        [8 * np.arange(1, 31) + 0.5, 8 * np.arange(1, 31), 8 * np.arange(1, 31) + 1, [0, 255]]
+    ).astype(F32)
     pixels[:, 0] = rng.choice(special, pixels[:, 0].shape)
     pixels[:, :, -1] = rng.choice(special, pixels[:, :, -1].shape)
     rewritten = w1a2_pass.w1a2_to_binary(stem, form)
@@ -167,8 +190,9 @@ def min_maps(model):
     sizes = []
     for layer in w1a2_pass.w1a2_layers(model):
         source = layer.input._keras_history[0]
-        side = (source.input if isinstance(source, keras.layers.ZeroPadding2D)
-                else layer.input).shape[1]
+        side = (
+            source.input if isinstance(source, keras.layers.ZeroPadding2D) else layer.input
+        ).shape[1]
         sizes.append((side, layer.kernel_size[0]))
     return min(sizes)
 
@@ -182,8 +206,7 @@ ERNS = [("ern18_075", 80), ("ern18", 96), ("ern34", 96), ("ern50", 96), ("ern101
 @pytest.mark.deploys(**dict(ERNS))
 @pytest.mark.parametrize("name, size", ERNS)
 def test_every_ern_converts_exactly(name, size):
-    model = tie_free_weights(models.get(name, input_shape=(size, size, 3),
-                                                    num_classes=10))
+    model = tie_free_weights(models.get(name, input_shape=(size, size, 3), num_classes=10))
     assert min_maps(model)[0] >= 3
     w1a2 = w1a2_pass.w1a2_layers(model)
     rewritten = w1a2_pass.w1a2_to_binary(model)
@@ -211,8 +234,7 @@ def test_every_ern_converts_exactly(name, size):
 def test_feature_maps_match_everywhere():
     """The map after a stride-2 stage of ERN18 (stem and a stride-2 block), position by position:
     the borders too, which a logit average could hide."""
-    model = tie_free_weights(models.get("ern18", input_shape=(64, 64, 3),
-                                                    num_classes=10))
+    model = tie_free_weights(models.get("ern18", input_shape=(64, 64, 3), num_classes=10))
     trunk = keras.Model(model.input, model.get_layer("stage2_block1_add").output)
     sample = ern_sample(64, seed=1)
     expected = trunk.predict(sample, verbose=0)
@@ -221,8 +243,9 @@ def test_feature_maps_match_everywhere():
     assert result.max_rel_diff <= 1e-4
     actual = larq_compute_engine.testing.Interpreter(flatbuffer).predict(sample)
     for border in (np.s_[:, 0], np.s_[:, -1], np.s_[:, :, 0], np.s_[:, :, -1]):
-        np.testing.assert_allclose(actual[border], expected[border], atol=1e-4 * np.abs(
-            expected).max())
+        np.testing.assert_allclose(
+            actual[border], expected[border], atol=1e-4 * np.abs(expected).max()
+        )
 
 
 def test_auto_form_and_batch_norm_folding():
@@ -231,25 +254,29 @@ def test_auto_form_and_batch_norm_folding():
     forms = {l.name: l.form for l in plane_layers(rewritten)}
     # 1x1 convs from 64 code channels to >= 4x as many filters: thermometer (measured faster).
     assert sorted(n for n, f in forms.items() if f == "thermometer") == [
-        "stage1_block1_conv3", "stage1_block1_shortcut_conv", "stage1_block2_conv3",
-        "stage1_block3_conv3"]
+        "stage1_block1_conv3",
+        "stage1_block1_shortcut_conv",
+        "stage1_block2_conv3",
+        "stage1_block3_conv3",
+    ]
     # A BN that alone reads a rewritten conv is folded into it; the stream's BNs stay.
-    batch_norms = {l.name for l in rewritten.layers
-                   if isinstance(l, keras.layers.BatchNormalization)}
+    batch_norms = {
+        l.name for l in rewritten.layers if isinstance(l, keras.layers.BatchNormalization)
+    }
     assert "stem_conv1_bn" not in batch_norms and "stage2_block1_bn2" not in batch_norms
     assert {"stage2_block1_bn1", "head_bn"} <= batch_norms
 
 
 def test_rewritten_model_round_trips(tmp_path):
-    model = tie_free_weights(models.get("ern18_075", input_shape=(32, 32, 3),
-                                                    num_classes=10))
+    model = tie_free_weights(models.get("ern18_075", input_shape=(32, 32, 3), num_classes=10))
     rewritten = w1a2_pass.w1a2_to_binary(model)
     rewritten.save(tmp_path / "rewritten.keras")
     loaded = keras.saving.load_model(tmp_path / "rewritten.keras")
     sample = ern_sample(32)
     # Called eagerly: predict() would trace each model into a tf.function first (seconds each).
-    loaded, rewritten, model = (keras.ops.convert_to_numpy(m(sample, training=False))
-                                for m in (loaded, rewritten, model))
+    loaded, rewritten, model = (
+        keras.ops.convert_to_numpy(m(sample, training=False)) for m in (loaded, rewritten, model)
+    )
     np.testing.assert_array_equal(loaded, rewritten)
     np.testing.assert_allclose(rewritten, model, rtol=1e-5, atol=1e-5)
 
@@ -260,9 +287,12 @@ def test_rewritten_model_round_trips(tmp_path):
 def w1a2_dense_model():
     inputs = keras.Input((4, 4, 8))
     x = keras.layers.Flatten()(inputs)
-    outputs = QuantDense(8, name="w1a2_dense",
-                         input_quantizer=quantizers.HalfWaveGaussianQuantizer(),
-                         kernel_quantizer=quantizers.BinaryChannelWiseMeanScaling())(x)
+    outputs = QuantDense(
+        8,
+        name="w1a2_dense",
+        input_quantizer=quantizers.HalfWaveGaussianQuantizer(),
+        kernel_quantizer=quantizers.BinaryChannelWiseMeanScaling(),
+    )(x)
     return keras.Model(inputs, outputs)
 
 
@@ -273,8 +303,13 @@ def test_a_w1a2_layer_that_cannot_be_rewritten_is_named():
     assert result.float_fallback == ("w1a2_dense",) and result.bconv_ops == 0
 
     inputs = keras.Input((6, 6, 8))
-    dorefa = QuantConv2D(8, 3, name="dorefa_conv", input_quantizer=quantizers.DoReFa(2),
-                         kernel_quantizer=quantizers.BinaryChannelWiseMeanScaling())
+    dorefa = QuantConv2D(
+        8,
+        3,
+        name="dorefa_conv",
+        input_quantizer=quantizers.DoReFa(2),
+        kernel_quantizer=quantizers.BinaryChannelWiseMeanScaling(),
+    )
     with pytest.raises(InputError, match="dorefa_conv.*thresholds"):
         w1a2_pass.w1a2_to_binary(keras.Model(inputs, dorefa(inputs)))
     with pytest.raises(InputError, match="form"):
@@ -297,8 +332,15 @@ def test_a_rewritten_conv_left_float_is_named(monkeypatch):
 
 def test_convert_app_rewrites_ern(tmp_path):
     output = tmp_path / "ern.tflite"
-    run = run_app("apps.convert", "--model=ern18_075", "--input_shape=64,64,3",
-                  "--num_classes=10", "--target=arm", f"--output={output}", "--json")
+    run = run_app(
+        "apps.convert",
+        "--model=ern18_075",
+        "--input_shape=64,64,3",
+        "--num_classes=10",
+        "--target=arm",
+        f"--output={output}",
+        "--json",
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["w1a2_layers"] == 25 and result["bconv_ops"] == 50

@@ -6,7 +6,6 @@ import os
 
 from effkeras import plots
 
-
 figure = plots.figure  # (figure, axes), saved to a PNG when the block ends
 
 
@@ -39,5 +38,7 @@ def read_run(directory):
         with open(path) as f:
             return json.load(f)
     except (OSError, ValueError) as e:
-        raise InputError(f"no finished training run in {directory} ({path}: {e}); train it "
-                         f"with apps.train --output_dir={directory}") from None
+        raise InputError(
+            f"no finished training run in {directory} ({path}: {e}); train it "
+            f"with apps.train --output_dir={directory}"
+        ) from None

@@ -32,16 +32,25 @@ def build(framework, spec):
 
         zoo = larq_zoo.literature.BiRealNet(
             input_shape=(spec["input_size"], spec["input_size"], 3),
-            num_classes=spec["num_classes"], weights=None)
+            num_classes=spec["num_classes"],
+            weights=None,
+        )
         logits = tf.keras.Model(zoo.input, zoo.layers[-2].output)  # before the softmax
-        return logits, tf.keras, f"larq {metadata.version('larq')}, larq_zoo " \
-            f"{metadata.version('larq_zoo')}, tf_keras {metadata.version('tf_keras')}"
+        return (
+            logits,
+            tf.keras,
+            f"larq {metadata.version('larq')}, larq_zoo "
+            f"{metadata.version('larq_zoo')}, tf_keras {metadata.version('tf_keras')}",
+        )
     import keras
 
     from effkeras import models
 
-    model = models.get("birealnet18", input_shape=(spec["input_size"], spec["input_size"], 3),
-                       num_classes=spec["num_classes"])
+    model = models.get(
+        "birealnet18",
+        input_shape=(spec["input_size"], spec["input_size"], 3),
+        num_classes=spec["num_classes"],
+    )
     return model, keras, f"effkeras {metadata.version('effkeras')}, keras {keras.__version__}"
 
 
@@ -55,8 +64,10 @@ def prepare(spec):
         tf.config.threading.set_inter_op_parallelism_threads(spec["threads"])
     tf.random.set_seed(0)
     model, keras, library = build(spec["framework"], spec)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     rng = np.random.default_rng(0)
     size, batch = spec["input_size"], spec["batch_size"]
     x = tf.constant(rng.uniform(0, 255, (batch, size, size, 3)).astype(np.float32))
@@ -70,8 +81,12 @@ def prepare(spec):
     for _ in range(spec["warmup"]):
         step()
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    return step, {"params": int(model.count_params()), "trainable_params": trainable,
-                  "library": library, "tensorflow": tf.__version__}
+    return step, {
+        "params": int(model.count_params()),
+        "trainable_params": trainable,
+        "library": library,
+        "tensorflow": tf.__version__,
+    }
 
 
 def main(spec):

@@ -27,8 +27,12 @@ flags.DEFINE_string("tflite", None, "An early-exit .tflite file (one signature p
 flags.DEFINE_list("budgets", ["20e6", "35e6"], "Average FLOPs per image to calibrate for.")
 flags.DEFINE_string("dataset", "fashion_mnist", "Dataset of the validation and test images.")
 flags.DEFINE_string("data_dir", None, "Dataset directory.")
-flags.DEFINE_integer("validation_size", 5000, "Held-out training images the thresholds are "
-                     "calibrated on (the run's apps.train --validation_size).")
+flags.DEFINE_integer(
+    "validation_size",
+    5000,
+    "Held-out training images the thresholds are "
+    "calibrated on (the run's apps.train --validation_size).",
+)
 flags.DEFINE_integer("images", 1000, "Test images timed per setting.")
 flags.DEFINE_integer("chunk", 50, "Images per turn.")
 flags.DEFINE_string("output_dir", None, "Write early_exit_latency.md, .json and .png here.")
@@ -41,8 +45,14 @@ def arrays(split, shape, count):
     """(images, labels) numpy arrays of the first `count` examples of `split`."""
     from effkeras import data
 
-    loaded = data.load(FLAGS.dataset, split, input_shape=shape, batch_size=256,
-                       data_dir=FLAGS.data_dir, validation_size=FLAGS.validation_size)
+    loaded = data.load(
+        FLAGS.dataset,
+        split,
+        input_shape=shape,
+        batch_size=256,
+        data_dir=FLAGS.data_dir,
+        validation_size=FLAGS.validation_size,
+    )
     images, labels = [], []
     for x, y in loaded.dataset:
         images.append(x.numpy())
@@ -67,7 +77,7 @@ def measure(runner, named, images, labels):
     (`benchmark.time_interleaved`: round k classifies chunk k under every setting in turn)."""
     from effkeras import benchmark
 
-    chunks = [images[start:start + FLAGS.chunk] for start in range(0, len(images), FLAGS.chunk)]
+    chunks = [images[start : start + FLAGS.chunk] for start in range(0, len(images), FLAGS.chunk)]
     decisions = {name: [] for name in named}
 
     def setting(name):
@@ -79,30 +89,38 @@ def measure(runner, named, images, labels):
 
         return classify
 
-    times = benchmark.time_interleaved({name: setting(name) for name in named},
-                                       runs=len(chunks), warmup=0, progress=False)
+    times = benchmark.time_interleaved(
+        {name: setting(name) for name in named}, runs=len(chunks), warmup=0, progress=False
+    )
     rows = {}
     for name in named:
         predicted = np.concatenate([d.predictions for d in decisions[name]])
         exits = np.concatenate([d.exits for d in decisions[name]])
         costs = np.concatenate([d.costs for d in decisions[name]])
-        rows[name] = {"ms_per_image": sum(times[name]) / len(images),
-                      "top1": float(np.mean(predicted == labels)),
-                      "flops": float(np.mean(costs)),
-                      "exit_fractions": (np.bincount(exits - 1, minlength=runner.num_exits)
-                                         / len(exits)).tolist(),
-                      "thresholds": [float(t) for t in named[name]]}
+        rows[name] = {
+            "ms_per_image": sum(times[name]) / len(images),
+            "top1": float(np.mean(predicted == labels)),
+            "flops": float(np.mean(costs)),
+            "exit_fractions": (
+                np.bincount(exits - 1, minlength=runner.num_exits) / len(exits)
+            ).tolist(),
+            "thresholds": [float(t) for t in named[name]],
+        }
     return rows
 
 
 def table(rows):
     base = rows[ALL_STAGES]["ms_per_image"]
-    lines = ["| setting | ms / image | x all stages | top-1 | avg FLOPs | exit fractions |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | ms / image | x all stages | top-1 | avg FLOPs | exit fractions |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['ms_per_image']:.2f} | {r['ms_per_image'] / base:.2f} | "
-                     f"{100 * r['top1']:.2f}% | {r['flops'] / 1e6:.1f} M | "
-                     f"{' '.join(f'{f:.2f}' for f in r['exit_fractions'])} |")
+        lines.append(
+            f"| {name} | {r['ms_per_image']:.2f} | {r['ms_per_image'] / base:.2f} | "
+            f"{100 * r['top1']:.2f}% | {r['flops'] / 1e6:.1f} M | "
+            f"{' '.join(f'{f:.2f}' for f in r['exit_fractions'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -111,8 +129,11 @@ def plot(rows, path):
         for name, r in rows.items():
             axis.scatter(r["ms_per_image"], 100 * r["top1"])
             axis.annotate(name, (r["ms_per_image"], 100 * r["top1"]), fontsize=8)
-        axis.set(xlabel="ms per image (LiteRT, this machine)", ylabel="top-1 %",
-                 title="early exit: accuracy against latency")
+        axis.set(
+            xlabel="ms per image (LiteRT, this machine)",
+            ylabel="top-1 %",
+            title="early exit: accuracy against latency",
+        )
 
 
 def main(argv):

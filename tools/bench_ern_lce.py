@@ -103,23 +103,33 @@ def bench_layers(model, runs, warmup):
         shape = (1, *inputs.shape[1:])
         # BN-like inputs on a grid of 1/96 offset by half a step: never on a threshold (1/3, 1,
         # 5/3), where Keras' graph mode and the quantizer's `.thresholds` can differ by one ulp.
-        x = (rng.integers(0, 256, shape) if pixels
-             else (rng.integers(-48, 240, shape) + 0.5) / 96).astype("float32")
+        x = (
+            rng.integers(0, 256, shape) if pixels else (rng.integers(-48, 240, shape) + 0.5) / 96
+        ).astype("float32")
         flatbuffers = {form: lce.convert(single, sample=x, w1a2_form=form)[0] for form in FORMS}
         runners = {form: lce_runner(fb, x) for form, fb in flatbuffers.items()}
-        runners.update({f"{form}_indirect": lce_runner(fb, x, indirect_bgemm=True)
-                        for form, fb in flatbuffers.items()})
+        runners.update(
+            {
+                f"{form}_indirect": lce_runner(fb, x, indirect_bgemm=True)
+                for form, fb in flatbuffers.items()
+            }
+        )
         ms = timed_turns(runners, runs, warmup)
         h, w, c = layer.input.shape[1:]
-        row = dict(layer=layer.name, kernel=layer.kernel_size[0], stride=layer.strides[0],
-                   input=f"{inputs.shape[1]}x{inputs.shape[2]}x{inputs.shape[3]}",
-                   output="x".join(map(str, layer.output.shape[1:])),
-                   auto=w1a2.choose_form(layer.kernel_size, c, layer.filters),
-                   **{f"{name}_ms": round(value, 3) for name, value in ms.items()},
-                   **{f"{form}_bytes": len(fb) for form, fb in flatbuffers.items()})
+        row = dict(
+            layer=layer.name,
+            kernel=layer.kernel_size[0],
+            stride=layer.strides[0],
+            input=f"{inputs.shape[1]}x{inputs.shape[2]}x{inputs.shape[3]}",
+            output="x".join(map(str, layer.output.shape[1:])),
+            auto=w1a2.choose_form(layer.kernel_size, c, layer.filters),
+            **{f"{name}_ms": round(value, 3) for name, value in ms.items()},
+            **{f"{form}_bytes": len(fb) for form, fb in flatbuffers.items()},
+        )
         row["bitplane_over_thermometer"] = round(ms["bitplane"] / ms["thermometer"], 3)
         row["bitplane_over_thermometer_indirect"] = round(
-            ms["bitplane_indirect"] / ms["thermometer_indirect"], 3)
+            ms["bitplane_indirect"] / ms["thermometer_indirect"], 3
+        )
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -166,9 +176,14 @@ def bench_model(model, input_size, runs, warmup):
     one_bit = totals["params"].get("1bit", 0)
     float_params = totals["params"].get("32bit", 0)
     weight_bytes = one_bit / 8  # the packed binary weights; the float BN params come on top
-    result = dict(model=model.name, input_size=input_size, one_bit_params=one_bit,
-                  weight_bytes=weight_bytes, float_params=float_params,
-                  float_param_bytes=4 * float_params)
+    result = dict(
+        model=model.name,
+        input_size=input_size,
+        one_bit_params=one_bit,
+        weight_bytes=weight_bytes,
+        float_params=float_params,
+        float_param_bytes=4 * float_params,
+    )
 
     flatbuffers = {}
     for form in ("auto", *FORMS):
@@ -179,10 +194,13 @@ def bench_model(model, input_size, runs, warmup):
         result[f"{form}_over_weight_bytes"] = round(len(flatbuffer) / weight_bytes, 3)
         result[f"{form}_bconv_ops"] = checked.bconv_ops
         result[f"{form}_max_rel_diff"] = checked.max_rel_diff
-        print(f"{form}: {len(flatbuffer):,} bytes ({len(flatbuffer) / weight_bytes:.2f}x the "
-              f"{weight_bytes:,.0f} 1-bit weight bytes), {checked.bconv_ops} LceBconv2d, "
-              f"max rel diff {checked.max_rel_diff:.2g} vs Keras, converted in "
-              f"{time.perf_counter() - start:.0f} s", flush=True)
+        print(
+            f"{form}: {len(flatbuffer):,} bytes ({len(flatbuffer) / weight_bytes:.2f}x the "
+            f"{weight_bytes:,.0f} 1-bit weight bytes), {checked.bconv_ops} LceBconv2d, "
+            f"max rel diff {checked.max_rel_diff:.2g} vs Keras, converted in "
+            f"{time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
     census = files.op_census(files.operators(flatbuffers["auto"]))
     result["auto_op_census"] = census
 
@@ -202,19 +220,24 @@ def bench_model(model, input_size, runs, warmup):
         result[f"{name}_ms"] = round(value, 2)
     result["lce_auto_over_float"] = round(ms["lce_auto"] / ms["float_xnnpack"], 3)
     result["lce_auto_indirect_bgemm_over_float"] = round(
-        ms["lce_auto_indirect_bgemm"] / ms["float_xnnpack"], 3)
-    print(f"latency, 1 thread, median of {runs}: " + ", ".join(
-        f"{name} {value:.1f} ms" for name, value in ms.items()), flush=True)
+        ms["lce_auto_indirect_bgemm"] / ms["float_xnnpack"], 3
+    )
+    print(
+        f"latency, 1 thread, median of {runs}: "
+        + ", ".join(f"{name} {value:.1f} ms" for name, value in ms.items()),
+        flush=True,
+    )
     return result
 
 
 def plot(result, path):
     """Two bar charts: .tflite bytes per form (and the 1-bit weight bytes), latency per runtime."""
-    sizes = {"1-bit weights": result["weight_bytes"],
-             **{form: result[f"{form}_tflite_bytes"] for form in ("auto", *FORMS)},
-             "float twin": result["float_tflite_bytes"]}
-    latencies = {name[:-3]: value for name, value in result.items()
-                 if name.endswith("_ms")}
+    sizes = {
+        "1-bit weights": result["weight_bytes"],
+        **{form: result[f"{form}_tflite_bytes"] for form in ("auto", *FORMS)},
+        "float twin": result["float_tflite_bytes"],
+    }
+    latencies = {name[:-3]: value for name, value in result.items() if name.endswith("_ms")}
     with _report.figure(path, ncols=2, figsize=(11, 4)) as (_, (left, right)):
         left.bar(list(sizes), [v / 2**20 for v in sizes.values()], color="tab:blue")
         left.set_ylabel("MiB")
@@ -232,8 +255,7 @@ def main(argv):
 
     if FLAGS.runs < 1 or FLAGS.warmup < 0 or FLAGS.input_size < 32:
         raise InputError("--runs >= 1, --warmup >= 0 and --input_size >= 32")
-    build = dict(input_shape=(FLAGS.input_size, FLAGS.input_size, 3),
-                 num_classes=FLAGS.num_classes)
+    build = dict(input_shape=(FLAGS.input_size, FLAGS.input_size, 3), num_classes=FLAGS.num_classes)
     if models.info(FLAGS.model).family != "ern":  # InputError for an unknown name
         raise InputError(f"--model={FLAGS.model} is not an ERN model")
     model = models.get(FLAGS.model, **build)
@@ -241,8 +263,9 @@ def main(argv):
     if FLAGS.layers:
         output["layers"] = bench_layers(model, FLAGS.runs, FLAGS.warmup)
     if not FLAGS.no_model:
-        output["model"] = bench_model(models.get(FLAGS.model, **build), FLAGS.input_size,
-                                      FLAGS.runs, FLAGS.warmup)
+        output["model"] = bench_model(
+            models.get(FLAGS.model, **build), FLAGS.input_size, FLAGS.runs, FLAGS.warmup
+        )
         if FLAGS.plot:
             plot(output["model"], FLAGS.plot)
             print(f"wrote {FLAGS.plot}")

@@ -24,14 +24,18 @@ from effkeras.models.resmlp import COMPARISON
 from tools import _report
 
 # allow_override: tools.bench_lerp_psa and tools.lerp_psa_table share these flags (and defaults).
-flags.DEFINE_list("models", list(COMPARISON), "Registered models, the first is the reference.",
-                  allow_override=True)
+flags.DEFINE_list(
+    "models",
+    list(COMPARISON),
+    "Registered models, the first is the reference.",
+    allow_override=True,
+)
 flags.DEFINE_integer("batch_size", 128, "Images per step (the recipe's 128).")
-flags.DEFINE_integer("rounds", 7, "Timed rounds; each model runs --steps_per_round steps in "
-                     "each.")
+flags.DEFINE_integer("rounds", 7, "Timed rounds; each model runs --steps_per_round steps in each.")
 flags.DEFINE_integer("steps_per_round", 5, "Steps per model per round.")
-flags.DEFINE_string("output_dir", None, "Write bench_lerp_psa.md, .json and .png here.",
-                    allow_override=True)
+flags.DEFINE_string(
+    "output_dir", None, "Write bench_lerp_psa.md, .json and .png here.", allow_override=True
+)
 FLAGS = flags.FLAGS
 
 NAME = "bench_lerp_psa"
@@ -50,14 +54,19 @@ def prepare(name, batch_size):
 
     keras.utils.set_random_seed(0)
     model = models.get(name, input_shape=INPUT_SHAPE)
-    model.compile(keras.optimizers.AdamW(1e-3, weight_decay=0.0, epsilon=1e-8),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        keras.optimizers.AdamW(1e-3, weight_decay=0.0, epsilon=1e-8),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (batch_size, *INPUT_SHAPE)).astype(np.float32)
     labels = rng.integers(0, 10, batch_size).astype(np.int32)
     totals = summary.totals(summary.summarize(model))
-    row = {"model": name, "trainable_params": summary.trainable_params(model),
-           "macs": totals["float_macs"]}
+    row = {
+        "model": name,
+        "trainable_params": summary.trainable_params(model),
+        "macs": totals["float_macs"],
+    }
     tables = [layer for layer in model.layers if isinstance(layer, LerpPSA)]
     variables = [v for layer in tables for v in layer.trainable_variables]
 
@@ -82,24 +91,31 @@ def timed_turns(functions, rounds, steps):
 
         return turn
 
-    times = benchmark.time_interleaved({name: repeated(f) for name, f in functions.items()},
-                                       runs=rounds, warmup=1, progress=False)
+    times = benchmark.time_interleaved(
+        {name: repeated(f) for name, f in functions.items()}, runs=rounds, warmup=1, progress=False
+    )
     return {name: [ms / steps for ms in values] for name, values in times.items()}
 
 
 def table(report):
-    lines = [f"| model | trainable params | MACs | ms per step (batch {report['batch_size']}) | "
-             f"images/s | vs {report['models'][0]['model']} | table build ms |",
-             "|" + "---|" * 7]
+    lines = [
+        f"| model | trainable params | MACs | ms per step (batch {report['batch_size']}) | "
+        f"images/s | vs {report['models'][0]['model']} | table build ms |",
+        "|" + "---|" * 7,
+    ]
     reference = report["models"][0]["median_ms"]
     for r in report["models"]:
         build = r.get("table_build_ms")
-        lines.append(f"| {r['model']} | {r['trainable_params']:,} | {r['macs'] / 1e6:.2f} M | "
-                     f"{r['median_ms']:.1f} | {1e3 * report['batch_size'] / r['median_ms']:,.0f} | "
-                     f"{r['median_ms'] / reference:.2f}x | "
-                     f"{'-' if build is None else f'{build:.2f}'} |")
-    lines.append(f"\nmedian of {report['rounds']} rounds of {report['steps']} train_on_batch "
-                 f"steps per model, models taking turns; AdamW, cross-entropy, 32x32x3")
+        lines.append(
+            f"| {r['model']} | {r['trainable_params']:,} | {r['macs'] / 1e6:.2f} M | "
+            f"{r['median_ms']:.1f} | {1e3 * report['batch_size'] / r['median_ms']:,.0f} | "
+            f"{r['median_ms'] / reference:.2f}x | "
+            f"{'-' if build is None else f'{build:.2f}'} |"
+        )
+    lines.append(
+        f"\nmedian of {report['rounds']} rounds of {report['steps']} train_on_batch "
+        f"steps per model, models taking turns; AdamW, cross-entropy, 32x32x3"
+    )
     return "\n".join(lines)
 
 
@@ -107,14 +123,20 @@ def plot(report, path):
     rows = report["models"]
     names = [r["model"] for r in rows]
     with _report.figure(path, figsize=(7, 3.5)) as (figure, axes):
-        axes.bar(names, [r["median_ms"] for r in rows],
-                 color=[f"C{i}" for i in range(len(rows))])
+        axes.bar(names, [r["median_ms"] for r in rows], color=[f"C{i}" for i in range(len(rows))])
         for i, r in enumerate(rows):
             if r.get("table_build_ms") is not None:
-                axes.bar([names[i]], [r["table_build_ms"]], color="k", alpha=0.5,
-                         label="of which: table build")
-        axes.set(ylabel=f"ms per training step (batch {report['batch_size']})",
-                 title="ResMLP training step, side by side")
+                axes.bar(
+                    [names[i]],
+                    [r["table_build_ms"]],
+                    color="k",
+                    alpha=0.5,
+                    label="of which: table build",
+                )
+        axes.set(
+            ylabel=f"ms per training step (batch {report['batch_size']})",
+            title="ResMLP training step, side by side",
+        )
         axes.tick_params(axis="x", labelrotation=15)
         if any(r.get("table_build_ms") is not None for r in rows):
             axes.legend()
@@ -141,12 +163,15 @@ def main(argv):
         rows.append(row)
     times = timed_turns(functions, FLAGS.rounds, FLAGS.steps_per_round)
     for row in rows:
-        row.update(median_ms=statistics.median(times[row["model"]]),
-                   times_ms=times[row["model"]])
+        row.update(median_ms=statistics.median(times[row["model"]]), times_ms=times[row["model"]])
         if f"{row['model']}/tables" in times:
             row["table_build_ms"] = statistics.median(times[f"{row['model']}/tables"])
-    report = {"models": rows, "batch_size": FLAGS.batch_size, "rounds": FLAGS.rounds,
-              "steps": FLAGS.steps_per_round}
+    report = {
+        "models": rows,
+        "batch_size": FLAGS.batch_size,
+        "rounds": FLAGS.rounds,
+        "steps": FLAGS.steps_per_round,
+    }
     _report.publish(FLAGS.output_dir, NAME, table(report), report, plot)
 
 

@@ -47,24 +47,38 @@ def prepare(name, size, small):
     loaded = benchmark.Loaded(name, model)
     flatbuffer, report = benchmark.convert(loaded, "float")
     described = benchmark.describe(loaded, "float", flatbuffer, report)
-    row = {"model": name, "input": described.input, "params": described.params,
-           "macs": described.macs, "nn_mass": nn_mass.model_mass(model),
-           "gelu_units": nn_mass.nonlinear_units(model), "size_bytes": described.size_bytes,
-           "op_census": described.ops, "max_rel_diff_vs_keras": report.max_rel_diff}
+    row = {
+        "model": name,
+        "input": described.input,
+        "params": described.params,
+        "macs": described.macs,
+        "nn_mass": nn_mass.model_mass(model),
+        "gelu_units": nn_mass.nonlinear_units(model),
+        "size_bytes": described.size_bytes,
+        "op_census": described.ops,
+        "max_rel_diff_vs_keras": report.max_rel_diff,
+    }
     return row, benchmark.inference(flatbuffer, "float", THREADS)
 
 
 def table(report):
-    lines = ["| model | input | params | MACs | NN-Mass | GELU units | .tflite bytes | "
-             "median ms (1 thread) | FPS |", "|" + "---|" * 9]
+    lines = [
+        "| model | input | params | MACs | NN-Mass | GELU units | .tflite bytes | "
+        "median ms (1 thread) | FPS |",
+        "|" + "---|" * 9,
+    ]
     for r in report["models"]:
-        lines.append(f"| {r['model']} | {r['input']} | {r['params'] / 1e6:.2f} M | "
-                     f"{r['macs'] / 1e9:.3f} G | {r['nn_mass']:,} | "
-                     f"{r['gelu_units'] / 1e6:.2f} M | "
-                     f"{r['size_bytes']:,} | {r['median_ms']:.2f} | {1e3 / r['median_ms']:.2f} |")
-    lines.append(f"\nconvnext_t / ran_i_t: latency {report['speedup']:.3f}x "
-                 f"(RAN-i-T FPS gain), MACs {report['mac_ratio']:.3f}x; "
-                 f"LiteRT, {THREADS} thread, median of {report['runs']} alternating runs")
+        lines.append(
+            f"| {r['model']} | {r['input']} | {r['params'] / 1e6:.2f} M | "
+            f"{r['macs'] / 1e9:.3f} G | {r['nn_mass']:,} | "
+            f"{r['gelu_units'] / 1e6:.2f} M | "
+            f"{r['size_bytes']:,} | {r['median_ms']:.2f} | {1e3 / r['median_ms']:.2f} |"
+        )
+    lines.append(
+        f"\nconvnext_t / ran_i_t: latency {report['speedup']:.3f}x "
+        f"(RAN-i-T FPS gain), MACs {report['mac_ratio']:.3f}x; "
+        f"LiteRT, {THREADS} thread, median of {report['runs']} alternating runs"
+    )
     return "\n".join(lines)
 
 
@@ -72,8 +86,10 @@ def plot(report, path):
     names = [r["model"] for r in report["models"]]
     with _report.figure(path, ncols=2, figsize=(9, 3.5)) as (figure, (latency, macs)):
         latency.bar(names, [r["median_ms"] for r in report["models"]], color=["C0", "C1"])
-        latency.set(ylabel="median ms (LiteRT, 1 thread)",
-                    title=f"latency convnext_t / ran_i_t: {report['speedup']:.2f}x")
+        latency.set(
+            ylabel="median ms (LiteRT, 1 thread)",
+            title=f"latency convnext_t / ran_i_t: {report['speedup']:.2f}x",
+        )
         macs.bar(names, [r["macs"] / 1e9 for r in report["models"]], color=["C0", "C1"])
         macs.set(ylabel="GMACs", title=f"MACs convnext_t / ran_i_t: {report['mac_ratio']:.2f}x")
         figure.suptitle(f"float TFLite, {report['models'][0]['input']}")
@@ -88,23 +104,34 @@ def main(argv):
     if FLAGS.runs < 1 or FLAGS.warmup < 0:
         raise InputError("--runs must be >= 1 and --warmup >= 0")
     if FLAGS.input_size < 32:
-        raise InputError(f"--input_size must be >= 32 (the models' total stride), "
-                         f"got {FLAGS.input_size}")
+        raise InputError(
+            f"--input_size must be >= 32 (the models' total stride), got {FLAGS.input_size}"
+        )
     if FLAGS.output_dir:
         fileio.check_writable(FLAGS.output_dir, "--output_dir", directory=True)
     rows, invokes = [], {}
     for name in MODELS:
         row, invokes[name] = prepare(name, FLAGS.input_size, FLAGS.small)
         rows.append(row)
-    times = benchmark.time_interleaved(invokes, runs=FLAGS.runs, warmup=FLAGS.warmup,
-                                       progress=False)
+    times = benchmark.time_interleaved(
+        invokes, runs=FLAGS.runs, warmup=FLAGS.warmup, progress=False
+    )
     for row in rows:
-        row.update(median_ms=benchmark.quartiles(times[row["model"]])[0], runs=FLAGS.runs,
-                   times_ms=times[row["model"]])
+        row.update(
+            median_ms=benchmark.quartiles(times[row["model"]])[0],
+            runs=FLAGS.runs,
+            times_ms=times[row["model"]],
+        )
     ran_i, peer = rows
-    report = {"models": rows, "threads": THREADS, "runs": FLAGS.runs, "warmup": FLAGS.warmup,
-              "small": FLAGS.small, "speedup": peer["median_ms"] / ran_i["median_ms"],
-              "mac_ratio": peer["macs"] / ran_i["macs"]}
+    report = {
+        "models": rows,
+        "threads": THREADS,
+        "runs": FLAGS.runs,
+        "warmup": FLAGS.warmup,
+        "small": FLAGS.small,
+        "speedup": peer["median_ms"] / ran_i["median_ms"],
+        "mac_ratio": peer["macs"] / ran_i["macs"],
+    }
     print(table(report))
     if FLAGS.output_dir:
         fileio.write_json(os.path.join(FLAGS.output_dir, f"{NAME}.json"), report)

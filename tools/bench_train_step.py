@@ -41,17 +41,25 @@ flags.DEFINE_integer("num_classes", 10, "Classes of the classifier head.")
 flags.DEFINE_integer("steps", 2, "Timed steps per variant per round.")
 flags.DEFINE_integer("rounds", 10, "Rounds; the variants take turns within each.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps per variant before the first round.")
-flags.DEFINE_integer("threads", 0, "TensorFlow's intra- and inter-op threads in every worker "
-                     "(0: TensorFlow's default).")
-flags.DEFINE_string("output_dir", None, "Write bench_train_step.md and .json here.",
-                    allow_override=True)
+flags.DEFINE_integer(
+    "threads",
+    0,
+    "TensorFlow's intra- and inter-op threads in every worker (0: TensorFlow's default).",
+)
+flags.DEFINE_string(
+    "output_dir", None, "Write bench_train_step.md and .json here.", allow_override=True
+)
 FLAGS = flags.FLAGS
 
 NAME = "bench_train_step"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (variant, framework, jit_compile); the first larq variant is the baseline of every ratio.
-VARIANTS = (("effkeras", "effkeras", False), ("effkeras XLA", "effkeras", True),
-            ("larq", "larq", False), ("larq XLA", "larq", True))
+VARIANTS = (
+    ("effkeras", "effkeras", False),
+    ("effkeras XLA", "effkeras", True),
+    ("larq", "larq", False),
+    ("larq XLA", "larq", True),
+)
 BASELINE = "larq"
 
 
@@ -65,10 +73,19 @@ class Worker:
             env.update(TF_USE_LEGACY_KERAS="1", PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION="python")
         self.log = log
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tools._train_step_worker",
-             json.dumps({**spec, "framework": framework})],
-            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-            text=True)
+            [
+                sys.executable,
+                "-m",
+                "tools._train_step_worker",
+                json.dumps({**spec, "framework": framework}),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
         self.info = self._answer()["ready"]
 
     def _answer(self):
@@ -77,8 +94,9 @@ class Worker:
         if "error" in answer or not answer:
             self.close()
             self.log.seek(0)
-            raise WorkerError(answer.get("error") or f"the worker stopped: "
-                              f"{self.log.read()[-1500:].strip()}")
+            raise WorkerError(
+                answer.get("error") or f"the worker stopped: {self.log.read()[-1500:].strip()}"
+            )
         return answer
 
     def time(self, steps):
@@ -104,15 +122,16 @@ def measure(spec, rounds, steps):
     rows, workers = {}, {}
     with tempfile.TemporaryFile("w+") as log:
         for variant, framework, jit_compile in VARIANTS:
-            rows[variant] = {"variant": variant, "framework": framework,
-                             "jit_compile": jit_compile}
+            rows[variant] = {"variant": variant, "framework": framework, "jit_compile": jit_compile}
             try:
                 workers[variant] = Worker(framework, {**spec, "jit_compile": jit_compile}, log)
                 rows[variant].update(workers[variant].info, times_ms=[])
             except WorkerError as e:
                 if not jit_compile:  # the comparison itself is impossible
-                    raise InputError(f"the {variant} worker failed (for larq: is larq_zoo "
-                                     f"installed? see requirements-larq-zoo.txt): {e}") from None
+                    raise InputError(
+                        f"the {variant} worker failed (for larq: is larq_zoo "
+                        f"installed? see requirements-larq-zoo.txt): {e}"
+                    ) from None
                 rows[variant]["error"] = str(e)
         for _ in range(rounds):
             for variant, worker in list(workers.items()):
@@ -133,27 +152,41 @@ def measure(spec, rounds, steps):
 
 def table(report):
     s = report["setup"]
-    lines = ["# Training step: effkeras (Keras 3) against larq (tf_keras)", "",
-             "Written by tools/bench_train_step.py; every step time is in "
-             "bench_train_step.json.", "",
-             f"Bi-Real Net 18, {s['input_size']}x{s['input_size']}x3, batch {s['batch_size']}, "
-             f"{s['num_classes']} classes, Adam; {s['rounds']} rounds x {s['steps']} steps per "
-             f"variant after {s['warmup']} warm-up; threads: {s['threads'] or 'TF default'} "
-             f"({s['cpus']} CPUs)", "",
-             "| variant | library | XLA | params | median ms/step | best ms/step | "
-             "images/s | median / larq's |", "|" + "---|" * 8]
+    lines = [
+        "# Training step: effkeras (Keras 3) against larq (tf_keras)",
+        "",
+        "Written by tools/bench_train_step.py; every step time is in bench_train_step.json.",
+        "",
+        f"Bi-Real Net 18, {s['input_size']}x{s['input_size']}x3, batch {s['batch_size']}, "
+        f"{s['num_classes']} classes, Adam; {s['rounds']} rounds x {s['steps']} steps per "
+        f"variant after {s['warmup']} warm-up; threads: {s['threads'] or 'TF default'} "
+        f"({s['cpus']} CPUs)",
+        "",
+        "| variant | library | XLA | params | median ms/step | best ms/step | "
+        "images/s | median / larq's |",
+        "|" + "---|" * 8,
+    ]
     for r in report["rows"]:
         if "error" in r:
-            lines.append(f"| {r['variant']} | {r['framework']} | {r['jit_compile']} | - | "
-                         f"failed: {r['error']} | - | - | - |")
+            lines.append(
+                f"| {r['variant']} | {r['framework']} | {r['jit_compile']} | - | "
+                f"failed: {r['error']} | - | - | - |"
+            )
             continue
-        lines.append(f"| {r['variant']} | {r['library']} | {r['jit_compile']} "
-                     f"| {r['params']:,} | {r['median_ms']:.1f} | {r['best_ms']:.1f} | "
-                     f"{1000 * s['batch_size'] / r['median_ms']:.1f} | {r['vs_larq']:.3f} |")
+        lines.append(
+            f"| {r['variant']} | {r['library']} | {r['jit_compile']} "
+            f"| {r['params']:,} | {r['median_ms']:.1f} | {r['best_ms']:.1f} | "
+            f"{1000 * s['batch_size'] / r['median_ms']:.1f} | {r['vs_larq']:.3f} |"
+        )
     medians = {r["variant"]: r["median_ms"] for r in report["rows"] if "error" not in r}
-    ratios = [f"{ratio} {medians[ours] / medians[theirs]:.3f}" for ratio, ours, theirs in (
-        ("without XLA", "effkeras", "larq"), ("with XLA", "effkeras XLA", "larq XLA"))
-        if ours in medians and theirs in medians]
+    ratios = [
+        f"{ratio} {medians[ours] / medians[theirs]:.3f}"
+        for ratio, ours, theirs in (
+            ("without XLA", "effkeras", "larq"),
+            ("with XLA", "effkeras XLA", "larq XLA"),
+        )
+        if ours in medians and theirs in medians
+    ]
     lines += ["", "effkeras / larq, median step time: " + ", ".join(ratios)]
     return "\n".join(lines)
 
@@ -162,17 +195,31 @@ def main(argv):
     from effkeras import fileio
     from effkeras.errors import InputError
 
-    for name, least in (("input_size", 32), ("batch_size", 1), ("num_classes", 2),
-                        ("steps", 1), ("rounds", 1), ("warmup", 0), ("threads", 0)):
+    for name, least in (
+        ("input_size", 32),
+        ("batch_size", 1),
+        ("num_classes", 2),
+        ("steps", 1),
+        ("rounds", 1),
+        ("warmup", 0),
+        ("threads", 0),
+    ):
         if FLAGS[name].value < least:
             raise InputError(f"--{name} must be >= {least}, got {FLAGS[name].value}")
     if FLAGS.output_dir:
         fileio.check_writable(FLAGS.output_dir, "--output_dir", directory=True)
-    spec = {"input_size": FLAGS.input_size, "batch_size": FLAGS.batch_size,
-            "num_classes": FLAGS.num_classes, "threads": FLAGS.threads, "warmup": FLAGS.warmup}
+    spec = {
+        "input_size": FLAGS.input_size,
+        "batch_size": FLAGS.batch_size,
+        "num_classes": FLAGS.num_classes,
+        "threads": FLAGS.threads,
+        "warmup": FLAGS.warmup,
+    }
     rows = measure(spec, FLAGS.rounds, FLAGS.steps)
-    report = {"setup": {**spec, "rounds": FLAGS.rounds, "steps": FLAGS.steps,
-                        "cpus": os.cpu_count()}, "rows": list(rows.values())}
+    report = {
+        "setup": {**spec, "rounds": FLAGS.rounds, "steps": FLAGS.steps, "cpus": os.cpu_count()},
+        "rows": list(rows.values()),
+    }
     text = table(report)
     print(text)
     if FLAGS.output_dir:

@@ -19,12 +19,17 @@ from absl import flags
 from apps import _cli
 
 flags.DEFINE_string("from_folder", None, "ImageNet-style folders to write as shards.")
-flags.DEFINE_string("output_dir", None, "With --from_folder: where the shards go (a folder "
-                    "without shards).")
+flags.DEFINE_string(
+    "output_dir", None, "With --from_folder: where the shards go (a folder without shards)."
+)
 flags.DEFINE_integer("train_shards", 1024, "With --from_folder: shards of the train split.")
 flags.DEFINE_integer("validation_shards", 128, "With --from_folder: shards of the val split.")
-flags.DEFINE_string("index", None, "Count the shards in this folder (one pass over their "
-                    "records) and write its dataset_info.json.")
+flags.DEFINE_string(
+    "index",
+    None,
+    "Count the shards in this folder (one pass over their "
+    "records) and write its dataset_info.json.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -34,8 +39,10 @@ def main(argv):
     from effkeras.errors import InputError
 
     if bool(FLAGS.from_folder) == bool(FLAGS.index):
-        raise InputError("give --from_folder=DIR --output_dir=OUT (write shards) or --index=DIR "
-                         "(count existing shards), one of them")
+        raise InputError(
+            "give --from_folder=DIR --output_dir=OUT (write shards) or --index=DIR "
+            "(count existing shards), one of them"
+        )
     if FLAGS.index:
         fileio.check_writable(os.path.join(FLAGS.index, tfrecord.INFO_FILE), "--index")
         info = tfrecord.index(FLAGS.index)
@@ -43,11 +50,23 @@ def main(argv):
         if not FLAGS.output_dir:
             raise InputError("--from_folder needs --output_dir, the folder for the shards")
         fileio.check_writable(FLAGS.output_dir, "--output_dir", directory=True)
-        info = tfrecord.write_shards(FLAGS.from_folder, FLAGS.output_dir,
-                                     train_shards=FLAGS.train_shards,
-                                     validation_shards=FLAGS.validation_shards, progress=True)
-    print(json.dumps({"shards": info["shards"], "examples": info["examples"],
-                      "classes": len(info["class_names"]), "label_offset": info["label_offset"]}))
+        info = tfrecord.write_shards(
+            FLAGS.from_folder,
+            FLAGS.output_dir,
+            train_shards=FLAGS.train_shards,
+            validation_shards=FLAGS.validation_shards,
+            progress=True,
+        )
+    print(
+        json.dumps(
+            {
+                "shards": info["shards"],
+                "examples": info["examples"],
+                "classes": len(info["class_names"]),
+                "label_offset": info["label_offset"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

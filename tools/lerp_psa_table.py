@@ -24,12 +24,15 @@ from tools import _report
 
 flags.DEFINE_string("runs_dir", "runs/lerp", "Directory holding one apps.train run per model.")
 # allow_override: tools.bench_lerp_psa and tools.lerp_psa_table share these flags (and defaults).
-flags.DEFINE_list("models", list(COMPARISON), "Registered models, in table order.",
-                  allow_override=True)
-flags.DEFINE_string("teacher_run", "teacher", "The teacher's run directory under --runs_dir "
-                    "('' for none).")
-flags.DEFINE_string("output_dir", None, "Write lerp_psa.md, .json and .png here.",
-                    allow_override=True)
+flags.DEFINE_list(
+    "models", list(COMPARISON), "Registered models, in table order.", allow_override=True
+)
+flags.DEFINE_string(
+    "teacher_run", "teacher", "The teacher's run directory under --runs_dir ('' for none)."
+)
+flags.DEFINE_string(
+    "output_dir", None, "Write lerp_psa.md, .json and .png here.", allow_override=True
+)
 FLAGS = flags.FLAGS
 
 NAME = "lerp_psa"
@@ -44,23 +47,30 @@ def row(directory):
     model = models.get(metrics["model"], input_shape=tuple(metrics["input_shape"]))
     transfer = os.path.join(directory, "transfer")
     stage1 = _report.read_run(transfer) if os.path.isdir(transfer) else None
-    return {"model": metrics["model"],
-            "trainable_params": summary.trainable_params(model),
-            "macs": summary.totals(summary.summarize(model))["float_macs"],
-            "nonlinear_units": nn_mass.nonlinear_units(model),
-            "transfer_epochs": stage1["epochs"] if stage1 else 0,
-            "epochs": metrics["epochs"], "top1": metrics["test"]["top1"],
-            "train_seconds": metrics["train_seconds"] + (stage1["train_seconds"] if stage1
-                                                         else 0.0)}
+    return {
+        "model": metrics["model"],
+        "trainable_params": summary.trainable_params(model),
+        "macs": summary.totals(summary.summarize(model))["float_macs"],
+        "nonlinear_units": nn_mass.nonlinear_units(model),
+        "transfer_epochs": stage1["epochs"] if stage1 else 0,
+        "epochs": metrics["epochs"],
+        "top1": metrics["test"]["top1"],
+        "train_seconds": metrics["train_seconds"] + (stage1["train_seconds"] if stage1 else 0.0),
+    }
 
 
 def table(rows):
-    lines = ["| model | trainable params | MACs | non-linear units | epochs (transfer + "
-             "distillation) | test top-1 | train time |", "|" + "---|" * 7]
+    lines = [
+        "| model | trainable params | MACs | non-linear units | epochs (transfer + "
+        "distillation) | test top-1 | train time |",
+        "|" + "---|" * 7,
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['trainable_params']:,} | {r['macs'] / 1e6:.2f} M | "
-                     f"{r['nonlinear_units']:,} | {r['transfer_epochs']} + {r['epochs']} | "
-                     f"{100 * r['top1']:.2f}% | {r['train_seconds'] / 60:.1f} min |")
+        lines.append(
+            f"| {r['model']} | {r['trainable_params']:,} | {r['macs'] / 1e6:.2f} M | "
+            f"{r['nonlinear_units']:,} | {r['transfer_epochs']} + {r['epochs']} | "
+            f"{100 * r['top1']:.2f}% | {r['train_seconds'] / 60:.1f} min |"
+        )
     return "\n".join(lines)
 
 
@@ -68,10 +78,18 @@ def plot(rows, path):
     with _report.figure(path, figsize=(6, 4)) as (figure, axes):
         for i, r in enumerate(rows):
             axes.scatter(r["macs"] / 1e6, 100 * r["top1"], color=f"C{i}", zorder=3)
-            axes.annotate(r["model"].replace("resmlp_", ""), (r["macs"] / 1e6, 100 * r["top1"]),
-                          textcoords="offset points", xytext=(5, 4), fontsize=8)
-        axes.set(xlabel="MACs per image (M)", ylabel="test top-1 (%)",
-                 title="ResMLP: learned activations vs ReLU")
+            axes.annotate(
+                r["model"].replace("resmlp_", ""),
+                (r["macs"] / 1e6, 100 * r["top1"]),
+                textcoords="offset points",
+                xytext=(5, 4),
+                fontsize=8,
+            )
+        axes.set(
+            xlabel="MACs per image (M)",
+            ylabel="test top-1 (%)",
+            title="ResMLP: learned activations vs ReLU",
+        )
         axes.grid(alpha=0.3)
 
 

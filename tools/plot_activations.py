@@ -21,12 +21,15 @@ from apps import _cli
 
 # allow_override: apps and other tools define flags of these names, and a process that imports
 # several of them (the tests) must be able to.
-flags.DEFINE_string("model", None, "Registered model name (untrained weights).",
-                    allow_override=True)
-flags.DEFINE_string("checkpoint", None, "A .keras model file (instead of --model).",
-                    allow_override=True)
-flags.DEFINE_string("output_dir", None, "Where to write one <layer>.png per table activation.",
-                    allow_override=True)
+flags.DEFINE_string(
+    "model", None, "Registered model name (untrained weights).", allow_override=True
+)
+flags.DEFINE_string(
+    "checkpoint", None, "A .keras model file (instead of --model).", allow_override=True
+)
+flags.DEFINE_string(
+    "output_dir", None, "Where to write one <layer>.png per table activation.", allow_override=True
+)
 flags.DEFINE_string("layer", None, "Plot only this layer (default: every table activation).")
 flags.DEFINE_integer("channels", 16, "Plot the first this many channels of each layer.")
 flags.DEFINE_list("x_range", None, "lo,hi of the inputs plotted (default: 1.25x the grid).")
@@ -50,16 +53,27 @@ def plot_model(model, output_dir, layer=None, channels=16, x_range=None):
 
     found = table_layers(model)
     if not found:
-        raise InputError(f"model {model.name!r} has no table activation (LerpPSA, ResPSA, "
-                         f"BSplineActivation, LerpTable) to plot")
+        raise InputError(
+            f"model {model.name!r} has no table activation (LerpPSA, ResPSA, "
+            f"BSplineActivation, LerpTable) to plot"
+        )
     if layer is not None:
         chosen = [candidate for candidate in found if candidate.name == layer]
         if not chosen:
-            raise InputError(f"--layer={layer!r} is not a table activation of {model.name!r}; "
-                             f"its table activations: {', '.join(f.name for f in found)}")
+            raise InputError(
+                f"--layer={layer!r} is not a table activation of {model.name!r}; "
+                f"its table activations: {', '.join(f.name for f in found)}"
+            )
         found = chosen
-    return [plots.activation_curves(candidate, os.path.join(output_dir, f"{candidate.name}.png"),
-                                    channels=channels, x_range=x_range) for candidate in found]
+    return [
+        plots.activation_curves(
+            candidate,
+            os.path.join(output_dir, f"{candidate.name}.png"),
+            channels=channels,
+            x_range=x_range,
+        )
+        for candidate in found
+    ]
 
 
 def parse_range(values):
@@ -71,8 +85,9 @@ def parse_range(values):
     try:
         lo, hi = (float(v) for v in values)
     except ValueError:
-        raise InputError(f"--x_range must be lo,hi (two numbers), got {','.join(values)!r}") \
-            from None
+        raise InputError(
+            f"--x_range must be lo,hi (two numbers), got {','.join(values)!r}"
+        ) from None
     if not lo < hi:
         raise InputError(f"--x_range must have lo < hi, got {lo:g},{hi:g}")
     return lo, hi

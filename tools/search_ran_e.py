@@ -36,8 +36,9 @@ from tools import _report
 
 # allow_override: another tool (bench_early_exit) defines --output_dir with the same default,
 # and a process that imports several tools (the tests) must be able to.
-flags.DEFINE_string("output_dir", None, "Where to write search.md, search.json, search.png.",
-                    allow_override=True)
+flags.DEFINE_string(
+    "output_dir", None, "Where to write search.md, search.json, search.png.", allow_override=True
+)
 flags.DEFINE_string("accelerator", "ethos-u55-128", "Ethos-U target (a deploy target name).")
 flags.DEFINE_integer("input_size", 224, "Input height and width.")
 flags.DEFINE_integer("steps", 8, "Greedy replacement steps.")
@@ -70,8 +71,10 @@ def block_efficiency(per_layer_csv):
         found = BLOCK.search(row["Name"])
         if found:
             macs, cycles = blocks.get(found.group(0), (0, 0))
-            blocks[found.group(0)] = (macs + int(float(row["MAC Count"])),
-                                      cycles + int(float(row["Op Cycles"])))
+            blocks[found.group(0)] = (
+                macs + int(float(row["MAC Count"])),
+                cycles + int(float(row["Op Cycles"])),
+            )
     return blocks
 
 
@@ -79,21 +82,33 @@ def macs_and_params(model):
     from effkeras.graph import summary
 
     totals = summary.totals(summary.summarize(model))
-    return totals["float_macs"] + totals["binary_macs"] + totals["low_bit_macs"], \
-        totals["total_params"]
+    return totals["float_macs"] + totals["binary_macs"] + totals["low_bit_macs"], totals[
+        "total_params"
+    ]
 
 
 def compile_row(model, name, collapsed, stage_filters):
     """(Row, per-block (MACs, cycles)) of `model` compiled by Vela."""
     from effkeras import deploy
 
-    _, report = deploy.convert(model, FLAGS.accelerator,
-                               calibration_samples=FLAGS.calibration_samples)
+    _, report = deploy.convert(
+        model, FLAGS.accelerator, calibration_samples=FLAGS.calibration_samples
+    )
     macs, params = macs_and_params(model)
-    row = Row(name, tuple(sorted(collapsed)), tuple(stage_filters),
-              round(report.inferences_per_second, 1), macs, params, report.sram_bytes)
-    print(f"{name:28s} {row.inferences_per_second:8.1f} inf/s  {macs / 1e6:7.1f} M MACs  "
-          f"{params:,} params  SRAM {row.sram_bytes:,} B", flush=True)
+    row = Row(
+        name,
+        tuple(sorted(collapsed)),
+        tuple(stage_filters),
+        round(report.inferences_per_second, 1),
+        macs,
+        params,
+        report.sram_bytes,
+    )
+    print(
+        f"{name:28s} {row.inferences_per_second:8.1f} inf/s  {macs / 1e6:7.1f} M MACs  "
+        f"{params:,} params  SRAM {row.sram_bytes:,} B",
+        flush=True,
+    )
     return row, block_efficiency(report.artifacts["_per-layer.csv"])
 
 
@@ -124,8 +139,11 @@ def search():
     target_macs = (1 - FLAGS.mac_tolerance) * current.macs
     rows = [current]
     for step in range(1, FLAGS.steps + 1):
-        candidates = {b: macs / max(cycles, 1) for b, (macs, cycles) in blocks.items()
-                      if b not in collapsed and b not in rejected}
+        candidates = {
+            b: macs / max(cycles, 1)
+            for b, (macs, cycles) in blocks.items()
+            if b not in collapsed and b not in rejected
+        }
         if not candidates:
             break
         worst = min(candidates, key=candidates.get)
@@ -133,8 +151,9 @@ def search():
         if macs_and_params(build(trial, filters))[0] < target_macs:
             stage = int(BLOCK.match(worst).group(1)) - 1
             trial_filters = widen(trial, filters, stage, target_macs, build)
-        row, trial_blocks = compile_row(build(trial, trial_filters), f"step{step}: {worst}",
-                                        trial, trial_filters)
+        row, trial_blocks = compile_row(
+            build(trial, trial_filters), f"step{step}: {worst}", trial, trial_filters
+        )
         rows.append(row)
         if row.inferences_per_second > current.inferences_per_second:
             current, collapsed, filters, blocks = row, trial, trial_filters, trial_blocks
@@ -151,27 +170,37 @@ def twins(block, blocks):
     stage, index = BLOCK.match(block).groups()
     if index == "1":
         return {block}
-    return {b for b in blocks if BLOCK.match(b).groups()[0] == stage
-            and BLOCK.match(b).groups()[1] != "1"}
+    return {
+        b
+        for b in blocks
+        if BLOCK.match(b).groups()[0] == stage and BLOCK.match(b).groups()[1] != "1"
+    }
 
 
 def mark_pareto(rows):
     """Marks the rows no other row beats in both inferences/s and MACs."""
     for row in rows:
         row.pareto = not any(
-            other.inferences_per_second >= row.inferences_per_second and other.macs >= row.macs
+            other.inferences_per_second >= row.inferences_per_second
+            and other.macs >= row.macs
             and (other.inferences_per_second, other.macs) != (row.inferences_per_second, row.macs)
-            for other in rows)
+            for other in rows
+        )
 
 
 def table(rows, reference):
-    lines = [f"| network | collapsed blocks | stage widths | {FLAGS.accelerator} inferences/s | "
-             f"x Lite0 | MACs | params | peak SRAM | Pareto |", "|" + "---|" * 9]
+    lines = [
+        f"| network | collapsed blocks | stage widths | {FLAGS.accelerator} inferences/s | "
+        f"x Lite0 | MACs | params | peak SRAM | Pareto |",
+        "|" + "---|" * 9,
+    ]
     for r in rows:
-        lines.append(f"| {r.name} | {len(r.collapsed)} | {'-'.join(map(str, r.stage_filters))} | "
-                     f"{r.inferences_per_second:.1f} | "
-                     f"{r.inferences_per_second / reference:.2f} | {r.macs / 1e6:.1f} M | "
-                     f"{r.params:,} | {r.sram_bytes:,} B | {'yes' if r.pareto else ''} |")
+        lines.append(
+            f"| {r.name} | {len(r.collapsed)} | {'-'.join(map(str, r.stage_filters))} | "
+            f"{r.inferences_per_second:.1f} | "
+            f"{r.inferences_per_second / reference:.2f} | {r.macs / 1e6:.1f} M | "
+            f"{r.params:,} | {r.sram_bytes:,} B | {'yes' if r.pareto else ''} |"
+        )
     return "\n".join(lines)
 
 
@@ -180,21 +209,39 @@ def plot(searched, placed, path):
     rejected = [r for r in searched if not r.accepted]
     front = sorted((r for r in searched + placed if r.pareto), key=lambda r: r.macs)
     with _report.figure(path, figsize=(7, 4.5)) as (_, axis):
-        axis.plot([r.macs / 1e6 for r in kept], [r.inferences_per_second for r in kept], "o-",
-                  color="tab:blue", label="greedy search from Lite0 (h-swish): kept")
-        axis.scatter([r.macs / 1e6 for r in rejected],
-                     [r.inferences_per_second for r in rejected], marker="x", color="gray",
-                     label="tried and rejected (slower)")
-        axis.plot([r.macs / 1e6 for r in front], [r.inferences_per_second for r in front], "--",
-                  color="gray", label="Pareto front")
+        axis.plot(
+            [r.macs / 1e6 for r in kept],
+            [r.inferences_per_second for r in kept],
+            "o-",
+            color="tab:blue",
+            label="greedy search from Lite0 (h-swish): kept",
+        )
+        axis.scatter(
+            [r.macs / 1e6 for r in rejected],
+            [r.inferences_per_second for r in rejected],
+            marker="x",
+            color="gray",
+            label="tried and rejected (slower)",
+        )
+        axis.plot(
+            [r.macs / 1e6 for r in front],
+            [r.inferences_per_second for r in front],
+            "--",
+            color="gray",
+            label="Pareto front",
+        )
         for r in placed:
             axis.scatter(r.macs / 1e6, r.inferences_per_second, marker="*", s=150, zorder=3)
             axis.annotate(r.name, (r.macs / 1e6, r.inferences_per_second), fontsize=9)
-        axis.annotate("Lite0", (searched[0].macs / 1e6, searched[0].inferences_per_second),
-                      fontsize=9)
-        axis.set(xlabel="MACs (M)", ylabel="inferences/s (Vela estimate)",
-                 title=f"RAN-e search, int8 on {FLAGS.accelerator}, {FLAGS.input_size}x"
-                       f"{FLAGS.input_size}")
+        axis.annotate(
+            "Lite0", (searched[0].macs / 1e6, searched[0].inferences_per_second), fontsize=9
+        )
+        axis.set(
+            xlabel="MACs (M)",
+            ylabel="inferences/s (Vela estimate)",
+            title=f"RAN-e search, int8 on {FLAGS.accelerator}, {FLAGS.input_size}x"
+            f"{FLAGS.input_size}",
+        )
         axis.legend(fontsize=8)
 
 
@@ -218,8 +265,9 @@ def main(argv):
     mark_pareto(searched + placed)
     text = table(searched + placed, searched[0].inferences_per_second)
     print(text)
-    _report.write(FLAGS.output_dir, "search", text,
-                  [dataclasses.asdict(r) for r in searched + placed])
+    _report.write(
+        FLAGS.output_dir, "search", text, [dataclasses.asdict(r) for r in searched + placed]
+    )
     plot(searched, placed, os.path.join(FLAGS.output_dir, "search.png"))
 
 

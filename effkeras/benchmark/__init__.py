@@ -23,14 +23,45 @@ Modules:
     device    `lce_benchmark_model` on a Raspberry Pi or an Android phone
 """
 
-from effkeras.benchmark.measure import (CPU_TARGETS, RUNTIMES, inference, quartiles,
-                                        time_interleaved)
+from effkeras.benchmark.measure import CPU_TARGETS, RUNTIMES, inference, quartiles, time_interleaved
 from effkeras.benchmark.pipeline import convert, describe, file_name, run, stage_rows
-from effkeras.benchmark.report import (STEM, Row, baseline_row, merge_device, plot, read,
-                                       set_ratios, table, write)
+from effkeras.benchmark.report import (
+    STEM,
+    Row,
+    baseline_row,
+    merge_device,
+    plot,
+    read,
+    set_ratios,
+    table,
+    write,
+)
 from effkeras.benchmark.spec import Loaded, file_kind, is_file, load, parse_spec, spec_label
 
-__all__ = ["CPU_TARGETS", "RUNTIMES", "STEM", "Loaded", "Row", "baseline_row", "convert",
-           "describe", "file_kind", "file_name", "inference", "is_file", "load", "merge_device",
-           "parse_spec", "plot", "quartiles", "read", "run", "set_ratios", "spec_label",
-           "stage_rows", "table", "time_interleaved", "write"]
+__all__ = [
+    "CPU_TARGETS",
+    "RUNTIMES",
+    "STEM",
+    "Loaded",
+    "Row",
+    "baseline_row",
+    "convert",
+    "describe",
+    "file_kind",
+    "file_name",
+    "inference",
+    "is_file",
+    "load",
+    "merge_device",
+    "parse_spec",
+    "plot",
+    "quartiles",
+    "read",
+    "run",
+    "set_ratios",
+    "spec_label",
+    "stage_rows",
+    "table",
+    "time_interleaved",
+    "write",
+]

@@ -40,8 +40,10 @@ class Device:
             tools = ("ssh", "scp") if ssh else ("adb",)
             for tool in tools:
                 if shutil.which(tool) is None:
-                    raise InputError(f"`{tool}` is not installed here; install it, or run this "
-                                     f"tool on the device itself (no --ssh/--adb)")
+                    raise InputError(
+                        f"`{tool}` is not installed here; install it, or run this "
+                        f"tool on the device itself (no --ssh/--adb)"
+                    )
         self.ssh = ssh
         self.adb = ["adb"] + (["-s", serial] if serial else [])
         self.prefix = ["ssh", ssh] if ssh else self.adb + ["shell"] if adb else []
@@ -76,12 +78,17 @@ class Device:
         if self.kind == "local":
             return os.path.abspath(path)
         remote = f"{REMOTE_DIR[self.kind]}/{os.path.basename(path)}"
-        command = (["scp", "-q", path, f"{self.ssh}:{remote}"] if self.kind == "ssh"
-                   else self.adb + ["push", path, remote])
+        command = (
+            ["scp", "-q", path, f"{self.ssh}:{remote}"]
+            if self.kind == "ssh"
+            else self.adb + ["push", path, remote]
+        )
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
-            raise InputError(f"copying {path} to the device failed: "
-                             f"{(done.stderr or done.stdout).strip()[-300:]}")
+            raise InputError(
+                f"copying {path} to the device failed: "
+                f"{(done.stderr or done.stdout).strip()[-300:]}"
+            )
         return remote
 
 
@@ -108,10 +115,12 @@ def check_binary(binary):
         InputError: it is not an executable file, with where to get one.
     """
     if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
-        raise InputError(f"--binary={binary} is not an executable benchmark binary; "
-                         f"download lce_benchmark_model_aarch64 (Raspberry Pi) or "
-                         f"lce_benchmark_model_android_arm64 from Larq Compute Engine's GitHub "
-                         f"releases, or build it (see this tool's --help)")
+        raise InputError(
+            f"--binary={binary} is not an executable benchmark binary; "
+            f"download lce_benchmark_model_aarch64 (Raspberry Pi) or "
+            f"lce_benchmark_model_android_arm64 from Larq Compute Engine's GitHub "
+            f"releases, or build it (see this tool's --help)"
+        )
 
 
 def arm_files(benchmark_dir, rows):
@@ -127,16 +136,23 @@ def arm_files(benchmark_dir, rows):
     Raises:
         InputError: there is none, or one named in benchmark.json is missing.
     """
-    files = [os.path.join(benchmark_dir, row.file) for row in rows
-             if row.file and row.target in CPU_TARGETS]
+    files = [
+        os.path.join(benchmark_dir, row.file)
+        for row in rows
+        if row.file and row.target in CPU_TARGETS
+    ]
     missing = [path for path in files if not os.path.isfile(path)]
     if not files:
-        raise InputError(f"{benchmark_dir} has no file for an ARM CPU (targets "
-                         f"{', '.join(CPU_TARGETS)}); run apps.benchmark with one")
+        raise InputError(
+            f"{benchmark_dir} has no file for an ARM CPU (targets "
+            f"{', '.join(CPU_TARGETS)}); run apps.benchmark with one"
+        )
     if missing:
-        raise InputError(f"{len(missing)} file(s) named in benchmark.json are missing "
-                         f"({', '.join(missing[:2])}{' ...' if len(missing) > 2 else ''}): keep "
-                         f"the run's .tflite files beside its benchmark.json")
+        raise InputError(
+            f"{len(missing)} file(s) named in benchmark.json are missing "
+            f"({', '.join(missing[:2])}{' ...' if len(missing) > 2 else ''}): keep "
+            f"the run's .tflite files beside its benchmark.json"
+        )
     return files
 
 
@@ -165,14 +181,21 @@ def measure(device, binary, files, threads, runs, warmup_runs):
     for path in tqdm(files, desc=f"benchmarking on the device ({device.kind})", unit="file"):
         remote = device.push(path)
         for count in threads:
-            code, output = device.shell([remote_binary, f"--graph={remote}",
-                                         f"--num_threads={count}", f"--num_runs={runs}",
-                                         f"--warmup_runs={warmup_runs}"])
+            code, output = device.shell(
+                [
+                    remote_binary,
+                    f"--graph={remote}",
+                    f"--num_threads={count}",
+                    f"--num_runs={runs}",
+                    f"--warmup_runs={warmup_runs}",
+                ]
+            )
             ms = average_ms(output)
             if code or ms is None:
                 tail = " | ".join(output.strip().splitlines()[-3:])
-                print(f"{os.path.basename(path)}, {count} thread(s): no result (exit {code}): "
-                      f"{tail}")
+                print(
+                    f"{os.path.basename(path)}, {count} thread(s): no result (exit {code}): {tail}"
+                )
                 continue
             measured.setdefault(os.path.basename(path), {})[count] = ms
     return measured

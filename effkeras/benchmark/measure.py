@@ -10,8 +10,13 @@ import time
 
 import numpy as np
 
-RUNTIMES = {"arm": "lce", "float": "litert", "float16": "litert", "int8": "litert",
-            "tflm": "tflm"}  # ethos-u*: "vela" (an estimate, not run)
+RUNTIMES = {
+    "arm": "lce",
+    "float": "litert",
+    "float16": "litert",
+    "int8": "litert",
+    "tflm": "tflm",
+}  # ethos-u*: "vela" (an estimate, not run)
 CPU_TARGETS = ("arm", "float", "float16", "int8")  # the files a phone or a Pi runs
 
 

@@ -50,18 +50,24 @@ def convert(loaded, target, *, calibration=None, sample=None):
         if target == kind:
             ops = files.operators(loaded.model)
             return loaded.model, Report(
-                target=target, size_bytes=len(loaded.model), op_census=files.op_census(ops),
-                max_abs_diff=None, max_rel_diff=None, samples=0)
+                target=target,
+                size_bytes=len(loaded.model),
+                op_census=files.op_census(ops),
+                max_abs_diff=None,
+                max_rel_diff=None,
+                samples=0,
+            )
         if kind != "int8" or target in CPU_TARGETS:
-            raise InputError(f"{loaded.label}.tflite is a{'n' if kind[0] in 'ai' else ''} {kind} "
-                             f"file; it benchmarks on target {kind}"
-                             + (", or tflm / ethos-u*" if kind == "int8" else "")
-                             + f", not {target}: give the .keras model to convert it for "
-                             f"{target}")
+            raise InputError(
+                f"{loaded.label}.tflite is a{'n' if kind[0] in 'ai' else ''} {kind} "
+                f"file; it benchmarks on target {kind}"
+                + (", or tflm / ethos-u*" if kind == "int8" else "")
+                + f", not {target}: give the .keras model to convert it for "
+                f"{target}"
+            )
     # ethos-u: ops Vela cannot put on the NPU stay for the Cortex-M, counted in the row.
     options = {"allow_cpu_ops": True} if target.startswith("ethos-u") else {}
-    return deploy.convert(loaded.model, target, calibration=calibration, sample=sample,
-                          **options)
+    return deploy.convert(loaded.model, target, calibration=calibration, sample=sample, **options)
 
 
 def mac_shares(model, report, rows):
@@ -111,9 +117,14 @@ def describe(loaded, target, flatbuffer, report):
 
     from effkeras.graph import summary
 
-    row = Row(model=loaded.label, target=target, size_bytes=len(flatbuffer),
-              ops=dict(report.op_census), accuracy=loaded.accuracy,
-              accuracy_source=loaded.accuracy_source)
+    row = Row(
+        model=loaded.label,
+        target=target,
+        size_bytes=len(flatbuffer),
+        ops=dict(report.op_census),
+        accuracy=loaded.accuracy,
+        accuracy_source=loaded.accuracy_source,
+    )
     if isinstance(loaded.model, keras.Model):
         layers = summary.summarize(loaded.model)
         totals = summary.totals(layers)
@@ -124,8 +135,9 @@ def describe(loaded, target, flatbuffer, report):
     row.arena_bytes = getattr(report, "arena_bytes", None) or None
     if target.startswith("ethos-u"):
         # An early-exit network's stages run one after the other when no exit is taken early.
-        parts = ([stage for stage in getattr(report, "stages", ()) if "cycles_total" in stage]
-                 or [vars(report)])
+        parts = [stage for stage in getattr(report, "stages", ()) if "cycles_total" in stage] or [
+            vars(report)
+        ]
         _vela(row, parts)
         row.sram_bytes = max(part["sram_bytes"] for part in parts)
     else:
@@ -139,7 +151,8 @@ def _vela(row, parts):
     row.cycles = sum(part["cycles_total"] for part in parts)
     row.cpu_ops = sum(part["cpu_ops"] for part in parts)
     row.median_ms = row.p25_ms = row.p75_ms = sum(
-        1e3 / part["inferences_per_second"] for part in parts)
+        1e3 / part["inferences_per_second"] for part in parts
+    )
     row.inferences_per_second = 1e3 / row.median_ms
 
 
@@ -158,9 +171,15 @@ def stage_rows(row, report):
     for stage in getattr(report, "stages", ()):
         if "file_bytes" not in stage:  # one file with a signature per stage: no stage files
             break
-        part = Row(model=f"{row.model} stage {stage['stage']}", target=row.target,
-                   input=row.input, macs=stage["stage_macs"], size_bytes=stage["file_bytes"],
-                   arena_bytes=stage.get("arena_bytes"), sram_bytes=stage.get("sram_bytes"))
+        part = Row(
+            model=f"{row.model} stage {stage['stage']}",
+            target=row.target,
+            input=row.input,
+            macs=stage["stage_macs"],
+            size_bytes=stage["file_bytes"],
+            arena_bytes=stage.get("arena_bytes"),
+            sram_bytes=stage.get("sram_bytes"),
+        )
         if "cycles_total" in stage:
             _vela(part, [stage])
             part.npu_mac_share = min(1.0, stage["npu_macs"] / stage["stage_macs"])
@@ -181,9 +200,22 @@ def file_name(row):
     return re.sub(r"[^\w.-]+", "_", f"{row.model}_{row.target}") + ".tflite"
 
 
-def run(specs, targets, *, input_shape=None, num_classes=None, threads=1, runs=20, warmup=3,
-        baseline=None, dataset=None, data_dir=None, calibration_samples=200, output_dir=None,
-        progress=True):
+def run(
+    specs,
+    targets,
+    *,
+    input_shape=None,
+    num_classes=None,
+    threads=1,
+    runs=20,
+    warmup=3,
+    baseline=None,
+    dataset=None,
+    data_dir=None,
+    calibration_samples=200,
+    output_dir=None,
+    progress=True,
+):
     """Benchmarks every spec on every target (see the module doc).
 
     Args:
@@ -232,8 +264,9 @@ def run(specs, targets, *, input_shape=None, num_classes=None, threads=1, runs=2
             rows.append(Row(model=spec, target=target, error=one_line(loaded)))
             continue
         try:
-            calibration, sample = _real_images(loaded, target, dataset, data_dir,
-                                               calibration_samples)
+            calibration, sample = _real_images(
+                loaded, target, dataset, data_dir, calibration_samples
+            )
             flatbuffer, report = convert(loaded, target, calibration=calibration, sample=sample)
             row = describe(loaded, target, flatbuffer, report)
             stages = stage_rows(row, report)
@@ -249,8 +282,9 @@ def run(specs, targets, *, input_shape=None, num_classes=None, threads=1, runs=2
     time_rows(rows, flatbuffers, threads=threads, runs=runs, warmup=warmup, progress=progress)
     if dataset and output_dir:  # trained models only: registry names build untrained ones
         given = {spec_label(spec) for spec in specs if is_file(spec)}
-        _evaluate([row for row in rows if row.model in given], output_dir, dataset, data_dir,
-                  progress)
+        _evaluate(
+            [row for row in rows if row.model in given], output_dir, dataset, data_dir, progress
+        )
     set_ratios(rows, baseline)
     if output_dir:
         write(rows, output_dir, threads=threads, runs=runs)
@@ -261,23 +295,27 @@ def _check_arguments(specs, targets, threads, runs, warmup, baseline):
     from effkeras import deploy
 
     if not specs:
-        raise InputError("give at least one model (--models=quicknet,ern18 or .keras/.tflite "
-                         "files)")
+        raise InputError(
+            "give at least one model (--models=quicknet,ern18 or .keras/.tflite files)"
+        )
     if not targets:
         raise InputError("give at least one target (--targets=arm,float,int8,tflm,...)")
     unknown = [target for target in targets if target not in deploy.names()]
     if unknown:
-        raise InputError(f"unknown target(s) {', '.join(unknown)}; known targets: "
-                         f"{', '.join(deploy.names())}")
+        raise InputError(
+            f"unknown target(s) {', '.join(unknown)}; known targets: {', '.join(deploy.names())}"
+        )
     for name, value, least in (("threads", threads, 1), ("runs", runs, 0), ("warmup", warmup, 0)):
         if not isinstance(value, int) or value < least:
             raise InputError(f"--{name} must be an integer >= {least}, got {value!r}")
     labels = [spec_label(spec) for spec in specs]
     twice = sorted({label for label in labels if labels.count(label) > 1})
     if twice:
-        raise InputError(f"--models names {', '.join(twice)} twice (files are named by their "
-                         f"stem, or by their run directory for model.keras): give each model "
-                         f"once, under a distinct name")
+        raise InputError(
+            f"--models names {', '.join(twice)} twice (files are named by their "
+            f"stem, or by their run directory for model.keras): give each model "
+            f"once, under a distinct name"
+        )
     if baseline is not None and baseline not in labels:
         raise InputError(f"--baseline={baseline} is not one of --models ({', '.join(labels)})")
 
@@ -291,14 +329,24 @@ def _real_images(loaded, target, dataset, data_dir, calibration_samples):
     if not dataset or not isinstance(loaded.model, keras.Model):
         return None, None
     shape = loaded.model.input_shape[1:]
-    classes = loaded.model.output_shape[-1] if not isinstance(
-        loaded.model.output_shape, list) else loaded.model.output_shape[0][-1]
-    sample, _ = data.take(dataset, "test", 32, input_shape=shape, data_dir=data_dir,
-                          num_classes=classes)
+    classes = (
+        loaded.model.output_shape[-1]
+        if not isinstance(loaded.model.output_shape, list)
+        else loaded.model.output_shape[0][-1]
+    )
+    sample, _ = data.take(
+        dataset, "test", 32, input_shape=shape, data_dir=data_dir, num_classes=classes
+    )
     calibration = None
     if target not in ("arm", "float", "float16"):
-        calibration, _ = data.take(dataset, "train", calibration_samples, input_shape=shape,
-                                   data_dir=data_dir, num_classes=classes)
+        calibration, _ = data.take(
+            dataset,
+            "train",
+            calibration_samples,
+            input_shape=shape,
+            data_dir=data_dir,
+            num_classes=classes,
+        )
     return calibration, sample
 
 
@@ -323,9 +371,12 @@ def _evaluate(rows, output_dir, dataset, data_dir, progress):
             if early_exit.is_early_exit_file(flatbuffer):
                 stages = early_exit.Runner(flatbuffer)
                 shape = stages.description["stages"][0]["reads"][0]["shape"][1:]
-                split = data.load(dataset, "test", input_shape=shape, batch_size=256,
-                                  data_dir=data_dir)
-                result = evaluation.evaluate(lambda x: stages.exit_outputs(x)[-1], split)
+                split = data.load(
+                    dataset, "test", input_shape=shape, batch_size=256, data_dir=data_dir
+                )
+                result = evaluation.evaluate(
+                    lambda x, runner=stages: runner.exit_outputs(x)[-1], split
+                )
                 where = "litert, last exit"
             else:
                 result = evaluation.evaluate_tflite(path, dataset, data_dir=data_dir)

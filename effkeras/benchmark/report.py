@@ -10,6 +10,7 @@ from effkeras.errors import InputError
 
 STEM = "benchmark"  # benchmark.json, benchmark.md, benchmark.png
 
+
 @dataclasses.dataclass
 class Row:
     """One model on one target: what it is, its file, the figures measured or estimated.
@@ -50,7 +51,6 @@ class Row:
         return f"{self.model} ({self.target})"
 
 
-
 def one_line(error):
     """A failure as a row's error: the first line of its message, at most 400 characters.
 
@@ -64,7 +64,6 @@ def one_line(error):
     message = text[0] if text else ""
     kind = "" if isinstance(error, InputError) else f"{type(error).__name__}: "
     return (kind + message)[:400]
-
 
 
 def baseline_row(rows, baseline, target, key="median_ms"):
@@ -145,51 +144,88 @@ def table(rows, *, threads=1, runs=None):
     measured_on = device_threads(rows)
     device = next((row.device for row in rows if row.device), None)
     baseline, baseline_model = _baseline(rows)
-    header = ["model", "target", "input", "params", "MACs", "binary / NPU MACs", "file bytes",
-              "runtime", "ms (median [p25–p75])", f"× {baseline_model or 'baseline'}",
-              "RAM bytes", "inf/s", "top-1"]
+    header = [
+        "model",
+        "target",
+        "input",
+        "params",
+        "MACs",
+        "binary / NPU MACs",
+        "file bytes",
+        "runtime",
+        "ms (median [p25–p75])",
+        f"× {baseline_model or 'baseline'}",
+        "RAM bytes",
+        "inf/s",
+        "top-1",
+    ]
     header += [f"{device} ms, {t} thread{'s' * (t > 1)}" for t in measured_on]
     if measured_on:
         header.append(f"{device} × baseline")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         if row.error:
-            cells = ([row.model, row.target] + [""] * (len(header) - 3)
-                     + [f"**failed**: {row.error}"])
+            cells = (
+                [row.model, row.target] + [""] * (len(header) - 3) + [f"**failed**: {row.error}"]
+            )
             lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
             continue
-        share = _fmt(row.binary_mac_share if row.binary_mac_share is not None
-                     else row.npu_mac_share, "{:.2f}")
+        share = _fmt(
+            row.binary_mac_share if row.binary_mac_share is not None else row.npu_mac_share,
+            "{:.2f}",
+        )
         if row.cpu_ops:
             share += f" ({row.cpu_ops} ops on the CPU)"
-        keras_accuracy = (" (Keras)" if (row.accuracy_source or "").startswith("metrics.json")
-                          else "")
+        keras_accuracy = (
+            " (Keras)" if (row.accuracy_source or "").startswith("metrics.json") else ""
+        )
         timing = _fmt(row.median_ms, "{:.2f}")
         if row.median_ms is not None and row.p25_ms is not None and row.p25_ms != row.p75_ms:
             timing += f" [{row.p25_ms:.2f}–{row.p75_ms:.2f}]"
-        cells = [row.model, row.target, row.input or "–", _fmt(row.params),
-                 _fmt(row.macs and row.macs / 1e6, "{:,.1f} M"), share,
-                 _fmt(row.size_bytes), row.runtime or "–", timing, _fmt(row.ratio, "{:.2f}"),
-                 _fmt(row.arena_bytes or row.sram_bytes),
-                 _fmt(row.inferences_per_second, "{:,.1f}"),
-                 _fmt(row.accuracy and 100 * row.accuracy, "{:.2f}%") + keras_accuracy]
+        cells = [
+            row.model,
+            row.target,
+            row.input or "–",
+            _fmt(row.params),
+            _fmt(row.macs and row.macs / 1e6, "{:,.1f} M"),
+            share,
+            _fmt(row.size_bytes),
+            row.runtime or "–",
+            timing,
+            _fmt(row.ratio, "{:.2f}"),
+            _fmt(row.arena_bytes or row.sram_bytes),
+            _fmt(row.inferences_per_second, "{:,.1f}"),
+            _fmt(row.accuracy and 100 * row.accuracy, "{:.2f}%") + keras_accuracy,
+        ]
         cells += [_fmt((row.device_ms or {}).get(str(t)), "{:.1f}") for t in measured_on]
         if measured_on:
-            reference = baseline_row(rows, baseline_model, row.target,
-                                     key=str(measured_on[0])) if baseline else None
+            reference = (
+                baseline_row(rows, baseline_model, row.target, key=str(measured_on[0]))
+                if baseline
+                else None
+            )
             ours = (row.device_ms or {}).get(str(measured_on[0]))
-            cells.append(_fmt(ours / reference.device_ms[str(measured_on[0])]
-                              if ours and reference else None, "{:.2f}"))
+            cells.append(
+                _fmt(
+                    ours / reference.device_ms[str(measured_on[0])] if ours and reference else None,
+                    "{:.2f}",
+                )
+            )
         lines.append("| " + " | ".join(cells) + " |")
-    notes = [f"Latency on this machine's CPU ({threads} thread{'s' * (threads > 1)}"
-             + (f", median of {runs} interleaved runs" if runs else "") + "): LCE's interpreter "
-             "for arm (on x86 its portable, not its ARM, kernels), LiteRT with XNNPack for float "
-             "and int8, TFLite Micro's reference kernels for tflm; ethos-u rows are Vela's "
-             "estimate (1000 / inferences per second). RAM: TFLite Micro's smallest arena (tflm), "
-             "Vela's SRAM use (ethos-u)."]
+    notes = [
+        f"Latency on this machine's CPU ({threads} thread{'s' * (threads > 1)}"
+        + (f", median of {runs} interleaved runs" if runs else "")
+        + "): LCE's interpreter "
+        "for arm (on x86 its portable, not its ARM, kernels), LiteRT with XNNPack for float "
+        "and int8, TFLite Micro's reference kernels for tflm; ethos-u rows are Vela's "
+        "estimate (1000 / inferences per second). RAM: TFLite Micro's smallest arena (tflm), "
+        "Vela's SRAM use (ethos-u)."
+    ]
     if baseline:
-        notes.append(f"× {baseline_model}: a row's median over that model's on the same "
-                     f"target (else on {baseline}).")
+        notes.append(
+            f"× {baseline_model}: a row's median over that model's on the same "
+            f"target (else on {baseline})."
+        )
     return "\n".join(lines) + "\n\n" + "\n".join(notes)
 
 
@@ -205,18 +241,28 @@ def plot(rows, path):
     accurate = [row for row in done if row.accuracy is not None and row.median_ms]
     with plots.figure(path, ncols=2, figsize=(12, 4.5)) as (figure, (left, right)):
         if accurate:
-            for axis, key, label in ((left, "median_ms", "latency, ms (log)"),
-                                     (right, "size_bytes", "file bytes (log)")):
+            for axis, key, label in (
+                (left, "median_ms", "latency, ms (log)"),
+                (right, "size_bytes", "file bytes (log)"),
+            ):
                 named = set()  # each model named once per axis, at its first point
                 for target in dict.fromkeys(row.target for row in accurate):
                     mine = [row for row in accurate if row.target == target]
-                    axis.scatter([getattr(row, key) for row in mine],
-                                 [100 * row.accuracy for row in mine], label=target)
+                    axis.scatter(
+                        [getattr(row, key) for row in mine],
+                        [100 * row.accuracy for row in mine],
+                        label=target,
+                    )
                     for row in mine:
                         if row.model not in named:
                             named.add(row.model)
-                            axis.annotate(row.model, (getattr(row, key), 100 * row.accuracy),
-                                          fontsize=7, xytext=(3, 3), textcoords="offset points")
+                            axis.annotate(
+                                row.model,
+                                (getattr(row, key), 100 * row.accuracy),
+                                fontsize=7,
+                                xytext=(3, 3),
+                                textcoords="offset points",
+                            )
                 axis.set_xscale("log")
                 axis.set_xlabel(label)
                 axis.set_ylabel("top-1, %")
@@ -227,8 +273,9 @@ def plot(rows, path):
         use_ratio = any(row.ratio is not None for row in done)
         latency = [(row.ratio if use_ratio else row.median_ms) or 0 for row in done]
         left.barh(labels, latency, color="tab:orange")
-        left.set_xlabel(f"latency × {_baseline(done)[1]} (on the same target)"
-                        if use_ratio else "latency, ms")
+        left.set_xlabel(
+            f"latency × {_baseline(done)[1]} (on the same target)" if use_ratio else "latency, ms"
+        )
         right.barh(labels, [row.size_bytes / 2**20 for row in done], color="tab:blue")
         right.set_xlabel("file MiB")
         for axis in (left, right):
@@ -246,11 +293,18 @@ def write(rows, output_dir, *, threads=1, runs=None):
         runs: the timed rounds, or None.
     """
     os.makedirs(output_dir, exist_ok=True)
-    fileio.write_json(os.path.join(output_dir, f"{STEM}.json"),
-                      {"threads": threads, "runs": runs,
-                       "rows": [fileio.plain(dataclasses.asdict(row)) for row in rows]})
-    fileio.write_bytes(os.path.join(output_dir, f"{STEM}.md"),
-                       (table(rows, threads=threads, runs=runs) + "\n").encode())
+    fileio.write_json(
+        os.path.join(output_dir, f"{STEM}.json"),
+        {
+            "threads": threads,
+            "runs": runs,
+            "rows": [fileio.plain(dataclasses.asdict(row)) for row in rows],
+        },
+    )
+    fileio.write_bytes(
+        os.path.join(output_dir, f"{STEM}.md"),
+        (table(rows, threads=threads, runs=runs) + "\n").encode(),
+    )
     plot(rows, os.path.join(output_dir, f"{STEM}.png"))
 
 
@@ -272,8 +326,10 @@ def read(output_dir):
             saved = json.load(f)
         rows = [Row(**row) for row in saved["rows"]]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InputError(f"cannot read {path} ({e}); write it with python -m apps.benchmark "
-                         f"--output_dir={output_dir}") from None
+        raise InputError(
+            f"cannot read {path} ({e}); write it with python -m apps.benchmark "
+            f"--output_dir={output_dir}"
+        ) from None
     return rows, saved.get("threads", 1), saved.get("runs")
 
 
@@ -298,9 +354,10 @@ def merge_device(output_dir, measured, device):
         if name not in by_file:
             raise InputError(f"{name} is not a file of {output_dir}/{STEM}.json")
         row = by_file[name]
-        row.device_ms = {**(row.device_ms or {}),
-                         **{str(t): float(ms) for t, ms in per_threads.items()}}
+        row.device_ms = {
+            **(row.device_ms or {}),
+            **{str(t): float(ms) for t, ms in per_threads.items()},
+        }
         row.device = device
     write(rows, output_dir, threads=threads, runs=runs)
     return rows
-

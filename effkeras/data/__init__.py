@@ -34,8 +34,13 @@ DATASETS = {
 # Default size of the "validation" split: RANet's official code holds out 5,000 CIFAR and 50,000
 # ImageNet training images for its thresholds (arXiv 2003.07326, budgeted batch classification);
 # Fashion-MNIST as CIFAR; synthetic data has 512 training images.
-VALIDATION_SIZES = {"fashion_mnist": 5000, "cifar10": 5000, "cifar100": 5000, "imagenet": 50000,
-                    "synthetic": 64}
+VALIDATION_SIZES = {
+    "fashion_mnist": 5000,
+    "cifar10": 5000,
+    "cifar100": 5000,
+    "imagenet": 50000,
+    "synthetic": 64,
+}
 VALIDATION_SEED = 2003  # fixed: every run holds out the same training examples
 
 
@@ -59,7 +64,9 @@ class DataSplit:
     num_examples: int
     num_classes: int
     class_names: list
-    errors_as_input_errors: object = contextlib.nullcontext  # wrap iteration: bad files -> InputError
+    errors_as_input_errors: object = (
+        contextlib.nullcontext
+    )  # wrap iteration: bad files -> InputError
     source: str = None  # the files the examples come from: "train" or "test"
     indices: object = None  # which examples of those files, in order (numpy int array)
 
@@ -87,12 +94,17 @@ def validation_indices(num_train, validation_size, what="the training set"):
         InputError: if `validation_size` is not a positive int or not smaller than
             `num_train`.
     """
-    if (isinstance(validation_size, bool) or not isinstance(validation_size, int)
-            or validation_size < 1):
+    if (
+        isinstance(validation_size, bool)
+        or not isinstance(validation_size, int)
+        or validation_size < 1
+    ):
         raise InputError(f"--validation_size must be a positive integer, got {validation_size!r}")
     if validation_size >= num_train:
-        raise InputError(f"--validation_size={validation_size} must be smaller than {what} "
-                         f"({num_train} examples): the validation split is held out of it")
+        raise InputError(
+            f"--validation_size={validation_size} must be smaller than {what} "
+            f"({num_train} examples): the validation split is held out of it"
+        )
     order = np.random.default_rng(VALIDATION_SEED).permutation(num_train)
     return np.sort(order[:validation_size]), np.sort(order[validation_size:])
 
@@ -155,8 +167,20 @@ def _image_preparation(shape, augmentations, seed):
     return prepare
 
 
-def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=None,
-         shuffle=None, num_classes=None, seed=0, validation_size=None, first_epoch=None):
+def load(
+    name,
+    split,
+    *,
+    input_shape,
+    batch_size,
+    data_dir=None,
+    augment_with=None,
+    shuffle=None,
+    num_classes=None,
+    seed=0,
+    validation_size=None,
+    first_epoch=None,
+):
     """Loads a split of a dataset as a batched tf.data pipeline.
 
     Images are fitted to `input_shape` (padded or resized; grayscale tiled to RGB when 3
@@ -218,9 +242,11 @@ def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=No
 
     if name == "imagenet" and tfrecord.is_sharded(data_dir):
         if validation_size is not None:
-            raise InputError("the validation split (and --validation_size) holds training images "
-                             "out by their index, which ImageNet's TFRecord shards do not give; "
-                             "use the folder layout for it, or pass no --validation_size")
+            raise InputError(
+                "the validation split (and --validation_size) holds training images "
+                "out by their index, which ImageNet's TFRecord shards do not give; "
+                "use the folder layout for it, or pass no --validation_size"
+            )
         shards = tfrecord.read(data_dir, source)
         class_names, indices = shards.class_names, np.arange(shards.num_examples)
         dataset = shards.records(shuffle, data_seed)  # serialized: shuffled before decoding
@@ -243,9 +269,12 @@ def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=No
             images, labels = fashion_mnist.read(data_dir, source)
             class_names = fashion_mnist.CLASS_NAMES
         elif name == "synthetic":
-            if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                            or num_classes < 1):
-                raise InputError(f"synthetic data needs a positive number of classes, got {num_classes!r}")
+            if num_classes is not None and (
+                isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+            ):
+                raise InputError(
+                    f"synthetic data needs a positive number of classes, got {num_classes!r}"
+                )
             images, labels = synthetic.read(shape, num_classes or 10, source, data_seed)
             class_names = [str(i) for i in range(num_classes or 10)]
         else:
@@ -262,19 +291,24 @@ def load(name, split, *, input_shape, batch_size, data_dir=None, augment_with=No
     drop_remainder = split == "train" and count >= batch_size
 
     def batches(examples):
-        return (examples.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-                .batch(batch_size, drop_remainder=drop_remainder))
+        return examples.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(
+            batch_size, drop_remainder=drop_remainder
+        )
 
     if first_epoch is not None and examples is not None:
         examples = tuple(tf.constant(np.asarray(array)) for array in examples)
 
         def epoch(number):  # a permutation of the split drawn from (seed, epoch) alone
             order = tf.random.experimental.stateless_shuffle(
-                tf.range(count), seed=tf.stack([tf.constant(data_seed, tf.int64), number]))
-            return batches(tf.data.Dataset.from_tensor_slices(order).map(
-                lambda i: tuple(tf.gather(array, i) for array in examples)))
+                tf.range(count), seed=tf.stack([tf.constant(data_seed, tf.int64), number])
+            )
+            return batches(
+                tf.data.Dataset.from_tensor_slices(order).map(
+                    lambda i: tuple(tf.gather(array, i) for array in examples)
+                )
+            )
 
-        dataset = tf.data.Dataset.range(first_epoch, 2 ** 31).flat_map(epoch)
+        dataset = tf.data.Dataset.range(first_epoch, 2**31).flat_map(epoch)
     else:
         if shuffle:
             dataset = dataset.shuffle(buffer, seed=data_seed, reshuffle_each_iteration=True)
@@ -303,8 +337,16 @@ def take(name, split, count, *, input_shape, data_dir=None, num_classes=None):
     Raises:
         InputError: as `load`, and if an image cannot be read.
     """
-    loaded = load(name, split, input_shape=input_shape, batch_size=count, data_dir=data_dir,
-                  augment_with=(), shuffle=True, num_classes=num_classes)
+    loaded = load(
+        name,
+        split,
+        input_shape=input_shape,
+        batch_size=count,
+        data_dir=data_dir,
+        augment_with=(),
+        shuffle=True,
+        num_classes=num_classes,
+    )
     with loaded.errors_as_input_errors():
         images, _ = next(iter(loaded.dataset))
     return images.numpy(), loaded.class_names

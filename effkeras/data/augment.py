@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from effkeras.errors import InputError
 
-# Pad (or centre-crop) when the source is close to the model's size, e.g. 28 -> 32; resize otherwise.
+# Pad (or centre-crop) when the source is close to the model's size, e.g. 28 -> 32; resize
+# otherwise.
 PAD_RATIO = 0.75
 IMAGENET_CROP_FRACTION = 0.875  # test-time: resize to size / 0.875, centre crop (224 of 256)
 
@@ -37,7 +38,9 @@ def match_channels(image, channels):
         return tf.tile(image, [1, 1, 3])
     if source == 3 and channels == 1:
         return tf.image.rgb_to_grayscale(image)
-    raise InputError(f"cannot feed {source}-channel images to a model with {channels} input channels")
+    raise InputError(
+        f"cannot feed {source}-channel images to a model with {channels} input channels"
+    )
 
 
 def fit_to_shape(image, height, width):
@@ -88,9 +91,15 @@ def random_resized_crop(image, height, width, seed=None):
         A float32 tensor `(height, width, channels)`.
     """
     begin, size, _ = tf.image.sample_distorted_bounding_box(
-        tf.shape(image), tf.zeros([1, 0, 4]), min_object_covered=0.0,
-        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=10,
-        use_image_if_no_bounding_boxes=True, seed=seed)
+        tf.shape(image),
+        tf.zeros([1, 0, 4]),
+        min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+        seed=seed,
+    )
     crop = tf.slice(image, begin, size)
     crop.set_shape([None, None, image.shape[-1]])
     return tf.image.resize(crop, [height, width])
@@ -113,9 +122,15 @@ def inception_crop(image, height, width, seed=None):
     """
     shape = tf.shape(image)
     begin, size, _ = tf.image.sample_distorted_bounding_box(
-        shape, tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), min_object_covered=0.1,
-        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.05, 1.0), max_attempts=10,
-        use_image_if_no_bounding_boxes=True, seed=seed)
+        shape,
+        tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        min_object_covered=0.1,
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.05, 1.0),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+        seed=seed,
+    )
 
     def crop():
         box = tf.slice(image, begin, size)
@@ -147,9 +162,11 @@ def resize_and_centre_crop(image, height, width):
 
 # AlexNet-style PCA colour noise on ImageNet's RGB eigen-decomposition (pixels in [0, 1]).
 LIGHTING_EIGENVALUES = (0.2175, 0.0188, 0.0045)
-LIGHTING_EIGENVECTORS = ((-0.5675, 0.7192, 0.4009),
-                         (-0.5808, -0.0045, -0.8140),
-                         (-0.5836, -0.6948, 0.4203))
+LIGHTING_EIGENVECTORS = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
 LIGHTING_STD = 0.1
 
 
@@ -198,8 +215,13 @@ def five_crop_offsets(height, width, size):
     Returns:
         A list of five `(top, left)` int pairs.
     """
-    return [(0, 0), (0, width - size), (height - size, 0), (height - size, width - size),
-            (int(round((height - size) / 2)), int(round((width - size) / 2)))]
+    return [
+        (0, 0),
+        (0, width - size),
+        (height - size, 0),
+        (height - size, width - size),
+        (int(round((height - size) / 2)), int(round((width - size) / 2))),
+    ]
 
 
 def ten_crop(images, size):
@@ -219,19 +241,29 @@ def ten_crop(images, size):
     """
     height, width = images.shape[1], images.shape[2]
     if height is None or width is None or not 0 < size <= min(height, width):
-        raise InputError(f"ten-crop of {size}x{size} needs images at least that large with a "
-                         f"known size, got {height}x{width}; resize them first")
-    crops = [source[:, top:top + size, left:left + size, :]
-             for source in (images, tf.image.flip_left_right(images))
-             for top, left in five_crop_offsets(height, width, size)]
+        raise InputError(
+            f"ten-crop of {size}x{size} needs images at least that large with a "
+            f"known size, got {height}x{width}; resize them first"
+        )
+    crops = [
+        source[:, top : top + size, left : left + size, :]
+        for source in (images, tf.image.flip_left_right(images))
+        for top, left in five_crop_offsets(height, width, size)
+    ]
     return tf.stack(crops)
 
 
 # ERN's `imagenet_with_randaugment` photometric steps (its official code's augmentor configs), in
 # its order; "shift" (MLPerf Tiny's width/height shifts of 0.1) goes with the rotation; then the
 # RandAugment of RAN-e and RAN-i (below). They apply to RGB images only.
-KERAS_AUGMENTATIONS = ("color_jitter", "grayscale", "rotation", "shift", "randaugment",
-                       "randaugment_m9")
+KERAS_AUGMENTATIONS = (
+    "color_jitter",
+    "grayscale",
+    "rotation",
+    "shift",
+    "randaugment",
+    "randaugment_m9",
+)
 
 # RandAugment (arXiv 1909.13719) with N=2 ops at magnitude M=9 of the paper's 0-10 scale: what the
 # paper reports for ResNet-50 on ImageNet (Table 2, where RandAugment matches AutoAugment) and
@@ -263,15 +295,22 @@ def keras_augmentations(names, seed=None):
 
     make = {
         "color_jitter": lambda: keras.layers.RandomColorJitter(
-            value_range=(0, 255), brightness_factor=0.25, contrast_factor=0.25,
-            saturation_factor=0.25, hue_factor=0.5, seed=seed),
+            value_range=(0, 255),
+            brightness_factor=0.25,
+            contrast_factor=0.25,
+            saturation_factor=0.25,
+            hue_factor=0.5,
+            seed=seed,
+        ),
         "grayscale": lambda: keras.layers.RandomGrayscale(0.3, seed=seed),
         "rotation": lambda: keras.layers.RandomRotation(15 / 360, seed=seed),
         "shift": lambda: keras.layers.RandomTranslation(0.1, 0.1, seed=seed),
-        "randaugment": lambda: keras.layers.RandAugment(value_range=(0, 255), num_ops=2,
-                                                        factor=7 / 30, seed=seed),
+        "randaugment": lambda: keras.layers.RandAugment(
+            value_range=(0, 255), num_ops=2, factor=7 / 30, seed=seed
+        ),
         "randaugment_m9": lambda: keras.layers.RandAugment(
-            value_range=(0, 255), num_ops=2, factor=RANDAUGMENT_M9_FACTOR, seed=seed),
+            value_range=(0, 255), num_ops=2, factor=RANDAUGMENT_M9_FACTOR, seed=seed
+        ),
     }
     return [make[name]() for name in KERAS_AUGMENTATIONS if name in names]
 
@@ -296,12 +335,21 @@ def random_erasing(seed=None):
     import keras
 
     p = RANDOM_ERASING_PROBABILITY
-    return keras.layers.RandomErasing(factor=(p, p), scale=(0.02, 1 / 3), value_range=(0, 255),
-                                      seed=seed)
+    return keras.layers.RandomErasing(
+        factor=(p, p), scale=(0.02, 1 / 3), value_range=(0, 255), seed=seed
+    )
 
 
-AUGMENTATIONS = {"crop", "flip", "random_resized_crop", "inception_crop", "lighting", "squash",
-                 "random_erasing", *KERAS_AUGMENTATIONS}
+AUGMENTATIONS = {
+    "crop",
+    "flip",
+    "random_resized_crop",
+    "inception_crop",
+    "lighting",
+    "squash",
+    "random_erasing",
+    *KERAS_AUGMENTATIONS,
+}
 
 
 def check_augmentations(names):
@@ -318,7 +366,9 @@ def check_augmentations(names):
     """
     unknown = set(names) - AUGMENTATIONS
     if unknown:
-        raise InputError(f"unknown augmentation(s) {sorted(unknown)}; choose from {sorted(AUGMENTATIONS)}")
+        raise InputError(
+            f"unknown augmentation(s) {sorted(unknown)}; choose from {sorted(AUGMENTATIONS)}"
+        )
     return tuple(names)
 
 
@@ -369,8 +419,11 @@ def mix_batches(num_classes, *, mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0
         raise ValueError("mix_batches needs mixup_alpha or cutmix_alpha > 0")
     # CutMix(factor=f) would draw its Beta's α itself, uniformly in [0, f]: pin it to (α, α).
     mixup = keras.layers.MixUp(alpha=mixup_alpha, seed=seed) if mixup_alpha else None
-    cutmix = (keras.layers.CutMix(factor=(cutmix_alpha, cutmix_alpha), seed=seed)
-              if cutmix_alpha else None)
+    cutmix = (
+        keras.layers.CutMix(factor=(cutmix_alpha, cutmix_alpha), seed=seed)
+        if cutmix_alpha
+        else None
+    )
 
     def apply(images, labels):
         batch = {"images": images, "labels": tf.one_hot(tf.cast(labels, tf.int32), num_classes)}

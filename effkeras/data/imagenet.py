@@ -16,20 +16,29 @@ from effkeras.errors import InputError
 
 SPLIT_FOLDERS = {"train": "train", "test": "val"}
 EXTENSIONS = (".jpg", ".jpeg", ".png")
-LAYOUT = ("expected <data_dir>/train/<class>/*.jpg and <data_dir>/val/<class>/*.jpg "
-          "(one sub-folder per class, the same class folders in both splits)")
-OR_SHARDS = ("; or ImageNet's TFRecord shards <data_dir>/train-00000-of-01024 ... and "
-             "validation-00000-of-00128 ... (python -m tools.imagenet_shards writes them from "
-             "such folders)")
+LAYOUT = (
+    "expected <data_dir>/train/<class>/*.jpg and <data_dir>/val/<class>/*.jpg "
+    "(one sub-folder per class, the same class folders in both splits)"
+)
+OR_SHARDS = (
+    "; or ImageNet's TFRecord shards <data_dir>/train-00000-of-01024 ... and "
+    "validation-00000-of-00128 ... (python -m tools.imagenet_shards writes them from "
+    "such folders)"
+)
 # TensorFlow tells a pipeline's file errors apart by these types (a bad image, a file deleted or
 # made unreadable after listing); anything else is re-raised as it is.
-FILE_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
-               tf.errors.PermissionDeniedError, tf.errors.FailedPreconditionError)
+FILE_ERRORS = (
+    tf.errors.InvalidArgumentError,
+    tf.errors.NotFoundError,
+    tf.errors.PermissionDeniedError,
+    tf.errors.FailedPreconditionError,
+)
 
 
 def _images_in(folder):
-    return sorted(e.name for e in os.scandir(folder)
-                  if e.name.lower().endswith(EXTENSIONS) and e.is_file())
+    return sorted(
+        e.name for e in os.scandir(folder) if e.name.lower().endswith(EXTENSIONS) and e.is_file()
+    )
 
 
 def list_files(data_dir, split):
@@ -47,19 +56,25 @@ def list_files(data_dir, split):
             raise InputError(f"{d} does not exist: {LAYOUT}{OR_SHARDS}")
     classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir())
     if len(classes) < 2:
-        raise InputError(f"{train_dir} has {len(classes)} class folders, at least 2 are needed: {LAYOUT}")
+        raise InputError(
+            f"{train_dir} has {len(classes)} class folders, at least 2 are needed: {LAYOUT}"
+        )
     if split_dir != train_dir:
         extra = sorted(set(e.name for e in os.scandir(split_dir) if e.is_dir()) - set(classes))
         if extra:
-            raise InputError(f"{os.path.join(split_dir, extra[0])} is not a class of {train_dir} "
-                             f"({len(extra)} such folders); move or delete it: {LAYOUT}")
+            raise InputError(
+                f"{os.path.join(split_dir, extra[0])} is not a class of {train_dir} "
+                f"({len(extra)} such folders); move or delete it: {LAYOUT}"
+            )
     paths, labels = [], []
     for label, name in enumerate(classes):
         class_dir = os.path.join(split_dir, name)
         files = _images_in(class_dir) if os.path.isdir(class_dir) else []
         if not files:
-            raise InputError(f"{class_dir} holds no .jpg/.jpeg/.png images; add images of class {name} "
-                             f"or remove the class from both splits: {LAYOUT}")
+            raise InputError(
+                f"{class_dir} holds no .jpg/.jpeg/.png images; add images of class {name} "
+                f"or remove the class from both splits: {LAYOUT}"
+            )
         paths += [os.path.join(class_dir, file) for file in files]
         labels += [label] * len(files)
     return paths, labels, classes
@@ -73,10 +88,17 @@ def decode(path):
 
 def _reason(error):
     """The decoder's own words from a TensorFlow error, without node names and op tags."""
-    lines = [line for line in error.message.splitlines() if line.strip()
-             and not line.startswith(("Graph execution error", "Detected at node", "\t", "  "))]
-    text = re.sub(r"\{\{[^}]*\}\}|\[Op:\w+\]|\[\[.*?\]\]|\bname:\s*\S*\s*$", "",
-                  lines[-1] if lines else error.message)
+    lines = [
+        line
+        for line in error.message.splitlines()
+        if line.strip()
+        and not line.startswith(("Graph execution error", "Detected at node", "\t", "  "))
+    ]
+    text = re.sub(
+        r"\{\{[^}]*\}\}|\[Op:\w+\]|\[\[.*?\]\]|\bname:\s*\S*\s*$",
+        "",
+        lines[-1] if lines else error.message,
+    )
     return " ".join(text.split()) or type(error).__name__
 
 
@@ -87,9 +109,13 @@ def first_undecodable(paths):
     first one missing from the results is decoded once more on its own for the reason.
     """
     decoded = np.zeros(len(paths), bool)
-    checks = (tf.data.Dataset.from_tensor_slices(list(paths)).enumerate()
-              .map(lambda i, path: (i, tf.shape(decode(path))), num_parallel_calls=tf.data.AUTOTUNE)
-              .ignore_errors().batch(1024))
+    checks = (
+        tf.data.Dataset.from_tensor_slices(list(paths))
+        .enumerate()
+        .map(lambda i, path: (i, tf.shape(decode(path))), num_parallel_calls=tf.data.AUTOTUNE)
+        .ignore_errors()
+        .batch(1024)
+    )
     for indices, _ in checks:
         decoded[indices.numpy()] = True
     for index in np.flatnonzero(~decoded):
@@ -118,7 +144,8 @@ class DecoderMessages:
         rb"Maximum supported image|Empty (JPEG image|input file)|JPEG datastream|Didn't expect|"
         rb"Application transferred|Unknown Adobe|Scan script|DCT coefficient|Too many color|"
         rb"Image too wide|Buffer passed to JPEG|Input file read error|Insufficient memory|"
-        rb"IDCT output block|Fractional sampling|Requested feature|libpng )")
+        rb"IDCT output block|Fractional sampling|Requested feature|libpng )"
+    )
     MAX_HELD = 1000  # past this, decoder lines pass on at once
 
     def __init__(self):
@@ -200,5 +227,6 @@ def decode_errors_as_input_errors(paths):
                 raise
             messages.restore(keep_held=False)
             bad, reason = found
-            raise InputError(f"{bad} is corrupt, truncated or unreadable ({reason}); "
-                             f"replace or delete it") from None
+            raise InputError(
+                f"{bad} is corrupt, truncated or unreadable ({reason}); replace or delete it"
+            ) from None

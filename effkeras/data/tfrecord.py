@@ -31,26 +31,44 @@ PREFIXES = {"train": "train", "test": "validation"}
 SHARD_NAME = re.compile(r"(train|validation)-(\d+)-of-(\d+)")
 INFO_FILE = "dataset_info.json"
 # The full ImageNet-1k shards (ILSVRC-2012): their counts are known without dataset_info.json.
-IMAGENET_1K = {"shards": {"train": 1024, "validation": 128},
-               "examples": {"train": 1_281_167, "validation": 50_000},
-               "class_names": [str(label) for label in range(1, 1001)], "label_offset": 1}
+IMAGENET_1K = {
+    "shards": {"train": 1024, "validation": 128},
+    "examples": {"train": 1_281_167, "validation": 50_000},
+    "class_names": [str(label) for label in range(1, 1001)],
+    "label_offset": 1,
+}
 CYCLE_LENGTH = 16  # shards read at once
 SHUFFLE_BUFFER = 10_000  # records; the shard order is shuffled as well
 READ_ERRORS = imagenet.FILE_ERRORS + (tf.errors.DataLossError,)  # DataLoss: a corrupt record
-FEATURES = {"image/encoded": tf.io.FixedLenFeature([], tf.string),
-            "image/class/label": tf.io.FixedLenFeature([], tf.int64)}
-LAYOUT = ("expected TFRecord shards <data_dir>/train-00000-of-NNNNN ... and "
-          "validation-00000-of-NNNNN ... (tf.train.Example records with image/encoded and "
-          "image/class/label)")
+FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+}
+LAYOUT = (
+    "expected TFRecord shards <data_dir>/train-00000-of-NNNNN ... and "
+    "validation-00000-of-NNNNN ... (tf.train.Example records with image/encoded and "
+    "image/class/label)"
+)
 # What an image file starts with -> image/format (the formats tf.io.decode_image reads).
-MAGIC = ((b"\xff\xd8", "JPEG"), (b"\x89PNG", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
-         (b"RIFF", "WEBP"))
+MAGIC = (
+    (b"\xff\xd8", "JPEG"),
+    (b"\x89PNG", "PNG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"RIFF", "WEBP"),
+)
 
 
 def is_sharded(data_dir):
     """True when `data_dir` holds train-*-of-* shards."""
-    return bool(data_dir) and os.path.isdir(data_dir) and any(
-        SHARD_NAME.fullmatch(name) and name.startswith("train-") for name in os.listdir(data_dir))
+    return (
+        bool(data_dir)
+        and os.path.isdir(data_dir)
+        and any(
+            SHARD_NAME.fullmatch(name) and name.startswith("train-")
+            for name in os.listdir(data_dir)
+        )
+    )
 
 
 def shard_files(data_dir, prefix):
@@ -65,12 +83,16 @@ def shard_files(data_dir, prefix):
         raise InputError(f"{data_dir} has no {prefix}-*-of-* shards: {LAYOUT}")
     totals = sorted({total for _, total in found.values()})
     if len(totals) > 1:
-        raise InputError(f"{data_dir} mixes {prefix} shard sets of {' and '.join(map(str, totals))} "
-                         f"files; keep one set")
+        raise InputError(
+            f"{data_dir} mixes {prefix} shard sets of {' and '.join(map(str, totals))} "
+            f"files; keep one set"
+        )
     missing = sorted(set(range(totals[0])) - {index for index, _ in found.values()})
     if missing:
-        raise InputError(f"{data_dir} lacks {len(missing)} of the {totals[0]} {prefix} shards "
-                         f"(e.g. {_shard_name(prefix, missing[0], totals[0])}); copy them there")
+        raise InputError(
+            f"{data_dir} lacks {len(missing)} of the {totals[0]} {prefix} shards "
+            f"(e.g. {_shard_name(prefix, missing[0], totals[0])}); copy them there"
+        )
     return [os.path.join(data_dir, name) for name in sorted(found)]
 
 
@@ -79,6 +101,7 @@ def _shard_name(prefix, index, total):
 
 
 # --- reading ---------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class ShardedSplit:
@@ -100,11 +123,16 @@ class ShardedSplit:
         files = tf.data.Dataset.from_tensor_slices(self.files)
         if shuffle:
             files = files.shuffle(len(self.files), seed=seed, reshuffle_each_iteration=True)
-        records = files.interleave(tf.data.TFRecordDataset,
-                                   cycle_length=min(CYCLE_LENGTH, len(self.files)),
-                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        records = files.interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(CYCLE_LENGTH, len(self.files)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
         options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.AUTO
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.AUTO
+        )
         return records.with_options(options)
 
     def decode(self, record):
@@ -112,8 +140,10 @@ class ShardedSplit:
         the split's classes fails as a bad record."""
         image, label = _parse(record)
         label = tf.cast(label - self.label_offset, tf.int32)
-        tf.debugging.Assert((label >= 0) & (label < len(self.class_names)),
-                            ["image/class/label out of range:", label + self.label_offset])
+        tf.debugging.Assert(
+            (label >= 0) & (label < len(self.class_names)),
+            ["image/class/label out of range:", label + self.label_offset],
+        )
         return image, label
 
     def first_bad_shard(self):
@@ -122,8 +152,11 @@ class ShardedSplit:
         record is decoded again."""
         low, high = self.label_offset, self.label_offset + len(self.class_names) - 1
         for path in self.files:
-            checks = (tf.data.TFRecordDataset(path)
-                      .map(_shape_and_label, num_parallel_calls=tf.data.AUTOTUNE).batch(1024))
+            checks = (
+                tf.data.TFRecordDataset(path)
+                .map(_shape_and_label, num_parallel_calls=tf.data.AUTOTUNE)
+                .batch(1024)
+            )
             try:
                 for _, labels in checks.as_numpy_iterator():
                     outside = labels[(labels < low) | (labels > high)]
@@ -148,8 +181,10 @@ class ShardedSplit:
                     raise
                 messages.restore(keep_held=False)
                 bad, reason = found
-                raise InputError(f"{bad} holds a corrupt record or image ({reason}); write or "
-                                 f"copy that shard again") from None
+                raise InputError(
+                    f"{bad} holds a corrupt record or image ({reason}); write or "
+                    f"copy that shard again"
+                ) from None
 
 
 def _parse(record):
@@ -168,8 +203,12 @@ def _shape_and_label(record):
 
 def _reason(error):
     """The reader's or decoder's own words from a TensorFlow error."""
-    return re.sub(r"^Error in user-defined function passed to .*? transformation with "
-                  r"iterator: \S+: ", "", imagenet._reason(error))
+    return re.sub(
+        r"^Error in user-defined function passed to .*? transformation with "
+        r"iterator: \S+: ",
+        "",
+        imagenet._reason(error),
+    )
 
 
 def read(data_dir, split):
@@ -184,17 +223,22 @@ def read(data_dir, split):
     files = shard_files(data_dir, prefix)
     info = _info(data_dir)
     if info["shards"].get(prefix) != len(files):
-        raise InputError(f"{os.path.join(data_dir, INFO_FILE)} describes "
-                         f"{info['shards'].get(prefix, 0)} {prefix} shards but there are "
-                         f"{len(files)}; run `python -m tools.imagenet_shards --index={data_dir}` "
-                         f"again")
+        raise InputError(
+            f"{os.path.join(data_dir, INFO_FILE)} describes "
+            f"{info['shards'].get(prefix, 0)} {prefix} shards but there are "
+            f"{len(files)}; run `python -m tools.imagenet_shards --index={data_dir}` "
+            f"again"
+        )
     return ShardedSplit(files, info["examples"][prefix], info["class_names"], info["label_offset"])
 
 
 def _declared_shards(data_dir):
     """{prefix: the NNNNN of its -of-NNNNN file names}."""
-    return {match[1]: int(match[3]) for match in map(SHARD_NAME.fullmatch, os.listdir(data_dir))
-            if match}
+    return {
+        match[1]: int(match[3])
+        for match in map(SHARD_NAME.fullmatch, os.listdir(data_dir))
+        if match
+    }
 
 
 def _info(data_dir):
@@ -202,18 +246,25 @@ def _info(data_dir):
     if not os.path.exists(path):
         if _declared_shards(data_dir) == IMAGENET_1K["shards"]:
             return IMAGENET_1K
-        raise InputError(f"{data_dir} holds TFRecord shards but no {INFO_FILE}; count them once "
-                         f"with `python -m tools.imagenet_shards --index={data_dir}`")
+        raise InputError(
+            f"{data_dir} holds TFRecord shards but no {INFO_FILE}; count them once "
+            f"with `python -m tools.imagenet_shards --index={data_dir}`"
+        )
     try:
         with open(path) as f:
             info = json.load(f)
         shards, examples = info["shards"], info["examples"]
-        if not (isinstance(info["class_names"], list) and isinstance(info["label_offset"], int)
-                and all(isinstance(examples[prefix], int) for prefix in shards)):
+        if not (
+            isinstance(info["class_names"], list)
+            and isinstance(info["label_offset"], int)
+            and all(isinstance(examples[prefix], int) for prefix in shards)
+        ):
             raise ValueError("wrong types")
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InputError(f"cannot read {path} ({e}); make it again with "
-                         f"`python -m tools.imagenet_shards --index={data_dir}`") from None
+        raise InputError(
+            f"cannot read {path} ({e}); make it again with "
+            f"`python -m tools.imagenet_shards --index={data_dir}`"
+        ) from None
     return info
 
 
@@ -224,50 +275,70 @@ def index(data_dir):
     label offset (1 when the smallest label is 1, as in the standard shards; else 0)."""
     if not is_sharded(data_dir):
         raise InputError(f"{data_dir} holds no train-*-of-* shards: {LAYOUT}")
-    features = {"image/class/label": tf.io.FixedLenFeature([], tf.int64),
-                "image/class/synset": tf.io.FixedLenFeature([], tf.string, default_value="")}
+    features = {
+        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+        "image/class/synset": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    }
     declared = _declared_shards(data_dir)
     shards, examples, synsets = {}, {}, {}  # synsets: label -> the synsets seen with it
     for prefix in (prefix for prefix in PREFIXES.values() if prefix in declared):
         files = shard_files(data_dir, prefix)
-        parsed = (tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
-                  .map(lambda record: tf.io.parse_single_example(record, features),
-                       num_parallel_calls=tf.data.AUTOTUNE).batch(4096))
+        parsed = (
+            tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
+            .map(
+                lambda record: tf.io.parse_single_example(record, features),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+            .batch(4096)
+        )
         count = 0
         try:
             for batch in parsed.as_numpy_iterator():
                 count += len(batch["image/class/label"])
-                for label, synset in zip(batch["image/class/label"].tolist(),
-                                         batch["image/class/synset"].tolist()):
+                for label, synset in zip(
+                    batch["image/class/label"].tolist(), batch["image/class/synset"].tolist()
+                ):
                     synsets.setdefault(label, set()).add(synset.decode())
         except READ_ERRORS as e:
-            raise InputError(f"cannot read the {prefix} shards of {data_dir} "
-                             f"({_reason(e)}); write or copy them again") from None
+            raise InputError(
+                f"cannot read the {prefix} shards of {data_dir} "
+                f"({_reason(e)}); write or copy them again"
+            ) from None
         shards[prefix], examples[prefix] = len(files), count
     if not synsets:
         raise InputError(f"the train shards of {data_dir} hold no records: {LAYOUT}")
     low = min(synsets)
     if low < 0:
-        raise InputError(f"the shards of {data_dir} have the negative label {low}; labels count "
-                         f"classes from 0 or 1")
+        raise InputError(
+            f"the shards of {data_dir} have the negative label {low}; labels count "
+            f"classes from 0 or 1"
+        )
     offset = 1 if low == 1 else 0
     class_names = []
     for label in range(offset, max(synsets) + 1):
         named = sorted(synsets.get(label, set()) - {""})
         if len(named) > 1:
-            raise InputError(f"label {label} has several synsets in the shards of {data_dir} "
-                             f"({', '.join(named[:3])}); one label, one class")
+            raise InputError(
+                f"label {label} has several synsets in the shards of {data_dir} "
+                f"({', '.join(named[:3])}); one label, one class"
+            )
         class_names.append(named[0] if named else str(label))
-    info = {"shards": shards, "examples": examples, "class_names": class_names,
-            "label_offset": offset}
+    info = {
+        "shards": shards,
+        "examples": examples,
+        "class_names": class_names,
+        "label_offset": offset,
+    }
     fileio.write_json(os.path.join(data_dir, INFO_FILE), info)
     return info
 
 
 # --- writing ---------------------------------------------------------------------------------
 
-def write_shards(folder_dir, output_dir, train_shards=1024, validation_shards=128, seed=0,
-                 progress=False):
+
+def write_shards(
+    folder_dir, output_dir, train_shards=1024, validation_shards=128, seed=0, progress=False
+):
     """Writes the ImageNet-style folders of `folder_dir` (effkeras.data.imagenet) as shards:
     train/ -> <output_dir>/train-XXXXX-of-NNNNN, val/ -> validation-XXXXX-of-NNNNN, and
     dataset_info.json; returns the info.
@@ -283,25 +354,40 @@ def write_shards(folder_dir, output_dir, train_shards=1024, validation_shards=12
     counts = {"train": train_shards, "test": validation_shards}
     for split, count in counts.items():
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise InputError(f"the number of {PREFIXES[split]} shards must be a positive integer, "
-                             f"got {count!r}")
-    if os.path.isdir(output_dir) and any(SHARD_NAME.fullmatch(name) or name == INFO_FILE
-                                         for name in os.listdir(output_dir)):
-        raise InputError(f"{output_dir} already holds shards; delete them or choose another "
-                         f"output folder")
+            raise InputError(
+                f"the number of {PREFIXES[split]} shards must be a positive integer, got {count!r}"
+            )
+    if os.path.isdir(output_dir) and any(
+        SHARD_NAME.fullmatch(name) or name == INFO_FILE for name in os.listdir(output_dir)
+    ):
+        raise InputError(
+            f"{output_dir} already holds shards; delete them or choose another output folder"
+        )
     listed = {split: imagenet.list_files(folder_dir, split) for split in counts}
     for split, (paths, _, _) in listed.items():
         if counts[split] > len(paths):
-            raise InputError(f"{counts[split]} {PREFIXES[split]} shards for {len(paths)} images: "
-                             f"ask for at most {len(paths)} shards")
+            raise InputError(
+                f"{counts[split]} {PREFIXES[split]} shards for {len(paths)} images: "
+                f"ask for at most {len(paths)} shards"
+            )
     class_names = listed["train"][2]
     info = {"shards": {}, "examples": {}, "class_names": class_names, "label_offset": 1}
     written = []
     try:
         for split, (paths, labels, _) in listed.items():
             prefix, total = PREFIXES[split], counts[split]
-            _write_split(os.path.join(folder_dir, imagenet.SPLIT_FOLDERS[split]), paths, labels,
-                         class_names, output_dir, prefix, total, seed, progress, written)
+            _write_split(
+                os.path.join(folder_dir, imagenet.SPLIT_FOLDERS[split]),
+                paths,
+                labels,
+                class_names,
+                output_dir,
+                prefix,
+                total,
+                seed,
+                progress,
+                written,
+            )
             info["shards"][prefix], info["examples"][prefix] = total, len(paths)
         fileio.write_json(os.path.join(output_dir, INFO_FILE), info)
     except BaseException:  # no partial set: a run after the fix starts afresh
@@ -311,34 +397,48 @@ def write_shards(folder_dir, output_dir, train_shards=1024, validation_shards=12
     return info
 
 
-def _write_split(split_dir, paths, labels, class_names, output_dir, prefix, total, seed,
-                 progress, written):
+def _write_split(
+    split_dir, paths, labels, class_names, output_dir, prefix, total, seed, progress, written
+):
     """Writes one split's shards, appending each shard's path to `written` once it is there."""
     order = np.random.default_rng(seed).permutation(len(paths))
     images = _checked_images([paths[i] for i in order])
-    with imagenet.decode_errors_as_input_errors(paths), \
-            tqdm(total=len(paths), desc=f"{prefix} shards", unit="image", disable=not progress) as bar:
+    with (
+        imagenet.decode_errors_as_input_errors(paths),
+        tqdm(total=len(paths), desc=f"{prefix} shards", unit="image", disable=not progress) as bar,
+    ):
         for shard, indices in enumerate(np.array_split(order, total)):
             path = os.path.join(output_dir, _shard_name(prefix, shard, total))
             with fileio.atomic_path(path) as tmp, tf.io.TFRecordWriter(tmp) as writer:
                 for i in indices:
                     encoded, height, width = next(images)
-                    writer.write(_example(encoded, labels[i] + 1, class_names[labels[i]],
-                                          os.path.relpath(paths[i], split_dir), height,
-                                          width).SerializeToString())
+                    writer.write(
+                        _example(
+                            encoded,
+                            labels[i] + 1,
+                            class_names[labels[i]],
+                            os.path.relpath(paths[i], split_dir),
+                            height,
+                            width,
+                        ).SerializeToString()
+                    )
                     bar.update()
             written.append(path)
 
 
 def _checked_images(paths):
     """An iterator of (bytes, height, width) of each file, in order, decoded in parallel."""
+
     def read(path):
         encoded = tf.io.read_file(path)
         shape = tf.shape(tf.io.decode_image(encoded, channels=3, expand_animations=False))
         return encoded, shape[0], shape[1]
 
-    return (tf.data.Dataset.from_tensor_slices(paths)
-            .map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).as_numpy_iterator())
+    return (
+        tf.data.Dataset.from_tensor_slices(paths)
+        .map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .as_numpy_iterator()
+    )
 
 
 def _example(encoded, label, synset, filename, height, width):
@@ -347,11 +447,22 @@ def _example(encoded, label, synset, filename, height, width):
     def feature(value):
         if isinstance(value, int):
             return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-        return tf.train.Feature(bytes_list=tf.train.BytesList(
-            value=[value if isinstance(value, bytes) else value.encode()]))
+        return tf.train.Feature(
+            bytes_list=tf.train.BytesList(
+                value=[value if isinstance(value, bytes) else value.encode()]
+            )
+        )
 
-    return tf.train.Example(features=tf.train.Features(feature={
-        "image/encoded": feature(encoded), "image/format": feature(image_format),
-        "image/class/label": feature(int(label)), "image/class/synset": feature(synset),
-        "image/filename": feature(filename), "image/height": feature(int(height)),
-        "image/width": feature(int(width))}))
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image/encoded": feature(encoded),
+                "image/format": feature(image_format),
+                "image/class/label": feature(int(label)),
+                "image/class/synset": feature(synset),
+                "image/filename": feature(filename),
+                "image/height": feature(int(height)),
+                "image/width": feature(int(width)),
+            }
+        )
+    )

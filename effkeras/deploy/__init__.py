@@ -21,5 +21,14 @@ asked for, so that `import effkeras` (which registers the passes' layers) stays 
 from effkeras.deploy.api import app_metadata, convert, default_target, save
 from effkeras.deploy.registry import TARGETS, Target, get, names, register_target
 
-__all__ = ["TARGETS", "Target", "app_metadata", "convert", "default_target", "get", "names",
-           "register_target", "save"]
+__all__ = [
+    "TARGETS",
+    "Target",
+    "app_metadata",
+    "convert",
+    "default_target",
+    "get",
+    "names",
+    "register_target",
+    "save",
+]

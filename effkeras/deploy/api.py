@@ -19,14 +19,22 @@ from effkeras.deploy import verify
 from effkeras.deploy.flatbuffer import check_flatbuffer, io_tensors
 from effkeras.deploy.flatbuffer import save as save_flatbuffer
 from effkeras.deploy.registry import get
+from effkeras.errors import InputError
 from effkeras.graph.passes.collapse import collapse
 from effkeras.graph.passes.freeze_tables import freeze_tables
-from effkeras.errors import InputError
 from effkeras.layers.activations import LERP_FORMS, LerpTable
 
 
-def convert(model, target, *, calibration=None, early_exit=None, thresholds=None,
-            lerp_form="gather", **options):
+def convert(
+    model,
+    target,
+    *,
+    calibration=None,
+    early_exit=None,
+    thresholds=None,
+    lerp_form="gather",
+    **options,
+):
     """`model` converted for `target` and verified (module docstring).
 
     A Keras model first has its collapsible blocks collapsed (passes/collapse.py), then its
@@ -66,27 +74,34 @@ def convert(model, target, *, calibration=None, early_exit=None, thresholds=None
     if isinstance(model, keras.Model):  # not the bytes of a .tflite file
         model, collapsed = collapse(model)
         model, frozen = freeze_tables(model, form=lerp_form)
-        forms = ", ".join(sorted({layer.form for layer in model.layers
-                                  if isinstance(layer, LerpTable)}))
+        forms = ", ".join(
+            sorted({layer.form for layer in model.layers if isinstance(layer, LerpTable)})
+        )
     if early_exit is None:
         early_exit = _has_exits(model)
     if early_exit:
         from effkeras.deploy import early_exit as stages
 
         if not stages.has_form(target):
-            raise InputError(f"target {target} has no early-exit form (one signature or file "
-                             f"per exit stage: {', '.join(stages.TARGETS)}); convert the graph "
-                             f"of all exits at once with early_exit=False (apps.convert: "
-                             f"--noearly_exit)")
-        flatbuffer, report = stages.convert(model, target, calibration=calibration,
-                                            thresholds=thresholds, **options)
+            raise InputError(
+                f"target {target} has no early-exit form (one signature or file "
+                f"per exit stage: {', '.join(stages.TARGETS)}); convert the graph "
+                f"of all exits at once with early_exit=False (apps.convert: "
+                f"--noearly_exit)"
+            )
+        flatbuffer, report = stages.convert(
+            model, target, calibration=calibration, thresholds=thresholds, **options
+        )
     else:
         if thresholds is not None:
-            raise InputError("exit thresholds go with an early-exit model (several outputs) "
-                             "converted stage by stage")
+            raise InputError(
+                "exit thresholds go with an early-exit model (several outputs) "
+                "converted stage by stage"
+            )
         flatbuffer, report = convert_fn(model, calibration=calibration, **options)
-    return flatbuffer, dataclasses.replace(report, collapsed_blocks=collapsed,
-                                           frozen_tables=frozen, lerp_form=forms)
+    return flatbuffer, dataclasses.replace(
+        report, collapsed_blocks=collapsed, frozen_tables=frozen, lerp_form=forms
+    )
 
 
 def _has_exits(model):
@@ -117,8 +132,9 @@ def default_target(model, name=None):
         return "arm" if graph.one_bit_kernel_layers(model) else "float"
 
 
-def app_metadata(flatbuffer, report, *, model_name, class_names=None,
-                 input_range=verify.PIXEL_RANGE):
+def app_metadata(
+    flatbuffer, report, *, model_name, class_names=None, input_range=verify.PIXEL_RANGE
+):
     """What an app developer needs beside the file (written as `<file>.json` by `save`).
 
     Args:
@@ -135,17 +151,31 @@ def app_metadata(flatbuffer, report, *, model_name, class_names=None,
     inputs, outputs = io_tensors(flatbuffer)
 
     def describe(tensor):
-        quantization = ({"scale": list(tensor.scale), "zero_point": list(tensor.zero_point)}
-                        if tensor.scale else None)
-        return {"name": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype,
-                "quantization": quantization}
+        quantization = (
+            {"scale": list(tensor.scale), "zero_point": list(tensor.zero_point)}
+            if tensor.scale
+            else None
+        )
+        return {
+            "name": tensor.name,
+            "shape": list(tensor.shape),
+            "dtype": tensor.dtype,
+            "quantization": quantization,
+        }
 
     classes = outputs[0].shape[-1] if outputs and outputs[0].shape else None
     metadata = {
-        "model": model_name, "target": report.target, "size_bytes": len(flatbuffer),
-        "inputs": [{**describe(t), "value_range": list(input_range),
-                    "layout": "NHWC raw pixels (the model normalises them itself)"}
-                   for t in inputs],
+        "model": model_name,
+        "target": report.target,
+        "size_bytes": len(flatbuffer),
+        "inputs": [
+            {
+                **describe(t),
+                "value_range": list(input_range),
+                "layout": "NHWC raw pixels (the model normalises them itself)",
+            }
+            for t in inputs
+        ],
         "outputs": [{**describe(t), "kind": "logits"} for t in outputs],
         "class_names": list(class_names) if class_names else [str(i) for i in range(classes or 0)],
     }

@@ -21,19 +21,68 @@ from effkeras.errors import InputError
 
 # Builtin ops with int8 kernels in TFLite (its op versions and TFLite Micro's int8 kernels):
 # only used to name the suspects when the quantizer crashes.
-INT8_OPS = ("ABS", "ADD", "ARG_MAX", "ARG_MIN", "AVERAGE_POOL_2D", "BATCH_MATMUL",
-            "BATCH_TO_SPACE_ND", "CONCATENATION", "CONV_2D", "DEPTH_TO_SPACE", "DEPTHWISE_CONV_2D",
-            "DEQUANTIZE", "ELU", "EXPAND_DIMS", "FULLY_CONNECTED", "GATHER", "GELU", "HARD_SWISH",
-            "L2_NORMALIZATION", "LEAKY_RELU", "LOGISTIC", "LOG_SOFTMAX", "MAXIMUM", "MAX_POOL_2D",
-            "MEAN", "MINIMUM", "MIRROR_PAD", "MUL", "PACK", "PAD", "PADV2", "PRELU", "QUANTIZE",
-            "REDUCE_MAX", "REDUCE_MIN", "RELU", "RELU6", "RELU_N1_TO_1", "RESHAPE",
-            "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "SELECT_V2", "SHAPE", "SLICE", "SOFTMAX",
-            "SPACE_TO_BATCH_ND", "SPACE_TO_DEPTH", "SPLIT", "SPLIT_V", "SQUARED_DIFFERENCE",
-            "SQUEEZE", "STRIDED_SLICE", "SUB", "SUM", "TANH", "TRANSPOSE", "TRANSPOSE_CONV",
-            "UNPACK")
+INT8_OPS = (
+    "ABS",
+    "ADD",
+    "ARG_MAX",
+    "ARG_MIN",
+    "AVERAGE_POOL_2D",
+    "BATCH_MATMUL",
+    "BATCH_TO_SPACE_ND",
+    "CONCATENATION",
+    "CONV_2D",
+    "DEPTH_TO_SPACE",
+    "DEPTHWISE_CONV_2D",
+    "DEQUANTIZE",
+    "ELU",
+    "EXPAND_DIMS",
+    "FULLY_CONNECTED",
+    "GATHER",
+    "GELU",
+    "HARD_SWISH",
+    "L2_NORMALIZATION",
+    "LEAKY_RELU",
+    "LOGISTIC",
+    "LOG_SOFTMAX",
+    "MAXIMUM",
+    "MAX_POOL_2D",
+    "MEAN",
+    "MINIMUM",
+    "MIRROR_PAD",
+    "MUL",
+    "PACK",
+    "PAD",
+    "PADV2",
+    "PRELU",
+    "QUANTIZE",
+    "REDUCE_MAX",
+    "REDUCE_MIN",
+    "RELU",
+    "RELU6",
+    "RELU_N1_TO_1",
+    "RESHAPE",
+    "RESIZE_BILINEAR",
+    "RESIZE_NEAREST_NEIGHBOR",
+    "SELECT_V2",
+    "SHAPE",
+    "SLICE",
+    "SOFTMAX",
+    "SPACE_TO_BATCH_ND",
+    "SPACE_TO_DEPTH",
+    "SPLIT",
+    "SPLIT_V",
+    "SQUARED_DIFFERENCE",
+    "SQUEEZE",
+    "STRIDED_SLICE",
+    "SUB",
+    "SUM",
+    "TANH",
+    "TRANSPOSE",
+    "TRANSPOSE_CONV",
+    "UNPACK",
+)
 # Ops whose float side is the file's float interface (io="float"), not a float computation.
 _INTERFACE_OPS = ("QUANTIZE", "DEQUANTIZE")
-
 
 
 def export_saved_model(model, directory):
@@ -73,8 +122,7 @@ def top1_agreement(expected, actual):
     return float(np.mean(np.concatenate([s.ravel() for s in same])))
 
 
-def quantize_saved_model(saved_model, calibration, io, name, float_flatbuffer,
-                         signature_keys=None):
+def quantize_saved_model(saved_model, calibration, io, name, float_flatbuffer, signature_keys=None):
     """The int8 flatbuffer of a SavedModel, quantized in a child process (quantize_worker.py).
 
     calibration: a list of arrays, one per input of the serving signature; with
@@ -85,29 +133,39 @@ def quantize_saved_model(saved_model, calibration, io, name, float_flatbuffer,
     with tempfile.TemporaryDirectory() as directory:
         arrays = os.path.join(directory, "calibration.npz")
         if signature_keys:
-            np.savez(arrays, **{f"{key}/{input_name}": array
-                                for key in signature_keys
-                                for input_name, array in calibration[key].items()})
+            np.savez(
+                arrays,
+                **{
+                    f"{key}/{input_name}": array
+                    for key in signature_keys
+                    for input_name, array in calibration[key].items()
+                },
+            )
         else:
             np.savez(arrays, *calibration)
         output = os.path.join(directory, "int8.tflite")
         command = [sys.executable, worker, saved_model, arrays, io, output]
-        run = subprocess.run(command + ([",".join(signature_keys)] if signature_keys else []),
-                             capture_output=True, text=True)
+        run = subprocess.run(
+            command + ([",".join(signature_keys)] if signature_keys else []),
+            capture_output=True,
+            text=True,
+        )
         if run.returncode == 0:
             with open(output, "rb") as f:
                 return f.read()
     if run.returncode < 0:  # killed by a signal: the quantizer crashed
-        suspects = sorted({op.type for op in operators(float_flatbuffer())}
-                          - set(INT8_OPS))
+        suspects = sorted({op.type for op in operators(float_flatbuffer())} - set(INT8_OPS))
         raise InputError(
             f"TensorFlow's int8 quantizer crashed on {name} (signal {-run.returncode}), as "
             f"it does on ops without an int8 kernel; ops of this model TFLite has no int8 "
             f"kernel for: {', '.join(suspects) or 'none known'}. Replace those layers (e.g. an "
-            f"activation with ReLU/ReLU6/hard-swish) or deploy with --target=float")
+            f"activation with ReLU/ReLU6/hard-swish) or deploy with --target=float"
+        )
     lines = run.stderr.strip().splitlines()
-    raise InputError(f"the TFLite converter failed to quantize {name}: "
-                     f"{lines[-1] if lines else 'exit code ' + str(run.returncode)}")
+    raise InputError(
+        f"the TFLite converter failed to quantize {name}: "
+        f"{lines[-1] if lines else 'exit code ' + str(run.returncode)}"
+    )
 
 
 def float_ops(ops):

@@ -28,13 +28,24 @@ from effkeras.deploy.registry import register_target
 from effkeras.deploy.report import EthosUReport, extend
 from effkeras.errors import InputError
 
-ACCELERATORS = ("ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256",
-                "ethos-u65-256", "ethos-u65-512",
-                "ethos-u85-128", "ethos-u85-256", "ethos-u85-512", "ethos-u85-1024",
-                "ethos-u85-2048")
-DEFAULTS = {"ethos-u55": ("Ethos_U55_High_End_Embedded", "Shared_Sram"),
-            "ethos-u65": ("Ethos_U65_High_End", "Dedicated_Sram"),
-            "ethos-u85": ("Ethos_U85_SYS_DRAM_High", "Dedicated_Sram")}
+ACCELERATORS = (
+    "ethos-u55-32",
+    "ethos-u55-64",
+    "ethos-u55-128",
+    "ethos-u55-256",
+    "ethos-u65-256",
+    "ethos-u65-512",
+    "ethos-u85-128",
+    "ethos-u85-256",
+    "ethos-u85-512",
+    "ethos-u85-1024",
+    "ethos-u85-2048",
+)
+DEFAULTS = {
+    "ethos-u55": ("Ethos_U55_High_End_Embedded", "Shared_Sram"),
+    "ethos-u65": ("Ethos_U65_High_End", "Dedicated_Sram"),
+    "ethos-u85": ("Ethos_U85_SYS_DRAM_High", "Dedicated_Sram"),
+}
 OPTIMISE = ("Performance", "Size")
 KIB = 1024
 
@@ -44,14 +55,27 @@ def vela_binary():
     beside = os.path.join(os.path.dirname(sys.executable), "vela")
     found = beside if os.access(beside, os.X_OK) else shutil.which("vela")
     if not found:
-        raise InputError("the Vela compiler (`vela`) is not installed; install it with "
-                         "`pip install ethos-u-vela==5.2.0` (setup.py pins it)")
+        raise InputError(
+            "the Vela compiler (`vela`) is not installed; install it with "
+            "`pip install ethos-u-vela==5.2.0` (setup.py pins it)"
+        )
     return found
 
 
-def compile_for(model, *, accelerator, calibration=None, sample=None, system_config=None,
-                memory_mode=None, optimise="Performance", io="int8", allow_float_fallback=False,
-                allow_cpu_ops=False, **int8_options):
+def compile_for(
+    model,
+    *,
+    accelerator,
+    calibration=None,
+    sample=None,
+    system_config=None,
+    memory_mode=None,
+    optimise="Performance",
+    io="int8",
+    allow_float_fallback=False,
+    allow_cpu_ops=False,
+    **int8_options,
+):
     """(Vela's flatbuffer, EthosUReport) of a Keras model, or of the bytes of an int8 .tflite.
 
     Ops Vela cannot put on the NPU (an op type it lacks, or a shape beyond its limits, e.g. a
@@ -62,33 +86,58 @@ def compile_for(model, *, accelerator, calibration=None, sample=None, system_con
     `_per-layer.csv` (Vela's estimate, whole network and per layer).
     """
     if accelerator not in ACCELERATORS:
-        raise InputError(f"unknown Ethos-U accelerator {accelerator!r}; choose from "
-                         f"{', '.join(ACCELERATORS)}")
+        raise InputError(
+            f"unknown Ethos-U accelerator {accelerator!r}; choose from {', '.join(ACCELERATORS)}"
+        )
     if optimise not in OPTIMISE:
         raise InputError(f"--optimise must be one of {', '.join(OPTIMISE)}, got {optimise!r}")
     family = accelerator.rsplit("-", 1)[0]
     system_config = system_config or DEFAULTS[family][0]
     memory_mode = memory_mode or DEFAULTS[family][1]
     vela = vela_binary()
-    int8, base = tflite.int8_file(model, accelerator, calibration=calibration, sample=sample,
-                                  io=io, allow_float_fallback=allow_float_fallback,
-                                  **int8_options)
-    name = "model" if isinstance(model, (bytes, bytearray)) else (
-        re.sub(r"\W", "_", model.name) or "model")
+    int8, base = tflite.int8_file(
+        model,
+        accelerator,
+        calibration=calibration,
+        sample=sample,
+        io=io,
+        allow_float_fallback=allow_float_fallback,
+        **int8_options,
+    )
+    name = (
+        "model"
+        if isinstance(model, (bytes, bytearray))
+        else (re.sub(r"\W", "_", model.name) or "model")
+    )
 
     with tempfile.TemporaryDirectory() as directory:
         source = os.path.join(directory, f"{name}.tflite")
         with open(source, "wb") as f:
             f.write(int8)
-        command = [vela, "--config", "Arm/vela.ini", "--accelerator-config", accelerator,
-                   "--system-config", system_config, "--memory-mode", memory_mode,
-                   "--optimise", optimise, "--verbose-performance",
-                   "--output-dir", os.path.join(directory, "out"), source]
+        command = [
+            vela,
+            "--config",
+            "Arm/vela.ini",
+            "--accelerator-config",
+            accelerator,
+            "--system-config",
+            system_config,
+            "--memory-mode",
+            memory_mode,
+            "--optimise",
+            optimise,
+            "--verbose-performance",
+            "--output-dir",
+            os.path.join(directory, "out"),
+            source,
+        ]
         run = subprocess.run(command, capture_output=True, text=True)
         if run.returncode != 0:
             lines = [l for l in (run.stderr + run.stdout).strip().splitlines() if l.strip()]
-            raise InputError(f"Vela failed ({accelerator}, {system_config}, {memory_mode}): "
-                             f"{lines[-1] if lines else 'exit code ' + str(run.returncode)}")
+            raise InputError(
+                f"Vela failed ({accelerator}, {system_config}, {memory_mode}): "
+                f"{lines[-1] if lines else 'exit code ' + str(run.returncode)}"
+            )
         out = os.path.join(directory, "out")
         compiled = _read(os.path.join(out, f"{name}_vela.tflite"))
         summary = _read(_one(glob.glob(os.path.join(out, f"{name}_summary_*.csv"))))
@@ -103,31 +152,50 @@ def compile_for(model, *, accelerator, calibration=None, sample=None, system_con
             f"Vela left {sum(cpu_types.values())} op(s) of {name} off the {accelerator} NPU: "
             f"{'; '.join(_cpu_reasons(run.stdout + run.stderr)) or ', '.join(cpu_types)}. "
             f"Change the input size or those layers so that every op fits the NPU, or pass "
-            f"--allow_cpu_ops to run them on the Cortex-M (TFLite Micro)")
+            f"--allow_cpu_ops to run them on the Cortex-M (TFLite Micro)"
+        )
     report = extend(
-        base, EthosUReport, target=accelerator, size_bytes=len(compiled),
-        op_census=op_census(ops), accelerator=accelerator, system_config=system_config,
-        memory_mode=memory_mode, npu_ops=int(npu.group(1)) if npu else 0,
-        cpu_ops=sum(cpu_types.values()), cpu_op_types=cpu_types,
-        npu_macs=sum(int(float(layer["MAC Count"])) for layer in csv.DictReader(
-            per_layer.decode().splitlines()) if layer["Target"] == "NPU"),
+        base,
+        EthosUReport,
+        target=accelerator,
+        size_bytes=len(compiled),
+        op_census=op_census(ops),
+        accelerator=accelerator,
+        system_config=system_config,
+        memory_mode=memory_mode,
+        npu_ops=int(npu.group(1)) if npu else 0,
+        cpu_ops=sum(cpu_types.values()),
+        cpu_op_types=cpu_types,
+        npu_macs=sum(
+            int(float(layer["MAC Count"]))
+            for layer in csv.DictReader(per_layer.decode().splitlines())
+            if layer["Target"] == "NPU"
+        ),
         cycles_total=int(float(row["cycles_total"])),
         inferences_per_second=float(row["inferences_per_second"]),
         sram_bytes=round(float(row["sram_memory_used"]) * KIB),
-        flash_bytes=round((float(row["off_chip_flash_memory_used"])
-                           + float(row["on_chip_flash_memory_used"])) * KIB),
-        dram_bytes=round(float(row["dram_memory_used"]) * KIB))
+        flash_bytes=round(
+            (float(row["off_chip_flash_memory_used"]) + float(row["on_chip_flash_memory_used"]))
+            * KIB
+        ),
+        dram_bytes=round(float(row["dram_memory_used"]) * KIB),
+    )
     report.artifacts = {"_int8.tflite": int8, "_summary.csv": summary, "_per-layer.csv": per_layer}
     return compiled, report
 
 
 def _cpu_reasons(log):
     """'OP (output): reason' for each op Vela's log says it placed on the CPU."""
-    found = re.findall(r"Warning \(supported operators\) operator: (\w+), ofm: '([^']*)'\n"
-                       r"((?:.+\n?)*)", log)
-    return [f"{op} ({ofm}): " + " - ".join(line.strip().removeprefix("Reason: ")
-                                            for line in why.strip().splitlines())
-            for op, ofm, why in found]
+    found = re.findall(
+        r"Warning \(supported operators\) operator: (\w+), ofm: '([^']*)'\n"
+        r"((?:.+\n?)*)",
+        log,
+    )
+    return [
+        f"{op} ({ofm}): "
+        + " - ".join(line.strip().removeprefix("Reason: ") for line in why.strip().splitlines())
+        for op, ofm, why in found
+    ]
 
 
 def _read(path):
@@ -142,6 +210,8 @@ def _one(paths):
 
 
 for _accelerator in ACCELERATORS:
-    register_target(_accelerator, f"int8 compiled by Vela for Arm {_accelerator} (default "
-                                  f"{' + '.join(DEFAULTS[_accelerator.rsplit('-', 1)[0]])})")(
-        functools.partial(compile_for, accelerator=_accelerator))
+    register_target(
+        _accelerator,
+        f"int8 compiled by Vela for Arm {_accelerator} (default "
+        f"{' + '.join(DEFAULTS[_accelerator.rsplit('-', 1)[0]])})",
+    )(functools.partial(compile_for, accelerator=_accelerator))

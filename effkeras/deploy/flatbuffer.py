@@ -21,10 +21,12 @@ from tensorflow.lite.python.schema_util import get_builtin_code_from_operator_co
 from effkeras import fileio
 from effkeras.errors import InputError
 
-_BUILTIN_NAMES = {code: name for name, code in vars(schema.BuiltinOperator).items()
-                  if not name.startswith("_")}
-_TYPE_NAMES = {code: name.lower() for name, code in vars(schema.TensorType).items()
-               if not name.startswith("_")}
+_BUILTIN_NAMES = {
+    code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")
+}
+_TYPE_NAMES = {
+    code: name.lower() for name, code in vars(schema.TensorType).items() if not name.startswith("_")
+}
 # Ops that call other subgraphs: a file of one subgraph cannot hold them.
 _CONTROL_FLOW = {"IF", "WHILE", "CALL_ONCE", "CALL"}
 
@@ -99,7 +101,7 @@ def pack_model(model):
                 payload = np.asarray(self.data, np.uint8).tobytes()
                 builder.StartVector(1, len(payload), 16)
                 builder.head -= len(payload)
-                builder.Bytes[builder.head:builder.head + len(payload)] = payload
+                builder.Bytes[builder.head : builder.head + len(payload)] = payload
                 builder.vectorNumElems = len(payload)
                 data = builder.EndVector()
             schema.BufferStart(builder)
@@ -169,8 +171,14 @@ def tensor(model, subgraph, index):
     q = t.quantization
     scale = () if q is None or q.scale is None else tuple(float(v) for v in q.scale)
     zero_point = () if q is None or q.zeroPoint is None else tuple(int(v) for v in q.zeroPoint)
-    return Tensor(t.name.decode(), shape, b"" if data is None else bytes(data),
-                  _TYPE_NAMES.get(t.type, "unknown"), scale, zero_point)
+    return Tensor(
+        t.name.decode(),
+        shape,
+        b"" if data is None else bytes(data),
+        _TYPE_NAMES.get(t.type, "unknown"),
+        scale,
+        zero_point,
+    )
 
 
 def operators(flatbuffer):
@@ -195,13 +203,18 @@ def operators(flatbuffer):
 
     result = []
     for subgraph in model.subgraphs:
+
         def tensor_at(index, subgraph=subgraph):
             return tensor(model, subgraph, index)
 
         for op in subgraph.operators:
-            result.append(Operator(op_type(model.operatorCodes[op.opcodeIndex]),
-                                   tuple(tensor_at(i) for i in op.inputs if i >= 0),
-                                   tuple(tensor_at(i) for i in op.outputs)))
+            result.append(
+                Operator(
+                    op_type(model.operatorCodes[op.opcodeIndex]),
+                    tuple(tensor_at(i) for i in op.inputs if i >= 0),
+                    tuple(tensor_at(i) for i in op.outputs),
+                )
+            )
     return result
 
 
@@ -235,8 +248,10 @@ def io_tensors(flatbuffer):
     check_flatbuffer(flatbuffer)
     model = schema.ModelT.InitFromPackedBuf(flatbuffer, 0)
     subgraph = model.subgraphs[0]
-    return ([tensor(model, subgraph, i) for i in subgraph.inputs],
-            [tensor(model, subgraph, i) for i in subgraph.outputs])
+    return (
+        [tensor(model, subgraph, i) for i in subgraph.inputs],
+        [tensor(model, subgraph, i) for i in subgraph.outputs],
+    )
 
 
 def signatures(flatbuffer):
@@ -259,9 +274,11 @@ def signatures(flatbuffer):
         def tensors(maps, subgraph=subgraph):
             return {m.name.decode(): tensor(model, subgraph, m.tensorIndex) for m in maps or []}
 
-        found[signature.signatureKey.decode()] = (signature.subgraphIndex,
-                                                  tensors(signature.inputs),
-                                                  tensors(signature.outputs))
+        found[signature.signatureKey.decode()] = (
+            signature.subgraphIndex,
+            tensors(signature.inputs),
+            tensors(signature.outputs),
+        )
     return found
 
 
@@ -336,8 +353,10 @@ def signature_file(flatbuffer, key):
     for op in subgraph.operators:
         code = model.operatorCodes[op.opcodeIndex]
         if _CONTROL_FLOW & {(code.customCode or b"").decode(), builtin_name(code)}:
-            raise InputError(f"signature {key} calls other subgraphs ({builtin_name(code)}), "
-                             f"which a single-stage file cannot hold")
+            raise InputError(
+                f"signature {key} calls other subgraphs ({builtin_name(code)}), "
+                f"which a single-stage file cannot hold"
+            )
         if op.opcodeIndex not in codes:
             codes[op.opcodeIndex] = len(kept_codes)
             kept_codes.append(code)
@@ -356,3 +375,99 @@ def signature_file(flatbuffer, key):
     model.subgraphs, model.operatorCodes, model.buffers = [subgraph], kept_codes, new_buffers
     model.signatureDefs = [signature]
     return pack_model(model)
+
+
+# --- writing: the object API's pieces, for passes that edit a converted file -------------------
+
+
+def quantization_params(scale, zero_point):
+    """Per-tensor quantization parameters (one scale, one zero point) for a new tensor."""
+    q = schema.QuantizationParametersT()
+    q.scale, q.zeroPoint, q.quantizedDimension = [float(scale)], [int(zero_point)], 0
+    return q
+
+
+def add_buffer(model, data):
+    """Appends a buffer holding `data` (bytes) to `model`; returns its index."""
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(data, np.uint8).copy()
+    model.buffers.append(buffer)
+    return len(model.buffers) - 1
+
+
+def add_tensor(subgraph, name, shape, dtype, buffer=0, quantization=None):
+    """Appends a tensor to `subgraph` (schema object API); returns its index."""
+    tensor = schema.TensorT()
+    tensor.name, tensor.shape, tensor.type, tensor.buffer = (
+        name.encode(),
+        list(shape),
+        dtype,
+        buffer,
+    )
+    tensor.quantization = quantization
+    subgraph.tensors.append(tensor)
+    return len(subgraph.tensors) - 1
+
+
+def opcode(model, builtin, version):
+    """Index of an operator code for `builtin` at `version` or later, added when missing."""
+    for index, code in enumerate(model.operatorCodes):
+        if not code.customCode and builtin_code(code) == builtin and code.version >= version:
+            return index
+    code = schema.OperatorCodeT()
+    code.builtinCode, code.deprecatedBuiltinCode = builtin, min(builtin, 127)
+    code.version = version
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
+
+
+def add_operator(model, kind, inputs, outputs, options_type=0, options=None):
+    """A new operator of `kind` = (builtin code, least version) on tensor indices."""
+    op = schema.OperatorT()
+    op.opcodeIndex = opcode(model, *kind)
+    op.inputs, op.outputs = list(inputs), list(outputs)
+    op.builtinOptionsType, op.builtinOptions = options_type, options
+    return op
+
+
+def compact(model):
+    """Drops the tensors, buffers and operator codes no op, subgraph or signature uses."""
+    for s, subgraph in enumerate(model.subgraphs):
+        used = set(subgraph.inputs) | set(subgraph.outputs)
+        for op in subgraph.operators:
+            for field in (op.inputs, op.outputs, op.intermediates):
+                used |= {int(t) for t in (field if field is not None else []) if t >= 0}
+        keep = sorted(used)
+        remap = {old: new for new, old in enumerate(keep)}
+        subgraph.tensors = [subgraph.tensors[i] for i in keep]
+
+        def moved(indices, remap=remap):
+            return None if indices is None else [remap[int(t)] if t >= 0 else -1 for t in indices]
+
+        for op in subgraph.operators:
+            op.inputs, op.outputs = moved(op.inputs), moved(op.outputs)
+            op.intermediates = moved(op.intermediates)
+        subgraph.inputs, subgraph.outputs = moved(subgraph.inputs), moved(subgraph.outputs)
+        for signature in model.signatureDefs or []:
+            if signature.subgraphIndex == s:
+                for entry in (signature.inputs or []) + (signature.outputs or []):
+                    entry.tensorIndex = remap[entry.tensorIndex]
+    used = {0} | {t.buffer for g in model.subgraphs for t in g.tensors}
+    used |= {m.buffer for m in model.metadata or []}
+    used |= {int(b) for b in (model.metadataBuffer if model.metadataBuffer is not None else [])}
+    keep = sorted(used)
+    remap = {old: new for new, old in enumerate(keep)}
+    model.buffers = [model.buffers[i] for i in keep]
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            tensor.buffer = remap[tensor.buffer]
+    for entry in model.metadata or []:
+        entry.buffer = remap[entry.buffer]
+    if model.metadataBuffer is not None:
+        model.metadataBuffer = [remap[int(b)] for b in model.metadataBuffer]
+    codes = sorted({op.opcodeIndex for g in model.subgraphs for op in g.operators})
+    remap = {old: new for new, old in enumerate(codes)}
+    model.operatorCodes = [model.operatorCodes[i] for i in codes]
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            op.opcodeIndex = remap[op.opcodeIndex]

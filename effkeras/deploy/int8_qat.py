@@ -30,8 +30,8 @@ from effkeras.deploy import int8_tables, runtime, verify
 from effkeras.deploy.converter import float_ops, to_flatbuffer, top1_agreement
 from effkeras.deploy.flatbuffer import op_census, operators
 from effkeras.deploy.report import Int8Report
-from effkeras.graph.rewrite import rewrite
 from effkeras.errors import InputError
+from effkeras.graph.rewrite import rewrite
 from effkeras.layers.qat import CodeTable
 
 MAX_LSB = 1  # the file's int8 tensors against the Keras ops, in steps of their scale
@@ -39,14 +39,23 @@ OP_CHECK_EXAMPLES = 16  # examples of the sample checked op by op
 _KERNEL_TABLES = ("hard_silu", "hard_swish")  # activations TFLite approximates in fixed point
 
 
-def convert(model, *, sample=None, io="int8", input_range=verify.PIXEL_RANGE, max_lsb=MAX_LSB,
-            max_code_step=int8_tables.MAX_CODE_STEP):
+def convert(
+    model,
+    *,
+    sample=None,
+    io="int8",
+    input_range=verify.PIXEL_RANGE,
+    max_lsb=MAX_LSB,
+    max_code_step=int8_tables.MAX_CODE_STEP,
+):
     """(int8 flatbuffer, Int8Report) of QAT `model` (module docstring)."""
     never = qat.unobserved(model)
     if never:
-        raise InputError(f"{len(never)} activation quantizer(s) of {model.name} have no range "
-                         f"yet ({', '.join(never[:3])}{' ...' if len(never) > 3 else ''}): "
-                         f"calibrate the QAT model (qat.calibrate) or train it first")
+        raise InputError(
+            f"{len(never)} activation quantizer(s) of {model.name} have no range "
+            f"yet ({', '.join(never[:3])}{' ...' if len(never) > 3 else ''}): "
+            f"calibrate the QAT model (qat.calibrate) or train it first"
+        )
     snapped = keras.models.clone_model(model)
     snapped.set_weights(model.get_weights())
     qat.snap_biases(snapped)
@@ -55,38 +64,58 @@ def convert(model, *, sample=None, io="int8", input_range=verify.PIXEL_RANGE, ma
     tables = int8_tables.Tables()
     if probes:  # LERP tables: the converter leaves them float; write them as int8 tables
         flatbuffer = int8_tables.insert_tables(flatbuffer, probes, max_code_step)
-        checked = int8_tables.check_tables(flatbuffer, {layer.name: layer
-                                                        for layer in probes.values()})
+        checked = int8_tables.check_tables(
+            flatbuffer, {layer.name: layer for layer in probes.values()}
+        )
         tables = int8_tables.Tables(len(checked), sum(table.lut.size for table in checked))
     ops = operators(flatbuffer)
     left_float = float_ops(ops)
     if left_float:
-        raise InputError(f"{len(left_float)} op(s) of QAT model {model.name} stayed float: "
-                         f"{', '.join(left_float)}; each op needs a quantization point after it")
+        raise InputError(
+            f"{len(left_float)} op(s) of QAT model {model.name} stayed float: "
+            f"{', '.join(left_float)}; each op needs a quantization point after it"
+        )
     if sample is None:
         sample = verify.random_sample(snapped, input_range)
     verify.check_sample(snapped, sample)
     keras_side = reference(snapped)
     op_lsb, points = op_steps(keras_side, flatbuffer, sample[:OP_CHECK_EXAMPLES])
     if op_lsb > max_lsb:
-        raise RuntimeError(f"the int8 file of QAT model {model.name} is {op_lsb:g} steps off the "
-                           f"Keras ops at a quantization point (allowed: {max_lsb}): the converter "
-                           f"did not take its quantization points as they are")
+        raise RuntimeError(
+            f"the int8 file of QAT model {model.name} is {op_lsb:g} steps off the "
+            f"Keras ops at a quantization point (allowed: {max_lsb}): the converter "
+            f"did not take its quantization points as they are"
+        )
     expected = keras_side.predict(sample, verbose=0)
     actual = runtime.LiteRT(flatbuffer).predict(sample)
     expected_list = expected if isinstance(expected, list) else [expected]
     actual_list = actual if isinstance(actual, list) else [actual]
     diffs = [float(np.max(np.abs(a - e))) for e, a in zip(expected_list, actual_list)]
-    steps = round(max(diff / quantizer.quantization()[0] for diff, quantizer in
-                      zip(diffs, qat.output_quantizers(snapped))), 3)
+    steps = round(
+        max(
+            diff / quantizer.quantization()[0]
+            for diff, quantizer in zip(diffs, qat.output_quantizers(snapped))
+        ),
+        3,
+    )
     largest = max(float(np.max(np.abs(e))) for e in expected_list)
     return flatbuffer, Int8Report(
-        target="int8", size_bytes=len(flatbuffer), op_census=op_census(ops),
-        max_abs_diff=max(diffs), max_rel_diff=max(diffs) / max(largest, 1e-12),
-        samples=verify.batch_size(sample), top1_agreement=top1_agreement(expected, actual),
-        io=io, calibration="QAT ranges (no calibration)", qat=True, max_lsb=steps,
-        max_op_lsb=op_lsb, quantization_points=points, int8_tables=tables.count,
-        table_bytes=tables.table_bytes)
+        target="int8",
+        size_bytes=len(flatbuffer),
+        op_census=op_census(ops),
+        max_abs_diff=max(diffs),
+        max_rel_diff=max(diffs) / max(largest, 1e-12),
+        samples=verify.batch_size(sample),
+        top1_agreement=top1_agreement(expected, actual),
+        io=io,
+        calibration="QAT ranges (no calibration)",
+        qat=True,
+        max_lsb=steps,
+        max_op_lsb=op_lsb,
+        quantization_points=points,
+        int8_tables=tables.count,
+        table_bytes=tables.table_bytes,
+    )
 
 
 def op_steps(model, flatbuffer, sample):
@@ -101,8 +130,9 @@ def op_steps(model, flatbuffer, sample):
 
     with runtime.quiet_stderr(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging": it is
-        interpreter = Interpreter(model_content=bytes(flatbuffer),
-                                  experimental_preserve_all_tensors=True)
+        interpreter = Interpreter(
+            model_content=bytes(flatbuffer), experimental_preserve_all_tensors=True
+        )
         interpreter.allocate_tensors()
     tensors = [t for t in interpreter.get_tensor_details() if t["quantization"][0]]
     (source,) = interpreter.get_input_details()  # QAT models here take one image input
@@ -118,8 +148,9 @@ def op_steps(model, flatbuffer, sample):
     worst, points = 0.0, set()
     for example in np.asarray(sample, np.float32):
         scale, zero_point = source["quantization"]
-        interpreter.set_tensor(source["index"], runtime.quantize(
-            example[None], scale, zero_point, source["dtype"]))
+        interpreter.set_tensor(
+            source["index"], runtime.quantize(example[None], scale, zero_point, source["dtype"])
+        )
         interpreter.invoke()
 
         def forced(operation):
@@ -132,8 +163,7 @@ def op_steps(model, flatbuffer, sample):
                 if tensor is None:
                     return y
                 t_scale, t_zero = tensor["quantization"]
-                value = runtime.dequantize(interpreter.get_tensor(tensor["index"]), t_scale,
-                                           t_zero)
+                value = runtime.dequantize(interpreter.get_tensor(tensor["index"]), t_scale, t_zero)
                 nonlocal worst
                 worst = max(worst, float(np.max(np.abs(value - y))) / t_scale)
                 points.add(tensor["index"])
@@ -148,9 +178,13 @@ def op_steps(model, flatbuffer, sample):
 def _matching_tensor(tensors, quantizer, shape):
     """The file tensor (LiteRT details) of FakeQuant `quantizer` at `shape`; None if not one."""
     scale, zero_point = quantizer.quantization()
-    found = [t for t in tensors if tuple(t["shape"]) == tuple(shape)
-             and t["quantization"][1] == zero_point
-             and abs(t["quantization"][0] - scale) <= 1e-6 * scale]
+    found = [
+        t
+        for t in tensors
+        if tuple(t["shape"]) == tuple(shape)
+        and t["quantization"][1] == zero_point
+        and abs(t["quantization"][0] - scale) <= 1e-6 * scale
+    ]
     if len(found) > 1:  # e.g. ReLU6 outputs: range [0, 6] everywhere; the op's name decides
         made_by = re.compile(rf"/{re.escape(quantizer.name.removesuffix('_quant'))}(_\d+)?/")
         found = [t for t in found if made_by.search(t["name"])]
@@ -167,15 +201,20 @@ def _int8(converter, io):
 def reference(model):
     """`model` with each hard-swish computed by TFLite's int8 kernel (a 256-code table); the
     model itself when it has none."""
-    targets = [layer for layer in model.layers if type(layer) is keras.layers.Activation
-               and keras.activations.serialize(layer.activation) in _KERNEL_TABLES]
+    targets = [
+        layer
+        for layer in model.layers
+        if type(layer) is keras.layers.Activation
+        and keras.activations.serialize(layer.activation) in _KERNEL_TABLES
+    ]
     if not targets:
         return model
     pairs = [(qat.input_quantizer(layer), _reader(model, layer)) for layer in targets]
     tables = kernel_tables([(x.quantization(), y.quantization()) for x, y in pairs])
-    lookups = {id(layer): CodeTable(table, x.quantization(), y.quantization(),
-                                    name=f"{layer.name}_tflite")
-               for layer, table, (x, y) in zip(targets, tables, pairs)}
+    lookups = {
+        id(layer): CodeTable(table, x.quantization(), y.quantization(), name=f"{layer.name}_tflite")
+        for layer, table, (x, y) in zip(targets, tables, pairs)
+    }
 
     def replace(layer, x, graph):
         return lookups[id(layer)](x) if id(layer) in lookups else None
@@ -187,8 +226,9 @@ def _reader(model, layer):
     """The FakeQuant that reads `layer`'s output."""
     for candidate in model.layers:
         if isinstance(candidate, qat.FakeQuant) and any(
-                node.input_tensors and node.input_tensors[0]._keras_history[0] is layer
-                for node in candidate._inbound_nodes):
+            node.input_tensors and node.input_tensors[0]._keras_history[0] is layer
+            for node in candidate._inbound_nodes
+        ):
             return candidate
     raise InputError(f"{layer.name} has no quantization point after it")
 
@@ -212,8 +252,10 @@ def kernel_tables(pairs):
     probe = keras.Model(inputs, outputs, name="hard_swish_tables")
     flatbuffer = to_flatbuffer(probe, lambda converter: _int8(converter, "int8"))
     if op_census(operators(flatbuffer)) != {"HARD_SWISH": len(pairs)}:
-        raise RuntimeError("TFLite's hard-swish tables could not be read: the probe file holds "
-                           f"{op_census(operators(flatbuffer))}")
+        raise RuntimeError(
+            "TFLite's hard-swish tables could not be read: the probe file holds "
+            f"{op_census(operators(flatbuffer))}"
+        )
     codes = np.arange(-128, 128, dtype=np.int8)
     got = runtime.LiteRT(flatbuffer).run_one([codes] * len(pairs))
     return [np.asarray(table, np.int8) for table in got]

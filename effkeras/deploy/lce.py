@@ -1,8 +1,9 @@
 """Keras 3 model -> Larq Compute Engine flatbuffer, checked against the Keras model.
 
 The path is `model.export(dir, format="tf_saved_model")` then `convert_saved_model` (LCE's
-converter looks up the `serving_default` signature that Keras 3 writes). LCE silently leaves a binary conv in float when it does not recognise the sign
-pattern, so every conversion checks its own result:
+converter looks up the `serving_default` signature that Keras 3 writes). LCE silently leaves a
+binary conv in float when it does not recognise the sign pattern, so every conversion checks its
+own result:
 
 - every binary layer (input and kernel 1-bit) must have become an `LceBconv2d`;
 - the LCE interpreter must agree with Keras on a sample batch.
@@ -12,9 +13,10 @@ is an error too (use a 1x1 QuantConv2D instead), unless `allow_float_fallback=Tr
 layers in float: correct outputs, no speed-up, weights stored as float32.
 
 LCE has no w1a2 kernel either: a model with 1-bit-weight, multi-bit-input convs (ERN) is first
-rewritten by the w1a2 pass (`passes.w1a2.w1a2_to_binary`) into binary convs over ±1 planes of the input
-(exact), and the flatbuffer is checked against the model as given, before the rewrite. A w1a2
-layer that cannot be rewritten, or whose bconvs LCE did not make, is an error naming it.
+rewritten by the w1a2 pass (`graph.passes.w1a2.w1a2_to_binary`) into binary convs over ±1 planes
+of the input (exact), and the flatbuffer is checked against the model as given, before the
+rewrite. A w1a2 layer that cannot be rewritten, or whose bconvs LCE did not make, is an error
+naming it.
 """
 
 import contextlib
@@ -29,19 +31,31 @@ from effkeras.deploy.flatbuffer import op_census, operators
 from effkeras.deploy.registry import register_target
 from effkeras.deploy.report import LceReport
 from effkeras.deploy.verify import PIXEL_RANGE
-from effkeras.graph.passes import w1a2 as w1a2_pass
 from effkeras.errors import InputError
 from effkeras.graph import layer_precision, leaf_layers
+from effkeras.graph.passes import w1a2 as w1a2_pass
 
 TARGETS = ("arm", "xcore")  # what larq_compute_engine.convert_saved_model accepts
 MAX_REL_DIFF = 1e-3  # float reassociation gives ~1e-6; a wrong conversion gives O(1)
 
 
-@register_target("arm", "Larq Compute Engine flatbuffer for 64-bit ARM CPUs (Raspberry Pi, "
-                        "Android): binary convs become LceBconv2d")
-def convert(model, *, target="arm", allow_float_fallback=False, sample=None,
-            input_range=PIXEL_RANGE, max_rel_diff=MAX_REL_DIFF, w1a2_form="auto", reference=None,
-            calibration=None):
+@register_target(
+    "arm",
+    "Larq Compute Engine flatbuffer for 64-bit ARM CPUs (Raspberry Pi, "
+    "Android): binary convs become LceBconv2d",
+)
+def convert(
+    model,
+    *,
+    target="arm",
+    allow_float_fallback=False,
+    sample=None,
+    input_range=PIXEL_RANGE,
+    max_rel_diff=MAX_REL_DIFF,
+    w1a2_form="auto",
+    reference=None,
+    calibration=None,
+):
     """(flatbuffer bytes, LceReport) for `model`; raises unless the result checks out.
 
     w1a2 convs are first rewritten as binary convs (`passes.w1a2.w1a2_to_binary(model,
@@ -56,8 +70,10 @@ def convert(model, *, target="arm", allow_float_fallback=False, sample=None,
     if target not in TARGETS:
         raise InputError(f"unknown LCE target {target!r}; use one of {', '.join(TARGETS)}")
     if model.compute_dtype != "float32":
-        raise InputError(f"LCE converts float32 models only, {model.name} computes in "
-                         f"{model.compute_dtype}; rebuild it under the float32 dtype policy")
+        raise InputError(
+            f"LCE converts float32 models only, {model.name} computes in "
+            f"{model.compute_dtype}; rebuild it under the float32 dtype policy"
+        )
     reference = model if reference is None else reference
     w1a2 = w1a2_pass.w1a2_layers(model)
     if w1a2:
@@ -81,22 +97,38 @@ def convert(model, *, target="arm", allow_float_fallback=False, sample=None,
     expected = reference.predict(sample, verbose=0)
     actual = larq_compute_engine.testing.Interpreter(flatbuffer).predict(sample)
     abs_diff, rel_diff, sensitivity = verify.check_agreement(
-        expected, actual, max_rel_diff=max_rel_diff, what="LCE flatbuffer", model=reference,
-        sample=sample, input_range=input_range)
+        expected,
+        actual,
+        max_rel_diff=max_rel_diff,
+        what="LCE flatbuffer",
+        model=reference,
+        sample=sample,
+        input_range=input_range,
+    )
 
     census = op_census(ops)
     report = LceReport(
-        target=f"lce ({target})", size_bytes=len(flatbuffer), op_census=census,
-        max_abs_diff=abs_diff, max_rel_diff=rel_diff, samples=verify.batch_size(sample),
-        binary_layers=len(binary), w1a2_layers=len(w1a2), bconv_ops=census.get("LceBconv2d", 0),
-        float_fallback=tuple(layer.name for layer in float_layers), sensitivity=sensitivity)
+        target=f"lce ({target})",
+        size_bytes=len(flatbuffer),
+        op_census=census,
+        max_abs_diff=abs_diff,
+        max_rel_diff=rel_diff,
+        samples=verify.batch_size(sample),
+        binary_layers=len(binary),
+        w1a2_layers=len(w1a2),
+        bconv_ops=census.get("LceBconv2d", 0),
+        float_fallback=tuple(layer.name for layer in float_layers),
+        sensitivity=sensitivity,
+    )
     return flatbuffer, report
 
 
 # (quantizer attribute, kernel attributes to try) of the quantized layers.
-QUANTIZED_KERNELS = (("kernel_quantizer", ("kernel",)),
-                     ("depthwise_quantizer", ("depthwise_kernel", "kernel")),
-                     ("pointwise_quantizer", ("pointwise_kernel",)))
+QUANTIZED_KERNELS = (
+    ("kernel_quantizer", ("kernel",)),
+    ("depthwise_quantizer", ("depthwise_kernel", "kernel")),
+    ("pointwise_quantizer", ("pointwise_kernel",)),
+)
 
 
 @contextlib.contextmanager
@@ -116,7 +148,11 @@ def _quantized_kernels_as_constants(model):
                 continue
             value = keras.ops.convert_to_numpy(quantizer(keras.ops.convert_to_tensor(kernel)))
             replaced.append((layer, quantizer_attribute, quantizer))
-            setattr(layer, quantizer_attribute, lambda _, value=value: keras.ops.convert_to_tensor(value))
+            setattr(
+                layer,
+                quantizer_attribute,
+                lambda _, value=value: keras.ops.convert_to_tensor(value),
+            )
     try:
         yield
     finally:
@@ -133,16 +169,21 @@ def _check_zero_padding(binary_layers):
         height, width = layer.input.shape[1:3]
         if height < layer.kernel_size[0] or width < layer.kernel_size[1]:
             raise InputError(
-                f"{layer.name}: LCE computes zero-padded binary convs wrongly on maps smaller than "
-                f"the kernel ({height}x{width} under {layer.kernel_size[0]}x{layer.kernel_size[1]}); "
-                f"convert at a larger input size (every binary conv's map >= its kernel)")
+                f"{layer.name}: LCE computes zero-padded binary convs wrongly on maps smaller "
+                f"than the kernel ({height}x{width} under "
+                f"{layer.kernel_size[0]}x{layer.kernel_size[1]}); "
+                f"convert at a larger input size (every binary conv's map >= its kernel)"
+            )
 
 
 def is_binary(layer):
     """A layer LCE must run as LceBconv2d: 1-bit x 1-bit, a rewritten w1a2 conv (PlaneConv2D),
     or a w1a2 layer left as it is (allow_float_fallback), which stays float."""
-    return (layer_precision(layer) == (1, 1) or hasattr(layer, "bconv_kernels")
-            or w1a2_pass.is_w1a2(layer))
+    return (
+        layer_precision(layer) == (1, 1)
+        or hasattr(layer, "bconv_kernels")
+        or w1a2_pass.is_w1a2(layer)
+    )
 
 
 def _expected_bconvs(layer):
@@ -164,14 +205,18 @@ def _layers_left_float(binary_layers, bconvs):
     does not model, filter shape (in order) still matches it. Layers that are not plain convs
     (and w1a2 layers not rewritten) have no LCE kernel at all.
     """
-    wanted = [(layer, kernel) for layer in binary_layers
-              for kernel in _expected_bconvs(layer) or ()]
+    wanted = [
+        (layer, kernel) for layer in binary_layers for kernel in _expected_bconvs(layer) or ()
+    ]
     left = list(bconvs)
     for same in (_same_kernel, _same_shape):
         wanted = _pair_off(wanted, left, same)
     unmatched = {id(layer) for layer, _ in wanted}
-    return [layer for layer in binary_layers
-            if id(layer) in unmatched or _expected_bconvs(layer) is None]
+    return [
+        layer
+        for layer in binary_layers
+        if id(layer) in unmatched or _expected_bconvs(layer) is None
+    ]
 
 
 def _pair_off(wanted, ops, same):
@@ -213,10 +258,12 @@ def _same_kernel(kernel, op):
 
 def _explain(layers):
     names = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in layers)
-    return (f"{len(layers)} binary layer(s) did not become LceBconv2d and would run in float: "
-            f"{names}. LCE binarizes only Conv2D whose input and kernel signs are "
-            f"where(x >= 0, 1, -1) under a custom gradient (not x + stop_gradient(q - x), not "
-            f"sign(x)), with nothing between the sign and the conv; use a 1x1 QuantConv2D for a "
-            f"binary Dense; a w1a2 conv must be a plain QuantConv2D whose quantizers give "
-            f"thresholds/step and signs/scale (passes.w1a2). Or pass "
-            f"allow_float_fallback (--allow_float_fallback) to keep them float.")
+    return (
+        f"{len(layers)} binary layer(s) did not become LceBconv2d and would run in float: "
+        f"{names}. LCE binarizes only Conv2D whose input and kernel signs are "
+        f"where(x >= 0, 1, -1) under a custom gradient (not x + stop_gradient(q - x), not "
+        f"sign(x)), with nothing between the sign and the conv; use a 1x1 QuantConv2D for a "
+        f"binary Dense; a w1a2 conv must be a plain QuantConv2D whose quantizers give "
+        f"thresholds/step and signs/scale (passes.w1a2). Or pass "
+        f"allow_float_fallback (--allow_float_fallback) to keep them float."
+    )

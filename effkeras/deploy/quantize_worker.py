@@ -38,17 +38,19 @@ def main(saved_model, calibration, io, output, signatures=None):
         for i in range(count):
             if keys:
                 for key in keys:
-                    yield key, {name: a[i:i + 1] for name, a in named[key].items()}
+                    yield key, {name: a[i : i + 1] for name, a in named[key].items()}
             else:
-                yield [a[i:i + 1] for a in arrays]
+                yield [a[i : i + 1] for a in arrays]
 
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model, signature_keys=keys)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative_dataset
     # Builtins too, so that an op without an int8 kernel stays float and can be named by the
     # caller rather than failing inside the converter with its whole graph dump.
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                                           tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+        tf.lite.OpsSet.TFLITE_BUILTINS,
+    ]
     if io == "int8":
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8

@@ -46,8 +46,9 @@ def _load_targets():
 def names():
     """Target names, numbers in order (ethos-u55-32 before ethos-u55-128)."""
     _load_targets()
-    return sorted(TARGETS, key=lambda name: [int(p) if p.isdigit() else p
-                                             for p in re.split(r"(\d+)", name)])
+    return sorted(
+        TARGETS, key=lambda name: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+    )
 
 
 def get(name):

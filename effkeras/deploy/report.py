@@ -9,7 +9,8 @@
       EarlyExitReport         early-exit fields (deploy/early_exit): exits, stages, thresholds
         EarlyExitTFLiteReport, EarlyExitInt8Report, EarlyExitTflmReport
 
-`as_dict` gives the stable keys (README, "Deploy"); `format` the text apps.convert prints.
+`as_dict` gives the stable keys (docs/deploy.md, "Report"); `format` the text apps.convert
+prints.
 """
 
 import dataclasses
@@ -20,7 +21,7 @@ from effkeras import fileio
 @dataclasses.dataclass
 class Report:
     """The checks of one conversion. Targets subclass it to add their own figures; the keys of
-    `as_dict` are stable (README, "Deploy")."""
+    `as_dict` are stable (docs/deploy.md, "Report")."""
 
     target: str
     size_bytes: int
@@ -32,8 +33,9 @@ class Report:
     frozen_tables: int = 0  # LerpPSA/ResPSA/BSpline frozen to LerpTable (passes/freeze_tables.py)
     lerp_form: str = ""  # the LerpTable form in the model ("gather", "relu_sum"), "" without one
     # Files written beside the flatbuffer by `api.save`: {suffix: bytes}; not part of as_dict.
-    artifacts: dict = dataclasses.field(default_factory=dict, repr=False,
-                                        metadata={"internal": True})
+    artifacts: dict = dataclasses.field(
+        default_factory=dict, repr=False, metadata={"internal": True}
+    )
 
     def as_dict(self):
         """The report as JSON-ready data (artifacts and other internal fields left out).
@@ -41,8 +43,11 @@ class Report:
         Returns:
             {field name: value}.
         """
-        return {field.name: fileio.plain(getattr(self, field.name))
-                for field in dataclasses.fields(self) if not field.metadata.get("internal")}
+        return {
+            field.name: fileio.plain(getattr(self, field.name))
+            for field in dataclasses.fields(self)
+            if not field.metadata.get("internal")
+        }
 
     def format(self):
         """The report as aligned text lines, one per figure.
@@ -50,16 +55,23 @@ class Report:
         Returns:
             A string.
         """
-        rows = [("target", self.target),
-                ("size", f"{self.size_bytes:,} bytes"),
-                ("ops", ", ".join(f"{name} {count}" for name, count in self.op_census.items())),
-                ("vs Keras", "- (a given file: no Keras model to compare with)"
-                 if self.max_abs_diff is None else
-                 f"max abs diff {self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g} on "
-                 f"{self.samples} inputs"),
-                ("collapsed blocks", self.collapsed_blocks),
-                ("frozen tables", f"{self.frozen_tables}"
-                 + (f" ({self.lerp_form} form)" if self.lerp_form else ""))]
+        rows = [
+            ("target", self.target),
+            ("size", f"{self.size_bytes:,} bytes"),
+            ("ops", ", ".join(f"{name} {count}" for name, count in self.op_census.items())),
+            (
+                "vs Keras",
+                "- (a given file: no Keras model to compare with)"
+                if self.max_abs_diff is None
+                else f"max abs diff {self.max_abs_diff:.3g}, "
+                f"max rel diff {self.max_rel_diff:.3g} on {self.samples} inputs",
+            ),
+            ("collapsed blocks", self.collapsed_blocks),
+            (
+                "frozen tables",
+                f"{self.frozen_tables}" + (f" ({self.lerp_form} form)" if self.lerp_form else ""),
+            ),
+        ]
         base = {field.name for field in dataclasses.fields(Report)}
         for field in dataclasses.fields(self):
             if field.name not in base:
@@ -173,8 +185,11 @@ class EarlyExitReport(Report):
         Returns:
             A string.
         """
-        lines = [line for line in Report.format(self).splitlines()
-                 if not line.startswith(("stages:", "description:"))]
+        lines = [
+            line
+            for line in Report.format(self).splitlines()
+            if not line.startswith(("stages:", "description:"))
+        ]
         header = ["stage", "exit", "FLOPs (cum.)", "state in", "state out", "held"]
         micro = any("arena_bytes" in stage for stage in self.stages)
         vela = any("cycles_total" in stage for stage in self.stages)
@@ -184,14 +199,23 @@ class EarlyExitReport(Report):
             header += ["Vela cycles", "inf/s", "SRAM", "file"]
         rows = [header]
         for stage in self.stages:
-            row = [str(stage["stage"]), stage["exit"], f"{stage['flops']:,}",
-                   f"{stage['state_in_bytes']:,}", f"{stage['state_out_bytes']:,}",
-                   f"{stage['held_state_bytes']:,}"]
+            row = [
+                str(stage["stage"]),
+                stage["exit"],
+                f"{stage['flops']:,}",
+                f"{stage['state_in_bytes']:,}",
+                f"{stage['state_out_bytes']:,}",
+                f"{stage['held_state_bytes']:,}",
+            ]
             if micro:
                 row += [f"{stage['arena_bytes']:,}", f"{stage['file_bytes']:,}"]
             if vela:
-                row += [f"{stage['cycles_total']:,}", f"{stage['inferences_per_second']:,.1f}",
-                        f"{stage['sram_bytes']:,}", f"{stage['file_bytes']:,}"]
+                row += [
+                    f"{stage['cycles_total']:,}",
+                    f"{stage['inferences_per_second']:,.1f}",
+                    f"{stage['sram_bytes']:,}",
+                    f"{stage['file_bytes']:,}",
+                ]
             rows.append(row)
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines.append("stages (state, arena and file in bytes):")

@@ -136,8 +136,7 @@ class LiteRT(Runtime):
         from ai_edge_litert.interpreter import Interpreter
 
         with quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-            self.interpreter = Interpreter(model_content=bytes(flatbuffer),
-                                           num_threads=num_threads)
+            self.interpreter = Interpreter(model_content=bytes(flatbuffer), num_threads=num_threads)
             self.interpreter.allocate_tensors()
         self.threads = num_threads
         self.inputs = self.interpreter.get_input_details()
@@ -163,13 +162,16 @@ class TFLiteMicro(Runtime):
         from tflite_micro import runtime
 
         with quiet_stderr():
-            self.interpreter = runtime.Interpreter.from_bytes(bytes(flatbuffer),
-                                                              arena_size=arena_size)
+            self.interpreter = runtime.Interpreter.from_bytes(
+                bytes(flatbuffer), arena_size=arena_size
+            )
         inputs, outputs = io_tensors(flatbuffer)
-        self.inputs = [_micro_details(self.interpreter.get_input_details(i))
-                       for i in range(len(inputs))]
-        self.outputs = [_micro_details(self.interpreter.get_output_details(i))
-                        for i in range(len(outputs))]
+        self.inputs = [
+            _micro_details(self.interpreter.get_input_details(i)) for i in range(len(inputs))
+        ]
+        self.outputs = [
+            _micro_details(self.interpreter.get_output_details(i)) for i in range(len(outputs))
+        ]
 
     def run_one(self, encoded):
         for index, array in enumerate(encoded):
@@ -193,14 +195,20 @@ class LCE(Runtime):
         import larq_compute_engine
 
         self.interpreter = larq_compute_engine.testing.Interpreter(
-            bytes(flatbuffer), num_threads=num_threads, use_indirect_bgemm=use_indirect_bgemm)
+            bytes(flatbuffer), num_threads=num_threads, use_indirect_bgemm=use_indirect_bgemm
+        )
         self.threads = num_threads
         lce = self.interpreter
-        self.inputs = [_lce_details(*d) for d in zip(lce.input_types, lce.input_shapes,
-                                                     lce.input_scales, lce.input_zero_points)]
-        self.outputs = [_lce_details(*d) for d in zip(lce.output_types, lce.output_shapes,
-                                                      lce.output_scales,
-                                                      lce.output_zero_points)]
+        self.inputs = [
+            _lce_details(*d)
+            for d in zip(lce.input_types, lce.input_shapes, lce.input_scales, lce.input_zero_points)
+        ]
+        self.outputs = [
+            _lce_details(*d)
+            for d in zip(
+                lce.output_types, lce.output_shapes, lce.output_scales, lce.output_zero_points
+            )
+        ]
 
     def run_one(self, encoded):
         outputs = self.interpreter.interpreter.predict([array[None] for array in encoded])
@@ -226,8 +234,10 @@ def runner(flatbuffer, runtime=None, *, num_threads=1):
     if runtime not in RUNTIMES:
         raise InputError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
     if has_lce_ops and runtime != "lce":
-        raise InputError(f"this file holds Larq Compute Engine ops, which only LCE runs, not "
-                         f"{runtime}; use runtime 'lce'")
+        raise InputError(
+            f"this file holds Larq Compute Engine ops, which only LCE runs, not "
+            f"{runtime}; use runtime 'lce'"
+        )
     if runtime == "tflm":
         return TFLiteMicro(flatbuffer)
     return {"litert": LiteRT, "lce": LCE}[runtime](flatbuffer, num_threads=num_threads)
@@ -236,8 +246,9 @@ def runner(flatbuffer, runtime=None, *, num_threads=1):
 def _micro_details(details):
     parameters = details.get("quantization_parameters") or {}
     scales, zero_points = parameters.get("scales"), parameters.get("zero_points")
-    quantization = ((float(scales[0]), int(zero_points[0]))
-                    if scales is not None and len(scales) else (0.0, 0))
+    quantization = (
+        (float(scales[0]), int(zero_points[0])) if scales is not None and len(scales) else (0.0, 0)
+    )
     return {"dtype": details["dtype"], "shape": details["shape"], "quantization": quantization}
 
 
@@ -246,10 +257,12 @@ def _lce_details(dtype, shape, scale, zero_point):
     scale = scale[0] if isinstance(scale, (list, tuple)) and len(scale) == 1 else scale
     if isinstance(zero_point, (list, tuple)) and len(zero_point) == 1:
         zero_point = zero_point[0]
-    quantization = ((float(scale), int(zero_point or 0))
-                    if isinstance(scale, (int, float)) and scale else (0.0, 0))
-    return {"dtype": np.dtype(dtype).type, "shape": np.asarray(shape),
-            "quantization": quantization}
+    quantization = (
+        (float(scale), int(zero_point or 0))
+        if isinstance(scale, (int, float)) and scale
+        else (0.0, 0)
+    )
+    return {"dtype": np.dtype(dtype).type, "shape": np.asarray(shape), "quantization": quantization}
 
 
 def _quantization(details):

@@ -23,13 +23,17 @@ Micro), and the relu_sum form is quantized like any other op (approximate).
 import tempfile
 
 import numpy as np
-
 import tensorflow as tf
 
 from effkeras import qat
 from effkeras.deploy import int8_tables, runtime, verify
-from effkeras.deploy.converter import (export_saved_model, float_ops, quantize_saved_model,
-                                      to_flatbuffer, top1_agreement)
+from effkeras.deploy.converter import (
+    export_saved_model,
+    float_ops,
+    quantize_saved_model,
+    to_flatbuffer,
+    top1_agreement,
+)
 from effkeras.deploy.flatbuffer import op_census, operators
 from effkeras.deploy.registry import register_target
 from effkeras.deploy.report import Int8Report, TFLiteReport
@@ -51,23 +55,42 @@ def _compare(model, flatbuffer, sample, input_range, max_rel_diff, what):
     expected = model.predict(sample, verbose=0)
     actual = runtime.LiteRT(flatbuffer).predict(sample)
     abs_diff, rel_diff, _ = verify.check_agreement(
-        expected, actual, max_rel_diff=max_rel_diff, what=what, model=model, sample=sample,
-        input_range=input_range)
+        expected,
+        actual,
+        max_rel_diff=max_rel_diff,
+        what=what,
+        model=model,
+        sample=sample,
+        input_range=input_range,
+    )
     return abs_diff, rel_diff, top1_agreement(expected, actual), verify.batch_size(sample)
 
 
 @register_target("float", "float32 TFLite builtins for LiteRT (Android, Linux; XNNPack on CPUs)")
-def convert_float(model, *, calibration=None, sample=None, input_range=PIXEL_RANGE,
-                  max_rel_diff=MAX_REL_DIFF["float"]):
+def convert_float(
+    model,
+    *,
+    calibration=None,
+    sample=None,
+    input_range=PIXEL_RANGE,
+    max_rel_diff=MAX_REL_DIFF["float"],
+):
     del calibration  # not quantized
     flatbuffer = to_flatbuffer(model)
     return flatbuffer, _report("float", model, flatbuffer, sample, input_range, max_rel_diff)
 
 
-@register_target("float16", "float16 weights, float32 compute (half the file; GPU delegates "
-                            "run it in float16)")
-def convert_float16(model, *, calibration=None, sample=None, input_range=PIXEL_RANGE,
-                    max_rel_diff=MAX_REL_DIFF["float16"]):
+@register_target(
+    "float16", "float16 weights, float32 compute (half the file; GPU delegates run it in float16)"
+)
+def convert_float16(
+    model,
+    *,
+    calibration=None,
+    sample=None,
+    input_range=PIXEL_RANGE,
+    max_rel_diff=MAX_REL_DIFF["float16"],
+):
     del calibration
 
     def configure(converter):
@@ -79,20 +102,38 @@ def convert_float16(model, *, calibration=None, sample=None, input_range=PIXEL_R
 
 
 def _report(target, model, flatbuffer, sample, input_range, max_rel_diff):
-    abs_diff, rel_diff, agreement, count = _compare(model, flatbuffer, sample, input_range,
-                                                    max_rel_diff, f"{target} TFLite file")
-    return TFLiteReport(target=target, size_bytes=len(flatbuffer),
-                        op_census=op_census(operators(flatbuffer)),
-                        max_abs_diff=abs_diff, max_rel_diff=rel_diff, samples=count,
-                        top1_agreement=agreement)
+    abs_diff, rel_diff, agreement, count = _compare(
+        model, flatbuffer, sample, input_range, max_rel_diff, f"{target} TFLite file"
+    )
+    return TFLiteReport(
+        target=target,
+        size_bytes=len(flatbuffer),
+        op_census=op_census(operators(flatbuffer)),
+        max_abs_diff=abs_diff,
+        max_rel_diff=rel_diff,
+        samples=count,
+        top1_agreement=agreement,
+    )
 
 
-@register_target("int8", "full-integer int8 TFLite (post-training quantization on a "
-                         "calibration set): LiteRT, TFLite Micro, NPUs")
-def convert_int8(model, *, calibration=None, sample=None, io="int8", allow_float_fallback=False,
-                 input_range=PIXEL_RANGE, max_rel_diff=MAX_REL_DIFF["int8"],
-                 calibration_samples=CALIBRATION_SAMPLES, calibration_source=None,
-                 max_code_step=int8_tables.MAX_CODE_STEP):
+@register_target(
+    "int8",
+    "full-integer int8 TFLite (post-training quantization on a "
+    "calibration set): LiteRT, TFLite Micro, NPUs",
+)
+def convert_int8(
+    model,
+    *,
+    calibration=None,
+    sample=None,
+    io="int8",
+    allow_float_fallback=False,
+    input_range=PIXEL_RANGE,
+    max_rel_diff=MAX_REL_DIFF["int8"],
+    calibration_samples=CALIBRATION_SAMPLES,
+    calibration_source=None,
+    max_code_step=int8_tables.MAX_CODE_STEP,
+):
     """(int8 flatbuffer, Int8Report) of a float Keras model (module docstring).
 
     calibration: images (N, H, W, C) in `input_range` (the training split of the dataset the
@@ -108,12 +149,14 @@ def convert_int8(model, *, calibration=None, sample=None, io="int8", allow_float
         raise InputError(
             f"{model.name} has {len(binary)} layer(s) with 1-bit weights ({', '.join(binary[:3])}"
             f"{' ...' if len(binary) > 3 else ''}), which run as binary ops only in Larq Compute "
-            f"Engine: deploy it with --target=arm (int8 targets compute in 8 bits)")
+            f"Engine: deploy it with --target=arm (int8 targets compute in 8 bits)"
+        )
     if qat.is_qat_model(model):
         from effkeras.deploy import int8_qat
 
-        return int8_qat.convert(model, sample=sample, io=io, input_range=input_range,
-                           max_code_step=max_code_step)
+        return int8_qat.convert(
+            model, sample=sample, io=io, input_range=input_range, max_code_step=max_code_step
+        )
     if calibration is None:
         calibration = verify.random_sample(model, input_range, calibration_samples, seed=2)
         calibration_source = f"{calibration_samples} random inputs in {list(input_range)}"
@@ -133,22 +176,34 @@ def convert_int8(model, *, calibration=None, sample=None, io="int8", allow_float
             f"{len(left_float)} op(s) of {model.name} stayed float in the int8 file: "
             f"{', '.join(left_float)}. TFLite has no int8 kernel for them; replace those layers "
             f"(e.g. an activation with ReLU/ReLU6/hard-swish), or pass --allow_float_fallback "
-            f"to keep them float (then the file does not run on int8-only TFLite Micro or NPUs)")
-    abs_diff, rel_diff, agreement, count = _compare(model, flatbuffer, sample, input_range,
-                                                    max_rel_diff, "int8 TFLite file")
+            f"to keep them float (then the file does not run on int8-only TFLite Micro or NPUs)"
+        )
+    abs_diff, rel_diff, agreement, count = _compare(
+        model, flatbuffer, sample, input_range, max_rel_diff, "int8 TFLite file"
+    )
     return flatbuffer, Int8Report(
-        target="int8", size_bytes=len(flatbuffer), op_census=op_census(ops),
-        max_abs_diff=abs_diff, max_rel_diff=rel_diff, samples=count, top1_agreement=agreement,
-        io=io, calibration=calibration_source or f"{len(arrays[0])} given inputs",
-        float_ops=tuple(left_float), int8_tables=tables.count, table_bytes=tables.table_bytes)
+        target="int8",
+        size_bytes=len(flatbuffer),
+        op_census=op_census(ops),
+        max_abs_diff=abs_diff,
+        max_rel_diff=rel_diff,
+        samples=count,
+        top1_agreement=agreement,
+        io=io,
+        calibration=calibration_source or f"{len(arrays[0])} given inputs",
+        float_ops=tuple(left_float),
+        int8_tables=tables.count,
+        table_bytes=tables.table_bytes,
+    )
 
 
 def _quantize(model, calibration, io):
     """The int8 flatbuffer of `model`, quantized in a child process (quantize_worker.py)."""
     with tempfile.TemporaryDirectory() as directory:
         export_saved_model(model, directory)
-        return quantize_saved_model(directory, calibration, io, model.name,
-                                    lambda: to_flatbuffer(model))
+        return quantize_saved_model(
+            directory, calibration, io, model.name, lambda: to_flatbuffer(model)
+        )
 
 
 def int8_file(model, target, *, calibration=None, sample=None, **int8_options):
@@ -158,11 +213,16 @@ def int8_file(model, target, *, calibration=None, sample=None, **int8_options):
     if isinstance(model, (bytes, bytearray)):
         flatbuffer = bytes(model)
         ops = check_int8_file(flatbuffer, target)
-        return flatbuffer, Int8Report(target="int8", size_bytes=len(flatbuffer),
-                                      op_census=op_census(ops), max_abs_diff=None,
-                                      max_rel_diff=None, samples=0, calibration="(given file)")
-    flatbuffer, report = convert_int8(model, calibration=calibration, sample=sample,
-                                      **int8_options)
+        return flatbuffer, Int8Report(
+            target="int8",
+            size_bytes=len(flatbuffer),
+            op_census=op_census(ops),
+            max_abs_diff=None,
+            max_rel_diff=None,
+            samples=0,
+            calibration="(given file)",
+        )
+    flatbuffer, report = convert_int8(model, calibration=calibration, sample=sample, **int8_options)
     check_int8_file(flatbuffer, target)  # float ops kept by allow_float_fallback are refused
     return flatbuffer, report
 
@@ -172,12 +232,16 @@ def check_int8_file(flatbuffer, target):
     ops = operators(flatbuffer)
     lce = sorted({op.type for op in ops if op.type.startswith("Lce")})
     if lce:
-        raise InputError(f"this file holds Larq Compute Engine ops ({', '.join(lce)}), which only "
-                         f"LCE on ARM CPUs runs; {target} needs an int8 TFLite file: convert the "
-                         f"Keras model with --target=int8 (binary models deploy with --target=arm)")
+        raise InputError(
+            f"this file holds Larq Compute Engine ops ({', '.join(lce)}), which only "
+            f"LCE on ARM CPUs runs; {target} needs an int8 TFLite file: convert the "
+            f"Keras model with --target=int8 (binary models deploy with --target=arm)"
+        )
     left_float = float_ops(ops)
     if left_float:
-        raise InputError(f"{target} runs int8 files only, and this one computes in float: "
-                         f"{', '.join(left_float[:5])}{' ...' if len(left_float) > 5 else ''}; "
-                         f"convert the Keras model with --target=int8")
+        raise InputError(
+            f"{target} runs int8 files only, and this one computes in float: "
+            f"{', '.join(left_float[:5])}{' ...' if len(left_float) > 5 else ''}; "
+            f"convert the Keras model with --target=int8"
+        )
     return ops

@@ -33,28 +33,48 @@ MAX_MEAN_LSB_DIFF = 4
 ARENA_ALIGNMENT = 16
 
 
-@register_target("tflm", "int8 TFLite for microcontrollers, run in TFLite Micro: arena bytes "
-                         "and a C array for the firmware")
-def convert(model, *, calibration=None, sample=None, io="int8", allow_float_fallback=False,
-            **int8_options):
+@register_target(
+    "tflm",
+    "int8 TFLite for microcontrollers, run in TFLite Micro: arena bytes "
+    "and a C array for the firmware",
+)
+def convert(
+    model, *, calibration=None, sample=None, io="int8", allow_float_fallback=False, **int8_options
+):
     """(int8 flatbuffer, TflmReport) of a Keras model, or of the bytes of an int8 .tflite."""
-    flatbuffer, base = tflite.int8_file(model, "tflm", calibration=calibration, sample=sample,
-                                        io=io, allow_float_fallback=allow_float_fallback,
-                                        **int8_options)
+    flatbuffer, base = tflite.int8_file(
+        model,
+        "tflm",
+        calibration=calibration,
+        sample=sample,
+        io=io,
+        allow_float_fallback=allow_float_fallback,
+        **int8_options,
+    )
     if sample is None:  # the int8 check's own random sample (same seed), or the file's shapes
         shapes = [t.shape[1:] for t in io_tensors(flatbuffer)[0]]
         sample = verify.random_inputs(shapes)
     name = "model" if isinstance(model, (bytes, bytearray)) else model.name
     lsb, mean = lsb_diffs(flatbuffer, sample)
     if lsb > MAX_LSB_DIFF or mean > MAX_MEAN_LSB_DIFF:
-        raise RuntimeError(f"TFLite Micro's outputs differ from LiteRT's by up to {lsb} LSB, "
-                           f"{mean:.2f} on average (limits {MAX_LSB_DIFF}, {MAX_MEAN_LSB_DIFF}): "
-                           f"TFLite Micro computes this file differently")
+        raise RuntimeError(
+            f"TFLite Micro's outputs differ from LiteRT's by up to {lsb} LSB, "
+            f"{mean:.2f} on average (limits {MAX_LSB_DIFF}, {MAX_MEAN_LSB_DIFF}): "
+            f"TFLite Micro computes this file differently"
+        )
     arena = arena_bytes(flatbuffer)
-    report = extend(base, TflmReport, target="tflm", max_lsb_diff=lsb,
-                    mean_lsb_diff=round(mean, 3), arena_bytes=arena)
-    report.artifacts = {"_model_data.h": lambda stem: c_header(name, len(flatbuffer), arena),
-                        "_model_data.cc": lambda stem: c_source(name, flatbuffer, stem)}
+    report = extend(
+        base,
+        TflmReport,
+        target="tflm",
+        max_lsb_diff=lsb,
+        mean_lsb_diff=round(mean, 3),
+        arena_bytes=arena,
+    )
+    report.artifacts = {
+        "_model_data.h": lambda stem: c_header(name, len(flatbuffer), arena),
+        "_model_data.cc": lambda stem: c_source(name, flatbuffer, stem),
+    }
     return flatbuffer, report
 
 
@@ -63,9 +83,11 @@ def lsb_diffs(flatbuffer, sample):
     try:
         micro = runtime.TFLiteMicro(flatbuffer)
     except Exception as e:  # RuntimeError from the C++ side: an op TFLite Micro lacks
-        raise InputError(f"TFLite Micro cannot run this file: {str(e).strip().splitlines()[0]}; "
-                         f"it has no kernel for one of its ops "
-                         f"({', '.join(op_census(operators(flatbuffer)))})") from None
+        raise InputError(
+            f"TFLite Micro cannot run this file: {str(e).strip().splitlines()[0]}; "
+            f"it has no kernel for one of its ops "
+            f"({', '.join(op_census(operators(flatbuffer)))})"
+        ) from None
     lite = runtime.LiteRT(flatbuffer)
     inputs = sample if isinstance(sample, (list, tuple)) else [sample]
     diffs = []
@@ -93,9 +115,21 @@ def arena_bytes(flatbuffer, limit=1 << 30):
         with open(path, "wb") as f:
             f.write(flatbuffer)
         for _ in range(MAX_PROBE_CRASHES):
-            run = subprocess.run([sys.executable, "-c", _ARENA_PROBE, path, str(low), str(high),
-                                  str(limit), str(ARENA_ALIGNMENT), str(count)],
-                                 capture_output=True, text=True)
+            run = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    _ARENA_PROBE,
+                    path,
+                    str(low),
+                    str(high),
+                    str(limit),
+                    str(ARENA_ALIGNMENT),
+                    str(count),
+                ],
+                capture_output=True,
+                text=True,
+            )
             pending = None
             for line in run.stdout.splitlines():
                 word, size = line.split()
@@ -109,21 +143,24 @@ def arena_bytes(flatbuffer, limit=1 << 30):
                 elif word == "fail":
                     low = max(low, size)
                 elif word == "limit":
-                    raise InputError(f"TFLite Micro cannot allocate this model in {limit:,} "
-                                     f"bytes")
+                    raise InputError(f"TFLite Micro cannot allocate this model in {limit:,} bytes")
                 elif word == "invoked":
                     return size
                 else:  # not-invoked
-                    raise RuntimeError(f"TFLite Micro allocates this model in {size:,} bytes "
-                                       f"but cannot invoke it there")
+                    raise RuntimeError(
+                        f"TFLite Micro allocates this model in {size:,} bytes "
+                        f"but cannot invoke it there"
+                    )
             if pending is None or pending[0] == "invoke":
-                raise RuntimeError(f"TFLite Micro crashed measuring this model's arena (exit "
-                                   f"code {run.returncode}"
-                                   + (f", invoking it in {pending[1]:,} bytes)" if pending
-                                      else ")"))
+                raise RuntimeError(
+                    f"TFLite Micro crashed measuring this model's arena (exit "
+                    f"code {run.returncode}"
+                    + (f", invoking it in {pending[1]:,} bytes)" if pending else ")")
+                )
             low = max(low, pending[1])  # crashed building it: too small
-    raise RuntimeError(f"TFLite Micro crashed {MAX_PROBE_CRASHES} times measuring this model's "
-                       f"arena")
+    raise RuntimeError(
+        f"TFLite Micro crashed {MAX_PROBE_CRASHES} times measuring this model's arena"
+    )
 
 
 MAX_PROBE_CRASHES = 8
@@ -190,22 +227,28 @@ def identifier(name):
 
 def c_header(name, length, arena):
     namespace = identifier(name)
-    return (f"// {name}: int8 TFLite model for TFLite Micro, written by effkeras.\n"
-            f"#pragma once\n#include <cstddef>\n#include <cstdint>\n\n"
-            f"namespace {namespace} {{\n"
-            f"constexpr size_t kModelDataLen = {length};\n"
-            f"// The smallest arena that allocated and ran this model in TFLite Micro's reference\n"
-            f"// kernels on a 64-bit host; optimized kernels (CMSIS-NN) may need scratch space more.\n"
-            f"constexpr size_t kTensorArenaSize = {arena};\n"
-            f"extern const uint8_t g_model_data[kModelDataLen];\n"
-            f"}}  // namespace {namespace}\n").encode()
+    return (
+        f"// {name}: int8 TFLite model for TFLite Micro, written by effkeras.\n"
+        f"#pragma once\n#include <cstddef>\n#include <cstdint>\n\n"
+        f"namespace {namespace} {{\n"
+        f"constexpr size_t kModelDataLen = {length};\n"
+        f"// The smallest arena that allocated and ran this model in TFLite Micro's reference\n"
+        f"// kernels on a 64-bit host; optimized kernels (CMSIS-NN) may need scratch space more.\n"
+        f"constexpr size_t kTensorArenaSize = {arena};\n"
+        f"extern const uint8_t g_model_data[kModelDataLen];\n"
+        f"}}  // namespace {namespace}\n"
+    ).encode()
 
 
 def c_source(name, flatbuffer, stem):
     namespace = identifier(name)
-    rows = [", ".join(f"0x{b:02x}" for b in flatbuffer[i:i + 12])
-            for i in range(0, len(flatbuffer), 12)]
+    rows = [
+        ", ".join(f"0x{b:02x}" for b in flatbuffer[i : i + 12])
+        for i in range(0, len(flatbuffer), 12)
+    ]
     body = ",\n    ".join(rows)
-    return (f'#include "{stem}_model_data.h"\n\nnamespace {namespace} {{\n'
-            f"alignas(16) const uint8_t g_model_data[kModelDataLen] = {{\n    {body}}};\n"
-            f"}}  // namespace {namespace}\n").encode()
+    return (
+        f'#include "{stem}_model_data.h"\n\nnamespace {namespace} {{\n'
+        f"alignas(16) const uint8_t g_model_data[kModelDataLen] = {{\n    {body}}};\n"
+        f"}}  // namespace {namespace}\n"
+    ).encode()

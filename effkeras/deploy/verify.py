@@ -50,10 +50,12 @@ def input_shapes(model):
     shapes = [tuple(tensor.shape[1:]) for tensor in model.inputs]
     for shape in shapes:
         if None in shape:
-            raise InputError(f"deployment needs a fixed input shape (TFLite Micro and Vela take "
-                             f"static shapes only), and {model.name} takes {shape}: build it "
-                             f"with one, e.g. models.get(name, input_shape=(224, 224, 3)) or "
-                             f"--input_shape=224,224,3")
+            raise InputError(
+                f"deployment needs a fixed input shape (TFLite Micro and Vela take "
+                f"static shapes only), and {model.name} takes {shape}: build it "
+                f"with one, e.g. models.get(name, input_shape=(224, 224, 3)) or "
+                f"--input_shape=224,224,3"
+            )
     return shapes
 
 
@@ -108,8 +110,10 @@ def check_sample(model, sample, what="sample"):
     shapes = input_shapes(model)
     got = [tuple(np.shape(a)[1:]) for a in arrays]
     if len(got) != len(shapes) or got != shapes or any(np.ndim(a) < 2 for a in arrays):
-        raise InputError(f"the {what} has shape {[np.shape(a) for a in arrays]}, but {model.name} "
-                         f"takes batches of {shapes}; give images of the model's input shape")
+        raise InputError(
+            f"the {what} has shape {[np.shape(a) for a in arrays]}, but {model.name} "
+            f"takes batches of {shapes}; give images of the model's input shape"
+        )
 
 
 # --- agreement with Keras -------------------------------------------------------------------------
@@ -160,14 +164,16 @@ def sensitivity(model, sample, input_range, noise=1e-4):
     low, high = input_range
     rng = np.random.default_rng(1)
     inputs = sample if isinstance(sample, (list, tuple)) else [sample]
-    noisy = [x + rng.normal(0.0, noise * (high - low), np.shape(x)).astype(np.float32)
-             for x in inputs]
+    noisy = [
+        x + rng.normal(0.0, noise * (high - low), np.shape(x)).astype(np.float32) for x in inputs
+    ]
     noisy = noisy if isinstance(sample, (list, tuple)) else noisy[0]
     return max_diffs(model.predict(sample, verbose=0), model.predict(noisy, verbose=0))[1]
 
 
-def check_agreement(expected, actual, *, max_rel_diff, what, model=None, sample=None,
-                    input_range=PIXEL_RANGE):
+def check_agreement(
+    expected, actual, *, max_rel_diff, what, model=None, sample=None, input_range=PIXEL_RANGE
+):
     """Checks the file's outputs `actual` against Keras's `expected`.
 
     Beyond `max_rel_diff` (and ABS_FLOOR), `model`'s own sensitivity to input noise of 1e-4 of
@@ -197,5 +203,6 @@ def check_agreement(expected, actual, *, max_rel_diff, what, model=None, sample=
             raise RuntimeError(
                 f"the {what} disagrees with Keras: max abs diff {abs_diff:.3g}, max rel diff "
                 f"{rel_diff:.3g} > {max_rel_diff:g}, and Keras itself moves only "
-                f"{measured:.3g} under input noise")
+                f"{measured:.3g} under input noise"
+            )
     return abs_diff, rel_diff, measured

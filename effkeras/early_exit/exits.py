@@ -178,8 +178,11 @@ def apply_thresholds(confidence, correct, thresholds, exit_flops):
     count = len(exits)
     fractions = exit_fractions(exits, len(thresholds))
     top1 = float(np.mean(np.asarray(correct)[exits, np.arange(count)]))
-    return {"exit_fractions": fractions.tolist(), "top1": top1,
-            "flops": expected_cost(fractions, exit_flops)}
+    return {
+        "exit_fractions": fractions.tolist(),
+        "top1": top1,
+        "flops": expected_cost(fractions, exit_flops),
+    }
 
 
 def average_flops(confidence, thresholds, exit_flops):
@@ -208,9 +211,11 @@ def check_budget(budget, exit_flops):
         InputError: the budget is below the first exit's cost.
     """
     if not budget >= exit_flops[0]:
-        raise InputError(f"--budget={budget:,.0f} FLOPs is below the first exit's cost: every "
-                         f"image costs at least {int(exit_flops[0]):,} FLOPs; the minimum budget "
-                         f"is {int(exit_flops[0])}")
+        raise InputError(
+            f"--budget={budget:,.0f} FLOPs is below the first exit's cost: every "
+            f"image costs at least {int(exit_flops[0]):,} FLOPs; the minimum budget "
+            f"is {int(exit_flops[0])}"
+        )
 
 
 def thresholds_for_budget(confidence, exit_flops, budget, orders=None):
@@ -241,8 +246,9 @@ def thresholds_for_budget(confidence, exit_flops, budget, orders=None):
     orders = descending(confidence) if orders is None else orders
 
     def thresholds_at(log_r):
-        return calibrate_thresholds(confidence, exit_proportions(math.exp(log_r), num_exits),
-                                    orders)
+        return calibrate_thresholds(
+            confidence, exit_proportions(math.exp(log_r), num_exits), orders
+        )
 
     low, high = math.log(R_LOW), math.log(R_HIGH)
     for _ in range(BISECTION_STEPS):

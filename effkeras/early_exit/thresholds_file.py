@@ -16,8 +16,14 @@ from effkeras.early_exit.exits import LAST, NEVER
 from effkeras.errors import InputError
 from effkeras.fileio import write_json
 
-THRESHOLD_KEYS = ("model", "num_exits", "thresholds", "exit_flops", "expected_flops",
-                  "exit_fractions")
+THRESHOLD_KEYS = (
+    "model",
+    "num_exits",
+    "thresholds",
+    "exit_flops",
+    "expected_flops",
+    "exit_fractions",
+)
 MAX_THRESHOLDS_BYTES = 1 << 20  # a thresholds file is a few hundred bytes
 
 
@@ -63,23 +69,37 @@ def load_thresholds(source, num_exits, exit_flops=None):
     loaded = dict(source) if isinstance(source, dict) else {"thresholds": source}
     declared = loaded.get("num_exits", num_exits)
     values, fractions = loaded.get("thresholds"), loaded.get("exit_fractions")
-    if declared != num_exits or not isinstance(values, (list, tuple, np.ndarray)) \
-            or len(values) != num_exits:
-        got = declared if declared != num_exits else (
-            len(values) if isinstance(values, (list, tuple, np.ndarray)) else values)
-        raise InputError(f"the thresholds are for {got} exits, and the model has {num_exits}: "
-                         f"give {num_exits} numbers, or calibrate thresholds for this model")
+    if (
+        declared != num_exits
+        or not isinstance(values, (list, tuple, np.ndarray))
+        or len(values) != num_exits
+    ):
+        got = (
+            declared
+            if declared != num_exits
+            else (len(values) if isinstance(values, (list, tuple, np.ndarray)) else values)
+        )
+        raise InputError(
+            f"the thresholds are for {got} exits, and the model has {num_exits}: "
+            f"give {num_exits} numbers, or calibrate thresholds for this model"
+        )
     try:
         values = [float(v) for v in values]
     except (TypeError, ValueError):
         raise InputError(f"thresholds must be numbers, got {list(values)}") from None
     if not all(math.isfinite(v) and v >= 0 for v in values):
-        raise InputError(f"thresholds must be finite numbers >= 0 (softmax maxima; "
-                         f"{NEVER:g} for an exit nobody takes), got {values}")
+        raise InputError(
+            f"thresholds must be finite numbers >= 0 (softmax maxima; "
+            f"{NEVER:g} for an exit nobody takes), got {values}"
+        )
     if fractions is not None and len(fractions) != num_exits:
         raise InputError(f"{len(fractions)} exit fractions given for {num_exits} exits")
-    return {**loaded, "num_exits": num_exits, "thresholds": values,
-            "exit_fractions": None if fractions is None else [float(f) for f in fractions]}
+    return {
+        **loaded,
+        "num_exits": num_exits,
+        "thresholds": values,
+        "exit_fractions": None if fractions is None else [float(f) for f in fractions],
+    }
 
 
 def _load_file(path, num_exits, exit_flops):
@@ -88,8 +108,9 @@ def _load_file(path, num_exits, exit_flops):
     `exit_flops`)."""
     try:
         if os.path.getsize(path) > MAX_THRESHOLDS_BYTES:
-            raise InputError(f"{path} is larger than {MAX_THRESHOLDS_BYTES:,} bytes: not a "
-                             f"thresholds file")
+            raise InputError(
+                f"{path} is larger than {MAX_THRESHOLDS_BYTES:,} bytes: not a thresholds file"
+            )
         with open(path, encoding="utf-8") as f:
             record = json.load(f, parse_constant=_refuse_constant)
     except (OSError, UnicodeDecodeError, ValueError) as e:
@@ -99,9 +120,11 @@ def _load_file(path, num_exits, exit_flops):
         raise InputError(f"cannot read thresholds file {path}: {reason}") from None
     _check_record(record, num_exits, path)
     if exit_flops is not None and [int(f) for f in exit_flops] != record["exit_flops"]:
-        raise InputError(f"{path} was calibrated for exits costing {record['exit_flops']} FLOPs "
-                         f"but this model's cost {[int(f) for f in exit_flops]}; calibrate "
-                         f"thresholds for this model")
+        raise InputError(
+            f"{path} was calibrated for exits costing {record['exit_flops']} FLOPs "
+            f"but this model's cost {[int(f) for f in exit_flops]}; calibrate "
+            f"thresholds for this model"
+        )
     return {key: record[key] for key in THRESHOLD_KEYS}
 
 
@@ -115,8 +138,10 @@ def _is_number(value):
 
 def _check_record(record, num_exits, path):
     def bad(message):
-        raise InputError(f"{path} is not a valid early-exit thresholds file: {message}; write "
-                         f"one with apps.evaluate --early_exit=budgeted --thresholds_out")
+        raise InputError(
+            f"{path} is not a valid early-exit thresholds file: {message}; write "
+            f"one with apps.evaluate --early_exit=budgeted --thresholds_out"
+        )
 
     if not isinstance(record, dict):
         bad("expected a JSON object")
@@ -129,9 +154,11 @@ def _check_record(record, num_exits, path):
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         bad(f"num_exits must be a positive integer, got {count!r}")
     if count != num_exits:
-        raise InputError(f"{path} holds thresholds for {count} exits but the model has "
-                         f"{num_exits}; calibrate thresholds for this model (apps.evaluate "
-                         f"--early_exit=budgeted --thresholds_out)")
+        raise InputError(
+            f"{path} holds thresholds for {count} exits but the model has "
+            f"{num_exits}; calibrate thresholds for this model (apps.evaluate "
+            f"--early_exit=budgeted --thresholds_out)"
+        )
     for key in ("thresholds", "exit_flops", "exit_fractions"):
         values = record[key]
         if not isinstance(values, list) or len(values) != count:
@@ -139,8 +166,10 @@ def _check_record(record, num_exits, path):
         if not all(_is_number(v) and v >= 0 for v in values):
             bad(f"{key} must hold finite numbers >= 0")
     if record["thresholds"][-1] != LAST:
-        bad(f"the last threshold must be {LAST} so that the last exit always answers, got "
-            f"{record['thresholds'][-1]}")
+        bad(
+            f"the last threshold must be {LAST} so that the last exit always answers, got "
+            f"{record['thresholds'][-1]}"
+        )
     if any(b < a for a, b in zip(record["exit_flops"], record["exit_flops"][1:])):
         bad("exit_flops must be cumulative (non-decreasing)")
     if not math.isclose(sum(record["exit_fractions"]), 1.0, abs_tol=1e-6):

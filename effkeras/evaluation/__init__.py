@@ -10,10 +10,30 @@
 evaluation is `effkeras.evaluation.early_exit`.
 """
 
-from effkeras.evaluation.accuracy import (TTA, centre_crop, check_classes, check_tta, evaluate,
-                                          evaluate_checkpoint, evaluate_tflite, output_names,
-                                          predict_logits, ranked_classes, with_input_size)
+from effkeras.evaluation.accuracy import (
+    TTA,
+    centre_crop,
+    check_classes,
+    check_tta,
+    evaluate,
+    evaluate_checkpoint,
+    evaluate_tflite,
+    output_names,
+    predict_logits,
+    ranked_classes,
+    with_input_size,
+)
 
-__all__ = ["TTA", "centre_crop", "check_classes", "check_tta", "evaluate", "evaluate_checkpoint",
-           "evaluate_tflite", "output_names", "predict_logits", "ranked_classes",
-           "with_input_size"]
+__all__ = [
+    "TTA",
+    "centre_crop",
+    "check_classes",
+    "check_tta",
+    "evaluate",
+    "evaluate_checkpoint",
+    "evaluate_tflite",
+    "output_names",
+    "predict_logits",
+    "ranked_classes",
+    "with_input_size",
+]

@@ -29,8 +29,7 @@ def with_input_size(model, height, width):
     if tuple(model.input_shape[1:3]) == (height, width):
         return model
     inputs = keras.Input((height, width, model.input_shape[-1]))
-    return keras.models.clone_model(model, input_tensors=inputs,
-                                    clone_function=lambda layer: layer)
+    return keras.models.clone_model(model, input_tensors=inputs, clone_function=lambda layer: layer)
 
 
 def centre_crop(images, size):
@@ -44,7 +43,7 @@ def centre_crop(images, size):
         The batch (B, size, size, C).
     """
     top, left = augment.five_crop_offsets(images.shape[1], images.shape[2], size)[-1]
-    return images[:, top:top + size, left:left + size, :]
+    return images[:, top : top + size, left : left + size, :]
 
 
 def _outputs(logits):
@@ -178,14 +177,22 @@ def evaluate(model, split, *, tta="none", crop=None):
     if not count:
         raise InputError("the split has no examples to evaluate")
     if len(scores) == 1:
-        return {"examples": count, "top1": scores[0].top1 / count, "top5": scores[0].top5 / count,
-                "class_names": split.class_names, "confusion": scores[0].confusion.tolist()}
+        return {
+            "examples": count,
+            "top1": scores[0].top1 / count,
+            "top5": scores[0].top5 / count,
+            "class_names": split.class_names,
+            "confusion": scores[0].confusion.tolist(),
+        }
     names = output_names(names_from, len(scores))
     result = {"examples": count, "outputs": names}
     for name, score in zip(names, scores):
         result.update({f"{name}_top1": score.top1 / count, f"{name}_top5": score.top5 / count})
-    return {**result, "class_names": split.class_names,
-            "confusion": {name: score.confusion.tolist() for name, score in zip(names, scores)}}
+    return {
+        **result,
+        "class_names": split.class_names,
+        "confusion": {name: score.confusion.tolist() for name, score in zip(names, scores)},
+    }
 
 
 def check_tta(tta, resize, crop):
@@ -205,8 +212,10 @@ def check_tta(tta, resize, crop):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise InputError(f"--{name} must be a positive integer, got {value!r}")
     if resize is not None and crop is not None and crop > resize:
-        raise InputError(f"--crop={crop} must not exceed --resize={resize}: the crops are cut "
-                         f"from the resized image")
+        raise InputError(
+            f"--crop={crop} must not exceed --resize={resize}: the crops are cut "
+            f"from the resized image"
+        )
 
 
 def _sizes(model, tta, resize, crop):
@@ -222,13 +231,24 @@ def _sizes(model, tta, resize, crop):
     except InputError:  # not a registry model
         minimum = 1
     if crop < minimum:
-        raise InputError(f"{model.name} needs inputs of at least {minimum}x{minimum}, "
-                         f"got --crop={crop}")
+        raise InputError(
+            f"{model.name} needs inputs of at least {minimum}x{minimum}, got --crop={crop}"
+        )
     return resize, crop
 
 
-def evaluate_checkpoint(path, dataset, *, split="test", data_dir=None, batch_size=256,
-                        tta="none", resize=None, crop=None, validation_size=None):
+def evaluate_checkpoint(
+    path,
+    dataset,
+    *,
+    split="test",
+    data_dir=None,
+    batch_size=256,
+    tta="none",
+    resize=None,
+    crop=None,
+    validation_size=None,
+):
     """Accuracy of a .keras checkpoint on a dataset split.
 
     ERN's protocol is tta="tencrop", resize=308 (306 for ERNs34), crop=288.
@@ -259,13 +279,26 @@ def evaluate_checkpoint(path, dataset, *, split="test", data_dir=None, batch_siz
     input_shape = model.input_shape[1:]
     if resize:
         input_shape = (resize, resize, input_shape[-1])
-    data_split = data.load(dataset, split, input_shape=input_shape, batch_size=batch_size,
-                           data_dir=data_dir, augment_with=("squash",) if resize else None,
-                           validation_size=validation_size)
+    data_split = data.load(
+        dataset,
+        split,
+        input_shape=input_shape,
+        batch_size=batch_size,
+        data_dir=data_dir,
+        augment_with=("squash",) if resize else None,
+        validation_size=validation_size,
+    )
     check_classes(model, path, dataset, data_split)
     result = evaluate(model, data_split, tta=tta, crop=crop)
-    return {"checkpoint": path, "dataset": dataset, "split": split, "tta": tta, "resize": resize,
-            "crop": crop, **result}
+    return {
+        "checkpoint": path,
+        "dataset": dataset,
+        "split": split,
+        "tta": tta,
+        "resize": resize,
+        "crop": crop,
+        **result,
+    }
 
 
 def check_classes(model, path, dataset, data_split):
@@ -283,12 +316,22 @@ def check_classes(model, path, dataset, data_split):
     shapes = model.output_shape if isinstance(model.output_shape, list) else [model.output_shape]
     predicted = sorted({shape[-1] for shape in shapes})
     if predicted != [data_split.num_classes]:
-        raise InputError(f"{path} predicts {'/'.join(map(str, predicted))} classes but {dataset} "
-                         f"has {data_split.num_classes}; evaluate on the dataset it was trained on")
+        raise InputError(
+            f"{path} predicts {'/'.join(map(str, predicted))} classes but {dataset} "
+            f"has {data_split.num_classes}; evaluate on the dataset it was trained on"
+        )
 
 
-def evaluate_tflite(path, dataset, *, split="test", data_dir=None, batch_size=256, runtime=None,
-                    validation_size=None):
+def evaluate_tflite(
+    path,
+    dataset,
+    *,
+    split="test",
+    data_dir=None,
+    batch_size=256,
+    runtime=None,
+    validation_size=None,
+):
     """Accuracy of a .tflite file on a dataset split. The images are fitted to the file's input
     shape as for the Keras model.
 
@@ -321,12 +364,25 @@ def evaluate_tflite(path, dataset, *, split="test", data_dir=None, batch_size=25
     inputs, outputs = io_tensors(flatbuffer)
     if len(inputs) != 1:
         raise InputError(f"{path} takes {len(inputs)} inputs; evaluation feeds one image batch")
-    data_split = data.load(dataset, split, input_shape=inputs[0].shape[1:], batch_size=batch_size,
-                           data_dir=data_dir, validation_size=validation_size)
+    data_split = data.load(
+        dataset,
+        split,
+        input_shape=inputs[0].shape[1:],
+        batch_size=batch_size,
+        data_dir=data_dir,
+        validation_size=validation_size,
+    )
     predicted = sorted({tensor.shape[-1] for tensor in outputs})
     if predicted != [data_split.num_classes]:
-        raise InputError(f"{path} predicts {'/'.join(map(str, predicted))} classes but {dataset} "
-                         f"has {data_split.num_classes}; evaluate on the dataset it was trained on")
+        raise InputError(
+            f"{path} predicts {'/'.join(map(str, predicted))} classes but {dataset} "
+            f"has {data_split.num_classes}; evaluate on the dataset it was trained on"
+        )
     result = evaluate(runner.predict, data_split)
-    return {"checkpoint": path, "dataset": dataset, "split": split,
-            "runtime": runtime or type(runner).__name__.lower(), **result}
+    return {
+        "checkpoint": path,
+        "dataset": dataset,
+        "split": split,
+        "runtime": runtime or type(runner).__name__.lower(),
+        **result,
+    }

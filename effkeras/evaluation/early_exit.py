@@ -44,6 +44,7 @@ MODES = ("anytime", "budgeted")
 
 # --- model outputs on a split --------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class ExitOutputs:
     """What budgeted and anytime evaluation need of K exits on a split's N samples."""
@@ -80,11 +81,17 @@ def collect(model, split):
             correct5.append(np.stack([np.any(r == labels[:, None], axis=-1) for r in ranked]))
     if not confidence:
         raise InputError("the split has no examples to evaluate")
-    return ExitOutputs(np.concatenate(confidence, axis=1), np.concatenate(correct, axis=1),
-                       np.concatenate(correct5, axis=1), split.source, split.indices)
+    return ExitOutputs(
+        np.concatenate(confidence, axis=1),
+        np.concatenate(correct, axis=1),
+        np.concatenate(correct5, axis=1),
+        split.source,
+        split.indices,
+    )
 
 
 # --- the two evaluations -------------------------------------------------------------------------
+
 
 def anytime(test, exit_names, exit_flops):
     """Anytime prediction: every exit scored on the test split.
@@ -97,18 +104,28 @@ def anytime(test, exit_names, exit_flops):
     Returns:
         One row per exit: {"exit", "flops", "top1", "top5"}.
     """
-    return [{"exit": name, "flops": int(flops), "top1": float(np.mean(test.correct[k])),
-             "top5": float(np.mean(test.correct5[k]))}
-            for k, (name, flops) in enumerate(zip(exit_names, exit_flops))]
+    return [
+        {
+            "exit": name,
+            "flops": int(flops),
+            "top1": float(np.mean(test.correct[k])),
+            "top5": float(np.mean(test.correct5[k])),
+        }
+        for k, (name, flops) in enumerate(zip(exit_names, exit_flops))
+    ]
 
 
 def _operating_point(validation, test, thresholds, exit_flops):
-    on_validation = exits.apply_thresholds(validation.confidence, validation.correct,
-                                           thresholds, exit_flops)
-    return {"thresholds": [float(t) for t in thresholds],
-            "validation_fractions": on_validation["exit_fractions"],
-            "validation_flops": on_validation["flops"], "validation_top1": on_validation["top1"],
-            **exits.apply_thresholds(test.confidence, test.correct, thresholds, exit_flops)}
+    on_validation = exits.apply_thresholds(
+        validation.confidence, validation.correct, thresholds, exit_flops
+    )
+    return {
+        "thresholds": [float(t) for t in thresholds],
+        "validation_fractions": on_validation["exit_fractions"],
+        "validation_flops": on_validation["flops"],
+        "validation_top1": on_validation["top1"],
+        **exits.apply_thresholds(test.confidence, test.correct, thresholds, exit_flops),
+    }
 
 
 def budgeted(validation, test, exit_flops, *, budget=None):
@@ -129,27 +146,40 @@ def budgeted(validation, test, exit_flops, *, budget=None):
             would flatter the test accuracy).
     """
     if validation.source != "train":
-        raise ValueError(f"thresholds must be calibrated on a split held out of the training "
-                         f"files, not on the {validation.source} split")
+        raise ValueError(
+            f"thresholds must be calibrated on a split held out of the training "
+            f"files, not on the {validation.source} split"
+        )
     num_exits = len(exit_flops)
     orders = exits.descending(validation.confidence)
     sweep = []
     for point, r in enumerate(exits.SWEEP, start=1):
         proportions = exits.exit_proportions(r, num_exits)
         thresholds = exits.calibrate_thresholds(validation.confidence, proportions, orders)
-        sweep.append({"point": point, "r": r, "target_fractions": proportions.tolist(),
-                      **_operating_point(validation, test, thresholds, exit_flops)})
+        sweep.append(
+            {
+                "point": point,
+                "r": r,
+                "target_fractions": proportions.tolist(),
+                **_operating_point(validation, test, thresholds, exit_flops),
+            }
+        )
     result = {"exit_flops": [int(f) for f in exit_flops], "sweep": sweep}
     if budget is not None:
-        r, thresholds = exits.thresholds_for_budget(validation.confidence, exit_flops, budget,
-                                                    orders)
-        result["budget"] = {"requested_flops": float(budget), "r": r,
-                            **_operating_point(validation, test, thresholds, exit_flops)}
+        r, thresholds = exits.thresholds_for_budget(
+            validation.confidence, exit_flops, budget, orders
+        )
+        result["budget"] = {
+            "requested_flops": float(budget),
+            "r": r,
+            **_operating_point(validation, test, thresholds, exit_flops),
+        }
     return result
 
 
-def check_request(modes, *, split="test", budget=None, sweep_point=None, thresholds_out=None,
-                  thresholds=None):
+def check_request(
+    modes, *, split="test", budget=None, sweep_point=None, thresholds_out=None, thresholds=None
+):
     """Checks an early-exit evaluation request before any work.
 
     Args:
@@ -167,32 +197,52 @@ def check_request(modes, *, split="test", budget=None, sweep_point=None, thresho
     modes = tuple(modes or ())
     unknown = [mode for mode in modes if mode not in MODES]
     if unknown or not modes:
-        raise InputError(f"unknown early-exit mode {(unknown or [''])[0]!r}; choose from "
-                         f"{', '.join(MODES)}")
-    needs_budgeted = {"--budget": budget, "--sweep_point": sweep_point,
-                      "--thresholds_out": thresholds_out, "--thresholds": thresholds}
+        raise InputError(
+            f"unknown early-exit mode {(unknown or [''])[0]!r}; choose from {', '.join(MODES)}"
+        )
+    needs_budgeted = {
+        "--budget": budget,
+        "--sweep_point": sweep_point,
+        "--thresholds_out": thresholds_out,
+        "--thresholds": thresholds,
+    }
     for flag, value in needs_budgeted.items():
         if value is not None and "budgeted" not in modes:
             raise InputError(f"{flag} goes with --early_exit=budgeted")
     if budget is not None and not (math.isfinite(budget) and budget > 0):
         raise InputError(f"--budget must be a positive number of FLOPs per image, got {budget}")
     if sweep_point is not None and not 1 <= sweep_point <= len(exits.SWEEP):
-        raise InputError(f"--sweep_point must be 1..{len(exits.SWEEP)} (r = point / 20), got "
-                         f"{sweep_point}")
+        raise InputError(
+            f"--sweep_point must be 1..{len(exits.SWEEP)} (r = point / 20), got {sweep_point}"
+        )
     if budget is not None and sweep_point is not None:
         raise InputError("give --budget or --sweep_point, not both: each chooses the thresholds")
     if thresholds_out is not None and budget is None and sweep_point is None:
-        raise InputError("--thresholds_out needs --budget=FLOPS or --sweep_point=1..39 to say "
-                         "which thresholds to write")
+        raise InputError(
+            "--thresholds_out needs --budget=FLOPS or --sweep_point=1..39 to say "
+            "which thresholds to write"
+        )
     if "budgeted" in modes and split == "validation":
-        raise InputError("--split=validation is where the thresholds are calibrated; score "
-                         "budgeted evaluation on --split=test")
+        raise InputError(
+            "--split=validation is where the thresholds are calibrated; score "
+            "budgeted evaluation on --split=test"
+        )
     return modes
 
 
-def evaluate_checkpoint(path, dataset, *, modes=MODES, split="test", data_dir=None,
-                        batch_size=256, validation_size=None, budget=None, sweep_point=None,
-                        thresholds=None):
+def evaluate_checkpoint(
+    path,
+    dataset,
+    *,
+    modes=MODES,
+    split="test",
+    data_dir=None,
+    batch_size=256,
+    validation_size=None,
+    budget=None,
+    sweep_point=None,
+    thresholds=None,
+):
     """Anytime and/or budgeted-batch evaluation of a multi-exit .keras checkpoint.
 
     Args:
@@ -216,37 +266,61 @@ def evaluate_checkpoint(path, dataset, *, modes=MODES, split="test", data_dir=No
         InputError: a request that cannot be met, a model without exits for budgeted, a
             budget below exit 1's cost, thresholds for another model, data that do not fit.
     """
-    modes = check_request(modes, split=split, budget=budget, sweep_point=sweep_point,
-                          thresholds=thresholds)
+    modes = check_request(
+        modes, split=split, budget=budget, sweep_point=sweep_point, thresholds=thresholds
+    )
     model = saving.load_model(path)
     costs = summary.exit_costs(model)
     names, exit_flops = [c["output"] for c in costs], [c["flops"] for c in costs]
     if "budgeted" in modes and len(costs) < 2:
-        raise InputError(f"budgeted evaluation needs a model with early exits; {path} "
-                         f"({model.name}) has one output")
+        raise InputError(
+            f"budgeted evaluation needs a model with early exits; {path} "
+            f"({model.name}) has one output"
+        )
     if budget is not None:
         exits.check_budget(budget, exit_flops)
     given = load_thresholds(thresholds, len(costs), exit_flops) if thresholds else None
     if "budgeted" in modes and validation_size is None:  # scoring --split=train leaves it out
         validation_size = data.VALIDATION_SIZES.get(dataset)
     shape = model.input_shape[1:]
-    test_split = data.load(dataset, split, input_shape=shape, batch_size=batch_size,
-                           data_dir=data_dir, validation_size=validation_size)
+    test_split = data.load(
+        dataset,
+        split,
+        input_shape=shape,
+        batch_size=batch_size,
+        data_dir=data_dir,
+        validation_size=validation_size,
+    )
     accuracy.check_classes(model, path, dataset, test_split)
     validation_split = None
     if "budgeted" in modes:  # loaded before any inference: a bad size fails at once
-        validation_split = data.load(dataset, "validation", input_shape=shape,
-                                     batch_size=batch_size, data_dir=data_dir,
-                                     validation_size=validation_size)
+        validation_split = data.load(
+            dataset,
+            "validation",
+            input_shape=shape,
+            batch_size=batch_size,
+            data_dir=data_dir,
+            validation_size=validation_size,
+        )
     test = collect(model, test_split)
-    result = {"checkpoint": path, "dataset": dataset, "split": split, "model": model.name,
-              "num_exits": len(costs), "exits": names, "examples": int(test.confidence.shape[1])}
+    result = {
+        "checkpoint": path,
+        "dataset": dataset,
+        "split": split,
+        "model": model.name,
+        "num_exits": len(costs),
+        "exits": names,
+        "examples": int(test.confidence.shape[1]),
+    }
     if "anytime" in modes:
         result["anytime"] = anytime(test, names, exit_flops)
     if validation_split is not None:
         validation = collect(model, validation_split)
-        result["validation"] = {"split": "validation", "source": validation.source,
-                                "examples": int(validation.confidence.shape[1])}
+        result["validation"] = {
+            "split": "validation",
+            "source": validation.source,
+            "examples": int(validation.confidence.shape[1]),
+        }
         result["budgeted"] = budgeted(validation, test, exit_flops, budget=budget)
         if sweep_point is not None:
             result["budgeted"]["selected"] = result["budgeted"]["sweep"][sweep_point - 1]
@@ -254,9 +328,12 @@ def evaluate_checkpoint(path, dataset, *, modes=MODES, split="test", data_dir=No
             result["budgeted"]["selected"] = result["budgeted"]["budget"]
         if given is not None:
             result["budgeted"]["given"] = {
-                "file": thresholds, "thresholds": given["thresholds"],
-                **exits.apply_thresholds(test.confidence, test.correct, given["thresholds"],
-                                         exit_flops)}
+                "file": thresholds,
+                "thresholds": given["thresholds"],
+                **exits.apply_thresholds(
+                    test.confidence, test.correct, given["thresholds"], exit_flops
+                ),
+            }
     return result
 
 
@@ -272,12 +349,18 @@ def thresholds_record(result):
         calibration never saw.
     """
     selected = result["budgeted"]["selected"]
-    return {"model": result["model"], "num_exits": result["num_exits"],
-            "thresholds": selected["thresholds"], "exit_flops": result["budgeted"]["exit_flops"],
-            "expected_flops": selected["flops"], "exit_fractions": selected["exit_fractions"]}
+    return {
+        "model": result["model"],
+        "num_exits": result["num_exits"],
+        "thresholds": selected["thresholds"],
+        "exit_flops": result["budgeted"]["exit_flops"],
+        "expected_flops": selected["flops"],
+        "exit_fractions": selected["exit_fractions"],
+    }
 
 
 # --- report: table and plots ---------------------------------------------------------------------
+
 
 def report_paths(output):
     """Where a report beside the JSON `output` goes.
@@ -289,8 +372,11 @@ def report_paths(output):
         {"table", "anytime_plot", "budgeted_plot"}: paths beside it.
     """
     stem = os.path.splitext(output)[0]
-    return {"table": f"{stem}.md", "anytime_plot": f"{stem}_anytime.png",
-            "budgeted_plot": f"{stem}_budgeted.png"}
+    return {
+        "table": f"{stem}.md",
+        "anytime_plot": f"{stem}_anytime.png",
+        "budgeted_plot": f"{stem}_budgeted.png",
+    }
 
 
 def format_table(result):
@@ -302,19 +388,33 @@ def format_table(result):
     Returns:
         The anytime rows and the budgeted sweep, as Markdown.
     """
-    lines = [f"# {result['model']} on {result['dataset']} ({result['split']}, "
-             f"{result['examples']} images)"]
+    lines = [
+        f"# {result['model']} on {result['dataset']} ({result['split']}, "
+        f"{result['examples']} images)"
+    ]
     if "anytime" in result:
-        lines += ["", "## Anytime prediction", "", "| exit | FLOPs (cum.) | top-1 % | top-5 % |",
-                  "|---|---:|---:|---:|"]
-        lines += [f"| {row['exit']} | {row['flops']:,} | {100 * row['top1']:.2f} | "
-                  f"{100 * row['top5']:.2f} |" for row in result["anytime"]]
+        lines += [
+            "",
+            "## Anytime prediction",
+            "",
+            "| exit | FLOPs (cum.) | top-1 % | top-5 % |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {row['exit']} | {row['flops']:,} | {100 * row['top1']:.2f} | "
+            f"{100 * row['top5']:.2f} |"
+            for row in result["anytime"]
+        ]
     if "budgeted" in result:
         section = result["budgeted"]
-        lines += ["", f"## Budgeted batch classification (thresholds calibrated on "
-                      f"{result['validation']['examples']} held-out training images)", "",
-                  "| point | r | avg FLOPs | top-1 % | exit fractions | thresholds |",
-                  "|---|---:|---:|---:|---|---|"]
+        lines += [
+            "",
+            f"## Budgeted batch classification (thresholds calibrated on "
+            f"{result['validation']['examples']} held-out training images)",
+            "",
+            "| point | r | avg FLOPs | top-1 % | exit fractions | thresholds |",
+            "|---|---:|---:|---:|---|---|",
+        ]
         rows = [(str(row["point"]), row) for row in section["sweep"]]
         if "budget" in section:
             rows.append((f"budget {section['budget']['requested_flops']:,.0f}", section["budget"]))
@@ -323,10 +423,13 @@ def format_table(result):
         for label, row in rows:
             r = "-" if row.get("r") is None else f"{row['r']:.4g}"
             fractions = " ".join(f"{f:.2f}" for f in row["exit_fractions"])
-            thresholds = " ".join("never" if t >= exits.NEVER else f"{t:.3f}"
-                                  for t in row["thresholds"])
-            lines.append(f"| {label} | {r} | {row['flops']:,.0f} | {100 * row['top1']:.2f} | "
-                         f"{fractions} | {thresholds} |")
+            thresholds = " ".join(
+                "never" if t >= exits.NEVER else f"{t:.3f}" for t in row["thresholds"]
+            )
+            lines.append(
+                f"| {label} | {r} | {row['flops']:,.0f} | {100 * row['top1']:.2f} | "
+                f"{fractions} | {thresholds} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -343,8 +446,14 @@ def plot_anytime(result, path):
         axis.plot(flops, [100 * row["top1"] for row in rows], "o-", label="top-1")
         axis.plot(flops, [100 * row["top5"] for row in rows], "s--", label="top-5", alpha=0.6)
         for x, row in zip(flops, rows):
-            axis.annotate(row["exit"], (x, 100 * row["top1"]), textcoords="offset points",
-                          xytext=(0, 6), ha="center", fontsize=8)
+            axis.annotate(
+                row["exit"],
+                (x, 100 * row["top1"]),
+                textcoords="offset points",
+                xytext=(0, 6),
+                ha="center",
+                fontsize=8,
+            )
         axis.set_xlabel("FLOPs up to the exit (M)")
         axis.set_ylabel("accuracy (%)")
         axis.set_title(f"{result['model']}: anytime prediction ({result['dataset']})")
@@ -363,16 +472,29 @@ def plot_budgeted(result, path):
     section = result["budgeted"]
     with plots.figure(path, figsize=(6, 4)) as (_, axis):
         sweep = section["sweep"]
-        axis.plot([row["flops"] / 1e6 for row in sweep], [100 * row["top1"] for row in sweep],
-                  ".-", label="thresholds, r = 0.05 ... 1.95")
+        axis.plot(
+            [row["flops"] / 1e6 for row in sweep],
+            [100 * row["top1"] for row in sweep],
+            ".-",
+            label="thresholds, r = 0.05 ... 1.95",
+        )
         if "anytime" in result:
-            axis.plot([row["flops"] / 1e6 for row in result["anytime"]],
-                      [100 * row["top1"] for row in result["anytime"]], "x", color="grey",
-                      label="single exits")
+            axis.plot(
+                [row["flops"] / 1e6 for row in result["anytime"]],
+                [100 * row["top1"] for row in result["anytime"]],
+                "x",
+                color="grey",
+                label="single exits",
+            )
         if "budget" in section:
             point = section["budget"]
-            axis.plot([point["flops"] / 1e6], [100 * point["top1"]], "*", markersize=12,
-                      label=f"budget {point['requested_flops'] / 1e6:.3g} M")
+            axis.plot(
+                [point["flops"] / 1e6],
+                [100 * point["top1"]],
+                "*",
+                markersize=12,
+                label=f"budget {point['requested_flops'] / 1e6:.3g} M",
+            )
         axis.set_xlabel("average FLOPs per image (M)")
         axis.set_ylabel("top-1 accuracy (%)")
         axis.set_title(f"{result['model']}: budgeted batch classification ({result['dataset']})")

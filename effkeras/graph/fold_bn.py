@@ -21,8 +21,10 @@ def batch_norm_affine(batch_norm):
     """
     if batch_norm.axis not in (-1, len(batch_norm.input.shape) - 1):
         return None
-    weights = {w.path.split("/")[-1]: np.asarray(ops.convert_to_numpy(w), np.float64)
-               for w in batch_norm.weights}
+    weights = {
+        w.path.split("/")[-1]: np.asarray(ops.convert_to_numpy(w), np.float64)
+        for w in batch_norm.weights
+    }
     scale = weights.get("gamma", 1.0) / np.sqrt(weights["moving_variance"] + batch_norm.epsilon)
     return scale, weights.get("beta", 0.0) - weights["moving_mean"] * scale
 

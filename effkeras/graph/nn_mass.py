@@ -61,6 +61,7 @@ def dense_cells(cells):
 
 # --- residual blocks of a built Keras model ----------------------------------------------------
 
+
 def _transform(layer):
     """('dw', k), ('pw', filters), ('conv', filters) for the layers that mix channels or space;
     ('other', None) for any other layer with weights that moves data (grouped/separable convs);
@@ -187,8 +188,16 @@ def model_mass(model):
 
 # Learned per-channel functions (LERP-PSA, B-splines, their frozen tables) count as one unit per
 # output element, as a ReLU does.
-NONLINEAR_LAYERS = (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.PReLU,
-                    keras.layers.ELU, keras.layers.Softmax, LerpPSA, BSplineActivation, LerpTable)
+NONLINEAR_LAYERS = (
+    keras.layers.ReLU,
+    keras.layers.LeakyReLU,
+    keras.layers.PReLU,
+    keras.layers.ELU,
+    keras.layers.Softmax,
+    LerpPSA,
+    BSplineActivation,
+    LerpTable,
+)
 
 
 def _nonlinear(layer):
@@ -211,5 +220,6 @@ def nonlinear_units(model):
     Returns:
         The count per image, an int.
     """
-    return sum(math.prod(layer.output.shape[1:]) for layer in leaf_layers(model)
-               if _nonlinear(layer))
+    return sum(
+        math.prod(layer.output.shape[1:]) for layer in leaf_layers(model) if _nonlinear(layer)
+    )

@@ -200,8 +200,12 @@ def check_models(original, rewritten, what, samples=_SAMPLES):
         RuntimeError: if the outputs differ by more than `MAX_REL_DIFF` of max |output|.
     """
     rng = np.random.default_rng(0)
-    inputs = [rng.uniform(0, 255, [samples] + [32 if d is None else d for d in t.shape[1:]])
-              .astype(np.float32) for t in original.inputs]
+    inputs = [
+        rng.uniform(0, 255, [samples] + [32 if d is None else d for d in t.shape[1:]]).astype(
+            np.float32
+        )
+        for t in original.inputs
+    ]
     inputs = inputs[0] if len(inputs) == 1 else inputs
     check_outputs(original(inputs, training=False), rewritten(inputs, training=False), what)
 
@@ -223,14 +227,18 @@ def check_outputs(expected, actual, what, max_rel_diff=MAX_REL_DIFF):
     Raises:
         RuntimeError: if the relative difference exceeds `max_rel_diff` (or is NaN).
     """
-    expected = [np.asarray(keras.ops.convert_to_numpy(t), np.float64)
-                for t in keras.tree.flatten(expected)]
-    actual = [np.asarray(keras.ops.convert_to_numpy(t), np.float64)
-              for t in keras.tree.flatten(actual)]
+    expected = [
+        np.asarray(keras.ops.convert_to_numpy(t), np.float64) for t in keras.tree.flatten(expected)
+    ]
+    actual = [
+        np.asarray(keras.ops.convert_to_numpy(t), np.float64) for t in keras.tree.flatten(actual)
+    ]
     diff = max(float(np.max(np.abs(a - e), initial=0.0)) for e, a in zip(expected, actual))
     scale = max(float(np.max(np.abs(e), initial=0.0)) for e in expected)
     rel = diff / max(scale, _FLOOR)
     if not rel <= max_rel_diff:
-        raise RuntimeError(f"the {what} disagrees with the original: max abs diff {diff:.3g}, "
-                           f"{rel:.3g} of max |output| > {max_rel_diff:g}")
+        raise RuntimeError(
+            f"the {what} disagrees with the original: max abs diff {diff:.3g}, "
+            f"{rel:.3g} of max |output| > {max_rel_diff:g}"
+        )
     return rel

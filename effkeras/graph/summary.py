@@ -76,8 +76,9 @@ def layer_macs(layer):
     if isinstance(layer, L.SeparableConv2D):
         kh, kw = layer.kernel_size
         cin = layer.input.shape[-1]
-        return _spatial(out) * (kh * kw * cin * layer.depth_multiplier
-                                + cin * layer.depth_multiplier * layer.filters)
+        return _spatial(out) * (
+            kh * kw * cin * layer.depth_multiplier + cin * layer.depth_multiplier * layer.filters
+        )
     if isinstance(layer, L.DepthwiseConv2D):
         kh, kw = layer.kernel_size
         return _spatial(out) * out[-1] * kh * kw
@@ -108,8 +109,15 @@ def layer_params(layer):
         A dict `{bits: count}`.
     """
     _, kernel_bits = layer_precision(layer)
-    kernels = [w for w in (getattr(layer, "kernel", None), getattr(layer, "depthwise_kernel", None),
-                           getattr(layer, "pointwise_kernel", None)) if w is not None]
+    kernels = [
+        w
+        for w in (
+            getattr(layer, "kernel", None),
+            getattr(layer, "depthwise_kernel", None),
+            getattr(layer, "pointwise_kernel", None),
+        )
+        if w is not None
+    ]
     quantized = {id(w) for w in kernels} if kernel_bits < FLOAT_BITS else set()
     params = {}
     for weight in layer.weights:
@@ -143,8 +151,17 @@ def summarize(model):
     rows = []
     for layer in leaf_layers(model):
         input_bits, kernel_bits = layer_precision(layer)
-        rows.append(LayerStats(layer.name, type(layer).__name__, tuple(layer.output.shape),
-                               layer_params(layer), layer_macs(layer), input_bits, kernel_bits))
+        rows.append(
+            LayerStats(
+                layer.name,
+                type(layer).__name__,
+                tuple(layer.output.shape),
+                layer_params(layer),
+                layer_macs(layer),
+                input_bits,
+                kernel_bits,
+            )
+        )
     return rows
 
 
@@ -193,12 +210,21 @@ def as_dict(model):
     return {
         "model": model.name,
         "input_shape": list(model.input_shape[1:]),
-        "layers": [{"name": r.name, "kind": r.kind, "input_bits": r.input_bits,
-                    "output_shape": list(r.output_shape[1:]),
-                    "params": {f"{b}bit": c for b, c in sorted(r.params.items())},
-                    "kernel_bits": r.kernel_bits, "memory_bytes": r.memory_bytes, "macs": r.macs,
-                    "binary": r.binary, "low_bit": r.low_bit}
-                   for r in rows],
+        "layers": [
+            {
+                "name": r.name,
+                "kind": r.kind,
+                "input_bits": r.input_bits,
+                "output_shape": list(r.output_shape[1:]),
+                "params": {f"{b}bit": c for b, c in sorted(r.params.items())},
+                "kernel_bits": r.kernel_bits,
+                "memory_bytes": r.memory_bytes,
+                "macs": r.macs,
+                "binary": r.binary,
+                "low_bit": r.low_bit,
+            }
+            for r in rows
+        ],
         "totals": {**totals(rows), **topology(model)},
         **({"exits": exit_costs(model)} if _several_outputs(model) else {}),
     }
@@ -239,30 +265,61 @@ def format_table(model):
     """
     rows = summarize(model)
     bit_widths = sorted({bits for row in rows for bits in row.params}) or [FLOAT_BITS]
-    header = ["Layer", "Type", "Input bits", "Output", *[f"{b}-bit params" for b in bit_widths],
-              "Memory kB", "Binary MACs", "Low-bit MACs", "Float MACs"]
+    header = [
+        "Layer",
+        "Type",
+        "Input bits",
+        "Output",
+        *[f"{b}-bit params" for b in bit_widths],
+        "Memory kB",
+        "Binary MACs",
+        "Low-bit MACs",
+        "Float MACs",
+    ]
     table = [header]
     for r in rows:
-        table.append([r.name, r.kind, str(r.input_bits), "x".join(str(d) for d in r.output_shape[1:]),
-                      *[f"{r.params.get(b, 0):,}" for b in bit_widths], f"{r.memory_bytes / 1024:.2f}",
-                      *[f"{r.macs:,}" if kind else "0"
-                        for kind in (r.binary, r.low_bit, not (r.binary or r.low_bit))]])
+        table.append(
+            [
+                r.name,
+                r.kind,
+                str(r.input_bits),
+                "x".join(str(d) for d in r.output_shape[1:]),
+                *[f"{r.params.get(b, 0):,}" for b in bit_widths],
+                f"{r.memory_bytes / 1024:.2f}",
+                *[
+                    f"{r.macs:,}" if kind else "0"
+                    for kind in (r.binary, r.low_bit, not (r.binary or r.low_bit))
+                ],
+            ]
+        )
     t = totals(rows)
     topo = topology(model)
     macs = t["binary_macs"] + t["low_bit_macs"] + t["float_macs"]
-    table.append(["Total", "", "", "", *[f"{t['params'].get(f'{b}bit', 0):,}" for b in bit_widths],
-                  f"{t['memory_bytes'] / 1024:.2f}", f"{t['binary_macs']:,}", f"{t['low_bit_macs']:,}",
-                  f"{t['float_macs']:,}"])
+    table.append(
+        [
+            "Total",
+            "",
+            "",
+            "",
+            *[f"{t['params'].get(f'{b}bit', 0):,}" for b in bit_widths],
+            f"{t['memory_bytes'] / 1024:.2f}",
+            f"{t['binary_macs']:,}",
+            f"{t['low_bit_macs']:,}",
+            f"{t['float_macs']:,}",
+        ]
+    )
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in table]
     lines.insert(1, "-" * len(lines[0]))
     lines.insert(len(lines) - 1, "-" * len(lines[0]))
-    lines.append(f"Model: {model.name}  parameters: {t['total_params']:,}  "
-                 f"memory: {t['memory_bytes'] / 1024:.2f} kB  "
-                 f"binarized MACs: {100 * t['binarized_mac_ratio']:.1f}%  "
-                 f"low-bit MACs: {100 * t['low_bit_macs'] / max(1, macs):.1f}%  "
-                 f"NN-Mass: {_format_mass(topo['nn_mass'])}  "
-                 f"non-linear units/image: {topo['nonlinear_units']:,}")
+    lines.append(
+        f"Model: {model.name}  parameters: {t['total_params']:,}  "
+        f"memory: {t['memory_bytes'] / 1024:.2f} kB  "
+        f"binarized MACs: {100 * t['binarized_mac_ratio']:.1f}%  "
+        f"low-bit MACs: {100 * t['low_bit_macs'] / max(1, macs):.1f}%  "
+        f"NN-Mass: {_format_mass(topo['nn_mass'])}  "
+        f"non-linear units/image: {topo['nonlinear_units']:,}"
+    )
     if _several_outputs(model):
         lines.extend(["", _format_exits(exit_costs(model))])
     return "\n".join(lines)
@@ -286,7 +343,8 @@ def layer_flops(layer):
     flops = layer_macs(layer)
     activation = getattr(layer, "activation", None)
     if isinstance(layer, NONLINEAR_LAYERS) or (
-            callable(activation) and getattr(activation, "__name__", "") != "linear"):
+        callable(activation) and getattr(activation, "__name__", "") != "linear"
+    ):
         flops += math.prod(layer.output.shape[1:])
     if isinstance(layer, keras.layers.Dense) and layer.use_bias:
         flops += math.prod(layer.output.shape[1:])
@@ -345,21 +403,42 @@ def exit_costs(model):
         params += sum(sum(layer_params(layer).values()) for layer in stage.values())
         trainable += sum(trainable_params(layer) for layer in stage.values())
         flops += sum(layer_flops(layer) for layer in stage.values())
-        rows.append({"output": names[k] if len(names) == len(model.outputs) else f"exit{k + 1}",
-                     "params": params, "trainable_params": trainable, "flops": flops,
-                     "stage_macs": sum(layer_macs(layer) for layer in stage.values())})
+        rows.append(
+            {
+                "output": names[k] if len(names) == len(model.outputs) else f"exit{k + 1}",
+                "params": params,
+                "trainable_params": trainable,
+                "flops": flops,
+                "stage_macs": sum(layer_macs(layer) for layer in stage.values()),
+            }
+        )
     return rows
 
 
 def _format_exits(exits):
     header = ["Exit", "Params (cum.)", "Trainable (cum.)", "FLOPs (cum.)", "Stage MACs"]
-    table = [header] + [[e["output"], f"{e['params']:,}", f"{e['trainable_params']:,}",
-                         f"{e['flops']:,}", f"{e['stage_macs']:,}"] for e in exits]
+    table = [header] + [
+        [
+            e["output"],
+            f"{e['params']:,}",
+            f"{e['trainable_params']:,}",
+            f"{e['flops']:,}",
+            f"{e['stage_macs']:,}",
+        ]
+        for e in exits
+    ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                       for i, (cell, w) in enumerate(zip(row, widths))) for row in table]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths))
+        )
+        for row in table
+    ]
     lines.insert(1, "-" * len(lines[0]))
-    lines.append("FLOPs: operations up to and including each exit, as early-exit papers count "
-                 "them (MACs of convs and linear layers,\n"
-                 "one per ReLU element and linear bias); stage MACs: the layers each exit adds.")
+    lines.append(
+        "FLOPs: operations up to and including each exit, as early-exit papers count "
+        "them (MACs of convs and linear layers,\n"
+        "one per ReLU element and linear bias); stage MACs: the layers each exit adds."
+    )
     return "\n".join(lines)

@@ -33,19 +33,29 @@ import os
 import re
 
 import keras
-import numpy as np
-from keras import ops
 
 from effkeras import constraints, quantizers
 from effkeras.errors import InputError
-from effkeras.layers import BlurPool, quantized
-from effkeras.layers.imported import (INPUT, TF_FUNCTIONS, AddToLastChannels, TFOpCall,
-                                      clip_by_value_activation)
 from effkeras.graph import leaf_layers
+from effkeras.interop.weights import set_weights
+from effkeras.layers import BlurPool, quantized
+from effkeras.layers.imported import (
+    INPUT,
+    TF_FUNCTIONS,
+    AddToLastChannels,
+    TFOpCall,
+    clip_by_value_activation,
+)
 
-LARQ_LAYERS = {cls.__name__: cls for cls in (quantized.QuantConv2D, quantized.QuantDense,
-                                              quantized.QuantDepthwiseConv2D,
-                                              quantized.QuantSeparableConv2D)}
+LARQ_LAYERS = {
+    cls.__name__: cls
+    for cls in (
+        quantized.QuantConv2D,
+        quantized.QuantDense,
+        quantized.QuantDepthwiseConv2D,
+        quantized.QuantSeparableConv2D,
+    )
+}
 LARQ_QUANTIZERS = {
     "SteSign": quantizers.SteSign,
     "ApproxSign": quantizers.ApproxSign,
@@ -71,30 +81,67 @@ LARQ_QUANTIZER_FUNCTIONS = {
 LARQ_CONSTRAINTS = {"WeightClip": constraints.WeightClip, "weight_clip": constraints.WeightClip}
 # Keras 2 layers that Keras 3 rebuilds from their configs (after _keras2_layer_config).
 KERAS_LAYERS = {
-    "InputLayer", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense", "BatchNormalization",
-    "Activation", "ReLU", "LeakyReLU", "PReLU", "Softmax", "Add", "Subtract", "Multiply",
-    "Average", "Maximum", "Concatenate", "MaxPooling2D", "AveragePooling2D",
-    "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape", "Permute", "Dropout",
-    "ZeroPadding2D", "Cropping2D", "UpSampling2D", "Rescaling",
+    "InputLayer",
+    "Conv2D",
+    "DepthwiseConv2D",
+    "SeparableConv2D",
+    "Dense",
+    "BatchNormalization",
+    "Activation",
+    "ReLU",
+    "LeakyReLU",
+    "PReLU",
+    "Softmax",
+    "Add",
+    "Subtract",
+    "Multiply",
+    "Average",
+    "Maximum",
+    "Concatenate",
+    "MaxPooling2D",
+    "AveragePooling2D",
+    "GlobalAveragePooling2D",
+    "GlobalMaxPooling2D",
+    "Flatten",
+    "Reshape",
+    "Permute",
+    "Dropout",
+    "ZeroPadding2D",
+    "Cropping2D",
+    "UpSampling2D",
+    "Rescaling",
 }
 MODELS = {"Functional", "Model", "Sequential"}
-_QUANTIZER_KEYS = ("input_quantizer", "kernel_quantizer", "depthwise_quantizer",
-                   "pointwise_quantizer")
-_CONSTRAINT_KEYS = ("kernel_constraint", "depthwise_constraint", "pointwise_constraint",
-                    "bias_constraint")
+_QUANTIZER_KEYS = (
+    "input_quantizer",
+    "kernel_quantizer",
+    "depthwise_quantizer",
+    "pointwise_quantizer",
+)
+_CONSTRAINT_KEYS = (
+    "kernel_constraint",
+    "depthwise_constraint",
+    "pointwise_constraint",
+    "bias_constraint",
+)
 
 
 # Functions the Zoo stores by name in an activation or initializer config.
-FUNCTIONS = {"activation": {"clip_by_value_activation": clip_by_value_activation},
-             # QuickNet's fixed transition blur (the registry's quicknet uses the same).
-             "initializer": {"blurpool_initializer": BlurPool()}}
+FUNCTIONS = {
+    "activation": {"clip_by_value_activation": clip_by_value_activation},
+    # QuickNet's fixed transition blur (the registry's quicknet uses the same).
+    "initializer": {"blurpool_initializer": BlurPool()},
+}
 
 
 def _droppable(key, value):
     """Keras 2 config keys that Keras 3 layers lack and that change nothing once weights are
     loaded: `groups` of 1, and the kernel_* arguments Keras 2 keeps, unused, on separable convs."""
     return (key == "groups" and value == 1) or key in (
-        "kernel_initializer", "kernel_regularizer", "kernel_constraint")
+        "kernel_initializer",
+        "kernel_regularizer",
+        "kernel_constraint",
+    )
 
 
 def _init_arguments(cls):
@@ -115,8 +162,10 @@ def _fit_arguments(cls, config, where):
     accepted = _layer_arguments(cls)
     for key in set(config) - accepted:
         if not _droppable(key, config[key]):
-            raise InputError(f"{where}: Keras 3 {cls.__name__} has no argument {key!r} "
-                             f"(value {config[key]!r}); rebuild the larq model without it.")
+            raise InputError(
+                f"{where}: Keras 3 {cls.__name__} has no argument {key!r} "
+                f"(value {config[key]!r}); rebuild the larq model without it."
+            )
     return {key: value for key, value in config.items() if key in accepted}
 
 
@@ -126,14 +175,18 @@ def _quantizer(config, where):
     name = config.get("class_name")
     if name == "function":  # a plain function, stored by name
         if config.get("config") not in LARQ_QUANTIZER_FUNCTIONS:
-            raise InputError(f"{where}: larq quantizer function {config.get('config')!r} has no "
-                             f"effkeras equivalent; supported: "
-                             f"{sorted(LARQ_QUANTIZER_FUNCTIONS)} and the classes "
-                             f"{sorted(LARQ_QUANTIZERS)}.")
+            raise InputError(
+                f"{where}: larq quantizer function {config.get('config')!r} has no "
+                f"effkeras equivalent; supported: "
+                f"{sorted(LARQ_QUANTIZER_FUNCTIONS)} and the classes "
+                f"{sorted(LARQ_QUANTIZERS)}."
+            )
         return quantizers.serialize(LARQ_QUANTIZER_FUNCTIONS[config["config"]]())
     if name not in LARQ_QUANTIZERS:
-        raise InputError(f"{where}: larq quantizer {name!r} has no effkeras equivalent; "
-                         f"supported: {sorted(LARQ_QUANTIZERS)}.")
+        raise InputError(
+            f"{where}: larq quantizer {name!r} has no effkeras equivalent; "
+            f"supported: {sorted(LARQ_QUANTIZERS)}."
+        )
     cls = LARQ_QUANTIZERS[name]
     if cls is None:
         return None
@@ -169,23 +222,30 @@ def _function(key, value, where):
     name = value.get("config")
     kind = "activation" if key == "activation" else "initializer"
     if not key.endswith(("activation", "_initializer")):
-        raise InputError(f"{where}: argument {key!r} is the Python function {name!r}, which "
-                         f"effkeras cannot import; rebuild the model with a Keras object there.")
+        raise InputError(
+            f"{where}: argument {key!r} is the Python function {name!r}, which "
+            f"effkeras cannot import; rebuild the model with a Keras object there."
+        )
     if name in FUNCTIONS[kind]:
         return keras.saving.serialize_keras_object(FUNCTIONS[kind][name])
     known = keras.activations if kind == "activation" else keras.initializers
     try:
         known.get(name)
     except ValueError:
-        raise InputError(f"{where}: {kind} function {name!r} has no effkeras equivalent; "
-                         f"supported: Keras' own and {sorted(FUNCTIONS[kind])}.") from None
+        raise InputError(
+            f"{where}: {kind} function {name!r} has no effkeras equivalent; "
+            f"supported: Keras' own and {sorted(FUNCTIONS[kind])}."
+        ) from None
     return name
 
 
 def _named_functions(config, where):
-    return {key: _function(key, value, where)
-            if isinstance(value, dict) and value.get("class_name") == "function" else value
-            for key, value in config.items()}
+    return {
+        key: _function(key, value, where)
+        if isinstance(value, dict) and value.get("class_name") == "function"
+        else value
+        for key, value in config.items()
+    }
 
 
 def _is_functional(entry):
@@ -213,21 +273,33 @@ def _translate_layer(layer, layer_names):
             if key in config:
                 config[key] = _constraint(config[key])
         config = _fit_arguments(LARQ_LAYERS[class_name], _named_functions(config, where), where)
-        return {**layer, "config": config, "module": quantized.__name__,
-                "registered_name": f"effkeras>{class_name}"}
+        return {
+            **layer,
+            "config": config,
+            "module": quantized.__name__,
+            "registered_name": f"effkeras>{class_name}",
+        }
     if class_name in KERAS_LAYERS:
-        config = _fit_arguments(getattr(keras.layers, class_name),
-                                _named_functions(config, where), where)
+        config = _fit_arguments(
+            getattr(keras.layers, class_name), _named_functions(config, where), where
+        )
         return {**layer, "config": config, "module": "keras.layers", "registered_name": None}
-    raise InputError(f"{where} is a {class_name}, which effkeras cannot import; supported: "
-                     f"larq {sorted(LARQ_LAYERS)}, Keras {sorted(KERAS_LAYERS)}, TFOpLambda "
-                     f"calls of {sorted(TF_FUNCTIONS)} and Larq Zoo's own Lambda layers.")
+    raise InputError(
+        f"{where} is a {class_name}, which effkeras cannot import; supported: "
+        f"larq {sorted(LARQ_LAYERS)}, Keras {sorted(KERAS_LAYERS)}, TFOpLambda "
+        f"calls of {sorted(TF_FUNCTIONS)} and Larq Zoo's own Lambda layers."
+    )
 
 
 def _effkeras_entry(layer, cls, config, inbound_nodes=None):
-    return {**layer, "module": __name__, "class_name": cls.__name__,
-            "registered_name": f"effkeras>{cls.__name__}", "config": config,
-            "inbound_nodes": layer["inbound_nodes"] if inbound_nodes is None else inbound_nodes}
+    return {
+        **layer,
+        "module": __name__,
+        "class_name": cls.__name__,
+        "registered_name": f"effkeras>{cls.__name__}",
+        "config": config,
+        "inbound_nodes": layer["inbound_nodes"] if inbound_nodes is None else inbound_nodes,
+    }
 
 
 def _base_config(config):
@@ -247,11 +319,15 @@ def _tf_op_entry(layer, config, layer_names, where):
     tensors are references too."""
     function = config.get("function")
     if function not in TF_FUNCTIONS:
-        raise InputError(f"{where} is a {layer['class_name']} calling tf.{function}, which "
-                         f"effkeras cannot import; supported: {sorted(TF_FUNCTIONS)}.")
+        raise InputError(
+            f"{where} is a {layer['class_name']} calling tf.{function}, which "
+            f"effkeras cannot import; supported: {sorted(TF_FUNCTIONS)}."
+        )
     if len(layer.get("inbound_nodes") or ()) != 1:
-        raise InputError(f"{where}: expected one recorded call of tf.{function}, got "
-                         f"{len(layer.get('inbound_nodes') or ())}.")
+        raise InputError(
+            f"{where}: expected one recorded call of tf.{function}, got "
+            f"{len(layer.get('inbound_nodes') or ())}."
+        )
     references, kwargs = [], {}
 
     def replace(data):  # a recorded argument, with tensors as {"__input__": i}
@@ -259,8 +335,10 @@ def _tf_op_entry(layer, config, layer_names, where):
             if data[0] == "_CONSTANT_VALUE":
                 return data[2]
             if data[0] not in layer_names:
-                raise InputError(f"{where}: tf.{function} reads layer {data[0]!r}, which the "
-                                 f"model does not have.")
+                raise InputError(
+                    f"{where}: tf.{function} reads layer {data[0]!r}, which the "
+                    f"model does not have."
+                )
             references.append(list(data[:3]))
             return {INPUT: len(references) - 1}
         if isinstance(data, list):
@@ -285,16 +363,22 @@ def _tf_op_entry(layer, config, layer_names, where):
     parameters = list(inspect.signature(TF_FUNCTIONS[function]).parameters)
     arguments = {parameters[0]: first, **arguments}
     _check_arguments(function, arguments, where)
-    return _effkeras_entry(layer, TFOpCall, {**_base_config(config), "function": function,
-                                             "arguments": arguments}, [references])
+    return _effkeras_entry(
+        layer,
+        TFOpCall,
+        {**_base_config(config), "function": function, "arguments": arguments},
+        [references],
+    )
 
 
 def _check_arguments(function, arguments, where):
     try:
         inspect.signature(TF_FUNCTIONS[function]).bind(**arguments)
     except TypeError as error:
-        raise InputError(f"{where}: tf.{function} called with arguments {sorted(arguments)} "
-                         f"that effkeras does not take ({error}).") from None
+        raise InputError(
+            f"{where}: tf.{function} called with arguments {sorted(arguments)} "
+            f"that effkeras does not take ({error})."
+        ) from None
 
 
 # Larq Zoo's Lambda layers, recognised by their module, layer name and recorded closure data.
@@ -317,25 +401,45 @@ def _zoo_lambda_entry(layer, config, where):
         (node,) = nodes
         if module == ZOO_TFOP_LAYER and _is_tf_op_closure(closure):
             return _tf_op_layer_entry(layer, config, closure, len(node), where)
-        if (module == MELIUSNET_MERGE[0] and MELIUSNET_MERGE[1].search(name) and len(node) == 2
-                and _is_meliusnet_merge(closure, shapes)):
+        if (
+            module == MELIUSNET_MERGE[0]
+            and MELIUSNET_MERGE[1].search(name)
+            and len(node) == 2
+            and _is_meliusnet_merge(closure, shapes)
+        ):
             return _effkeras_entry(layer, AddToLastChannels, _base_config(config))
-        if (module == R2B_BLOCK_OUTPUT[0] and R2B_BLOCK_OUTPUT[1].search(name) and len(node) == 1
-                and closure is None):
-            return {**layer, "module": "keras.layers", "class_name": "Identity",
-                    "registered_name": None, "config": _base_config(config)}
-    raise InputError(f"{where} is a Lambda (module {module!r}), which effkeras cannot import: it "
-                     f"never runs Python code from a model file and knows only Larq Zoo's own "
-                     f"Lambdas (TFOpLayer of tf.split / tf.concat, MeliusNet's *_improve_merge, "
-                     f"Real-to-Binary Net's *_block_N_out). Rebuild the model with Keras layers "
-                     f"in place of the Lambda.")
+        if (
+            module == R2B_BLOCK_OUTPUT[0]
+            and R2B_BLOCK_OUTPUT[1].search(name)
+            and len(node) == 1
+            and closure is None
+        ):
+            return {
+                **layer,
+                "module": "keras.layers",
+                "class_name": "Identity",
+                "registered_name": None,
+                "config": _base_config(config),
+            }
+    raise InputError(
+        f"{where} is a Lambda (module {module!r}), which effkeras cannot import: it "
+        f"never runs Python code from a model file and knows only Larq Zoo's own "
+        f"Lambdas (TFOpLayer of tf.split / tf.concat, MeliusNet's *_improve_merge, "
+        f"Real-to-Binary Net's *_block_N_out). Rebuild the model with Keras layers "
+        f"in place of the Lambda."
+    )
 
 
 def _is_tf_op_closure(closure):
-    return (isinstance(closure, list) and len(closure) == 3 and isinstance(closure[0], list)
-            and isinstance(closure[1], dict) and isinstance(closure[2], dict)
-            and closure[2].get("class_name") == "function"
-            and closure[2].get("config") in ZOO_TFOP_FUNCTIONS)
+    return (
+        isinstance(closure, list)
+        and len(closure) == 3
+        and isinstance(closure[0], list)
+        and isinstance(closure[1], dict)
+        and isinstance(closure[2], dict)
+        and closure[2].get("class_name") == "function"
+        and closure[2].get("config") in ZOO_TFOP_FUNCTIONS
+    )
 
 
 def _tf_op_layer_entry(layer, config, closure, inputs, where):
@@ -347,8 +451,9 @@ def _tf_op_layer_entry(layer, config, closure, inputs, where):
     parameters = list(inspect.signature(TF_FUNCTIONS[function]).parameters)
     arguments = {parameters[0]: first, **dict(zip(parameters[1:], args)), **kwargs}
     _check_arguments(function, arguments, where)
-    return _effkeras_entry(layer, TFOpCall, {**_base_config(config), "function": function,
-                                             "arguments": arguments})
+    return _effkeras_entry(
+        layer, TFOpCall, {**_base_config(config), "function": function, "arguments": arguments}
+    )
 
 
 def _is_meliusnet_merge(closure, shapes):
@@ -370,88 +475,32 @@ def _model_entry(entry, config):
         if len(config.get(key) or ()) == 1:  # Keras 3 writes a single input unnested
             config[key] = config[key][0]
     class_name = "Sequential" if entry["class_name"] == "Sequential" else "Model"
-    return {**entry, "module": "keras", "class_name": class_name, "registered_name": None,
-            "config": config}
+    return {
+        **entry,
+        "module": "keras",
+        "class_name": class_name,
+        "registered_name": None,
+        "config": config,
+    }
 
 
 def _read_config(config_json_or_path):
     text = os.fspath(config_json_or_path)
     if not text.lstrip().startswith("{"):
         if not os.path.exists(text):
-            raise InputError(f"{text!r} is neither a model JSON string nor an existing file; pass "
-                             f"larq's model.to_json() or the file it was written to.")
+            raise InputError(
+                f"{text!r} is neither a model JSON string nor an existing file; pass "
+                f"larq's model.to_json() or the file it was written to."
+            )
         with open(text) as f:
             text = f.read()
     model = json.loads(text)
     if model.get("class_name") not in MODELS and not _is_functional(model):
-        raise InputError(f"expected a model config (from model.to_json()), got class "
-                         f"{model.get('class_name')!r}.")
+        raise InputError(
+            f"expected a model config (from model.to_json()), got class "
+            f"{model.get('class_name')!r}."
+        )
     return model
-
-
-def read_h5_weights(path):
-    """Reads tf_keras' HDF5 weights file (model.save_weights('x.h5')).
-
-    Args:
-        path: str. The `.h5` file.
-
-    Returns:
-        A dict `{layer name: [numpy arrays]}`, in the file's layer order.
-
-    Raises:
-        InputError: if the file has no tf_keras layer list.
-        OSError: from h5py, if the file cannot be opened as HDF5.
-    """
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        if "layer_names" not in f.attrs:
-            raise InputError(f"{path} is not a tf_keras HDF5 weights file; save it with "
-                             f"model.save_weights('model.h5') or "
-                             f"np.savez(path, *model.get_weights()).")
-        names = [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]]
-        weights = {}
-        for name in names:
-            group = f[name]
-            weight_names = [n.decode() if isinstance(n, bytes) else n
-                            for n in group.attrs["weight_names"]]
-            weights[name] = [np.asarray(group[w]) for w in weight_names]
-        return weights
-
-
-def _set_weights(model, weights):
-    if isinstance(weights, (str, os.PathLike)):
-        path = os.fspath(weights)
-        if path.endswith(".h5"):
-            weights = read_h5_weights(path)
-        elif path.endswith(".npz"):
-            with np.load(path) as archive:
-                weights = [archive[f"arr_{i}"] for i in range(len(archive.files))]
-        else:
-            raise InputError(f"weights file {path!r} must be .h5 (model.save_weights) or .npz "
-                             f"(np.savez(path, *model.get_weights())).")
-    # tf_keras orders each layer's weights trainable first, then the rest, layer after layer.
-    layers = [(layer, layer.trainable_weights + layer.non_trainable_weights)
-              for layer in model.layers]
-    if not isinstance(weights, dict):
-        expected = sum(len(variables) for _, variables in layers)
-        if len(weights) != expected:
-            raise InputError(f"the model has {expected} weights, got {len(weights)}: pass "
-                             f"model.get_weights() of the same larq model.")
-        arrays = iter(weights)
-        weights = {layer.name: [next(arrays) for _ in variables] for layer, variables in layers}
-    pairs = []
-    for layer, variables in layers:
-        arrays = weights.get(layer.name, [])
-        if len(arrays) != len(variables):
-            raise InputError(f"layer {layer.name!r} has {len(variables)} weights, the file has "
-                             f"{len(arrays)} for it: is it the same model?")
-        pairs += zip(variables, arrays)
-    for variable, array in pairs:
-        if tuple(variable.shape) != np.shape(array):
-            raise InputError(f"weight {variable.path} has shape {tuple(variable.shape)}, got "
-                             f"{np.shape(array)}: is it the same model?")
-        variable.assign(array)
 
 
 def import_larq_model(config_json_or_path, weights):
@@ -491,7 +540,7 @@ def import_larq_model(config_json_or_path, weights):
     entry = _model_entry(model_config, model_config["config"])
     model = keras.saving.deserialize_keras_object(entry)
     _normalize_last_axis(model)
-    _set_weights(model, weights)
+    set_weights(model, weights)
     return model
 
 
@@ -500,5 +549,8 @@ def _normalize_last_axis(model):
     axis but -1 to (1, 1, 1, C), and LCE's LceBconv2d then refuses the fused (1, 1, 1, C)
     multiplier ("failed to prepare"); the last axis is -1 in Keras 3's own layers."""
     for layer in leaf_layers(model):
-        if isinstance(layer, keras.layers.BatchNormalization) and layer.axis == len(layer.input.shape) - 1:
+        if (
+            isinstance(layer, keras.layers.BatchNormalization)
+            and layer.axis == len(layer.input.shape) - 1
+        ):
             layer.axis = -1

@@ -31,19 +31,31 @@ import numpy as np
 
 from effkeras import models
 from effkeras.errors import InputError
-from effkeras.interop.larq import read_h5_weights
+from effkeras.interop.weights import read_h5_weights
 
 # Registry name -> (Larq Zoo release tag, weights file, its sha256 as Larq Zoo 2.4 checks it).
 # The same tag holds "<file stem>_notop.h5", the weights without the classifier.
 RELEASES = {
-    "quicknet_small": ("quicknet-v1.0", "quicknet_small_weights.h5",
-                       "1ac3b07df7f5a911dd0b49febb2486428ddf1ca130297c403815dfae5a1c71a2"),
-    "quicknet": ("quicknet-v1.0", "quicknet_weights.h5",
-                 "8aba9e4e5f8d342faef04a0b2ae8e562da57dbb7d15162e8b3e091c951ba756c"),
-    "quicknet_large": ("quicknet-v1.0", "quicknet_large_weights.h5",
-                       "c5158e8a59147b31370becd937825f4db8a5cdf308314874f678f596629be45c"),
-    "birealnet18": ("birealnet-v0.3.0", "birealnet_weights.h5",
-                    "6e6efac1584fcd60dd024198c87f42eb53b5ec719a5ca1f527e1fe7e8b997117"),
+    "quicknet_small": (
+        "quicknet-v1.0",
+        "quicknet_small_weights.h5",
+        "1ac3b07df7f5a911dd0b49febb2486428ddf1ca130297c403815dfae5a1c71a2",
+    ),
+    "quicknet": (
+        "quicknet-v1.0",
+        "quicknet_weights.h5",
+        "8aba9e4e5f8d342faef04a0b2ae8e562da57dbb7d15162e8b3e091c951ba756c",
+    ),
+    "quicknet_large": (
+        "quicknet-v1.0",
+        "quicknet_large_weights.h5",
+        "c5158e8a59147b31370becd937825f4db8a5cdf308314874f678f596629be45c",
+    ),
+    "birealnet18": (
+        "birealnet-v0.3.0",
+        "birealnet_weights.h5",
+        "6e6efac1584fcd60dd024198c87f42eb53b5ec719a5ca1f527e1fe7e8b997117",
+    ),
 }
 URL = "https://github.com/larq/zoo/releases/download/{tag}/{file}"
 
@@ -76,11 +88,14 @@ def pretrained(name, path, *, input_shape=None, skip_classifier=False, num_class
     """
     info = models.info(name)
     if info.name not in RELEASES:
-        raise InputError(f"Larq Zoo has no weights for {info.name}; it has weights for "
-                         f"{', '.join(RELEASES)}")
+        raise InputError(
+            f"Larq Zoo has no weights for {info.name}; it has weights for {', '.join(RELEASES)}"
+        )
     if num_classes is not None and num_classes != info.num_classes and not skip_classifier:
-        raise InputError(f"Larq Zoo's classifier has {info.num_classes} classes; pass "
-                         f"skip_classifier=True to build {num_classes} (a new classifier)")
+        raise InputError(
+            f"Larq Zoo's classifier has {info.num_classes} classes; pass "
+            f"skip_classifier=True to build {num_classes} (a new classifier)"
+        )
     model = models.get(info.name, input_shape=input_shape, num_classes=num_classes)
     return load_weights(model, path, skip_classifier=skip_classifier)
 
@@ -110,13 +125,17 @@ def load_weights(model, path, *, skip_classifier=False):
     path = os.fspath(path)
     expected_file = RELEASES.get(model.name, (None, "a Larq Zoo weights file"))[1]
     if not os.path.isfile(path):
-        raise InputError(f"no weights file at {path!r}: download {expected_file} from Larq Zoo's "
-                         f"releases (see effkeras/interop/larq_zoo.py) and pass its local path")
+        raise InputError(
+            f"no weights file at {path!r}: download {expected_file} from Larq Zoo's "
+            f"releases (see effkeras/interop/larq_zoo.py) and pass its local path"
+        )
     try:
         saved = read_h5_weights(path)
     except (OSError, InputError) as error:  # not HDF5, or HDF5 without tf_keras' layer list
-        raise InputError(f"{path} is not a tf_keras weights file (model.save_weights, .h5) as "
-                         f"Larq Zoo publishes them; pass Larq Zoo's {expected_file}") from error
+        raise InputError(
+            f"{path} is not a tf_keras weights file (model.save_weights, .h5) as "
+            f"Larq Zoo publishes them; pass Larq Zoo's {expected_file}"
+        ) from error
     theirs = [(name, arrays) for name, arrays in saved.items() if arrays]
     ours = [layer for layer in model.layers if layer.weights]
     if skip_classifier:
@@ -133,19 +152,26 @@ def load_weights(model, path, *, skip_classifier=False):
 def _check_same_model(name, path, expected_file, theirs, ours, skip_classifier):
     not_it = f"{path} does not hold {name}'s weights (Larq Zoo's {expected_file})"
     if len(theirs) == len(ours) - 1 and not skip_classifier:
-        raise InputError(f"{path} has one weighted layer fewer than {name}: a _notop file (no "
-                         f"classifier)? Pass skip_classifier=True to load it without one")
+        raise InputError(
+            f"{path} has one weighted layer fewer than {name}: a _notop file (no "
+            f"classifier)? Pass skip_classifier=True to load it without one"
+        )
     if len(theirs) != len(ours):
-        raise InputError(f"{not_it}: it has {len(theirs)} layers with weights, {name} has "
-                         f"{len(ours)}")
+        raise InputError(
+            f"{not_it}: it has {len(theirs)} layers with weights, {name} has {len(ours)}"
+        )
     for index, ((their_name, arrays), layer) in enumerate(zip(theirs, ours)):
         got = [tuple(array.shape) for array in arrays]
         wanted = [tuple(variable.shape) for variable in layer.weights]
         if got == wanted:
             continue
         if index == len(ours) - 1:
-            raise InputError(f"{path}: its classifier ({their_name}) has shapes {got}, {name}'s "
-                             f"{layer.name} {wanted}: build {name} with the file's classes, or "
-                             f"pass skip_classifier=True to leave the classifier out")
-        raise InputError(f"{not_it}: weighted layer {index + 1} ({their_name}) holds shapes "
-                         f"{got}, {name}'s {layer.name} needs {wanted}")
+            raise InputError(
+                f"{path}: its classifier ({their_name}) has shapes {got}, {name}'s "
+                f"{layer.name} {wanted}: build {name} with the file's classes, or "
+                f"pass skip_classifier=True to leave the classifier out"
+            )
+        raise InputError(
+            f"{not_it}: weighted layer {index + 1} ({their_name}) holds shapes "
+            f"{got}, {name}'s {layer.name} needs {wanted}"
+        )

@@ -48,12 +48,15 @@ def grid(grid_size, grid_range):
 
 def _check_grid(grid_size, grid_range):
     if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 2:
-        raise ValueError(f"grid_size must be an int >= 2 (a table needs two points to "
-                         f"interpolate), got {grid_size!r}")
-    if not (isinstance(grid_range, (int, float)) and math.isfinite(grid_range)
-            and grid_range > 0):
-        raise ValueError(f"grid_range R must be a finite number > 0 (the grid runs from -R to R "
-                         f"and must be increasing), got {grid_range!r}")
+        raise ValueError(
+            f"grid_size must be an int >= 2 (a table needs two points to "
+            f"interpolate), got {grid_size!r}"
+        )
+    if not (isinstance(grid_range, (int, float)) and math.isfinite(grid_range) and grid_range > 0):
+        raise ValueError(
+            f"grid_range R must be a finite number > 0 (the grid runs from -R to R "
+            f"and must be increasing), got {grid_range!r}"
+        )
 
 
 def _check_positive_int(name, value):
@@ -89,10 +92,12 @@ def lerp(x, table, grid_range):
     k = ops.clip(ops.floor(t), 0, size - 2)
     fraction = t - k
     index = ops.cast(k, "int32") + ops.arange(channels, dtype="int32") * size
-    slopes = ops.concatenate([table[:, 1:] - table[:, :-1], ops.zeros((channels, 1), table.dtype)],
-                             axis=1)
-    return (_gather(ops.reshape(table, (-1,)), index)
-            + fraction * _gather(ops.reshape(slopes, (-1,)), index))
+    slopes = ops.concatenate(
+        [table[:, 1:] - table[:, :-1], ops.zeros((channels, 1), table.dtype)], axis=1
+    )
+    return _gather(ops.reshape(table, (-1,)), index) + fraction * _gather(
+        ops.reshape(slopes, (-1,)), index
+    )
 
 
 class _TableActivation(keras.layers.Layer):
@@ -107,15 +112,21 @@ class _TableActivation(keras.layers.Layer):
 
     def _check_input(self, input_shape):
         if input_shape[-1] != self.channels:
-            raise ValueError(f"{self.name} has {self.channels} channels but its input has "
-                             f"{input_shape[-1]} on the last axis")
+            raise ValueError(
+                f"{self.name} has {self.channels} channels but its input has "
+                f"{input_shape[-1]} on the last axis"
+            )
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "channels": self.channels, "grid_size": self.grid_size,
-                "grid_range": self.grid_range}
+        return {
+            **super().get_config(),
+            "channels": self.channels,
+            "grid_size": self.grid_size,
+            "grid_range": self.grid_range,
+        }
 
 
 @keras.saving.register_keras_serializable(package="effkeras")
@@ -148,13 +159,16 @@ class LerpPSA(_TableActivation):
 
     residual_default = False
 
-    def __init__(self, channels, expansion=8, grid_size=64, grid_range=4.0, eps=1.0,
-                 residual=None, **kwargs):
+    def __init__(
+        self, channels, expansion=8, grid_size=64, grid_range=4.0, eps=1.0, residual=None, **kwargs
+    ):
         super().__init__(channels, grid_size, grid_range, **kwargs)
         _check_positive_int("expansion", expansion)
         if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
-            raise ValueError(f"eps must be a finite number > 0 (it keeps the score width "
-                             f"√(w² + ε) away from 0), got {eps!r}")
+            raise ValueError(
+                f"eps must be a finite number > 0 (it keeps the score width "
+                f"√(w² + ε) away from 0), got {eps!r}"
+            )
         self.expansion, self.eps = expansion, float(eps)
         self.residual = self.residual_default if residual is None else bool(residual)
 
@@ -168,15 +182,17 @@ class LerpPSA(_TableActivation):
             values = keras.initializers.RandomUniform(-limit, limit)
         self.u = self.add_weight(shape=shape, initializer=values, name="u")
         self.w = self.add_weight(shape=shape, initializer="ones", name="w")
-        self.b = self.add_weight(shape=shape, initializer=keras.initializers.RandomUniform(-1, 1),
-                                 name="b")
+        self.b = self.add_weight(
+            shape=shape, initializer=keras.initializers.RandomUniform(-1, 1), name="b"
+        )
         self.o = self.add_weight(shape=(self.channels,), initializer="ones", name="o")
         self.beta = self.add_weight(shape=(self.channels,), initializer="zeros", name="beta")
 
     def table(self):
         """PSA on the grid, (C, G): T[c, j] = PSA_c(g_j)."""
-        g = ops.convert_to_tensor(grid(self.grid_size, self.grid_range),
-                                 self.compute_dtype)[:, None, None]
+        g = ops.convert_to_tensor(grid(self.grid_size, self.grid_range), self.compute_dtype)[
+            :, None, None
+        ]
         scores = ops.square(g - self.b) / (ops.square(self.w) + self.eps)  # (G, C, E)
         attention = ops.softmax(-scores, axis=-1)
         values = ops.sum(attention * g * self.u, axis=-1)  # (G, C)
@@ -187,8 +203,12 @@ class LerpPSA(_TableActivation):
         return x + y if self.residual else y
 
     def get_config(self):
-        return {**super().get_config(), "expansion": self.expansion, "eps": self.eps,
-                "residual": self.residual}
+        return {
+            **super().get_config(),
+            "expansion": self.expansion,
+            "eps": self.eps,
+            "residual": self.residual,
+        }
 
 
 @keras.saving.register_keras_serializable(package="effkeras")
@@ -243,8 +263,7 @@ class BSplineActivation(_TableActivation):
             `channels` or `grid_range` is out of range.
     """
 
-    def __init__(self, channels, size=65, grid_range=4.0, tv2=0.0, negative_slope=0.01,
-                 **kwargs):
+    def __init__(self, channels, size=65, grid_range=4.0, tv2=0.0, negative_slope=0.01, **kwargs):
         if isinstance(size, bool) or not isinstance(size, int) or size < 3:
             raise ValueError(f"size (the number of knots) must be an odd int >= 3, got {size!r}")
         super().__init__(channels, size, grid_range, **kwargs)
@@ -264,9 +283,11 @@ class BSplineActivation(_TableActivation):
         initial = np.where(knots >= 0, knots, self.negative_slope * knots)
         step = 2 * self.grid_range / (self.grid_size - 1)
         self.coefficients = self.add_weight(
-            shape=(self.channels, self.grid_size), name="coefficients",
+            shape=(self.channels, self.grid_size),
+            name="coefficients",
             initializer=keras.initializers.Constant(np.tile(initial, (self.channels, 1))),
-            regularizer=TotalVariation2(self.tv2, step) if self.tv2 else None)
+            regularizer=TotalVariation2(self.tv2, step) if self.tv2 else None,
+        )
 
     def table(self):
         return ops.convert_to_tensor(self.coefficients)
@@ -311,12 +332,18 @@ class LerpTable(_TableActivation):
 
     def build(self, input_shape):
         self._check_input(input_shape)
-        self.values = self.add_weight(shape=(self.channels, self.grid_size), name="table",
-                                     initializer="zeros", trainable=False)
-        self.input_scale = self.add_weight(shape=(self.channels,), name="input_scale",
-                                           initializer="ones", trainable=False)
-        self.input_offset = self.add_weight(shape=(self.channels,), name="input_offset",
-                                            initializer="zeros", trainable=False)
+        self.values = self.add_weight(
+            shape=(self.channels, self.grid_size),
+            name="table",
+            initializer="zeros",
+            trainable=False,
+        )
+        self.input_scale = self.add_weight(
+            shape=(self.channels,), name="input_scale", initializer="ones", trainable=False
+        )
+        self.input_offset = self.add_weight(
+            shape=(self.channels,), name="input_offset", initializer="zeros", trainable=False
+        )
 
     def function(self, x):
         """Evaluates the float64 NumPy function f_c at x, as the layer computes it.
@@ -328,8 +355,9 @@ class LerpTable(_TableActivation):
             A float64 numpy array of the shape of `x`.
         """
         table = np.asarray(ops.convert_to_numpy(self.values), np.float64)
-        x = (np.asarray(x, np.float64) * ops.convert_to_numpy(self.input_scale)
-             + ops.convert_to_numpy(self.input_offset))
+        x = np.asarray(x, np.float64) * ops.convert_to_numpy(
+            self.input_scale
+        ) + ops.convert_to_numpy(self.input_offset)
         return lerp_numpy(x, table, self.grid_range)
 
     def call(self, x):
@@ -384,7 +412,7 @@ def psa_table_numpy(u, w, b, o, beta, eps, grid_size, grid_range):
         A float64 numpy array of shape `(C, G)`.
     """
     g = grid(grid_size, grid_range)[:, None, None]
-    scores = (g - b) ** 2 / (w ** 2 + eps)
+    scores = (g - b) ** 2 / (w**2 + eps)
     scores = scores - scores.min(axis=-1, keepdims=True)
     attention = np.exp(-scores)
     attention /= attention.sum(axis=-1, keepdims=True)

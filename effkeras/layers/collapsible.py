@@ -22,8 +22,13 @@ from keras import ops
 from effkeras.errors import InputError
 
 # Conv2D arguments this block fixes; a caller may pass them only with these values.
-_FIXED = {"padding": "same", "use_bias": False, "groups": 1, "dilation_rate": (1, 1),
-          "data_format": "channels_last"}
+_FIXED = {
+    "padding": "same",
+    "use_bias": False,
+    "groups": 1,
+    "dilation_rate": (1, 1),
+    "data_format": "channels_last",
+}
 _DROPPED = ("bias_initializer", "bias_regularizer", "bias_constraint", "lora_rank", "lora_alpha")
 
 
@@ -67,52 +72,86 @@ class CollapsibleConv2D(keras.layers.Conv2D):
             with input channels != filters or strides != 1.
     """
 
-    def __init__(self, filters, kernel_size=3, strides=1, expansion=None, residual=False,
-                 kernel_initializer="glorot_uniform", kernel_regularizer=None, activation=None,
-                 name=None, **kwargs):
+    def __init__(
+        self,
+        filters,
+        kernel_size=3,
+        strides=1,
+        expansion=None,
+        residual=False,
+        kernel_initializer="glorot_uniform",
+        kernel_regularizer=None,
+        activation=None,
+        name=None,
+        **kwargs,
+    ):
         if keras.activations.get(activation) is not keras.activations.linear:
-            raise InputError(f"CollapsibleConv2D got activation={activation!r}, but a collapsible "
-                             "block is linear inside: apply the activation after the block, e.g. "
-                             "layers.Activation(...)")
-        if expansion is not None and (isinstance(expansion, bool)
-                                      or not isinstance(expansion, numbers.Real) or expansion <= 0):
-            raise InputError(f"CollapsibleConv2D expansion must be None (plain conv) or a number "
-                             f"> 0, got {expansion!r}")
+            raise InputError(
+                f"CollapsibleConv2D got activation={activation!r}, but a collapsible "
+                "block is linear inside: apply the activation after the block, e.g. "
+                "layers.Activation(...)"
+            )
+        if expansion is not None and (
+            isinstance(expansion, bool) or not isinstance(expansion, numbers.Real) or expansion <= 0
+        ):
+            raise InputError(
+                f"CollapsibleConv2D expansion must be None (plain conv) or a number "
+                f"> 0, got {expansion!r}"
+            )
         for key, value in _FIXED.items():
             if key in kwargs:
                 given = kwargs.pop(key)
                 if key == "dilation_rate":
                     given = (given, given) if isinstance(given, int) else tuple(given)
                 if given != value:
-                    raise InputError(f"CollapsibleConv2D always uses {key}={value!r}; got "
-                                     f"{given!r}. Use keras.layers.Conv2D for other settings.")
+                    raise InputError(
+                        f"CollapsibleConv2D always uses {key}={value!r}; got "
+                        f"{given!r}. Use keras.layers.Conv2D for other settings."
+                    )
         for key in _DROPPED:
             kwargs.pop(key, None)
-        super().__init__(filters, kernel_size, strides=strides, activation=None,
-                         kernel_initializer=kernel_initializer,
-                         kernel_regularizer=kernel_regularizer, name=name, **_FIXED, **kwargs)
+        super().__init__(
+            filters,
+            kernel_size,
+            strides=strides,
+            activation=None,
+            kernel_initializer=kernel_initializer,
+            kernel_regularizer=kernel_regularizer,
+            name=name,
+            **_FIXED,
+            **kwargs,
+        )
         self.expansion = None if expansion is None else float(expansion)
         self.residual = bool(residual)
 
     def build(self, input_shape):
         cin = input_shape[-1]
         if self.residual and (cin != self.filters or self.strides != (1, 1)):
-            raise InputError(f"{self.name}: residual=True adds the input to the output, so it "
-                             f"needs input channels == filters and strides 1; got {cin} -> "
-                             f"{self.filters} channels, strides {self.strides}. Use "
-                             "residual=False there.")
+            raise InputError(
+                f"{self.name}: residual=True adds the input to the output, so it "
+                f"needs input channels == filters and strides 1; got {cin} -> "
+                f"{self.filters} channels, strides {self.strides}. Use "
+                "residual=False there."
+            )
         if self.expansion is None:
             super().build(input_shape)  # creates `kernel` [k,k,Cin,filters]
         else:
             self.compute_output_shape(input_shape)  # validates the shape
             self.input_spec = keras.layers.InputSpec(min_ndim=4, axes={-1: cin})
             width = self.expanded_width(cin)
-            common = dict(initializer=self.kernel_initializer, regularizer=self.kernel_regularizer,
-                          constraint=self.kernel_constraint, trainable=True, dtype=self.dtype)
-            self.expand_kernel = self.add_weight(name="expand_kernel",
-                                                 shape=self.kernel_size + (cin, width), **common)
-            self.project_kernel = self.add_weight(name="project_kernel",
-                                                  shape=(1, 1, width, self.filters), **common)
+            common = dict(
+                initializer=self.kernel_initializer,
+                regularizer=self.kernel_regularizer,
+                constraint=self.kernel_constraint,
+                trainable=True,
+                dtype=self.dtype,
+            )
+            self.expand_kernel = self.add_weight(
+                name="expand_kernel", shape=self.kernel_size + (cin, width), **common
+            )
+            self.project_kernel = self.add_weight(
+                name="project_kernel", shape=(1, 1, width, self.filters), **common
+            )
             self.bias = None
         if self.residual:
             # TF "same" padding puts (k-1)//2 zeros before, so that tap reads x itself

@@ -93,8 +93,9 @@ class PixelNormalization(keras.layers.Layer):
         super().__init__(**kwargs)
         self.mean, self.std = tuple(map(float, mean)), tuple(map(float, std))
         if len(self.mean) != len(self.std) or min(self.std) <= 0:
-            raise ValueError(f"PixelNormalization needs as many means as stds (> 0), got "
-                             f"{self.mean}, {self.std}")
+            raise ValueError(
+                f"PixelNormalization needs as many means as stds (> 0), got {self.mean}, {self.std}"
+            )
 
     def call(self, x):
         std = np.asarray(self.std, np.float32)
@@ -166,10 +167,17 @@ class BatchNormalization(keras.layers.BatchNormalization):
     FUSED_DTYPES = ("float16", "bfloat16", "float32")
 
     def _fused(self, inputs, training, mask):
-        return bool(training and self.trainable and mask is None and not self.synchronized
-                    and not self.renorm and keras.backend.backend() == "tensorflow"
-                    and len(inputs.shape) == 4 and self.axis in (-1, 3)
-                    and keras.backend.standardize_dtype(inputs.dtype) in self.FUSED_DTYPES)
+        return bool(
+            training
+            and self.trainable
+            and mask is None
+            and not self.synchronized
+            and not self.renorm
+            and keras.backend.backend() == "tensorflow"
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and keras.backend.standardize_dtype(inputs.dtype) in self.FUSED_DTYPES
+        )
 
     def call(self, inputs, training=None, mask=None):
         if not self._fused(inputs, training, mask):
@@ -180,11 +188,18 @@ class BatchNormalization(keras.layers.BatchNormalization):
         gamma = tf.ones(channels) if self.gamma is None else tf.cast(self.gamma, tf.float32)
         beta = tf.zeros(channels) if self.beta is None else tf.cast(self.beta, tf.float32)
         outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
-            x=inputs, scale=gamma, offset=beta, mean=tf.zeros(0), variance=tf.zeros(0),
-            epsilon=self.epsilon, is_training=True)
+            x=inputs,
+            scale=gamma,
+            offset=beta,
+            mean=tf.zeros(0),
+            variance=tf.zeros(0),
+            epsilon=self.epsilon,
+            is_training=True,
+        )
         count = tf.cast(tf.size(inputs, out_type=tf.int64) // channels, tf.float32)
         variance *= (count - 1) / count
         for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
-            moving.assign(tf.cast(moving, tf.float32) * self.momentum
-                          + batch * (1.0 - self.momentum))
+            moving.assign(
+                tf.cast(moving, tf.float32) * self.momentum + batch * (1.0 - self.momentum)
+            )
         return ops.cast(outputs, self.compute_dtype)

@@ -30,8 +30,11 @@ class LayerScale(keras.layers.Layer):
         self.init_value, self.use_bias = float(init_value), bool(bias)
 
     def build(self, input_shape):
-        self.gamma = self.add_weight(shape=(input_shape[-1],), name="gamma",
-                                     initializer=keras.initializers.Constant(self.init_value))
+        self.gamma = self.add_weight(
+            shape=(input_shape[-1],),
+            name="gamma",
+            initializer=keras.initializers.Constant(self.init_value),
+        )
         if self.use_bias:
             self.beta = self.add_weight(shape=(input_shape[-1],), name="beta", initializer="zeros")
 
@@ -43,5 +46,4 @@ class LayerScale(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "init_value": self.init_value,
-                "bias": self.use_bias}
+        return {**super().get_config(), "init_value": self.init_value, "bias": self.use_bias}

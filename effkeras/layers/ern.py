@@ -66,10 +66,14 @@ class PixelEmbedding(keras.layers.Layer):
 
     def __init__(self, expansion=EXPANSION, bits=BITS, **kwargs):
         if not isinstance(expansion, int) or expansion < 1 or not isinstance(bits, int) or bits < 1:
-            raise InputError(f"PixelEmbedding needs integer expansion >= 1 and bits >= 1, "
-                             f"got expansion={expansion!r}, bits={bits!r}")
+            raise InputError(
+                f"PixelEmbedding needs integer expansion >= 1 and bits >= 1, "
+                f"got expansion={expansion!r}, bits={bits!r}"
+            )
         kwargs.setdefault("trainable", False)
-        kwargs.setdefault("dtype", "float32")  # thresholds on raw pixels: float32 under mixed precision
+        kwargs.setdefault(
+            "dtype", "float32"
+        )  # thresholds on raw pixels: float32 under mixed precision
         super().__init__(**kwargs)
         self.expansion = expansion
         self.bits = bits
@@ -83,8 +87,9 @@ class PixelEmbedding(keras.layers.Layer):
         x = ops.stop_gradient(x)[..., None]  # (B, H, W, C, 1) against (k,) per level
         codes = None
         for level in self.thresholds.T:
-            hit = ops.cast(ops.greater_equal(x, ops.convert_to_tensor(level, x.dtype)),
-                           self.compute_dtype)
+            hit = ops.cast(
+                ops.greater_equal(x, ops.convert_to_tensor(level, x.dtype)), self.compute_dtype
+            )
             codes = hit if codes is None else codes + hit
         shape = ops.shape(codes)
         return ops.reshape(codes, (shape[0], shape[1], shape[2], shape[3] * self.expansion))

@@ -23,25 +23,30 @@ _register = keras.saving.register_keras_serializable(package="effkeras")
 def _binary(op):
     def call(x, y):
         return op(x, y)
+
     return call
 
 
 def _unary(op):
     def call(x):
         return op(x)
+
     return call
 
 
 def _activation(op):
     def call(features):
         return op(features)
+
     return call
 
 
 def _reduction(op):
     def call(input_tensor, axis=None, keepdims=False):
-        return op(input_tensor, axis=tuple(axis) if isinstance(axis, list) else axis,
-                  keepdims=keepdims)
+        return op(
+            input_tensor, axis=tuple(axis) if isinstance(axis, list) else axis, keepdims=keepdims
+        )
+
     return call
 
 
@@ -80,8 +85,12 @@ def _identity(input):  # noqa: A002
 
 
 def _pad(tensor, paddings, mode="CONSTANT", constant_values=0):
-    return ops.pad(tensor, paddings, mode=mode.lower(),
-                   constant_values=constant_values if constant_values else None)
+    return ops.pad(
+        tensor,
+        paddings,
+        mode=mode.lower(),
+        constant_values=constant_values if constant_values else None,
+    )
 
 
 def _clip_by_value(t, clip_value_min, clip_value_max):
@@ -179,8 +188,10 @@ class TFOpCall(keras.layers.Layer):
     def __init__(self, function, arguments, **kwargs):
         super().__init__(**kwargs)
         if function not in TF_FUNCTIONS:
-            raise InputError(f"TFOpCall: no keras.ops equivalent of tf.{function}; supported: "
-                             f"{sorted(TF_FUNCTIONS)}.")
+            raise InputError(
+                f"TFOpCall: no keras.ops equivalent of tf.{function}; supported: "
+                f"{sorted(TF_FUNCTIONS)}."
+            )
         self.function = function
         self.arguments = arguments
 
@@ -207,9 +218,11 @@ class AddToLastChannels(keras.layers.Layer):
     def build(self, input_shape):
         x_shape, y_shape = input_shape
         if len(x_shape) != len(y_shape) or y_shape[-1] > x_shape[-1]:
-            raise InputError(f"{self.name}: AddToLastChannels adds y {tuple(y_shape)} onto the "
-                             f"last channels of x {tuple(x_shape)}: y needs x's rank and no more "
-                             f"channels than x.")
+            raise InputError(
+                f"{self.name}: AddToLastChannels adds y {tuple(y_shape)} onto the "
+                f"last channels of x {tuple(x_shape)}: y needs x's rank and no more "
+                f"channels than x."
+            )
 
     def call(self, inputs):
         x, y = inputs

@@ -39,8 +39,8 @@ def fake_quant(x, low, high, axis=None, narrow_range=False):
     low = ops.minimum(ops.cast(low, "float32"), 0.0)
     high = ops.maximum(ops.maximum(ops.cast(high, "float32"), 0.0), low + _TINY)
     return keras.quantizers.fake_quant_with_min_max_vars(
-        ops.cast(x, "float32"), low, high, num_bits=NUM_BITS, narrow_range=narrow_range,
-        axis=axis)
+        ops.cast(x, "float32"), low, high, num_bits=NUM_BITS, narrow_range=narrow_range, axis=axis
+    )
 
 
 def quantize_kernel(kernel, axis=-1, floor=None):
@@ -100,8 +100,9 @@ class FakeQuant(layers.Layer):
         if fixed_range is not None:
             fixed_range = tuple(float(v) for v in fixed_range)
             if len(fixed_range) != 2 or not fixed_range[0] < fixed_range[1]:
-                raise ValueError(f"fixed_range must be (low, high) with low < high, got "
-                                 f"{fixed_range}")
+                raise ValueError(
+                    f"fixed_range must be (low, high) with low < high, got {fixed_range}"
+                )
         self.ema_decay = float(ema_decay)
         self.fixed_range = fixed_range
         self.mode = "quantize"
@@ -141,15 +142,21 @@ class FakeQuant(layers.Layer):
 
     def quantization(self):
         """(scale, zero point) of the int8 codes, as TFLite derives them from the range."""
-        low, high = (self.fixed_range if self.fixed_range is not None else
-                     (float(self.range_min.numpy()), float(self.range_max.numpy())))
+        low, high = (
+            self.fixed_range
+            if self.fixed_range is not None
+            else (float(self.range_min.numpy()), float(self.range_max.numpy()))
+        )
         low, high = min(low, 0.0), max(high, 0.0, low + _TINY)
-        scale = (high - low) / (2 ** NUM_BITS - 1)
+        scale = (high - low) / (2**NUM_BITS - 1)
         return scale, int(np.round(-128 - low / scale))
 
     def get_config(self):
-        return {**super().get_config(), "ema_decay": self.ema_decay,
-                "fixed_range": self.fixed_range}
+        return {
+            **super().get_config(),
+            "ema_decay": self.ema_decay,
+            "fixed_range": self.fixed_range,
+        }
 
 
 class FoldedBatchNorm:
@@ -183,8 +190,9 @@ class FoldedBatchNorm:
             channels = self.output_channels()
 
             def add(name, initializer, trainable):
-                return self.add_weight(shape=(channels,), initializer=initializer,
-                                       trainable=trainable, name=name)
+                return self.add_weight(
+                    shape=(channels,), initializer=initializer, trainable=trainable, name=name
+                )
 
             self.gamma, self.beta = add("gamma", "ones", True), add("beta", "zeros", True)
             self.moving_mean = add("moving_mean", "zeros", False)
@@ -193,8 +201,11 @@ class FoldedBatchNorm:
     def folded(self):
         """(kernel, bias) with the BN folded in, float32."""
         kernel = ops.cast(self.kernel, "float32")
-        bias = (ops.cast(self.bias, "float32") if self.use_bias
-                else ops.zeros((self.output_channels(),), "float32"))
+        bias = (
+            ops.cast(self.bias, "float32")
+            if self.use_bias
+            else ops.zeros((self.output_channels(),), "float32")
+        )
         if self.batch_norm_epsilon is None:
             return kernel, bias
         scale = self.gamma * ops.rsqrt(self.moving_variance + self.batch_norm_epsilon)
@@ -229,8 +240,11 @@ class FoldedBatchNorm:
 
     def get_config(self):
         floor = None if self.weight_floor is None else self.weight_floor.tolist()
-        return {**super().get_config(), "batch_norm_epsilon": self.batch_norm_epsilon,
-                "weight_floor": floor}
+        return {
+            **super().get_config(),
+            "batch_norm_epsilon": self.batch_norm_epsilon,
+            "weight_floor": floor,
+        }
 
 
 @keras.saving.register_keras_serializable(package="effkeras")
@@ -259,13 +273,20 @@ class QATDepthwiseConv2D(FoldedBatchNorm, layers.DepthwiseConv2D):
 
     def quantize_weights(self, kernel):  # TFLite's depthwise kernel: (1, kh, kw, channels·mult)
         height, width, channels, multiplier = kernel.shape
-        flat = quantize_kernel(ops.reshape(kernel, (height, width, channels * multiplier)),
-                               floor=self.weight_floor)
+        flat = quantize_kernel(
+            ops.reshape(kernel, (height, width, channels * multiplier)), floor=self.weight_floor
+        )
         return ops.reshape(flat, kernel.shape)
 
     def apply(self, x, kernel):
-        return ops.depthwise_conv(x, kernel, strides=self.strides, padding=self.padding,
-                                  dilation_rate=self.dilation_rate, data_format=self.data_format)
+        return ops.depthwise_conv(
+            x,
+            kernel,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
 
 
 @keras.saving.register_keras_serializable(package="effkeras")
@@ -315,9 +336,11 @@ class ChannelAffine(layers.Layer):
         self.operation = operation
 
     def build(self, input_shape):
-        self.value = self.add_weight(shape=(input_shape[-1],), name="value",
-                                     initializer="ones" if self.operation == "multiply"
-                                     else "zeros")
+        self.value = self.add_weight(
+            shape=(input_shape[-1],),
+            name="value",
+            initializer="ones" if self.operation == "multiply" else "zeros",
+        )
 
     def call(self, x):
         value = ops.cast(self.value, x.dtype)
@@ -358,5 +381,9 @@ class CodeTable(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "table": self.table.tolist(),
-                "x_quantization": self.x_quantization, "y_quantization": self.y_quantization}
+        return {
+            **super().get_config(),
+            "table": self.table.tolist(),
+            "x_quantization": self.x_quantization,
+            "y_quantization": self.y_quantization,
+        }

@@ -62,8 +62,12 @@ class _QuantMixin:
         channels_last = self.data_format == "channels_last"
         shape = ops.shape(x)  # a tensor entry where the size is unknown while tracing
         spatial = shape[1:-1] if channels_last else shape[2:]
-        pads = [same_padding(size, kernel, stride, dilation) for size, kernel, stride, dilation
-                in zip(spatial, self.kernel_size, self.strides, self.dilation_rate)]
+        pads = [
+            same_padding(size, kernel, stride, dilation)
+            for size, kernel, stride, dilation in zip(
+                spatial, self.kernel_size, self.strides, self.dilation_rate
+            )
+        ]
         pads = [[0, 0], *pads, [0, 0]] if channels_last else [[0, 0], [0, 0], *pads]
         return ops.pad(x, pads, constant_values=self.pad_values), "valid"
 
@@ -115,11 +119,27 @@ class QuantConv2D(_QuantMixin, keras.layers.Conv2D):
         **kwargs: the other `keras.layers.Conv2D` arguments.
     """
 
-    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", *,
-                 input_quantizer=None, kernel_quantizer=None, kernel_constraint=None,
-                 pad_values=0.0, **kwargs):
-        super().__init__(filters, kernel_size, strides=strides, padding=padding,
-                         kernel_constraint=constraints.get(kernel_constraint), **kwargs)
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="valid",
+        *,
+        input_quantizer=None,
+        kernel_quantizer=None,
+        kernel_constraint=None,
+        pad_values=0.0,
+        **kwargs,
+    ):
+        super().__init__(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            kernel_constraint=constraints.get(kernel_constraint),
+            **kwargs,
+        )
         self.kernel_quantizer = quantizers.get(kernel_quantizer)
         self._init_quant(input_quantizer, pad_values)
 
@@ -128,13 +148,20 @@ class QuantConv2D(_QuantMixin, keras.layers.Conv2D):
 
     def convolution_op(self, inputs, kernel):
         inputs, padding = self._pad(inputs)
-        return ops.conv(inputs, _quantize_kernel(self.kernel_quantizer, kernel),
-                        strides=list(self.strides), padding=padding,
-                        dilation_rate=self.dilation_rate, data_format=self.data_format)
+        return ops.conv(
+            inputs,
+            _quantize_kernel(self.kernel_quantizer, kernel),
+            strides=list(self.strides),
+            padding=padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
 
     def get_config(self):
-        return {**super().get_config(),
-                **self._quant_config(kernel_quantizer=self.kernel_quantizer)}
+        return {
+            **super().get_config(),
+            **self._quant_config(kernel_quantizer=self.kernel_quantizer),
+        }
 
 
 @_register
@@ -157,10 +184,25 @@ class QuantDepthwiseConv2D(_QuantMixin, keras.layers.DepthwiseConv2D):
         **kwargs: the other `keras.layers.DepthwiseConv2D` arguments.
     """
 
-    def __init__(self, kernel_size, strides=(1, 1), padding="valid", *, input_quantizer=None,
-                 depthwise_quantizer=None, depthwise_constraint=None, pad_values=0.0, **kwargs):
-        super().__init__(kernel_size, strides=strides, padding=padding,
-                         depthwise_constraint=constraints.get(depthwise_constraint), **kwargs)
+    def __init__(
+        self,
+        kernel_size,
+        strides=(1, 1),
+        padding="valid",
+        *,
+        input_quantizer=None,
+        depthwise_quantizer=None,
+        depthwise_constraint=None,
+        pad_values=0.0,
+        **kwargs,
+    ):
+        super().__init__(
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            depthwise_constraint=constraints.get(depthwise_constraint),
+            **kwargs,
+        )
         self.depthwise_quantizer = quantizers.get(depthwise_quantizer)
         self._init_quant(input_quantizer, pad_values)
 
@@ -171,15 +213,21 @@ class QuantDepthwiseConv2D(_QuantMixin, keras.layers.DepthwiseConv2D):
 
     def call(self, inputs):
         inputs, padding = self._pad(_quantize(self.input_quantizer, inputs))
-        outputs = ops.depthwise_conv(inputs, _quantize_kernel(self.depthwise_quantizer, self.kernel),
-                                     strides=self.strides, padding=padding,
-                                     dilation_rate=self.dilation_rate,
-                                     data_format=self.data_format)
+        outputs = ops.depthwise_conv(
+            inputs,
+            _quantize_kernel(self.depthwise_quantizer, self.kernel),
+            strides=self.strides,
+            padding=padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
         return self._bias_and_activation(outputs)
 
     def get_config(self):
-        return {**super().get_config(),
-                **self._quant_config(depthwise_quantizer=self.depthwise_quantizer)}
+        return {
+            **super().get_config(),
+            **self._quant_config(depthwise_quantizer=self.depthwise_quantizer),
+        }
 
 
 @_register
@@ -204,12 +252,30 @@ class QuantSeparableConv2D(_QuantMixin, keras.layers.SeparableConv2D):
         **kwargs: the other `keras.layers.SeparableConv2D` arguments.
     """
 
-    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", *,
-                 input_quantizer=None, depthwise_quantizer=None, pointwise_quantizer=None,
-                 depthwise_constraint=None, pointwise_constraint=None, pad_values=0.0, **kwargs):
-        super().__init__(filters, kernel_size, strides=strides, padding=padding,
-                         depthwise_constraint=constraints.get(depthwise_constraint),
-                         pointwise_constraint=constraints.get(pointwise_constraint), **kwargs)
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="valid",
+        *,
+        input_quantizer=None,
+        depthwise_quantizer=None,
+        pointwise_quantizer=None,
+        depthwise_constraint=None,
+        pointwise_constraint=None,
+        pad_values=0.0,
+        **kwargs,
+    ):
+        super().__init__(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            depthwise_constraint=constraints.get(depthwise_constraint),
+            pointwise_constraint=constraints.get(pointwise_constraint),
+            **kwargs,
+        )
         self.depthwise_quantizer = quantizers.get(depthwise_quantizer)
         self.pointwise_quantizer = quantizers.get(pointwise_quantizer)
         self._init_quant(input_quantizer, pad_values)
@@ -224,15 +290,24 @@ class QuantSeparableConv2D(_QuantMixin, keras.layers.SeparableConv2D):
     def call(self, inputs):
         inputs, padding = self._pad(_quantize(self.input_quantizer, inputs))
         outputs = ops.separable_conv(
-            inputs, _quantize_kernel(self.depthwise_quantizer, self.depthwise_kernel),
-            _quantize_kernel(self.pointwise_quantizer, self.pointwise_kernel), strides=self.strides,
-            padding=padding, dilation_rate=self.dilation_rate, data_format=self.data_format)
+            inputs,
+            _quantize_kernel(self.depthwise_quantizer, self.depthwise_kernel),
+            _quantize_kernel(self.pointwise_quantizer, self.pointwise_kernel),
+            strides=self.strides,
+            padding=padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
         return self._bias_and_activation(outputs)
 
     def get_config(self):
-        return {**super().get_config(),
-                **self._quant_config(depthwise_quantizer=self.depthwise_quantizer,
-                                     pointwise_quantizer=self.pointwise_quantizer)}
+        return {
+            **super().get_config(),
+            **self._quant_config(
+                depthwise_quantizer=self.depthwise_quantizer,
+                pointwise_quantizer=self.pointwise_quantizer,
+            ),
+        }
 
 
 @_register
@@ -250,8 +325,15 @@ class QuantDense(_QuantMixin, keras.layers.Dense):
         **kwargs: the other `keras.layers.Dense` arguments.
     """
 
-    def __init__(self, units, *, input_quantizer=None, kernel_quantizer=None,
-                 kernel_constraint=None, **kwargs):
+    def __init__(
+        self,
+        units,
+        *,
+        input_quantizer=None,
+        kernel_quantizer=None,
+        kernel_constraint=None,
+        **kwargs,
+    ):
         super().__init__(units, kernel_constraint=constraints.get(kernel_constraint), **kwargs)
         self.kernel_quantizer = quantizers.get(kernel_quantizer)
         self._init_quant(input_quantizer)
@@ -262,5 +344,7 @@ class QuantDense(_QuantMixin, keras.layers.Dense):
         return self._bias_and_activation(outputs)
 
     def get_config(self):
-        return {**super().get_config(),
-                **self._quant_config(kernel_quantizer=self.kernel_quantizer)}
+        return {
+            **super().get_config(),
+            **self._quant_config(kernel_quantizer=self.kernel_quantizer),
+        }

@@ -32,16 +32,19 @@ class BilinearResize(keras.layers.Layer):
         if len(self.size) != 2 or min(self.size) < 1:
             raise ValueError(f"BilinearResize needs size (height, width) >= 1, got {size}")
         if self.align_corners and keras.backend.backend() != "tensorflow":
-            raise ValueError("BilinearResize(align_corners=True) needs the TensorFlow backend; "
-                             "use align_corners=False (half-pixel centres) on other backends")
+            raise ValueError(
+                "BilinearResize(align_corners=True) needs the TensorFlow backend; "
+                "use align_corners=False (half-pixel centres) on other backends"
+            )
 
     def call(self, x):
         if self.align_corners:
             import tensorflow as tf
 
             # The op returns float32 whatever its input: back to the input's dtype.
-            y = tf.raw_ops.ResizeBilinear(images=x, size=self.size, align_corners=True,
-                                          half_pixel_centers=False)
+            y = tf.raw_ops.ResizeBilinear(
+                images=x, size=self.size, align_corners=True, half_pixel_centers=False
+            )
             return ops.cast(y, x.dtype)
         return ops.image.resize(x, self.size, interpolation="bilinear", antialias=False)
 

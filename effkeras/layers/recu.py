@@ -50,8 +50,11 @@ def recu_weight(kernel, tau):
     axes = (0, 1, 2)  # everything but the output channel
     centred = kernel - ops.mean(kernel, axis=axes, keepdims=True)
     # std of a Laplace(b) law is b·√2, so this puts every channel at scale b*.
-    standardised = centred * (TARGET_LAPLACE_SCALE * math.sqrt(2.0)) / ops.sqrt(
-        unbiased_variance(centred, axes) + EPSILON)
+    standardised = (
+        centred
+        * (TARGET_LAPLACE_SCALE * math.sqrt(2.0))
+        / ops.sqrt(unbiased_variance(centred, axes) + EPSILON)
+    )
     laplace_scale = ops.stop_gradient(ops.mean(ops.abs(standardised)))  # over the whole layer
     quantile = -laplace_scale * ops.log(2.0 - 2.0 * ops.cast(tau, kernel.dtype))  # +inf at τ = 1
     clamped = ops.clip(standardised, -quantile, quantile)
@@ -83,19 +86,30 @@ class ReCUConv2D(QuantConv2D):
         for fixed in ("input_quantizer", "kernel_quantizer", "pad_values", "use_bias"):
             kwargs.pop(fixed, None)
         kwargs.setdefault("kernel_initializer", "he_normal")  # the code's kaiming_normal_, fan-in
-        super().__init__(filters, kernel_size, strides=strides, padding=padding, use_bias=False,
-                         input_quantizer="approx_sign", **kwargs)
+        super().__init__(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            use_bias=False,
+            input_quantizer="approx_sign",
+            **kwargs,
+        )
         self.kernel_quantizer = _ReCUWeight(self)
 
     def build(self, input_shape):
         super().build(input_shape)
-        self.tau = self.add_weight(shape=(), initializer=keras.initializers.Constant(1.0),
-                                   trainable=False, name="tau")
+        self.tau = self.add_weight(
+            shape=(), initializer=keras.initializers.Constant(1.0), trainable=False, name="tau"
+        )
         # α ~ U[0, 1), as torch.rand in the official code; regularised like the kernel, as the
         # code's weight decay reaches α.
-        self.alpha = self.add_weight(shape=(self.filters,), name="alpha",
-                                     initializer=keras.initializers.RandomUniform(0.0, 1.0),
-                                     regularizer=self.kernel_regularizer)
+        self.alpha = self.add_weight(
+            shape=(self.filters,),
+            name="alpha",
+            initializer=keras.initializers.RandomUniform(0.0, 1.0),
+            regularizer=self.kernel_regularizer,
+        )
 
     def call(self, inputs, training=None):
         if training:

@@ -53,19 +53,34 @@ class PlaneConv2D(keras.layers.Layer):
             rank, or `"bitplane"` without exactly 3 thresholds.
     """
 
-    def __init__(self, filters, kernel_size, strides=(1, 1), padding=((0, 0), (0, 0)), *,
-                 thresholds, form="thermometer", pad_planes=False, code_channels=None,
-                 activation=None, **kwargs):
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding=((0, 0), (0, 0)),
+        *,
+        thresholds,
+        form="thermometer",
+        pad_planes=False,
+        code_channels=None,
+        activation=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         thresholds = np.asarray(thresholds, np.float32)
         if form not in PLANE_FORMS:
             raise InputError(f"PlaneConv2D form must be one of {PLANE_FORMS}, got {form!r}")
         if thresholds.ndim not in (1, 2) or np.any(np.diff(thresholds, axis=0) <= 0):
-            raise InputError(f"PlaneConv2D needs increasing thresholds, shape (levels,) or "
-                             f"(levels, code channels), got {thresholds.tolist()}")
+            raise InputError(
+                f"PlaneConv2D needs increasing thresholds, shape (levels,) or "
+                f"(levels, code channels), got {thresholds.tolist()}"
+            )
         if form == "bitplane" and len(thresholds) != 3:
-            raise InputError(f"the bit-plane form needs 2-bit codes (3 thresholds), got "
-                             f"{len(thresholds)}; use form='thermometer'")
+            raise InputError(
+                f"the bit-plane form needs 2-bit codes (3 thresholds), got "
+                f"{len(thresholds)}; use form='thermometer'"
+            )
         self.filters = int(filters)
         self.kernel_size = tuple(int(k) for k in np.broadcast_to(kernel_size, 2))
         self.strides = tuple(int(s) for s in np.broadcast_to(strides, 2))
@@ -113,7 +128,8 @@ class PlaneConv2D(keras.layers.Layer):
             if theta.shape[1] == 1:
                 below = np.repeat(below, x.shape[-1], axis=1)
             v = ops.convert_to_tensor(below.reshape(-1)) - ops.concatenate(
-                [x] * self.levels, axis=-1)
+                [x] * self.levels, axis=-1
+            )
             outputs = self._bconv(v, 1.0) + self.bias
         else:
             below, theta = below.reshape(3, -1), theta.reshape(3, -1)
@@ -131,17 +147,26 @@ class PlaneConv2D(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         size = []
-        for axis, (kernel, stride, pads) in enumerate(zip(self.kernel_size, self.strides,
-                                                          self.padding)):
+        for axis, (kernel, stride, pads) in enumerate(
+            zip(self.kernel_size, self.strides, self.padding)
+        ):
             length = input_shape[1 + axis]
             size.append(None if length is None else (length + sum(pads) - kernel) // stride + 1)
         return (input_shape[0], *size, self.filters)
 
     def get_config(self):
-        activation = (None if self.activation is None
-                      else keras.activations.serialize(self.activation))
-        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
-                "strides": self.strides, "padding": self.padding,
-                "thresholds": self.thresholds.tolist(), "form": self.form,
-                "pad_planes": self.pad_planes, "code_channels": self.code_channels,
-                "activation": activation}
+        activation = (
+            None if self.activation is None else keras.activations.serialize(self.activation)
+        )
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "padding": self.padding,
+            "thresholds": self.thresholds.tolist(),
+            "form": self.form,
+            "pad_planes": self.pad_planes,
+            "code_channels": self.code_channels,
+            "activation": activation,
+        }

@@ -68,19 +68,42 @@ def residual_block(x, filters, stride, name):
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
         shortcut = layers.AveragePooling2D(stride, padding="same", name=f"{name}_shortcut_pool")(x)
-        shortcut = layers.Conv2D(filters, 1, use_bias=False, kernel_initializer="glorot_normal",
-                                 name=f"{name}_shortcut_conv")(shortcut)
+        shortcut = layers.Conv2D(
+            filters,
+            1,
+            use_bias=False,
+            kernel_initializer="glorot_normal",
+            name=f"{name}_shortcut_conv",
+        )(shortcut)
         shortcut = batch_norm_08(f"{name}_shortcut_bn")(shortcut)
-    y = QuantConv2D(filters, 3, strides=stride, padding="same", input_quantizer=ApproxSign(),
-                    kernel_quantizer=MagnitudeAwareSign(), kernel_constraint=WeightClip(),
-                    kernel_initializer="glorot_normal", use_bias=False, name=f"{name}_conv")(x)
+    y = QuantConv2D(
+        filters,
+        3,
+        strides=stride,
+        padding="same",
+        input_quantizer=ApproxSign(),
+        kernel_quantizer=MagnitudeAwareSign(),
+        kernel_constraint=WeightClip(),
+        kernel_initializer="glorot_normal",
+        use_bias=False,
+        name=f"{name}_conv",
+    )(x)
     y = batch_norm_08(f"{name}_bn")(y)
     return layers.Add(name=f"{name}_add")([y, shortcut])
 
 
-@register("birealnet18", aliases=("birealnet",), family="peer", paper=PAPER,
-          input_shape=(224, 224, 3), num_classes=1000, recipe="birealnet", deploy="arm",
-          min_input_size=32, small=dict(filters=16))
+@register(
+    "birealnet18",
+    aliases=("birealnet",),
+    family="peer",
+    paper=PAPER,
+    input_shape=(224, 224, 3),
+    num_classes=1000,
+    recipe="birealnet",
+    deploy="arm",
+    min_input_size=32,
+    small=dict(filters=16),
+)
 def birealnet18(input_shape=(224, 224, 3), num_classes=1000, filters=FILTERS):
     """Bi-Real Net 18, as Larq Zoo 2.4's `literature.BiRealNet` builds it.
 
@@ -104,9 +127,15 @@ def birealnet18(input_shape=(224, 224, 3), num_classes=1000, filters=FILTERS):
         A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
     """
     inputs = keras.Input(input_shape, name="image")
-    x = layers.Conv2D(filters, STEM_KERNEL, strides=2, padding="same", use_bias=False,
-                      kernel_initializer="glorot_normal", name="stem_conv")(
-                          normalize_pixels(inputs))
+    x = layers.Conv2D(
+        filters,
+        STEM_KERNEL,
+        strides=2,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="glorot_normal",
+        name="stem_conv",
+    )(normalize_pixels(inputs))
     x = batch_norm_08("stem_bn")(x)
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
     table = stages(filters=tuple(filters * 2**i for i in range(len(BLOCKS))), blocks=BLOCKS)

@@ -45,8 +45,10 @@ def stages(filters, blocks, strides=None):
     """
     strides = tuple(strides) if strides else (1,) + (2,) * (len(filters) - 1)
     if not len(filters) == len(blocks) == len(strides):
-        raise ValueError(f"a stage table needs as many filters, blocks and strides, got "
-                         f"{filters}, {blocks}, {strides}")
+        raise ValueError(
+            f"a stage table needs as many filters, blocks and strides, got "
+            f"{filters}, {blocks}, {strides}"
+        )
     return tuple(Stage(f, b, s) for f, b, s in zip(filters, blocks, strides))
 
 
@@ -78,8 +80,9 @@ def each_block(stage_table):
     """
     for i, stage in enumerate(stage_table, start=1):
         for j in range(stage.blocks):
-            yield Block(f"stage{i}_block{j + 1}", stage.filters,
-                        stage.stride if j == 0 else 1, j == 0)
+            yield Block(
+                f"stage{i}_block{j + 1}", stage.filters, stage.stride if j == 0 else 1, j == 0
+            )
 
 
 def batch_norm(name, *, momentum=0.9, epsilon=1e-5, gamma=1.0, regularizer=None):
@@ -98,9 +101,13 @@ def batch_norm(name, *, momentum=0.9, epsilon=1e-5, gamma=1.0, regularizer=None)
         An `effkeras.layers.BatchNormalization` layer.
     """
     return BatchNormalization(
-        momentum=momentum, epsilon=epsilon,
+        momentum=momentum,
+        epsilon=epsilon,
         gamma_initializer="ones" if gamma == 1.0 else keras.initializers.Constant(gamma),
-        beta_regularizer=regularizer, gamma_regularizer=regularizer, name=name)
+        beta_regularizer=regularizer,
+        gamma_regularizer=regularizer,
+        name=name,
+    )
 
 
 def whole_map_logits(x, num_classes, **dense_options):

@@ -51,8 +51,14 @@ RAN_I_SCALES = {
 }
 # Stochastic depth at the last block: ConvNeXt Appendix A.1 (Table 5: 0.1 / 0.4 / 0.5 for
 # T / S / B); RAN-i's training scripts pass 0.1 / 0.2 / 0.4 (arXiv 2208.08562 code).
-DROP_PATH = {"convnext_t": 0.1, "convnext_s": 0.4, "convnext_b": 0.5,
-             "ran_i_t": 0.1, "ran_i_s": 0.2, "ran_i_b": 0.4}
+DROP_PATH = {
+    "convnext_t": 0.1,
+    "convnext_s": 0.4,
+    "convnext_b": 0.5,
+    "ran_i_t": 0.1,
+    "ran_i_s": 0.2,
+    "ran_i_b": 0.4,
+}
 EXPANSION = 4  # inverted bottleneck: 1x1 C -> 4C -> C (arXiv 2201.03545 §2.4)
 KERNEL = 7  # depthwise kernel (§2.5)
 STEM = 4  # "patchify" stem: 4x4 stride 4 (§2.2)
@@ -72,16 +78,20 @@ def ran_i_config(wm, dm, base=CONVNEXT[RAN_I_BASE]):
     Returns:
         A dict with `depths` and `dims`, tuples of ints (Python's `round`).
     """
-    return dict(depths=tuple(round(d * dm) for d in base["depths"]),
-                dims=tuple(round(c * wm) for c in base["dims"]))
+    return dict(
+        depths=tuple(round(d * dm) for d in base["depths"]),
+        dims=tuple(round(c * wm) for c in base["dims"]),
+    )
 
 
 CONFIGS = {**CONVNEXT, **{name: ran_i_config(*scale) for name, scale in RAN_I_SCALES.items()}}
 
 
 def _init():
-    return dict(kernel_initializer=keras.initializers.TruncatedNormal(stddev=INIT_STD),
-                bias_initializer="zeros")
+    return dict(
+        kernel_initializer=keras.initializers.TruncatedNormal(stddev=INIT_STD),
+        bias_initializer="zeros",
+    )
 
 
 def _conv(filters, kernel, name, stride=1):
@@ -106,9 +116,13 @@ def convnext_block(x, drop_rate, name):
         A tensor of the same shape as `x`.
     """
     channels = x.shape[-1]
-    y = layers.DepthwiseConv2D(KERNEL, padding="same", name=f"{name}_dwconv",
-                               depthwise_initializer=keras.initializers.TruncatedNormal(
-                                   stddev=INIT_STD), bias_initializer="zeros")(x)
+    y = layers.DepthwiseConv2D(
+        KERNEL,
+        padding="same",
+        name=f"{name}_dwconv",
+        depthwise_initializer=keras.initializers.TruncatedNormal(stddev=INIT_STD),
+        bias_initializer="zeros",
+    )(x)
     y = _layer_norm(f"{name}_ln")(y)
     # 1x1 convs, not Dense: static shapes in TFLite (module docstring).
     y = _conv(EXPANSION * channels, 1, f"{name}_pwconv1")(y)
@@ -178,26 +192,33 @@ def build(name, input_shape, num_classes, *, drop_path_rate=None, dims=None, dep
     depths = tuple(depths or CONFIGS[name]["depths"])
     dims = tuple(dims or CONFIGS[name]["dims"])
     if len(depths) != len(dims) or not all(isinstance(v, int) and v > 0 for v in depths + dims):
-        raise ValueError(f"depths and dims need one positive int per stage, got {depths} and "
-                         f"{dims}")
+        raise ValueError(
+            f"depths and dims need one positive int per stage, got {depths} and {dims}"
+        )
     drop_path_rate = DROP_PATH[name] if drop_path_rate is None else drop_path_rate
     if not 0 <= drop_path_rate < 1:
         raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
     return convnext(depths, dims, name, input_shape, num_classes, drop_path_rate)
 
 
-COMMON = dict(input_shape=(224, 224, 3), num_classes=1000, recipe="ran_i", deploy="float",
-              min_input_size=32,  # total stride: 4 * 2 * 2 * 2
-              # The test harness's copy: the same blocks at 1/6 of ConvNeXt-T's widths, in the
-              # 1:1:3:1 stage ratio (§2.2) once (conversion time grows with the block count).
-              small=dict(dims=(16, 32, 64, 128), depths=(1, 1, 3, 1)))
+COMMON = dict(
+    input_shape=(224, 224, 3),
+    num_classes=1000,
+    recipe="ran_i",
+    deploy="float",
+    min_input_size=32,  # total stride: 4 * 2 * 2 * 2
+    # The test harness's copy: the same blocks at 1/6 of ConvNeXt-T's widths, in the
+    # 1:1:3:1 stage ratio (§2.2) once (conversion time grows with the block count).
+    small=dict(dims=(16, 32, 64, 128), depths=(1, 1, 3, 1)),
+)
 
 
 def _registered(name, family, paper):
     """Registers model `name` of the tables above; returns its public builder."""
 
-    def builder(input_shape=(224, 224, 3), num_classes=1000, *, drop_path_rate=None, dims=None,
-                depths=None):
+    def builder(
+        input_shape=(224, 224, 3), num_classes=1000, *, drop_path_rate=None, dims=None, depths=None
+    ):
         """Builds a RAN-i (ConvNeXt-T scaled by NN-Mass) or a ConvNeXt.
 
         RAN-i-T/S/B scale ConvNeXt-T's depths and widths by the released models' (wm, dm);
@@ -226,8 +247,9 @@ def _registered(name, family, paper):
             ValueError: if `depths` and `dims` are not one positive int per stage, or
                 `drop_path_rate` is not in [0, 1).
         """
-        return build(name, input_shape, num_classes, drop_path_rate=drop_path_rate, dims=dims,
-                     depths=depths)
+        return build(
+            name, input_shape, num_classes, drop_path_rate=drop_path_rate, dims=dims, depths=depths
+        )
 
     builder.__name__ = builder.__qualname__ = name
     return register(name, family=family, paper=paper, **COMMON)(builder)

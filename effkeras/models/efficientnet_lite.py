@@ -41,9 +41,21 @@ def _bn(name):
     return BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
 
 
-def mbconv_block(x, expand_ratio, kernel, stride, filters, activation, drop_rate, name, *,
-                 expanded_filters=None, residual=True, initializer="glorot_uniform",
-                 regularizer=None):
+def mbconv_block(
+    x,
+    expand_ratio,
+    kernel,
+    stride,
+    filters,
+    activation,
+    drop_rate,
+    name,
+    *,
+    expanded_filters=None,
+    residual=True,
+    initializer="glorot_uniform",
+    regularizer=None,
+):
     """Applies MBConv without squeeze-excite.
 
     1x1 expand, kxk depthwise, 1x1 linear project, and the identity residual when the shapes
@@ -70,16 +82,27 @@ def mbconv_block(x, expand_ratio, kernel, stride, filters, activation, drop_rate
     """
     inputs = x
     in_filters = x.shape[-1]
-    conv = dict(padding="same", use_bias=False, kernel_initializer=initializer,
-                kernel_regularizer=regularizer)
+    conv = dict(
+        padding="same",
+        use_bias=False,
+        kernel_initializer=initializer,
+        kernel_regularizer=regularizer,
+    )
     if expand_ratio != 1:
-        x = layers.Conv2D(expanded_filters or in_filters * expand_ratio, 1, **conv,
-                          name=f"{name}_expand_conv")(x)
+        x = layers.Conv2D(
+            expanded_filters or in_filters * expand_ratio, 1, **conv, name=f"{name}_expand_conv"
+        )(x)
         x = _bn(f"{name}_expand_bn")(x)
         x = layers.Activation(activation, name=f"{name}_expand_act")(x)
-    x = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
-                               depthwise_initializer=initializer,
-                               depthwise_regularizer=regularizer, name=f"{name}_dwconv")(x)
+    x = layers.DepthwiseConv2D(
+        kernel,
+        strides=stride,
+        padding="same",
+        use_bias=False,
+        depthwise_initializer=initializer,
+        depthwise_regularizer=regularizer,
+        name=f"{name}_dwconv",
+    )(x)
     x = _bn(f"{name}_dw_bn")(x)
     x = layers.Activation(activation, name=f"{name}_dw_act")(x)
     x = layers.Conv2D(filters, 1, **conv, name=f"{name}_project_conv")(x)
@@ -91,8 +114,16 @@ def mbconv_block(x, expand_ratio, kernel, stride, filters, activation, drop_rate
     return x
 
 
-def efficientnet_lite(stages, activation, name, input_shape, num_classes, dropout=DROPOUT,
-                      drop_connect_rate=DROP_CONNECT, block=mbconv_block):
+def efficientnet_lite(
+    stages,
+    activation,
+    name,
+    input_shape,
+    num_classes,
+    dropout=DROPOUT,
+    drop_connect_rate=DROP_CONNECT,
+    block=mbconv_block,
+):
     """Builds the Lite network of `stages`.
 
     Args:
@@ -114,8 +145,9 @@ def efficientnet_lite(stages, activation, name, input_shape, num_classes, dropou
     """
     inputs = keras.Input(input_shape, name="image")  # raw pixels in [0, 255]
     x = layers.Rescaling(1 / PIXEL_STD, offset=-PIXEL_MEAN / PIXEL_STD, name="rescale")(inputs)
-    x = layers.Conv2D(STEM_FILTERS, 3, strides=2, padding="same", use_bias=False,
-                      name="stem_conv")(x)
+    x = layers.Conv2D(STEM_FILTERS, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(
+        x
+    )
     x = _bn("stem_bn")(x)
     x = layers.Activation(activation, name="stem_act")(x)
     total_blocks = sum(stage[-1] for stage in stages)
@@ -124,8 +156,16 @@ def efficientnet_lite(stages, activation, name, input_shape, num_classes, dropou
         for repeat in range(repeats):
             # Stochastic depth grows linearly with depth (§5.2, as in the reference builder).
             drop_rate = drop_connect_rate * block_index / total_blocks
-            x = block(x, expand, kernel, stride if repeat == 0 else 1, filters, activation,
-                      drop_rate, name=f"stage{stage}_block{repeat + 1}")
+            x = block(
+                x,
+                expand,
+                kernel,
+                stride if repeat == 0 else 1,
+                filters,
+                activation,
+                drop_rate,
+                name=f"stage{stage}_block{repeat + 1}",
+            )
             block_index += 1
     x = layers.Conv2D(HEAD_FILTERS, 1, padding="same", use_bias=False, name="head_conv")(x)
     x = _bn("head_bn")(x)
@@ -136,9 +176,15 @@ def efficientnet_lite(stages, activation, name, input_shape, num_classes, dropou
     return keras.Model(inputs, outputs, name=name)
 
 
-LITE0 = dict(family="peer", paper="Tan & Le, ICML 2019 (EfficientNet-Lite0, arXiv 1905.11946)",
-             input_shape=(224, 224, 3), num_classes=1000, recipe="efficientnet_lite",
-             deploy="ethos-u55-128", min_input_size=32)
+LITE0 = dict(
+    family="peer",
+    paper="Tan & Le, ICML 2019 (EfficientNet-Lite0, arXiv 1905.11946)",
+    input_shape=(224, 224, 3),
+    num_classes=1000,
+    recipe="efficientnet_lite",
+    deploy="ethos-u55-128",
+    min_input_size=32,
+)
 
 
 @register("efficientnet_lite0", **LITE0)
@@ -179,5 +225,6 @@ def efficientnet_lite0_hswish(input_shape=(224, 224, 3), num_classes=1000):
     Returns:
         A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
     """
-    return efficientnet_lite(LITE0_STAGES, "hard_swish", "efficientnet_lite0_hswish", input_shape,
-                             num_classes)
+    return efficientnet_lite(
+        LITE0_STAGES, "hard_swish", "efficientnet_lite0_hswish", input_shape, num_classes
+    )

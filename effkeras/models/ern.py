@@ -29,8 +29,11 @@ from effkeras.layers.ern import PixelEmbedding
 from effkeras.layers.quantized import QuantConv2D
 from effkeras.models.common import batch_norm, coupled_l2, each_block, stages
 from effkeras.models.registry import register
-from effkeras.quantizers import (BinaryChannelWiseMeanScaling, BinaryPower2Scaling,
-                                 HalfWaveGaussianQuantizer)
+from effkeras.quantizers import (
+    BinaryChannelWiseMeanScaling,
+    BinaryPower2Scaling,
+    HalfWaveGaussianQuantizer,
+)
 
 PAPER = "Efficiera Residual Networks, LeapMind (arXiv 2410.11553)"
 STEM_FILTERS = 64  # §3.4 stem
@@ -99,8 +102,18 @@ def embedding_codes():
     return HalfWaveGaussianQuantizer(2, 3.0, post_scale=False)
 
 
-def conv(x, filters, kernel_size, stride, name, *, input_quantizer, shared_scale=False,
-         ewgs_delta=0.0, regularizer=None):
+def conv(
+    x,
+    filters,
+    kernel_size,
+    stride,
+    name,
+    *,
+    input_quantizer,
+    shared_scale=False,
+    ewgs_delta=0.0,
+    regularizer=None,
+):
     """Applies BN output -> [zero pad] -> w1a2 conv.
 
     The conv is Conv_p2 (±1/32) if `shared_scale`, else Conv_cw (per-channel mean|W|). A 3x3
@@ -122,12 +135,23 @@ def conv(x, filters, kernel_size, stride, name, *, input_quantizer, shared_scale
     """
     if kernel_size > 1:
         x = layers.ZeroPadding2D((kernel_size - 1) // 2, name=f"{name}_pad")(x)
-    kernel_quantizer = (BinaryPower2Scaling(SHARED_SCALE_DIVISOR, ewgs_delta) if shared_scale
-                        else BinaryChannelWiseMeanScaling(ewgs_delta))
-    return QuantConv2D(filters, kernel_size, strides=stride, padding="valid", use_bias=False,
-                       input_quantizer=input_quantizer, kernel_quantizer=kernel_quantizer,
-                       kernel_initializer=keras.initializers.VarianceScaling(**KERNEL_INIT),
-                       kernel_regularizer=regularizer, name=name)(x)
+    kernel_quantizer = (
+        BinaryPower2Scaling(SHARED_SCALE_DIVISOR, ewgs_delta)
+        if shared_scale
+        else BinaryChannelWiseMeanScaling(ewgs_delta)
+    )
+    return QuantConv2D(
+        filters,
+        kernel_size,
+        strides=stride,
+        padding="valid",
+        use_bias=False,
+        input_quantizer=input_quantizer,
+        kernel_quantizer=kernel_quantizer,
+        kernel_initializer=keras.initializers.VarianceScaling(**KERNEL_INIT),
+        kernel_regularizer=regularizer,
+        name=name,
+    )(x)
 
 
 # --- blocks (the code's PreActBlock and PreActBottleneck) ---------------------------------------
@@ -153,15 +177,39 @@ def pre_activation_block(x, planes, stride, shortcut, name, delta, reg):
     """
     h = batch_norm(f"{name}_bn0")(x)
     if shortcut:
-        identity = conv(h, planes, 1, stride, f"{name}_shortcut_conv", shared_scale=True,
-                        input_quantizer=q2(post_scale=False), ewgs_delta=delta, regularizer=reg)
+        identity = conv(
+            h,
+            planes,
+            1,
+            stride,
+            f"{name}_shortcut_conv",
+            shared_scale=True,
+            input_quantizer=q2(post_scale=False),
+            ewgs_delta=delta,
+            regularizer=reg,
+        )
     else:
         identity = x
-    h = conv(h, planes, 3, stride, f"{name}_conv1", input_quantizer=q2(post_scale=not shortcut),
-             regularizer=reg)
+    h = conv(
+        h,
+        planes,
+        3,
+        stride,
+        f"{name}_conv1",
+        input_quantizer=q2(post_scale=not shortcut),
+        regularizer=reg,
+    )
     h = batch_norm(f"{name}_bn1")(h)
-    h = conv(h, planes, 3, 1, f"{name}_conv2", shared_scale=True,
-             input_quantizer=q2(post_scale=False), regularizer=reg)
+    h = conv(
+        h,
+        planes,
+        3,
+        1,
+        f"{name}_conv2",
+        shared_scale=True,
+        input_quantizer=q2(post_scale=False),
+        regularizer=reg,
+    )
     return layers.Add(name=f"{name}_add")([h, identity])
 
 
@@ -183,16 +231,47 @@ def pre_activation_bottleneck(x, planes, stride, shortcut, name, delta, reg):
     """
     h = batch_norm(f"{name}_bn1")(x)
     if shortcut:
-        identity = conv(h, 4 * planes, 1, stride, f"{name}_shortcut_conv", shared_scale=True,
-                        input_quantizer=q2(post_scale=False), ewgs_delta=delta, regularizer=reg)
+        identity = conv(
+            h,
+            4 * planes,
+            1,
+            stride,
+            f"{name}_shortcut_conv",
+            shared_scale=True,
+            input_quantizer=q2(post_scale=False),
+            ewgs_delta=delta,
+            regularizer=reg,
+        )
     else:
         identity = x
-    h = conv(h, planes, 1, 1, f"{name}_conv1", input_quantizer=q2(post_scale=not shortcut),
-             regularizer=reg)
-    h = conv(batch_norm(f"{name}_bn2")(h), planes, 3, stride, f"{name}_conv2",
-             input_quantizer=q2(), regularizer=reg)
-    h = conv(batch_norm(f"{name}_bn3")(h), 4 * planes, 1, 1, f"{name}_conv3", shared_scale=True,
-             input_quantizer=q2(post_scale=False), regularizer=reg)
+    h = conv(
+        h,
+        planes,
+        1,
+        1,
+        f"{name}_conv1",
+        input_quantizer=q2(post_scale=not shortcut),
+        regularizer=reg,
+    )
+    h = conv(
+        batch_norm(f"{name}_bn2")(h),
+        planes,
+        3,
+        stride,
+        f"{name}_conv2",
+        input_quantizer=q2(),
+        regularizer=reg,
+    )
+    h = conv(
+        batch_norm(f"{name}_bn3")(h),
+        4 * planes,
+        1,
+        1,
+        f"{name}_conv3",
+        shared_scale=True,
+        input_quantizer=q2(post_scale=False),
+        regularizer=reg,
+    )
     return layers.Add(name=f"{name}_add")([h, identity])
 
 
@@ -230,36 +309,70 @@ def ern(config, name, input_shape, num_classes, weight_decay=WEIGHT_DECAY, ewgs_
     stem = [("stem_conv1", 3, 2), ("stem_conv2", 3, 1), ("stem_downsample", 3, 2)]
     quantizer = embedding_codes()
     for layer_name, kernel_size, stride in stem:
-        x = conv(x, STEM_FILTERS, kernel_size, stride, layer_name, input_quantizer=quantizer,
-                 ewgs_delta=delta, regularizer=reg)
+        x = conv(
+            x,
+            STEM_FILTERS,
+            kernel_size,
+            stride,
+            layer_name,
+            input_quantizer=quantizer,
+            ewgs_delta=delta,
+            regularizer=reg,
+        )
         x = batch_norm(f"{layer_name}_bn")(x)
         quantizer = q2(ewgs_delta=delta)
-    x = conv(x, STEM_FILTERS, 1, 1, "stem_conv1_2", input_quantizer=quantizer, ewgs_delta=delta,
-             regularizer=reg)
+    x = conv(
+        x,
+        STEM_FILTERS,
+        1,
+        1,
+        "stem_conv1_2",
+        input_quantizer=quantizer,
+        ewgs_delta=delta,
+        regularizer=reg,
+    )
 
     block = BLOCKS[config.block]
     for spec in each_block(config.stages):
         # Basic blocks: a shortcut conv opens every stage, layer1 included (as the code).
-        shortcut = spec.first and (config.block == "basic" or spec.stride != 1
-                                   or x.shape[-1] != EXPANSION[config.block] * spec.filters)
+        shortcut = spec.first and (
+            config.block == "basic"
+            or spec.stride != 1
+            or x.shape[-1] != EXPANSION[config.block] * spec.filters
+        )
         x = block(x, spec.filters, spec.stride, shortcut, spec.name, delta, reg)
 
     # Head: last BN -> Q2⁺ -> binary 1x1 conv, no bias -> average pool (conv before pool, §3.6).
     x = batch_norm("head_bn")(x)
-    x = conv(x, num_classes, 1, 1, "classifier", input_quantizer=q2(ewgs_delta=delta),
-             ewgs_delta=delta, regularizer=reg)
+    x = conv(
+        x,
+        num_classes,
+        1,
+        1,
+        "classifier",
+        input_quantizer=q2(ewgs_delta=delta),
+        ewgs_delta=delta,
+        regularizer=reg,
+    )
     outputs = layers.GlobalAveragePooling2D(dtype="float32", name="logits")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
 # Train at 256x256 (§4.1); evaluate at 288 (ten-crop of 308, §4.1, Table 4). Total stride 32.
-ERN = dict(family="ern", paper=PAPER, input_shape=(256, 256, 3), num_classes=1000, deploy="arm",
-           min_input_size=32)
+ERN = dict(
+    family="ern",
+    paper=PAPER,
+    input_shape=(256, 256, 3),
+    num_classes=1000,
+    deploy="arm",
+    min_input_size=32,
+)
 
 
 @register("ern18_075", aliases=("ern18x075",), recipe="ern_simple", **ERN)
-def ern18_075(input_shape=(256, 256, 3), num_classes=1000, weight_decay=WEIGHT_DECAY,
-              ewgs_delta=None):
+def ern18_075(
+    input_shape=(256, 256, 3), num_classes=1000, weight_decay=WEIGHT_DECAY, ewgs_delta=None
+):
     """ERNs-18 at 0.75x width (alias `ern18x075`).
 
     Basic pre-activation blocks (2, 2, 2, 2); 0.75x changes only layer4 (384 planes) and so the
@@ -282,13 +395,13 @@ def ern18_075(input_shape=(256, 256, 3), num_classes=1000, weight_decay=WEIGHT_D
     Returns:
         A functional `keras.Model` returning float32 logits of shape `(batch, num_classes)`.
     """
-    return ern(CONFIGS["ern18_075"], "ern18_075", input_shape, num_classes, weight_decay,
-               ewgs_delta)
+    return ern(
+        CONFIGS["ern18_075"], "ern18_075", input_shape, num_classes, weight_decay, ewgs_delta
+    )
 
 
 @register("ern18", recipe="ern18", **ERN)
-def ern18(input_shape=(256, 256, 3), num_classes=1000, weight_decay=WEIGHT_DECAY,
-          ewgs_delta=None):
+def ern18(input_shape=(256, 256, 3), num_classes=1000, weight_decay=WEIGHT_DECAY, ewgs_delta=None):
     """ERNs-18.
 
     Basic pre-activation blocks (2, 2, 2, 2), planes 64-128-256-512. Follows the paper's Table 2 row
@@ -314,8 +427,7 @@ def ern18(input_shape=(256, 256, 3), num_classes=1000, weight_decay=WEIGHT_DECAY
 
 
 @register("ern34", recipe="ern", **ERN)
-def ern34(input_shape=(256, 256, 3), num_classes=1000, weight_decay=WEIGHT_DECAY,
-          ewgs_delta=None):
+def ern34(input_shape=(256, 256, 3), num_classes=1000, weight_decay=WEIGHT_DECAY, ewgs_delta=None):
     """ERNs-34.
 
     Basic pre-activation blocks (3, 4, 6, 3), planes 64-128-256-512. Follows the paper's Table 2 row
@@ -341,8 +453,7 @@ def ern34(input_shape=(256, 256, 3), num_classes=1000, weight_decay=WEIGHT_DECAY
 
 
 @register("ern50", recipe="ern", **ERN)
-def ern50(input_shape=(256, 256, 3), num_classes=1000, weight_decay=WEIGHT_DECAY,
-          ewgs_delta=None):
+def ern50(input_shape=(256, 256, 3), num_classes=1000, weight_decay=WEIGHT_DECAY, ewgs_delta=None):
     """ERNs-50.
 
     Bottleneck pre-activation blocks (3, 4, 6, 3), planes 64-128-256-512. Follows the paper's Table
@@ -368,8 +479,7 @@ def ern50(input_shape=(256, 256, 3), num_classes=1000, weight_decay=WEIGHT_DECAY
 
 
 @register("ern101", recipe="ern_randaugment", **ERN)
-def ern101(input_shape=(256, 256, 3), num_classes=1000, weight_decay=WEIGHT_DECAY,
-           ewgs_delta=None):
+def ern101(input_shape=(256, 256, 3), num_classes=1000, weight_decay=WEIGHT_DECAY, ewgs_delta=None):
     """ERNs-101.
 
     Bottleneck pre-activation blocks (3, 4, 23, 3), planes 64-128-256-512. Follows the paper's Table

@@ -22,9 +22,15 @@ BN = dict(momentum=0.99, epsilon=1e-3)  # Keras' defaults, as the reference Kera
 
 
 def _conv(filters, kernel, stride, name):
-    return layers.Conv2D(filters, kernel, strides=stride, padding="same",
-                         kernel_initializer="he_normal",
-                         kernel_regularizer=keras.regularizers.L2(WEIGHT_DECAY), name=name)
+    return layers.Conv2D(
+        filters,
+        kernel,
+        strides=stride,
+        padding="same",
+        kernel_initializer="he_normal",
+        kernel_regularizer=keras.regularizers.L2(WEIGHT_DECAY),
+        name=name,
+    )
 
 
 def residual_stack(x, filters, stride, name):
@@ -52,10 +58,16 @@ def residual_stack(x, filters, stride, name):
     return layers.ReLU(name=f"{name}_out")(x)
 
 
-@register("mlperf_tiny_resnet8", family="peer",
-          paper="MLPerf Tiny image classification ResNet-8 (Banbury et al., arXiv 2106.07597)",
-          input_shape=(32, 32, 3), num_classes=10, recipe="mlperf_tiny", deploy="tflm",
-          min_input_size=4)
+@register(
+    "mlperf_tiny_resnet8",
+    family="peer",
+    paper="MLPerf Tiny image classification ResNet-8 (Banbury et al., arXiv 2106.07597)",
+    input_shape=(32, 32, 3),
+    num_classes=10,
+    recipe="mlperf_tiny",
+    deploy="tflm",
+    min_input_size=4,
+)
 def mlperf_tiny_resnet8(input_shape=(32, 32, 3), num_classes=10):
     """The MLPerf Tiny image classification reference ResNet-8 (CIFAR-10).
 

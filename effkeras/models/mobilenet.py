@@ -45,11 +45,19 @@ def classifier_head(inputs, backbone_output, num_classes, name):
     return keras.Model(inputs, outputs, name=name)
 
 
-@register("mobilenet_v2", family="peer", paper="Sandler et al., CVPR 2018 (arXiv 1801.04381)",
-          input_shape=(224, 224, 3), num_classes=1000, recipe="mobilenet_v2", deploy="int8",
-          min_input_size=32)
-def mobilenet_v2(input_shape=(224, 224, 3), num_classes=1000, alpha=MOBILENET_V2_ALPHA,
-                 name="mobilenet_v2"):
+@register(
+    "mobilenet_v2",
+    family="peer",
+    paper="Sandler et al., CVPR 2018 (arXiv 1801.04381)",
+    input_shape=(224, 224, 3),
+    num_classes=1000,
+    recipe="mobilenet_v2",
+    deploy="int8",
+    min_input_size=32,
+)
+def mobilenet_v2(
+    input_shape=(224, 224, 3), num_classes=1000, alpha=MOBILENET_V2_ALPHA, name="mobilenet_v2"
+):
     """MobileNetV2 from keras.applications, with raw-pixel input and a logits head.
 
     Follows Table 2 of the paper: 3.4M parameters and 300M multiply-adds at 224x224 with alpha
@@ -71,15 +79,22 @@ def mobilenet_v2(input_shape=(224, 224, 3), num_classes=1000, alpha=MOBILENET_V2
     """
     inputs = keras.Input(input_shape, name="image")  # raw pixels in [0, 255]
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inputs)  # [-1, 1]
-    backbone = keras.applications.MobileNetV2(input_tensor=x, alpha=alpha, include_top=False,
-                                              weights=None, pooling="avg")
+    backbone = keras.applications.MobileNetV2(
+        input_tensor=x, alpha=alpha, include_top=False, weights=None, pooling="avg"
+    )
     return classifier_head(inputs, backbone.output, num_classes, name)
 
 
-@register("mobilenet_v2_035", family="peer",
-          paper="Sandler et al., CVPR 2018 (arXiv 1801.04381), width 0.35",
-          input_shape=(224, 224, 3), num_classes=1000, recipe="mobilenet_v2", deploy="int8",
-          min_input_size=32)
+@register(
+    "mobilenet_v2_035",
+    family="peer",
+    paper="Sandler et al., CVPR 2018 (arXiv 1801.04381), width 0.35",
+    input_shape=(224, 224, 3),
+    num_classes=1000,
+    recipe="mobilenet_v2",
+    deploy="int8",
+    min_input_size=32,
+)
 def mobilenet_v2_035(input_shape=(224, 224, 3), num_classes=1000):
     """MobileNetV2 at width 0.35, the narrowest of the paper's Table 6 / Fig. 5 (§6.1).
 
@@ -99,18 +114,25 @@ def mobilenet_v2_035(input_shape=(224, 224, 3), num_classes=1000):
     Returns:
         A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
     """
-    model = mobilenet_v2(input_shape, num_classes, alpha=MOBILENET_V2_SMALL_ALPHA,
-                         name="mobilenet_v2_035")
+    model = mobilenet_v2(
+        input_shape, num_classes, alpha=MOBILENET_V2_SMALL_ALPHA, name="mobilenet_v2_035"
+    )
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization):
             layer.momentum = SMALL_BN_MOMENTUM
     return model
 
 
-@register("mlperf_tiny_vww", family="peer",
-          paper="MLPerf Tiny VWW: MobileNet v1 0.25 (Howard et al., arXiv 1704.04861)",
-          input_shape=VWW_INPUT_SHAPE, num_classes=VWW_CLASSES, recipe="mlperf_tiny_vww",
-          deploy="tflm", min_input_size=32)
+@register(
+    "mlperf_tiny_vww",
+    family="peer",
+    paper="MLPerf Tiny VWW: MobileNet v1 0.25 (Howard et al., arXiv 1704.04861)",
+    input_shape=VWW_INPUT_SHAPE,
+    num_classes=VWW_CLASSES,
+    recipe="mlperf_tiny_vww",
+    deploy="tflm",
+    min_input_size=32,
+)
 def mlperf_tiny_vww(input_shape=VWW_INPUT_SHAPE, num_classes=VWW_CLASSES, alpha=VWW_ALPHA):
     """The MLPerf Tiny Visual Wake Words reference: MobileNet v1 at width 0.25.
 
@@ -134,6 +156,7 @@ def mlperf_tiny_vww(input_shape=VWW_INPUT_SHAPE, num_classes=VWW_CLASSES, alpha=
     """
     inputs = keras.Input(input_shape, name="image")  # raw pixels in [0, 255]
     x = layers.Rescaling(1 / 255, name="rescale")(inputs)  # to [0, 1], as the benchmark trains
-    backbone = keras.applications.MobileNet(input_tensor=x, alpha=alpha, include_top=False,
-                                            weights=None, pooling="avg")
+    backbone = keras.applications.MobileNet(
+        input_tensor=x, alpha=alpha, include_top=False, weights=None, pooling="avg"
+    )
     return classifier_head(inputs, backbone.output, num_classes, "mlperf_tiny_vww")

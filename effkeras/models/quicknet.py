@@ -56,8 +56,11 @@ CONFIGS = {
 # Larq Zoo's docs tables (12,655,688 / 13,234,088 / 23,342,248) leave out the moving statistics
 # of every BN that has a scale.
 PARAMS = {"quicknet_small": 12_664_344, "quicknet": 13_243_720, "quicknet_large": 23_359_304}
-TRAINABLE_PARAMS = {"quicknet_small": 12_652_504, "quicknet": 13_230_024,
-                    "quicknet_large": 23_338_184}
+TRAINABLE_PARAMS = {
+    "quicknet_small": 12_652_504,
+    "quicknet": 13_230_024,
+    "quicknet_large": 23_338_184,
+}
 
 CLIP = 1.25  # SteSign's gradient clip and the latent-weight clip of every binary conv
 # BN after the binary and transition convs; the stem's BNs keep Keras' defaults (0.99, 1e-3).
@@ -83,15 +86,24 @@ def stem(x, filters):
     """
     if filters % 4:
         raise ValueError(f"QuickNet's first section needs filters divisible by 4, got {filters}")
-    x = layers.Conv2D(filters // 4, 3, strides=2, padding="same", use_bias=False,
-                      kernel_initializer="he_normal", name="stem_conv1")(x)
+    x = layers.Conv2D(
+        filters // 4,
+        3,
+        strides=2,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name="stem_conv1",
+    )(x)
     x = BatchNormalization(**KERAS_BN, name="stem_bn1")(x)
     x = layers.Activation("relu", name="stem_relu")(x)
-    x = layers.DepthwiseConv2D(3, strides=2, padding="same", use_bias=False,
-                               name="stem_depthwise")(x)
+    x = layers.DepthwiseConv2D(3, strides=2, padding="same", use_bias=False, name="stem_depthwise")(
+        x
+    )
     x = BatchNormalization(**KERAS_BN, center=False, scale=False, name="stem_bn2")(x)
-    x = layers.Conv2D(filters, 1, use_bias=False, kernel_initializer="he_normal",
-                      name="stem_conv2")(x)
+    x = layers.Conv2D(
+        filters, 1, use_bias=False, kernel_initializer="he_normal", name="stem_conv2"
+    )(x)
     return BatchNormalization(**KERAS_BN, name="stem_bn3")(x)
 
 
@@ -110,11 +122,18 @@ def transition_block(x, filters, stride, name):
     """
     x = layers.Activation("relu", name=f"{name}_relu")(x)
     x = layers.MaxPooling2D(stride, strides=1, name=f"{name}_maxpool")(x)
-    x = layers.DepthwiseConv2D(BLUR_SIZE, strides=stride, padding="same", use_bias=False,
-                               depthwise_initializer=BlurPool(), trainable=False,
-                               name=f"{name}_blurpool")(x)
-    x = layers.Conv2D(filters, 1, use_bias=False, kernel_initializer="glorot_normal",
-                      name=f"{name}_conv")(x)
+    x = layers.DepthwiseConv2D(
+        BLUR_SIZE,
+        strides=stride,
+        padding="same",
+        use_bias=False,
+        depthwise_initializer=BlurPool(),
+        trainable=False,
+        name=f"{name}_blurpool",
+    )(x)
+    x = layers.Conv2D(
+        filters, 1, use_bias=False, kernel_initializer="glorot_normal", name=f"{name}_conv"
+    )(x)
     return batch_norm(f"{name}_bn", momentum=MOMENTUM, epsilon=EPSILON)(x)
 
 
@@ -128,11 +147,19 @@ def residual_block(x, name):
     Returns:
         A tensor of the same shape as `x`.
     """
-    y = QuantConv2D(x.shape[-1], 3, padding="same", pad_values=1.0, activation="relu",
-                    input_quantizer=SteSign(clip_value=CLIP),
-                    kernel_quantizer=SteSign(clip_value=CLIP),
-                    kernel_constraint=WeightClip(clip_value=CLIP),
-                    kernel_initializer="glorot_normal", use_bias=False, name=f"{name}_conv")(x)
+    y = QuantConv2D(
+        x.shape[-1],
+        3,
+        padding="same",
+        pad_values=1.0,
+        activation="relu",
+        input_quantizer=SteSign(clip_value=CLIP),
+        kernel_quantizer=SteSign(clip_value=CLIP),
+        kernel_constraint=WeightClip(clip_value=CLIP),
+        kernel_initializer="glorot_normal",
+        use_bias=False,
+        name=f"{name}_conv",
+    )(x)
     y = batch_norm(f"{name}_bn", momentum=MOMENTUM, epsilon=EPSILON)(y)
     return layers.Add(name=f"{name}_add")([y, x])
 
@@ -165,15 +192,26 @@ def build_quicknet(name, input_shape, num_classes, section_blocks, section_filte
 
 
 # Total stride 32 (stem 4, three stride-2 transitions). `small`: the test harness' narrow build.
-QUICKNET = dict(family="peer", paper=PAPER, input_shape=(224, 224, 3), num_classes=1000,
-                recipe="quicknet", deploy="arm", min_input_size=32,
-                small=dict(section_blocks=(1, 1, 1, 1), section_filters=(16, 32, 64, 128)))
+QUICKNET = dict(
+    family="peer",
+    paper=PAPER,
+    input_shape=(224, 224, 3),
+    num_classes=1000,
+    recipe="quicknet",
+    deploy="arm",
+    min_input_size=32,
+    small=dict(section_blocks=(1, 1, 1, 1), section_filters=(16, 32, 64, 128)),
+)
 SMALL, REGULAR, LARGE = (CONFIGS[name] for name in ("quicknet_small", "quicknet", "quicknet_large"))
 
 
 @register("quicknet_small", **QUICKNET)
-def quicknet_small(input_shape=(224, 224, 3), num_classes=1000,
-                   section_blocks=SMALL.section_blocks, section_filters=SMALL.section_filters):
+def quicknet_small(
+    input_shape=(224, 224, 3),
+    num_classes=1000,
+    section_blocks=SMALL.section_blocks,
+    section_filters=SMALL.section_filters,
+):
     """QuickNetSmall (Larq Zoo's `sota.QuickNetSmall`).
 
     As Larq Zoo 2.4's `sota` model builds it, so Larq Zoo's weight file loads
@@ -197,13 +235,18 @@ def quicknet_small(input_shape=(224, 224, 3), num_classes=1000,
     Raises:
         ValueError: if `section_filters[0]` is not divisible by 4.
     """
-    return build_quicknet("quicknet_small", input_shape, num_classes, section_blocks,
-                          section_filters)
+    return build_quicknet(
+        "quicknet_small", input_shape, num_classes, section_blocks, section_filters
+    )
 
 
 @register("quicknet", **QUICKNET)
-def quicknet(input_shape=(224, 224, 3), num_classes=1000, section_blocks=REGULAR.section_blocks,
-             section_filters=REGULAR.section_filters):
+def quicknet(
+    input_shape=(224, 224, 3),
+    num_classes=1000,
+    section_blocks=REGULAR.section_blocks,
+    section_filters=REGULAR.section_filters,
+):
     """QuickNet (Larq Zoo's `sota.QuickNet`).
 
     As Larq Zoo 2.4's `sota` model builds it, so Larq Zoo's weight file loads
@@ -231,8 +274,12 @@ def quicknet(input_shape=(224, 224, 3), num_classes=1000, section_blocks=REGULAR
 
 
 @register("quicknet_large", **QUICKNET)
-def quicknet_large(input_shape=(224, 224, 3), num_classes=1000,
-                   section_blocks=LARGE.section_blocks, section_filters=LARGE.section_filters):
+def quicknet_large(
+    input_shape=(224, 224, 3),
+    num_classes=1000,
+    section_blocks=LARGE.section_blocks,
+    section_filters=LARGE.section_filters,
+):
     """QuickNetLarge (Larq Zoo's `sota.QuickNetLarge`).
 
     As Larq Zoo 2.4's `sota` model builds it, so Larq Zoo's weight file loads
@@ -256,5 +303,6 @@ def quicknet_large(input_shape=(224, 224, 3), num_classes=1000,
     Raises:
         ValueError: if `section_filters[0]` is not divisible by 4.
     """
-    return build_quicknet("quicknet_large", input_shape, num_classes, section_blocks,
-                          section_filters)
+    return build_quicknet(
+        "quicknet_large", input_shape, num_classes, section_blocks, section_filters
+    )

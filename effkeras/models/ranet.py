@@ -44,17 +44,42 @@ from effkeras.models.ranet_plan import Config, build_plan
 from effkeras.models.registry import register
 
 # The networks of the paper's experiments, as the official training scripts set their flags.
-RANET_CIFAR = Config(n_channels=16, growth_rate=6, step=2, stepmode="lg", scale_list=(1, 2, 3),
-                     gr_factor=(4, 2, 1), bn_factor=(4, 2, 1))
-RANET_CIFAR_ANYTIME = Config(n_channels=16, growth_rate=6, step=4, stepmode="even",
-                             scale_list=(1, 2, 3, 3), gr_factor=(4, 2, 1, 1),
-                             bn_factor=(4, 2, 1, 1))
-RANET_IMAGENET = Config(n_channels=64, growth_rate=16, step=8, stepmode="even",
-                        scale_list=(1, 2, 3, 4), gr_factor=(4, 2, 2, 1), bn_factor=(4, 2, 2, 1),
-                        stem="imagenet", head_width=None)
+RANET_CIFAR = Config(
+    n_channels=16,
+    growth_rate=6,
+    step=2,
+    stepmode="lg",
+    scale_list=(1, 2, 3),
+    gr_factor=(4, 2, 1),
+    bn_factor=(4, 2, 1),
+)
+RANET_CIFAR_ANYTIME = Config(
+    n_channels=16,
+    growth_rate=6,
+    step=4,
+    stepmode="even",
+    scale_list=(1, 2, 3, 3),
+    gr_factor=(4, 2, 1, 1),
+    bn_factor=(4, 2, 1, 1),
+)
+RANET_IMAGENET = Config(
+    n_channels=64,
+    growth_rate=16,
+    step=8,
+    stepmode="even",
+    scale_list=(1, 2, 3, 4),
+    gr_factor=(4, 2, 2, 1),
+    bn_factor=(4, 2, 2, 1),
+    stem="imagenet",
+    head_width=None,
+)
 RANET_IMAGENET_32 = dataclasses.replace(RANET_IMAGENET, n_channels=32)
-CONFIGS = {"ranet_cifar": RANET_CIFAR, "ranet_cifar_anytime": RANET_CIFAR_ANYTIME,
-           "ranet_imagenet": RANET_IMAGENET, "ranet_imagenet_32": RANET_IMAGENET_32}
+CONFIGS = {
+    "ranet_cifar": RANET_CIFAR,
+    "ranet_cifar_anytime": RANET_CIFAR_ANYTIME,
+    "ranet_imagenet": RANET_IMAGENET,
+    "ranet_imagenet_32": RANET_IMAGENET_32,
+}
 
 WEIGHT_DECAY = 1e-4  # SGD weight decay on all parameters, BN and biases included (official code)
 # Pixel statistics the official code normalises by: CIFAR-10's, and ImageNet's.
@@ -62,17 +87,28 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4824, 0.4467), (0.2471, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # As configs, so that every layer gets its own initializer (one unseeded Keras 3 initializer
 # object gives every layer of the same shape the same weights).
-CONV_INIT = {"class_name": "VarianceScaling",
-             "config": {"scale": 2.0, "mode": "fan_out", "distribution": "untruncated_normal"}}
-DENSE_INIT = {"class_name": "VarianceScaling",  # ±1/sqrt(fan_in)
-              "config": {"scale": 1 / 3, "mode": "fan_in", "distribution": "uniform"}}
+CONV_INIT = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 2.0, "mode": "fan_out", "distribution": "untruncated_normal"},
+}
+DENSE_INIT = {
+    "class_name": "VarianceScaling",  # ±1/sqrt(fan_in)
+    "config": {"scale": 1 / 3, "mode": "fan_in", "distribution": "uniform"},
+}
 
 
 def _conv(x, filters, kernel, name, stride=1, bias=False):
-    return layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=bias,
-                         kernel_initializer=CONV_INIT, kernel_regularizer=coupled_l2(WEIGHT_DECAY),
-                         bias_regularizer=coupled_l2(WEIGHT_DECAY) if bias else None,
-                         name=name)(x)
+    return layers.Conv2D(
+        filters,
+        kernel,
+        strides=stride,
+        padding="same",
+        use_bias=bias,
+        kernel_initializer=CONV_INIT,
+        kernel_regularizer=coupled_l2(WEIGHT_DECAY),
+        bias_regularizer=coupled_l2(WEIGHT_DECAY) if bias else None,
+        name=name,
+    )(x)
 
 
 def conv_bn_relu(x, filters, kernel, name, stride=1, bias=False):
@@ -152,10 +188,14 @@ def ranet_block(x, spec, coarse, config, name):
         prefix = f"{name}_layer{t + 1}"
         new = bottleneck(x, layer.growth, layer.width, layer.stride, prefix)
         if layer.coarse_in:  # a fusion layer: [x, coarse path, own path], all at `new`'s size
-            up = bottleneck(coarse[t], layer.coarse_growth, layer.coarse_width, 1,
-                            f"{prefix}_coarse")
-            parts = [resize_like(x, new, config, f"{prefix}_down"),
-                     resize_like(up, new, config, f"{prefix}_coarse_resize"), new]
+            up = bottleneck(
+                coarse[t], layer.coarse_growth, layer.coarse_width, 1, f"{prefix}_coarse"
+            )
+            parts = [
+                resize_like(x, new, config, f"{prefix}_down"),
+                resize_like(up, new, config, f"{prefix}_coarse_resize"),
+                new,
+            ]
         else:  # a dense layer: [x, new]
             parts = [x, new]
         x = layers.Concatenate(name=f"{prefix}_concat")(parts)
@@ -184,9 +224,14 @@ def classifier(x, width, num_classes, name):
     x = conv_bn_relu(x, width, 3, f"{name}_head1", stride=2)
     x = conv_bn_relu(x, width, 3, f"{name}_head2", stride=2)
     x = layers.GlobalAveragePooling2D(name=f"{name}_pool")(x)
-    return layers.Dense(num_classes, kernel_initializer=DENSE_INIT, bias_initializer="zeros",
-                        kernel_regularizer=coupled_l2(WEIGHT_DECAY),
-                        bias_regularizer=coupled_l2(WEIGHT_DECAY), name=name)(x)
+    return layers.Dense(
+        num_classes,
+        kernel_initializer=DENSE_INIT,
+        bias_initializer="zeros",
+        kernel_regularizer=coupled_l2(WEIGHT_DECAY),
+        bias_regularizer=coupled_l2(WEIGHT_DECAY),
+        name=name,
+    )(x)
 
 
 def ranet(config, name, input_shape, num_classes):
@@ -205,33 +250,40 @@ def ranet(config, name, input_shape, num_classes):
         ValueError: if the input is not square.
     """
     if input_shape[0] != input_shape[1]:
-        raise ValueError(f"RANet takes square inputs (its plan halves one size), got "
-                         f"{input_shape[:2]}")
+        raise ValueError(
+            f"RANet takes square inputs (its plan halves one size), got {input_shape[:2]}"
+        )
     layout = build_plan(config, input_shape[0])
     inputs = keras.Input(input_shape, name="image")  # raw pixels in [0, 255]
     cifar = config.stem == "cifar"
-    x = normalize_pixels(inputs, *((CIFAR_MEAN, CIFAR_STD) if cifar
-                                   else (IMAGENET_MEAN, IMAGENET_STD)))
+    x = normalize_pixels(
+        inputs, *((CIFAR_MEAN, CIFAR_STD) if cifar else (IMAGENET_MEAN, IMAGENET_STD))
+    )
     bases = {}  # the initial layer, highest resolution first: each conv makes a sub-network's input
     for k, stem in enumerate(layout.initial):
         if k == 0 and not cifar:  # 7x7 stride-2 conv (with a bias), BN, ReLU, 3x3/2 max pooling
             x = conv_bn_relu(x, stem.channels, 7, "stem", stride=2, bias=True)
             x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
         else:
-            x = conv_bn_relu(x, stem.channels, 3, "stem" if k == 0 else f"initial{k}",
-                             stride=stem.stride)
+            x = conv_bn_relu(
+                x, stem.channels, 3, "stem" if k == 0 else f"initial{k}", stride=stem.stride
+            )
         bases[stem.subnet] = x
     outputs, coarse_features = [], None
     for subnet in layout.subnets:
         x, features = bases[subnet.index], []
         for spec in subnet.blocks:
             coarse = coarse_features[spec.index - 1] if spec.kind == "fusion" else None
-            x, block_features = ranet_block(x, spec, coarse, config,
-                                            f"subnet{spec.subnet}_block{spec.index}")
+            x, block_features = ranet_block(
+                x, spec, coarse, config, f"subnet{spec.subnet}_block{spec.index}"
+            )
             features.append(block_features)
             if spec.exit:
-                outputs.append(classifier(x, config.head_width or spec.out_channels,
-                                          num_classes, f"exit{spec.exit}"))
+                outputs.append(
+                    classifier(
+                        x, config.head_width or spec.out_channels, num_classes, f"exit{spec.exit}"
+                    )
+                )
         coarse_features = features
     return keras.Model(inputs, outputs, name=name)
 
@@ -256,10 +308,13 @@ def build(name, input_shape, num_classes, **overrides):
     fields = {field.name for field in dataclasses.fields(Config)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise TypeError(f"{name} takes no argument {', '.join(unknown)}; its config fields are "
-                        f"{', '.join(sorted(fields))}")
-    return ranet(dataclasses.replace(CONFIGS[name], **overrides), name, tuple(input_shape),
-                 num_classes)
+        raise TypeError(
+            f"{name} takes no argument {', '.join(unknown)}; its config fields are "
+            f"{', '.join(sorted(fields))}"
+        )
+    return ranet(
+        dataclasses.replace(CONFIGS[name], **overrides), name, tuple(input_shape), num_classes
+    )
 
 
 def plan_of(name, input_size=None, **overrides):
@@ -281,13 +336,26 @@ PAPER = "Yang et al., CVPR 2020 (RANet, arXiv 2003.07326)"
 # The test harness's copies: the same sub-networks with one block fewer each (still fusion,
 # down-sampling and transition blocks, one exit per sub-network), fewer layers and channels.
 SMALL = dict(n_blocks=1, block_step=1, step=1, growth_rate=4)
-CIFAR = dict(family="ranet", paper=PAPER, input_shape=(32, 32, 3), num_classes=10,
-             recipe="ranet", deploy="float", min_input_size=4,  # 2 halvings to the classifiers
-             small=dict(SMALL, n_channels=8))
-IMAGENET = dict(family="ranet", paper=PAPER, input_shape=(224, 224, 3), num_classes=1000,
-                recipe="ranet", deploy="float",
-                min_input_size=32,  # stem 4 x 3 halvings to the classifiers
-                small=dict(SMALL, n_channels=4))
+CIFAR = dict(
+    family="ranet",
+    paper=PAPER,
+    input_shape=(32, 32, 3),
+    num_classes=10,
+    recipe="ranet",
+    deploy="float",
+    min_input_size=4,  # 2 halvings to the classifiers
+    small=dict(SMALL, n_channels=8),
+)
+IMAGENET = dict(
+    family="ranet",
+    paper=PAPER,
+    input_shape=(224, 224, 3),
+    num_classes=1000,
+    recipe="ranet",
+    deploy="float",
+    min_input_size=32,  # stem 4 x 3 halvings to the classifiers
+    small=dict(SMALL, n_channels=4),
+)
 
 
 @register("ranet_cifar", **CIFAR)

@@ -92,38 +92,54 @@ class Config:
             object.__setattr__(self, field, tuple(getattr(self, field)))
         scales = self.scale_list
         if not len(scales) == len(self.gr_factor) == len(self.bn_factor) >= 1:
-            raise ValueError(f"scale_list, gr_factor and bn_factor need one entry per "
-                             f"sub-network, got {self.scale_list}, {self.gr_factor}, "
-                             f"{self.bn_factor}")
+            raise ValueError(
+                f"scale_list, gr_factor and bn_factor need one entry per "
+                f"sub-network, got {self.scale_list}, {self.gr_factor}, "
+                f"{self.bn_factor}"
+            )
         steps = [b - a for a, b in zip(scales, scales[1:])]
         if scales[0] != 1 or any(d not in (0, 1) for d in steps) or 1 in scales[1:]:
-            raise ValueError(f"scale_list must start at 1 and rise by 0 or 1 per sub-network, "
-                             f"with 1 only first (e.g. 1-2-3 or 1-2-3-3), got {self.scale_list}")
-        positive = (self.n_channels, self.growth_rate, self.step, self.n_blocks,
-                    *self.gr_factor, *self.bn_factor)
+            raise ValueError(
+                f"scale_list must start at 1 and rise by 0 or 1 per sub-network, "
+                f"with 1 only first (e.g. 1-2-3 or 1-2-3-3), got {self.scale_list}"
+            )
+        positive = (
+            self.n_channels,
+            self.growth_rate,
+            self.step,
+            self.n_blocks,
+            *self.gr_factor,
+            *self.bn_factor,
+        )
         least_step = 1 if len(scales) > 1 else 0  # block_step: the exits each sub-network adds
         if not all(isinstance(v, int) and v > 0 for v in positive) or not (
-                isinstance(self.block_step, int) and self.block_step >= least_step):
-            raise ValueError("n_channels, growth_rate, step, n_blocks, gr_factor and bn_factor "
-                             "must be positive ints, and block_step too with several "
-                             "sub-networks")
+            isinstance(self.block_step, int) and self.block_step >= least_step
+        ):
+            raise ValueError(
+                "n_channels, growth_rate, step, n_blocks, gr_factor and bn_factor "
+                "must be positive ints, and block_step too with several "
+                "sub-networks"
+            )
         if self.stepmode not in ("even", "lg"):
             raise ValueError(f"stepmode must be 'even' or 'lg', got {self.stepmode!r}")
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if self.resize not in RESIZES:
             raise ValueError(f"resize must be one of {RESIZES}, got {self.resize!r}")
-        if self.head_width is not None and not (isinstance(self.head_width, int)
-                                                and self.head_width > 0):
+        if self.head_width is not None and not (
+            isinstance(self.head_width, int) and self.head_width > 0
+        ):
             raise ValueError(f"head_width must be a positive int or None, got {self.head_width}")
         if not 0 < self.compress_factor < 1 or not 0 < self.reduction <= 1:
             raise ValueError("compress_factor must be in (0, 1) and reduction in (0, 1]")
         for i in range(1, len(scales)):  # a fusion layer needs both paths
             growth = self.growth_rate * self.gr_factor[i]
             if not 1 <= math.floor(growth * self.compress_factor) < growth:
-                raise ValueError(f"sub-network {i + 1}'s growth {growth} leaves no channels for "
-                                 f"one of its fusion paths at compress_factor "
-                                 f"{self.compress_factor}; raise growth_rate or gr_factor")
+                raise ValueError(
+                    f"sub-network {i + 1}'s growth {growth} leaves no channels for "
+                    f"one of its fusion paths at compress_factor "
+                    f"{self.compress_factor}; raise growth_rate or gr_factor"
+                )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,8 +271,11 @@ class Plan:
 
     @property
     def exits(self):
-        return tuple(ExitPlan(b.exit, b.subnet, b.index, b.out_channels, b.size)
-                     for b in self.blocks if b.exit)
+        return tuple(
+            ExitPlan(b.exit, b.subnet, b.index, b.out_channels, b.size)
+            for b in self.blocks
+            if b.exit
+        )
 
     def block(self, subnet, index):
         """Returns the `BlockPlan` of block `index` (1-based) of sub-network `subnet` (1-based)."""
@@ -292,10 +311,14 @@ def build_plan(config, input_size=None):
 
     initial, previous = [], None
     for i in reversed(range(count)):  # the initial layer runs from the highest resolution down
-        stride = 2 if config.stem == "imagenet" and previous is None else (
-            1 if previous in (None, scales[i]) else 2)
-        initial.append(StemPlan(i + 1, config.n_channels * config.gr_factor[i], stride,
-                                size_of[scales[i]]))
+        stride = (
+            2
+            if config.stem == "imagenet" and previous is None
+            else (1 if previous in (None, scales[i]) else 2)
+        )
+        initial.append(
+            StemPlan(i + 1, config.n_channels * config.gr_factor[i], stride, size_of[scales[i]])
+        )
         previous = scales[i]
 
     blocks_of = [config.n_blocks + config.block_step * i for i in range(count)]
@@ -304,7 +327,7 @@ def build_plan(config, input_size=None):
         growth = config.growth_rate * config.gr_factor[i]
         coarse_growth = math.floor(growth * config.compress_factor) if i else 0
         # the last scale - 1 of [0, n_0, ..., n_{i-1}] (none for scale 1)
-        down_at = set(([0] + blocks_of[:i])[-(scale - 1):]) if scale > 1 else set()
+        down_at = set(([0] + blocks_of[:i])[-(scale - 1) :]) if scale > 1 else set()
         transition_at = {math.floor(m * blocks_of[i] / scale) for m in range(1, scale)}
         channels = config.n_channels * config.gr_factor[i]
         size = size_of[scale]
@@ -317,17 +340,27 @@ def build_plan(config, input_size=None):
             for t in range(count_layers):
                 stride = 2 if down and t == count_layers - 1 else 1
                 if coarse is None:
-                    layer = LayerPlan(channels, growth,
-                                      _width(config, channels, growth, config.bn_factor[i]),
-                                      stride, size)
+                    layer = LayerPlan(
+                        channels,
+                        growth,
+                        _width(config, channels, growth, config.bn_factor[i]),
+                        stride,
+                        size,
+                    )
                 else:
                     coarse_in, coarse_size = coarse.features(t)
                     fine = growth - coarse_growth
-                    layer = LayerPlan(channels, fine,
-                                      _width(config, channels, fine, config.bn_factor[i]),
-                                      stride, size, coarse_in, coarse_growth,
-                                      _width(config, coarse_in, coarse_growth,
-                                             config.bn_factor[i - 1]), coarse_size)
+                    layer = LayerPlan(
+                        channels,
+                        fine,
+                        _width(config, channels, fine, config.bn_factor[i]),
+                        stride,
+                        size,
+                        coarse_in,
+                        coarse_growth,
+                        _width(config, coarse_in, coarse_growth, config.bn_factor[i - 1]),
+                        coarse_size,
+                    )
                 layers.append(layer)
                 channels, size = layer.out_channels, layer.out_size
             conv_last = math.floor(config.compress_factor * channels) if coarse else 0
@@ -338,15 +371,35 @@ def build_plan(config, input_size=None):
             if coarse is None:
                 exits += 1
                 exit_index = exits
-            blocks.append(BlockPlan(
-                i + 1, j, "normal" if coarse is None else "fusion", tuple(layers), subnet_scale,
-                down, coarse.dense_channels if coarse else 0, conv_last,
-                coarse.size if coarse else 0, j in transition_at, out, exit_index))
+            blocks.append(
+                BlockPlan(
+                    i + 1,
+                    j,
+                    "normal" if coarse is None else "fusion",
+                    tuple(layers),
+                    subnet_scale,
+                    down,
+                    coarse.dense_channels if coarse else 0,
+                    conv_last,
+                    coarse.size if coarse else 0,
+                    j in transition_at,
+                    out,
+                    exit_index,
+                )
+            )
             channels = out
             subnet_scale -= int(down)
-        subnets.append(SubnetPlan(i + 1, scale, growth, coarse_growth,
-                                  config.n_channels * config.gr_factor[i], size_of[scale],
-                                  tuple(blocks)))
+        subnets.append(
+            SubnetPlan(
+                i + 1,
+                scale,
+                growth,
+                coarse_growth,
+                config.n_channels * config.gr_factor[i],
+                size_of[scale],
+                tuple(blocks),
+            )
+        )
         coarse_blocks = blocks
     return Plan(config, input_size, tuple(initial), tuple(subnets))
 
@@ -404,8 +457,15 @@ def costs(plan, num_classes, in_channels=3):
         for layer in block.layers:
             add(_path(layer.in_channels, layer.growth, layer.width, layer.stride, layer.in_size))
             if layer.coarse_in:
-                add(_path(layer.coarse_in, layer.coarse_growth, layer.coarse_width, 1,
-                          layer.coarse_size))
+                add(
+                    _path(
+                        layer.coarse_in,
+                        layer.coarse_growth,
+                        layer.coarse_width,
+                        1,
+                        layer.coarse_size,
+                    )
+                )
         if block.conv_last:
             add(_conv(block.conv_last_in, block.conv_last, 1, block.conv_last_size))
         if block.transition:

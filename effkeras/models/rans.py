@@ -38,10 +38,14 @@ DROPOUT = 0.2
 # He init on fan-out for convs, a third of the fan-out scale (uniform) for the classifier. As
 # configs, so that every layer gets its own initializer: one unseeded Keras 3 initializer
 # object gives every layer of the same shape the same weights.
-CONV_INIT = {"class_name": "VarianceScaling",
-             "config": {"scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"}}
-DENSE_INIT = {"class_name": "VarianceScaling",
-              "config": {"scale": 1 / 3, "mode": "fan_out", "distribution": "uniform"}}
+CONV_INIT = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"},
+}
+DENSE_INIT = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 1 / 3, "mode": "fan_out", "distribution": "uniform"},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,16 +85,16 @@ class IBN:
 
 # One tuple per stack (the table's stacks 0-9; blocks are named stage{stack + 1}_block{j}).
 RAN_E_GT = (
-    (CB(32),),                                      # 0: 112x112
-    (CB(48, stride=2),),                            # 1: 56
-    (CB(64, stride=2),),                            # 2: 28
-    (CB(80),),                                      # 3
-    (IBN(5, 6, 80, stride=2), IBN(5, 6, 80)),       # 4: 14
-    (IBN(3, 4, 96), IBN(3, 4, 96)),                 # 5
-    (CB(128), CB(128, mid=64)),                     # 6
-    (IBN(7, 6, 160, stride=2),),                    # 7: 7
-    (IBN(3, 4, 176),) * 3,                          # 8
-    (IBN(5, 6, 224),) * 2,                          # 9
+    (CB(32),),  # 0: 112x112
+    (CB(48, stride=2),),  # 1: 56
+    (CB(64, stride=2),),  # 2: 28
+    (CB(80),),  # 3
+    (IBN(5, 6, 80, stride=2), IBN(5, 6, 80)),  # 4: 14
+    (IBN(3, 4, 96), IBN(3, 4, 96)),  # 5
+    (CB(128), CB(128, mid=64)),  # 6
+    (IBN(7, 6, 160, stride=2),),  # 7: 7
+    (IBN(3, 4, 176),) * 3,  # 8
+    (IBN(5, 6, 224),) * 2,  # 9
 )
 RAN_E_C = (
     (CB(32),),
@@ -152,9 +156,15 @@ def collapsed_block(x, filters, stride, activation, name, *, mid=None, expansion
         suffix = str(i) if mid else ""
         x = _bn(f"{name}_bn{suffix}")(x)
         x = layers.Activation(activation, name=f"{name}_act{suffix}")(x)
-        x = CollapsibleConv2D(width, 3, strides=stride if i == 1 else 1, expansion=expansion,
-                              kernel_initializer=CONV_INIT, kernel_regularizer=_l2(),
-                              name=f"{name}_conv{suffix}")(x)
+        x = CollapsibleConv2D(
+            width,
+            3,
+            strides=stride if i == 1 else 1,
+            expansion=expansion,
+            kernel_initializer=CONV_INIT,
+            kernel_regularizer=_l2(),
+            name=f"{name}_conv{suffix}",
+        )(x)
     x = _bn(f"{name}_out_bn")(x)
     if stride == 1 and inputs.shape[-1] == filters:
         x = layers.Add(name=f"{name}_add")([x, inputs])
@@ -176,26 +186,61 @@ def block(x, spec, activation, name, expansion=None):
         The block's output tensor with `spec.filters` channels.
     """
     if isinstance(spec, CB):
-        return collapsed_block(x, spec.filters, spec.stride, activation, name, mid=spec.mid,
-                               expansion=expansion)
+        return collapsed_block(
+            x, spec.filters, spec.stride, activation, name, mid=spec.mid, expansion=expansion
+        )
     conv = dict(initializer=CONV_INIT, regularizer=_l2())
     if spec.mid is None:
-        return mbconv_block(x, spec.expand, spec.kernel, spec.stride, spec.filters, activation,
-                            0.0, name, **conv)
+        return mbconv_block(
+            x, spec.expand, spec.kernel, spec.stride, spec.filters, activation, 0.0, name, **conv
+        )
     # The pair: Cin -> mid -> filters, both expansions expand x Cin wide, one residual over both.
     expanded = spec.expand * x.shape[-1]
-    y = mbconv_block(x, spec.expand, spec.kernel, spec.stride, spec.mid, activation, 0.0,
-                     f"{name}a", expanded_filters=expanded, residual=False, **conv)
-    y = mbconv_block(y, spec.expand, spec.kernel, 1, spec.filters, activation, 0.0, f"{name}b",
-                     expanded_filters=expanded, residual=False, **conv)
+    y = mbconv_block(
+        x,
+        spec.expand,
+        spec.kernel,
+        spec.stride,
+        spec.mid,
+        activation,
+        0.0,
+        f"{name}a",
+        expanded_filters=expanded,
+        residual=False,
+        **conv,
+    )
+    y = mbconv_block(
+        y,
+        spec.expand,
+        spec.kernel,
+        1,
+        spec.filters,
+        activation,
+        0.0,
+        f"{name}b",
+        expanded_filters=expanded,
+        residual=False,
+        **conv,
+    )
     if spec.stride == 1 and x.shape[-1] == spec.filters:
         y = layers.Add(name=f"{name}_add")([y, x])
     return y
 
 
-def ran_e(table, name, input_shape, num_classes, *, activation="hard_swish", stem_stride=2,
-          stem_filters=STEM_FILTERS, head_filters=HEAD_FILTERS, head_kernel=HEAD_KERNEL,
-          expansion=None, dropout=DROPOUT):
+def ran_e(
+    table,
+    name,
+    input_shape,
+    num_classes,
+    *,
+    activation="hard_swish",
+    stem_stride=2,
+    stem_filters=STEM_FILTERS,
+    head_filters=HEAD_FILTERS,
+    head_kernel=HEAD_KERNEL,
+    expansion=None,
+    dropout=DROPOUT,
+):
     """Builds a RAN-e network from `table` (stacks of CB/IBN).
 
     Stem conv (no BN or activation) -> the stacks, blocks named `stage{stack}_block{j}` ->
@@ -221,28 +266,58 @@ def ran_e(table, name, input_shape, num_classes, *, activation="hard_swish", ste
     """
     inputs = keras.Input(input_shape, name="image")  # raw pixels in [0, 255]
     x = normalize_pixels(inputs)
-    x = layers.Conv2D(stem_filters, 3, strides=stem_stride, padding="same", use_bias=False,
-                      kernel_initializer=CONV_INIT, kernel_regularizer=_l2(), name="stem_conv")(x)
+    x = layers.Conv2D(
+        stem_filters,
+        3,
+        strides=stem_stride,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=CONV_INIT,
+        kernel_regularizer=_l2(),
+        name="stem_conv",
+    )(x)
     for stack, specs in enumerate(table, start=1):
         for j, spec in enumerate(specs, start=1):
             x = block(x, spec, activation, f"stage{stack}_block{j}", expansion)
-    x = layers.Conv2D(head_filters, 1, use_bias=False, kernel_initializer=CONV_INIT,
-                      kernel_regularizer=_l2(), name="head_conv")(x)
+    x = layers.Conv2D(
+        head_filters,
+        1,
+        use_bias=False,
+        kernel_initializer=CONV_INIT,
+        kernel_regularizer=_l2(),
+        name="head_conv",
+    )(x)
     x = layers.Activation(activation, name="head_act")(_bn("head_bn")(x))
-    x = layers.DepthwiseConv2D(head_kernel, padding="same", use_bias=False,
-                               depthwise_initializer=CONV_INIT, depthwise_regularizer=_l2(),
-                               name="head_dwconv")(x)
+    x = layers.DepthwiseConv2D(
+        head_kernel,
+        padding="same",
+        use_bias=False,
+        depthwise_initializer=CONV_INIT,
+        depthwise_regularizer=_l2(),
+        name="head_dwconv",
+    )(x)
     x = layers.Activation(activation, name="head_dw_act")(_bn("head_dw_bn")(x))
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = layers.Dense(num_classes, kernel_initializer=DENSE_INIT, kernel_regularizer=_l2(),
-                           bias_regularizer=_l2(), name="logits")(x)
+    outputs = layers.Dense(
+        num_classes,
+        kernel_initializer=DENSE_INIT,
+        kernel_regularizer=_l2(),
+        bias_regularizer=_l2(),
+        name="logits",
+    )(x)
     return keras.Model(inputs, outputs, name=name)
 
 
-RAN_E = dict(family="rans", paper="Bhardwaj et al., 2022 (RAN-e, arXiv 2208.08562)",
-             input_shape=(224, 224, 3), num_classes=1000, recipe="ran_e", deploy="ethos-u55-128",
-             min_input_size=32)
+RAN_E = dict(
+    family="rans",
+    paper="Bhardwaj et al., 2022 (RAN-e, arXiv 2208.08562)",
+    input_shape=(224, 224, 3),
+    num_classes=1000,
+    recipe="ran_e",
+    deploy="ethos-u55-128",
+    min_input_size=32,
+)
 
 
 @register("ran_e_gt", **RAN_E)
@@ -316,8 +391,14 @@ def ran_e_gt_relu6(input_shape=(224, 224, 3), num_classes=1000, expansion=None):
     Returns:
         A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
     """
-    return ran_e(RAN_E_GT, "ran_e_gt_relu6", input_shape, num_classes, activation="relu6",
-                 expansion=expansion)
+    return ran_e(
+        RAN_E_GT,
+        "ran_e_gt_relu6",
+        input_shape,
+        num_classes,
+        activation="relu6",
+        expansion=expansion,
+    )
 
 
 @register("ran_e_c_relu6", **RAN_E)
@@ -341,12 +422,14 @@ def ran_e_c_relu6(input_shape=(224, 224, 3), num_classes=1000, expansion=None):
     Returns:
         A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
     """
-    return ran_e(RAN_E_C, "ran_e_c_relu6", input_shape, num_classes, activation="relu6",
-                 expansion=expansion)
+    return ran_e(
+        RAN_E_C, "ran_e_c_relu6", input_shape, num_classes, activation="relu6", expansion=expansion
+    )
 
 
-@register("ran_e_gt_32", **{**RAN_E, "input_shape": (32, 32, 3), "num_classes": 10,
-                            "min_input_size": 8})
+@register(
+    "ran_e_gt_32", **{**RAN_E, "input_shape": (32, 32, 3), "num_classes": 10, "min_input_size": 8}
+)
 def ran_e_gt_32(input_shape=(32, 32, 3), num_classes=10, expansion=None):
     """RAN-e GT scaled to 32x32 inputs (Fashion-MNIST, CIFAR).
 
@@ -368,13 +451,27 @@ def ran_e_gt_32(input_shape=(32, 32, 3), num_classes=10, expansion=None):
     Returns:
         A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
     """
-    return ran_e(RAN_E_GT_32, "ran_e_gt_32", input_shape, num_classes, stem_stride=1,
-                 stem_filters=STEM_FILTERS // 2, head_filters=HEAD_FILTERS // 2, head_kernel=4,
-                 expansion=expansion)
+    return ran_e(
+        RAN_E_GT_32,
+        "ran_e_gt_32",
+        input_shape,
+        num_classes,
+        stem_stride=1,
+        stem_filters=STEM_FILTERS // 2,
+        head_filters=HEAD_FILTERS // 2,
+        head_kernel=4,
+        expansion=expansion,
+    )
 
 
-def lite0_search_space(collapsed=(), stage_filters=None, input_shape=(224, 224, 3),
-                       num_classes=1000, activation="hard_swish", name="lite0_search"):
+def lite0_search_space(
+    collapsed=(),
+    stage_filters=None,
+    input_shape=(224, 224, 3),
+    num_classes=1000,
+    activation="hard_swish",
+    name="lite0_search",
+):
     """The RAN-e search space around EfficientNet-Lite0 (arXiv 2208.08562 §3, "replace
     inefficient blocks with hardware-aware blocks"): Lite0's skeleton with the blocks named in
     `collapsed` (stage{i}_block{j}) turned into collapsible blocks and each stage's width taken
@@ -395,13 +492,24 @@ def lite0_search_space(collapsed=(), stage_filters=None, input_shape=(224, 224, 
     """
     from effkeras.models import efficientnet_lite as lite
 
-    stages = [(*row[:4], filters, row[5]) for row, filters in
-              zip(lite.LITE0_STAGES, stage_filters or [row[4] for row in lite.LITE0_STAGES])]
+    stages = [
+        (*row[:4], filters, row[5])
+        for row, filters in zip(
+            lite.LITE0_STAGES, stage_filters or [row[4] for row in lite.LITE0_STAGES]
+        )
+    ]
 
     def search_block(x, expand, kernel, stride, filters, activation, drop_rate, name):
         if name in collapsed:
             return collapsed_block(x, filters, stride, activation, name)
         return mbconv_block(x, expand, kernel, stride, filters, activation, drop_rate, name)
 
-    return lite.efficientnet_lite(stages, activation, name, input_shape, num_classes,
-                                  drop_connect_rate=0.0, block=search_block)
+    return lite.efficientnet_lite(
+        stages,
+        activation,
+        name,
+        input_shape,
+        num_classes,
+        drop_connect_rate=0.0,
+        block=search_block,
+    )

@@ -46,8 +46,14 @@ class VggConv:
 
 
 # CIFAR vgg_small_1w1a: conv0 is float, the other five binary.
-VGG_SMALL = (VggConv(128, False), VggConv(128, True), VggConv(256, False), VggConv(256, True),
-             VggConv(512, False), VggConv(512, True))
+VGG_SMALL = (
+    VggConv(128, False),
+    VggConv(128, True),
+    VggConv(256, False),
+    VggConv(256, True),
+    VggConv(512, False),
+    VggConv(512, True),
+)
 
 
 def hardtanh(name):
@@ -68,8 +74,16 @@ def float_conv(filters, kernel, stride, name, regularizer=None):
     Returns:
         A `keras.layers.Conv2D`.
     """
-    return layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
-                         kernel_initializer="he_normal", kernel_regularizer=regularizer, name=name)
+    return layers.Conv2D(
+        filters,
+        kernel,
+        strides=stride,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        kernel_regularizer=regularizer,
+        name=name,
+    )
 
 
 def classifier(x, num_classes, regularizer, batch_norm_first=True):
@@ -88,8 +102,9 @@ def classifier(x, num_classes, regularizer, batch_norm_first=True):
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     if batch_norm_first:
         x = batch_norm("pool_bn", regularizer=regularizer)(x)
-    return layers.Dense(num_classes, kernel_regularizer=regularizer, bias_regularizer=regularizer,
-                        name="logits")(x)
+    return layers.Dense(
+        num_classes, kernel_regularizer=regularizer, bias_regularizer=regularizer, name="logits"
+    )(x)
 
 
 def cifar_input(input_shape, num_classes):
@@ -161,8 +176,9 @@ def cifar_single_skip_block(x, filters, stride, name, reg):
     return hardtanh(f"{name}_act2")(v)
 
 
-def cifar_resnet(stage_table, block, stem_filters, stem_activation, name, input_shape,
-                 num_classes, weight_decay):
+def cifar_resnet(
+    stage_table, block, stem_filters, stem_activation, name, input_shape, num_classes, weight_decay
+):
     """Builds a CIFAR ReCU ResNet: float 3x3 stem, the stage loop of `block`, BN-Dense head.
 
     Args:
@@ -188,8 +204,14 @@ def cifar_resnet(stage_table, block, stem_filters, stem_activation, name, input_
     return keras.Model(inputs, classifier(x, num_classes, reg), name=name)
 
 
-CIFAR = dict(family="recu", paper=PAPER, input_shape=(32, 32, 3), num_classes=10,
-             recipe="recu_cifar", deploy="arm")
+CIFAR = dict(
+    family="recu",
+    paper=PAPER,
+    input_shape=(32, 32, 3),
+    num_classes=10,
+    recipe="recu_cifar",
+    deploy="arm",
+)
 
 
 @register("recu_resnet20", min_input_size=4, **CIFAR)
@@ -214,8 +236,16 @@ def recu_resnet20(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4):
     Returns:
         A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
     """
-    return cifar_resnet(RESNET20_CIFAR, cifar_double_skip_block, 16, True, "recu_resnet20",
-                        input_shape, num_classes, weight_decay)
+    return cifar_resnet(
+        RESNET20_CIFAR,
+        cifar_double_skip_block,
+        16,
+        True,
+        "recu_resnet20",
+        input_shape,
+        num_classes,
+        weight_decay,
+    )
 
 
 @register("recu_resnet18", min_input_size=8, **CIFAR)
@@ -242,8 +272,16 @@ def recu_resnet18(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4):
         A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
     """
     # The code's CIFAR ResNet-18 has no activation after the stem BN.
-    return cifar_resnet(RESNET18_CIFAR, cifar_single_skip_block, 64, False, "recu_resnet18",
-                        input_shape, num_classes, weight_decay)
+    return cifar_resnet(
+        RESNET18_CIFAR,
+        cifar_single_skip_block,
+        64,
+        False,
+        "recu_resnet18",
+        input_shape,
+        num_classes,
+        weight_decay,
+    )
 
 
 @register("recu_vgg_small", min_input_size=8, **CIFAR)
@@ -279,8 +317,9 @@ def recu_vgg_small(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4):
             x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
         x = hardtanh(f"act{i}")(batch_norm(f"bn{i}", regularizer=reg)(x))
     x = layers.Flatten(name="flatten")(x)
-    outputs = layers.Dense(num_classes, kernel_regularizer=reg, bias_regularizer=reg,
-                           name="logits")(x)
+    outputs = layers.Dense(
+        num_classes, kernel_regularizer=reg, bias_regularizer=reg, name="logits"
+    )(x)
     return keras.Model(inputs, outputs, name="recu_vgg_small")
 
 
@@ -353,12 +392,20 @@ def imagenet_resnet(stage_table, name, input_shape, num_classes, weight_decay):
         x = imagenet_double_skip_block(x, spec.filters, spec.stride, spec.name, reg)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = batch_norm("pool_bn")(x)
-    outputs = layers.Dense(num_classes, kernel_regularizer=reg, bias_regularizer=reg, name="logits")(x)
+    outputs = layers.Dense(
+        num_classes, kernel_regularizer=reg, bias_regularizer=reg, name="logits"
+    )(x)
     return keras.Model(inputs, outputs, name=name)
 
 
-IMAGENET = dict(family="recu", paper=PAPER, input_shape=(224, 224, 3), num_classes=1000,
-                deploy="arm", min_input_size=32)
+IMAGENET = dict(
+    family="recu",
+    paper=PAPER,
+    input_shape=(224, 224, 3),
+    num_classes=1000,
+    deploy="arm",
+    min_input_size=32,
+)
 
 
 @register("recu_resnet18_imagenet", recipe="recu_imagenet", **IMAGENET)
@@ -383,8 +430,9 @@ def recu_resnet18_imagenet(input_shape=(224, 224, 3), num_classes=1000, weight_d
     Returns:
         A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
     """
-    return imagenet_resnet(RESNET18_IMAGENET, "recu_resnet18_imagenet", input_shape, num_classes,
-                           weight_decay)
+    return imagenet_resnet(
+        RESNET18_IMAGENET, "recu_resnet18_imagenet", input_shape, num_classes, weight_decay
+    )
 
 
 @register("recu_resnet34_imagenet", recipe="recu_imagenet", **IMAGENET)
@@ -409,8 +457,9 @@ def recu_resnet34_imagenet(input_shape=(224, 224, 3), num_classes=1000, weight_d
     Returns:
         A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
     """
-    return imagenet_resnet(RESNET34_IMAGENET, "recu_resnet34_imagenet", input_shape, num_classes,
-                           weight_decay)
+    return imagenet_resnet(
+        RESNET34_IMAGENET, "recu_resnet34_imagenet", input_shape, num_classes, weight_decay
+    )
 
 
 # --- ImageNet two-stage (the code's imagenet_two-stage/), ReActNet-like -------------------------
@@ -433,15 +482,20 @@ def reactnet_block(x, filters, stride, name):
     """
     shortcut = x
     if stride > 1 or x.shape[-1] != filters:
-        shortcut = layers.AveragePooling2D(stride, name=f"{name}_downsample_pool")(x) if stride > 1 else x
+        shortcut = (
+            layers.AveragePooling2D(stride, name=f"{name}_downsample_pool")(x) if stride > 1 else x
+        )
         shortcut = float_conv(filters, 1, 1, f"{name}_downsample_conv")(shortcut)
         shortcut = batch_norm(f"{name}_downsample_bn")(shortcut)
     u = LearnableBias(name=f"{name}_bias0")(x)
     u = batch_norm(f"{name}_bn")(ReCUConv2D(filters, 3, stride, name=f"{name}_conv")(u))
     u = layers.Add(name=f"{name}_add")([u, shortcut])
     u = LearnableBias(name=f"{name}_bias1")(u)
-    u = layers.PReLU(alpha_initializer=keras.initializers.Constant(0.25), shared_axes=[1, 2],
-                     name=f"{name}_prelu")(u)
+    u = layers.PReLU(
+        alpha_initializer=keras.initializers.Constant(0.25),
+        shared_axes=[1, 2],
+        name=f"{name}_prelu",
+    )(u)
     return LearnableBias(name=f"{name}_bias2")(u)
 
 

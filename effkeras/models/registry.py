@@ -48,8 +48,20 @@ _MODELS: dict = {}
 _ALIASES: dict = {}
 
 
-def register(name, *, family, paper, input_shape, num_classes, recipe, deploy,
-             min_input_size, channels=(1, 3), aliases=(), small=None):
+def register(
+    name,
+    *,
+    family,
+    paper,
+    input_shape,
+    num_classes,
+    recipe,
+    deploy,
+    min_input_size,
+    channels=(1, 3),
+    aliases=(),
+    small=None,
+):
     """Returns a decorator that registers a model builder under `name`.
 
     The decorated builder is called as `fn(input_shape, num_classes, **kwargs)` and returns a
@@ -82,9 +94,19 @@ def register(name, *, family, paper, input_shape, num_classes, recipe, deploy,
     def decorate(builder):
         if name in _MODELS or name in _ALIASES:
             raise ValueError(f"model name {name!r} is registered twice")
-        _MODELS[name] = ModelInfo(name, builder, family, paper, tuple(input_shape), num_classes,
-                                  recipe, deploy, min_input_size, tuple(channels),
-                                  dict(small or {}))
+        _MODELS[name] = ModelInfo(
+            name,
+            builder,
+            family,
+            paper,
+            tuple(input_shape),
+            num_classes,
+            recipe,
+            deploy,
+            min_input_size,
+            tuple(channels),
+            dict(small or {}),
+        )
         for alias in aliases:
             _ALIASES[alias] = name
         return builder
@@ -138,10 +160,12 @@ def check_input_shape(model_info, input_shape):
     if min(height, width) < model_info.min_input_size:
         raise InputError(
             f"{model_info.name} needs height and width >= {model_info.min_input_size} "
-            f"(its total stride), got {height}x{width}")
+            f"(its total stride), got {height}x{width}"
+        )
     if channels not in model_info.channels:
-        raise InputError(f"{model_info.name} takes {model_info.channels} input channels, "
-                         f"got {channels}")
+        raise InputError(
+            f"{model_info.name} takes {model_info.channels} input channels, got {channels}"
+        )
     return shape
 
 

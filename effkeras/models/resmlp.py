@@ -38,8 +38,8 @@ ACTIVATIONS = ("relu", "psa", "bspline")
 # Hidden factors h of the registered models: name suffix -> h (H = 96·h).
 HIDDEN = {"h2": 2.0, "h1": 1.0, "h05": 0.5, "h025": 0.25}
 TEACHER_HIDDEN = 4.0
-# The paper's claim, as the README measures it: LERP-PSA at H = 96 against ReLU at 2H and at H,
-# and the B-spline baseline at H.
+# The paper's claim, as docs/lerp_psa/README.md measures it: LERP-PSA at H = 96 against ReLU at
+# 2H and at H, and the B-spline baseline at H.
 COMPARISON = ("resmlp_psa_h1", "resmlp_relu_h2", "resmlp_relu_h1", "resmlp_bspline_h1")
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -47,10 +47,13 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 def _linear(units, fan_in, name, activation=None):
     """A Dense layer initialised as PyTorch's nn.Linear: U(±1/√fan_in), bias too."""
     bound = 1 / math.sqrt(fan_in)
-    return layers.Dense(units, activation=activation, name=name,
-                        kernel_initializer=keras.initializers.VarianceScaling(
-                            1 / 3, "fan_in", "uniform"),
-                        bias_initializer=keras.initializers.RandomUniform(-bound, bound))
+    return layers.Dense(
+        units,
+        activation=activation,
+        name=name,
+        kernel_initializer=keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform"),
+        bias_initializer=keras.initializers.RandomUniform(-bound, bound),
+    )
 
 
 def channel_mlp(x, hidden, activation, name, tv2=BSPLINE["tv2"]):
@@ -108,8 +111,17 @@ def block(x, hidden, activation, name, tv2=BSPLINE["tv2"]):
     return layers.Add(name=f"{name}_out")([x, y])
 
 
-def resmlp(input_shape=(32, 32, 3), num_classes=10, *, hidden_factor, activation="relu",
-           embed=EMBED, blocks=BLOCKS, tv2=BSPLINE["tv2"], name=None):
+def resmlp(
+    input_shape=(32, 32, 3),
+    num_classes=10,
+    *,
+    hidden_factor,
+    activation="relu",
+    embed=EMBED,
+    blocks=BLOCKS,
+    tv2=BSPLINE["tv2"],
+    name=None,
+):
     """Builds a ResMLP with channel MLPs of width int(embed·hidden_factor) and `activation`.
 
     Reference:
@@ -140,17 +152,24 @@ def resmlp(input_shape=(32, 32, 3), num_classes=10, *, hidden_factor, activation
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     height, width, _ = input_shape
     if height % PATCH or width % PATCH:
-        raise ValueError(f"ResMLP cuts {PATCH}x{PATCH} patches: the input's height and width "
-                         f"must be multiples of {PATCH}, got {height}x{width}")
+        raise ValueError(
+            f"ResMLP cuts {PATCH}x{PATCH} patches: the input's height and width "
+            f"must be multiples of {PATCH}, got {height}x{width}"
+        )
     hidden = int(embed * hidden_factor)
     inputs = keras.Input(input_shape)
     x = normalize_pixels(inputs, CIFAR_MEAN, CIFAR_STD)
     patches = input_shape[2] * PATCH * PATCH
-    x = layers.Conv2D(embed, PATCH, strides=PATCH, name="embed",
-                      kernel_initializer=keras.initializers.VarianceScaling(
-                          1 / 3, "fan_in", "uniform"),
-                      bias_initializer=keras.initializers.RandomUniform(
-                          -1 / math.sqrt(patches), 1 / math.sqrt(patches)))(x)
+    x = layers.Conv2D(
+        embed,
+        PATCH,
+        strides=PATCH,
+        name="embed",
+        kernel_initializer=keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform"),
+        bias_initializer=keras.initializers.RandomUniform(
+            -1 / math.sqrt(patches), 1 / math.sqrt(patches)
+        ),
+    )(x)
     x = layers.Reshape(((height // PATCH) * (width // PATCH), embed), name="patches")(x)
     for b in range(1, blocks + 1):
         x = block(x, hidden, activation, f"block{b}", tv2)
@@ -173,8 +192,9 @@ def macs(hidden):
 
 
 PAPER = "Singh & Bazargan, ACM TRETS 2025 ({}, DOI 10.1145/3705926)"
-COMMON = dict(input_shape=(32, 32, 3), num_classes=10, deploy="float", min_input_size=32,
-              channels=(3,))
+COMMON = dict(
+    input_shape=(32, 32, 3), num_classes=10, deploy="float", min_input_size=32, channels=(3,)
+)
 
 
 def _registered(name, activation, hidden_factor, recipe):
@@ -197,14 +217,26 @@ def _registered(name, activation, hidden_factor, recipe):
         Returns:
             A functional `keras.Model` returning logits of shape `(batch, num_classes)`.
         """
-        return resmlp(input_shape, num_classes, hidden_factor=hidden_factor,
-                      activation=activation, name=name, **kwargs)
+        return resmlp(
+            input_shape,
+            num_classes,
+            hidden_factor=hidden_factor,
+            activation=activation,
+            name=name,
+            **kwargs,
+        )
 
     builder.__name__ = builder.__qualname__ = name
-    what = {"relu": "ResMLP, ReLU", "psa": "ResMLP, LERP-PSA",
-            "bspline": "ResMLP, B-spline"}[activation]
-    return register(name, family="lerp_psa", paper=PAPER.format(
-        f"{what}, H={int(EMBED * hidden_factor)}"), recipe=recipe, **COMMON)(builder)
+    what = {"relu": "ResMLP, ReLU", "psa": "ResMLP, LERP-PSA", "bspline": "ResMLP, B-spline"}[
+        activation
+    ]
+    return register(
+        name,
+        family="lerp_psa",
+        paper=PAPER.format(f"{what}, H={int(EMBED * hidden_factor)}"),
+        recipe=recipe,
+        **COMMON,
+    )(builder)
 
 
 resmlp_relu_h4 = _registered("resmlp_relu_h4", "relu", TEACHER_HIDDEN, "resmlp_teacher")

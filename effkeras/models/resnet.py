@@ -23,9 +23,16 @@ BN = dict(momentum=0.9, epsilon=1e-3)
 
 
 def _conv(filters, stride, name):
-    return layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
-                         kernel_initializer="he_normal",
-                         kernel_regularizer=keras.regularizers.L2(WEIGHT_DECAY), name=name)
+    return layers.Conv2D(
+        filters,
+        3,
+        strides=stride,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        kernel_regularizer=keras.regularizers.L2(WEIGHT_DECAY),
+        name=name,
+    )
 
 
 def basic_block(x, filters, stride, name, projection=False):
@@ -43,8 +50,14 @@ def basic_block(x, filters, stride, name, projection=False):
         The output tensor with `filters` channels.
     """
     if projection and (stride > 1 or x.shape[-1] != filters):
-        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj",
-                                 kernel_regularizer=keras.regularizers.L2(WEIGHT_DECAY))(x)
+        shortcut = layers.Conv2D(
+            filters,
+            1,
+            strides=stride,
+            use_bias=False,
+            name=f"{name}_proj",
+            kernel_regularizer=keras.regularizers.L2(WEIGHT_DECAY),
+        )(x)
         shortcut = batch_norm(f"{name}_proj_bn", **BN)(shortcut)
     else:
         shortcut = option_a_shortcut(x, filters, stride, name=f"{name}_shortcut")
@@ -57,9 +70,16 @@ def basic_block(x, filters, stride, name, projection=False):
     return layers.ReLU(name=f"{name}_out")(x)
 
 
-@register("resnet20", family="reference", paper="He et al., CVPR 2016 (CIFAR ResNet-20)",
-          input_shape=(32, 32, 3), num_classes=10, recipe="sgd_cosine", deploy="float",
-          min_input_size=4)
+@register(
+    "resnet20",
+    family="reference",
+    paper="He et al., CVPR 2016 (CIFAR ResNet-20)",
+    input_shape=(32, 32, 3),
+    num_classes=10,
+    recipe="sgd_cosine",
+    deploy="float",
+    min_input_size=4,
+)
 def resnet20(input_shape=(32, 32, 3), num_classes=10):
     """The float CIFAR ResNet-20 (§4.2): n = 3 basic blocks per stage, option-A shortcuts.
 
@@ -104,8 +124,16 @@ def imagenet_resnet(stage_table, name, input_shape, num_classes):
     """
     inputs = keras.Input(input_shape, name="image")  # raw pixels in [0, 255]
     x = normalize_pixels(inputs)
-    x = layers.Conv2D(64, 7, strides=2, padding="same", use_bias=False, kernel_initializer="he_normal",
-                      kernel_regularizer=keras.regularizers.L2(WEIGHT_DECAY), name="stem_conv")(x)
+    x = layers.Conv2D(
+        64,
+        7,
+        strides=2,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        kernel_regularizer=keras.regularizers.L2(WEIGHT_DECAY),
+        name="stem_conv",
+    )(x)
     x = layers.ReLU(name="stem_relu")(batch_norm("stem_bn", **BN)(x))
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
     for spec in each_block(stage_table):
@@ -114,8 +142,14 @@ def imagenet_resnet(stage_table, name, input_shape, num_classes):
     return keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name=name)
 
 
-IMAGENET = dict(family="reference", input_shape=(224, 224, 3), num_classes=1000,
-                recipe="sgd_cosine", deploy="float", min_input_size=32)
+IMAGENET = dict(
+    family="reference",
+    input_shape=(224, 224, 3),
+    num_classes=1000,
+    recipe="sgd_cosine",
+    deploy="float",
+    min_input_size=32,
+)
 
 
 @register("resnet18", paper="He et al., CVPR 2016 (ImageNet ResNet-18)", **IMAGENET)

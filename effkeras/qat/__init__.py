@@ -17,16 +17,49 @@ effkeras.layers.qat, so that `import effkeras` registers them. The int8 file of 
 its op-by-op check are a deploy target's business (effkeras.deploy.int8_qat).
 """
 
-from effkeras.layers.qat import (ChannelAffine, FakeQuant, FoldedBatchNorm, QATConv2D, QATDense,
-                                 QATDepthwiseConv2D)
-from effkeras.qat.calibrate import (MAX_BIAS_CODE, MODES, calibrate, input_quantizer,
-                                    is_qat_model, output_quantizers, quantized_layers, set_mode,
-                                    snap_biases, unobserved)
+from effkeras.layers.qat import (
+    ChannelAffine,
+    FakeQuant,
+    FoldedBatchNorm,
+    QATConv2D,
+    QATDense,
+    QATDepthwiseConv2D,
+)
+from effkeras.qat.calibrate import (
+    MAX_BIAS_CODE,
+    MODES,
+    calibrate,
+    input_quantizer,
+    is_qat_model,
+    output_quantizers,
+    quantized_layers,
+    set_mode,
+    snap_biases,
+    unobserved,
+)
 from effkeras.qat.scheme import FIXED_OUTPUT_RANGES, INPUT_RANGE, SCHEME, Policy
 from effkeras.qat.transform import quantize_model
 
-__all__ = ["FIXED_OUTPUT_RANGES", "INPUT_RANGE", "MAX_BIAS_CODE", "MODES", "SCHEME",
-           "ChannelAffine", "FakeQuant", "FoldedBatchNorm", "Policy", "QATConv2D", "QATDense",
-           "QATDepthwiseConv2D", "calibrate", "input_quantizer", "is_qat_model",
-           "output_quantizers", "quantize_model", "quantized_layers", "set_mode", "snap_biases",
-           "unobserved"]
+__all__ = [
+    "FIXED_OUTPUT_RANGES",
+    "INPUT_RANGE",
+    "MAX_BIAS_CODE",
+    "MODES",
+    "SCHEME",
+    "ChannelAffine",
+    "FakeQuant",
+    "FoldedBatchNorm",
+    "Policy",
+    "QATConv2D",
+    "QATDense",
+    "QATDepthwiseConv2D",
+    "calibrate",
+    "input_quantizer",
+    "is_qat_model",
+    "output_quantizers",
+    "quantize_model",
+    "quantized_layers",
+    "set_mode",
+    "snap_biases",
+    "unobserved",
+]

@@ -43,14 +43,18 @@ def set_mode(model, mode):
 
 def quantized_layers(model):
     """The FakeQuant and folded-BN (QAT twin) layers of `model`, nested ones included."""
-    return [layer for layer in model._flatten_layers(include_self=False)
-            if isinstance(layer, (FakeQuant, FoldedBatchNorm))]
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, (FakeQuant, FoldedBatchNorm))
+    ]
 
 
 def is_qat_model(model):
     """Whether `model` is a keras.Model with at least one FakeQuant (a QAT model)."""
     return isinstance(model, keras.Model) and any(
-        isinstance(layer, FakeQuant) for layer in model._flatten_layers(include_self=False))
+        isinstance(layer, FakeQuant) for layer in model._flatten_layers(include_self=False)
+    )
 
 
 def calibrate(model, images, batch_size=64):
@@ -73,7 +77,7 @@ def calibrate(model, images, batch_size=64):
     try:
         images = np.asarray(images, np.float32)
         for start in range(0, len(images), batch_size):
-            model(images[start:start + batch_size], training=False)
+            model(images[start : start + batch_size], training=False)
     finally:
         set_mode(model, "quantize")
     return model
@@ -81,9 +85,13 @@ def calibrate(model, images, batch_size=64):
 
 def unobserved(model):
     """Names of the activation quantizers of `model` that never saw data (no range yet)."""
-    return [layer.name for layer in quantized_layers(model)
-            if isinstance(layer, FakeQuant) and layer.fixed_range is None
-            and float(layer.observed.numpy()) == 0.0]
+    return [
+        layer.name
+        for layer in quantized_layers(model)
+        if isinstance(layer, FakeQuant)
+        and layer.fixed_range is None
+        and float(layer.observed.numpy()) == 0.0
+    ]
 
 
 def input_quantizer(layer):
@@ -105,8 +113,10 @@ def input_quantizer(layer):
             return source
         row = scheme.policy(source)
         if row is None or row.output != scheme.SAME_CODES:
-            raise InputError(f"{layer.name} does not read a quantized tensor: {source.name} "
-                             f"({type(source).__name__}) comes between")
+            raise InputError(
+                f"{layer.name} does not read a quantized tensor: {source.name} "
+                f"({type(source).__name__}) comes between"
+            )
         tensor = source.input
 
 

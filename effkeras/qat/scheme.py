@@ -87,8 +87,12 @@ class Policy:
 
 
 def _weighted(qat_layer):
-    return Policy(weights=("kernel",), qat_layer=qat_layer, activations=("linear", "relu", "relu6"),
-                  fuses_activation=True)
+    return Policy(
+        weights=("kernel",),
+        qat_layer=qat_layer,
+        activations=("linear", "relu", "relu6"),
+        fuses_activation=True,
+    )
 
 
 _REQUANTIZED = Policy()
@@ -116,8 +120,9 @@ SCHEME = {
     LayerScale: Policy(fuses_activation=True, rewrite=CHANNEL_AFFINE),
     layers.Rescaling: Policy(rewrite=RESCALING),
     layers.ReLU: Policy(fusable=True),
-    layers.Activation: Policy(activations=ACTIVATIONS, fusable=True,
-                              fixed_ranges=FIXED_OUTPUT_RANGES),
+    layers.Activation: Policy(
+        activations=ACTIVATIONS, fusable=True, fixed_ranges=FIXED_OUTPUT_RANGES
+    ),
     layers.Softmax: Policy(fixed_ranges={"softmax": FIXED_OUTPUT_RANGES["sigmoid"]}),
     # ops whose output codes are their input's
     layers.Reshape: _SAME_CODES,
@@ -131,9 +136,13 @@ SCHEME = {
     layers.Permute: _SAME_CODES,
     layers.Identity: _SAME_CODES,
     layers.AveragePooling2D: Policy(INPUT_SCALE),
-    layers.Concatenate: Policy(REFUSED, reason=(
-        "TensorFlow 2.21's converter requires a concatenation's inputs and output at one "
-        "scale in a QAT graph, and fails on quantization points that differ")),
+    layers.Concatenate: Policy(
+        REFUSED,
+        reason=(
+            "TensorFlow 2.21's converter requires a concatenation's inputs and output at one "
+            "scale in a QAT graph, and fails on quantization points that differ"
+        ),
+    ),
 }
 
 
@@ -213,8 +222,10 @@ def refusal(layer, row):
         What the error says after the layer's name, or None where the layer is accepted.
     """
     if row.qat_layer is not None and activation_of(layer) not in row.activations:
-        return (f"{type(layer).__name__} with activation {activation_of(layer)}: TFLite fuses "
-                f"ReLU/ReLU6 only")
+        return (
+            f"{type(layer).__name__} with activation {activation_of(layer)}: TFLite fuses "
+            f"ReLU/ReLU6 only"
+        )
     if type(layer) is layers.Activation and activation_of(layer) not in row.activations:
         return f"Activation {activation_of(layer)}: no int8 TFLite kernel"
     if row.rewrite == RESCALING and not np.all(np.asarray(layer.scale, np.float64) > 0):

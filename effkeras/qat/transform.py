@@ -59,9 +59,11 @@ class _Plan:
                 self._fuse(layer, row, sole_reader)
             elif row.rewrite == scheme.RESCALING:
                 nxt = sole_reader(layer)
-                if (not np.any(layer.offset) and type(nxt) in (layers.Conv2D,
-                                                                layers.DepthwiseConv2D)
-                        and nxt.padding in ("same", "valid")):
+                if (
+                    not np.any(layer.offset)
+                    and type(nxt) in (layers.Conv2D, layers.DepthwiseConv2D)
+                    and nxt.padding in ("same", "valid")
+                ):
                     self.prescale[id(nxt)] = np.asarray(layer.scale, np.float64)
                     self.folded_rescaling.add(id(layer))
         if unsupported:
@@ -71,7 +73,8 @@ class _Plan:
                 f"{', '.join(unsupported)}. It quantizes Conv2D, DepthwiseConv2D and Dense "
                 f"(BN and ReLU/ReLU6 folded), add, pooling, rescaling, BN and "
                 f"the activations {supported}; "
-                f"deploy the others float (--target=float) or replace them")
+                f"deploy the others float (--target=float) or replace them"
+            )
 
     def _fuse(self, layer, row, sole_reader):
         """Records the BN folded into a QAT twin and the ReLU/ReLU6 fused after it or after an
@@ -79,9 +82,12 @@ class _Plan:
         linear = row.qat_layer is None or scheme.activation_of(layer) == "linear"
         tail = layer
         nxt = sole_reader(layer)
-        if (row.qat_layer is not None and linear
-                and isinstance(nxt, layers.BatchNormalization)
-                and nxt.axis in (-1, len(nxt.input.shape) - 1)):
+        if (
+            row.qat_layer is not None
+            and linear
+            and isinstance(nxt, layers.BatchNormalization)
+            and nxt.axis in (-1, len(nxt.input.shape) - 1)
+        ):
             self.batch_norm[id(layer)] = nxt
             self.absorbed.add(id(nxt))
             tail = nxt
@@ -96,9 +102,11 @@ def _qat_layer(layer, qat_class, batch_norm, activation, prescale):
     (and the BN's, and a folded input scale) set by the returned function once built."""
     config = layer.get_config()
     # Without a BN, a bias all the same: TFLite's op has one, and snap_biases needs it.
-    config.update(activation=activation or config["activation"],
-                  use_bias=layer.use_bias or batch_norm is None,
-                  batch_norm_epsilon=None if batch_norm is None else float(batch_norm.epsilon))
+    config.update(
+        activation=activation or config["activation"],
+        use_bias=layer.use_bias or batch_norm is None,
+        batch_norm_epsilon=None if batch_norm is None else float(batch_norm.epsilon),
+    )
     qat = qat_class.from_config(config)
 
     def load():
@@ -110,9 +118,12 @@ def _qat_layer(layer, qat_class, batch_norm, activation, prescale):
         if batch_norm is not None:
             bn = {w.path.split("/")[-1]: w.numpy() for w in batch_norm.weights}
             channels = qat.output_channels()
-            values.update(gamma=bn.get("gamma", np.ones(channels)),
-                          beta=bn.get("beta", np.zeros(channels)),
-                          moving_mean=bn["moving_mean"], moving_variance=bn["moving_variance"])
+            values.update(
+                gamma=bn.get("gamma", np.ones(channels)),
+                beta=bn.get("beta", np.zeros(channels)),
+                moving_mean=bn["moving_mean"],
+                moving_variance=bn["moving_variance"],
+            )
         for weight in qat.weights:
             weight.assign(values[weight.path.split("/")[-1]])
 
@@ -141,15 +152,18 @@ def quantize_model(model, calibration=None, *, input_range=scheme.INPUT_RANGE, b
         RuntimeError: if the rewritten model, its rounding off, does not compute `model`.
     """
     if not isinstance(model, keras.Model) or not hasattr(model, "_run_through_graph"):
-        raise InputError(f"quantize_model takes a functional keras.Model, got "
-                         f"{type(model).__name__}")
+        raise InputError(
+            f"quantize_model takes a functional keras.Model, got {type(model).__name__}"
+        )
     if is_qat_model(model):
         raise InputError(f"{model.name} is already a QAT model")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise InputError(f"quantize_model takes one image input and one logits output; "
-                         f"{model.name} has {len(model.inputs)} and {len(model.outputs)} (an "
-                         f"early-exit model converts stage by stage with post-training "
-                         f"quantization: --target=int8 or tflm on the float model)")
+        raise InputError(
+            f"quantize_model takes one image input and one logits output; "
+            f"{model.name} has {len(model.inputs)} and {len(model.outputs)} (an "
+            f"early-exit model converts stage by stage with post-training "
+            f"quantization: --target=int8 or tflm on the float model)"
+        )
     model, _ = collapse(model)
     model, _ = freeze_tables(model)  # learned activations: the int8 tables they deploy as
     plan = _Plan(model)
@@ -165,15 +179,18 @@ def quantize_model(model, calibration=None, *, input_range=scheme.INPUT_RANGE, b
 
     def inputs_of(x, graph):
         """x with every model input replaced by its quantized form."""
+
         def one(t):
             producer, _ = graph.producer(t)
             if producer is None and id(t) not in quantizer_of:
                 if id(t) not in input_quantizers:
                     name = t._keras_history[0].name
                     input_quantizers[id(t)] = quantized(
-                        t, name, layer=FakeQuant(fixed_range=input_range, name=f"{name}_quant"))
+                        t, name, layer=FakeQuant(fixed_range=input_range, name=f"{name}_quant")
+                    )
                 return input_quantizers[id(t)]
             return t
+
         return [one(t) for t in x] if isinstance(x, (list, tuple)) else one(x)
 
     def replace(layer, x, graph):
@@ -184,20 +201,26 @@ def quantize_model(model, calibration=None, *, input_range=scheme.INPUT_RANGE, b
         x = inputs_of(x, graph)
         row = scheme.policy(layer)
         if row.qat_layer is not None:
-            qat, load = _qat_layer(layer, row.qat_layer, plan.batch_norm.get(id(layer)),
-                                   plan.activation.get(id(layer)), plan.prescale.get(id(layer)))
+            qat, load = _qat_layer(
+                layer,
+                row.qat_layer,
+                plan.batch_norm.get(id(layer)),
+                plan.activation.get(id(layer)),
+                plan.prescale.get(id(layer)),
+            )
             y = qat(x)
             loads.append(load)
             return quantized(y, layer.name)
         if row.rewrite == scheme.RESCALING:  # with an offset: one depthwise op
             scale = np.broadcast_to(np.asarray(layer.scale, np.float64), (x.shape[-1],))
             std = 1 / (255 * scale)
-            norm = PixelNormalization(mean=-np.broadcast_to(layer.offset, scale.shape) * std,
-                                      std=std, name=layer.name)
+            norm = PixelNormalization(
+                mean=-np.broadcast_to(layer.offset, scale.shape) * std, std=std, name=layer.name
+            )
             return quantized(norm(x), layer.name)
         if row.rewrite == scheme.CHANNEL_AFFINE:  # MUL (and ADD)
             affine = _channel_affine(layer)
-            affine_ops = ("multiply", "add")[:len(affine)]
+            affine_ops = ("multiply", "add")[: len(affine)]
             y = x
             for operation, value in zip(affine_ops, affine):
                 step = ChannelAffine(operation, name=f"{layer.name}_{operation}")
@@ -223,8 +246,9 @@ def quantize_model(model, calibration=None, *, input_range=scheme.INPUT_RANGE, b
             y = layers.Activation(name, name=f"{layer.name}_{name}")(y)
         fixed = scheme.fixed_output_range(layer)
         if fixed:
-            return quantized(y, layer.name,
-                             FakeQuant(fixed_range=fixed, name=f"{layer.name}_quant"))
+            return quantized(
+                y, layer.name, FakeQuant(fixed_range=fixed, name=f"{layer.name}_quant")
+            )
         return quantized(y, layer.name)
 
     qat = rewrite(model, replace)
@@ -250,6 +274,8 @@ def _channel_affine(layer):
         return values
     affine = batch_norm_affine(layer)
     if affine is None:
-        raise InputError(f"{layer.name} normalises axis {layer.axis}: quantize_model takes "
-                         f"BatchNormalization over channels (the last axis)")
+        raise InputError(
+            f"{layer.name} normalises axis {layer.axis}: quantize_model takes "
+            f"BatchNormalization over channels (the last axis)"
+        )
     return affine

@@ -45,8 +45,10 @@ def _ema_optimizer(model):
     optimizer = getattr(model, "optimizer", None)
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # under a LossScaleOptimizer
     if optimizer is None or not getattr(optimizer, "use_ema", False):
-        raise ValueError("EmaWeights needs a model compiled with an optimizer with use_ema=True "
-                         "(a recipe with ema > 0)")
+        raise ValueError(
+            "EmaWeights needs a model compiled with an optimizer with use_ema=True "
+            "(a recipe with ema > 0)"
+        )
     return optimizer
 
 
@@ -202,8 +204,9 @@ class Eta(keras.callbacks.Callback):
     (forward only).
     """
 
-    def __init__(self, epochs, steps_per_epoch, validation_steps=0, measure_steps=3,
-                 print_fn=print):
+    def __init__(
+        self, epochs, steps_per_epoch, validation_steps=0, measure_steps=3, print_fn=print
+    ):
         super().__init__()
         self.epochs, self.steps, self.validation_steps = epochs, steps_per_epoch, validation_steps
         self.measure_steps = measure_steps
@@ -230,7 +233,9 @@ class Eta(keras.callbacks.Callback):
             per_step = (now - self.first_step_done) / counted
             measured = f"{counted} step{'s' if counted > 1 else ''} after the first"
         epoch = per_step * (self.steps + self.validation_steps / 3)
-        self.print_fn(f"ETA: an epoch takes ~{format_duration(epoch)} ({self.steps} steps of "
-                      f"{per_step:.2f}s), {self.epochs} epoch{'s' if self.epochs != 1 else ''} "
-                      f"~{format_duration(epoch * self.epochs)} (measured over {measured})")
+        self.print_fn(
+            f"ETA: an epoch takes ~{format_duration(epoch)} ({self.steps} steps of "
+            f"{per_step:.2f}s), {self.epochs} epoch{'s' if self.epochs != 1 else ''} "
+            f"~{format_duration(epoch * self.epochs)} (measured over {measured})"
+        )
         self.printed = True

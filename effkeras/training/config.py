@@ -11,7 +11,7 @@ from effkeras.fileio import check_writable
 from effkeras.training import recipes
 from effkeras.training.rundir import is_int
 
-MAX_SEED = 2 ** 31 - 1  # numpy seeds must be < 2**32; the data seed adds the epoch
+MAX_SEED = 2**31 - 1  # numpy seeds must be < 2**32; the data seed adds the epoch
 
 
 @dataclasses.dataclass
@@ -93,41 +93,57 @@ def check_config(config, recipe):
     Raises:
         InputError: naming the flag and what to give instead.
     """
-    for name in ("epochs", "batch_size", "steps_per_epoch", "validation_size",
-                 "grad_accumulation"):
+    for name in ("epochs", "batch_size", "steps_per_epoch", "validation_size", "grad_accumulation"):
         _check_positive(name, getattr(config, name))
     recipes.dtype_policy(recipe, config.dtype_policy)  # InputError for one this machine lacks
     if config.jit_compile not in ("auto", True, False):
         raise InputError(f"--jit_compile must be auto, true or false, got {config.jit_compile!r}")
     rate = config.learning_rate
-    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, numbers.Real)
-                             or not math.isfinite(rate) or rate <= 0):
-        raise InputError(f"--learning_rate must be a finite number > 0, got {rate!r}; leave it out "
-                         f"for the recipe's ({recipe.learning_rate:g} at batch "
-                         f"{recipe.base_batch_size}, scaled with the batch size)")
+    if rate is not None and (
+        isinstance(rate, bool)
+        or not isinstance(rate, numbers.Real)
+        or not math.isfinite(rate)
+        or rate <= 0
+    ):
+        raise InputError(
+            f"--learning_rate must be a finite number > 0, got {rate!r}; leave it out "
+            f"for the recipe's ({recipe.learning_rate:g} at batch "
+            f"{recipe.base_batch_size}, scaled with the batch size)"
+        )
     if not is_int(config.seed) or not 0 <= config.seed <= MAX_SEED:
         raise InputError(f"--seed must be an integer in [0, {MAX_SEED}], got {config.seed!r}")
     if config.verbose not in (None, 0, 1, 2):
         raise InputError(f"verbose must be 0, 1 or 2, got {config.verbose!r}")
     if config.dataset not in data.DATASETS:
-        raise InputError(f"unknown dataset {config.dataset!r}; choose from "
-                         f"{', '.join(data.names())}")
+        raise InputError(
+            f"unknown dataset {config.dataset!r}; choose from {', '.join(data.names())}"
+        )
     if not config.output_dir or not isinstance(config.output_dir, str):
         raise InputError(f"--output_dir must be a directory path, got {config.output_dir!r}")
     check_writable(config.output_dir, "--output_dir", directory=True)
-    if config.transfer_epochs is not None and (not is_int(config.transfer_epochs)
-                                               or config.transfer_epochs < 0):
-        raise InputError(f"--transfer_epochs must be an integer >= 0, got "
-                         f"{config.transfer_epochs!r}")
+    if config.transfer_epochs is not None and (
+        not is_int(config.transfer_epochs) or config.transfer_epochs < 0
+    ):
+        raise InputError(
+            f"--transfer_epochs must be an integer >= 0, got {config.transfer_epochs!r}"
+        )
     if config.transfer_epochs and recipe.transfer is None:
-        raise InputError(f"--transfer_epochs is for two-stage recipes (knowledge transfer, then "
-                         f"distillation); {config.model}'s recipe has one stage: leave it out")
+        raise InputError(
+            f"--transfer_epochs is for two-stage recipes (knowledge transfer, then "
+            f"distillation); {config.model}'s recipe has one stage: leave it out"
+        )
     if config.init_from and not (config.qat or config.finetune):
-        raise InputError("--init_from is the trained float model that --qat (or --finetune) "
-                         "starts from: add one of them")
+        raise InputError(
+            "--init_from is the trained float model that --qat (or --finetune) "
+            "starts from: add one of them"
+        )
     if (config.qat or config.finetune) and (config.teacher or config.transfer_epochs):
-        raise InputError("--qat and --finetune fine-tune a trained model on labels: leave "
-                         "--teacher and --transfer_epochs out")
+        raise InputError(
+            "--qat and --finetune fine-tune a trained model on labels: leave "
+            "--teacher and --transfer_epochs out"
+        )
     if config.teacher and not recipe.loss.needs_teacher:
-        raise InputError(f"--teacher is only for recipes that distil; {config.model}'s recipe "
-                         f"does not: leave --teacher out")
+        raise InputError(
+            f"--teacher is only for recipes that distil; {config.model}'s recipe "
+            f"does not: leave --teacher out"
+        )

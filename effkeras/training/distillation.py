@@ -35,31 +35,39 @@ class Distiller(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         soft = losses.soft_cross_entropy(self.teacher(x, training=False), y_pred, self.temperature)
-        loss = self.alpha * self.temperature ** 2 * soft
+        loss = self.alpha * self.temperature**2 * soft
         if self.alpha < 1:
             loss = loss + (1 - self.alpha) * self.hard_loss(y, y_pred, sample_weight)
         return loss + ops.sum(self.student.losses) if self.student.losses else loss
 
     def get_config(self):
-        return {"student": keras.saving.serialize_keras_object(self.student),
-                "teacher": keras.saving.serialize_keras_object(self.teacher),
-                "alpha": self.alpha, "temperature": self.temperature,
-                "label_smoothing": self.label_smoothing}
+        return {
+            "student": keras.saving.serialize_keras_object(self.student),
+            "teacher": keras.saving.serialize_keras_object(self.teacher),
+            "alpha": self.alpha,
+            "temperature": self.temperature,
+            "label_smoothing": self.label_smoothing,
+        }
 
     @classmethod
     def from_config(cls, config):
-        return cls(keras.saving.deserialize_keras_object(config["student"]),
-                   keras.saving.deserialize_keras_object(config["teacher"]),
-                   alpha=config.get("alpha", 1.0), temperature=config.get("temperature", 1.0),
-                   label_smoothing=config.get("label_smoothing", 0.0))
+        return cls(
+            keras.saving.deserialize_keras_object(config["student"]),
+            keras.saving.deserialize_keras_object(config["teacher"]),
+            alpha=config.get("alpha", 1.0),
+            temperature=config.get("temperature", 1.0),
+            label_smoothing=config.get("label_smoothing", 0.0),
+        )
 
 
 def load_teacher(teacher, input_shape, num_classes):
     """A teacher from a .keras file (trained; through the checked loader, effkeras.saving) or a
     registry name (built untrained: smoke runs)."""
     if not teacher:
-        raise InputError("this recipe distils from a teacher: pass --teacher=model.keras "
-                         "(e.g. a trained float ResNet-34) or a registry name")
+        raise InputError(
+            "this recipe distils from a teacher: pass --teacher=model.keras "
+            "(e.g. a trained float ResNet-34) or a registry name"
+        )
     if teacher.endswith(".keras") or os.sep in teacher or os.path.exists(teacher):
         try:
             model = saving.load_model(teacher)  # InputError for a missing or corrupt file
@@ -72,9 +80,13 @@ def load_teacher(teacher, input_shape, num_classes):
     except (AttributeError, ValueError, IndexError, TypeError):
         takes = predicts = None
     if len(getattr(model, "outputs", None) or ()) != 1 or not isinstance(predicts, int):
-        raise InputError(f"teacher {teacher} is not a model with one input and one output "
-                         f"(logits); give a classifier such as a trained float ResNet-34")
+        raise InputError(
+            f"teacher {teacher} is not a model with one input and one output "
+            f"(logits); give a classifier such as a trained float ResNet-34"
+        )
     if takes != tuple(input_shape) or predicts != num_classes:
-        raise InputError(f"teacher takes {takes} and predicts {predicts} classes; the student "
-                         f"takes {tuple(input_shape)} and predicts {num_classes}")
+        raise InputError(
+            f"teacher takes {takes} and predicts {predicts} classes; the student "
+            f"takes {tuple(input_shape)} and predicts {num_classes}"
+        )
     return model

@@ -35,8 +35,10 @@ import tensorflow as tf
 from effkeras.errors import InputError
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-                     '"task": {"type": "worker", "index": 0}}\'')
+TF_CONFIG_EXAMPLE = (
+    'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+    '"task": {"type": "worker", "index": 0}}\''
+)
 
 
 def split_cpu(count):
@@ -49,35 +51,50 @@ def split_cpu(count):
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
         tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+            cpu, [tf.config.LogicalDeviceConfiguration()] * count
+        )
     except RuntimeError:  # TensorFlow already runs: the split is fixed for this process
         if len(tf.config.list_logical_devices("CPU")) != count:
-            raise InputError(f"--cpu_devices={count}: this process already started TensorFlow "
-                             f"with {len(tf.config.list_logical_devices('CPU'))} CPU device(s); "
-                             f"run training in a fresh process") from None
+            raise InputError(
+                f"--cpu_devices={count}: this process already started TensorFlow "
+                f"with {len(tf.config.list_logical_devices('CPU'))} CPU device(s); "
+                f"run training in a fresh process"
+            ) from None
 
 
 def read_tf_config():
     """The cluster and task of TF_CONFIG, checked; InputError saying how to write it."""
     text = os.environ.get("TF_CONFIG")
     if not text:
-        raise InputError(f"--strategy=multi_worker reads the cluster from TF_CONFIG, which is not "
-                         f"set; on each machine set e.g. {TF_CONFIG_EXAMPLE} (its own index)")
+        raise InputError(
+            f"--strategy=multi_worker reads the cluster from TF_CONFIG, which is not "
+            f"set; on each machine set e.g. {TF_CONFIG_EXAMPLE} (its own index)"
+        )
     try:
         config = json.loads(text)
         cluster, task = config["cluster"], config["task"]
         task_type, index = task["type"], task["index"]
         members = cluster[task_type]
     except (ValueError, KeyError, TypeError) as e:
-        raise InputError(f"TF_CONFIG must be JSON with a cluster and this process's task, e.g. "
-                         f"{TF_CONFIG_EXAMPLE}; got {text!r} ({type(e).__name__}: {e})") from None
-    if (isinstance(index, bool) or not isinstance(index, int) or not isinstance(members, list)
-            or not 0 <= index < len(members)):
-        raise InputError(f"TF_CONFIG's task {task!r} is not in its cluster {cluster!r}: the index "
-                         f"counts from 0 within its task type")
+        raise InputError(
+            f"TF_CONFIG must be JSON with a cluster and this process's task, e.g. "
+            f"{TF_CONFIG_EXAMPLE}; got {text!r} ({type(e).__name__}: {e})"
+        ) from None
+    if (
+        isinstance(index, bool)
+        or not isinstance(index, int)
+        or not isinstance(members, list)
+        or not 0 <= index < len(members)
+    ):
+        raise InputError(
+            f"TF_CONFIG's task {task!r} is not in its cluster {cluster!r}: the index "
+            f"counts from 0 within its task type"
+        )
     if task_type not in ("chief", "worker"):
-        raise InputError(f"TF_CONFIG's task type is {task_type!r}: --strategy=multi_worker runs "
-                         f"'chief' and 'worker' tasks (parameter servers are not used)")
+        raise InputError(
+            f"TF_CONFIG's task type is {task_type!r}: --strategy=multi_worker runs "
+            f"'chief' and 'worker' tasks (parameter servers are not used)"
+        )
     return cluster, task
 
 
@@ -88,8 +105,10 @@ def make_strategy(name, cpu_devices=None):
     if name == "multi_worker":
         read_tf_config()
     if cpu_devices and cpu_devices > 1 and tf.config.list_physical_devices("GPU"):
-        raise InputError("--cpu_devices splits the CPU of a machine without GPUs; this one has "
-                         "GPUs: leave it out")
+        raise InputError(
+            "--cpu_devices splits the CPU of a machine without GPUs; this one has "
+            "GPUs: leave it out"
+        )
     split_cpu(cpu_devices)
     if name == "default":
         return tf.distribute.get_strategy()
@@ -105,8 +124,10 @@ def make_strategy(name, cpu_devices=None):
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, RuntimeError, tf.errors.OpError) as e:
-        raise InputError(f"--strategy=tpu found no TPU ({str(e).splitlines()[0]}); use "
-                         f"--strategy=mirrored on GPUs") from None
+        raise InputError(
+            f"--strategy=tpu found no TPU ({str(e).splitlines()[0]}); use "
+            f"--strategy=mirrored on GPUs"
+        ) from None
     return tf.distribute.TPUStrategy(resolver)
 
 
@@ -118,8 +139,11 @@ def is_chief(strategy):
     resolver = strategy.cluster_resolver
     if resolver.task_type == "chief":
         return True
-    return resolver.task_type == "worker" and resolver.task_id == 0 and (
-        "chief" not in resolver.cluster_spec().as_dict())
+    return (
+        resolver.task_type == "worker"
+        and resolver.task_id == 0
+        and ("chief" not in resolver.cluster_spec().as_dict())
+    )
 
 
 def describe(strategy):
@@ -131,9 +155,11 @@ def describe(strategy):
     text = f"{kind} with {replicas} replica{'s' if replicas > 1 else ''}"
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         resolver = strategy.cluster_resolver
-        text += (f"; this is task {resolver.task_type} {resolver.task_id} of "
-                 f"{sum(len(v) for v in resolver.cluster_spec().as_dict().values())}"
-                 f"{' (the chief: it writes the run files)' if is_chief(strategy) else ''}")
+        text += (
+            f"; this is task {resolver.task_type} {resolver.task_id} of "
+            f"{sum(len(v) for v in resolver.cluster_spec().as_dict().values())}"
+            f"{' (the chief: it writes the run files)' if is_chief(strategy) else ''}"
+        )
     elif hasattr(strategy.extended, "worker_devices"):
         text += f" on {', '.join(strategy.extended.worker_devices)}"
     return text
@@ -162,35 +188,43 @@ def accumulate_across_replicas(optimizer):
 
     def apply(grads, trainable_variables):
         context = tf.distribute.get_replica_context()
-        if (not inner.gradient_accumulation_steps or context is None
-                or context.num_replicas_in_sync == 1):
+        if (
+            not inner.gradient_accumulation_steps
+            or context is None
+            or context.num_replicas_in_sync == 1
+        ):
             return single_device(grads, trainable_variables)
         steps = inner.gradient_accumulation_steps
         grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         variables = [v.value for v in trainable_variables]
-        accumulators = [inner._accumulated_gradients[inner._get_variable_index(v)].value
-                        for v in trainable_variables]
+        accumulators = [
+            inner._accumulated_gradients[inner._get_variable_index(v)].value
+            for v in trainable_variables
+        ]
 
         def merged(distribution, grads):
             rate = inner.learning_rate
 
             def update(variable, grad, accumulated):
                 if inner.weight_decay is not None and inner._use_weight_decay(variable):
-                    variable.assign_sub(variable * tf.cast(inner.weight_decay * rate,
-                                                           variable.dtype))
+                    variable.assign_sub(
+                        variable * tf.cast(inner.weight_decay * rate, variable.dtype)
+                    )
                 inner.update_step((grad + accumulated) / steps, variable, rate)
                 return accumulated.assign(tf.zeros_like(accumulated))
 
             def apply_mean():
                 for grad, variable, accumulated in zip(grads, variables, accumulators):
-                    distribution.extended.update(variable, update, args=(grad, accumulated),
-                                                 group=False)
+                    distribution.extended.update(
+                        variable, update, args=(grad, accumulated), group=False
+                    )
                 return tf.constant(True)
 
             def add():
                 for grad, accumulated in zip(grads, accumulators):
-                    distribution.extended.update(accumulated, lambda a, g: a.assign_add(g),
-                                                 args=(grad,), group=False)
+                    distribution.extended.update(
+                        accumulated, lambda a, g: a.assign_add(g), args=(grad,), group=False
+                    )
                 return tf.constant(False)
 
             return tf.cond((inner._iterations + 1) % steps == 0, apply_mean, add)
@@ -225,8 +259,8 @@ def _mean_scalars_across_workers():
     """Keras 3.15's fit on a cluster averages each step's logs with strategy.reduce("MEAN",
     axis=0), which fails on scalars (a loss, a metric): they are averaged with axis=None here,
     every other reduction is Keras' own."""
-    from keras.src.backend.tensorflow import trainer as keras_trainer
     from keras.src import tree
+    from keras.src.backend.tensorflow import trainer as keras_trainer
 
     keras_reduce = keras_trainer.reduce_per_replica
     if getattr(keras_reduce, "scalars_fixed", False):
@@ -234,7 +268,8 @@ def _mean_scalars_across_workers():
 
     def reduce_per_replica(values, strategy, reduction):
         if reduction not in ("auto", "mean") or not isinstance(
-                strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            strategy, tf.distribute.MultiWorkerMirroredStrategy
+        ):
             return keras_reduce(values, strategy, reduction)
 
         def mean(value):

@@ -14,8 +14,13 @@ class SparseLabelSmoothingCrossEntropy(keras.losses.Loss):
     """Cross-entropy of integer labels against logits, the one-hot targets smoothed to
     (1 - ε)·onehot + ε/classes (Szegedy et al. 2016, arXiv 1512.00567 §7)."""
 
-    def __init__(self, label_smoothing=0.1, name="sparse_label_smoothing_cross_entropy",
-                 reduction="sum_over_batch_size", dtype=None):
+    def __init__(
+        self,
+        label_smoothing=0.1,
+        name="sparse_label_smoothing_cross_entropy",
+        reduction="sum_over_batch_size",
+        dtype=None,
+    ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.label_smoothing = label_smoothing
 
@@ -23,8 +28,9 @@ class SparseLabelSmoothingCrossEntropy(keras.losses.Loss):
         if len(y_true.shape) == len(y_pred.shape):
             y_true = ops.squeeze(y_true, -1)
         targets = ops.one_hot(ops.cast(y_true, "int32"), ops.shape(y_pred)[-1], dtype=y_pred.dtype)
-        return keras.losses.categorical_crossentropy(targets, y_pred, from_logits=True,
-                                                     label_smoothing=self.label_smoothing)
+        return keras.losses.categorical_crossentropy(
+            targets, y_pred, from_logits=True, label_smoothing=self.label_smoothing
+        )
 
     def get_config(self):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}

@@ -37,15 +37,19 @@ import keras
 ACTIVATION_FACTOR = 1.0
 QUANTIZED_INPUT_FACTOR = 2.0
 PARAMETER_STATE_COPIES = 2
-RUNTIME_OVERHEAD = 300 * 2 ** 20
+RUNTIME_OVERHEAD = 300 * 2**20
 USABLE_FRACTION = 0.8  # refuse above this share of the machine's memory
 PREFETCHED_BATCHES = 6  # train and test pipelines' prefetch and map buffers (AUTOTUNE)
 DATA_COPIES = 3  # numpy arrays, their tf.data constant, the shuffle buffer
-GIB = 2 ** 30
+GIB = 2**30
 
 # Optimizer slot variables per trainable parameter (Keras 3 optimizers).
-SLOTS = {"sgd": lambda o: 1 if o.momentum else 0, "adam": lambda o: 2, "adamw": lambda o: 2,
-         "rmsprop": lambda o: 1 + (1 if o.momentum else 0)}
+SLOTS = {
+    "sgd": lambda o: 1 if o.momentum else 0,
+    "adam": lambda o: 2,
+    "adamw": lambda o: 2,
+    "rmsprop": lambda o: 1 + (1 if o.momentum else 0),
+}
 
 
 def optimizer_slots(optimizer):
@@ -58,8 +62,9 @@ def _dtype_bytes(dtype):
 
 
 def _elements(tensors):
-    return sum(math.prod(d for d in t.shape[1:] if d is not None)
-               for t in keras.tree.flatten(tensors))
+    return sum(
+        math.prod(d for d in t.shape[1:] if d is not None) for t in keras.tree.flatten(tensors)
+    )
 
 
 def activation_bytes_per_example(model):
@@ -105,9 +110,11 @@ class Estimate:
         return self.fixed + self.per_example * batch_size
 
     def describe(self):
-        return (f"~{gib(self.total)} (parameters, gradients and optimizer {gib(self.parameters)}, "
-                f"activations at batch {self.batch_size} {gib(self.activations)}, data pipeline "
-                f"{gib(self.data)}, runtime {gib(self.runtime)})")
+        return (
+            f"~{gib(self.total)} (parameters, gradients and optimizer {gib(self.parameters)}, "
+            f"activations at batch {self.batch_size} {gib(self.activations)}, data pipeline "
+            f"{gib(self.data)}, runtime {gib(self.runtime)})"
+        )
 
 
 def estimate(model, *, batch_size, optimizer_slots, input_shape, dataset_bytes=0, teacher=None):
@@ -125,13 +132,16 @@ def estimate(model, *, batch_size, optimizer_slots, input_shape, dataset_bytes=0
         activation_per_example += activation_bytes_per_example(teacher)
     prefetch_per_example = PREFETCHED_BATCHES * 4 * math.prod(input_shape)
     data_fixed = DATA_COPIES * dataset_bytes
-    return Estimate(batch_size=batch_size, parameters=int(parameters),
-                    activations=int(activation_per_example * batch_size),
-                    data=int(data_fixed + prefetch_per_example * batch_size),
-                    runtime=RUNTIME_OVERHEAD,
-                    per_example=int(activation_per_example + prefetch_per_example),
-                    fixed=int(parameters + data_fixed + RUNTIME_OVERHEAD),
-                    data_fixed=int(data_fixed))
+    return Estimate(
+        batch_size=batch_size,
+        parameters=int(parameters),
+        activations=int(activation_per_example * batch_size),
+        data=int(data_fixed + prefetch_per_example * batch_size),
+        runtime=RUNTIME_OVERHEAD,
+        per_example=int(activation_per_example + prefetch_per_example),
+        fixed=int(parameters + data_fixed + RUNTIME_OVERHEAD),
+        data_fixed=int(data_fixed),
+    )
 
 
 def largest_batch(est, budget):
@@ -165,10 +175,13 @@ def gpu_memory():
     if not tf.config.list_physical_devices("GPU"):
         return None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total",
-                              "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20).stdout.split()
-        return int(out[0]) * 2 ** 20
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout.split()
+        return int(out[0]) * 2**20
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
 
@@ -183,7 +196,7 @@ def resident_bytes():
 
 
 def gib(n):
-    return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / 2 ** 20:.0f} MiB"
+    return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / 2**20:.0f} MiB"
 
 
 # --- measuring the estimate -----------------------------------------------------------------------
@@ -195,13 +208,18 @@ def _measure_here(name, input_shape, batch_size, steps):
 
     recipe = recipes.get(models.info(name).recipe)
     before = resident_bytes()
-    split = data.load("synthetic", "train", input_shape=input_shape, batch_size=batch_size,
-                      augment_with=())
+    split = data.load(
+        "synthetic", "train", input_shape=input_shape, batch_size=batch_size, augment_with=()
+    )
     model = models.get(name, input_shape=input_shape, num_classes=split.num_classes)
     recipes.compile_model(model, recipe, epochs=1, steps_per_epoch=steps, batch_size=batch_size)
-    est = estimate(model, batch_size=batch_size, optimizer_slots=optimizer_slots(recipe.optimizer),
-                   input_shape=input_shape,
-                   dataset_bytes=split.num_examples * math.prod(input_shape))
+    est = estimate(
+        model,
+        batch_size=batch_size,
+        optimizer_slots=optimizer_slots(recipe.optimizer),
+        input_shape=input_shape,
+        dataset_bytes=split.num_examples * math.prod(input_shape),
+    )
     model.fit(split.dataset.repeat(), epochs=1, steps_per_epoch=steps, verbose=0)
     return {"measured": peak_resident_bytes() - before, "estimate": est.total}
 
@@ -223,12 +241,17 @@ def peak_resident_bytes():
 def measure(name, input_shape, batch_size, steps=3, timeout=600):
     """{"measured": peak RSS growth of a `steps`-step fit of registered model `name` on synthetic
     data, in a fresh process; "estimate": this module's estimate for it}, in bytes."""
-    code = ("import json, sys; from effkeras.training import memory; "
-            "print(json.dumps(memory._measure_here(*json.loads(sys.argv[1]))))")
-    result = subprocess.run([sys.executable, "-c", code,
-                             json.dumps([name, list(input_shape), batch_size, steps])],
-                            capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    code = (
+        "import json, sys; from effkeras.training import memory; "
+        "print(json.dumps(memory._measure_here(*json.loads(sys.argv[1]))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, json.dumps([name, list(input_shape), batch_size, steps])],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     if result.returncode:
         raise RuntimeError(result.stderr[-2000:])
     return json.loads(result.stdout.strip().splitlines()[-1])

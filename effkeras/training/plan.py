@@ -52,13 +52,18 @@ def default_input_shape(info, dataset):
     padded = tuple(max(step, -(-size // step) * step) for size in (height, width))
     channels_used = channels if channels in info.channels else info.channels[-1]
     shape = (*padded, channels_used)
-    how = ("padded to " + "x".join(map(str, padded)) if padded != (height, width) else "as is")
+    how = "padded to " + "x".join(map(str, padded)) if padded != (height, width) else "as is"
     if channels_used != channels:
         how += f", channels tiled to {channels_used}"
-    default = (f"; its default {shape_text(info.input_shape)} is for ImageNet"
-               if info.input_shape[0] > 32 else "")
-    return shape, (f"{title}'s {shape_text((height, width, channels))} {how} ({info.name} takes "
-                   f"multiples of {step}{default})")
+    default = (
+        f"; its default {shape_text(info.input_shape)} is for ImageNet"
+        if info.input_shape[0] > 32
+        else ""
+    )
+    return shape, (
+        f"{title}'s {shape_text((height, width, channels))} {how} ({info.name} takes "
+        f"multiples of {step}{default})"
+    )
 
 
 def known_classes(dataset):
@@ -117,23 +122,35 @@ class RunPlan:
     @property
     def identity(self):
         """What the run is, as state.json records it; a resume must match it."""
-        return {"model": self.model, "dataset": self.dataset,
-                "input_shape": list(self.input_shape), "num_classes": self.num_classes,
-                "validation_size": self.validation_size, **dict(self.extra_identity)}
+        return {
+            "model": self.model,
+            "dataset": self.dataset,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "validation_size": self.validation_size,
+            **dict(self.extra_identity),
+        }
 
     def input_line(self):
         return f"input {shape_text(self.input_shape)}: {self.input_why}"
 
     def strategy_line(self):
-        return (f"strategy: {self.strategy}; global batch {self.batch_size}"
-                + (f" ({self.batch_per_replica} per replica)" if self.replicas > 1 else "")
-                + (f" x {self.accumulation} accumulated = {self.update_batch} per update"
-                   if self.accumulation > 1 else "")
-                + (f"; {self.dtype_policy}" if self.dtype_policy != "float32" else ""))
+        return (
+            f"strategy: {self.strategy}; global batch {self.batch_size}"
+            + (f" ({self.batch_per_replica} per replica)" if self.replicas > 1 else "")
+            + (
+                f" x {self.accumulation} accumulated = {self.update_batch} per update"
+                if self.accumulation > 1
+                else ""
+            )
+            + (f"; {self.dtype_policy}" if self.dtype_policy != "float32" else "")
+        )
 
     def steps_line(self):
-        return (f"plan: {self.epochs} epoch{'s' if self.epochs != 1 else ''} of "
-                f"{self.steps_per_epoch} steps, {self.num_classes} classes")
+        return (
+            f"plan: {self.epochs} epoch{'s' if self.epochs != 1 else ''} of "
+            f"{self.steps_per_epoch} steps, {self.num_classes} classes"
+        )
 
     def with_data(self, epochs, num_classes, num_examples, steps_per_epoch=None):
         """The plan completed with what the model and the data tell; prints its steps.
@@ -154,12 +171,15 @@ class RunPlan:
         steps = steps_per_epoch or max(1, num_examples // self.batch_size)
         if self.accumulation > 1:
             if steps < self.accumulation:
-                raise InputError(f"--grad_accumulation={self.accumulation} needs at least "
-                                 f"{self.accumulation} batches per epoch, there are {steps}: "
-                                 f"lower it or the batch size")
+                raise InputError(
+                    f"--grad_accumulation={self.accumulation} needs at least "
+                    f"{self.accumulation} batches per epoch, there are {steps}: "
+                    f"lower it or the batch size"
+                )
             steps -= steps % self.accumulation
-        plan = dataclasses.replace(self, epochs=epochs, steps_per_epoch=steps,
-                                   num_classes=num_classes)
+        plan = dataclasses.replace(
+            self, epochs=epochs, steps_per_epoch=steps, num_classes=num_classes
+        )
         log(plan.steps_line())
         return plan
 
@@ -196,25 +216,40 @@ def make_plan(stage, strategy):
     batch_size = config.batch_size or recipe.batch_size
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
-        raise InputError(f"the global batch {batch_size} does not split over {replicas} replicas: "
-                         f"use a --batch_size that is a multiple of {replicas}")
+        raise InputError(
+            f"the global batch {batch_size} does not split over {replicas} replicas: "
+            f"use a --batch_size that is a multiple of {replicas}"
+        )
     policy = stage.dtype_policy()
     state_path = os.path.join(config.output_dir, "state.json")
     state = read_state(config.output_dir)
     if state is not None:
-        check_same_run(config.output_dir, state,
-                       {"model": info.name, "dataset": config.dataset,
-                        "input_shape": config.input_shape and tuple(config.input_shape)})
+        check_same_run(
+            config.output_dir,
+            state,
+            {
+                "model": info.name,
+                "dataset": config.dataset,
+                "input_shape": config.input_shape and tuple(config.input_shape),
+            },
+        )
         check_state_fields(state_path, state)
     input_shape, why = _input_shape(stage, state, state_path)
-    plan = RunPlan(model=info.name, dataset=config.dataset, stage=stage.name,
-                   input_shape=models.check_input_shape(info, input_shape), input_why=why,
-                   batch_size=batch_size, replicas=replicas,
-                   accumulation=config.grad_accumulation or 1, dtype_policy=policy,
-                   initial_epoch=state["epoch"] if state else 0,
-                   validation_size=config.validation_size,
-                   extra_identity=tuple(stage.identity().items()),
-                   strategy=distribute.describe(strategy))
+    plan = RunPlan(
+        model=info.name,
+        dataset=config.dataset,
+        stage=stage.name,
+        input_shape=models.check_input_shape(info, input_shape),
+        input_why=why,
+        batch_size=batch_size,
+        replicas=replicas,
+        accumulation=config.grad_accumulation or 1,
+        dtype_policy=policy,
+        initial_epoch=state["epoch"] if state else 0,
+        validation_size=config.validation_size,
+        extra_identity=tuple(stage.identity().items()),
+        strategy=distribute.describe(strategy),
+    )
     log(plan.input_line())
     log(plan.strategy_line())
     return plan, state

@@ -71,7 +71,8 @@ class OutputDirLock:
                     if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                         raise InputError(
                             f"{self.output_dir} is in use by another run ({holder}); wait for it "
-                            f"to end, or give this run another --output_dir") from None
+                            f"to end, or give this run another --output_dir"
+                        ) from None
                     raise
                 if _same_file(fd, self.path):  # not unlinked by a run that just ended
                     break
@@ -84,8 +85,9 @@ class OutputDirLock:
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         except OSError as e:
             self._cleanup_dir()
-            raise InputError(f"cannot lock {self.output_dir} ({e.strerror or e}); give a writable "
-                             f"--output_dir") from None
+            raise InputError(
+                f"cannot lock {self.output_dir} ({e.strerror or e}); give a writable --output_dir"
+            ) from None
         return self
 
     def __exit__(self, *exc):
@@ -123,13 +125,14 @@ def _same_file(fd, path):
 
 # --- state.json: what the run is and how far it got ---------------------------------------------
 
-IDENTITY = ("model", "dataset", "input_shape", "num_classes", "validation_size", "init_from",
-            "qat")
+IDENTITY = ("model", "dataset", "input_shape", "num_classes", "validation_size", "init_from", "qat")
 
 
 def _state_error(path, problem):
-    return InputError(f"{path} {problem}; it records the run in {os.path.dirname(path)}: restore "
-                      f"it, or start afresh with another --output_dir (nothing was deleted)")
+    return InputError(
+        f"{path} {problem}; it records the run in {os.path.dirname(path)}: restore "
+        f"it, or start afresh with another --output_dir (nothing was deleted)"
+    )
 
 
 def read_state(output_dir):
@@ -152,10 +155,12 @@ def check_state_fields(path, state):
     if not is_int(epoch) or epoch < 0:
         raise _state_error(path, f"has no valid 'epoch' (got {epoch!r})")
     if epoch and (not isinstance(checkpoint, str) or os.path.basename(checkpoint) != checkpoint):
-        raise _state_error(path, f"says {epoch} epochs are done but names no checkpoint "
-                                 f"(got {checkpoint!r})")
+        raise _state_error(
+            path, f"says {epoch} epochs are done but names no checkpoint (got {checkpoint!r})"
+        )
     if not isinstance(state.get("history", []), list) or not isinstance(
-            state.get("train_seconds", 0.0), numbers.Real):
+        state.get("train_seconds", 0.0), numbers.Real
+    ):
         raise _state_error(path, "has a malformed 'history' or 'train_seconds'")
     state.setdefault("history", [])
     state.setdefault("train_seconds", 0.0)
@@ -173,27 +178,40 @@ def check_same_run(output_dir, state, asked):
         if before == now:
             continue
         if key == "model":
-            raise InputError(f"{output_dir} holds a run of {before}, not {now}; use another "
-                             f"--output_dir")
+            raise InputError(
+                f"{output_dir} holds a run of {before}, not {now}; use another --output_dir"
+            )
         if key == "dataset":
-            raise InputError(f"{output_dir} holds a run on {before}, not {now}: resume with "
-                             f"--dataset={before}, {way_out}")
+            raise InputError(
+                f"{output_dir} holds a run on {before}, not {now}: resume with "
+                f"--dataset={before}, {way_out}"
+            )
         if key == "input_shape":
-            raise InputError(f"{output_dir} holds a run at input {shape_text(before)}, not "
-                             f"{shape_text(now)}: resume with --input_shape="
-                             f"{','.join(map(str, before))} (or leave it out), {way_out}")
+            raise InputError(
+                f"{output_dir} holds a run at input {shape_text(before)}, not "
+                f"{shape_text(now)}: resume with --input_shape="
+                f"{','.join(map(str, before))} (or leave it out), {way_out}"
+            )
         if key == "init_from":
-            raise InputError(f"{output_dir} holds a run from {before}, not {now}: resume with "
-                             f"--init_from={before}, {way_out}")
+            raise InputError(
+                f"{output_dir} holds a run from {before}, not {now}: resume with "
+                f"--init_from={before}, {way_out}"
+            )
         if key == "qat":
-            raise InputError(f"{output_dir} holds a {'QAT' if before else 'float fine-tuning'} "
-                             f"run: resume it with {'--qat' if before else '--finetune'}, "
-                             f"{way_out}")
+            raise InputError(
+                f"{output_dir} holds a {'QAT' if before else 'float fine-tuning'} "
+                f"run: resume it with {'--qat' if before else '--finetune'}, "
+                f"{way_out}"
+            )
         if key == "validation_size":
-            raise InputError(f"{output_dir} holds a run that held out {before} training examples, "
-                             f"not {now}: resume with --validation_size={before}, {way_out}")
-        raise InputError(f"{output_dir} holds a run with {before} classes, but the data now has "
-                         f"{now}: resume with the run's --data_dir, {way_out}")
+            raise InputError(
+                f"{output_dir} holds a run that held out {before} training examples, "
+                f"not {now}: resume with --validation_size={before}, {way_out}"
+            )
+        raise InputError(
+            f"{output_dir} holds a run with {before} classes, but the data now has "
+            f"{now}: resume with the run's --data_dir, {way_out}"
+        )
 
 
 def open_state(output_dir, state, identity):
@@ -241,9 +259,15 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: float(v) for k, v in (logs or {}).items()}
-        if self.guard.failed or not all(map(math.isfinite, logs.values())) or not all(
-                np.isfinite(w).all() for w in self.model.get_weights()
-                if np.issubdtype(w.dtype, np.floating)):
+        if (
+            self.guard.failed
+            or not all(map(math.isfinite, logs.values()))
+            or not all(
+                np.isfinite(w).all()
+                for w in self.model.get_weights()
+                if np.issubdtype(w.dtype, np.floating)
+            )
+        ):
             self.guard.fail(epoch, "at the end of the epoch", logs)
             return
         previous = self.state.get("checkpoint")
@@ -275,22 +299,29 @@ def restore(model, output_dir, checkpoint, expected):
     inner = getattr(saved, "student", saved)  # a distilling run saves its Distiller
     saved_in = tuple(getattr(inner, "input_shape", (None,))[1:])
     if saved_in and saved_in != tuple(expected["input_shape"]):
-        raise InputError(f"{path} is a model for input {shape_text(saved_in)}, not "
-                         f"{shape_text(expected['input_shape'])}: resume with "
-                         f"--input_shape={','.join(map(str, saved_in))}, or start a new run with "
-                         f"another --output_dir")
+        raise InputError(
+            f"{path} is a model for input {shape_text(saved_in)}, not "
+            f"{shape_text(expected['input_shape'])}: resume with "
+            f"--input_shape={','.join(map(str, saved_in))}, or start a new run with "
+            f"another --output_dir"
+        )
     weights = saved.get_weights()
     ours = model.get_weights()
     if len(weights) != len(ours) or any(a.shape != b.shape for a, b in zip(weights, ours)):
-        raise InputError(f"{path} holds weights of another shape than {expected['model']} at input "
-                         f"{shape_text(expected['input_shape'])} with {expected['num_classes']} "
-                         f"classes; start a new run with another --output_dir")
+        raise InputError(
+            f"{path} holds weights of another shape than {expected['model']} at input "
+            f"{shape_text(expected['input_shape'])} with {expected['num_classes']} "
+            f"classes; start a new run with another --output_dir"
+        )
     model.set_weights(weights)
     model.optimizer.build(model.trainable_variables)
     slots = saved.optimizer.variables if saved.optimizer else []
     if len(slots) != len(model.optimizer.variables) or any(
-            tuple(a.shape) != tuple(b.shape) for a, b in zip(slots, model.optimizer.variables)):
-        raise InputError(f"{path} holds another optimizer's state than {expected['model']}'s "
-                         f"recipe; start a new run with another --output_dir")
+        tuple(a.shape) != tuple(b.shape) for a, b in zip(slots, model.optimizer.variables)
+    ):
+        raise InputError(
+            f"{path} holds another optimizer's state than {expected['model']}'s "
+            f"recipe; start a new run with another --output_dir"
+        )
     for variable, value in zip(model.optimizer.variables, slots):
         variable.assign(value)

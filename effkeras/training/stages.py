@@ -131,8 +131,11 @@ class Stage:
         """
         with strategy.scope():
             student = self.student(plan.input_shape, num_classes, plan.dtype_policy)
-            teacher = (load_teacher(self.config.teacher, plan.input_shape, num_classes)
-                       if self.recipe.loss.needs_teacher else None)
+            teacher = (
+                load_teacher(self.config.teacher, plan.input_shape, num_classes)
+                if self.recipe.loss.needs_teacher
+                else None
+            )
             recipe = self.run_recipe(student)
             model = self.wrap(student, teacher, recipe)
         return Built(student, teacher, model, recipe, num_classes)
@@ -155,10 +158,16 @@ class Stage:
     def compile(self, built, plan):
         """Compiles built.model with its recipe's optimizer, schedule, loss and metrics."""
         config = self.config
-        recipes.compile_model(built.model, built.recipe, epochs=plan.epochs,
-                              steps_per_epoch=plan.steps_per_epoch, batch_size=plan.update_batch,
-                              learning_rate=config.learning_rate, accumulation=plan.accumulation,
-                              jit_compile=config.jit_compile)
+        recipes.compile_model(
+            built.model,
+            built.recipe,
+            epochs=plan.epochs,
+            steps_per_epoch=plan.steps_per_epoch,
+            batch_size=plan.update_batch,
+            learning_rate=config.learning_rate,
+            accumulation=plan.accumulation,
+            jit_compile=config.jit_compile,
+        )
 
     def callbacks(self, built, plan):
         """Callbacks of the stage itself, after the recipe's."""
@@ -173,8 +182,9 @@ class Stage:
         trained under mixed precision, with per-replica BatchNormalization statistics again."""
         if policy != "float32":
             trained = student
-            student = build_registry_model(self.info, tuple(trained.input_shape[1:]),
-                                           trained.output_shape[-1])
+            student = build_registry_model(
+                self.info, tuple(trained.input_shape[1:]), trained.output_shape[-1]
+            )
             student.set_weights(trained.get_weights())
         for layer in student._flatten_layers(include_self=False):
             if getattr(layer, "synchronized", False):
@@ -205,8 +215,13 @@ class Distillation(Stage):
 
     def wrap(self, student, teacher, recipe):
         loss = recipe.loss
-        return Distiller(student, teacher, alpha=loss.alpha, temperature=loss.temperature,
-                         label_smoothing=loss.label_smoothing)
+        return Distiller(
+            student,
+            teacher,
+            alpha=loss.alpha,
+            temperature=loss.temperature,
+            label_smoothing=loss.label_smoothing,
+        )
 
     def prepare(self, built, train_split, fresh):
         if self.initial is not None and fresh:
@@ -243,9 +258,17 @@ class Transfer(Stage):
 
     def compile(self, built, plan):
         recipe = built.recipe
-        built.model.compile(recipes.make_optimizer(recipe, recipes.learning_rate_schedule(
-            recipe, epochs=plan.epochs, steps_per_epoch=plan.steps_per_epoch,
-            batch_size=plan.batch_size)))
+        built.model.compile(
+            recipes.make_optimizer(
+                recipe,
+                recipes.learning_rate_schedule(
+                    recipe,
+                    epochs=plan.epochs,
+                    steps_per_epoch=plan.steps_per_epoch,
+                    batch_size=plan.batch_size,
+                ),
+            )
+        )
 
     def callbacks(self, built, plan):
         return [BlockSchedule(plan.epochs // len(built.model.blocks), print_fn=log)]
@@ -279,8 +302,9 @@ class FineTune(Stage):
         config = self.config
         shape = tuple(self.float_model.input_shape[1:])
         if config.input_shape and tuple(config.input_shape) != shape:
-            raise InputError(f"{config.init_from} takes input {shape_text(shape)}: leave "
-                             f"--input_shape out")
+            raise InputError(
+                f"{config.init_from} takes input {shape_text(shape)}: leave --input_shape out"
+            )
         return shape, f"the float model's, {config.init_from}"
 
     def identity(self):
@@ -289,9 +313,11 @@ class FineTune(Stage):
     def student(self, input_shape, num_classes, policy):
         predicts = self.float_model.output_shape[-1]
         if predicts != num_classes:
-            raise InputError(f"{self.config.init_from} has {predicts} classes, "
-                             f"{self.config.dataset} {num_classes}: fine-tune it on its own "
-                             f"dataset")
+            raise InputError(
+                f"{self.config.init_from} has {predicts} classes, "
+                f"{self.config.dataset} {num_classes}: fine-tune it on its own "
+                f"dataset"
+            )
         return self.float_model
 
 
@@ -313,8 +339,10 @@ class Qat(FineTune):
         if fresh:
             images = calibration_images(train_split.dataset)
             qat.calibrate(built.student, images)
-            log(f"int8 QAT of {self.config.init_from}: activation ranges calibrated on "
-                f"{len(images)} training images")
+            log(
+                f"int8 QAT of {self.config.init_from}: activation ranges calibrated on "
+                f"{len(images)} training images"
+            )
 
 
 def calibration_images(dataset, count=QAT_CALIBRATION_IMAGES):
@@ -346,15 +374,21 @@ def load_float_model(config):
     from effkeras import qat, saving
 
     if not config.init_from:
-        raise InputError(f"--{'qat' if config.qat else 'finetune'} needs "
-                         f"--init_from=FLOAT_MODEL.keras, the trained float model to fine-tune")
+        raise InputError(
+            f"--{'qat' if config.qat else 'finetune'} needs "
+            f"--init_from=FLOAT_MODEL.keras, the trained float model to fine-tune"
+        )
     model = saving.load_model(config.init_from)
     if qat.is_qat_model(model):
-        raise InputError(f"{config.init_from} is already a QAT model: give the float model it "
-                         f"came from, or resume its run with its --output_dir")
+        raise InputError(
+            f"{config.init_from} is already a QAT model: give the float model it "
+            f"came from, or resume its run with its --output_dir"
+        )
     if config.model is None and model.name not in models.names():
-        raise InputError(f"{config.init_from} holds {model.name!r}, not a registry model: give "
-                         f"--model=<registry name> whose recipe to fine-tune with")
+        raise InputError(
+            f"{config.init_from} holds {model.name!r}, not a registry model: give "
+            f"--model=<registry name> whose recipe to fine-tune with"
+        )
     return model
 
 
@@ -385,9 +419,10 @@ def make_stages(config, strategy):
     recipe = recipes.get(info.recipe)
     if recipe.transfer is not None and config.transfer_epochs != 0:
         transfer_dir = os.path.join(config.output_dir, "transfer")
-        return [Transfer(dataclasses.replace(config, output_dir=transfer_dir), info, recipe),
-                Distillation(config, info, recipe,
-                             initial=os.path.join(transfer_dir, "model.keras"))]
+        return [
+            Transfer(dataclasses.replace(config, output_dir=transfer_dir), info, recipe),
+            Distillation(config, info, recipe, initial=os.path.join(transfer_dir, "model.keras")),
+        ]
     if recipe.loss.needs_teacher:
         return [Distillation(config, info, recipe)]
     return [Scratch(config, info, recipe)]

@@ -68,8 +68,14 @@ from effkeras.training import callbacks as recipe_callbacks
 from effkeras.training import distribute, memory, recipes, stages
 from effkeras.training.config import TrainConfig, check_config
 from effkeras.training.plan import DATASET_IMAGES, SYNTHETIC_EXAMPLES, known_classes, make_plan
-from effkeras.training.rundir import (EpochCheckpoint, OutputDirLock, log,
-                                      open_state, restore, shape_text)
+from effkeras.training.rundir import (
+    EpochCheckpoint,
+    OutputDirLock,
+    log,
+    open_state,
+    restore,
+    shape_text,
+)
 
 __all__ = ["TrainConfig", "train"]
 
@@ -119,14 +125,24 @@ def _run(stage, *, strategy, chief=True):
     classes = known_classes(config.dataset)
     splits = None if classes else _load_splits(config, plan, stage.recipe)  # ImageNet: folders
     built = stage.build(plan, classes or splits[0].num_classes, strategy)
-    check_memory(built.student, info=stage.info, recipe=built.recipe, plan=plan,
-                 teacher=built.teacher, batch_from_flag=bool(config.batch_size))
+    check_memory(
+        built.student,
+        info=stage.info,
+        recipe=built.recipe,
+        plan=plan,
+        teacher=built.teacher,
+        batch_from_flag=bool(config.batch_size),
+    )
     train_split, test_split = splits or _load_splits(config, plan, stage.recipe)
     if train_split.num_classes != built.num_classes:  # defensive: the data and its table differ
         built = stage.build(plan, train_split.num_classes, strategy)
     stage.prepare(built, train_split, fresh=state is None)
-    plan = plan.with_data(stage.epochs(built.recipe), built.num_classes,
-                          train_split.num_examples, config.steps_per_epoch)
+    plan = plan.with_data(
+        stage.epochs(built.recipe),
+        built.num_classes,
+        train_split.num_examples,
+        config.steps_per_epoch,
+    )
     state = open_state(config.output_dir, state, plan.identity)
     if plan.replicas > 1:
         distribute.synchronize_batch_norm(built.student)
@@ -142,8 +158,16 @@ def _run(stage, *, strategy, chief=True):
     distribute.build_for_fit(built.model, strategy, train_data)
     started = time.time()
     with train_split.errors_as_input_errors(), test_split.errors_as_input_errors():
-        test = _fit(stage, built, plan, state, train_data, test_data,
-                    test_steps=-(-test_split.num_examples // plan.batch_size), chief=chief)
+        test = _fit(
+            stage,
+            built,
+            plan,
+            state,
+            train_data,
+            test_data,
+            test_steps=-(-test_split.num_examples // plan.batch_size),
+            chief=chief,
+        )
     return _finish(stage, built, plan, state, test, started, chief=chief)
 
 
@@ -151,14 +175,26 @@ def _load_splits(config, plan, recipe):
     """(train, test) DataSplits at the plan's input shape and batch; the train split's epochs
     from the resumed one on, in the order an uninterrupted run sees them."""
     train_augment = dict(recipe.augment).get(config.dataset)
-    train_split = data.load(config.dataset, "train", input_shape=plan.input_shape,
-                            batch_size=plan.batch_size, data_dir=config.data_dir,
-                            seed=config.seed, first_epoch=plan.initial_epoch,
-                            augment_with=train_augment, validation_size=config.validation_size)
+    train_split = data.load(
+        config.dataset,
+        "train",
+        input_shape=plan.input_shape,
+        batch_size=plan.batch_size,
+        data_dir=config.data_dir,
+        seed=config.seed,
+        first_epoch=plan.initial_epoch,
+        augment_with=train_augment,
+        validation_size=config.validation_size,
+    )
     # A recipe that trains on squashed images validates on them too (ERN's official code).
-    test_split = data.load(config.dataset, "test", input_shape=plan.input_shape,
-                           batch_size=plan.batch_size, data_dir=config.data_dir,
-                           augment_with=("squash",) if "squash" in (train_augment or ()) else None)
+    test_split = data.load(
+        config.dataset,
+        "test",
+        input_shape=plan.input_shape,
+        batch_size=plan.batch_size,
+        data_dir=config.data_dir,
+        augment_with=("squash",) if "squash" in (train_augment or ()) else None,
+    )
     return train_split, test_split
 
 
@@ -169,13 +205,21 @@ def _fit_data(train_split, test_split, built, plan, seed):
     train_data, test_data = train_split.dataset, test_split.dataset
     mix = built.recipe.mix
     if mix is not None:
-        train_data = train_data.map(augment.mix_batches(
-            plan.num_classes, mixup_alpha=mix.mixup_alpha, cutmix_alpha=mix.cutmix_alpha,
-            switch_prob=mix.switch_prob, seed=seed + plan.initial_epoch))
+        train_data = train_data.map(
+            augment.mix_batches(
+                plan.num_classes,
+                mixup_alpha=mix.mixup_alpha,
+                cutmix_alpha=mix.cutmix_alpha,
+                switch_prob=mix.switch_prob,
+                seed=seed + plan.initial_epoch,
+            )
+        )
         test_data = test_data.map(augment.one_hot_labels(plan.num_classes))
     num_outputs = len(built.student.outputs)
-    return (recipes.repeat_labels(train_data, num_outputs),
-            recipes.repeat_labels(test_data, num_outputs))
+    return (
+        recipes.repeat_labels(train_data, num_outputs),
+        recipes.repeat_labels(test_data, num_outputs),
+    )
 
 
 def _fit(stage, built, plan, state, train_data, test_data, *, test_steps, chief):
@@ -185,26 +229,36 @@ def _fit(stage, built, plan, state, train_data, test_data, *, test_steps, chief)
     guard = recipe_callbacks.StopOnNaN()
     checkpoint = EpochCheckpoint(config.output_dir, state, guard, write=chief)
     if recipe.ema:  # validation and checkpoints see the EMA weights
-        checkpoint = recipe_callbacks.EmaWeights(checkpoint,
-                                                 restored=bool(state.get("checkpoint")))
-    callbacks = [guard,
-                 recipe_callbacks.Eta(plan.epochs - plan.initial_epoch, plan.steps_per_epoch,
-                                      test_steps, print_fn=log),
-                 *recipe_callbacks.make(recipe.callbacks, plan.epochs),
-                 *stage.callbacks(built, plan),
-                 checkpoint,
-                 *([keras.callbacks.TensorBoard(os.path.join(config.output_dir, "logs"))]
-                   if chief else [])]
+        checkpoint = recipe_callbacks.EmaWeights(checkpoint, restored=bool(state.get("checkpoint")))
+    callbacks = [
+        guard,
+        recipe_callbacks.Eta(
+            plan.epochs - plan.initial_epoch, plan.steps_per_epoch, test_steps, print_fn=log
+        ),
+        *recipe_callbacks.make(recipe.callbacks, plan.epochs),
+        *stage.callbacks(built, plan),
+        checkpoint,
+        *([keras.callbacks.TensorBoard(os.path.join(config.output_dir, "logs"))] if chief else []),
+    ]
     verbose = config.verbose if config.verbose is not None else 1 if sys.stdout.isatty() else 2
     if plan.initial_epoch < plan.epochs:
-        model.fit(train_data, epochs=plan.epochs, initial_epoch=plan.initial_epoch,
-                  steps_per_epoch=plan.steps_per_epoch, validation_data=test_data,
-                  callbacks=callbacks, shuffle=False, verbose=verbose)
+        model.fit(
+            train_data,
+            epochs=plan.epochs,
+            initial_epoch=plan.initial_epoch,
+            steps_per_epoch=plan.steps_per_epoch,
+            validation_data=test_data,
+            callbacks=callbacks,
+            shuffle=False,
+            verbose=verbose,
+        )
     if guard.failed:
-        kept = (f"{config.output_dir} keeps the last good checkpoint, {state['checkpoint']} "
-                f"(epoch {state['epoch']}): rerun with a lower --learning_rate to resume from it"
-                if state.get("checkpoint") else
-                "no epoch was saved: rerun with a lower --learning_rate")
+        kept = (
+            f"{config.output_dir} keeps the last good checkpoint, {state['checkpoint']} "
+            f"(epoch {state['epoch']}): rerun with a lower --learning_rate to resume from it"
+            if state.get("checkpoint")
+            else "no epoch was saved: rerun with a lower --learning_rate"
+        )
         raise InputError(f"training diverged: {guard.failed}; {kept}")
     return model.evaluate(test_data, return_dict=True, verbose=0)
 
@@ -217,11 +271,17 @@ def _finish(stage, built, plan, state, test, started, *, chief):
         with atomic_path(os.path.join(output_dir, "model.keras")) as tmp:
             stage.saveable(student, plan.dtype_policy).save(tmp)
     metrics = {
-        "model": plan.model, "dataset": plan.dataset, "input_shape": list(plan.input_shape),
-        "epochs": state["epoch"], "batch_size": plan.batch_size,
-        "steps_per_epoch": plan.steps_per_epoch, "params": student.count_params(),
-        "history": state["history"], "test": stage.test_metrics(test, len(student.outputs)),
-        "train_seconds": state["train_seconds"], "wall_seconds_this_run": time.time() - started,
+        "model": plan.model,
+        "dataset": plan.dataset,
+        "input_shape": list(plan.input_shape),
+        "epochs": state["epoch"],
+        "batch_size": plan.batch_size,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "params": student.count_params(),
+        "history": state["history"],
+        "test": stage.test_metrics(test, len(student.outputs)),
+        "train_seconds": state["train_seconds"],
+        "wall_seconds_this_run": time.time() - started,
     }
     metrics = plain(metrics)
     if chief:
@@ -255,38 +315,55 @@ def check_memory(model, *, info, recipe, plan, teacher=None, batch_from_flag=Fal
     replicas = plan.replicas
     if dataset in DATASET_IMAGES:
         _, shape, count = DATASET_IMAGES[dataset]
-        dataset_bytes = (count * math.prod(shape) if count
-                         else SYNTHETIC_EXAMPLES * math.prod(input_shape))
+        dataset_bytes = (
+            count * math.prod(shape) if count else SYNTHETIC_EXAMPLES * math.prod(input_shape)
+        )
     else:
         dataset_bytes = 0  # files decoded as they are read
     slots = memory.optimizer_slots(recipe.optimizer) + (1 if recipe.ema else 0)  # EMA: a copy
-    est = memory.estimate(model, batch_size=batch_size, input_shape=input_shape,
-                          optimizer_slots=slots,
-                          dataset_bytes=dataset_bytes, teacher=teacher)
+    est = memory.estimate(
+        model,
+        batch_size=batch_size,
+        input_shape=input_shape,
+        optimizer_slots=slots,
+        dataset_bytes=dataset_bytes,
+        teacher=teacher,
+    )
     gpu = memory.gpu_memory()
     if gpu and replicas > 1:  # each GPU holds the model and its share of the batch
-        est = memory.estimate(model, batch_size=batch_size // replicas, input_shape=input_shape,
-                              optimizer_slots=slots, dataset_bytes=dataset_bytes, teacher=teacher)
+        est = memory.estimate(
+            model,
+            batch_size=batch_size // replicas,
+            input_shape=input_shape,
+            optimizer_slots=slots,
+            dataset_bytes=dataset_bytes,
+            teacher=teacher,
+        )
     if gpu:
         limit, where, in_use = gpu, "this GPU's", 0
         est.data = 0  # the data pipeline stays in host memory
     else:
         limit, where, in_use = memory.machine_memory(), "this machine's", memory.resident_bytes()
     budget = memory.USABLE_FRACTION * limit - in_use
-    log(f"memory: training needs {est.describe()}"
+    log(
+        f"memory: training needs {est.describe()}"
         + (f", + {memory.gib(in_use)} in use now" if in_use else "")
-        + f"; {where} memory is {memory.gib(limit)}")
+        + f"; {where} memory is {memory.gib(limit)}"
+    )
     if est.total <= budget:
         return est
-    need = (f"training {info.name} at input {shape_text(input_shape)} with batch {batch_size} "
-            f"needs ~{memory.gib(est.total)}, more than {memory.USABLE_FRACTION:.0%} of {where} "
-            f"{memory.gib(limit)}" + (f" ({memory.gib(in_use)} in use)" if in_use else ""))
+    need = (
+        f"training {info.name} at input {shape_text(input_shape)} with batch {batch_size} "
+        f"needs ~{memory.gib(est.total)}, more than {memory.USABLE_FRACTION:.0%} of {where} "
+        f"{memory.gib(limit)}" + (f" ({memory.gib(in_use)} in use)" if in_use else "")
+    )
     fits = memory.power_of_two_at_most(memory.largest_batch(est, budget))
     fits *= replicas if gpu else 1  # a global batch
     if fits:
         source = "" if batch_from_flag else f" (the recipe's batch is {batch_size})"
-        raise InputError(f"{need}{source}: use --batch_size={fits} or less, or a smaller "
-                         f"--input_shape")
+        raise InputError(
+            f"{need}{source}: use --batch_size={fits} or less, or a smaller --input_shape"
+        )
     # Not even batch 1: activations and prefetch grow with height x width.
     height, width, channels = input_shape
     step = info.min_input_size
@@ -297,10 +374,12 @@ def check_memory(model, *, info, recipe, plan, teacher=None, batch_from_flag=Fal
         per_example = est.per_example * scale
         if room >= per_example:
             batch = memory.power_of_two_at_most(int(room // per_example))
-            raise InputError(f"{need}, even at batch 1: use --input_shape={side},{side},{channels} "
-                             f"with --batch_size={batch}" + (" or less" if batch > 1 else ""))
-    raise InputError(f"{need}: its parameters and optimizer state alone need "
-                     f"{memory.gib(est.parameters + est.runtime)}; train it on a machine with more "
-                     f"memory")
-
-
+            raise InputError(
+                f"{need}, even at batch 1: use --input_shape={side},{side},{channels} "
+                f"with --batch_size={batch}" + (" or less" if batch > 1 else "")
+            )
+    raise InputError(
+        f"{need}: its parameters and optimizer state alone need "
+        f"{memory.gib(est.parameters + est.runtime)}; train it on a machine with more "
+        f"memory"
+    )

@@ -24,11 +24,16 @@ _BLOCK_OUTPUT = re.compile(r"^block(\d+)_out$")
 
 def block_names(model):
     """["block1", "block2", ...] of a model with `block<b>_out` layers, in order."""
-    numbers = sorted(int(m.group(1)) for m in map(_BLOCK_OUTPUT.match,
-                                                  (layer.name for layer in model.layers)) if m)
+    numbers = sorted(
+        int(m.group(1))
+        for m in map(_BLOCK_OUTPUT.match, (layer.name for layer in model.layers))
+        if m
+    )
     if not numbers or numbers != list(range(1, len(numbers) + 1)):
-        raise InputError(f"{model.name} has no blocks named block1_out, block2_out, ...: "
-                         f"knowledge transfer matches features block by block")
+        raise InputError(
+            f"{model.name} has no blocks named block1_out, block2_out, ...: "
+            f"knowledge transfer matches features block by block"
+        )
     return [f"block{b}" for b in numbers]
 
 
@@ -43,8 +48,10 @@ class FeatureTransfer(keras.Model):
         self.teacher.trainable = False
         self.blocks = block_names(student)
         if block_names(teacher) != self.blocks:
-            raise InputError(f"the teacher has blocks {block_names(teacher)} and the student "
-                             f"{self.blocks}: knowledge transfer needs the same blocks")
+            raise InputError(
+                f"the teacher has blocks {block_names(teacher)} and the student "
+                f"{self.blocks}: knowledge transfer needs the same blocks"
+            )
         for model in (student, teacher):
             if STEM not in (layer.name for layer in model.layers):
                 raise InputError(f"{model.name} has no `{STEM}` layer to copy the stem from")
@@ -62,8 +69,10 @@ class FeatureTransfer(keras.Model):
         cache = self._features.models
         if block not in cache:
             name = f"{self.blocks[block - 1]}_out"
-            cache[block] = tuple(keras.Model(model.input, model.get_layer(name).output)
-                                 for model in (self.student, self.teacher))
+            cache[block] = tuple(
+                keras.Model(model.input, model.get_layer(name).output)
+                for model in (self.student, self.teacher)
+            )
         return cache[block]
 
     def block_layers(self, block):
@@ -85,16 +94,16 @@ class FeatureTransfer(keras.Model):
         super().compile(optimizer=optimizer, **kwargs)
         self.student.get_layer(STEM).trainable = False  # copied from the teacher, frozen
         # Built on every block's variables at once: one optimizer state through all blocks.
-        self.optimizer.build([v for b in range(1, len(self.blocks) + 1)
-                              for v in self.block_variables(b)])
+        self.optimizer.build(
+            [v for b in range(1, len(self.blocks) + 1) for v in self.block_variables(b)]
+        )
 
     def compile_from_config(self, config):
         self.compile(keras.saving.deserialize_keras_object(config)["optimizer"])
 
     def _loss(self, x, training):
         student, teacher = self._prefixes(self.block)
-        return ops.mean(ops.square(student(x, training=training)
-                                   - teacher(x, training=False)))
+        return ops.mean(ops.square(student(x, training=training) - teacher(x, training=False)))
 
     def train_step(self, data):
         import tensorflow as tf
@@ -116,15 +125,19 @@ class FeatureTransfer(keras.Model):
         return {"loss": self.loss_tracker.result()}
 
     def get_config(self):
-        return {"student": keras.saving.serialize_keras_object(self.student),
-                "teacher": keras.saving.serialize_keras_object(self.teacher),
-                "block": self.block}
+        return {
+            "student": keras.saving.serialize_keras_object(self.student),
+            "teacher": keras.saving.serialize_keras_object(self.teacher),
+            "block": self.block,
+        }
 
     @classmethod
     def from_config(cls, config):
-        return cls(keras.saving.deserialize_keras_object(config["student"]),
-                   keras.saving.deserialize_keras_object(config["teacher"]),
-                   block=config.get("block", 1))
+        return cls(
+            keras.saving.deserialize_keras_object(config["student"]),
+            keras.saving.deserialize_keras_object(config["teacher"]),
+            block=config.get("block", 1),
+        )
 
 
 class _Cache:
@@ -150,5 +163,7 @@ class BlockSchedule(keras.callbacks.Callback):
             model.make_train_function(force=True)
             model.make_test_function(force=True)
         if epoch % self.epochs_per_block == 0:
-            self.print_fn(f"knowledge transfer: block {block} of {len(model.blocks)} "
-                          f"(features after {model.blocks[block - 1]}_out)")
+            self.print_fn(
+                f"knowledge transfer: block {block} of {len(model.blocks)} "
+                f"(features after {model.blocks[block - 1]}_out)"
+            )

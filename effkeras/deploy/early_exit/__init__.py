@@ -22,14 +22,46 @@ The exit logic (thresholds, exits taken, the thresholds file) is effkeras.early_
 """
 
 from effkeras.deploy.early_exit.convert import TARGETS, convert, has_form
-from effkeras.deploy.early_exit.description import (FORMAT, METADATA_NAME, RULE, app_fields,
-                                                    describe, description, is_early_exit_file,
-                                                    stage_files, with_description)
+from effkeras.deploy.early_exit.description import (
+    FORMAT,
+    METADATA_NAME,
+    RULE,
+    app_fields,
+    describe,
+    description,
+    is_early_exit_file,
+    stage_files,
+    with_description,
+)
 from effkeras.deploy.early_exit.runner import Decisions, Runner
-from effkeras.deploy.early_exit.stages import (SIGNATURE, check_multi_exit, export_stages,
-                                               run_stages, split_stages, stage_number)
+from effkeras.deploy.early_exit.stages import (
+    SIGNATURE,
+    check_multi_exit,
+    export_stages,
+    run_stages,
+    split_stages,
+    stage_number,
+)
 
-__all__ = ["FORMAT", "METADATA_NAME", "RULE", "SIGNATURE", "TARGETS", "Decisions", "Runner",
-           "app_fields", "check_multi_exit", "convert", "describe", "description",
-           "export_stages", "has_form", "is_early_exit_file", "run_stages", "split_stages",
-           "stage_files", "stage_number", "with_description"]
+__all__ = [
+    "FORMAT",
+    "METADATA_NAME",
+    "RULE",
+    "SIGNATURE",
+    "TARGETS",
+    "Decisions",
+    "Runner",
+    "app_fields",
+    "check_multi_exit",
+    "convert",
+    "describe",
+    "description",
+    "export_stages",
+    "has_form",
+    "is_early_exit_file",
+    "run_stages",
+    "split_stages",
+    "stage_files",
+    "stage_number",
+    "with_description",
+]

@@ -23,11 +23,20 @@ import numpy as np
 
 from effkeras import early_exit
 from effkeras.deploy import verify
-from effkeras.deploy.early_exit.description import (describe, description, stage_files,
-                                                    with_description)
+from effkeras.deploy.converter import (
+    convert_saved_model,
+    float_ops,
+    quantize_saved_model,
+    top1_agreement,
+)
+from effkeras.deploy.early_exit.description import (
+    describe,
+    description,
+    stage_files,
+    with_description,
+)
 from effkeras.deploy.early_exit.runner import Runner, _micro_stages
 from effkeras.deploy.early_exit.stages import SIGNATURE, export_stages, run_stages, split_stages
-from effkeras.deploy.converter import convert_saved_model, float_ops, quantize_saved_model, top1_agreement
 from effkeras.deploy.flatbuffer import op_census, operators, signatures
 from effkeras.deploy.report import EarlyExitInt8Report, EarlyExitTFLiteReport, EarlyExitTflmReport
 from effkeras.errors import InputError
@@ -36,8 +45,12 @@ from effkeras.graph import summary
 TARGETS = ("float", "float16", "int8", "tflm", "ethos-u*")
 _CALIBRATION_BATCH = 32
 # The report class of each target's early-exit form (ethos-u*: int8's, then Vela's rows).
-REPORTS = {"float": EarlyExitTFLiteReport, "float16": EarlyExitTFLiteReport,
-           "int8": EarlyExitInt8Report, "tflm": EarlyExitTflmReport}
+REPORTS = {
+    "float": EarlyExitTFLiteReport,
+    "float16": EarlyExitTFLiteReport,
+    "int8": EarlyExitInt8Report,
+    "tflm": EarlyExitTflmReport,
+}
 
 
 def has_form(target):
@@ -53,9 +66,21 @@ def has_form(target):
     return target in TARGETS or target.startswith("ethos-u")
 
 
-def convert(model, target, *, calibration=None, sample=None, io=None, thresholds=None,
-            allow_float_fallback=False, input_range=verify.PIXEL_RANGE, max_rel_diff=None,
-            calibration_samples=None, calibration_source=None, **vela_options):
+def convert(
+    model,
+    target,
+    *,
+    calibration=None,
+    sample=None,
+    io=None,
+    thresholds=None,
+    allow_float_fallback=False,
+    input_range=verify.PIXEL_RANGE,
+    max_rel_diff=None,
+    calibration_samples=None,
+    calibration_source=None,
+    **vela_options,
+):
     """The early-exit file of a multi-exit Keras model for `target`, verified.
 
     Checks: the chained stages' K exits against the Keras model's on `sample`; int8: every op
@@ -99,17 +124,28 @@ def convert(model, target, *, calibration=None, sample=None, io=None, thresholds
         if io not in (None, "int8"):
             raise InputError(f"{target} stages hand on int8 state; io={io} is not possible")
         flatbuffer, report = convert(
-            model, "int8", calibration=calibration, sample=sample, io="int8",
-            thresholds=thresholds, input_range=input_range, max_rel_diff=max_rel_diff,
-            calibration_samples=calibration_samples, calibration_source=calibration_source)
+            model,
+            "int8",
+            calibration=calibration,
+            sample=sample,
+            io="int8",
+            thresholds=thresholds,
+            input_range=input_range,
+            max_rel_diff=max_rel_diff,
+            calibration_samples=calibration_samples,
+            calibration_source=calibration_source,
+        )
         return _vela_stages(flatbuffer, report, target, vela_options)
     if vela_options:
-        raise InputError(f"{', '.join(sorted(vela_options))} go(es) with an ethos-u target, "
-                         f"not {target}")
+        raise InputError(
+            f"{', '.join(sorted(vela_options))} go(es) with an ethos-u target, not {target}"
+        )
     if target not in TARGETS:
-        raise InputError(f"target {target} has no early-exit form (one file, or one per stage, "
-                         f"for {', '.join(TARGETS)}); to convert the graph of all exits at once, "
-                         f"pass early_exit=False (apps.convert: --noearly_exit)")
+        raise InputError(
+            f"target {target} has no early-exit form (one file, or one per stage, "
+            f"for {', '.join(TARGETS)}); to convert the graph of all exits at once, "
+            f"pass early_exit=False (apps.convert: --noearly_exit)"
+        )
     # Phones hand float state from signature to signature; microcontrollers int8 state, a
     # quarter of the bytes held between stages and of each stage's arena.
     if io is not None and io not in tflite.IO_TYPES:
@@ -120,8 +156,11 @@ def convert(model, target, *, calibration=None, sample=None, io=None, thresholds
     stages = split_stages(model)
     costs = summary.exit_costs(model)
     exit_flops = [int(c["flops"]) for c in costs]
-    chosen = (None if thresholds is None
-              else early_exit.load_thresholds(thresholds, len(stages), exit_flops)["thresholds"])
+    chosen = (
+        None
+        if thresholds is None
+        else early_exit.load_thresholds(thresholds, len(stages), exit_flops)["thresholds"]
+    )
     if sample is None:
         sample = verify.random_sample(model, input_range)
     verify.check_sample(model, sample)
@@ -145,8 +184,8 @@ def convert(model, target, *, calibration=None, sample=None, io=None, thresholds
             flatbuffer = float_file(_float16)
         else:
             flatbuffer = quantize_saved_model(
-                directory, _stage_calibration(stages, calibration), io, model.name, float_file,
-                keys)
+                directory, _stage_calibration(stages, calibration), io, model.name, float_file, keys
+            )
     ops = operators(flatbuffer)
     left_float = float_ops(ops) if quantized else []
     if left_float and (target == "tflm" or not allow_float_fallback):
@@ -154,36 +193,62 @@ def convert(model, target, *, calibration=None, sample=None, io=None, thresholds
             f"{len(left_float)} op(s) of {model.name} stayed float in the int8 file: "
             f"{', '.join(left_float[:5])}{' ...' if len(left_float) > 5 else ''}. TFLite has no "
             f"int8 kernel for them; replace those layers"
-            + ("" if target == "tflm" else ", or pass --allow_float_fallback"))
-    described = describe(flatbuffer, stages, costs, model_name=model.name, target=target,
-                         io=io if quantized else "float", thresholds=chosen)
+            + ("" if target == "tflm" else ", or pass --allow_float_fallback")
+        )
+    described = describe(
+        flatbuffer,
+        stages,
+        costs,
+        model_name=model.name,
+        target=target,
+        io=io if quantized else "float",
+        thresholds=chosen,
+    )
     artifacts, micro = {}, {}
     if target == "tflm":
-        flatbuffer, described, artifacts, micro = _stage_files_checked(flatbuffer, described,
-                                                                       sample, model.name)
+        flatbuffer, described, artifacts, micro = _stage_files_checked(
+            flatbuffer, described, sample, model.name
+        )
     else:
         flatbuffer = with_description(flatbuffer, described)
     runner = Runner(flatbuffer)
     expected = model.predict(sample, verbose=0)
     actual = runner.exit_outputs(sample)
-    limit = max_rel_diff if max_rel_diff is not None else tflite.MAX_REL_DIFF[
-        "int8" if quantized else target]
+    limit = (
+        max_rel_diff
+        if max_rel_diff is not None
+        else tflite.MAX_REL_DIFF["int8" if quantized else target]
+    )
     abs_diff, rel_diff, _ = verify.check_agreement(
-        expected, actual, max_rel_diff=limit, what=f"{target} file's chained stages",
-        model=model, sample=sample, input_range=input_range)
+        expected,
+        actual,
+        max_rel_diff=limit,
+        what=f"{target} file's chained stages",
+        model=model,
+        sample=sample,
+        input_range=input_range,
+    )
     fields = dict(
-        target=target, size_bytes=len(flatbuffer), op_census=op_census(ops),
-        max_abs_diff=abs_diff, max_rel_diff=rel_diff, samples=verify.batch_size(sample),
-        top1_agreement=top1_agreement(expected, actual), exits=len(stages),
+        target=target,
+        size_bytes=len(flatbuffer),
+        op_census=op_census(ops),
+        max_abs_diff=abs_diff,
+        max_rel_diff=rel_diff,
+        samples=verify.batch_size(sample),
+        top1_agreement=top1_agreement(expected, actual),
+        exits=len(stages),
         exit_max_rel_diff=tuple(verify.max_diffs(e, a)[1] for e, a in zip(expected, actual)),
-        exit_top1_agreement=tuple(top1_agreement(e, a)
-                                  for e, a in zip(expected, actual)),
-        stages=_stage_rows(described), thresholds=None if chosen is None else tuple(chosen),
-        description=described)
+        exit_top1_agreement=tuple(top1_agreement(e, a) for e, a in zip(expected, actual)),
+        stages=_stage_rows(described),
+        thresholds=None if chosen is None else tuple(chosen),
+        description=described,
+    )
     if quantized:
-        fields.update(io=io, float_ops=tuple(left_float),
-                      calibration=calibration_source or f"{verify.batch_size(calibration)} "
-                                                        f"given inputs")
+        fields.update(
+            io=io,
+            float_ops=tuple(left_float),
+            calibration=calibration_source or f"{verify.batch_size(calibration)} given inputs",
+        )
     report = REPORTS[target](**fields, **micro)
     report.artifacts = artifacts
     return flatbuffer, report
@@ -199,10 +264,18 @@ def _vela_stages(flatbuffer, report, accelerator, options):
     for k, (stage_file, row) in enumerate(zip(stage_files(flatbuffer), report.stages), start=1):
         compiled, vela = ethos_u.compile_for(stage_file, accelerator=accelerator, **options)
         artifacts[f"_stage{k}.tflite"] = compiled
-        stages.append(dict(row, file_bytes=len(compiled), cycles_total=vela.cycles_total,
-                           inferences_per_second=vela.inferences_per_second,
-                           sram_bytes=vela.sram_bytes, npu_ops=vela.npu_ops,
-                           cpu_ops=vela.cpu_ops, npu_macs=vela.npu_macs))
+        stages.append(
+            dict(
+                row,
+                file_bytes=len(compiled),
+                cycles_total=vela.cycles_total,
+                inferences_per_second=vela.inferences_per_second,
+                sram_bytes=vela.sram_bytes,
+                npu_ops=vela.npu_ops,
+                cpu_ops=vela.cpu_ops,
+                npu_macs=vela.npu_macs,
+            )
+        )
     report = dataclasses.replace(report, target=accelerator, stages=tuple(stages))
     report.artifacts = artifacts
     return flatbuffer, report
@@ -222,23 +295,33 @@ def _stage_calibration(stages, calibration):
     traces = []
     for start in range(0, len(arrays[0]), _CALIBRATION_BATCH):
         trace = []
-        run_stages(stages, [np.asarray(a[start:start + _CALIBRATION_BATCH], np.float32)
-                            for a in arrays], trace)
+        run_stages(
+            stages,
+            [np.asarray(a[start : start + _CALIBRATION_BATCH], np.float32) for a in arrays],
+            trace,
+        )
         traces.append(trace)
-    return {SIGNATURE.format(stage.stage): {
-        name: np.concatenate([trace[stage.stage - 1][name] for trace in traces])
-        for name in stage.input_names} for stage in stages}
+    return {
+        SIGNATURE.format(stage.stage): {
+            name: np.concatenate([trace[stage.stage - 1][name] for trace in traces])
+            for name in stage.input_names
+        }
+        for stage in stages
+    }
 
 
 def _stage_rows(described):
     rows = []
     for stage in described["stages"]:
-        row = {"stage": stage["stage"], "exit": stage["exit"], "flops": stage["flops"],
-               "stage_macs": stage["stage_macs"],
-               "state_in_bytes": sum(t["bytes"] for t in stage["reads"]) if stage["stage"] > 1
-               else 0,
-               "state_out_bytes": sum(t["bytes"] for t in stage["hands_on"]),
-               "held_state_bytes": stage["held_state_bytes"]}
+        row = {
+            "stage": stage["stage"],
+            "exit": stage["exit"],
+            "flops": stage["flops"],
+            "stage_macs": stage["stage_macs"],
+            "state_in_bytes": sum(t["bytes"] for t in stage["reads"]) if stage["stage"] > 1 else 0,
+            "state_out_bytes": sum(t["bytes"] for t in stage["hands_on"]),
+            "held_state_bytes": stage["held_state_bytes"],
+        }
         for key in ("arena_bytes", "file_bytes", "max_lsb_diff"):
             if key in stage:
                 row[key] = stage[key]
@@ -249,9 +332,12 @@ def _stage_rows(described):
 def _output_steps(flatbuffer):
     """{output name: quantization step} of a single-stage file's outputs: their own scale
     (int8 outputs), or that of the int8 tensor a float output is dequantized from."""
-    (_, _, outputs), = signatures(flatbuffer).values()
-    dequantized = {op.outputs[0].name: op.inputs[0].scale for op in operators(flatbuffer)
-                   if op.type == "DEQUANTIZE"}
+    ((_, _, outputs),) = signatures(flatbuffer).values()
+    dequantized = {
+        op.outputs[0].name: op.inputs[0].scale
+        for op in operators(flatbuffer)
+        if op.type == "DEQUANTIZE"
+    }
     steps = {}
     for name, tensor in outputs.items():
         scale = tensor.scale or dequantized.get(tensor.name) or (1.0,)
@@ -269,10 +355,11 @@ def _stage_files_checked(flatbuffer, described, sample, name):
     try:
         micro = _micro_stages([(f, SIGNATURE.format(k)) for k, f in enumerate(files, start=1)])
     except Exception as e:  # RuntimeError from the C++ side: an op TFLite Micro lacks
-        raise InputError(f"TFLite Micro cannot run these stage files: "
-                         f"{str(e).strip().splitlines()[0]}; it has no kernel for one of their "
-                         f"ops ({', '.join(op_census(operators(flatbuffer)))})"
-                         ) from None
+        raise InputError(
+            f"TFLite Micro cannot run these stage files: "
+            f"{str(e).strip().splitlines()[0]}; it has no kernel for one of their "
+            f"ops ({', '.join(op_census(operators(flatbuffer)))})"
+        ) from None
     litert, trace = Runner(with_description(flatbuffer, described)), []
     litert.exit_outputs(sample, trace=trace)  # each stage's inputs, as LiteRT chains them
     lite = litert._stages
@@ -282,26 +369,35 @@ def _stage_files_checked(flatbuffer, described, sample, name):
             encoded = lite[k].encode(inputs)
             a, b = lite[k].run(encoded), micro[k].run(encoded)
             for output in a:
-                difference = np.abs(np.asarray(a[output], np.float64)
-                                    - np.asarray(b[output], np.float64))
+                difference = np.abs(
+                    np.asarray(a[output], np.float64) - np.asarray(b[output], np.float64)
+                )
                 if not np.issubdtype(np.asarray(a[output]).dtype, np.integer):
                     difference = difference / steps[k][output]
                 diffs[k].append(np.round(difference).ravel())
     largest = [int(np.concatenate(d).max()) for d in diffs]
     mean = float(np.mean(np.concatenate([np.concatenate(d) for d in diffs])))
     if max(largest) > tflm.MAX_LSB_DIFF or mean > tflm.MAX_MEAN_LSB_DIFF:
-        raise RuntimeError(f"TFLite Micro's stage outputs differ from LiteRT's by up to "
-                           f"{max(largest)} LSB, {mean:.2f} on average (limits "
-                           f"{tflm.MAX_LSB_DIFF}, {tflm.MAX_MEAN_LSB_DIFF}): TFLite Micro "
-                           f"computes these stage files differently")
+        raise RuntimeError(
+            f"TFLite Micro's stage outputs differ from LiteRT's by up to "
+            f"{max(largest)} LSB, {mean:.2f} on average (limits "
+            f"{tflm.MAX_LSB_DIFF}, {tflm.MAX_MEAN_LSB_DIFF}): TFLite Micro "
+            f"computes these stage files differently"
+        )
     arenas = [tflm.arena_bytes(f) for f in files]
     described = dict(described, target="tflm")
     sizes = [len(f) for f in files]
     for _ in range(4):  # the stage files carry the description, which holds their sizes
         described["stages"] = [
-            dict(stage, arena_bytes=arena, file_bytes=size, max_lsb_diff=lsb,
-                 file_suffix=f"_stage{stage['stage']}.tflite")
-            for stage, arena, size, lsb in zip(described["stages"], arenas, sizes, largest)]
+            dict(
+                stage,
+                arena_bytes=arena,
+                file_bytes=size,
+                max_lsb_diff=lsb,
+                file_suffix=f"_stage{stage['stage']}.tflite",
+            )
+            for stage, arena, size, lsb in zip(described["stages"], arenas, sizes, largest)
+        ]
         tagged = with_description(flatbuffer, described)
         files = stage_files(tagged)
         if [len(f) for f in files] == sizes:
@@ -312,13 +408,18 @@ def _stage_files_checked(flatbuffer, described, sample, name):
     for k, (f, arena) in enumerate(zip(files, arenas), start=1):
         stage_name = f"{name}_stage{k}"
         artifacts[f"_stage{k}.tflite"] = f
-        artifacts[f"_stage{k}_model_data.h"] = (
-            lambda stem, n=stage_name, f=f, a=arena: tflm.c_header(n, len(f), a))
-        artifacts[f"_stage{k}_model_data.cc"] = (
-            lambda stem, n=stage_name, f=f, k=k: tflm.c_source(n, f, f"{stem}_stage{k}"))
-    return flatbuffer, described, artifacts, {"max_lsb_diff": max(largest),
-                                              "mean_lsb_diff": round(mean, 3),
-                                              "arena_bytes": max(arenas)}
+        artifacts[f"_stage{k}_model_data.h"] = lambda stem, n=stage_name, f=f, a=arena: (
+            tflm.c_header(n, len(f), a)
+        )
+        artifacts[f"_stage{k}_model_data.cc"] = lambda stem, n=stage_name, f=f, k=k: tflm.c_source(
+            n, f, f"{stem}_stage{k}"
+        )
+    return (
+        flatbuffer,
+        described,
+        artifacts,
+        {"max_lsb_diff": max(largest), "mean_lsb_diff": round(mean, 3), "arena_bytes": max(arenas)},
+    )
 
 
 def _convert_file(flatbuffer, target, *, sample=None, thresholds=None, io=None):
@@ -327,27 +428,47 @@ def _convert_file(flatbuffer, target, *, sample=None, thresholds=None, io=None):
     from effkeras.deploy import tflite
 
     if target != "tflm":
-        raise InputError(f"a given early-exit file converts to TFLite Micro stage files "
-                         f"(--target=tflm) only; for {target}, convert the Keras model")
+        raise InputError(
+            f"a given early-exit file converts to TFLite Micro stage files "
+            f"(--target=tflm) only; for {target}, convert the Keras model"
+        )
     described = description(flatbuffer)
     if io is not None and io != described["io"]:
-        raise InputError(f"this file's stages take and hand on {described['io']} tensors, not "
-                         f"{io}: convert the Keras model with io={io}")
+        raise InputError(
+            f"this file's stages take and hand on {described['io']} tensors, not "
+            f"{io}: convert the Keras model with io={io}"
+        )
     ops = tflite.check_int8_file(flatbuffer, "tflm")
     count = described["num_exits"]
     if thresholds is not None:
-        described = dict(described, thresholds=early_exit.load_thresholds(
-            thresholds, count, described["exit_flops"])["thresholds"])
+        described = dict(
+            described,
+            thresholds=early_exit.load_thresholds(thresholds, count, described["exit_flops"])[
+                "thresholds"
+            ],
+        )
     if sample is None:
-        sample = verify.random_inputs([tuple(t["shape"][1:])
-                                       for t in described["stages"][0]["reads"]])
-    flatbuffer, described, artifacts, micro = _stage_files_checked(flatbuffer, described, sample,
-                                                                   described["model"])
+        sample = verify.random_inputs(
+            [tuple(t["shape"][1:]) for t in described["stages"][0]["reads"]]
+        )
+    flatbuffer, described, artifacts, micro = _stage_files_checked(
+        flatbuffer, described, sample, described["model"]
+    )
     chosen = described.get("thresholds")
     report = EarlyExitTflmReport(
-        target="tflm", size_bytes=len(flatbuffer), op_census=op_census(ops),
-        max_abs_diff=None, max_rel_diff=None, samples=0, calibration="(given file)",
-        io=described["io"], exits=count, stages=_stage_rows(described),
-        thresholds=None if chosen is None else tuple(chosen), description=described, **micro)
+        target="tflm",
+        size_bytes=len(flatbuffer),
+        op_census=op_census(ops),
+        max_abs_diff=None,
+        max_rel_diff=None,
+        samples=0,
+        calibration="(given file)",
+        io=described["io"],
+        exits=count,
+        stages=_stage_rows(described),
+        thresholds=None if chosen is None else tuple(chosen),
+        description=described,
+        **micro,
+    )
     report.artifacts = artifacts
     return flatbuffer, report

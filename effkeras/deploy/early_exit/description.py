@@ -14,15 +14,22 @@ import math
 import numpy as np
 
 from effkeras.deploy.early_exit.stages import SIGNATURE, stage_number
-from effkeras.deploy.flatbuffer import (check_flatbuffer, metadata, signature_file, signatures,
-                                        with_metadata)
+from effkeras.deploy.flatbuffer import (
+    check_flatbuffer,
+    metadata,
+    signature_file,
+    signatures,
+    with_metadata,
+)
 from effkeras.errors import InputError
 
 METADATA_NAME = "effkeras_early_exit"
 FORMAT = "effkeras.early_exit/1"
-RULE = ("run stage_1 on the image, then stage_k on the tensors earlier stages handed on (by "
-        "name); stop at the first exit k whose softmax maximum is >= thresholds[k-1] (the last "
-        "threshold is 0: the last exit always answers)")
+RULE = (
+    "run stage_1 on the image, then stage_k on the tensors earlier stages handed on (by "
+    "name); stop at the first exit k whose softmax maximum is >= thresholds[k-1] (the last "
+    "threshold is 0: the last exit always answers)"
+)
 
 
 def description(flatbuffer):
@@ -60,8 +67,7 @@ def with_description(flatbuffer, described):
     Returns:
         The bytes of the new file.
     """
-    return with_metadata(flatbuffer, METADATA_NAME,
-                         json.dumps(described, sort_keys=True).encode())
+    return with_metadata(flatbuffer, METADATA_NAME, json.dumps(described, sort_keys=True).encode())
 
 
 def is_early_exit_file(flatbuffer):
@@ -99,17 +105,22 @@ def stage_files(flatbuffer):
     keys = list(signatures(flatbuffer))
     numbered = sorted((stage_number(key), key) for key in keys if stage_number(key))
     if len(numbered) < 2 or [n for n, _ in numbered] != list(range(1, len(numbered) + 1)):
-        raise InputError(f"expected a file with signatures stage_1 ... stage_K (an early-exit "
-                         f"file written by effkeras); this one has {sorted(keys) or 'none'}")
+        raise InputError(
+            f"expected a file with signatures stage_1 ... stage_K (an early-exit "
+            f"file written by effkeras); this one has {sorted(keys) or 'none'}"
+        )
     return [signature_file(flatbuffer, key) for _, key in numbered]
 
 
 def _tensor_entry(name, tensor):
-    entry = {"name": name, "shape": list(tensor.shape), "dtype": tensor.dtype,
-             "bytes": int(math.prod(tensor.shape) * np.dtype(tensor.dtype).itemsize)}
+    entry = {
+        "name": name,
+        "shape": list(tensor.shape),
+        "dtype": tensor.dtype,
+        "bytes": int(math.prod(tensor.shape) * np.dtype(tensor.dtype).itemsize),
+    }
     if tensor.scale:
-        entry["quantization"] = {"scale": list(tensor.scale),
-                                 "zero_point": list(tensor.zero_point)}
+        entry["quantization"] = {"scale": list(tensor.scale), "zero_point": list(tensor.zero_point)}
     return entry
 
 
@@ -134,8 +145,9 @@ def describe(flatbuffer, stages, costs, *, model_name, target, io, thresholds=No
     found = signatures(flatbuffer)
     missing = [SIGNATURE.format(s.stage) for s in stages if SIGNATURE.format(s.stage) not in found]
     if missing:
-        raise RuntimeError(f"the converter dropped signature(s) {', '.join(missing)}: the file "
-                           f"has {sorted(found)}")
+        raise RuntimeError(
+            f"the converter dropped signature(s) {', '.join(missing)}: the file has {sorted(found)}"
+        )
     made, sizes = {}, {}  # name -> the stage making it (0: the model's inputs), its bytes
     handed = {}  # name -> its entry where it is made
     for name in stages[0].model_input_names:
@@ -155,27 +167,41 @@ def describe(flatbuffer, stages, costs, *, model_name, target, io, thresholds=No
                 # calibrated different ranges is requantized by the app between the stages
                 entry["from_stage"] = made[name]
                 entry["requantize"] = bool(entry.get("quantization")) and (
-                    entry.get("quantization") != handed[name].get("quantization"))
+                    entry.get("quantization") != handed[name].get("quantization")
+                )
             reads.append(entry)
-        read_later = {name for s in stages[stage.stage:] for name in s.input_names}
-        described.append({
-            "stage": stage.stage, "signature": SIGNATURE.format(stage.stage),
-            "exit": stage.exit_name, "flops": int(cost["flops"]),
-            "stage_macs": int(cost["stage_macs"]), "params": int(cost["params"]),
-            "reads": reads,
-            "logits": _tensor_entry(stage.exit_name, outputs[stage.exit_name]),
-            "hands_on": hands_on,
-            # What the app keeps between this stage and the next: every tensor made so far
-            # that a later stage reads (the image too, if one does).
-            "held_state_bytes": int(sum(sizes[n] for n in read_later
-                                        if made.get(n, stage.stage + 1) <= stage.stage)),
-        })
-    return {"format": FORMAT, "model": model_name, "target": target, "io": io,
-            "num_exits": len(stages), "exits": [stage.exit_name for stage in stages],
-            "inputs": list(stages[0].model_input_names),
-            "exit_flops": [entry["flops"] for entry in described],
-            "thresholds": None if thresholds is None else list(thresholds),
-            "rule": RULE, "stages": described}
+        read_later = {name for s in stages[stage.stage :] for name in s.input_names}
+        described.append(
+            {
+                "stage": stage.stage,
+                "signature": SIGNATURE.format(stage.stage),
+                "exit": stage.exit_name,
+                "flops": int(cost["flops"]),
+                "stage_macs": int(cost["stage_macs"]),
+                "params": int(cost["params"]),
+                "reads": reads,
+                "logits": _tensor_entry(stage.exit_name, outputs[stage.exit_name]),
+                "hands_on": hands_on,
+                # What the app keeps between this stage and the next: every tensor made so far
+                # that a later stage reads (the image too, if one does).
+                "held_state_bytes": int(
+                    sum(sizes[n] for n in read_later if made.get(n, stage.stage + 1) <= stage.stage)
+                ),
+            }
+        )
+    return {
+        "format": FORMAT,
+        "model": model_name,
+        "target": target,
+        "io": io,
+        "num_exits": len(stages),
+        "exits": [stage.exit_name for stage in stages],
+        "inputs": list(stages[0].model_input_names),
+        "exit_flops": [entry["flops"] for entry in described],
+        "thresholds": None if thresholds is None else list(thresholds),
+        "rule": RULE,
+        "stages": described,
+    }
 
 
 def app_fields(report, class_names=None):
@@ -193,11 +219,20 @@ def app_fields(report, class_names=None):
     outputs = []
     for stage in described["stages"]:
         logits = stage["logits"]
-        outputs.append({"name": logits["name"], "signature": stage["signature"],
-                        "shape": logits["shape"], "dtype": logits["dtype"],
-                        "quantization": logits.get("quantization"), "kind": "logits",
-                        "flops": stage["flops"]})
+        outputs.append(
+            {
+                "name": logits["name"],
+                "signature": stage["signature"],
+                "shape": logits["shape"],
+                "dtype": logits["dtype"],
+                "quantization": logits.get("quantization"),
+                "kind": "logits",
+                "flops": stage["flops"],
+            }
+        )
     classes = outputs[0]["shape"][-1] if outputs and outputs[0]["shape"] else 0
-    return {"outputs": outputs,
-            "class_names": list(class_names) if class_names else [str(i) for i in range(classes)],
-            "early_exit": described}
+    return {
+        "outputs": outputs,
+        "class_names": list(class_names) if class_names else [str(i) for i in range(classes)],
+        "early_exit": described,
+    }

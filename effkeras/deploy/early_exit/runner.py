@@ -36,8 +36,11 @@ class _Stage:
         for name, value in values.items():
             details = self.inputs[name]
             quantization = _quantization(details)
-            encoded[name] = (runtime.quantize(value, *quantization, details["dtype"])
-                             if quantization else np.asarray(value, details["dtype"]))
+            encoded[name] = (
+                runtime.quantize(value, *quantization, details["dtype"])
+                if quantization
+                else np.asarray(value, details["dtype"])
+            )
         return encoded
 
     def decode(self, raw):
@@ -46,8 +49,11 @@ class _Stage:
         decoded = {}
         for name, details in self.outputs.items():
             quantization = _quantization(details)
-            decoded[name] = (runtime.dequantize(raw[name], *quantization)
-                             if quantization else np.asarray(raw[name], np.float32))
+            decoded[name] = (
+                runtime.dequantize(raw[name], *quantization)
+                if quantization
+                else np.asarray(raw[name], np.float32)
+            )
         return decoded
 
 
@@ -65,15 +71,21 @@ def _litert_stages(files):
     for flatbuffer, key in files:
         if id(flatbuffer) not in interpreters:
             with runtime.quiet_stderr():
-                interpreters[id(flatbuffer)] = Interpreter(model_content=bytes(flatbuffer),
-                                                           num_threads=1)
+                interpreters[id(flatbuffer)] = Interpreter(
+                    model_content=bytes(flatbuffer), num_threads=1
+                )
         signature = interpreters[id(flatbuffer)].get_signature_runner(key)
 
         def run(arrays, signature=signature):
             return signature(**{name: array[None] for name, array in arrays.items()})
 
-        result.append(_Stage(signature.get_input_details(), signature.get_output_details(),
-                             lambda arrays, run=run: {n: v[0] for n, v in run(arrays).items()}))
+        result.append(
+            _Stage(
+                signature.get_input_details(),
+                signature.get_output_details(),
+                lambda arrays, run=run: {n: v[0] for n, v in run(arrays).items()},
+            )
+        )
     return result
 
 
@@ -84,10 +96,12 @@ def _micro_stages(files):
         model = read_model(flatbuffer)
         subgraph = model.subgraphs[0]
         signature = model.signatureDefs[0]
-        inputs = {m.name.decode(): list(subgraph.inputs).index(m.tensorIndex)
-                  for m in signature.inputs}
-        outputs = {m.name.decode(): list(subgraph.outputs).index(m.tensorIndex)
-                   for m in signature.outputs}
+        inputs = {
+            m.name.decode(): list(subgraph.inputs).index(m.tensorIndex) for m in signature.inputs
+        }
+        outputs = {
+            m.name.decode(): list(subgraph.outputs).index(m.tensorIndex) for m in signature.outputs
+        }
         micro = runtime.TFLiteMicro(flatbuffer)
 
         def run(arrays, micro=micro, inputs=inputs, outputs=outputs):
@@ -97,8 +111,13 @@ def _micro_stages(files):
             raw = micro.run_one(ordered)
             return {name: raw[position] for name, position in outputs.items()}
 
-        result.append(_Stage({n: micro.inputs[i] for n, i in inputs.items()},
-                             {n: micro.outputs[i] for n, i in outputs.items()}, run))
+        result.append(
+            _Stage(
+                {n: micro.inputs[i] for n, i in inputs.items()},
+                {n: micro.outputs[i] for n, i in outputs.items()},
+                run,
+            )
+        )
     return result
 
 
@@ -158,13 +177,15 @@ class Runner:
         files = [_load(m) for m in model] if isinstance(model, (list, tuple)) else [_load(model)]
         self.description = description(files[0])
         if self.description is None or self.description.get("format") != FORMAT:
-            raise InputError("this file carries no early-exit description: give a file written "
-                             "by effkeras.deploy.convert for a multi-exit model")
+            raise InputError(
+                "this file carries no early-exit description: give a file written "
+                "by effkeras.deploy.convert for a multi-exit model"
+            )
         self.num_exits = self.description["num_exits"]
         self.exit_flops = list(self.description["exit_flops"])
         self.runtime = runtime
         pairs = self._stage_files(files)
-        self._stages = (_micro_stages(pairs) if runtime == "tflm" else _litert_stages(pairs))
+        self._stages = _micro_stages(pairs) if runtime == "tflm" else _litert_stages(pairs)
         self.exit_fractions = None  # target fractions from a thresholds file, for `calibrate`
         self.thresholds = self.calibration = None
         if thresholds is not None:
@@ -178,8 +199,10 @@ class Runner:
         if len(files) == 1:
             keys = signatures(files[0])
             if len(keys) == 1:
-                raise InputError(f"this is the file of one stage ({next(iter(keys))}); give all "
-                                 f"{count} stage files, or the K-signature file")
+                raise InputError(
+                    f"this is the file of one stage ({next(iter(keys))}); give all "
+                    f"{count} stage files, or the K-signature file"
+                )
             if self.runtime == "tflm":
                 return [(f, SIGNATURE.format(k + 1)) for k, f in enumerate(stage_files(files[0]))]
             return [(files[0], SIGNATURE.format(k)) for k in range(1, count + 1)]
@@ -187,14 +210,16 @@ class Runner:
         for f in files:
             keys = list(signatures(f))
             if len(keys) != 1 or stage_number(keys[0]) is None:
-                raise InputError(f"expected single-stage files (one signature stage_k each); "
-                                 f"one has {keys}")
+                raise InputError(
+                    f"expected single-stage files (one signature stage_k each); one has {keys}"
+                )
             if description(f) != self.description:
                 raise InputError("these stage files come from different conversions")
             by_stage[stage_number(keys[0])] = (f, keys[0])
         if sorted(by_stage) != list(range(1, count + 1)):
-            raise InputError(f"the model has {count} stages; the files given are stages "
-                             f"{sorted(by_stage)}")
+            raise InputError(
+                f"the model has {count} stages; the files given are stages {sorted(by_stage)}"
+            )
         return [by_stage[k] for k in range(1, count + 1)]
 
     def set_thresholds(self, thresholds):
@@ -226,9 +251,10 @@ class Runner:
         Returns:
             {name: (shape without the batch axis, dtype in the file)}.
         """
-        return {name: (tuple(int(d) for d in details["shape"][1:]),
-                       np.dtype(details["dtype"]).name)
-                for name, details in self._stages[k - 1].inputs.items()}
+        return {
+            name: (tuple(int(d) for d in details["shape"][1:]), np.dtype(details["dtype"]).name)
+            for name, details in self._stages[k - 1].inputs.items()
+        }
 
     def run_stage(self, k, state):
         """Stage k on one example.
@@ -247,38 +273,49 @@ class Runner:
             InputError: no stage k, or the state lacks a tensor or has the wrong shape or type.
         """
         if not 1 <= k <= self.num_exits:
-            raise InputError(f"stage {k} does not exist: the model has stages 1 to "
-                             f"{self.num_exits}")
+            raise InputError(
+                f"stage {k} does not exist: the model has stages 1 to {self.num_exits}"
+            )
         stage = self._stages[k - 1]
         names = list(stage.inputs)
         if isinstance(state, (list, tuple)):
             if len(state) != len(names):
-                raise InputError(f"stage {k} reads {len(names)} tensor(s) ({', '.join(names)}), "
-                                 f"and {len(state)} were given")
+                raise InputError(
+                    f"stage {k} reads {len(names)} tensor(s) ({', '.join(names)}), "
+                    f"and {len(state)} were given"
+                )
             state = dict(zip(names, state))
         if not isinstance(state, dict):
-            raise InputError(f"stage {k} takes a dict {{name: array}} (or a list) of the "
-                             f"tensors it reads: {', '.join(names)}")
+            raise InputError(
+                f"stage {k} takes a dict {{name: array}} (or a list) of the "
+                f"tensors it reads: {', '.join(names)}"
+            )
         missing = [name for name in names if name not in state]
         if missing:
-            raise InputError(f"stage {k} reads {', '.join(missing)}, which the state given "
-                             f"lacks (it has {', '.join(sorted(state)) or 'nothing'}); feed it "
-                             f"what stages 1 to {k - 1} returned")
+            raise InputError(
+                f"stage {k} reads {', '.join(missing)}, which the state given "
+                f"lacks (it has {', '.join(sorted(state)) or 'nothing'}); feed it "
+                f"what stages 1 to {k - 1} returned"
+            )
         raw = {}
         for name, details in stage.inputs.items():
             value = np.asarray(state[name])
             shape = tuple(int(d) for d in details["shape"])
             real = np.issubdtype(details["dtype"], np.floating) or bool(details["quantization"][0])
             if real and value.dtype.kind != "f":
-                raise InputError(f"stage {k}'s input {name} takes float values (the runner "
-                                 f"quantizes them itself), not {value.dtype}")
+                raise InputError(
+                    f"stage {k}'s input {name} takes float values (the runner "
+                    f"quantizes them itself), not {value.dtype}"
+                )
             if not real and value.dtype.kind not in "iu":
                 raise InputError(f"stage {k}'s input {name} takes integers, not {value.dtype}")
             if value.shape == shape:
                 value = value[0]
             if value.shape != shape[1:]:
-                raise InputError(f"stage {k}'s input {name} has shape {shape[1:]} (one "
-                                 f"example), and the array given has {value.shape}")
+                raise InputError(
+                    f"stage {k}'s input {name} has shape {shape[1:]} (one "
+                    f"example), and the array given has {value.shape}"
+                )
             raw[name] = value.astype(np.float32) if real else value
         return stage.decode(stage.run(stage.encode(raw)))
 
@@ -286,8 +323,10 @@ class Runner:
         names = self.description["inputs"]
         images = image if isinstance(image, (list, tuple)) else [image]
         if len(images) != len(names):
-            raise InputError(f"the model takes {len(names)} input(s) ({', '.join(names)}), and "
-                             f"{len(images)} were given")
+            raise InputError(
+                f"the model takes {len(names)} input(s) ({', '.join(names)}), and "
+                f"{len(images)} were given"
+            )
         return dict(zip(names, (np.asarray(x, np.float32) for x in images)))
 
     def _exit_name(self, k):
@@ -308,8 +347,10 @@ class Runner:
             InputError: no thresholds set.
         """
         if self.thresholds is None:
-            raise InputError("no thresholds: give thresholds= (K numbers or a thresholds "
-                             "file), or call calibrate()")
+            raise InputError(
+                "no thresholds: give thresholds= (K numbers or a thresholds "
+                "file), or call calibrate()"
+            )
         state = self._first_state(image)
         for k in range(1, self.num_exits + 1):
             outputs = self.run_stage(k, state)
@@ -332,11 +373,17 @@ class Runner:
             InputError: no thresholds set.
         """
         batches = images if isinstance(images, (list, tuple)) else [images]
-        rows = [self.classify([b[i] for b in batches] if len(batches) > 1 else batches[0][i])
-                for i in range(len(batches[0]))]
+        rows = [
+            self.classify([b[i] for b in batches] if len(batches) > 1 else batches[0][i])
+            for i in range(len(batches[0]))
+        ]
         columns = list(zip(*rows)) if rows else [(), (), (), ()]
-        return Decisions(np.array(columns[0], np.int64), np.array(columns[1], np.int64),
-                         np.array(columns[2], np.int64), np.array(columns[3], np.float32))
+        return Decisions(
+            np.array(columns[0], np.int64),
+            np.array(columns[1], np.int64),
+            np.array(columns[2], np.int64),
+            np.array(columns[3], np.float32),
+        )
 
     def exit_outputs(self, images, trace=None):
         """All K exits' logits of a batch, every stage run.
@@ -387,30 +434,36 @@ class Runner:
             raise InputError("give calibrate() a budget or exit fractions, not both")
         if budget is None and fractions is None:
             if self.exit_fractions is None:
-                raise InputError("calibrate() needs budget= (average FLOPs per image) or "
-                                 "fractions= (K exit shares), or a runner given a thresholds "
-                                 "file with exit_fractions")
+                raise InputError(
+                    "calibrate() needs budget= (average FLOPs per image) or "
+                    "fractions= (K exit shares), or a runner given a thresholds "
+                    "file with exit_fractions"
+                )
             fractions = self.exit_fractions
-        confidences = np.stack([early_exit.max_softmax(z)
-                                for z in self.exit_outputs(images)])
+        confidences = np.stack([early_exit.max_softmax(z) for z in self.exit_outputs(images)])
         if budget is not None:
             _, thresholds = early_exit.thresholds_for_budget(confidences, self.exit_flops, budget)
         else:
             shares = np.asarray(fractions, np.float64)
             if shares.shape != (self.num_exits,) or np.any(shares < 0) or not shares.sum() > 0:
-                raise InputError(f"exit fractions must be {self.num_exits} numbers >= 0 with a "
-                                 f"positive sum, got {list(np.ravel(fractions))}")
+                raise InputError(
+                    f"exit fractions must be {self.num_exits} numbers >= 0 with a "
+                    f"positive sum, got {list(np.ravel(fractions))}"
+                )
             thresholds = early_exit.calibrate_thresholds(confidences, shares / shares.sum())
         self.thresholds = [float(t) for t in thresholds]
         exits = early_exit.exits_taken(confidences, self.thresholds)
         shares = early_exit.exit_fractions(exits, self.num_exits).tolist()
         self.calibration = {
-            "model": self.description["model"], "num_exits": self.num_exits,
-            "thresholds": list(self.thresholds), "exit_flops": list(self.exit_flops),
+            "model": self.description["model"],
+            "num_exits": self.num_exits,
+            "thresholds": list(self.thresholds),
+            "exit_flops": list(self.exit_flops),
             "expected_flops": early_exit.expected_cost(shares, self.exit_flops),
             "exit_fractions": shares,
             "calibrated_on": f"{confidences.shape[1]} images, {self.runtime}, "
-                             f"{self.description['target']} file"}
+            f"{self.description['target']} file",
+        }
         return list(self.thresholds)
 
     def save_thresholds(self, path):
@@ -435,5 +488,6 @@ def _load(model):
         with open(os.fspath(model), "rb") as f:
             return f.read()
     except (OSError, TypeError) as e:
-        raise InputError(f"cannot read the early-exit file {model!r}: "
-                         f"{getattr(e, 'strerror', None) or e}") from None
+        raise InputError(
+            f"cannot read the early-exit file {model!r}: {getattr(e, 'strerror', None) or e}"
+        ) from None

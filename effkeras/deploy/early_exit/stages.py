@@ -46,12 +46,15 @@ def check_multi_exit(model):
         InputError: it is not one.
     """
     if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
-        raise InputError(f"early-exit stages are cut from a functional Keras model (a graph of "
-                         f"layer calls); {getattr(model, 'name', type(model).__name__)!r} is not "
-                         f"one: build it with keras.Model(inputs, outputs)")
+        raise InputError(
+            f"early-exit stages are cut from a functional Keras model (a graph of "
+            f"layer calls); {getattr(model, 'name', type(model).__name__)!r} is not "
+            f"one: build it with keras.Model(inputs, outputs)"
+        )
     if len(model.outputs) < 2:
-        raise InputError(f"{model.name} has one output; early-exit stages need a model with one "
-                         f"output per exit")
+        raise InputError(
+            f"{model.name} has one output; early-exit stages need a model with one output per exit"
+        )
 
 
 def _tensor_name(tensor, taken):
@@ -91,9 +94,11 @@ def _assign(model):
             made_in.update({id(t): stage_of[id(node)] for t in node.outputs})
     for k, output in enumerate(model.outputs, start=1):
         if made_in[id(output)] != k:
-            raise InputError(f"output {k} of {model.name} ({model.output_names[k - 1]}) is "
-                             f"computed before exit {k}: each exit of an early-exit model needs "
-                             f"layers of its own")
+            raise InputError(
+                f"output {k} of {model.name} ({model.output_names[k - 1]}) is "
+                f"computed before exit {k}: each exit of an early-exit model needs "
+                f"layers of its own"
+            )
     return nodes, made_in
 
 
@@ -128,8 +133,9 @@ def split_stages(model):
                 reads[k][id(t)] = t
     names, taken = {}, set(exit_names)
     for t in model.inputs:  # the input's own name ("image"), made signature-safe
-        names[id(t)] = re.sub(r"[^A-Za-z0-9_]", "_", getattr(t, "name", "") or "") or \
-            _tensor_name(t, taken)
+        names[id(t)] = re.sub(r"[^A-Za-z0-9_]", "_", getattr(t, "name", "") or "") or _tensor_name(
+            t, taken
+        )
         taken.add(names[id(t)])
     handed = {k: {} for k in range(count + 1)}  # stage -> {id: tensor later stages read}
     for k in range(1, count + 1):
@@ -140,8 +146,10 @@ def split_stages(model):
             handed[made_in[key]][key] = t
     stages = []
     for k in range(1, count + 1):
-        inputs = {names[key]: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=names[key])
-                  for key, t in reads[k].items()}
+        inputs = {
+            names[key]: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=names[key])
+            for key, t in reads[k].items()
+        }
         values = {key: inputs[names[key]] for key in reads[k]}
         for node, stage in nodes:
             if stage == k:
@@ -171,8 +179,9 @@ def run_stages(stages, images, trace=None):
         A list of K arrays.
     """
     images = images if isinstance(images, (list, tuple)) else [images]
-    state = {name: np.asarray(x, np.float32)
-             for name, x in zip(stages[0].model_input_names, images)}
+    state = {
+        name: np.asarray(x, np.float32) for name, x in zip(stages[0].model_input_names, images)
+    }
     logits = []
     for stage in stages:
         inputs = {name: state[name] for name in stage.input_names}
@@ -201,15 +210,19 @@ def export_stages(stages, directory):
     for stage in stages:
         archive.track(stage)
     for stage in stages:
-        spec = {t.name: tf.TensorSpec((1, *t.shape[1:]), t.dtype, name=t.name)
-                for t in stage.inputs}
+        spec = {
+            t.name: tf.TensorSpec((1, *t.shape[1:]), t.dtype, name=t.name) for t in stage.inputs
+        }
         for name, t in spec.items():
             if None in t.shape:
-                raise InputError(f"deployment needs fixed shapes, and {name} of "
-                                 f"{stage.name} is {tuple(t.shape)}: build the model with a "
-                                 f"fixed input shape")
-        archive.add_endpoint(SIGNATURE.format(stage.stage), _endpoint(stage),
-                             input_signature=[spec])
+                raise InputError(
+                    f"deployment needs fixed shapes, and {name} of "
+                    f"{stage.name} is {tuple(t.shape)}: build the model with a "
+                    f"fixed input shape"
+                )
+        archive.add_endpoint(
+            SIGNATURE.format(stage.stage), _endpoint(stage), input_signature=[spec]
+        )
     archive.write_out(directory, verbose=False)
 
 

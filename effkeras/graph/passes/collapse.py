@@ -58,8 +58,9 @@ def collapse(model):
         return None
 
     collapsed = rewrite(model, replace)
-    check_models(model, collapsed, "model with collapsed layers "
-                 + ", ".join(block.name for block in blocks))
+    check_models(
+        model, collapsed, "model with collapsed layers " + ", ".join(block.name for block in blocks)
+    )
     return collapsed, len(blocks)
 
 
@@ -69,12 +70,19 @@ def _foldable_batch_norms(model):
     reading, outputs = readers(model)
     found = {}
     for layer in model.layers:
-        if (not isinstance(layer, CollapsibleConv2D) or len(layer._inbound_nodes) != 1
-                or len(reading.get(id(layer), [])) != 1 or id(layer) in outputs):
+        if (
+            not isinstance(layer, CollapsibleConv2D)
+            or len(layer._inbound_nodes) != 1
+            or len(reading.get(id(layer), [])) != 1
+            or id(layer) in outputs
+        ):
             continue
         reader = reading[id(layer)][0]
-        if (isinstance(reader, keras.layers.BatchNormalization)
-                and len(reader._inbound_nodes) == 1 and batch_norm_affine(reader) is not None):
+        if (
+            isinstance(reader, keras.layers.BatchNormalization)
+            and len(reader._inbound_nodes) == 1
+            and batch_norm_affine(reader) is not None
+        ):
             found[id(layer)] = reader
     return found
 
@@ -86,9 +94,15 @@ def _collapsed_conv(block, batch_norm=None):
     if batch_norm is not None:
         scale, shift = batch_norm_affine(batch_norm)
         weights = [kernel * scale, np.broadcast_to(shift, (block.filters,))]
-    conv = keras.layers.Conv2D(block.filters, block.kernel_size, strides=block.strides,
-                               padding="same", use_bias=batch_norm is not None,
-                               name=block.name, dtype=block.dtype_policy)
+    conv = keras.layers.Conv2D(
+        block.filters,
+        block.kernel_size,
+        strides=block.strides,
+        padding="same",
+        use_bias=batch_norm is not None,
+        name=block.name,
+        dtype=block.dtype_policy,
+    )
     conv.build(_input_shape(block))
     conv.set_weights([w.astype(np.float32) for w in weights])
     _check_layer(block, batch_norm, conv)

@@ -20,11 +20,17 @@ import keras
 import numpy as np
 from keras import ops
 
+from effkeras.errors import InputError
 from effkeras.graph.fold_bn import batch_norm_affine
 from effkeras.graph.rewrite import check_models, readers, rewrite
-from effkeras.errors import InputError
-from effkeras.layers.activations import (LERP_FORMS, BSplineActivation, LerpPSA, LerpTable,
-                                         grid, psa_table_numpy)
+from effkeras.layers.activations import (
+    LERP_FORMS,
+    BSplineActivation,
+    LerpPSA,
+    LerpTable,
+    grid,
+    psa_table_numpy,
+)
 
 TABLE_LAYERS = (LerpPSA, BSplineActivation)  # ResPSA is a LerpPSA
 
@@ -76,8 +82,11 @@ def freeze_tables(model, form="gather"):
         return None
 
     result = rewrite(model, replace)
-    check_models(model, result, f"model with frozen tables ({form}) "
-                 + ", ".join(layer.name for layer in learned))
+    check_models(
+        model,
+        result,
+        f"model with frozen tables ({form}) " + ", ".join(layer.name for layer in learned),
+    )
     return result, len(learned)
 
 
@@ -93,8 +102,10 @@ def table_of(layer):
     """
     if isinstance(layer, BSplineActivation):
         return np.asarray(ops.convert_to_numpy(layer.coefficients), np.float64)
-    weights = [np.asarray(ops.convert_to_numpy(w), np.float64)
-               for w in (layer.u, layer.w, layer.b, layer.o, layer.beta)]
+    weights = [
+        np.asarray(ops.convert_to_numpy(w), np.float64)
+        for w in (layer.u, layer.w, layer.b, layer.o, layer.beta)
+    ]
     table = psa_table_numpy(*weights, layer.eps, layer.grid_size, layer.grid_range)
     if layer.residual:  # x + lerp(T)(x) = lerp(T + g)(x): lerp of identity samples is exact
         table = table + grid(layer.grid_size, layer.grid_range)
@@ -113,16 +124,25 @@ def lerp_table(layer, batch_norm=None, form="gather"):
     Returns:
         A built `LerpTable` with the table, scale and shift set.
     """
-    table = LerpTable(layer.channels, grid_size=layer.grid_size, grid_range=layer.grid_range,
-                      form=form, name=layer.name)
+    table = LerpTable(
+        layer.channels,
+        grid_size=layer.grid_size,
+        grid_range=layer.grid_range,
+        form=form,
+        name=layer.name,
+    )
     table.build((None, layer.channels))
     scale = np.ones(layer.channels)
     shift = np.zeros(layer.channels)
     if batch_norm is not None:
         scale, shift = batch_norm_affine(batch_norm)
-    table.set_weights([table_of(layer).astype(np.float32),
-                       np.broadcast_to(scale, (layer.channels,)).astype(np.float32),
-                       np.broadcast_to(shift, (layer.channels,)).astype(np.float32)])
+    table.set_weights(
+        [
+            table_of(layer).astype(np.float32),
+            np.broadcast_to(scale, (layer.channels,)).astype(np.float32),
+            np.broadcast_to(shift, (layer.channels,)).astype(np.float32),
+        ]
+    )
     return table
 
 
@@ -145,8 +165,12 @@ def foldable_batch_norms(model, learned):
             continue
         (tensor,) = layer._inbound_nodes[0].input_tensors
         bn = tensor._keras_history[0]
-        if (isinstance(bn, keras.layers.BatchNormalization) and len(bn._inbound_nodes) == 1
-                and reading.get(id(bn)) == [layer] and id(bn) not in outputs
-                and batch_norm_affine(bn) is not None):
+        if (
+            isinstance(bn, keras.layers.BatchNormalization)
+            and len(bn._inbound_nodes) == 1
+            and reading.get(id(bn)) == [layer]
+            and id(bn) not in outputs
+            and batch_norm_affine(bn) is not None
+        ):
             found[id(layer)] = bn
     return found

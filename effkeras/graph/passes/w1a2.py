@@ -3,12 +3,13 @@
 ERN (Efficiera Residual Networks, arXiv 2410.11553) is w1a2 throughout; the decomposition below
 is derived here (it follows from the quantizer's definition) and checked exactly by the tests.
 
-LCE has 1-bit x 1-bit kernels only (its converter matches no multi-bit pattern), so a conv
-with 1-bit weights and a 2-bit input (ERN's every conv) would stay a float CONV_2D. `w1a2_to_binary(model)` returns the
-same network with every such conv replaced by a `PlaneConv2D`: ±1 "planes" of the input, each
-a `where(cond, 1, -1)` that LCE turns into `LceQuantize`, feeding `LceBconv2d`s that share one
-±1 filter, with every constant folded into the bconv's multiplier and bias. Outputs equal the
-original's up to float rounding (the binary accumulators are exact integers).
+LCE has 1-bit x 1-bit kernels only (its converter matches no multi-bit pattern), so a conv with
+1-bit weights and a 2-bit input (ERN's every conv) would stay a float CONV_2D.
+`w1a2_to_binary(model)` returns the same network with every such conv replaced by a
+`PlaneConv2D`: ±1 "planes" of the input, each a `where(cond, 1, -1)` that LCE turns into
+`LceQuantize`, feeding `LceBconv2d`s that share one ±1 filter, with every constant folded into
+the bconv's multiplier and bias. Outputs equal the original's up to float rounding (the binary
+accumulators are exact integers).
 
 The algebra. A w1a2 conv computes y_o = s·λ_o·Σ_{k,c} B_o[k,c]·q_c(p+k): codes
 q = #{m : x >= θ_m} in 0..L (L = 3 thresholds, 1/3, 1, 5/3 for ERN), step s (2/3 or 1), ±1
@@ -42,9 +43,9 @@ T[i, l]}; its planes are thresholds of the raw pixels (pixel_c < T[i, ⌈θ_m⌉
 rewrite reads the image directly: 90 thermometer planes (or 2 x 30 bit planes) of the 3 colours,
 so the embedding drops out of the graph, and the image is padded with 0 (code 0).
 
-The classifier stays a binary 1x1 conv before the average pool. The algebra also allows GAP then a float
-FULLY_CONNECTED (exact too), but that stores 512x1000 float32 weights (2 MB, more than the
-whole binary ERN18) for a conv that costs 2.5 of ERN18's 263 ms below.
+The classifier stays a binary 1x1 conv before the average pool. The algebra also allows GAP then
+a float FULLY_CONNECTED (exact too), but that stores 512x1000 float32 weights (2 MB, more than
+the whole binary ERN18) for a conv that costs 2.5 of ERN18's 263 ms below.
 
 A BatchNormalization that alone reads a rewritten conv is folded into its multiplier and bias:
 LCE fuses a BN into one bconv but not across the bit-plane form's ADD.
@@ -82,14 +83,14 @@ shortcut, 64 -> 256: the only shape where the thermometer was faster with both k
 thermometer for inputs of more than 2 bits (the bit-plane form is 2-bit only).
 """
 
-import numpy as np
 import keras
+import numpy as np
 from keras import ops
 
-from effkeras.graph.fold_bn import fold_into_output
-from effkeras.graph.rewrite import rewrite
 from effkeras.errors import InputError
 from effkeras.graph import FLOAT_BITS, layer_precision, leaf_layers
+from effkeras.graph.fold_bn import fold_into_output
+from effkeras.graph.rewrite import rewrite
 from effkeras.layers.ern import PixelEmbedding
 from effkeras.layers.quantized import QuantConv2D, same_padding
 from effkeras.layers.w1a2 import PLANE_FORMS, PlaneConv2D
@@ -135,14 +136,18 @@ def unsupported_reason(layer):
         return "channels_first, grouped or dilated"
     for attribute in ("thresholds", "step"):
         if not hasattr(layer.input_quantizer, attribute):
-            return (f"its input quantizer {type(layer.input_quantizer).__name__} does not say its "
-                    f"thresholds and step (HalfWaveGaussianQuantizer does)")
+            return (
+                f"its input quantizer {type(layer.input_quantizer).__name__} does not say its "
+                f"thresholds and step (HalfWaveGaussianQuantizer does)"
+            )
     if min(layer.input_quantizer.thresholds) <= 0:
         return "its input quantizer's code 0 does not contain 0 (zero padding would not be code 0)"
     for attribute in ("signs", "scale"):
         if not hasattr(layer.kernel_quantizer, attribute):
-            return (f"its kernel quantizer {type(layer.kernel_quantizer).__name__} does not give "
-                    f"signs and scale (BinaryChannelWiseMeanScaling does)")
+            return (
+                f"its kernel quantizer {type(layer.kernel_quantizer).__name__} does not give "
+                f"signs and scale (BinaryChannelWiseMeanScaling does)"
+            )
     if layer.padding == "same" and layer.pad_values:
         return "it pads the quantized input with a non-zero value"
     return None
@@ -215,11 +220,17 @@ def w1a2_to_binary(model, form="auto", *, strict=True):
                 targets[id(layer)] = layer
             else:
                 unsupported.append(f"{layer.name}: {reason}")
-    unsupported += [f"{layer.name}: inside nested model {outer.name}" for outer in model.layers
-                    if isinstance(outer, keras.Model) for layer in w1a2_layers(outer)]
+    unsupported += [
+        f"{layer.name}: inside nested model {outer.name}"
+        for outer in model.layers
+        if isinstance(outer, keras.Model)
+        for layer in w1a2_layers(outer)
+    ]
     if unsupported and strict:
-        raise InputError(f"cannot rewrite {len(unsupported)} w1a2 layer(s) as LCE binary convs: "
-                         + "; ".join(unsupported))
+        raise InputError(
+            f"cannot rewrite {len(unsupported)} w1a2 layer(s) as LCE binary convs: "
+            + "; ".join(unsupported)
+        )
 
     def replace(layer, x, graph):
         if id(layer) in targets:
@@ -228,8 +239,11 @@ def w1a2_to_binary(model, form="auto", *, strict=True):
             return outputs
         if isinstance(layer, keras.layers.BatchNormalization):
             producer, _ = graph.producer(x)
-            if (isinstance(producer, PlaneConv2D) and graph.consumers(graph.original(x)) == 1
-                    and _fold_batch_norm(producer, layer)):
+            if (
+                isinstance(producer, PlaneConv2D)
+                and graph.consumers(graph.original(x)) == 1
+                and _fold_batch_norm(producer, layer)
+            ):
                 return x
         return None
 
@@ -240,8 +254,7 @@ def _fold_batch_norm(conv, batch_norm):
     """Folds an inference BatchNormalization that alone reads `conv` into its multiplier and
     bias (so the bit-plane form's two bconvs both carry it); False where it cannot."""
     kernel, multiplier, bias = (np.asarray(w, np.float64) for w in conv.get_weights())
-    folded = None if conv.activation is not None else fold_into_output(multiplier, bias,
-                                                                        batch_norm)
+    folded = None if conv.activation is not None else fold_into_output(multiplier, bias, batch_norm)
     if folded is None:
         return False
     conv.set_weights([kernel, *folded])
@@ -255,8 +268,9 @@ def _rewrite(layer, x, form, graph):
     kernel_size, strides = tuple(layer.kernel_size), tuple(layer.strides)
     pads = np.zeros((2, 2), int)
     if layer.padding == "same":
-        pads += [same_padding(size, k, s, 1) for size, k, s
-                 in zip(x.shape[1:3], kernel_size, strides)]
+        pads += [
+            same_padding(size, k, s, 1) for size, k, s in zip(x.shape[1:3], kernel_size, strides)
+        ]
     # Look through an explicit zero padding (ERN: ZeroPadding2D(1) then a VALID conv).
     x, explicit = graph.through_padding(x)
     pads += explicit
@@ -271,11 +285,14 @@ def _rewrite(layer, x, form, graph):
     if form == "auto":
         form = choose_form(kernel_size, layer.kernel.shape[2], layer.filters, levels)
     elif form == "bitplane" and levels != 3:
-        raise InputError(f"{layer.name}: the bit-plane form needs 2-bit input codes, its input "
-                         f"quantizer has {levels} thresholds; use form='thermometer' or 'auto'")
+        raise InputError(
+            f"{layer.name}: the bit-plane form needs 2-bit input codes, its input "
+            f"quantizer has {levels} thresholds; use form='thermometer' or 'auto'"
+        )
     pads = tuple(map(tuple, pads.tolist()))
-    one_padding = any(map(any, pads)) and _is_same_geometry(x.shape[1:3], kernel_size, strides,
-                                                            pads)
+    one_padding = any(map(any, pads)) and _is_same_geometry(
+        x.shape[1:3], kernel_size, strides, pads
+    )
 
     signs = np.asarray(layer.kernel_quantizer.signs(layer.kernel), np.float64)
     scale = np.asarray(layer.kernel_quantizer.scale(layer.kernel), np.float64)
@@ -290,12 +307,22 @@ def _rewrite(layer, x, form, graph):
     if layer.use_bias:
         bias = bias + ops.convert_to_numpy(layer.bias)
 
-    new = PlaneConv2D(layer.filters, kernel_size, strides, pads, thresholds=thresholds,
-                      form=form, pad_planes=one_padding, code_channels=code_channels,
-                      activation=keras.activations.serialize(layer.activation), name=layer.name)
+    new = PlaneConv2D(
+        layer.filters,
+        kernel_size,
+        strides,
+        pads,
+        thresholds=thresholds,
+        form=form,
+        pad_planes=one_padding,
+        code_channels=code_channels,
+        activation=keras.activations.serialize(layer.activation),
+        name=layer.name,
+    )
     outputs = new(x)
-    new.set_weights([kernel.astype(np.float32), multiplier.astype(np.float32),
-                     bias.astype(np.float32)])
+    new.set_weights(
+        [kernel.astype(np.float32), multiplier.astype(np.float32), bias.astype(np.float32)]
+    )
     return new, outputs
 
 
@@ -306,10 +333,17 @@ def _embedding_planes(embedding, quantizer, name):
     table = embedding.thresholds  # (expansion, embedding levels)
     expansion, embedding_levels = table.shape
     level = np.ceil(np.float64(quantizer.thresholds)).astype(int)
-    if quantizer.step != 1 or level.min() < 1 or level.max() > embedding_levels or np.any(
-            np.diff(level) <= 0) or table.min() <= 0:
-        raise InputError(f"{name}: its input quantizer does not read the pixel embedding's codes "
-                         f"one by one (thresholds {quantizer.thresholds}, step {quantizer.step})")
+    if (
+        quantizer.step != 1
+        or level.min() < 1
+        or level.max() > embedding_levels
+        or np.any(np.diff(level) <= 0)
+        or table.min() <= 0
+    ):
+        raise InputError(
+            f"{name}: its input quantizer does not read the pixel embedding's codes "
+            f"one by one (thresholds {quantizer.thresholds}, step {quantizer.step})"
+        )
     channels = embedding.input.shape[-1]
     thresholds = np.stack([np.tile(table[:, m - 1], channels) for m in level])
     return thresholds, [c for c in range(channels) for _ in range(expansion)]
@@ -319,5 +353,7 @@ def _is_same_geometry(spatial, kernel_size, strides, pads):
     """True when `pads` is TF's SAME padding for this map, kernel and stride (LCE one-padding)."""
     if None in tuple(spatial):
         return False
-    return all(tuple(pad) == same_padding(size, k, s, 1)
-               for size, k, s, pad in zip(spatial, kernel_size, strides, pads))
+    return all(
+        tuple(pad) == same_padding(size, k, s, 1)
+        for size, k, s, pad in zip(spatial, kernel_size, strides, pads)
+    )

@@ -10,13 +10,30 @@ models effkeras compares with). A registry model names its recipe (effkeras.mode
 
 from effkeras.errors import InputError
 from effkeras.training.recipes import ern, lerp_psa, peers, ranet, rans, recu, reference
-from effkeras.training.recipes.schema import (DTYPE_POLICIES, OPTIMIZERS, QAT_EPOCHS,
-                                              QAT_LEARNING_RATE, SCHEDULES, Loss, Mix, Optimizer,
-                                              Recipe, Schedule, Transfer, WeightDecay,
-                                              accuracy_metrics, compile_model,
-                                              describe_learning_rate, dtype_policy,
-                                              learning_rate_schedule, loss_weights, make_loss,
-                                              make_optimizer, peak_learning_rate, repeat_labels)
+from effkeras.training.recipes.schedules import SCHEDULES
+from effkeras.training.recipes.schema import (
+    DTYPE_POLICIES,
+    OPTIMIZERS,
+    QAT_EPOCHS,
+    QAT_LEARNING_RATE,
+    Loss,
+    Mix,
+    Optimizer,
+    Recipe,
+    Schedule,
+    Transfer,
+    WeightDecay,
+    accuracy_metrics,
+    compile_model,
+    describe_learning_rate,
+    dtype_policy,
+    learning_rate_schedule,
+    loss_weights,
+    make_loss,
+    make_optimizer,
+    peak_learning_rate,
+    repeat_labels,
+)
 
 FAMILIES = (reference, recu, ern, peers, rans, ranet, lerp_psa)
 
@@ -52,8 +69,29 @@ def get(name):
     return RECIPES[name]
 
 
-__all__ = ["DTYPE_POLICIES", "OPTIMIZERS", "QAT_EPOCHS", "QAT_LEARNING_RATE", "RECIPES",
-           "SCHEDULES", "Loss", "Mix", "Optimizer", "Recipe", "Schedule", "Transfer",
-           "WeightDecay", "accuracy_metrics", "compile_model", "describe_learning_rate",
-           "dtype_policy", "get", "learning_rate_schedule", "loss_weights", "make_loss",
-           "make_optimizer", "peak_learning_rate", "repeat_labels"]
+__all__ = [
+    "DTYPE_POLICIES",
+    "OPTIMIZERS",
+    "QAT_EPOCHS",
+    "QAT_LEARNING_RATE",
+    "RECIPES",
+    "SCHEDULES",
+    "Loss",
+    "Mix",
+    "Optimizer",
+    "Recipe",
+    "Schedule",
+    "Transfer",
+    "WeightDecay",
+    "accuracy_metrics",
+    "compile_model",
+    "describe_learning_rate",
+    "dtype_policy",
+    "get",
+    "learning_rate_schedule",
+    "loss_weights",
+    "make_loss",
+    "make_optimizer",
+    "peak_learning_rate",
+    "repeat_labels",
+]

@@ -11,22 +11,50 @@ RECIPES = {
     # squashed to the input size (Resize((256, 256))); not in effkeras.data: RandAugment(2, 7)
     # (ern34, ern50, ern101) and ern101's ColorJitter, RandomGrayscale and RandomRotation(15).
     # ern34, ern50: `imagenet_with_randaugment_only` (no flip): the paper's recipe.
-    "ern": Recipe(Optimizer("adam", epsilon=1e-4), learning_rate=4e-4, epochs=400, batch_size=256,
-                  base_batch_size=256, mixed_precision=True,
-                  augment=(("imagenet", ("squash", "randaugment")),)),
+    "ern": Recipe(
+        Optimizer("adam", epsilon=1e-4),
+        learning_rate=4e-4,
+        epochs=400,
+        batch_size=256,
+        base_batch_size=256,
+        mixed_precision=True,
+        augment=(("imagenet", ("squash", "randaugment")),),
+    ),
     # ern101: `imagenet_with_randaugment`.
-    "ern_randaugment": Recipe(Optimizer("adam", epsilon=1e-4), learning_rate=4e-4, epochs=400,
-                              batch_size=256, base_batch_size=256, mixed_precision=True,
-                              augment=(("imagenet", ("squash", "flip", "color_jitter", "grayscale",
-                                                     "rotation", "randaugment")),)),
+    "ern_randaugment": Recipe(
+        Optimizer("adam", epsilon=1e-4),
+        learning_rate=4e-4,
+        epochs=400,
+        batch_size=256,
+        base_batch_size=256,
+        mixed_precision=True,
+        augment=(
+            (
+                "imagenet",
+                ("squash", "flip", "color_jitter", "grayscale", "rotation", "randaugment"),
+            ),
+        ),
+    ),
     # ern18_075: `simple` (squash + flip).
-    "ern_simple": Recipe(Optimizer("adam", epsilon=1e-4), learning_rate=4e-4, epochs=400,
-                         batch_size=256, base_batch_size=256, mixed_precision=True,
-                         augment=(("imagenet", ("squash", "flip")),)),
+    "ern_simple": Recipe(
+        Optimizer("adam", epsilon=1e-4),
+        learning_rate=4e-4,
+        epochs=400,
+        batch_size=256,
+        base_batch_size=256,
+        mixed_precision=True,
+        augment=(("imagenet", ("squash", "flip")),),
+    ),
     # ern18's best config in the official code (= its exp11): `simple`, 800 epochs, Adam's default
     # ε 1e-8 (EWGS δ = 0 is the model's default). The paper-style run is `--epochs=400` with the
     # `ern` recipe's ε.
-    "ern18": Recipe(Optimizer("adam", epsilon=1e-8), learning_rate=4e-4, epochs=800,
-                    batch_size=256, base_batch_size=256, mixed_precision=True,
-                    augment=(("imagenet", ("squash", "flip")),)),
+    "ern18": Recipe(
+        Optimizer("adam", epsilon=1e-8),
+        learning_rate=4e-4,
+        epochs=800,
+        batch_size=256,
+        base_batch_size=256,
+        mixed_precision=True,
+        augment=(("imagenet", ("squash", "flip")),),
+    ),
 }

@@ -12,9 +12,18 @@ RECIPES = {
     # included, is coupled L2 in the models (Keras L2(5e-5)). CIFAR: 4-pixel pad-and-crop and
     # flip; ImageNet: random resized crop and flip (the code's ImageNet schedule, x0.1 every 30
     # epochs of 90, differs from this one).
-    "ranet": Recipe(Optimizer("sgd", momentum=0.9), learning_rate=0.1, epochs=300, batch_size=64,
-                    base_batch_size=64, schedule=Schedule("multistep", milestones=(0.5, 0.75)),
-                    loss=Loss(output_weights=()),
-                    augment=(("cifar10", ("crop", "flip")), ("cifar100", ("crop", "flip")),
-                             ("imagenet", ("random_resized_crop", "flip")))),
+    "ranet": Recipe(
+        Optimizer("sgd", momentum=0.9),
+        learning_rate=0.1,
+        epochs=300,
+        batch_size=64,
+        base_batch_size=64,
+        schedule=Schedule("multistep", milestones=(0.5, 0.75)),
+        loss=Loss(output_weights=()),
+        augment=(
+            ("cifar10", ("crop", "flip")),
+            ("cifar100", ("crop", "flip")),
+            ("imagenet", ("random_resized_crop", "flip")),
+        ),
+    ),
 }

@@ -14,8 +14,12 @@ from effkeras.training.recipes.schema import Loss, Mix, Optimizer, Recipe, Sched
 # RandAugment's colour ops are for RGB.
 CONVNEXT_AUGMENT = tuple(
     (dataset, (crop, "flip", "randaugment_m9", "random_erasing"))
-    for dataset, crop in (("imagenet", "random_resized_crop"), ("cifar10", "crop"),
-                          ("cifar100", "crop")))
+    for dataset, crop in (
+        ("imagenet", "random_resized_crop"),
+        ("cifar10", "crop"),
+        ("cifar100", "crop"),
+    )
+)
 
 RECIPES = {
     # RAN-e (arXiv 2208.08562; official code, RAN_e/scripts/train_RAN_e_*_350ep.sh and utils/): the
@@ -28,10 +32,16 @@ RECIPES = {
     # RandAugment stands in, with N=2 ops (a v0 sub-policy applies two) at M=9, the setting with
     # which RandAugment matches AutoAugment on ImageNet ResNet-50 (arXiv 1909.13719, Table 2).
     # Fashion-MNIST and CIFAR keep their defaults (pad-and-crop, flip).
-    "ran_e": Recipe(Optimizer("rmsprop", rho=0.9, momentum=0.9, epsilon=1e-3),
-                    learning_rate=0.005, epochs=350, batch_size=768, base_batch_size=128,
-                    schedule=Schedule(warmup_epochs=5), loss=Loss(label_smoothing=0.1),
-                    augment=(("imagenet", ("inception_crop", "flip", "randaugment_m9")),)),
+    "ran_e": Recipe(
+        Optimizer("rmsprop", rho=0.9, momentum=0.9, epsilon=1e-3),
+        learning_rate=0.005,
+        epochs=350,
+        batch_size=768,
+        base_batch_size=128,
+        schedule=Schedule(warmup_epochs=5),
+        loss=Loss(label_smoothing=0.1),
+        augment=(("imagenet", ("inception_crop", "flip", "randaugment_m9")),),
+    ),
     # RAN-i (arXiv 2208.08562; official code, RAN_i/train_eval_img_cls_imagenet.py and scripts):
     # ConvNeXt's recipe (arXiv 2201.03545 §2 and Table 5). AdamW lr 4e-3, betas (0.9, 0.999),
     # ε 1e-8; the code's effective batch is 2560 (80 per GPU x 8 GPUs x 4 accumulation steps) and
@@ -40,11 +50,17 @@ RECIPES = {
     # 1-D weights (biases, LayerNorm, layer scale); 300 epochs, 20-epoch linear warm-up from 0,
     # cosine to 1e-6; label smoothing 0.1 on Mixup 0.8 / CutMix 1.0 soft targets (switch 0.5
     # per batch); model EMA 0.9999, whose weights are the ones reported and released.
-    "ran_i": Recipe(Optimizer("adamw", epsilon=1e-8), learning_rate=4e-3, epochs=300,
-                    batch_size=2560, base_batch_size=2560,
-                    schedule=Schedule(warmup_epochs=20, final_learning_rate=1e-6),
-                    loss=Loss(label_smoothing=0.1),
-                    weight_decay=WeightDecay(0.05, decay_vectors=False),
-                    augment=CONVNEXT_AUGMENT,
-                    mix=Mix(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5), ema=0.9999),
+    "ran_i": Recipe(
+        Optimizer("adamw", epsilon=1e-8),
+        learning_rate=4e-3,
+        epochs=300,
+        batch_size=2560,
+        base_batch_size=2560,
+        schedule=Schedule(warmup_epochs=20, final_learning_rate=1e-6),
+        loss=Loss(label_smoothing=0.1),
+        weight_decay=WeightDecay(0.05, decay_vectors=False),
+        augment=CONVNEXT_AUGMENT,
+        mix=Mix(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5),
+        ema=0.9999,
+    ),
 }

@@ -3,10 +3,10 @@
 A Recipe composes small frozen dataclasses that hold a paper's numbers (loss, optimizer, schedule,
 weight-decay groups, augmentation, batch-level mixing, a knowledge-transfer stage); plain
 functions look their `kind`/`name` up in a table (LOSSES is in effkeras.training.losses,
-OPTIMIZERS and SCHEDULES here) and build the Keras objects. `compile_model` does it for a given
-budget, so the schedule always spans the epochs actually asked for. The peak learning rate is
-given at `base_batch_size` and scales linearly with the batch size (Goyal et al., arXiv
-1706.02677). The recipes themselves are data, one module per family beside this one
+OPTIMIZERS here, SCHEDULES in schedules.py) and build the Keras objects. `compile_model` does it
+for a given budget, so the schedule always spans the epochs actually asked for. The peak
+learning rate is given at `base_batch_size` and scales linearly with the batch size (Goyal et
+al., arXiv 1706.02677). The recipes themselves are data, one module per family beside this one
 (effkeras.training.recipes).
 """
 
@@ -16,6 +16,7 @@ import keras
 
 from effkeras.errors import InputError
 from effkeras.training import losses
+from effkeras.training.recipes.schedules import SCHEDULES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +42,10 @@ class Loss:
         if self.kind not in losses.LOSSES:
             raise ValueError(f"loss kind {self.kind!r} is not one of {sorted(losses.LOSSES)}")
         if not 0.0 <= self.alpha <= 1.0 or self.temperature <= 0:
-            raise ValueError(f"distillation needs 0 <= alpha <= 1 and temperature > 0, got "
-                             f"alpha={self.alpha}, temperature={self.temperature}")
+            raise ValueError(
+                f"distillation needs 0 <= alpha <= 1 and temperature > 0, got "
+                f"alpha={self.alpha}, temperature={self.temperature}"
+            )
 
     @property
     def needs_teacher(self):
@@ -69,8 +72,9 @@ class Optimizer:
     def __eq__(self, other):
         if isinstance(other, str):
             return self.name == other
-        return (isinstance(other, Optimizer)
-                and dataclasses.astuple(self) == dataclasses.astuple(other))
+        return isinstance(other, Optimizer) and dataclasses.astuple(self) == dataclasses.astuple(
+            other
+        )
 
     def __hash__(self):
         return hash(dataclasses.astuple(self))
@@ -106,9 +110,12 @@ class Schedule:
         if self.final_learning_rate < 0:
             raise ValueError(f"final_learning_rate must be >= 0, got {self.final_learning_rate}")
         if list(self.milestones) != sorted(self.milestones) or not all(
-                0 < m < 1 for m in self.milestones):
-            raise ValueError(f"milestones must be increasing fractions of the run in (0, 1), "
-                             f"got {self.milestones}")
+            0 < m < 1 for m in self.milestones
+        ):
+            raise ValueError(
+                f"milestones must be increasing fractions of the run in (0, 1), "
+                f"got {self.milestones}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,11 +148,16 @@ class Mix:
     switch_prob: float = 0.5
 
     def __post_init__(self):
-        if (self.mixup_alpha < 0 or not 0 <= self.cutmix_alpha <= 1
-                or not (self.mixup_alpha or self.cutmix_alpha)):
-            raise ValueError(f"a Mix needs mixup_alpha >= 0 and cutmix_alpha in [0, 1] (Keras' "
-                             f"CutMix takes no more), not both 0; got {self.mixup_alpha}, "
-                             f"{self.cutmix_alpha}")
+        if (
+            self.mixup_alpha < 0
+            or not 0 <= self.cutmix_alpha <= 1
+            or not (self.mixup_alpha or self.cutmix_alpha)
+        ):
+            raise ValueError(
+                f"a Mix needs mixup_alpha >= 0 and cutmix_alpha in [0, 1] (Keras' "
+                f"CutMix takes no more), not both 0; got {self.mixup_alpha}, "
+                f"{self.cutmix_alpha}"
+            )
         if not 0 <= self.switch_prob <= 1:
             raise ValueError(f"switch_prob must be in [0, 1], got {self.switch_prob}")
 
@@ -192,8 +204,9 @@ class Recipe:
 
     def __post_init__(self):
         if self.transfer is not None and not self.loss.needs_teacher:
-            raise ValueError("a recipe with a knowledge-transfer stage distils: it needs a "
-                             "distillation loss")
+            raise ValueError(
+                "a recipe with a knowledge-transfer stage distils: it needs a distillation loss"
+            )
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.mix is not None and self.loss.needs_teacher:
@@ -220,10 +233,15 @@ class Recipe:
             optimizer, with this recipe's batch and augmentation.
         """
         transfer = self.transfer
-        return Recipe(transfer.optimizer, transfer.learning_rate,
-                      epochs=blocks * (epochs_per_block or transfer.epochs_per_block),
-                      batch_size=self.batch_size, base_batch_size=self.base_batch_size,
-                      schedule=Schedule("constant"), augment=self.augment)
+        return Recipe(
+            transfer.optimizer,
+            transfer.learning_rate,
+            epochs=blocks * (epochs_per_block or transfer.epochs_per_block),
+            batch_size=self.batch_size,
+            base_batch_size=self.base_batch_size,
+            schedule=Schedule("constant"),
+            augment=self.augment,
+        )
 
     def qat_stage(self):
         """int8 quantization-aware fine-tuning of a trained float model (effkeras.qat) as a
@@ -233,53 +251,21 @@ class Recipe:
             A Recipe of QAT_EPOCHS of Adam at QAT_LEARNING_RATE with a cosine decay, with this
             recipe's batch, augmentation and label smoothing (no teacher).
         """
-        return Recipe(Optimizer("adam"), QAT_LEARNING_RATE, epochs=QAT_EPOCHS,
-                      batch_size=self.batch_size, base_batch_size=self.base_batch_size,
-                      loss=Loss(label_smoothing=self.loss.label_smoothing), augment=self.augment)
+        return Recipe(
+            Optimizer("adam"),
+            QAT_LEARNING_RATE,
+            epochs=QAT_EPOCHS,
+            batch_size=self.batch_size,
+            base_batch_size=self.base_batch_size,
+            loss=Loss(label_smoothing=self.loss.label_smoothing),
+            augment=self.augment,
+        )
 
 
 # QAT starts from a trained float model and only has to adapt it to int8 rounding: a short run
 # at a low rate (Krishnamoorthi, arXiv 1806.08342 §3.2, fine-tunes float models this way).
 QAT_EPOCHS = 2
 QAT_LEARNING_RATE = 1e-4
-
-
-# --- schedules: (schedule, recipe, peak, total steps, steps per epoch) -> Keras schedule ---------
-
-
-def cosine(schedule, recipe, peak, total, steps_per_epoch):
-    warmup = min(round(total * schedule.warmup_epochs / recipe.epochs), total - 1)
-    # Keras decays to alpha·peak; a final rate above the peak (a tiny --learning_rate) stays flat.
-    alpha = min(schedule.final_learning_rate / peak, 1.0) if peak > 0 else 0.0
-    if warmup:
-        return keras.optimizers.schedules.CosineDecay(0.0, total - warmup, alpha=alpha,
-                                                      warmup_target=peak, warmup_steps=warmup)
-    return keras.optimizers.schedules.CosineDecay(peak, total, alpha=alpha)
-
-
-def multistep(schedule, recipe, peak, total, steps_per_epoch):
-    # PiecewiseConstantDecay keeps values[k] while step <= boundaries[k]: the first step of the
-    # milestone epoch already gets the lower rate.
-    boundaries = [round(m * total) - 1 for m in schedule.milestones]
-    values = [peak * schedule.gamma ** k for k in range(len(boundaries) + 1)]
-    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-
-
-def exponential(schedule, recipe, peak, total, steps_per_epoch):
-    return keras.optimizers.schedules.ExponentialDecay(peak, steps_per_epoch, schedule.gamma,
-                                                       staircase=True)
-
-
-def linear(schedule, recipe, peak, total, steps_per_epoch):
-    return keras.optimizers.schedules.PolynomialDecay(peak, total, end_learning_rate=0.0, power=1.0)
-
-
-def constant(schedule, recipe, peak, total, steps_per_epoch):
-    return peak
-
-
-SCHEDULES = {"cosine": cosine, "multistep": multistep, "exponential": exponential,
-             "linear": linear, "constant": constant}
 
 
 def peak_learning_rate(recipe, batch_size):
@@ -308,8 +294,10 @@ def describe_learning_rate(recipe, batch_size, learning_rate=None):
     """
     if learning_rate is not None:
         return f"learning rate {learning_rate:g} (--learning_rate) at batch {batch_size}"
-    return (f"learning rate {peak_learning_rate(recipe, batch_size):g} at batch {batch_size}: the "
-            f"recipe's {recipe.learning_rate:g} at batch {recipe.base_batch_size}, scaled linearly")
+    return (
+        f"learning rate {peak_learning_rate(recipe, batch_size):g} at batch {batch_size}: the "
+        f"recipe's {recipe.learning_rate:g} at batch {recipe.base_batch_size}, scaled linearly"
+    )
 
 
 def learning_rate_schedule(recipe, *, epochs, steps_per_epoch, batch_size, learning_rate=None):
@@ -325,8 +313,7 @@ def learning_rate_schedule(recipe, *, epochs, steps_per_epoch, batch_size, learn
     Returns:
         A Keras LearningRateSchedule, or the rate itself for a constant schedule.
     """
-    peak = (learning_rate if learning_rate is not None
-            else peak_learning_rate(recipe, batch_size))
+    peak = learning_rate if learning_rate is not None else peak_learning_rate(recipe, batch_size)
     total = max(1, epochs * steps_per_epoch)
     return SCHEDULES[recipe.schedule.kind](recipe.schedule, recipe, peak, total, steps_per_epoch)
 
@@ -340,15 +327,16 @@ def _epsilon(optimizer):
 
 
 OPTIMIZERS = {
-    "sgd": lambda o, lr, wd, **kw: keras.optimizers.SGD(lr, momentum=o.momentum,
-                                                        nesterov=o.nesterov, weight_decay=wd, **kw),
-    "adam": lambda o, lr, wd, **kw: keras.optimizers.Adam(lr, weight_decay=wd, **_epsilon(o),
-                                                          **kw),
-    "adamw": lambda o, lr, wd, **kw: keras.optimizers.AdamW(lr, weight_decay=wd or 0.0,
-                                                            **_epsilon(o), **kw),
-    "rmsprop": lambda o, lr, wd, **kw: keras.optimizers.RMSprop(lr, rho=o.rho, momentum=o.momentum,
-                                                                weight_decay=wd, **_epsilon(o),
-                                                                **kw),
+    "sgd": lambda o, lr, wd, **kw: keras.optimizers.SGD(
+        lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=wd, **kw
+    ),
+    "adam": lambda o, lr, wd, **kw: keras.optimizers.Adam(lr, weight_decay=wd, **_epsilon(o), **kw),
+    "adamw": lambda o, lr, wd, **kw: keras.optimizers.AdamW(
+        lr, weight_decay=wd or 0.0, **_epsilon(o), **kw
+    ),
+    "rmsprop": lambda o, lr, wd, **kw: keras.optimizers.RMSprop(
+        lr, rho=o.rho, momentum=o.momentum, weight_decay=wd, **_epsilon(o), **kw
+    ),
 }
 
 
@@ -371,11 +359,15 @@ def make_optimizer(recipe, schedule, model=None, accumulation=1):
     options = {"use_ema": True, "ema_momentum": recipe.ema} if recipe.ema else {}
     if accumulation > 1:
         options["gradient_accumulation_steps"] = accumulation
-    optimizer = OPTIMIZERS[recipe.optimizer.name](recipe.optimizer, schedule, decay.rate or None,
-                                                  **options)
+    optimizer = OPTIMIZERS[recipe.optimizer.name](
+        recipe.optimizer, schedule, decay.rate or None, **options
+    )
     if decay.rate and (decay.exclude or not decay.decay_vectors):
-        vectors = [] if decay.decay_vectors or model is None else [
-            v for v in model.trainable_variables if len(v.shape) <= 1]
+        vectors = (
+            []
+            if decay.decay_vectors or model is None
+            else [v for v in model.trainable_variables if len(v.shape) <= 1]
+        )
         optimizer.exclude_from_weight_decay(var_list=vectors, var_names=list(decay.exclude))
     return optimizer
 
@@ -408,11 +400,15 @@ def dtype_policy(recipe, asked=None):
     if asked is None:
         return "mixed_float16" if recipe.mixed_precision and gpu else "float32"
     if asked not in DTYPE_POLICIES:
-        raise InputError(f"--dtype_policy must be one of {', '.join(DTYPE_POLICIES)}, got "
-                         f"{asked!r} (leave it out for the recipe's)")
+        raise InputError(
+            f"--dtype_policy must be one of {', '.join(DTYPE_POLICIES)}, got "
+            f"{asked!r} (leave it out for the recipe's)"
+        )
     if asked == "mixed_float16" and not gpu:
-        raise InputError("mixed_float16 needs a GPU (CPUs have no fast float16 kernels); use "
-                         "--dtype_policy=mixed_bfloat16 or float32 here")
+        raise InputError(
+            "mixed_float16 needs a GPU (CPUs have no fast float16 kernels); use "
+            "--dtype_policy=mixed_bfloat16 or float32 here"
+        )
     return asked
 
 
@@ -435,8 +431,9 @@ def loss_weights(recipe, num_outputs):
     """
     weights = tuple(recipe.loss.output_weights) or (1.0,) * num_outputs
     if len(weights) != num_outputs:
-        raise InputError(f"the recipe weighs {len(weights)} outputs but the model has "
-                         f"{num_outputs}")
+        raise InputError(
+            f"the recipe weighs {len(weights)} outputs but the model has {num_outputs}"
+        )
     return list(weights)
 
 
@@ -450,10 +447,14 @@ def accuracy_metrics(soft_labels=False):
         [top1, top5] Keras metrics.
     """
     if soft_labels:
-        return [keras.metrics.CategoricalAccuracy(name="top1"),
-                keras.metrics.TopKCategoricalAccuracy(k=5, name="top5")]
-    return [keras.metrics.SparseCategoricalAccuracy(name="top1"),
-            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")]
+        return [
+            keras.metrics.CategoricalAccuracy(name="top1"),
+            keras.metrics.TopKCategoricalAccuracy(k=5, name="top5"),
+        ]
+    return [
+        keras.metrics.SparseCategoricalAccuracy(name="top1"),
+        keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
+    ]
 
 
 def make_loss(recipe):
@@ -468,13 +469,23 @@ def make_loss(recipe):
         A Keras loss.
     """
     if recipe.soft_labels:
-        return keras.losses.CategoricalCrossentropy(from_logits=True,
-                                                    label_smoothing=recipe.loss.label_smoothing)
+        return keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=recipe.loss.label_smoothing
+        )
     return losses.cross_entropy(recipe.loss.label_smoothing)
 
 
-def compile_model(model, recipe, *, epochs, steps_per_epoch, batch_size, learning_rate=None,
-                  accumulation=1, jit_compile="auto"):
+def compile_model(
+    model,
+    recipe,
+    *,
+    epochs,
+    steps_per_epoch,
+    batch_size,
+    learning_rate=None,
+    accumulation=1,
+    jit_compile="auto",
+):
     """Compiles `model` with the recipe's optimizer, schedule and loss, and top-1/top-5.
 
     A model with K > 1 outputs (a list of logits, e.g. early exits) gets one cross-entropy and
@@ -500,20 +511,34 @@ def compile_model(model, recipe, *, epochs, steps_per_epoch, batch_size, learnin
     Raises:
         InputError: the recipe weighs another number of outputs than the model has.
     """
-    schedule = learning_rate_schedule(recipe, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                                      batch_size=batch_size, learning_rate=learning_rate)
+    schedule = learning_rate_schedule(
+        recipe,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+    )
     count = len(model.outputs) if getattr(model, "outputs", None) else 1
     weights = loss_weights(recipe, count)
     loss = make_loss(recipe)
     soft = recipe.soft_labels
     if count == 1:  # a weight of 1.0 is Keras' default: compile exactly as without one
-        compiled = dict(loss=loss, metrics=accuracy_metrics(soft),
-                        **({} if weights == [1.0] else {"loss_weights": weights}))
+        compiled = dict(
+            loss=loss,
+            metrics=accuracy_metrics(soft),
+            **({} if weights == [1.0] else {"loss_weights": weights}),
+        )
     else:
-        compiled = dict(loss=[loss] * count, loss_weights=weights,
-                        metrics=[accuracy_metrics(soft) for _ in range(count)])
-    model.compile(optimizer=make_optimizer(recipe, schedule, model, accumulation),
-                  jit_compile=jit_compile, **compiled)
+        compiled = dict(
+            loss=[loss] * count,
+            loss_weights=weights,
+            metrics=[accuracy_metrics(soft) for _ in range(count)],
+        )
+    model.compile(
+        optimizer=make_optimizer(recipe, schedule, model, accumulation),
+        jit_compile=jit_compile,
+        **compiled,
+    )
     return model
 
 
