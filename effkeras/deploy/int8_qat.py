@@ -47,8 +47,10 @@ def convert(
     input_range=verify.PIXEL_RANGE,
     max_lsb=MAX_LSB,
     max_code_step=int8_tables.MAX_CODE_STEP,
+    worst_by=None,
 ):
-    """(int8 flatbuffer, Int8Report) of QAT `model` (module docstring)."""
+    """(int8 flatbuffer, Int8Report) of QAT `model` (module docstring); `worst_by` as for
+    `op_steps`."""
     never = qat.unobserved(model)
     if never:
         raise InputError(
@@ -79,7 +81,7 @@ def convert(
         sample = verify.random_sample(snapped, input_range)
     verify.check_sample(snapped, sample)
     keras_side = reference(snapped)
-    op_lsb, points = op_steps(keras_side, flatbuffer, sample[:OP_CHECK_EXAMPLES])
+    op_lsb, points = op_steps(keras_side, flatbuffer, sample[:OP_CHECK_EXAMPLES], worst_by)
     if op_lsb > max_lsb:
         raise RuntimeError(
             f"the int8 file of QAT model {model.name} is {op_lsb:g} steps off the "
@@ -118,9 +120,10 @@ def convert(
     )
 
 
-def op_steps(model, flatbuffer, sample):
+def op_steps(model, flatbuffer, sample, worst_by=None):
     """(max steps, quantization points compared): at each FakeQuant call of `model`, |file -
-    Keras| in steps of its scale, each Keras op fed the file's own (dequantized) int8 inputs.
+    Keras| in steps of its scale, each Keras op fed the file's own (dequantized) int8 inputs;
+    `worst_by` (a dict), when given, gets the max steps of each FakeQuant compared, by name.
     A file tensor is that point's when it alone has its shape, scale and zero point, or alone of
     those is named after the layer the FakeQuant follows (the converter names a fused op's
     output after the layers in it)."""
@@ -163,9 +166,13 @@ def op_steps(model, flatbuffer, sample):
                 if tensor is None:
                     return y
                 t_scale, t_zero = tensor["quantization"]
-                value = runtime.dequantize(interpreter.get_tensor(tensor["index"]), t_scale, t_zero)
+                codes = interpreter.get_tensor(tensor["index"]).reshape(y.shape)
+                value = runtime.dequantize(codes, t_scale, t_zero)
                 nonlocal worst
-                worst = max(worst, float(np.max(np.abs(value - y))) / t_scale)
+                steps = float(np.max(np.abs(value - y))) / t_scale
+                worst = max(worst, steps)
+                if worst_by is not None:
+                    worst_by[operation.name] = max(worst_by.get(operation.name, 0.0), steps)
                 points.add(tensor["index"])
                 return value
 
@@ -176,14 +183,17 @@ def op_steps(model, flatbuffer, sample):
 
 
 def _matching_tensor(tensors, quantizer, shape):
-    """The file tensor (LiteRT details) of FakeQuant `quantizer` at `shape`; None if not one."""
+    """The file tensor (LiteRT details) of FakeQuant `quantizer` at `shape`; None if not one.
+    A tensor of another shape with as many elements counts where none has the shape (the
+    converter folds a RESHAPE into the FULLY_CONNECTED after it)."""
     scale, zero_point = quantizer.quantization()
-    found = [
+    quantized = [
         t
         for t in tensors
-        if tuple(t["shape"]) == tuple(shape)
-        and t["quantization"][1] == zero_point
-        and abs(t["quantization"][0] - scale) <= 1e-6 * scale
+        if t["quantization"][1] == zero_point and abs(t["quantization"][0] - scale) <= 1e-6 * scale
+    ]
+    found = [t for t in quantized if tuple(t["shape"]) == tuple(shape)] or [
+        t for t in quantized if np.prod(t["shape"]) == np.prod(shape)
     ]
     if len(found) > 1:  # e.g. ReLU6 outputs: range [0, 6] everywhere; the op's name decides
         made_by = re.compile(rf"/{re.escape(quantizer.name.removesuffix('_quant'))}(_\d+)?/")

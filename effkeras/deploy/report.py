@@ -135,6 +135,8 @@ class Int8Report(TFLiteReport):
     max_lsb: float = None  # QAT: max |file - Keras| of the outputs, in steps of their scale
     max_op_lsb: float = None  # QAT: the same at every quantization point, op by op (int8_qat.py)
     quantization_points: int = 0  # QAT: tensors of the file compared op by op
+    binary_layers: int = 0  # layers with 1-bit weights lowered to int8 ops (binary_int8.py)
+    exact_steps: int = 0  # their input quantizers, each checked exact on the sample
 
 
 @dataclasses.dataclass

@@ -144,13 +144,6 @@ def convert_int8(
     """
     if io not in IO_TYPES:
         raise InputError(f"unknown io type {io!r}; choose from {', '.join(IO_TYPES)}")
-    binary = [layer.name for layer in one_bit_kernel_layers(model)]
-    if binary:
-        raise InputError(
-            f"{model.name} has {len(binary)} layer(s) with 1-bit weights ({', '.join(binary[:3])}"
-            f"{' ...' if len(binary) > 3 else ''}), which run as binary ops only in Larq Compute "
-            f"Engine: deploy it with --target=arm (int8 targets compute in 8 bits)"
-        )
     if qat.is_qat_model(model):
         from effkeras.deploy import int8_qat
 
@@ -163,6 +156,18 @@ def convert_int8(
     verify.check_sample(model, calibration, "calibration set")
     arrays = calibration if isinstance(calibration, (list, tuple)) else [calibration]
     arrays = [np.asarray(a, np.float32) for a in arrays]
+    if one_bit_kernel_layers(model):
+        from effkeras.deploy import binary_int8
+
+        return binary_int8.convert(
+            model,
+            arrays[0],
+            calibration_source or f"{len(arrays[0])} given inputs",
+            sample=sample,
+            io=io,
+            input_range=input_range,
+            max_code_step=max_code_step,
+        )
 
     tables = int8_tables.Tables()
     if int8_tables.gather_tables(model):

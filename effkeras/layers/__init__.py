@@ -11,6 +11,7 @@ ranet.py        RANet's bilinear resize
 common.py       fused BatchNormalization, BlurPool, ChannelPad, LearnableBias, pixel
                 normalization
 qat.py          int8 QAT layers (FakeQuant, QATConv2D, ...) and CodeTable
+int8_step.py    Int8Step: a binary layer's input quantizer as exact int8 ops
 imported.py     the layers imported Keras 2 / larq models are made of (TFOpCall, ...)
 """
 
@@ -34,6 +35,7 @@ from effkeras.layers.common import (
 from effkeras.layers.convnext import LayerScale
 from effkeras.layers.ern import PixelEmbedding
 from effkeras.layers.imported import AddToLastChannels, TFOpCall
+from effkeras.layers.int8_step import Int8Step
 from effkeras.layers.qat import (
     ChannelAffine,
     CodeTable,
@@ -63,6 +65,7 @@ __all__ = [
     "CodeTable",
     "CollapsibleConv2D",
     "FakeQuant",
+    "Int8Step",
     "LayerScale",
     "LearnableBias",
     "LerpPSA",

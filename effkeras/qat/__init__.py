@@ -9,7 +9,7 @@ fake-quant ops, which the TFLite converter turns into int8 ops with exactly thos
                                         default 8-bit registry
     quantize_model(model, calibration)  the QAT copy of a trained float model (transform.py)
     calibrate(model, images)            activation ranges from a calibration set, as PTQ's
-    set_mode, snap_biases, unobserved, input_quantizer, ...
+    set_mode, snap_biases, freeze_steps, unobserved, input_quantizer, ...
                                         switches and queries over a QAT model (calibrate.py)
 
 The layers (FakeQuant, QATConv2D, QATDepthwiseConv2D, QATDense, ChannelAffine) live in
@@ -29,6 +29,7 @@ from effkeras.qat.calibrate import (
     MAX_BIAS_CODE,
     MODES,
     calibrate,
+    freeze_steps,
     input_quantizer,
     is_qat_model,
     output_quantizers,
@@ -54,6 +55,7 @@ __all__ = [
     "QATDense",
     "QATDepthwiseConv2D",
     "calibrate",
+    "freeze_steps",
     "input_quantizer",
     "is_qat_model",
     "output_quantizers",

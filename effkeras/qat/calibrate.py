@@ -13,6 +13,7 @@ import numpy as np
 from keras import ops
 
 from effkeras.errors import InputError
+from effkeras.layers.int8_step import Int8Step
 from effkeras.layers.qat import FakeQuant, FoldedBatchNorm
 from effkeras.qat import scheme
 
@@ -42,11 +43,12 @@ def set_mode(model, mode):
 
 
 def quantized_layers(model):
-    """The FakeQuant and folded-BN (QAT twin) layers of `model`, nested ones included."""
+    """The FakeQuant, folded-BN (QAT twin) and Int8Step layers of `model`, nested ones
+    included: the layers with a `mode`."""
     return [
         layer
         for layer in model._flatten_layers(include_self=False)
-        if isinstance(layer, (FakeQuant, FoldedBatchNorm))
+        if isinstance(layer, (FakeQuant, FoldedBatchNorm, Int8Step))
     ]
 
 
@@ -81,6 +83,24 @@ def calibrate(model, images, batch_size=64):
     finally:
         set_mode(model, "quantize")
     return model
+
+
+def freeze_steps(model):
+    """Sets every Int8Step of calibrated QAT `model` to its int8 form, on its input's grid.
+
+    Args:
+        model: a QAT model whose activation ranges are set.
+
+    Returns:
+        The number of Int8Step layers frozen.
+
+    Raises:
+        InputError: where a step does not read a quantized tensor.
+    """
+    steps = [layer for layer in quantized_layers(model) if isinstance(layer, Int8Step)]
+    for layer in steps:
+        layer.freeze(*input_quantizer(layer).quantization())
+    return len(steps)
 
 
 def unobserved(model):

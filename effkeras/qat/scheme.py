@@ -14,7 +14,7 @@ requantize, and nowhere else. `SCHEME` says, for each layer class `quantize_mode
   flatten, max pooling, padding, dropout), INPUT_SCALE (TFLite runs it at its input's scale:
   average pooling re-uses its input's quantizer), INPUT (the model's input: the raw pixel range,
   fixed) or REFUSED (`reason` says why).
-- `fuses_activation`: a ReLU or ReLU6 right after it is TFLite's fused activation: one
+- `fuses_activation`: a ReLU, ReLU6 or hard tanh right after it is TFLite's fused activation: one
   quantization point after the ReLU, none between (`fusable`: the ReLU that may be fused).
 - `fixed_ranges`: the output range of TFLite's int8 kernel, by the op's activation name
   (LOGISTIC and SOFTMAX: scale 1/256, zero point -128; TANH: 1/128, 0): a quantization point of
@@ -36,8 +36,9 @@ import numpy as np
 from keras import layers
 
 from effkeras.layers.activations import LerpTable
-from effkeras.layers.common import PixelNormalization
+from effkeras.layers.common import ChannelPad, PixelNormalization
 from effkeras.layers.convnext import LayerScale
+from effkeras.layers.int8_step import Int8Step
 from effkeras.layers.qat import QATConv2D, QATDense, QATDepthwiseConv2D
 
 INPUT_RANGE = (0.0, 255.0)  # raw pixels: every registry model normalises them itself
@@ -45,7 +46,19 @@ INPUT_RANGE = (0.0, 255.0)  # raw pixels: every registry model normalises them i
 # gives it): a quantization point of another range would cost a requantizing op.
 FIXED_OUTPUT_RANGES = {"sigmoid": (0.0, 255 / 256), "tanh": (-1.0, 127 / 128)}
 # The activations an Activation layer may compute: those with an int8 TFLite kernel.
-ACTIVATIONS = ("relu", "relu6", "hard_swish", "hard_silu", "sigmoid", "tanh", "gelu", "linear")
+ACTIVATIONS = (
+    "relu",
+    "relu6",
+    "hard_tanh",
+    "hard_swish",
+    "hard_silu",
+    "sigmoid",
+    "tanh",
+    "gelu",
+    "linear",
+)
+# Activations TFLite fuses into the op before them (RELU, RELU6, RELU_N1_TO_1).
+FUSED = ("relu", "relu6", "hard_tanh")
 
 # What follows a layer in the int8 file (`Policy.output`).
 REQUANTIZED = "requantized"
@@ -90,7 +103,7 @@ def _weighted(qat_layer):
     return Policy(
         weights=("kernel",),
         qat_layer=qat_layer,
-        activations=("linear", "relu", "relu6"),
+        activations=("linear", *FUSED),
         fuses_activation=True,
     )
 
@@ -116,6 +129,7 @@ SCHEME = {
     layers.Resizing: _REQUANTIZED,
     PixelNormalization: _REQUANTIZED,
     LerpTable: _REQUANTIZED,  # a learned activation, frozen to its int8 table (a GATHER)
+    Int8Step: _REQUANTIZED,  # a binary layer's input quantizer, at its `output_range`
     layers.BatchNormalization: Policy(fuses_activation=True, rewrite=CHANNEL_AFFINE),
     LayerScale: Policy(fuses_activation=True, rewrite=CHANNEL_AFFINE),
     layers.Rescaling: Policy(rewrite=RESCALING),
@@ -132,6 +146,7 @@ SCHEME = {
     layers.MaxPooling2D: _SAME_CODES,
     layers.GlobalMaxPooling2D: _SAME_CODES,
     layers.ZeroPadding2D: _SAME_CODES,
+    ChannelPad: _SAME_CODES,  # a PAD of the channels with the zero point
     layers.Cropping2D: _SAME_CODES,
     layers.Permute: _SAME_CODES,
     layers.Identity: _SAME_CODES,
@@ -173,13 +188,14 @@ def activation_of(layer):
 
 
 def fusable(layer):
-    """'relu' or 'relu6' where `layer` is an activation TFLite fuses into the op before it.
+    """'relu', 'relu6' or 'hard_tanh' where `layer` is an activation TFLite fuses into the op
+    before it.
 
     Args:
         layer: a Keras layer.
 
     Returns:
-        "relu", "relu6", or None for any other layer (a leaky or thresholded ReLU included).
+        A name in FUSED, or None for any other layer (a leaky or thresholded ReLU included).
     """
     if isinstance(layer, layers.ReLU):
         if layer.negative_slope or layer.threshold or layer.max_value not in (None, 6.0):
@@ -188,7 +204,7 @@ def fusable(layer):
     if type(layer) is layers.Activation:
         name = keras.activations.serialize(layer.activation)
         name = name if isinstance(name, str) else name.get("config", {}).get("name", name)
-        return name if name in ("relu", "relu6") else None
+        return name if name in FUSED else None
     return None
 
 
@@ -196,11 +212,14 @@ def fixed_output_range(layer):
     """The range whose codes TFLite's int8 kernel of `layer` always outputs.
 
     Args:
-        layer: a Keras layer (Softmax, or an Activation of sigmoid or tanh, has one).
+        layer: a Keras layer (Softmax, an Activation of sigmoid or tanh, and Int8Step have
+            one).
 
     Returns:
         (low, high), or None where the kernel's output scale is free.
     """
+    if isinstance(layer, Int8Step):
+        return layer.output_range
     if isinstance(layer, layers.Softmax):
         name = "softmax"
     elif type(layer) is layers.Activation:

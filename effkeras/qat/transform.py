@@ -130,7 +130,9 @@ def _qat_layer(layer, qat_class, batch_norm, activation, prescale):
     return qat, load
 
 
-def quantize_model(model, calibration=None, *, input_range=scheme.INPUT_RANGE, batch_size=64):
+def quantize_model(
+    model, calibration=None, *, input_range=scheme.INPUT_RANGE, batch_size=64, check=True
+):
     """The int8 QAT model of a trained functional float model (module docstring).
 
     Collapsible blocks (RAN-e) are collapsed and learned activations frozen to their tables
@@ -142,6 +144,9 @@ def quantize_model(model, calibration=None, *, input_range=scheme.INPUT_RANGE, b
             activation ranges from (`calibrate`); None leaves them to the first training batch.
         input_range: (low, high) of the model's input, its fixed quantization range.
         batch_size: images per calibration call.
+        check: whether to check that the QAT model, its rounding off, computes `model` end to
+            end. A binary net fails it where BN folding's float rounding flips a sign
+            (effkeras.deploy.binary_int8 checks op by op instead). Defaults to `True`.
 
     Returns:
         The QAT model (a new functional keras.Model), in "quantize" mode.
@@ -254,11 +259,12 @@ def quantize_model(model, calibration=None, *, input_range=scheme.INPUT_RANGE, b
     qat = rewrite(model, replace)
     for load in loads:
         load()
-    set_mode(qat, "float")
-    try:
-        check_models(model, qat, "QAT model with its rounding off")
-    finally:
-        set_mode(qat, "quantize")
+    if check:
+        set_mode(qat, "float")
+        try:
+            check_models(model, qat, "QAT model with its rounding off")
+        finally:
+            set_mode(qat, "quantize")
     if calibration is not None:
         calibrate(qat, calibration, batch_size=batch_size)
     return qat

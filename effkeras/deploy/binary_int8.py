@@ -1,0 +1,80 @@
+"""int8 files of binary and w1a2 nets (ReCU, ERN, QuickNet, Bi-Real, imported Larq Zoo nets).
+
+Binary layers become TFLite int8 builtins that compute them exactly (graph.passes.binary_int8:
+an `Int8Step` for the input quantizer, ±127 weight codes), the rest quantizes as every int8
+file does: the lowered model is made a QAT model (effkeras.qat) whose activation ranges are
+calibrated on the calibration images (post-training quantization's ranges), the steps are
+frozen on their input grids, and int8_qat converts it with exactly those ranges and checks it
+op by op. The checks, on the sample:
+- every step's output codes equal the Keras quantizer's on the file's own input codes (0 steps
+  off: `exact_steps` of them compared), every other quantization point within int8_qat's
+  MAX_LSB (the binary layers' outputs included: their accumulators are exact, their
+  requantization rounds);
+- end to end, `top1_agreement` and the max difference against the original binary Keras model.
+"""
+
+import dataclasses
+
+from effkeras import qat
+from effkeras.deploy import int8_qat, runtime, verify
+from effkeras.deploy.converter import top1_agreement
+from effkeras.graph.passes.binary_int8 import lower_binary
+from effkeras.layers.int8_step import Int8Step
+
+
+def convert(model, calibration, calibration_source, *, sample, io, input_range, max_code_step):
+    """(int8 flatbuffer, Int8Report) of a model with binary layers (module docstring).
+
+    Args:
+        model: a functional keras.Model with 1-bit-weight layers.
+        calibration: float32 images (N, H, W, C) in `input_range`.
+        calibration_source: how the report names them.
+        sample: images to check on, or None (random images in `input_range`).
+        io: "int8" or "float", the file's input and output type.
+        input_range: (low, high) of the model's input.
+        max_code_step: as for int8 LERP tables (int8_tables.py).
+
+    Returns:
+        A tuple (flatbuffer bytes, Int8Report).
+
+    Raises:
+        InputError: for a binary layer that cannot be lowered (graph.passes.binary_int8), or a
+            layer the QAT policy refuses.
+        RuntimeError: if a step of the file is off the Keras quantizer on one code, or another
+            quantization point more than int8_qat.MAX_LSB steps off.
+    """
+    lowered, count = lower_binary(model)
+    quantized = qat.quantize_model(lowered, calibration, check=False)
+    qat.freeze_steps(quantized)
+    if sample is None:
+        sample = verify.random_sample(model, input_range)
+    worst_by = {}
+    flatbuffer, report = int8_qat.convert(
+        quantized,
+        sample=sample,
+        io=io,
+        input_range=input_range,
+        max_code_step=max_code_step,
+        worst_by=worst_by,
+    )
+    steps = [f"{layer.name}_quant" for layer in quantized.layers if isinstance(layer, Int8Step)]
+    unchecked = [name for name in steps if name not in worst_by]
+    off = {name: worst_by[name] for name in steps if worst_by.get(name)}
+    if unchecked or off:
+        raise RuntimeError(
+            f"the int8 steps of {model.name} are not exact: "
+            + (f"off the Keras quantizer at {off}; " if off else "")
+            + (f"no file tensor found for {unchecked}" if unchecked else "")
+        )
+    expected = model.predict(sample, verbose=0)
+    actual = runtime.LiteRT(flatbuffer).predict(sample)
+    abs_diff, rel_diff = verify.max_diffs(expected, actual)
+    return flatbuffer, dataclasses.replace(
+        report,
+        calibration=f"{calibration_source} (QAT ranges of the lowered model)",
+        max_abs_diff=abs_diff,
+        max_rel_diff=rel_diff,
+        top1_agreement=top1_agreement(expected, actual),
+        binary_layers=count,
+        exact_steps=len(steps),
+    )

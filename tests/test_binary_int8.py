@@ -1,0 +1,188 @@
+"""Binary and w1a2 layers lowered to exact int8 builtins (graph/passes/binary_int8.py,
+layers/int8_step.py, deploy/binary_int8.py), checked in LiteRT, TFLite Micro and Vela."""
+
+import keras
+import numpy as np
+import pytest
+
+from effkeras import deploy, quantizers
+from effkeras.deploy.flatbuffer import operators
+from effkeras.errors import InputError
+from effkeras.graph.passes.binary_int8 import lower_binary
+from effkeras.layers import (
+    Int8Step,
+    PixelEmbedding,
+    QuantConv2D,
+    QuantDense,
+    QuantDepthwiseConv2D,
+    ReCUConv2D,
+)
+
+QUANTIZERS = {
+    # name: (levels, index of the level at 0)
+    "ste_sign": ([-1.0, 1.0], 1),  # sign(0) = +1, as larq
+    "approx_sign": ([-1.0, 1.0], 1),
+    "swish_sign": ([-1.0, 1.0], 1),
+    "ste_heaviside": ([0.0, 1.0], 0),  # larq: 1 only where x > 0
+    "half_wave_gaussian": ([0.0, 2 / 3, 4 / 3, 2.0], None),
+}
+
+
+def every_kind(seed=0):
+    """A small net with each binary layer kind: ERN's stem (pixel embedding, w1a2 conv), a
+    one-padded ste_sign conv (QuickNet), ReCU's conv, a binary depthwise conv, a heaviside-input
+    conv with mean-|W| scaling, and a binary Dense classifier."""
+    keras.utils.set_random_seed(seed)
+    bn = keras.layers.BatchNormalization
+    inputs = keras.Input((8, 8, 3))
+    x = PixelEmbedding(expansion=2, name="embedding")(inputs)
+    x = keras.layers.ZeroPadding2D(1)(x)
+    x = QuantConv2D(
+        8,
+        3,
+        name="w1a2",
+        input_quantizer=quantizers.HalfWaveGaussianQuantizer(),
+        kernel_quantizer=quantizers.BinaryChannelWiseMeanScaling(),
+    )(x)
+    x = bn(name="bn1")(x)
+    x = QuantConv2D(
+        8,
+        3,
+        padding="same",
+        pad_values=1.0,
+        name="one_padded",
+        input_quantizer="ste_sign",
+        kernel_quantizer="ste_sign",
+    )(x)
+    x = bn(name="bn2")(x)
+    x = ReCUConv2D(8, name="recu")(x)
+    x = bn(name="bn3")(x)
+    x = QuantDepthwiseConv2D(
+        3,
+        padding="same",
+        name="depthwise",
+        input_quantizer="approx_sign",
+        depthwise_quantizer="ste_sign",
+    )(x)
+    x = bn(name="bn4")(x)
+    x = QuantConv2D(
+        8,
+        1,
+        name="heaviside",
+        input_quantizer="ste_heaviside",
+        kernel_quantizer="magnitude_aware_sign",
+    )(x)
+    x = bn(name="bn5")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = QuantDense(
+        10, name="classifier", input_quantizer="swish_sign", kernel_quantizer="ste_sign"
+    )(x)
+    model = keras.Model(inputs, outputs, name="every_kind")
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:  # BN statistics as after training: outputs around 0
+        if isinstance(layer, keras.layers.BatchNormalization):
+            channels = layer.gamma.shape[0]
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, channels),
+                    rng.normal(0, 0.2, channels),
+                    rng.normal(0, 1, channels),
+                    rng.uniform(1, 10, channels),
+                ]
+            )
+    return model
+
+
+@pytest.mark.parametrize("name", sorted(QUANTIZERS))
+def test_step_equals_its_quantizer_on_every_code(name):
+    """Frozen on a grid, the int8 form gives the quantizer's level on all 256 codes, and sign(0)
+    is +1 (larq's), heaviside(0) is 0."""
+    levels, at_zero = QUANTIZERS[name]
+    step = Int8Step(name)
+    step.build((None, 4, 4, 2))
+    scale, zero_point = 3.0 / 255, -40
+    thresholds = step.freeze(scale, zero_point)
+    codes = np.arange(-128, 128)
+    grid = (scale * (codes - zero_point)).astype(np.float32)[None, None, :, None]
+    got = np.asarray(step._int8(np.repeat(grid, 2, axis=-1)))[0, 0, :, 0]
+    if step.steps > 1:  # the last sum's quantization point comes after the layer
+        got = np.round(got / (step.output_range[1] / 255)) * (step.output_range[1] / 255)
+    want = np.asarray(quantizers.get(name)(grid))[0, 0, :, 0]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert sorted(set(np.round(want, 5))) == pytest.approx(levels, abs=1e-5)
+    if at_zero is not None:
+        assert want[codes == zero_point][0] == levels[at_zero]
+        # sign: the first code at +1 is the zero point's; heaviside: the one after it
+        assert thresholds[0, 0] == zero_point + (name == "ste_heaviside")
+
+
+def test_batch_statistic_quantizers_are_refused():
+    """magnitude_aware_sign scales by a mean over the batch: not an elementwise step."""
+    inputs = keras.Input((4, 4, 2))
+    outputs = QuantConv2D(
+        2, 1, input_quantizer="magnitude_aware_sign", kernel_quantizer="ste_sign", name="mag"
+    )(inputs)
+    with pytest.raises(InputError, match="mag: its input quantizer .* not elementwise"):
+        lower_binary(keras.Model(inputs, outputs))
+
+
+def test_lowering_is_exact_layer_by_layer():
+    model = every_kind()
+    lowered, count = lower_binary(model)
+    assert count == 6
+    steps = [layer for layer in lowered.layers if isinstance(layer, Int8Step)]
+    assert len(steps) == 7  # the embedding and one per binary layer
+    assert not any(isinstance(layer, (QuantConv2D, QuantDense)) for layer in lowered.layers)
+
+
+@pytest.fixture(scope="module")
+def every_kind_int8():
+    model = every_kind()
+    rng = np.random.default_rng(1)
+    calibration = rng.uniform(0, 255, (64, 8, 8, 3)).astype(np.float32)
+    sample = rng.uniform(0, 255, (16, 8, 8, 3)).astype(np.float32)
+    flatbuffer, report = deploy.convert(model, "int8", calibration=calibration, sample=sample)
+    return model, flatbuffer, report, calibration, sample
+
+
+def test_every_kind_converts_to_builtin_int8_ops(every_kind_int8):
+    """No float op, no custom op; each step's codes exact in LiteRT, every other quantization
+    point within one step."""
+    _, flatbuffer, report, _, _ = every_kind_int8
+    types = {op.type for op in operators(flatbuffer)}
+    assert types <= {
+        "CONV_2D",
+        "DEPTHWISE_CONV_2D",
+        "ADD",
+        "PAD",
+        "MEAN",
+        "FULLY_CONNECTED",
+        "RESHAPE",
+        "MUL",
+    }, types
+    assert report.float_ops == ()
+    assert report.binary_layers == 6 and report.exact_steps == 7
+    assert report.max_op_lsb <= 1
+    assert report.quantization_points >= 13
+
+
+def test_binary_weights_are_int8_codes_plus_minus_127(every_kind_int8):
+    """Each binary conv's int8 weights are ±127 (its α and the folded BN in the scales)."""
+    _, flatbuffer, _, _, _ = every_kind_int8
+    found = set()
+    for op in operators(flatbuffer):
+        name = op.outputs[0].name
+        for layer in ("w1a2", "one_padded", "recu", "depthwise", "heaviside"):
+            if f"/{layer}_1/" in name and op.type in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+                weights = np.frombuffer(op.inputs[1].data, np.int8)
+                assert set(np.abs(weights).tolist()) == {127}, name
+                found.add(layer)
+    assert len(found) == 5
+
+
+def test_every_kind_runs_in_tflite_micro_and_on_the_npu(every_kind_int8):
+    model, _, _, calibration, sample = every_kind_int8
+    _, tflm = deploy.convert(model, "tflm", calibration=calibration, sample=sample)
+    assert tflm.binary_layers == 6 and tflm.max_lsb_diff <= 1 and tflm.arena_bytes > 0
+    _, npu = deploy.convert(model, "ethos-u55-128", calibration=calibration, sample=sample)
+    assert npu.cpu_ops == 0 and npu.npu_ops > 0
