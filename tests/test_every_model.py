@@ -1,7 +1,12 @@
 """Every registered model goes through the same harness: built small, saved and loaded, summarised,
 and converted to its default deploy target with that target's checks (for the models a dedicated
 test marks with `@pytest.mark.deploys(name=input_size, ...)`, by that test, with stricter checks).
-A new model is tested by being registered."""
+A new model is tested by being registered.
+
+A conversion exercises its target, its input size and the (layer class, activation) pairs of the
+model (`conversion_signature`): a width or depth variant of a model converted earlier in the run
+(by the harness, or by a dedicated test) is built, saved, loaded and summarised, and not converted
+again. Run alone, every model converts."""
 
 import ast
 import os
@@ -16,7 +21,7 @@ import test_w1a2_pass
 from conftest import REPO
 
 from effkeras import deploy, models
-from effkeras.graph import summary
+from effkeras.graph import leaf_layers, summary
 from effkeras.layers import BSplineActivation
 from effkeras.training import recipes
 
@@ -45,6 +50,20 @@ def deploys_marks(modules):
 
 
 DEPLOYED_BY = deploys_marks(DEDICATED_MODULES)
+
+
+CONVERTED = {}  # conversion_signature -> the model whose conversion covers it, in this run
+
+
+def conversion_signature(model, target, size):
+    """What converting `model` to `target` at `size` exercises: the target, the size and the set
+    of (layer class, activation) pairs."""
+    pairs = set()
+    for layer in leaf_layers(model):
+        activation = getattr(layer, "activation", None)
+        name = None if activation is None else keras.activations.serialize(activation)
+        pairs.add((type(layer).__name__, str(name)))
+    return target, size, frozenset(pairs)
 
 
 def small_size(info):
@@ -100,8 +119,11 @@ def test_registered_model(name, tmp_path):
     assert totals["total_params"] == model.count_params()
     assert totals["binary_macs"] + totals["low_bit_macs"] + totals["float_macs"] > 0
 
-    if name in DEPLOYED_BY:
+    signature = conversion_signature(model, info.deploy, size)
+    if name in DEPLOYED_BY or signature in CONVERTED:
+        CONVERTED.setdefault(signature, name)
         return
+    CONVERTED[signature] = name
     flatbuffer, report = deploy.convert(model, info.deploy)
     assert report.size_bytes == len(flatbuffer) and report.op_census
     if info.deploy == "arm":

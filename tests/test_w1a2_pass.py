@@ -198,9 +198,11 @@ def min_maps(model):
 
 
 # 96x96: every w1a2 conv reads a map of at least 3x3 (layer4: 3x3). 80x80 (ern18_075): layer3
-# is 5x5, so layer4's stride-2 3x3 conv reads an odd map, which LCE one-pads.
+# is 5x5, so layer4's stride-2 3x3 conv reads an odd map, which LCE one-pads. One ERN per block
+# kind (basic: ern18, bottleneck: ern50); ern34 and ern101 are deeper stacks of the same convs,
+# which test_every_model.py's harness builds and (its conversion signature) leaves to these.
 # The deploys marker: test_every_model.py leaves these models' deployment to this test.
-ERNS = [("ern18_075", 80), ("ern18", 96), ("ern34", 96), ("ern50", 96), ("ern101", 96)]
+ERNS = [("ern18_075", 80), ("ern18", 96), ("ern50", 96)]
 
 
 @pytest.mark.deploys(**dict(ERNS))

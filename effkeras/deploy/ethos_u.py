@@ -22,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
+
 from effkeras.deploy import tflite
 from effkeras.deploy.flatbuffer import op_census, operators
 from effkeras.deploy.registry import register_target
@@ -127,6 +129,7 @@ def compile_for(
             "--optimise",
             optimise,
             "--verbose-performance",
+            "--verbose-schedule",  # per op: "Encoded Weights = N bytes"
             "--output-dir",
             os.path.join(directory, "out"),
             source,
@@ -179,9 +182,66 @@ def compile_for(
             * KIB
         ),
         dram_bytes=round(float(row["dram_memory_used"]) * KIB),
+        bits_per_binary_weight=binary_weight_bits(int8, run.stdout),
     )
     report.artifacts = {"_int8.tflite": int8, "_summary.csv": summary, "_per-layer.csv": per_layer}
     return compiled, report
+
+
+# Vela's names of the weighted ops binary layers lower to.
+_VELA_OPS = {
+    "CONV_2D": "Conv2D",
+    "DEPTHWISE_CONV_2D": "DepthwiseConv2D",
+    "FULLY_CONNECTED": "FullyConnected",
+}
+
+
+def binary_weight_bits(int8, log):
+    """Encoded bits per weight of the binary layers of an int8 file, from Vela's schedule.
+
+    A binary layer (effkeras.deploy.binary_int8) is a CONV_2D, DEPTHWISE_CONV_2D or
+    FULLY_CONNECTED whose int8 weights are all ±127 and that is not an input step (`_step`,
+    all +127). Each is matched to the next scheduled NPU op of its type and output shape
+    (Vela keeps the file's order), whose "Encoded Weights" are its weights, per-channel
+    scales and biases as stored in flash.
+
+    Args:
+        int8: bytes of the int8 file Vela compiled.
+        log: Vela's stdout with --verbose-schedule.
+
+    Returns:
+        Encoded bytes × 8 / weight count over those layers, rounded to 3 places; None when the
+        file has none (or one is not on the NPU).
+    """
+    scheduled = [
+        (kind, tuple(int(d) for d in shape.split(",")), int(encoded or 0))
+        for kind, shape, encoded in re.findall(
+            r"\d+: Operation (\w+)\s+- OFM ([\d, ]+)[^\n]*\n"
+            r"(?:(?!\s*\d+: Operation)[^\n]*\n)*?"
+            r"\s*Encoded Weights = (\d+) bytes",
+            log,
+        )
+    ]
+    weights = encoded = 0
+    position = 0
+    for op in operators(int8):
+        if op.type not in _VELA_OPS or "_step" in op.outputs[0].name or len(op.inputs) < 2:
+            continue
+        codes = np.frombuffer(op.inputs[1].data, np.int8)
+        if not codes.size or np.any(np.abs(codes.astype(int)) != 127):
+            continue
+        shape = tuple(op.outputs[0].shape)
+        while position < len(scheduled) and scheduled[position][:2] != (
+            _VELA_OPS[op.type],
+            shape,
+        ):
+            position += 1
+        if position == len(scheduled):
+            return None
+        weights += codes.size
+        encoded += scheduled[position][2]
+        position += 1
+    return round(8 * encoded / weights, 3) if weights else None
 
 
 def _cpu_reasons(log):

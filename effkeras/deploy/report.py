@@ -146,6 +146,7 @@ class TflmReport(Int8Report):
     max_lsb_diff: int = 0  # TFLite Micro vs LiteRT, int8 outputs, on the sample
     mean_lsb_diff: float = 0.0
     arena_bytes: int = 0  # smallest arena that allocates and invokes
+    micro_top1_agreement: float = None  # TFLite Micro's argmax against Keras's, on the sample
 
 
 @dataclasses.dataclass
@@ -164,6 +165,7 @@ class EthosUReport(Int8Report):
     sram_bytes: int = 0
     flash_bytes: int = 0  # on- and off-chip flash (weights under Shared_Sram)
     dram_bytes: int = 0
+    bits_per_binary_weight: float = None  # the binary layers' encoded flash, per weight
 
 
 @dataclasses.dataclass

@@ -13,6 +13,9 @@ from a representative (calibration) set, int8 or float input and output (`io`). 
   whose argmax agrees) and the max abs/rel diff, which must stay within `max_rel_diff` of the
   largest Keras output (int8 rounding moves outputs by a few percent; a broken conversion or a
   calibration set from the wrong range by far more).
+A model with binary or w1a2 layers (1-bit weights: ReCU, ERN, QuickNet, Bi-Real) converts to int8
+through binary_int8.py: each binary layer lowered to int8 builtins that compute it exactly, the
+rest calibrated as above (as QAT ranges), checked op by op.
 Frozen LERP tables (`LerpTable`, deploy.convert's freeze_tables pass) convert as they are for
 float and float16 (the "gather" form: builtin GATHER, FLOOR, CAST...; "relu_sum": no GATHER);
 for int8 the gather form becomes exact 256-entry int8 tables written into the converted file

@@ -23,6 +23,7 @@ import tempfile
 import numpy as np
 
 from effkeras.deploy import runtime, tflite, verify
+from effkeras.deploy.converter import top1_agreement
 from effkeras.deploy.flatbuffer import io_tensors, op_census, operators
 from effkeras.deploy.registry import register_target
 from effkeras.deploy.report import TflmReport, extend
@@ -54,8 +55,9 @@ def convert(
     if sample is None:  # the int8 check's own random sample (same seed), or the file's shapes
         shapes = [t.shape[1:] for t in io_tensors(flatbuffer)[0]]
         sample = verify.random_inputs(shapes)
-    name = "model" if isinstance(model, (bytes, bytearray)) else model.name
-    lsb, mean = lsb_diffs(flatbuffer, sample)
+    given_file = isinstance(model, (bytes, bytearray))
+    name = "model" if given_file else model.name
+    lsb, mean, micro_outputs = lsb_diffs(flatbuffer, sample)
     if lsb > MAX_LSB_DIFF or mean > MAX_MEAN_LSB_DIFF:
         raise RuntimeError(
             f"TFLite Micro's outputs differ from LiteRT's by up to {lsb} LSB, "
@@ -70,6 +72,9 @@ def convert(
         max_lsb_diff=lsb,
         mean_lsb_diff=round(mean, 3),
         arena_bytes=arena,
+        micro_top1_agreement=(
+            None if given_file else top1_agreement(model.predict(sample, verbose=0), micro_outputs)
+        ),
     )
     report.artifacts = {
         "_model_data.h": lambda stem: c_header(name, len(flatbuffer), arena),
@@ -79,7 +84,8 @@ def convert(
 
 
 def lsb_diffs(flatbuffer, sample):
-    """(largest, mean) |TFLite Micro - LiteRT| over the raw (int8) outputs of the sample."""
+    """(largest, mean) |TFLite Micro - LiteRT| over the raw (int8) outputs of the sample, and
+    TFLite Micro's outputs (dequantized, as `Runtime.predict` gives them)."""
     try:
         micro = runtime.TFLiteMicro(flatbuffer)
     except Exception as e:  # RuntimeError from the C++ side: an op TFLite Micro lacks
@@ -91,12 +97,17 @@ def lsb_diffs(flatbuffer, sample):
     lite = runtime.LiteRT(flatbuffer)
     inputs = sample if isinstance(sample, (list, tuple)) else [sample]
     diffs = []
+    outputs = [[] for _ in micro.outputs]
     for i in range(len(inputs[0])):
         encoded = lite.encode([np.asarray(x[i], np.float32) for x in inputs])
-        for a, b in zip(lite.run_one(encoded), micro.run_one(encoded)):
+        raw = micro.run_one(encoded)
+        for a, b in zip(lite.run_one(encoded), raw):
             diffs.append(np.abs(a.astype(np.int64) - b.astype(np.int64)).ravel())
+        for collected, value in zip(outputs, micro.decode(raw)):
+            collected.append(value)
     diffs = np.concatenate(diffs)
-    return int(diffs.max()), float(diffs.mean())
+    outputs = [np.stack(values) for values in outputs]
+    return int(diffs.max()), float(diffs.mean()), outputs[0] if len(outputs) == 1 else outputs
 
 
 def arena_bytes(flatbuffer, limit=1 << 30):

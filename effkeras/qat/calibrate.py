@@ -18,6 +18,12 @@ from effkeras.layers.qat import FakeQuant, FoldedBatchNorm
 from effkeras.qat import scheme
 
 MODES = ("quantize", "calibrate", "float")
+# The least range `calibrate` leaves: a tensor that was one value on every calibration image (a
+# layer of random weights whose input codes never leave 0) gets [min(v, 0), max(v, 0) + 1]
+# instead, which holds that value as well, where a vanishing range would give the op before it
+# a requantization multiplier beyond what int8 kernels take (XNNPack: input x weight scale
+# over output scale below 256).
+MIN_WIDTH = 1e-6
 # Largest |int32 bias code| snap_biases allows: 2^24 keeps every code, and the accumulator it
 # starts, exact in float32 (XNNPack's int8 kernels requantize in float32).
 MAX_BIAS_CODE = 2**24
@@ -82,6 +88,10 @@ def calibrate(model, images, batch_size=64):
             model(images[start : start + batch_size], training=False)
     finally:
         set_mode(model, "quantize")
+    for layer in quantizers:  # a tensor that never moved: widen its range (module docstring)
+        low, high = float(layer.range_min.numpy()), float(layer.range_max.numpy())
+        if layer.fixed_range is None and high - low < MIN_WIDTH:
+            layer.range_max.assign(max(high, 0.0) + 1.0)
     return model
 
 
