@@ -183,6 +183,10 @@ def test_binary_weights_are_int8_codes_plus_minus_127(every_kind_int8):
 def test_every_kind_runs_in_tflite_micro_and_on_the_npu(every_kind_int8):
     model, _, _, calibration, sample = every_kind_int8
     _, tflm = deploy.convert(model, "tflm", calibration=calibration, sample=sample)
-    assert tflm.binary_layers == 6 and tflm.max_lsb_diff <= 1 and tflm.arena_bytes > 0
+    assert tflm.binary_layers == 6 and tflm.max_lsb_diff == 0 and tflm.arena_bytes > 0
+    # TFLite Micro equals LiteRT's reference kernels; XNNPack may break a tie on one example.
+    assert abs(tflm.micro_top1_agreement - tflm.top1_agreement) <= 1 / 16
     _, npu = deploy.convert(model, "ethos-u55-128", calibration=calibration, sample=sample)
     assert npu.cpu_ops == 0 and npu.npu_ops > 0
+    # Random signs do not compress below a bit; 8-channel layers carry their scales on top.
+    assert 1 < npu.bits_per_binary_weight < 8

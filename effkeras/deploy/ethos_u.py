@@ -200,10 +200,11 @@ def binary_weight_bits(int8, log):
     """Encoded bits per weight of the binary layers of an int8 file, from Vela's schedule.
 
     A binary layer (effkeras.deploy.binary_int8) is a CONV_2D, DEPTHWISE_CONV_2D or
-    FULLY_CONNECTED whose int8 weights are all ±127 and that is not an input step (`_step`,
-    all +127). Each is matched to the next scheduled NPU op of its type and output shape
-    (Vela keeps the file's order), whose "Encoded Weights" are its weights, per-channel
-    scales and biases as stored in flash.
+    FULLY_CONNECTED whose int8 weights are all ±127 (an input step's are all +127). Each is
+    matched to the first unmatched scheduled NPU op of its kind, kernel size and output depth
+    (Vela may schedule a shortcut before the convs beside it, and fold a PAD into an output, so
+    neither order nor spatial size is kept), whose "Encoded Weights" are its weights,
+    per-channel scales and biases as stored in flash.
 
     Args:
         int8: bytes of the int8 file Vela compiled.
@@ -211,36 +212,31 @@ def binary_weight_bits(int8, log):
 
     Returns:
         Encoded bytes × 8 / weight count over those layers, rounded to 3 places; None when the
-        file has none (or one is not on the NPU).
+        file has none (or one of them was not found on the NPU).
     """
-    scheduled = [
-        (kind, tuple(int(d) for d in shape.split(",")), int(encoded or 0))
-        for kind, shape, encoded in re.findall(
-            r"\d+: Operation (\w+)\s+- OFM ([\d, ]+)[^\n]*\n"
-            r"(?:(?!\s*\d+: Operation)[^\n]*\n)*?"
-            r"\s*Encoded Weights = (\d+) bytes",
-            log,
-        )
-    ]
+    scheduled = {}  # (kind, kernel size, output depth) -> encoded bytes of each such op, in order
+    for kind, depth, kh, kw, size in re.findall(
+        r"\d+: Operation (\w+)\s+- OFM [\d, ]*?(\d+) \([^\n]*\n"
+        r"\s*Kernel: size=(\d+),(\d+)[^\n]*\n"
+        r"(?:(?!\s*\d+: Operation)[^\n]*\n)*?"
+        r"\s*Encoded Weights = (\d+) bytes",
+        log,
+    ):
+        scheduled.setdefault((kind, (int(kh), int(kw)), int(depth)), []).append(int(size))
     weights = encoded = 0
-    position = 0
     for op in operators(int8):
-        if op.type not in _VELA_OPS or "_step" in op.outputs[0].name or len(op.inputs) < 2:
+        if op.type not in _VELA_OPS or len(op.inputs) < 2:
             continue
-        codes = np.frombuffer(op.inputs[1].data, np.int8)
-        if not codes.size or np.any(np.abs(codes.astype(int)) != 127):
+        codes = np.frombuffer(op.inputs[1].data, np.int8).astype(int)
+        if not codes.size or np.any(np.abs(codes) != 127) or np.all(codes == 127):
             continue
-        shape = tuple(op.outputs[0].shape)
-        while position < len(scheduled) and scheduled[position][:2] != (
-            _VELA_OPS[op.type],
-            shape,
-        ):
-            position += 1
-        if position == len(scheduled):
+        shape = op.inputs[1].shape  # (O, kh, kw, I), (1, kh, kw, C·M) or (O, I)
+        kernel = tuple(shape[1:3]) if len(shape) == 4 else (1, 1)
+        sizes = scheduled.get((_VELA_OPS[op.type], kernel, op.outputs[0].shape[-1]))
+        if not sizes:
             return None
         weights += codes.size
-        encoded += scheduled[position][2]
-        position += 1
+        encoded += sizes.pop(0)
     return round(8 * encoded / weights, 3) if weights else None
 
 

@@ -143,7 +143,7 @@ class Int8Report(TFLiteReport):
 class TflmReport(Int8Report):
     """Target tflm: int8 in TFLite Micro (tflm.py)."""
 
-    max_lsb_diff: int = 0  # TFLite Micro vs LiteRT, int8 outputs, on the sample
+    max_lsb_diff: int = 0  # TFLite Micro vs LiteRT's reference kernels, int8 outputs, on the sample
     mean_lsb_diff: float = 0.0
     arena_bytes: int = 0  # smallest arena that allocates and invokes
     micro_top1_agreement: float = None  # TFLite Micro's argmax against Keras's, on the sample

@@ -130,13 +130,18 @@ class LiteRT(Runtime):
     Args:
         flatbuffer: the .tflite file's bytes.
         num_threads: the interpreter's threads (XNNPack's too).
+        reference: run TFLite's reference kernels (`OpResolverType.BUILTIN_REF`, no XNNPack):
+            the integer arithmetic TFLite Micro's kernels implement too.
     """
 
-    def __init__(self, flatbuffer, num_threads=1):
-        from ai_edge_litert.interpreter import Interpreter
+    def __init__(self, flatbuffer, num_threads=1, reference=False):
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+        options = {"experimental_op_resolver_type": OpResolverType.BUILTIN_REF} if reference else {}
         with quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-            self.interpreter = Interpreter(model_content=bytes(flatbuffer), num_threads=num_threads)
+            self.interpreter = Interpreter(
+                model_content=bytes(flatbuffer), num_threads=num_threads, **options
+            )
             self.interpreter.allocate_tensors()
         self.threads = num_threads
         self.inputs = self.interpreter.get_input_details()

@@ -3,11 +3,13 @@
 The int8 file (`tflite.convert_int8`, or an int8 .tflite given as bytes) is run with TFLite
 Micro's kernels, and the target reports:
 - `max_lsb_diff` and `mean_lsb_diff`: the largest and the mean difference between TFLite Micro's
-  and LiteRT's int8 outputs on the sample, in units of the output's quantization step. Their
-  kernels round intermediate requantizations differently, and the differences add up with
-  depth: 2 LSB at most on ResNet-8, a mean of 1.6-1.9 and a max of 7-9 LSB over RAN-e-GT's
-  1000 logits (29 hard-swish layers, random weights). Beyond MAX_LSB_DIFF (a tenth of the int8
-  range) or MAX_MEAN_LSB_DIFF, TFLite Micro computes something else, which is an error;
+  int8 outputs on the sample and those of LiteRT's reference kernels (`OpResolverType.
+  BUILTIN_REF`), in units of the output's quantization step. Both implement TFLite's integer
+  reference arithmetic; LiteRT's default XNNPack kernels round some ties differently, and in a
+  binary net one flipped sign cascades (random-weight ReCU-20: 79 LSB between TFLite Micro and
+  XNNPack, 0 against the reference kernels). Beyond MAX_LSB_DIFF (a tenth of the int8 range) or
+  MAX_MEAN_LSB_DIFF, TFLite Micro computes something else, which is an error;
+- `micro_top1_agreement`: TFLite Micro's argmax against the Keras model's, on the sample;
 - `arena_bytes`: the smallest tensor arena that allocates and invokes, found by bisection on
   the real interpreter (TFLite Micro's RecordingMicroAllocator only prints its usage);
 - a C array for the firmware build: `<stem>_model_data.h/.cc`, the flatbuffer 16-byte aligned,
@@ -84,8 +86,8 @@ def convert(
 
 
 def lsb_diffs(flatbuffer, sample):
-    """(largest, mean) |TFLite Micro - LiteRT| over the raw (int8) outputs of the sample, and
-    TFLite Micro's outputs (dequantized, as `Runtime.predict` gives them)."""
+    """(largest, mean) |TFLite Micro - LiteRT's reference kernels| over the raw (int8) outputs of
+    the sample, and TFLite Micro's outputs (dequantized, as `Runtime.predict` gives them)."""
     try:
         micro = runtime.TFLiteMicro(flatbuffer)
     except Exception as e:  # RuntimeError from the C++ side: an op TFLite Micro lacks
@@ -94,7 +96,7 @@ def lsb_diffs(flatbuffer, sample):
             f"it has no kernel for one of its ops "
             f"({', '.join(op_census(operators(flatbuffer)))})"
         ) from None
-    lite = runtime.LiteRT(flatbuffer)
+    lite = runtime.LiteRT(flatbuffer, reference=True)
     inputs = sample if isinstance(sample, (list, tuple)) else [sample]
     diffs = []
     outputs = [[] for _ in micro.outputs]
