@@ -62,7 +62,7 @@ def convert(
     lsb, mean, micro_outputs = lsb_diffs(flatbuffer, sample)
     if lsb > MAX_LSB_DIFF or mean > MAX_MEAN_LSB_DIFF:
         raise RuntimeError(
-            f"TFLite Micro's outputs differ from LiteRT's by up to {lsb} LSB, "
+            f"TFLite Micro's outputs differ from LiteRT's reference kernels' by up to {lsb} LSB, "
             f"{mean:.2f} on average (limits {MAX_LSB_DIFF}, {MAX_MEAN_LSB_DIFF}): "
             f"TFLite Micro computes this file differently"
         )
