@@ -1,4 +1,5 @@
-"""Weights for tests and benchmarks under which a conversion must be exact.
+"""Weights for tests and benchmarks: BN statistics as after training, and weights under which a
+conversion must be exact.
 
 Binary accumulators are integers, so with random float weights some outputs land within float
 rounding of a quantizer threshold and two correct computations (Keras, and the converted
@@ -97,4 +98,36 @@ def tie_free_weights(model, seed=0, spread=0.7):
             )
         elif isinstance(layer, keras.layers.ZeroPadding2D) and id(producers[0]) in grids:
             grids[id(layer)] = grids[id(producers[0])]
+    return model
+
+
+def set_batch_norm_statistics(model, seed=0, beta_std=0.1, mean_std=0.2, variance=(0.2, 2.0)):
+    """Gives every BatchNormalization of `model` random statistics as after training, in place.
+
+    An untrained BN (γ 1, β 0, mean 0, variance 1) folds into nothing; these make folding and
+    quantization points non-trivial: γ ~ U[0.5, 1.5], β ~ N(0, beta_std), the moving mean ~
+    N(0, mean_std) and the moving variance ~ U(variance), drawn in that order per layer.
+
+    Args:
+        model: keras.Model. Its top-level BatchNormalization layers are set.
+        seed: int. The NumPy random seed. Defaults to `0`.
+        beta_std: float. Defaults to `0.1`.
+        mean_std: float. Defaults to `0.2`.
+        variance: (low, high). Defaults to `(0.2, 2.0)`.
+
+    Returns:
+        `model`.
+    """
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            channels = layer.gamma.shape[0]
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, channels),
+                    rng.normal(0, beta_std, channels),
+                    rng.normal(0, mean_std, channels),
+                    rng.uniform(*variance, channels),
+                ]
+            )
     return model

@@ -17,6 +17,7 @@ from effkeras.layers import (
     QuantDepthwiseConv2D,
     ReCUConv2D,
 )
+from effkeras.testing import set_batch_norm_statistics
 
 QUANTIZERS = {
     # name: (levels, index of the level at 0)
@@ -78,18 +79,8 @@ def every_kind(seed=0):
         10, name="classifier", input_quantizer="swish_sign", kernel_quantizer="ste_sign"
     )(x)
     model = keras.Model(inputs, outputs, name="every_kind")
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:  # BN statistics as after training: outputs around 0
-        if isinstance(layer, keras.layers.BatchNormalization):
-            channels = layer.gamma.shape[0]
-            layer.set_weights(
-                [
-                    rng.uniform(0.5, 1.5, channels),
-                    rng.normal(0, 0.2, channels),
-                    rng.normal(0, 1, channels),
-                    rng.uniform(1, 10, channels),
-                ]
-            )
+    # BN statistics as after training: the steps' inputs around 0
+    set_batch_norm_statistics(model, seed, beta_std=0.2, mean_std=1.0, variance=(1.0, 10.0))
     return model
 
 

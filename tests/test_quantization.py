@@ -23,6 +23,7 @@ from effkeras.qat import (
     snap_biases,
     unobserved,
 )
+from effkeras.testing import set_batch_norm_statistics
 
 
 def small_net(input_shape=(16, 16, 3)):
@@ -40,19 +41,8 @@ def small_net(input_shape=(16, 16, 3)):
     x = layers.Conv2D(16, 3, strides=2, activation="relu", name="down")(x)
     x = layers.GlobalAveragePooling2D(name="mean")(x)
     model = keras.Model(inputs, layers.Dense(10, name="logits")(x), name="small_net")
-    rng = np.random.default_rng(0)
-    for layer in model.layers:  # trained-looking BN statistics, so that folding is not trivial
-        if isinstance(layer, layers.BatchNormalization):
-            channels = layer.gamma.shape[0]
-            layer.set_weights(
-                [
-                    rng.uniform(0.5, 1.5, channels),
-                    rng.normal(0, 0.1, channels),
-                    rng.normal(0, 0.2, channels),
-                    rng.uniform(0.2, 2.0, channels),
-                ]
-            )
-    return model
+    # trained-looking BN statistics, so that folding is not trivial
+    return set_batch_norm_statistics(model)
 
 
 def images(count, shape=(16, 16, 3), seed=0):
