@@ -39,10 +39,12 @@ demo: setup
 		--output=$(DEMO_DIR)/ern18.tflite --report=$(DEMO_DIR)/convert.json
 	$(PY) -m tools.demo_report $(DEMO_DIR)
 
+# pytest-xdist: one worker per core (at most 4, each holds TensorFlow); a test file stays on one
+# worker, so its module fixtures are built once.
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q --durations=25 tests
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadfile --durations=25 tests
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

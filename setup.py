@@ -28,7 +28,7 @@ setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.17.6"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.6", "ruff==0.17.6"],
         # Only ever imported in a separate process with TF_USE_LEGACY_KERAS=1 (tests, importer
         # oracle).
         "larq": ["larq==0.14.0", "tf-keras==2.21.*"],

@@ -53,6 +53,9 @@ DEPLOYED_BY = deploys_marks(DEDICATED_MODULES)
 
 
 CONVERTED = {}  # conversion_signature -> the model whose conversion covers it, in this run
+# CONVERTED lives in one process: `make test` runs a test file on one pytest-xdist worker.
+# The models a dedicated test converts go first, so that their variants are not converted here.
+NAMES = sorted(models.names(), key=lambda name: name not in DEPLOYED_BY)
 
 
 def conversion_signature(model, target, size):
@@ -75,7 +78,7 @@ def small_size(info):
 
 
 @pytest.mark.model_sensitivity  # untrained binary nets flip signs at near-ties (lce.convert)
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", NAMES)
 def test_registered_model(name, tmp_path):
     info = models.info(name)
     recipes.get(info.recipe)  # its recipe exists

@@ -23,7 +23,7 @@ from effkeras.benchmark.spec import file_kind, is_file, load, spec_label
 from effkeras.errors import InputError
 
 
-def convert(loaded, target, *, calibration=None, sample=None):
+def convert(loaded, target, *, calibration=None, sample=None, int8=None):
     """Converts a loaded model for a target; a .tflite file is taken as it is for its own
     kind, and converted further only from int8 to tflm or ethos-u*.
 
@@ -32,6 +32,9 @@ def convert(loaded, target, *, calibration=None, sample=None):
         target: a deploy target (`effkeras.deploy.names()`).
         calibration: images for int8 calibration, or None (random ones).
         sample: images the conversion is checked on, or None (random ones).
+        int8: the int8 file of this Keras model that a conversion for another int8-family
+            target made (checked against Keras there), or None: tflm and ethos-u* start from
+            it instead of quantizing the model again.
 
     Returns:
         (flatbuffer, report): the file's bytes and its `effkeras.deploy` report (ethos-u: ops
@@ -67,7 +70,19 @@ def convert(loaded, target, *, calibration=None, sample=None):
             )
     # ethos-u: ops Vela cannot put on the NPU stay for the Cortex-M, counted in the row.
     options = {"allow_cpu_ops": True} if target.startswith("ethos-u") else {}
+    if int8 is not None and (target == "tflm" or target.startswith("ethos-u")):
+        return deploy.convert(int8, target, **options)
     return deploy.convert(loaded.model, target, calibration=calibration, sample=sample, **options)
+
+
+def int8_file(target, flatbuffer, report):
+    """The int8 file within a conversion for an int8-family target, or None (other targets,
+    and early-exit networks, whose stages are files of their own)."""
+    if getattr(report, "stages", None):
+        return None
+    if target in ("int8", "tflm"):
+        return flatbuffer
+    return report.artifacts.get("_int8.tflite") if target.startswith("ethos-u") else None
 
 
 def mac_shares(model, report, rows):
@@ -249,6 +264,7 @@ def run(
 
     _check_arguments(specs, targets, threads, runs, warmup, baseline)
     rows, flatbuffers = [], {}
+    int8_files = {}  # spec -> its first int8 file: quantized once for int8, tflm and ethos-u*
     jobs = [(spec, target) for spec in specs for target in targets]
     loaded_by_spec = {}
     bar = tqdm(jobs, desc="converting", unit="file", disable=not progress)
@@ -267,7 +283,11 @@ def run(
             calibration, sample = _real_images(
                 loaded, target, dataset, data_dir, calibration_samples
             )
-            flatbuffer, report = convert(loaded, target, calibration=calibration, sample=sample)
+            flatbuffer, report = convert(
+                loaded, target, calibration=calibration, sample=sample, int8=int8_files.get(spec)
+            )
+            if (quantized := int8_file(target, flatbuffer, report)) is not None:
+                int8_files.setdefault(spec, quantized)
             row = describe(loaded, target, flatbuffer, report)
             stages = stage_rows(row, report)
         except Exception as error:  # noqa: BLE001
