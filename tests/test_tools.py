@@ -176,3 +176,26 @@ def test_qat_table_puts_float_ptq_and_qat_side_by_side(tmp_path, fashion_mnist_d
         qat_table.row(
             str(tmp_path / "float"), str(tmp_path / "float"), data_dir=str(fashion_mnist_dir)
         )
+
+
+def test_binary_margins_rounds_each_binary_input_and_restores_the_model():
+    import keras
+    import numpy as np
+
+    from effkeras import models
+    from effkeras.errors import InputError
+    from tools import binary_margins
+
+    keras.utils.set_random_seed(0)
+    model = models.get("recu_resnet20", input_shape=(16, 16, 1), num_classes=10)
+    images = np.random.default_rng(0).uniform(0, 255, (24, 16, 16, 1)).astype("float32")
+    before = model.predict(images, verbose=0)
+    result = binary_margins.margins(model, images[:16], images[16:])
+    assert len(result["near_zero"]) == 18  # ReCU-20's binary convs
+    assert set(result["grid"]) == {"1/1", "1/4", "1/16", "1/64"}
+    assert set(result["noise"]) == {"0.001", "0.01", "0.1", "0.5"}
+    assert all(0 <= v <= 1 for v in [*result["grid"].values(), *result["noise"].values()])
+    model.predict_function = None
+    np.testing.assert_array_equal(model.predict(images, verbose=0), before)  # quantizers back
+    with pytest.raises(InputError, match="not a binary net"):
+        binary_margins.margins(models.get("resnet20", input_shape=(16, 16, 1)), images, images)

@@ -1,0 +1,106 @@
+"""How close a trained binary net decides to a tie: the top-1 agreement with itself (in Keras)
+when the inputs of its binary layers are rounded to an int8 grid, and under input noise.
+
+python -m tools.binary_margins --checkpoint=runs/mcu/recu_resnet20/model.keras
+    [--dataset=fashion_mnist] [--samples=1000]
+
+An int8 file of a binary net (effkeras.deploy.binary_int8) computes every sign exactly on its
+own int8 codes; what it cannot keep is the float pre-activations between those codes. Rounding
+each binary layer's input to its int8 step (the range over --calibration_samples training
+images / 255), and to grids 4, 16 and 64 times finer, in Keras, shows how much of a file's
+top-1 disagreement that grid explains; input noise of a fraction of a pixel shows how much the
+model itself moves. Prints JSON; the numbers are quoted in docs/microcontrollers.md.
+"""
+
+import json
+
+from absl import flags
+
+from apps import _cli
+
+flags.DEFINE_string("checkpoint", None, "A trained binary net (.keras).")
+flags.DEFINE_string("dataset", "fashion_mnist", "The dataset it trained on.")
+flags.DEFINE_string("data_dir", None, "Its directory (Fashion-MNIST: the Debian package).")
+flags.DEFINE_integer("samples", 1000, "Test images compared.")
+flags.DEFINE_integer("calibration_samples", 200, "Training images the int8 ranges come from.")
+FLAGS = flags.FLAGS
+
+GRIDS = (1, 4, 16, 64)  # the int8 step, and grids this many times finer
+NOISE = (1e-3, 1e-2, 1e-1, 0.5)  # uniform input noise, in pixels of 0..255
+
+
+def margins(model, test, calibration):
+    """The agreements of `model` with itself on `test` (see the module doc).
+
+    Args:
+        model: a Keras model with binary layers (layers with an `input_quantizer`).
+        test: images compared.
+        calibration: images the int8 step of each binary layer's input comes from.
+
+    Returns:
+        A dict: per layer, the share of inputs within half a step of zero; top-1 agreement per
+        grid (`grid/1` is the int8 step) and per input noise amplitude.
+    """
+    import keras
+    import numpy as np
+
+    from effkeras.errors import InputError
+    from effkeras.graph import leaf_layers
+
+    binary = [layer for layer in leaf_layers(model) if getattr(layer, "input_quantizer", None)]
+    if not binary:
+        raise InputError(f"{model.name} has no layer with an input quantizer: not a binary net")
+    probe = keras.Model(model.input, [layer.input for layer in binary])
+    steps = [(x.max() - x.min()) / 255 for x in probe.predict(calibration, verbose=0)]
+    inputs = probe.predict(test, verbose=0)
+
+    def top1(images):
+        model.predict_function = None  # retraced: the quantizers below change
+        return model.predict(images, verbose=0).argmax(-1)
+
+    reference = top1(test)
+    result = {
+        "near_zero": [float(np.mean(np.abs(x) < s / 2)) for x, s in zip(inputs, steps)],
+        "grid": {},
+        "noise": {},
+    }
+    quantizers = [layer.input_quantizer for layer in binary]
+    try:
+        for factor in GRIDS:
+            for layer, quantizer, step in zip(binary, quantizers, steps):
+                layer.input_quantizer = _rounded(quantizer, step / factor)
+            result["grid"][f"1/{factor}"] = float(np.mean(top1(test) == reference))
+    finally:
+        for layer, quantizer in zip(binary, quantizers):
+            layer.input_quantizer = quantizer
+    rng = np.random.default_rng(0)
+    for amplitude in NOISE:
+        noisy = test + rng.uniform(-amplitude, amplitude, test.shape).astype(test.dtype)
+        result["noise"][str(amplitude)] = float(np.mean(top1(noisy) == reference))
+    return result
+
+
+def _rounded(quantizer, step):
+    """`quantizer` applied to its input rounded to multiples of `step`."""
+    import keras
+
+    return lambda x: quantizer(keras.ops.round(x / step) * step)
+
+
+def main(argv):
+    del argv
+    from effkeras import data, saving
+    from effkeras.errors import InputError
+
+    if not FLAGS.checkpoint:
+        raise InputError("give --checkpoint=<a trained binary net's model.keras>")
+    model = saving.load_model(FLAGS.checkpoint)
+    shape = tuple(model.input_shape[1:])
+    options = dict(input_shape=shape, data_dir=FLAGS.data_dir)
+    test = data.take(FLAGS.dataset, "test", FLAGS.samples, **options)[0]
+    calibration = data.take(FLAGS.dataset, "train", FLAGS.calibration_samples, **options)[0]
+    print(json.dumps({"checkpoint": FLAGS.checkpoint, **margins(model, test, calibration)}))
+
+
+if __name__ == "__main__":
+    _cli.run(main)
