@@ -18,11 +18,19 @@ from absl import flags
 
 from apps import _cli
 
-flags.DEFINE_string("checkpoint", None, "A trained binary net (.keras).")
-flags.DEFINE_string("dataset", "fashion_mnist", "The dataset it trained on.")
-flags.DEFINE_string("data_dir", None, "Its directory (Fashion-MNIST: the Debian package).")
-flags.DEFINE_integer("samples", 1000, "Test images compared.")
-flags.DEFINE_integer("calibration_samples", 200, "Training images the int8 ranges come from.")
+# allow_override: other tools define these names too (tests import the tools in one process).
+flags.DEFINE_string("checkpoint", None, "A trained binary net (.keras).", allow_override=True)
+flags.DEFINE_string("dataset", "fashion_mnist", "The dataset it trained on.", allow_override=True)
+flags.DEFINE_string(
+    "data_dir", None, "Its directory (Fashion-MNIST: the Debian package).", allow_override=True
+)
+flags.DEFINE_integer("samples", 1000, "Test images compared.", allow_override=True)
+flags.DEFINE_integer(
+    "calibration_samples",
+    200,
+    "Training images the int8 ranges come from.",
+    allow_override=True,
+)
 FLAGS = flags.FLAGS
 
 GRIDS = (1, 4, 16, 64)  # the int8 step, and grids this many times finer
