@@ -195,7 +195,6 @@ def test_binary_margins_rounds_each_binary_input_and_restores_the_model():
     assert set(result["grid"]) == {"1/1", "1/4", "1/16", "1/64"}
     assert set(result["noise"]) == {"0.001", "0.01", "0.1", "0.5"}
     assert all(0 <= v <= 1 for v in [*result["grid"].values(), *result["noise"].values()])
-    model.predict_function = None
     np.testing.assert_array_equal(model.predict(images, verbose=0), before)  # quantizers back
     with pytest.raises(InputError, match="not a binary net"):
         binary_margins.margins(models.get("resnet20", input_shape=(16, 16, 1)), images, images)

@@ -63,7 +63,6 @@ def margins(model, test, calibration):
     inputs = probe.predict(test, verbose=0)
 
     def top1(images):
-        model.predict_function = None  # retraced: the quantizers below change
         return model.predict(images, verbose=0).argmax(-1)
 
     reference = top1(test)
@@ -77,10 +76,12 @@ def margins(model, test, calibration):
         for factor in GRIDS:
             for layer, quantizer, step in zip(binary, quantizers, steps):
                 layer.input_quantizer = _rounded(quantizer, step / factor)
+            model.predict_function = None  # traced with the quantizers it had
             result["grid"][f"1/{factor}"] = float(np.mean(top1(test) == reference))
     finally:
         for layer, quantizer in zip(binary, quantizers):
             layer.input_quantizer = quantizer
+        model.predict_function = None
     rng = np.random.default_rng(0)
     for amplitude in NOISE:
         noisy = test + rng.uniform(-amplitude, amplitude, test.shape).astype(test.dtype)
