@@ -53,9 +53,31 @@ flags.DEFINE_integer(
 flags.DEFINE_enum(
     "io",
     None,
-    ["int8", "float"],
-    "int8 targets: the file's input/output type "
-    "(default int8; float for an early-exit model's int8 file).",
+    ["uint8", "int8", "float"],
+    "int8 targets: the file's input/output type. uint8: camera pixels in (scale 1, zero point "
+    "0), float out (default of --target=int8, for apps); int8 in and out (default of tflm "
+    "and ethos-u*); float in and out (default of an early-exit model's int8 file).",
+)
+flags.DEFINE_enum(
+    "outputs",
+    None,
+    ["probabilities", "logits"],
+    "What the file returns: probabilities (a float softmax at the end; default of the app "
+    "targets float, float16, int8 and arm) or logits (default of tflm, ethos-u* and "
+    "early-exit files).",
+)
+flags.DEFINE_bool(
+    "metadata",
+    None,
+    "Write TFLite Metadata (name, description, input normalisation, labels) into the file, as "
+    "MediaPipe Tasks and Android Studio read it. Default: on for the app targets (float, "
+    "float16, int8, arm), off for tflm and ethos-u*.",
+)
+flags.DEFINE_bool(
+    "rgb_input",
+    None,
+    "Give a grayscale (one-channel) model an RGB input that it converts to luma first, as "
+    "MediaPipe and the Task Library feed RGB only. Default: on when --metadata is.",
 )
 flags.DEFINE_bool(
     "early_exit",
@@ -123,6 +145,8 @@ TARGET_OPTIONS = (
 )
 # Options of the int8 conversion that the targets built on it (tflm, ethos-u*) pass on.
 INT8_OPTIONS = ("max_code_step",)
+# Targets whose files go into apps (Android, Linux): probabilities, metadata, uint8 pixels.
+APP_TARGETS = ("float", "float16", "int8", "arm")
 
 
 def load_model():
@@ -218,6 +242,34 @@ def real_data(model):
     return calibration, sample, class_names
 
 
+def app_options(target_name, model, options):
+    """Sets `options` for an app's file (outputs, io, rgb_input) from the flags and the target's
+    defaults; returns whether to write TFLite Metadata."""
+    import keras
+
+    from effkeras.errors import InputError
+
+    single = isinstance(model, keras.Model) and len(model.outputs) == 1
+    app = target_name in APP_TARGETS and single
+    metadata = app if FLAGS.metadata is None else FLAGS.metadata
+    if metadata and not single:
+        raise InputError(
+            "--metadata describes a classifier of one output; this is a .tflite file or a "
+            "model with several outputs (early exits): pass --nometadata"
+        )
+    outputs = FLAGS.outputs or ("probabilities" if app else "logits")
+    if outputs != "logits":
+        options["outputs"] = outputs
+    if target_name == "int8" and app and FLAGS.io is None:
+        options["io"] = "uint8" if outputs == "probabilities" else "int8"
+    rgb = FLAGS.rgb_input if FLAGS.rgb_input is not None else metadata
+    if rgb and single and model.input_shape[-1] == 1:
+        options["rgb_input"] = True
+    elif FLAGS.rgb_input:
+        raise InputError("--rgb_input takes a Keras model with a one-channel input")
+    return metadata
+
+
 def main(argv):
     from effkeras import deploy
     from effkeras.errors import InputError
@@ -250,6 +302,7 @@ def main(argv):
         options["early_exit"] = FLAGS.early_exit
     if FLAGS["lerp_form"].present:
         options["lerp_form"] = FLAGS.lerp_form
+    metadata = app_options(target_name, model, options)
     flatbuffer, result = deploy.convert(
         model,
         target_name,
@@ -264,11 +317,20 @@ def main(argv):
             if FLAGS.dataset and not FLAGS.calibration_data
             else f"{len(calibration)} images of {FLAGS.calibration_data}"
         )
+    info = None
+    if metadata:
+        info = deploy.app_info(
+            model, name, class_names=class_names, dataset=FLAGS.dataset, report=result
+        )
+        flatbuffer = deploy.with_metadata(flatbuffer, info)
+        result.size_bytes = len(flatbuffer)
     deploy.save(
         FLAGS.output,
         flatbuffer,
         result,
-        deploy.app_metadata(flatbuffer, result, model_name=name, class_names=class_names),
+        deploy.app_metadata(
+            flatbuffer, result, model_name=name, class_names=class_names, info=info
+        ),
     )
     summary = {**result.as_dict(), "output": FLAGS.output}
     if FLAGS.report:

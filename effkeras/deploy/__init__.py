@@ -7,6 +7,7 @@
     report.py    the Report dataclasses of every target (and of early-exit files)
     verify.py    the one verifier: the sample, agreement with Keras, the model's sensitivity
     runtime.py   runs .tflite files: LiteRT, TFLite Micro, LCE's interpreter
+    app_file.py  the file an app embeds: probabilities, uint8 pixels, TFLite Metadata
     early_exit/  multi-exit models: the stage split, the file's description, Runner, convert
     int8_tables.py  exact int8 LERP tables written into the converted int8 file, checked
     lce.py       target arm: Larq Compute Engine (binary and w1a2 nets) for ARM CPUs
@@ -18,12 +19,20 @@ The target modules (they import TensorFlow's and LCE's converters) load when a t
 asked for, so that `import effkeras` (which registers the passes' layers) stays light.
 """
 
-from effkeras.deploy.api import app_metadata, convert, default_target, save
+from effkeras.deploy.api import (
+    app_info,
+    app_metadata,
+    convert,
+    default_target,
+    save,
+    with_metadata,
+)
 from effkeras.deploy.registry import TARGETS, Target, get, names, register_target
 
 __all__ = [
     "TARGETS",
     "Target",
+    "app_info",
     "app_metadata",
     "convert",
     "default_target",
@@ -31,4 +40,5 @@ __all__ = [
     "names",
     "register_target",
     "save",
+    "with_metadata",
 ]

@@ -13,16 +13,21 @@ import dataclasses
 import os
 
 import keras
+import numpy as np
 
 from effkeras import fileio
 from effkeras.deploy import verify
-from effkeras.deploy.flatbuffer import check_flatbuffer, io_tensors
+from effkeras.deploy.app_file import LABELS_FILE
+from effkeras.deploy.flatbuffer import check_flatbuffer, io_tensors, op_census, operators
 from effkeras.deploy.flatbuffer import save as save_flatbuffer
 from effkeras.deploy.registry import get
 from effkeras.errors import InputError
+from effkeras.graph import passes
 from effkeras.graph.passes.collapse import collapse
 from effkeras.graph.passes.freeze_tables import freeze_tables
 from effkeras.layers.activations import LERP_FORMS, LerpTable
+
+OUTPUTS = ("logits", "probabilities")
 
 
 def convert(
@@ -33,6 +38,8 @@ def convert(
     early_exit=None,
     thresholds=None,
     lerp_form="gather",
+    outputs="logits",
+    rgb_input=False,
     **options,
 ):
     """`model` converted for `target` and verified (module docstring).
@@ -56,6 +63,12 @@ def convert(
             written into an early-exit file.
         lerp_form: "gather" (builtin GATHER; exact int8 tables for the int8 targets) or
             "relu_sum" (no GATHER, for runtimes without it; int8: approximate).
+        outputs: "logits", or "probabilities": a float SOFTMAX appended to the checked file
+            (app_file.with_probabilities; the file needs float outputs: int8 with io "uint8"
+            or "float"), itself checked against the softmax of the file's logits.
+        rgb_input: a one-channel Keras model gets an RGB input converted to luma first
+            (passes/rgb_input.py), as RGB-only clients (MediaPipe) need; the calibration
+            images and the sample are given as they are (gray) and copied to RGB.
         **options: the target's own (e.g. sample, allow_float_fallback, io, system_config).
 
     Returns:
@@ -69,6 +82,15 @@ def convert(
     convert_fn = get(target).convert
     if lerp_form not in LERP_FORMS:
         raise InputError(f"unknown lerp form {lerp_form!r}; choose from {', '.join(LERP_FORMS)}")
+    if outputs not in OUTPUTS:
+        raise InputError(f"unknown outputs {outputs!r}; choose from {', '.join(OUTPUTS)}")
+    if rgb_input:
+        if not isinstance(model, keras.Model):
+            raise InputError("rgb_input takes a Keras model, not a .tflite file")
+        model = passes.rgb_input(model)
+        calibration = None if calibration is None else passes.to_rgb(calibration)
+        if options.get("sample") is not None:
+            options["sample"] = passes.to_rgb(options["sample"])
     collapsed = frozen = 0
     forms = ""
     if isinstance(model, keras.Model):  # not the bytes of a .tflite file
@@ -99,8 +121,40 @@ def convert(
                 "converted stage by stage"
             )
         flatbuffer, report = convert_fn(model, calibration=calibration, **options)
+    if outputs == "probabilities":
+        if early_exit:
+            raise InputError(
+                "outputs='probabilities' is for single-output files; an early-exit file "
+                "gives each exit's logits (its description holds the exit rule)"
+            )
+        flatbuffer, report = _with_probabilities(flatbuffer, report, model, options.get("sample"))
     return flatbuffer, dataclasses.replace(
-        report, collapsed_blocks=collapsed, frozen_tables=frozen, lerp_form=forms
+        report,
+        collapsed_blocks=collapsed,
+        frozen_tables=frozen,
+        lerp_form=forms,
+        rgb_input=bool(rgb_input),
+    )
+
+
+def _with_probabilities(flatbuffer, report, model, sample):
+    """The checked file with a float SOFTMAX appended, checked against the softmax of its own
+    logits (same runtime, same sample)."""
+    from effkeras.deploy import app_file, runtime
+
+    if sample is None:
+        sample = verify.random_sample(model)
+    with_softmax = app_file.with_probabilities(flatbuffer)
+    logits = runtime.runner(flatbuffer).predict(sample)
+    probabilities = runtime.runner(with_softmax).predict(sample)
+    off = float(np.max(np.abs(probabilities - app_file.softmax(logits))))
+    if off > 1e-5:
+        raise RuntimeError(f"the file's probabilities are {off:.3g} off the softmax of its logits")
+    return with_softmax, dataclasses.replace(
+        report,
+        size_bytes=len(with_softmax),
+        op_census=op_census(operators(with_softmax)),
+        outputs="probabilities",
     )
 
 
@@ -132,8 +186,61 @@ def default_target(model, name=None):
         return "arm" if graph.one_bit_kernel_layers(model) else "float"
 
 
+def app_info(model, name, *, class_names=None, dataset=None, report=None):
+    """What the TFLite Metadata of `model`'s app file says (app_file.AppInfo).
+
+    Args:
+        model: the Keras model converted.
+        name: its registry name (an unregistered model: its own name).
+        class_names: the dataset's class names; None: "0", "1", ...
+        dataset: the dataset it was checked on, for the description; None: not named.
+        report: the conversion's Report (its target, outputs and rgb_input).
+
+    Returns:
+        An app_file.AppInfo.
+    """
+    from effkeras import __version__, models
+    from effkeras.deploy.app_file import AppInfo
+
+    try:
+        registered = models.info(name)
+        what = f"{registered.family} family ({registered.paper})"
+    except InputError:
+        what = "an effkeras model"
+    height, width, channels = model.input_shape[1:]
+    classes = model.output_shape[-1]
+    description = (
+        f"{name}: {what}. Classifies {height}x{width} "
+        f"{'grayscale' if channels == 1 else 'RGB'} images into {classes} classes"
+        + (f" ({dataset})" if dataset else "")
+        + (f"; {report.target} file" if report is not None else "")
+        + "."
+    )
+    return AppInfo(
+        name=name,
+        description=description,
+        class_names=tuple(class_names or [str(i) for i in range(classes)]),
+        luma=bool(report is not None and report.rgb_input),
+        probabilities=report is None or report.outputs == "probabilities",
+        version=__version__,
+    )
+
+
+def with_metadata(flatbuffer, info):
+    """`flatbuffer` with TFLite Metadata from `info` (app_file.with_metadata)."""
+    from effkeras.deploy import app_file
+
+    return app_file.with_metadata(flatbuffer, info)
+
+
 def app_metadata(
-    flatbuffer, report, *, model_name, class_names=None, input_range=verify.PIXEL_RANGE
+    flatbuffer,
+    report,
+    *,
+    model_name,
+    class_names=None,
+    input_range=verify.PIXEL_RANGE,
+    info=None,
 ):
     """What an app developer needs beside the file (written as `<file>.json` by `save`).
 
@@ -143,6 +250,7 @@ def app_metadata(
         model_name: the registry name.
         class_names: the class names; None: "0", "1", ...
         input_range: (low, high) of the pixel values the model takes.
+        info: the app_file.AppInfo written into the file as TFLite Metadata, or None.
 
     Returns:
         A dict: inputs and outputs with dtype, shape and quantization, the value range the
@@ -172,13 +280,22 @@ def app_metadata(
             {
                 **describe(t),
                 "value_range": list(input_range),
-                "layout": "NHWC raw pixels (the model normalises them itself)",
+                "layout": "NHWC raw pixels (the model normalises them itself)"
+                + ("; RGB, classified by their luma" if report.rgb_input else ""),
             }
             for t in inputs
         ],
-        "outputs": [{**describe(t), "kind": "logits"} for t in outputs],
+        "outputs": [{**describe(t), "kind": report.outputs} for t in outputs],
         "class_names": list(class_names) if class_names else [str(i) for i in range(classes or 0)],
     }
+    if info is not None:
+        metadata["tflite_metadata"] = {
+            "name": info.name,
+            "description": info.description,
+            "version": info.version,
+            "author": info.author,
+            "labels_file": LABELS_FILE,
+        }
     if getattr(report, "description", None):  # an early-exit file: its exits and stages
         from effkeras.deploy import early_exit
 

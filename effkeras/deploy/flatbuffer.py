@@ -154,6 +154,11 @@ def builtin_name(code):
     return _BUILTIN_NAMES.get(builtin_code(code), "UNKNOWN")
 
 
+def type_name(code):
+    """The lower-case name of a schema TensorType code ("float32", "int8", ...)."""
+    return _TYPE_NAMES.get(code, "unknown")
+
+
 def tensor(model, subgraph, index):
     """The `Tensor` at `index` of `subgraph` (a schema SubGraphT of the ModelT `model`).
 
@@ -175,7 +180,7 @@ def tensor(model, subgraph, index):
         t.name.decode(),
         shape,
         b"" if data is None else bytes(data),
-        _TYPE_NAMES.get(t.type, "unknown"),
+        type_name(t.type),
         scale,
         zero_point,
     )

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from effkeras import qat
-from effkeras.deploy import int8_tables, runtime, verify
+from effkeras.deploy import app_file, int8_tables, runtime, verify
 from effkeras.deploy.converter import float_ops, to_flatbuffer, top1_agreement
 from effkeras.deploy.flatbuffer import op_census, operators
 from effkeras.deploy.report import Int8Report
@@ -63,6 +63,8 @@ def convert(
     qat.snap_biases(snapped)
     export, probes = int8_tables.named_probes(snapped)
     flatbuffer = to_flatbuffer(export, lambda converter: _int8(converter, io))
+    if io == "uint8":
+        flatbuffer = app_file.with_uint8_pixels(flatbuffer)
     tables = int8_tables.Tables()
     if probes:  # LERP tables: the converter leaves them float; write them as int8 tables
         flatbuffer = int8_tables.insert_tables(flatbuffer, probes, max_code_step)
@@ -206,6 +208,8 @@ def _int8(converter, io):
     if io == "int8":
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
+    elif io == "uint8":
+        converter.inference_input_type = tf.uint8
 
 
 def reference(model):

@@ -54,6 +54,8 @@ def main(saved_model, calibration, io, output, signatures=None):
     if io == "int8":
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
+    elif io == "uint8":  # camera pixels in (app_file.with_uint8_pixels), float out
+        converter.inference_input_type = tf.uint8
     try:
         flatbuffer = converter.convert()
     except Exception as e:  # the first line says what failed; the caller shows it

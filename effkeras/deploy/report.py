@@ -32,6 +32,9 @@ class Report:
     collapsed_blocks: int = 0  # CollapsibleConv2D written as one Conv2D each (passes/collapse.py)
     frozen_tables: int = 0  # LerpPSA/ResPSA/BSpline frozen to LerpTable (passes/freeze_tables.py)
     lerp_form: str = ""  # the LerpTable form in the model ("gather", "relu_sum"), "" without one
+    # What the file returns: "logits", or "probabilities" (a float SOFTMAX appended: app_file.py).
+    outputs: str = "logits"
+    rgb_input: bool = False  # a grayscale model given an RGB input (passes/rgb_input.py)
     # Files written beside the flatbuffer by `api.save`: {suffix: bytes}; not part of as_dict.
     artifacts: dict = dataclasses.field(
         default_factory=dict, repr=False, metadata={"internal": True}
@@ -66,6 +69,7 @@ class Report:
                 else f"max abs diff {self.max_abs_diff:.3g}, "
                 f"max rel diff {self.max_rel_diff:.3g} on {self.samples} inputs",
             ),
+            ("outputs", self.outputs + (" (RGB input, luma first)" if self.rgb_input else "")),
             ("collapsed blocks", self.collapsed_blocks),
             (
                 "frozen tables",

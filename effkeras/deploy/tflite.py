@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from effkeras import qat
-from effkeras.deploy import int8_tables, runtime, verify
+from effkeras.deploy import app_file, int8_tables, runtime, verify
 from effkeras.deploy.converter import (
     export_saved_model,
     float_ops,
@@ -46,7 +46,9 @@ from effkeras.graph import one_bit_kernel_layers
 
 MAX_REL_DIFF = {"float": 1e-4, "float16": 2e-2, "int8": 0.25}
 CALIBRATION_SAMPLES = 200
-IO_TYPES = ("int8", "float")
+# The file's input and output types: int8 in and out (microcontrollers, NPUs); uint8 camera
+# pixels in (scale 1, zero point 0) and float out (apps: app_file.py); float in and out.
+IO_TYPES = ("int8", "uint8", "float")
 
 
 def _compare(model, flatbuffer, sample, input_range, max_rel_diff, what):
@@ -209,9 +211,10 @@ def _quantize(model, calibration, io):
     """The int8 flatbuffer of `model`, quantized in a child process (quantize_worker.py)."""
     with tempfile.TemporaryDirectory() as directory:
         export_saved_model(model, directory)
-        return quantize_saved_model(
+        flatbuffer = quantize_saved_model(
             directory, calibration, io, model.name, lambda: to_flatbuffer(model)
         )
+    return app_file.with_uint8_pixels(flatbuffer) if io == "uint8" else flatbuffer
 
 
 def int8_file(model, target, *, calibration=None, sample=None, **int8_options):
@@ -219,7 +222,7 @@ def int8_file(model, target, *, calibration=None, sample=None, **int8_options):
     model converted by `convert_int8`, or the bytes of an int8 .tflite as given; either way
     checked to compute in int8 throughout (`check_int8_file`)."""
     if isinstance(model, (bytes, bytearray)):
-        flatbuffer = bytes(model)
+        flatbuffer = app_file.without_app_head(bytes(model))  # an app's file: its int8 core
         ops = check_int8_file(flatbuffer, target)
         return flatbuffer, Int8Report(
             target="int8",

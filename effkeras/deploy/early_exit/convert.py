@@ -150,6 +150,11 @@ def convert(
     # quarter of the bytes held between stages and of each stage's arena.
     if io is not None and io not in tflite.IO_TYPES:
         raise InputError(f"unknown io type {io!r}; choose from {', '.join(tflite.IO_TYPES)}")
+    if io == "uint8":
+        raise InputError(
+            "io=uint8 (camera pixels) is for single-output files; an early-exit file's "
+            "stages hand on state: choose io=float (phones) or io=int8 (microcontrollers)"
+        )
     if isinstance(model, (bytes, bytearray)):
         return _convert_file(bytes(model), target, sample=sample, thresholds=thresholds, io=io)
     io = io or ("int8" if target == "tflm" else "float")
