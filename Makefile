@@ -21,7 +21,7 @@ $(VENV)/.installed: setup.py requirements-larq-zoo.txt
 
 $(FASHION_MNIST):
 	@if [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist libgl1; \
 	else \
 		echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist'" \
 		     "(or pass --data_dir to the apps)."; \

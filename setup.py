@@ -24,6 +24,9 @@ setup(
         # LiteRT: runs float/int8 .tflite (tf.lite.Interpreter is deprecated).
         "ai-edge-litert>=2.3,<3",
         "ethos-u-vela==5.2.0",
+        # MediaPipe: TFLite Metadata's schema and writers (deploy/app_file.py), and its
+        # ImageClassifier, the client that checks app files. Its opencv needs libGL.
+        "mediapipe==1.2.3",
         "matplotlib>=3.8",
         "tqdm>=4.66",
     ],

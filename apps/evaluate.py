@@ -2,7 +2,7 @@
 
 python -m apps.evaluate --checkpoint=runs/resnet20/model.keras [--dataset=fashion_mnist] \
     [--split=test]
-python -m apps.evaluate --checkpoint=resnet8_int8.tflite [--runtime=litert|tflm]   # a deployed file
+python -m apps.evaluate --checkpoint=resnet8_int8.tflite [--runtime=litert|tflm|lce|mediapipe]
 
 ERN's ten-crop test-time augmentation (logits averaged over the corners, centre and their flips
 of the image squashed to 308x308):
@@ -31,8 +31,9 @@ flags.DEFINE_string(
 flags.DEFINE_enum(
     "runtime",
     None,
-    ["litert", "tflm", "lce"],
-    ".tflite files: LiteRT (default), TFLite Micro, or LCE (default for files with LCE ops).",
+    ["litert", "tflm", "lce", "mediapipe"],
+    ".tflite files: LiteRT (default), TFLite Micro, LCE (default for files with LCE ops), or "
+    "MediaPipe's ImageClassifier (an app's file, with TFLite Metadata).",
 )
 flags.DEFINE_string(
     "dataset", "fashion_mnist", "fashion_mnist, cifar10, cifar100, imagenet or synthetic."

@@ -2,7 +2,9 @@
 
 - `LiteRT`: builtin-op files (float, float16, int8) in LiteRT (`ai-edge-litert`, XNNPack);
 - `TFLiteMicro`: the TFLite Micro interpreter (what firmware runs: its reference kernels);
-- `LCE`: files with Larq Compute Engine ops, in LCE's interpreter.
+- `LCE`: files with Larq Compute Engine ops, in LCE's interpreter;
+- `MediaPipe`: an app's file (TFLite Metadata inside) in MediaPipe Tasks' `ImageClassifier`,
+  created from the file alone with default options, as an Android app creates it.
 
 Every runner is a `Runtime`: `inputs` and `outputs` (one dict per tensor: "dtype", "shape" and
 "quantization", a (scale, zero point) pair, (0.0, 0) where the tensor is not quantized; outputs
@@ -27,7 +29,7 @@ import numpy as np
 from effkeras.deploy.flatbuffer import io_tensors, operators
 from effkeras.errors import InputError
 
-RUNTIMES = ("litert", "tflm", "lce")
+RUNTIMES = ("litert", "tflm", "lce", "mediapipe")
 
 
 def quantize(x, scale, zero_point, dtype):
@@ -245,7 +247,60 @@ def runner(flatbuffer, runtime=None, *, num_threads=1):
         )
     if runtime == "tflm":
         return TFLiteMicro(flatbuffer)
+    if runtime == "mediapipe":
+        return MediaPipe(flatbuffer)
     return {"litert": LiteRT, "lce": LCE}[runtime](flatbuffer, num_threads=num_threads)
+
+
+class MediaPipe(Runtime):
+    """An app's .tflite in MediaPipe Tasks' ImageClassifier, default options (all categories).
+
+    MediaPipe reads what it needs from the file's TFLite Metadata (normalisation, labels) and
+    feeds 1 x H x W x 3 RGB pixels; `run_one` takes one uint8 RGB image (a one-channel image is
+    copied to RGB) and returns the categories' scores by class index, and `category_names`
+    holds the names MediaPipe gave them.
+
+    Args:
+        flatbuffer: the .tflite file's bytes (with TFLite Metadata).
+    """
+
+    def __init__(self, flatbuffer, num_threads=1):
+        del num_threads  # MediaPipe picks its own
+        from mediapipe.tasks.python import vision
+        from mediapipe.tasks.python.core.base_options import BaseOptions
+
+        inputs, outputs = io_tensors(flatbuffer)
+        try:
+            self._classifier = vision.ImageClassifier.create_from_options(
+                vision.ImageClassifierOptions(
+                    base_options=BaseOptions(model_asset_buffer=bytes(flatbuffer))
+                )
+            )
+        except (RuntimeError, ValueError) as e:
+            raise InputError(f"MediaPipe's ImageClassifier refuses this file: {e}") from None
+        self.inputs = [{"dtype": np.uint8, "shape": inputs[0].shape, "quantization": (0.0, 0)}]
+        self.outputs = [{"dtype": np.float32, "shape": outputs[0].shape, "quantization": (0.0, 0)}]
+        self.category_names = [None] * outputs[0].shape[-1]
+
+    def encode(self, arrays):
+        image = np.clip(np.round(np.asarray(arrays[0])), 0, 255).astype(np.uint8)
+        return [np.ascontiguousarray(np.repeat(image, 3, -1) if image.shape[-1] == 1 else image)]
+
+    def run_one(self, encoded):
+        import mediapipe as mp
+
+        result = self._classifier.classify(
+            mp.Image(image_format=mp.ImageFormat.SRGB, data=encoded[0])
+        )
+        scores = np.zeros(len(self.category_names), np.float32)
+        for category in result.classifications[0].categories:
+            scores[category.index] = category.score
+            self.category_names[category.index] = category.category_name
+        return [scores]
+
+    def close(self):
+        """Releases MediaPipe's graph."""
+        self._classifier.close()
 
 
 def _micro_details(details):

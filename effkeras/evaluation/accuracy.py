@@ -342,16 +342,19 @@ def evaluate_tflite(
         data_dir: where the dataset's files are.
         batch_size: images per batch.
         runtime: None (LiteRT, or LCE's interpreter for files with LCE ops), "litert", "tflm"
-            (firmware's kernels) or "lce".
+            (firmware's kernels), "lce" or "mediapipe" (an app's file in MediaPipe's
+            ImageClassifier: the result adds the category names it gave).
         validation_size: training examples held out as the "validation" split.
 
     Returns:
-        {"checkpoint", "dataset", "split", "runtime"} and `evaluate`'s fields.
+        {"checkpoint", "dataset", "split", "runtime"}, `evaluate`'s fields and "metadata" (the
+        file's TFLite Metadata, app_file.read_metadata; None without).
 
     Raises:
         InputError: a file that cannot be read, several inputs, or classes that do not fit.
     """
     from effkeras.deploy import runtime as runtimes
+    from effkeras.deploy.app_file import read_metadata
     from effkeras.deploy.flatbuffer import check_flatbuffer, io_tensors
 
     try:
@@ -379,10 +382,14 @@ def evaluate_tflite(
             f"has {data_split.num_classes}; evaluate on the dataset it was trained on"
         )
     result = evaluate(runner.predict, data_split)
+    if isinstance(runner, runtimes.MediaPipe):  # the names an app shows
+        result["category_names"] = runner.category_names
+        runner.close()
     return {
         "checkpoint": path,
         "dataset": dataset,
         "split": split,
         "runtime": runtime or type(runner).__name__.lower(),
         **result,
+        "metadata": read_metadata(flatbuffer),
     }
