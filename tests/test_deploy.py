@@ -184,7 +184,17 @@ def test_convert_app_int8_tflm_and_ethos_u(tmp_path):
         metadata = json.loads((tmp_path / f"resnet8_{target}.tflite.json").read_text())
         assert metadata["model"] == "mlperf_tiny_resnet8" and metadata["target"] == target
         assert metadata["inputs"][0]["shape"] == [1, 32, 32, 3]
-        assert metadata["inputs"][0]["dtype"] == "int8" and metadata["class_names"][0] == "0"
+        assert metadata["class_names"][0] == "0"
+        if target == "int8":  # a file for apps: camera pixels in, probabilities out, metadata
+            assert metadata["inputs"][0]["dtype"] == "uint8"
+            assert metadata["inputs"][0]["quantization"] == {"scale": [1.0], "zero_point": [0]}
+            assert metadata["outputs"][0]["dtype"] == "float32"
+            assert metadata["outputs"][0]["kind"] == report["outputs"] == "probabilities"
+            assert metadata["tflite_metadata"]["name"] == "mlperf_tiny_resnet8"
+        else:  # microcontrollers: int8 in, int8 logits out, no metadata
+            assert metadata["inputs"][0]["dtype"] == metadata["outputs"][0]["dtype"] == "int8"
+            assert metadata["outputs"][0]["kind"] == report["outputs"] == "logits"
+            assert "tflite_metadata" not in metadata
     assert reports["tflm"]["arena_bytes"] > 0 and reports["tflm"]["max_lsb_diff"] <= 8
     assert (tmp_path / "resnet8_tflm_model_data.cc").exists()
     npu = reports["ethos-u55-128"]
@@ -194,7 +204,8 @@ def test_convert_app_int8_tflm_and_ethos_u(tmp_path):
     for suffix in ("_int8.tflite", "_summary.csv", "_per-layer.csv"):
         assert (tmp_path / f"resnet8_ethos-u55-128{suffix}").exists()
 
-    # The int8 file compiles again from --tflite, with another system config.
+    # The app's int8 file compiles again from --tflite (Vela gets its int8 core: the uint8
+    # input, the softmax and the metadata left out), with another system config.
     again = run_app(
         "apps.convert",
         f"--tflite={tmp_path}/resnet8_int8.tflite",

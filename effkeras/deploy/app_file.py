@@ -304,8 +304,9 @@ def read_metadata(flatbuffer):
 
     Returns:
         A dict: name, description, version, author, license, min_parser_version, input
-        (color space, normalization mean and std, value range), output (name, value range)
-        and labels (from the packed labels file), or None.
+        (name, description, color space, normalization mean and std, value range), output
+        (name, value range), labels (from the packed labels file) and the labels file's name
+        and associated-file type, or None.
     """
     from mediapipe.tasks.metadata import metadata_schema_py_generated as md
 
@@ -350,6 +351,7 @@ def read_metadata(flatbuffer):
         "min_parser_version": text(meta.minParserVersion),
         "input": {
             "name": text(image.name),
+            "description": text(image.description),
             "color_space": color.get(image.content.contentProperties.colorSpace),
             "normalization": (
                 {"mean": [float(v) for v in norm.mean], "std": [float(v) for v in norm.std]}
