@@ -319,7 +319,7 @@ def load(
     return DataSplit(dataset, count, len(class_names), list(class_names), errors, source, indices)
 
 
-def take(name, split, count, *, input_shape, data_dir=None, num_classes=None):
+def take(name, split, count, *, input_shape, data_dir=None, num_classes=None, with_labels=False):
     """Returns `count` shuffled, unaugmented images of a split: samples for a conversion.
 
     Args:
@@ -329,10 +329,12 @@ def take(name, split, count, *, input_shape, data_dir=None, num_classes=None):
         input_shape: tuple of 3 ints. `(height, width, channels)`.
         data_dir: str or None. Where the dataset's files are. Defaults to `None`.
         num_classes: int or None. Classes of synthetic data. Defaults to `None`.
+        with_labels: bool. Also return the images' classes. Defaults to `False`.
 
     Returns:
         A tuple `(images, class_names)`: a float32 numpy array `(count, H, W, C)` in [0, 255]
-        (fewer rows if the split is smaller) and a list of str.
+        (fewer rows if the split is smaller) and a list of str; with `with_labels`, a third
+        item: their classes, an int array `(count,)`.
 
     Raises:
         InputError: as `load`, and if an image cannot be read.
@@ -348,8 +350,11 @@ def take(name, split, count, *, input_shape, data_dir=None, num_classes=None):
         num_classes=num_classes,
     )
     with loaded.errors_as_input_errors():
-        images, _ = next(iter(loaded.dataset))
-    return images.numpy(), loaded.class_names
+        images, labels = next(iter(loaded.dataset))
+    if not with_labels:
+        return images.numpy(), loaded.class_names
+    labels = labels.numpy()
+    return images.numpy(), loaded.class_names, labels.argmax(-1) if labels.ndim == 2 else labels
 
 
 def _indices(name, count, split, validation_size):
