@@ -170,11 +170,9 @@ def load_model():
     if FLAGS.checkpoint:
         model = saving.load_model(FLAGS.checkpoint)
         return model, model.name
-    try:
-        with open(FLAGS.tflite, "rb") as f:
-            return f.read(), "model"
-    except OSError as e:
-        raise InputError(f"cannot read --tflite={FLAGS.tflite}: {e.strerror}") from None
+    from effkeras.deploy.flatbuffer import read_file
+
+    return read_file(FLAGS.tflite), "model"
 
 
 def target_options(target, model):

@@ -4,6 +4,7 @@ checked by the client Android apps use, MediaPipe Tasks' ImageClassifier."""
 import keras
 import numpy as np
 import pytest
+from conftest import assert_one_error_line, run_app
 
 from effkeras import deploy, models
 from effkeras.deploy import app_file, runtime
@@ -150,3 +151,16 @@ def test_rgb_input_keeps_gray_pixels_exact():
     red = np.zeros((1, 4, 4, 3), np.float32)
     red[..., 0] = 255
     np.testing.assert_allclose(rgb.predict(red, verbose=0), 255 * 38 / 127, rtol=1e-6)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a model", "truncated"])
+def test_unreadable_tflite_is_one_error_line(app_files, tmp_path, content):
+    """A text, empty or truncated .tflite: one error line from apps.convert and apps.evaluate,
+    no output written."""
+    path = tmp_path / "bad.tflite"
+    path.write_bytes(app_files[2]["int8"][:3000] if content == "truncated" else content)
+    output = tmp_path / "out.tflite"
+    convert = run_app("apps.convert", f"--tflite={path}", "--target=tflm", f"--output={output}")
+    assert_one_error_line(convert, "cannot read", str(path))
+    assert not output.exists()
+    assert_one_error_line(run_app("apps.evaluate", f"--checkpoint={path}"), "cannot read")

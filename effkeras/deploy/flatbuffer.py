@@ -2,7 +2,8 @@
 
 - `read_model` / `pack_model`: the file as the schema's object tree (schema.ModelT) and back,
   buffers 16-byte aligned, for the passes that edit a converted file (int8_tables.py);
-- `check_flatbuffer`, `save`: the file identifier, and atomic writes;
+- `check_flatbuffer`, `read_file`, `save`: the file identifier, a file read and parsed whole,
+  and atomic writes;
 - `operators` / `op_census`: every op of every subgraph (builtin names, or the custom code such
   as "LceBconv2d"), as `Operator`s of `Tensor`s; `builtin_code` / `builtin_name` of an
   operator code;
@@ -63,6 +64,31 @@ def check_flatbuffer(flatbuffer):
     """
     if not isinstance(flatbuffer, (bytes, bytearray)) or flatbuffer[4:8] != b"TFL3":
         raise ValueError("expected the bytes of a TFLite flatbuffer (file identifier TFL3)")
+
+
+def read_file(path):
+    """The bytes of the .tflite file at `path`, checked to parse as a whole.
+
+    Args:
+        path: a file path.
+
+    Returns:
+        The file's bytes.
+
+    Raises:
+        InputError: a file that cannot be read, or is not a whole TFLite flatbuffer (text,
+            empty, truncated).
+    """
+    try:
+        with open(path, "rb") as f:
+            flatbuffer = f.read()
+        read_model(flatbuffer)
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    except Exception as e:  # noqa: BLE001 (the schema's parser raises struct, index, value errors)
+        reason = str(e) if isinstance(e, ValueError) else "it is truncated or corrupt"
+        raise InputError(f"cannot read {path} as a .tflite file: {reason}") from None
+    return flatbuffer
 
 
 def read_model(flatbuffer):

@@ -355,14 +355,9 @@ def evaluate_tflite(
     """
     from effkeras.deploy import runtime as runtimes
     from effkeras.deploy.app_file import read_metadata
-    from effkeras.deploy.flatbuffer import check_flatbuffer, io_tensors
+    from effkeras.deploy.flatbuffer import io_tensors, read_file
 
-    try:
-        with open(path, "rb") as f:
-            flatbuffer = f.read()
-        check_flatbuffer(flatbuffer)
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot read {path} as a .tflite file: {e}") from None
+    flatbuffer = read_file(path)
     runner = runtimes.runner(flatbuffer, runtime)
     inputs, outputs = io_tensors(flatbuffer)
     if len(inputs) != 1:
