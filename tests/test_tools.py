@@ -198,3 +198,29 @@ def test_binary_margins_rounds_each_binary_input_and_restores_the_model():
     np.testing.assert_array_equal(model.predict(images, verbose=0), before)  # quantizers back
     with pytest.raises(InputError, match="not a binary net"):
         binary_margins.margins(models.get("resnet20", input_shape=(16, 16, 1)), images, images)
+
+
+def test_app_files_checks_float_and_int8_files_in_mediapipe():
+    import keras
+    import numpy as np
+
+    from effkeras import models
+    from tools import app_files
+
+    keras.utils.set_random_seed(0)
+    model = models.get("mlperf_tiny_resnet8", input_shape=(32, 32, 1), num_classes=10)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (48, 32, 32, 1)).astype("float32")
+    labels = rng.integers(0, 10, 16)
+    names = [f"class {i}" for i in range(10)]
+    rows = app_files.check(model, images[:16], labels, images[16:], names, "synthetic")
+    assert [row["target"] for row in rows] == ["float", "int8"]
+    for row in rows:
+        assert row["mediapipe_names_ok"]
+        assert abs(row["mediapipe_sum_min"] - 1) < 1e-5 and abs(row["mediapipe_sum_max"] - 1) < 1e-5
+    assert rows[0]["mediapipe_agreement"] == 1.0
+    assert rows[0]["mediapipe_top1"] == rows[0]["keras_top1"]
+    assert rows[1]["vela_cpu_ops"] == 0 and rows[1]["vela_npu_ops"] > 0
+    assert 0 <= rows[1]["tflm_top1"] <= 1
+    table = app_files.table(rows)
+    assert table.count("\n") == 3 and "| mlperf_tiny_resnet8 | int8 (uint8 in" in table
