@@ -4,8 +4,7 @@ Android's ML Model Binding, the TFLite Task Library and MediaPipe Tasks (`ImageC
 read what a model expects and what it returns from the metadata stored in the file itself: a
 `TFLITE_METADATA` buffer (a flatbuffer of the metadata schema, file identifier "M001") and its
 associated files (the class names) in a zip archive appended to the flatbuffer, which
-flatbuffer readers ignore. Three passes on a converted file, each applied after the target's own
-checks and each checked itself:
+flatbuffer readers ignore. Passes on a converted file, applied after the target's own checks:
 
 - `with_probabilities`: a float SOFTMAX after every float output (the logits): scores that sum
   to 1, as classifiers report them. An int8 file's logits are dequantized first (the converter's
@@ -17,7 +16,12 @@ checks and each checked itself:
   MediaPipe ships (`mediapipe.tasks.metadata`, `...metadata_writers.metadata_info`). MediaPipe
   1.2.3's populator (`metadata.py`) does not import from its wheel (its `_pywrap_metadata_version`
   extension is missing) and tflite-support pins protobuf < 4, so the packing (one buffer, one
-  metadata entry, the zip) is done here; `read_metadata` reads it back.
+  metadata entry, the zip) is done here; `read_metadata` reads it back;
+- `without_app_head`: an app's int8 file back to its int8 core (int8 in, int8 logits out, no
+  metadata), which tflm and ethos-u* take.
+deploy.convert checks `with_probabilities` (against the softmax of the file's own logits) and
+`with_uint8_pixels` (the int8 checks run on the uint8 file); tests/test_app_file.py checks the
+metadata in MediaPipe's ImageClassifier.
 """
 
 import dataclasses
