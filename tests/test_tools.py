@@ -200,6 +200,20 @@ def test_binary_margins_rounds_each_binary_input_and_restores_the_model():
         binary_margins.margins(models.get("resnet20", input_shape=(16, 16, 1)), images, images)
 
 
+def test_binary_margins_agreement_by_margin():
+    import numpy as np
+
+    from tools import binary_margins
+
+    # Margins 0.1, 1, 2, 3: the file flips the two closest decisions.
+    expected = np.array([[0.1, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 0.0]])
+    actual = np.array([[0.0, 1.0], [0.0, 1.0], [0.0, 2.0], [3.0, 0.0]])
+    rows = binary_margins.agreement_by_margin(expected, actual, quantiles=(0.0, 0.5, 0.75))
+    assert [r["images"] for r in rows] == [4, 2, 1]
+    assert [r["agreement"] for r in rows] == [0.5, 1.0, 1.0]
+    assert rows[1]["margin"] == 1.5
+
+
 def test_app_files_checks_float_and_int8_files_in_mediapipe():
     import keras
     import numpy as np

@@ -2,14 +2,17 @@
 when the inputs of its binary layers are rounded to an int8 grid, and under input noise.
 
 python -m tools.binary_margins --checkpoint=runs/mcu/recu_resnet20/model.keras
-    [--dataset=fashion_mnist] [--samples=1000]
+    [--dataset=fashion_mnist] [--samples=1000] [--tflite=runs/mcu/recu_resnet20_tflm.tflite]
 
 An int8 file of a binary net (effkeras.deploy.binary_int8) computes every sign exactly on its
 own int8 codes; what it cannot keep is the float pre-activations between those codes. Rounding
 each binary layer's input to its int8 step (the range over --calibration_samples training
 images / 255), and to grids 4, 16 and 64 times finer, in Keras, shows how much of a file's
 top-1 disagreement that grid explains; input noise of a fraction of a pixel shows how much the
-model itself moves. Prints JSON; the numbers are quoted in docs/microcontrollers.md.
+model itself moves. With --tflite (the int8 file of the checkpoint), the file's top-1
+agreement with Keras by the Keras logits' margin (top-1 minus top-2), from all images to the
+most decided quarter: where the model decides by a wide margin the file agrees. Prints JSON; the
+numbers are quoted in docs/microcontrollers.md.
 """
 
 import json
@@ -25,6 +28,7 @@ flags.DEFINE_string(
     "data_dir", None, "Its directory (Fashion-MNIST: the Debian package).", allow_override=True
 )
 flags.DEFINE_integer("samples", 1000, "Test images compared.", allow_override=True)
+flags.DEFINE_string("tflite", None, "The checkpoint's int8 file, to compare by margin.")
 flags.DEFINE_integer(
     "calibration_samples",
     200,
@@ -89,6 +93,37 @@ def margins(model, test, calibration):
     return result
 
 
+def agreement_by_margin(expected, actual, quantiles=(0.0, 0.25, 0.5, 0.75)):
+    """Top-1 agreement of `actual` with `expected` logits among the images whose expected margin
+    (top-1 minus top-2 logit) is at least each quantile of the margins.
+
+    Args:
+        expected: Keras logits (N, C); actual: the file's outputs (N, C).
+        quantiles: the margin quantiles to start from.
+
+    Returns:
+        A list of {"quantile", "margin", "images", "agreement"}.
+    """
+    import numpy as np
+
+    ordered = np.sort(expected, axis=-1)
+    margin = ordered[:, -1] - ordered[:, -2]
+    same = expected.argmax(-1) == actual.argmax(-1)
+    rows = []
+    for q in quantiles:
+        threshold = float(np.quantile(margin, q))
+        chosen = margin >= threshold
+        rows.append(
+            {
+                "quantile": q,
+                "margin": round(threshold, 4),
+                "images": int(chosen.sum()),
+                "agreement": float(np.mean(same[chosen])),
+            }
+        )
+    return rows
+
+
 def _rounded(quantizer, step):
     """`quantizer` applied to its input rounded to multiples of `step`."""
     import keras
@@ -108,7 +143,15 @@ def main(argv):
     options = dict(input_shape=shape, data_dir=FLAGS.data_dir)
     test = data.take(FLAGS.dataset, "test", FLAGS.samples, **options)[0]
     calibration = data.take(FLAGS.dataset, "train", FLAGS.calibration_samples, **options)[0]
-    print(json.dumps({"checkpoint": FLAGS.checkpoint, **margins(model, test, calibration)}))
+    result = {"checkpoint": FLAGS.checkpoint, **margins(model, test, calibration)}
+    if FLAGS.tflite:
+        from effkeras.deploy import runtime
+        from effkeras.deploy.flatbuffer import read_file
+
+        actual = runtime.runner(read_file(FLAGS.tflite)).predict(test)
+        expected = model.predict(test, verbose=0)
+        result["file_agreement_by_margin"] = agreement_by_margin(expected, actual)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
