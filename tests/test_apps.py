@@ -111,3 +111,28 @@ def test_summary_of_a_binary_model_counts_one_bit_params_and_macs():
     )
     table = run_app("apps.summary", "--model=recu_resnet20").stdout
     assert "1-bit params" in table and "binarized MACs: 98.8%" in table
+
+
+def test_a_checkpoint_compiled_with_a_training_loss_loads_for_inference(tmp_path):
+    """A run compiled with effkeras.training's label-smoothing loss (the RAN-e recipe) saves it in
+    the .keras file; apps.convert and apps.evaluate load the model without importing training."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "smoothed.keras"
+    save = (
+        "import keras; from effkeras import models; from effkeras.training import losses\n"
+        "m = models.get('mlperf_tiny_resnet8', input_shape=(32, 32, 1), num_classes=10)\n"
+        "m.compile(loss=losses.SparseLabelSmoothingCrossEntropy(0.1), optimizer='adam')\n"
+        f"m.save({str(path)!r})\n"
+    )
+    load = (
+        "import sys; from effkeras import saving\n"
+        f"m = saving.load_model({str(path)!r})\n"
+        "assert 'effkeras.training' not in sys.modules\n"
+        "print(m.name)\n"
+    )
+    for code in (save, load):
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1] == "mlperf_tiny_resnet8"

@@ -293,7 +293,7 @@ def restore(model, output_dir, checkpoint, expected):
     if not os.path.isfile(path):
         raise InputError(f"{output_dir}/state.json names {checkpoint}, which is missing; {way_out}")
     try:
-        saved = saving.load_model(path)
+        saved = saving.load_model(path, compile=True)  # its optimizer slots
     except InputError as e:
         raise InputError(f"{e}; it is the run's last checkpoint: {way_out}") from None
     inner = getattr(saved, "student", saved)  # a distilling run saves its Distiller
