@@ -25,8 +25,8 @@ from effkeras.deploy.api import (
     convert,
     default_target,
     save,
-    with_metadata,
 )
+from effkeras.deploy.app_file import with_metadata
 from effkeras.deploy.registry import TARGETS, Target, get, names, register_target
 
 __all__ = [

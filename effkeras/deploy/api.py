@@ -226,13 +226,6 @@ def app_info(model, name, *, class_names=None, dataset=None, report=None):
     )
 
 
-def with_metadata(flatbuffer, info):
-    """`flatbuffer` with TFLite Metadata from `info` (app_file.with_metadata)."""
-    from effkeras.deploy import app_file
-
-    return app_file.with_metadata(flatbuffer, info)
-
-
 def app_metadata(
     flatbuffer,
     report,
