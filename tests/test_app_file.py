@@ -7,24 +7,14 @@ import pytest
 from conftest import assert_one_error_line, run_app
 
 from effkeras import deploy, models
+from effkeras.data.fashion_mnist import CLASS_NAMES
 from effkeras.deploy import app_file, runtime
 from effkeras.deploy.flatbuffer import io_tensors, op_census, operators
 from effkeras.errors import InputError
 from effkeras.graph import passes
 from effkeras.graph.passes.rgb_input import LUMA_CODES
 
-NAMES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
+NAMES = tuple(CLASS_NAMES)
 
 
 @pytest.fixture(scope="module")
