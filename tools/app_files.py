@@ -14,14 +14,16 @@ from absl import flags
 
 from apps import _cli
 
-flags.DEFINE_list("checkpoints", None, "Trained .keras files.")
+flags.DEFINE_list("checkpoints", None, "Trained .keras files.", allow_override=True)
 flags.DEFINE_string("dataset", "fashion_mnist", "Their dataset.", allow_override=True)
 flags.DEFINE_string("data_dir", None, "Its directory.", allow_override=True)
 flags.DEFINE_integer("samples", 1000, "Test images classified.", allow_override=True)
 flags.DEFINE_integer(
     "calibration_samples", 200, "Training images the int8 ranges come from.", allow_override=True
 )
-flags.DEFINE_string("output_dir", None, "Where to write app_files.md and .json.")
+flags.DEFINE_string(
+    "output_dir", None, "Where to write app_files.md and .json.", allow_override=True
+)
 FLAGS = flags.FLAGS
 
 APP_OPTIONS = {"float": {}, "int8": {"io": "uint8"}}  # apps.convert's defaults for apps

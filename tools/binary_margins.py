@@ -28,7 +28,9 @@ flags.DEFINE_string(
     "data_dir", None, "Its directory (Fashion-MNIST: the Debian package).", allow_override=True
 )
 flags.DEFINE_integer("samples", 1000, "Test images compared.", allow_override=True)
-flags.DEFINE_string("tflite", None, "The checkpoint's int8 file, to compare by margin.")
+flags.DEFINE_string(
+    "tflite", None, "The checkpoint's int8 file, to compare by margin.", allow_override=True
+)
 flags.DEFINE_integer(
     "calibration_samples",
     200,
