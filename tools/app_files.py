@@ -46,6 +46,7 @@ def check(model, test, labels, calibration, class_names, dataset):
 
     from effkeras import deploy
     from effkeras.deploy import app_file, runtime
+    from effkeras.graph import passes
 
     expected = model.predict(test, verbose=0).argmax(-1)
     rows = []
@@ -80,20 +81,13 @@ def check(model, test, labels, calibration, class_names, dataset):
             "keras_top1": float(np.mean(expected == labels)),
         }
         if target == "int8":
-            micro = runtime.TFLiteMicro(flatbuffer).predict(app_file_rgb(test, model))
+            micro = runtime.TFLiteMicro(flatbuffer).predict(passes.to_rgb(test))
             row["tflm_top1"] = float(np.mean(micro.argmax(-1) == labels))
             core = app_file.without_app_head(flatbuffer)
             _, vela = deploy.convert(core, "ethos-u55-128")
             row["vela_cpu_ops"], row["vela_npu_ops"] = vela.cpu_ops, vela.npu_ops
         rows.append(row)
     return rows
-
-
-def app_file_rgb(images, model):
-    """The images as the app file takes them (RGB copies for a grayscale model)."""
-    from effkeras.graph import passes
-
-    return passes.to_rgb(images) if model.input_shape[-1] == 1 else images
 
 
 def table(rows):

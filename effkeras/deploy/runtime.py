@@ -283,8 +283,9 @@ class MediaPipe(Runtime):
         self.category_names = [None] * outputs[0].shape[-1]
 
     def encode(self, arrays):
-        image = np.clip(np.round(np.asarray(arrays[0])), 0, 255).astype(np.uint8)
-        return [np.ascontiguousarray(np.repeat(image, 3, -1) if image.shape[-1] == 1 else image)]
+        from effkeras.graph.passes import to_rgb
+
+        return [np.ascontiguousarray(to_rgb(quantize(arrays[0], 1.0, 0, np.uint8)))]
 
     def run_one(self, encoded):
         import mediapipe as mp
