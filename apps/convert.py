@@ -200,7 +200,41 @@ def target_options(target, model):
     return options
 
 
-def real_data(model):
+def calibration_data(model):
+    """--calibration_data's images as float32, their shape and values checked against `model`
+    before the array is read into memory (a header may claim more than the file holds)."""
+    from effkeras.deploy import verify
+    from effkeras.errors import InputError
+
+    path = FLAGS.calibration_data
+    try:
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)  # the header only, mapped
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"cannot read --calibration_data={path} as a .npy array: {e}") from None
+    if not isinstance(mapped, np.ndarray):
+        raise InputError(f"--calibration_data={path} is an .npz archive; give one .npy array")
+    verify.check_sample(model, mapped, f"--calibration_data={path}")
+    return np.asarray(mapped, np.float32)
+
+
+def check_table_flags(model, name):
+    """--lerp_form and --max_code_step act on learned table activations: InputError without."""
+    from effkeras.errors import InputError
+    from effkeras.layers.activations import BSplineActivation, LerpPSA, LerpTable
+
+    table_layers = (LerpPSA, BSplineActivation, LerpTable)  # ResPSA is a LerpPSA
+    for flag in ("lerp_form", "max_code_step"):
+        if FLAGS[flag].present and (
+            isinstance(model, bytes) or not any(isinstance(x, table_layers) for x in model.layers)
+        ):
+            raise InputError(
+                f"--{flag} applies to models with learned table activations (LERP-PSA, "
+                f"B-spline) converted from Keras; "
+                f"{'a .tflite file' if isinstance(model, bytes) else name} has none to convert"
+            )
+
+
+def real_data(model, target):
     """(calibration images, sample images, class names) from --dataset / --calibration_data;
     the sample is --sample_size random images without --dataset (None: the target's own)."""
     from effkeras import data
@@ -208,13 +242,15 @@ def real_data(model):
     from effkeras.errors import InputError
 
     calibration = sample = class_names = None
-    if FLAGS.calibration_data:
-        try:
-            calibration = np.load(FLAGS.calibration_data, allow_pickle=False).astype(np.float32)
-        except (OSError, ValueError) as e:
+    for name in ("calibration_data", "calibration_samples"):
+        if FLAGS[name].present and (isinstance(model, bytes) or not target.quantizes):
             raise InputError(
-                f"cannot read --calibration_data={FLAGS.calibration_data} as a .npy array: {e}"
-            ) from None
+                f"--{name} does not apply here: only a Keras model converted for a quantizing "
+                f"target (int8, tflm, ethos-u*) is calibrated, not "
+                f"{'a .tflite file' if isinstance(model, bytes) else f'--target={target.name}'}"
+            )
+    if FLAGS.calibration_data:
+        calibration = calibration_data(model)
     if FLAGS.dataset:
         if isinstance(model, bytes):
             raise InputError(
@@ -295,7 +331,8 @@ def main(argv):
     target_name = FLAGS.target or deploy.default_target(model, name)
     target = deploy.get(target_name)
     options = target_options(target, model)
-    calibration, sample, class_names = real_data(model)
+    check_table_flags(model, name)
+    calibration, sample, class_names = real_data(model, target)
     if FLAGS["early_exit"].present:  # else: stage by stage when the model has several outputs
         options["early_exit"] = FLAGS.early_exit
     if FLAGS["lerp_form"].present:

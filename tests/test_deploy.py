@@ -255,7 +255,7 @@ def test_convert_app_refusals(tmp_path):
             f"--calibration_data={bad}",
             f"--output={output}",
         ),
-        "calibration set has shape",
+        "has shape",
     )
     # A flag the target does not take.
     assert_one_error_line(

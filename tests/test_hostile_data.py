@@ -622,3 +622,49 @@ class TestCorruptImages:
             result, f"{bad} is corrupt, truncated or unreadable", "Unknown image file format"
         )
         assert not (tmp_path / "eval.json").exists()
+
+
+def test_convert_checks_calibration_data_before_reading_it(tmp_path):
+    """A header claiming 4 PiB, NaN, complex or empty images, and --calibration_data given to a
+    target that does not calibrate: one error line each, no file written."""
+    from apps import convert
+
+    output = tmp_path / "out.tflite"
+
+    def refused(path, *fragments, target="int8"):
+        run = run_app(
+            "apps.convert",
+            "--model=mlperf_tiny_resnet8",
+            "--input_shape=28,28,1",
+            f"--target={target}",
+            f"--calibration_data={path}",
+            f"--output={output}",
+        )
+        assert_one_error_line(run, *fragments)
+        assert not output.exists()
+
+    bomb = tmp_path / "bomb.npy"
+    with open(bomb, "wb") as f:  # 128 bytes of header, no data
+        header = {"descr": "<f4", "fortran_order": False, "shape": (2**44, 28, 28, 1)}
+        np.lib.format.write_array_header_1_0(f, header)
+    assert os.path.getsize(bomb) == 128
+    refused(bomb, "cannot read --calibration_data")
+    before = peak_rss_bytes()
+    with pytest.raises(InputError, match="cannot read"):
+        convert.FLAGS(["convert", f"--calibration_data={bomb}"])
+        try:
+            convert.calibration_data(None)
+        finally:
+            convert.FLAGS.unparse_flags()
+    assert peak_rss_bytes() - before < 100 * 2**20
+    for values, fragment in (
+        (np.full((4, 28, 28, 1), np.nan, np.float32), "NaN or infinite"),
+        (np.full((4, 28, 28, 1), np.inf, np.float32), "NaN or infinite"),
+        (np.zeros((4, 28, 28, 1), np.complex64), "complex64 values"),
+        (np.zeros((0, 28, 28, 1), np.float32), "is empty"),
+    ):
+        path = tmp_path / "images.npy"
+        np.save(path, values)
+        refused(path, fragment)
+    np.save(path, np.zeros((4, 28, 28, 1), np.float32))
+    refused(path, "--calibration_data does not apply", "--target=float", target="float")

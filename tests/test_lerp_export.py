@@ -319,6 +319,12 @@ def test_convert_app_passes_max_code_step_to_int8_targets_only(tmp_path):
         ),
         "--max_code_step does not apply to --target=float",
     )
+    for flag in ("--max_code_step=3", "--lerp_form=relu_sum"):  # flags that would do nothing
+        assert_one_error_line(
+            run_app("apps.convert", "--model=resnet20", "--target=int8", flag, output),
+            f"{flag.split('=')[0]} applies to models with learned table activations",
+            "resnet20 has none",
+        )
     assert_one_error_line(
         run_app(
             "apps.convert",

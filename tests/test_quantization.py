@@ -357,6 +357,13 @@ def test_train_qat_from_a_float_run_and_resume(tmp_path):
                 },
             )
         )
+    with pytest.raises(InputError, match="--model=resnet20, but .* holds mlperf_tiny_resnet8"):
+        training.train(
+            training.TrainConfig(
+                epochs=1, **{**qat_config, "model": "resnet20", "output_dir": str(tmp_path / "x")}
+            )
+        )
+    assert not (tmp_path / "x").exists()
     # The control: the same schedule in float, from the same model.
     control = {**qat_config, "qat": False, "finetune": True, "output_dir": str(tmp_path / "ft")}
     tuned = training.train(training.TrainConfig(epochs=1, **control))

@@ -117,13 +117,33 @@ def test_broken_shards_and_validation_split_are_refused(shard_dir):
         )
     bad = shard_dir / "validation-00001-of-00002"
     bad.write_bytes(bad.read_bytes()[:-30])
-    split = data.load("imagenet", "test", input_shape=SHAPE, batch_size=4, data_dir=str(shard_dir))
     with pytest.raises(InputError, match="validation-00001-of-00002 holds a corrupt record"):
-        with split.errors_as_input_errors():
-            list(split.dataset)
+        data.load("imagenet", "test", input_shape=SHAPE, batch_size=4, data_dir=str(shard_dir))
     bad.unlink()
     with pytest.raises(InputError, match="lacks 1 of the 2 validation shards"):
         data.load("imagenet", "test", input_shape=SHAPE, batch_size=4, data_dir=str(shard_dir))
+
+
+def test_counts_that_the_shards_do_not_hold_are_refused(shard_dir, monkeypatch):
+    info_file = shard_dir / tfrecord.INFO_FILE
+    info = json.loads(info_file.read_text())
+
+    def load():
+        data.load("imagenet", "train", input_shape=SHAPE, batch_size=4, data_dir=str(shard_dir))
+
+    claims = {**info, "examples": {**info["examples"], "train": 10**9}}
+    info_file.write_text(json.dumps(claims))
+    with pytest.raises(InputError, match="claims 1000000000 train examples, .* shards hold 6;"):
+        load()
+    monkeypatch.setattr(tfrecord, "COUNT_ALL_BYTES", 0)  # large shards: the first one counted
+    with pytest.raises(InputError, match="hold about 6 \\(2 in the first\\)"):
+        load()
+    info_file.write_text(json.dumps(info))
+    load()
+    for path in shard_dir.glob("train-*"):  # empty shards: no epoch at all
+        path.write_bytes(b"")
+    with pytest.raises(InputError, match="claims 6 train examples, .* shards hold 0;"):
+        load()
 
 
 def test_a_failed_write_leaves_no_shard(imagenet_dir, tmp_path):

@@ -229,7 +229,43 @@ def read(data_dir, split):
             f"{len(files)}; run `python -m tools.imagenet_shards --index={data_dir}` "
             f"again"
         )
+    _check_count(files, info["examples"][prefix], prefix, data_dir)
     return ShardedSplit(files, info["examples"][prefix], info["class_names"], info["label_offset"])
+
+
+COUNT_ALL_BYTES = 256 << 20  # shards this small are counted in full; larger ones by the first
+
+
+def _records(path):
+    try:
+        return int(tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda n, _: n + 1))
+    except READ_ERRORS as e:
+        raise InputError(
+            f"{path} holds a corrupt record ({_reason(e)}); write or copy that shard again"
+        ) from None
+
+
+def _check_count(files, claimed, prefix, data_dir):
+    """InputError unless the shards can hold the `claimed` examples (the epoch length and the
+    schedule follow from it): counted exactly when the shards are small, else within a factor
+    of 2 of the first shard's count times the number of shards (sharding tools split evenly)."""
+    sizes = sum(os.path.getsize(path) for path in files)
+    exact = sizes <= COUNT_ALL_BYTES
+    counted = sum(map(_records, files if exact else files[:1]))
+    low, high = (
+        (counted, counted) if exact else (counted * len(files) / 2, 2 * counted * len(files))
+    )
+    if counted == 0 or not low <= claimed <= high:
+        found = (
+            f"hold {counted}"
+            if exact
+            else f"hold about {counted * len(files)} ({counted} in the first)"
+        )
+        raise InputError(
+            f"{os.path.join(data_dir, INFO_FILE)} claims {claimed} {prefix} examples, but the "
+            f"{len(files)} {prefix} shards {found}; run `python -m tools.imagenet_shards "
+            f"--index={data_dir}` again"
+        )
 
 
 def _declared_shards(data_dir):

@@ -270,4 +270,5 @@ for _accelerator in ACCELERATORS:
         _accelerator,
         f"int8 compiled by Vela for Arm {_accelerator} (default "
         f"{' + '.join(DEFAULTS[_accelerator.rsplit('-', 1)[0]])})",
+        quantizes=True,
     )(functools.partial(compile_for, accelerator=_accelerator))

@@ -18,18 +18,20 @@ class Target:
     name: str
     convert: Callable
     description: str
+    quantizes: bool = False  # takes calibration images (int8, tflm, ethos-u*)
 
 
 TARGETS: dict = {}
 
 
-def register_target(name, description):
-    """Decorator registering `fn(model, *, calibration=None, **options) -> (bytes, Report)`."""
+def register_target(name, description, *, quantizes=False):
+    """Decorator registering `fn(model, *, calibration=None, **options) -> (bytes, Report)`;
+    `quantizes`: the target calibrates on `calibration` (others ignore it)."""
 
     def decorate(fn):
         if name in TARGETS:
             raise ValueError(f"deploy target {name!r} is registered twice")
-        TARGETS[name] = Target(name, fn, description)
+        TARGETS[name] = Target(name, fn, description, quantizes)
         return fn
 
     return decorate

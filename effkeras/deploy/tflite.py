@@ -125,6 +125,7 @@ def _report(target, model, flatbuffer, sample, input_range, max_rel_diff):
     "int8",
     "full-integer int8 TFLite (post-training quantization on a "
     "calibration set): LiteRT, TFLite Micro, NPUs",
+    quantizes=True,
 )
 def convert_int8(
     model,

@@ -40,6 +40,7 @@ ARENA_ALIGNMENT = 16
     "tflm",
     "int8 TFLite for microcontrollers, run in TFLite Micro: arena bytes "
     "and a C array for the firmware",
+    quantizes=True,
 )
 def convert(
     model, *, calibration=None, sample=None, io="int8", allow_float_fallback=False, **int8_options

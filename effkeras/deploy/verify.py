@@ -96,7 +96,8 @@ def random_sample(model, input_range=PIXEL_RANGE, size=SAMPLE_SIZE, seed=0):
 
 
 def check_sample(model, sample, what="sample"):
-    """Checks that `sample` is a batch (or list of batches) of the model's input shapes.
+    """Checks that `sample` is a batch (or list of batches) of the model's input shapes, of at
+    least one example, holding finite real numbers.
 
     Args:
         model: a Keras model.
@@ -104,7 +105,8 @@ def check_sample(model, sample, what="sample"):
         what: what the sample is, for the message.
 
     Raises:
-        InputError: the shapes differ.
+        InputError: the shapes differ, a batch is empty, or a value is not a finite real
+            number (NaN, infinite, complex, not numeric).
     """
     arrays = sample if isinstance(sample, (list, tuple)) else [sample]
     shapes = input_shapes(model)
@@ -114,6 +116,20 @@ def check_sample(model, sample, what="sample"):
             f"the {what} has shape {[np.shape(a) for a in arrays]}, but {model.name} "
             f"takes batches of {shapes}; give images of the model's input shape"
         )
+    for array in arrays:
+        array = np.asarray(array)
+        if len(array) == 0:
+            raise InputError(f"the {what} is empty; give at least one image")
+        if array.dtype.kind not in "biuf":
+            raise InputError(
+                f"the {what} holds {array.dtype} values; give real numbers (pixels in the "
+                f"model's input range)"
+            )
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InputError(
+                f"the {what} holds NaN or infinite values; give finite pixels in the model's "
+                f"input range"
+            )
 
 
 # --- agreement with Keras -------------------------------------------------------------------------

@@ -368,8 +368,9 @@ def load_float_model(config):
         The loaded keras.Model.
 
     Raises:
-        InputError: no --init_from, an unreadable file, a QAT model, or a model that is not in
-            the registry when --model does not name one.
+        InputError: no --init_from, an unreadable file, a QAT model, a model that is not in
+            the registry when --model does not name one, or a registry model other than
+            --model.
     """
     from effkeras import qat, saving
 
@@ -388,6 +389,15 @@ def load_float_model(config):
         raise InputError(
             f"{config.init_from} holds {model.name!r}, not a registry model: give "
             f"--model=<registry name> whose recipe to fine-tune with"
+        )
+    if (
+        config.model is not None
+        and model.name in models.names()
+        and model.name != models.info(config.model).name
+    ):
+        raise InputError(
+            f"--model={config.model}, but {config.init_from} holds {model.name}: leave --model "
+            f"out (the run trains the model in --init_from) or give a {config.model} file"
         )
     return model
 
