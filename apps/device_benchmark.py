@@ -53,6 +53,8 @@ def main(argv):
         raise InputError(f"--threads must be integers, e.g. 1,4; got {FLAGS.threads}") from None
     if not threads or threads[0] < 1 or FLAGS.runs < 1 or FLAGS.warmup_runs < 0:
         raise InputError("--threads and --runs must be >= 1, --warmup_runs >= 0")
+    if threads[-1] > benchmark.MAX_THREADS:
+        raise InputError(f"--threads must be at most {benchmark.MAX_THREADS}, got {threads[-1]}")
     files = devices.arm_files(FLAGS.benchmark_dir, rows)
     device = devices.Device(FLAGS.ssh, FLAGS.adb, FLAGS.adb_serial)
     name = FLAGS.device or {"ssh": FLAGS.ssh, "adb": "Android", "local": "device"}[device.kind]

@@ -141,6 +141,7 @@ def test_device_latencies_merge_into_the_table(run, tmp_path):
         ({"baseline": "quicknet"}, "--baseline=quicknet is not one of --models"),
         ({"specs": [FLOAT_NET, FLOAT_NET]}, "names mlperf_tiny_resnet8 twice"),
         ({"runs": -1}, "--runs must be an integer >= 0"),
+        ({"threads": 100000}, "--threads must be at most 256"),
         ({"specs": ["mobilenet_v2@x"]}, "the size after @ must be a number"),
     ],
 )

@@ -668,3 +668,98 @@ def test_convert_checks_calibration_data_before_reading_it(tmp_path):
         refused(path, fragment)
     np.save(path, np.zeros((4, 28, 28, 1), np.float32))
     refused(path, "--calibration_data does not apply", "--target=float", target="float")
+
+
+def write_h5_weights(path, shape, weight_names=(b"stem_conv/kernel:0",)):
+    """A tf_keras-layout weights file with one layer whose kernel declares `shape` (no data
+    written: HDF5 allocates late, so the file stays a few KiB)."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [b"stem_conv"]
+        group = f.create_group("stem_conv")
+        group.attrs["weight_names"] = list(weight_names)
+        group.create_dataset("stem_conv/kernel:0", shape=shape, dtype="f4")
+
+
+def test_weight_files_declaring_gigabytes_are_refused_before_reading(tmp_path):
+    import io
+    import zipfile
+
+    from effkeras import models
+    from effkeras.interop import larq_zoo
+    from effkeras.interop.weights import set_weights
+
+    model = models.get("quicknet", input_shape=(32, 32, 3))
+    kept = [w.copy() for w in model.get_weights()]
+    before = peak_rss_bytes()
+    for shape, claim in (((2**29,), "2,147,483,648 bytes"), ((2**38,), "1,099,511,627,776")):
+        bomb = tmp_path / "bomb.h5"
+        write_h5_weights(bomb, shape)
+        assert os.path.getsize(bomb) < 16 << 10
+        with pytest.raises(InputError, match=f"declares {claim}.*quicknet_weights.h5"):
+            larq_zoo.load_weights(model, bomb)
+        with pytest.raises(InputError, match=f"declares {claim}"):
+            set_weights(model, str(bomb))
+    npz = tmp_path / "bomb.npz"
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (2**40,)}
+    )
+    with zipfile.ZipFile(npz, "w") as archive:
+        archive.writestr("arr_0.npy", header.getvalue())
+    with pytest.raises(InputError, match="declares 4,398,046,511,104 bytes of weights, more"):
+        set_weights(model, str(npz))
+    assert peak_rss_bytes() - before < 100 << 20
+    missing = tmp_path / "missing.h5"  # lists a weight it does not hold
+    write_h5_weights(missing, (3,), weight_names=(b"stem_conv/kernel:0", b"stem_conv/bias:0"))
+    with pytest.raises(InputError, match="is not a tf_keras weights file .*bias"):
+        larq_zoo.load_weights(model, missing)
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), kept, strict=True))
+
+
+def test_hostile_larq_configs_are_one_input_error():
+    import json
+
+    from effkeras.interop import import_larq_model
+
+    conv = {"name": "c", "filters": 2, "kernel_size": [1, 1]}
+    config = {
+        "class_name": "Functional",
+        "config": {
+            "name": "m",
+            "layers": [
+                {
+                    "class_name": "InputLayer",
+                    "name": "in",
+                    "config": {"batch_input_shape": [None, 4, 4, 3], "name": "in"},
+                    "inbound_nodes": [],
+                },
+                {
+                    "class_name": "Conv2D",
+                    "name": "c",
+                    "config": conv,
+                    "inbound_nodes": [[["in", 0, 0, {}]]],
+                },
+            ],
+            "input_layers": [["in", 0, 0]],
+            "output_layers": [["c", 0, 0]],
+        },
+    }
+    model = import_larq_model(json.dumps(config), [np.ones((1, 1, 3, 2)), np.zeros(2)])
+    assert model.count_params() == 8  # the config imports as it is
+
+    def refused(text, match):
+        with pytest.raises(InputError, match=match):
+            import_larq_model(text, [])
+
+    layers = config["config"]["layers"]
+    shell = {"module": "os", "class_name": "system", "config": {"command": "touch /tmp/x"}}
+    layers[1]["config"] = {**conv, "kernel_initializer": shell}
+    refused(json.dumps(config), "layer 'c' names the Python module 'os'")
+    layers[1] = {**layers[1], "class_name": "Lambda", "config": {"name": "c", "function": "x"}}
+    refused(json.dumps(config), "layer 'c' is a Lambda")
+    layers[1] = {**layers[1], "class_name": "Conv2D", "config": {**conv, "filters": "two"}}
+    refused(json.dumps(config), "Keras cannot build the larq model")
+    refused("{not json", "is not JSON")
+    refused(json.dumps({"class_name": "Functional", "config": {}}), "no layer list")

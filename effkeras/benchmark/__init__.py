@@ -24,7 +24,7 @@ Modules:
 """
 
 from effkeras.benchmark.measure import CPU_TARGETS, RUNTIMES, inference, quartiles, time_interleaved
-from effkeras.benchmark.pipeline import convert, describe, file_name, run, stage_rows
+from effkeras.benchmark.pipeline import MAX_THREADS, convert, describe, file_name, run, stage_rows
 from effkeras.benchmark.report import (
     STEM,
     Row,
@@ -39,6 +39,7 @@ from effkeras.benchmark.report import (
 from effkeras.benchmark.spec import Loaded, file_kind, is_file, load, parse_spec, spec_label
 
 __all__ = [
+    "MAX_THREADS",
     "CPU_TARGETS",
     "RUNTIMES",
     "STEM",

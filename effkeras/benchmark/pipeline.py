@@ -22,6 +22,8 @@ from effkeras.benchmark.report import Row, one_line, set_ratios, write
 from effkeras.benchmark.spec import file_kind, is_file, load, spec_label
 from effkeras.errors import InputError
 
+MAX_THREADS = 256  # more than any CPU the runtimes meet; a larger count is a typo
+
 
 def convert(loaded, target, *, calibration=None, sample=None, int8=None):
     """Converts a loaded model for a target; a .tflite file is taken as it is for its own
@@ -328,6 +330,8 @@ def _check_arguments(specs, targets, threads, runs, warmup, baseline):
     for name, value, least in (("threads", threads, 1), ("runs", runs, 0), ("warmup", warmup, 0)):
         if not isinstance(value, int) or value < least:
             raise InputError(f"--{name} must be an integer >= {least}, got {value!r}")
+    if threads > MAX_THREADS:
+        raise InputError(f"--threads must be at most {MAX_THREADS}, got {threads}")
     labels = [spec_label(spec) for spec in specs]
     twice = sorted({label for label in labels if labels.count(label) > 1})
     if twice:

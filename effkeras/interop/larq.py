@@ -239,7 +239,32 @@ def _function(key, value, where):
     return name
 
 
+# Modules a layer config may name ("module" of an initializer, regularizer, ...): Keras', larq's
+# and ours. Anything else (e.g. "os") is refused, never imported.
+KNOWN_MODULES = ("keras", "tf_keras", "larq", "larq_zoo", "effkeras")
+
+
+def _check_modules(value, where):
+    """InputError when a nested object of a layer config names a module outside KNOWN_MODULES."""
+    if isinstance(value, dict):
+        module = value.get("module")
+        if module is not None and (
+            not isinstance(module, str) or module.split(".")[0] not in KNOWN_MODULES
+        ):
+            raise InputError(
+                f"{where} names the Python module {module!r} ({value.get('class_name')!r}); "
+                f"effkeras imports only Keras and larq objects and never runs code from a "
+                f"model file: rebuild the model with Keras initializers, regularizers and "
+                f"constraints"
+            )
+        value = list(value.values())
+    if isinstance(value, list):
+        for item in value:
+            _check_modules(item, where)
+
+
 def _named_functions(config, where):
+    _check_modules(config, where)
     return {
         key: _function(key, value, where)
         if isinstance(value, dict) and value.get("class_name") == "function"
@@ -494,12 +519,18 @@ def _read_config(config_json_or_path):
             )
         with open(text) as f:
             text = f.read()
-    model = json.loads(text)
-    if model.get("class_name") not in MODELS and not _is_functional(model):
-        raise InputError(
-            f"expected a model config (from model.to_json()), got class "
-            f"{model.get('class_name')!r}."
-        )
+    try:
+        model = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"the larq model config is not JSON ({e}); pass model.to_json()") from None
+    if not isinstance(model, dict) or (
+        model.get("class_name") not in MODELS and not _is_functional(model)
+    ):
+        got = model.get("class_name") if isinstance(model, dict) else type(model).__name__
+        raise InputError(f"expected a model config (from model.to_json()), got {got!r}.")
+    config = model.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+        raise InputError("the larq model config has no layer list; pass model.to_json()")
     return model
 
 
@@ -538,7 +569,16 @@ def import_larq_model(config_json_or_path, weights):
     """
     model_config = _read_config(config_json_or_path)
     entry = _model_entry(model_config, model_config["config"])
-    model = keras.saving.deserialize_keras_object(entry)
+    try:
+        model = keras.saving.deserialize_keras_object(entry)
+    except InputError:
+        raise
+    except (TypeError, ValueError, KeyError) as e:  # Keras' own, on a config it cannot build
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(
+            f"Keras cannot build the larq model from its config ({reason}); pass larq's "
+            f"model.to_json() unedited"
+        ) from None
     _normalize_last_axis(model)
     set_weights(model, weights)
     return model

@@ -31,7 +31,7 @@ import numpy as np
 
 from effkeras import models
 from effkeras.errors import InputError
-from effkeras.interop.weights import read_h5_weights
+from effkeras.interop.weights import max_weight_bytes, read_h5_weights
 
 # Registry name -> (Larq Zoo release tag, weights file, its sha256 as Larq Zoo 2.4 checks it).
 # The same tag holds "<file stem>_notop.h5", the weights without the classifier.
@@ -130,12 +130,14 @@ def load_weights(model, path, *, skip_classifier=False):
             f"releases (see effkeras/interop/larq_zoo.py) and pass its local path"
         )
     try:
-        saved = read_h5_weights(path)
-    except (OSError, InputError) as error:  # not HDF5, or HDF5 without tf_keras' layer list
+        saved = read_h5_weights(path, max_weight_bytes(model))
+    except OSError:  # not HDF5
         raise InputError(
             f"{path} is not a tf_keras weights file (model.save_weights, .h5) as "
             f"Larq Zoo publishes them; pass Larq Zoo's {expected_file}"
-        ) from error
+        ) from None
+    except InputError as error:  # HDF5, but not a complete or plausible weights file
+        raise InputError(f"{error}; pass Larq Zoo's {expected_file}") from None
     theirs = [(name, arrays) for name, arrays in saved.items() if arrays]
     ours = [layer for layer in model.layers if layer.weights]
     if skip_classifier:
