@@ -13,6 +13,8 @@ file. Writes the .tflite files, benchmark.json, benchmark.md and benchmark.png t
 apps.device_benchmark then adds latencies measured on a Raspberry Pi or an Android phone.
 """
 
+import sys
+
 from absl import flags
 
 from apps import _cli
@@ -52,6 +54,7 @@ flags.DEFINE_string("data_dir", None, "Directory of --dataset.")
 flags.DEFINE_integer("calibration_samples", 200, "Training images for int8 calibration.")
 flags.DEFINE_string("output_dir", "runs/benchmark", "Where the files and the results go.")
 FLAGS = flags.FLAGS
+ROWS_FAILED = 1  # exit status when some rows failed (the report is written all the same)
 
 
 def main(argv):
@@ -91,6 +94,13 @@ def main(argv):
     )
     print(benchmark.table(rows, threads=FLAGS.threads, runs=FLAGS.runs))
     print(f"wrote {FLAGS.output_dir}/{benchmark.STEM}.json, .md and .png")
+    failed = [row for row in rows if row.error]
+    if failed:  # the report is written; the exit status still says that rows failed
+        print(
+            f"{len(failed)} of {len(rows)} rows failed (their error is in the table)",
+            file=sys.stderr,
+        )
+        return ROWS_FAILED
 
 
 if __name__ == "__main__":

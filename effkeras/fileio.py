@@ -22,6 +22,9 @@ def _umask():
     return mask
 
 
+TEMP_PREFIX = ".tmp-"  # atomic_path's temporary files
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yields a temporary path beside `path`; moves it onto `path` only if the block succeeds.
@@ -31,7 +34,7 @@ def atomic_path(path):
     os.makedirs(directory, exist_ok=True)
     # Keep the suffix: keras.Model.save insists on ".keras".
     suffix = "".join(os.path.splitext(path)[1:]) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=directory)
     os.close(fd)
     try:
         yield tmp

@@ -8,6 +8,7 @@ a run loads it (`compile=True`, from effkeras.training, which registers its loss
 """
 
 import os
+import zipfile
 
 import keras
 
@@ -27,10 +28,16 @@ def load_model(path, *, compile=False):
 
     Raises:
         InputError: saying why it cannot be loaded: `path` is empty or not a file, or Keras
-            cannot load it as a model (the first line of Keras' error).
+            cannot load it as a model (the first line of Keras' error); a truncated file is
+            named as such.
     """
     if not path or not os.path.isfile(path):
         raise InputError(f"checkpoint {path!r} is not a file; give a .keras model file")
+    if not str(path).endswith(".h5") and not zipfile.is_zipfile(path):  # Keras: "File not found"
+        raise InputError(
+            f"cannot load {path}: it is not a .keras model file (a zip archive), or it is "
+            f"truncated; copy or save it again"
+        )
     try:
         return keras.models.load_model(path, compile=compile)
     except Exception as e:  # Keras raises many types for a bad file; all mean "not a model"

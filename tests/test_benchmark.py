@@ -21,7 +21,7 @@ FLOAT_NET, BINARY_NET = "mlperf_tiny_resnet8", "recu_resnet20@12"
 def run(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("benchmark")
     rows = benchmark.run(
-        [FLOAT_NET, BINARY_NET, "no_such_model"],
+        [FLOAT_NET, BINARY_NET],
         TARGETS,
         runs=3,
         warmup=1,
@@ -34,9 +34,8 @@ def run(tmp_path_factory):
 
 def test_every_model_on_every_target_is_a_row(run):
     rows, _ = run
-    assert len(rows) == 3 * len(TARGETS)
+    assert len(rows) == 2 * len(TARGETS)
     for target in TARGETS:
-        assert "unknown model 'no_such_model'" in rows["no_such_model", target].error
         assert rows[FLOAT_NET, target].error is None
     for target in TARGETS:  # a binary net: LCE's binary ops, or lowered to int8 builtins
         assert rows[BINARY_NET, target].error is None
@@ -87,7 +86,7 @@ def test_results_are_written_and_read_back(run):
     read, threads, runs = benchmark.read(str(output_dir))
     assert (threads, runs) == (1, 3) and read == list(rows.values())
     table = (output_dir / "benchmark.md").read_text()
-    assert f"| {BINARY_NET} | int8 |" in table and "**failed**" in table
+    assert f"| {BINARY_NET} | int8 |" in table
     assert "× mlperf_tiny_resnet8" in table
     assert (output_dir / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
     # A model is quantized once: its tflm file and the file Vela compiled are its int8 file.
@@ -104,13 +103,59 @@ def test_given_files_benchmark_as_what_they_are(run, tmp_path):
     int8_file = str(tmp_path / "resnet8_int8.tflite")
     with open(int8_file, "wb") as f:
         f.write((output_dir / rows[FLOAT_NET, "int8"].file).read_bytes())
-    given = benchmark.run([lce_file, int8_file], ["arm", "tflm"], runs=2, warmup=0, progress=False)
-    by_key = {(row.model, row.target): row for row in given}
-    lce_label = os.path.splitext(os.path.basename(lce_file))[0]
-    assert by_key[lce_label, "arm"].median_ms > 0
-    assert "is an arm file" in by_key[lce_label, "tflm"].error
-    assert "is an int8 file" in by_key["resnet8_int8", "arm"].error
-    assert by_key["resnet8_int8", "tflm"].arena_bytes == rows[FLOAT_NET, "tflm"].arena_bytes
+    (lce,) = benchmark.run([lce_file], ["arm"], runs=2, warmup=0, progress=False)
+    assert lce.model == os.path.splitext(os.path.basename(lce_file))[0] and lce.median_ms > 0
+    (tflm,) = benchmark.run([int8_file], ["tflm"], runs=0, progress=False)
+    assert tflm.arena_bytes == rows[FLOAT_NET, "tflm"].arena_bytes
+    # A file given to a target it does not run on is refused before any work.
+    for spec, target, kind in ((lce_file, "tflm", "an arm"), (int8_file, "arm", "an int8")):
+        with pytest.raises(InputError, match=f"is {kind} file; it benchmarks on"):
+            benchmark.run([spec], [target], runs=0, progress=False)
+
+
+def test_what_the_user_typed_wrong_is_refused_before_any_work(tmp_path):
+    def refused(specs, message, targets=("int8",), **kwargs):
+        with pytest.raises(InputError, match=message):
+            benchmark.run(list(specs), list(targets), runs=0, progress=False, **kwargs)
+
+    refused(["no_such_model"], "--models no_such_model: unknown model 'no_such_model'")
+    refused([f"{FLOAT_NET}:no_option=1"], f"--models {FLOAT_NET}:no_option=1 does not build")
+    refused([str(tmp_path / "missing.tflite")], "cannot read")
+    (tmp_path / "text.tflite").write_text("not a flatbuffer")
+    refused([str(tmp_path / "text.tflite")], "text.tflite")
+    refused([FLOAT_NET], "unknown --dataset=mnist", dataset="mnist")
+    refused([FLOAT_NET], "--calibration_samples must be", calibration_samples=0)
+    refused([FLOAT_NET], "--input_shape must be three positive", input_shape=(0, 0, 3))
+    refused([FLOAT_NET], "--num_classes must be an integer >= 2", num_classes=1)
+    # Output files over an input, or over each other.
+    given = tmp_path / "out" / "x_int8.tflite"
+    given.parent.mkdir()
+    given.write_bytes(b"kept")
+    first = tmp_path / "x.tflite"
+    first.write_bytes(given.read_bytes())
+    refused([str(first), str(given)], "over the input .*x_int8.tflite", output_dir=given.parent)
+    same = tmp_path / "mlperf_tiny_resnet8_32.tflite"
+    same.write_bytes(b"x")
+    refused(
+        [f"{FLOAT_NET}@32", str(same)],
+        "would both be written to",
+        output_dir=tmp_path / "out2",
+    )
+    assert given.read_bytes() == b"kept"
+    assert not (tmp_path / "out2").exists()
+
+
+def test_app_exits_1_when_a_valid_model_fails_on_a_target(tmp_path):
+    result = run_app(  # LCE has no early-exit form: a row that says so, the report written
+        "apps.benchmark",
+        "--models=ranet_cifar",
+        "--targets=arm",
+        "--runs=0",
+        f"--output_dir={tmp_path}",
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "1 of 1 rows failed" in result.stderr and "Traceback" not in result.stderr
+    assert "**failed**" in (tmp_path / "benchmark.md").read_text()
 
 
 def test_device_latencies_merge_into_the_table(run, tmp_path):

@@ -323,7 +323,7 @@ class TestBrokenRunFiles:
                 lambda d: (d / "checkpoint-1.keras").write_bytes(
                     (d / "checkpoint-1.keras").read_bytes()[:500]
                 ),
-                ("cannot load", "checkpoint-1.keras", "nothing was deleted"),
+                ("cannot load", "checkpoint-1.keras", "truncated", "nothing was deleted"),
             ),
         ],
         ids=[

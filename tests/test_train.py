@@ -123,6 +123,7 @@ def test_killed_mid_epoch_resumes_from_last_complete_epoch(tmp_path):
     assert state["epoch"] == 1, "the kill should land in epoch 2"
     assert not (tmp_path / "metrics.json").exists()
     keras.models.load_model(tmp_path / state["checkpoint"])  # the committed checkpoint is whole
+    (tmp_path / ".tmp-x1y2.keras").write_bytes(b"PK")  # as a kill during a checkpoint write
 
     resumed = run_app(*command[2:])  # the same command (in a fork of a warm interpreter)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -19,7 +19,7 @@ import re
 
 from effkeras.benchmark.measure import CPU_TARGETS, RUNTIMES, time_rows
 from effkeras.benchmark.report import Row, one_line, set_ratios, write
-from effkeras.benchmark.spec import file_kind, is_file, load, spec_label
+from effkeras.benchmark.spec import file_kind, is_file, load, parse_spec, spec_label
 from effkeras.errors import InputError
 
 MAX_THREADS = 256  # more than any CPU the runtimes meet; a larger count is a typo
@@ -50,31 +50,36 @@ def convert(loaded, target, *, calibration=None, sample=None, int8=None):
     from effkeras.deploy import flatbuffer as files
     from effkeras.deploy.report import Report
 
-    if isinstance(loaded.model, bytes):
-        kind = file_kind(loaded.model)
-        if target == kind:
-            ops = files.operators(loaded.model)
-            return loaded.model, Report(
-                target=target,
-                size_bytes=len(loaded.model),
-                op_census=files.op_census(ops),
-                max_abs_diff=None,
-                max_rel_diff=None,
-                samples=0,
-            )
-        if kind != "int8" or target in CPU_TARGETS:
-            raise InputError(
-                f"{loaded.label}.tflite is a{'n' if kind[0] in 'ai' else ''} {kind} "
-                f"file; it benchmarks on target {kind}"
-                + (", or tflm / ethos-u*" if kind == "int8" else "")
-                + f", not {target}: give the .keras model to convert it for "
-                f"{target}"
-            )
+    if isinstance(loaded.model, bytes) and check_file_target(loaded, target) == target:
+        ops = files.operators(loaded.model)
+        return loaded.model, Report(
+            target=target,
+            size_bytes=len(loaded.model),
+            op_census=files.op_census(ops),
+            max_abs_diff=None,
+            max_rel_diff=None,
+            samples=0,
+        )
     # ethos-u: ops Vela cannot put on the NPU stay for the Cortex-M, counted in the row.
     options = {"allow_cpu_ops": True} if target.startswith("ethos-u") else {}
     if int8 is not None and (target == "tflm" or target.startswith("ethos-u")):
         return deploy.convert(int8, target, **options)
     return deploy.convert(loaded.model, target, calibration=calibration, sample=sample, **options)
+
+
+def check_file_target(loaded, target):
+    """The kind of a loaded .tflite file (file_kind); InputError unless it benchmarks on
+    `target`: as it is on its own kind, or converted further from int8 to tflm / ethos-u*."""
+    kind = file_kind(loaded.model)
+    if target != kind and (kind != "int8" or target in CPU_TARGETS):
+        raise InputError(
+            f"{loaded.label}.tflite is a{'n' if kind[0] in 'ai' else ''} {kind} "
+            f"file; it benchmarks on target {kind}"
+            + (", or tflm / ethos-u*" if kind == "int8" else "")
+            + f", not {target}: give the .keras model to convert it for "
+            f"{target}"
+        )
+    return kind
 
 
 def int8_file(target, flatbuffer, report):
@@ -258,29 +263,37 @@ def run(
         one per stage file of early-exit networks.
 
     Raises:
-        InputError: the arguments are refused before any work (`_check_arguments`).
+        InputError: what the user gave wrong, before any conversion: the arguments
+            (`_check_arguments`), a model that does not load (an unknown name or builder
+            option, a missing or corrupt file), a .tflite file given to a target it does not
+            run on, or output files that would overwrite an input or each other.
     """
     from tqdm import tqdm
 
     from effkeras import deploy
 
     _check_arguments(specs, targets, threads, runs, warmup, baseline)
+    _check_run_options(input_shape, num_classes, dataset, calibration_samples)
+    if output_dir:
+        _check_output_files(specs, targets, output_dir)
+    loaded_by_spec = {}
+    for spec in tqdm(specs, desc="loading", unit="model", disable=not progress):
+        try:
+            loaded_by_spec[spec] = load(spec, input_shape, num_classes)
+        except InputError as error:
+            raise InputError(f"--models {spec}: {error}") from None
+        except Exception as error:  # noqa: BLE001  (a builder's own error: a bad option)
+            raise InputError(f"--models {spec} does not build: {one_line(error)}") from None
+        if isinstance(loaded_by_spec[spec].model, bytes):
+            for target in targets:
+                check_file_target(loaded_by_spec[spec], target)
     rows, flatbuffers = [], {}
     int8_files = {}  # spec -> its first int8 file: quantized once for int8, tflm and ethos-u*
     jobs = [(spec, target) for spec in specs for target in targets]
-    loaded_by_spec = {}
     bar = tqdm(jobs, desc="converting", unit="file", disable=not progress)
     for spec, target in bar:
         bar.set_postfix_str(f"{spec} -> {target}")
-        if spec not in loaded_by_spec:
-            try:
-                loaded_by_spec[spec] = load(spec, input_shape, num_classes)
-            except Exception as error:  # noqa: BLE001  (a model that fails is a row)
-                loaded_by_spec[spec] = error
         loaded = loaded_by_spec[spec]
-        if isinstance(loaded, Exception):
-            rows.append(Row(model=spec, target=target, error=one_line(loaded)))
-            continue
         try:
             calibration, sample = _real_images(
                 loaded, target, dataset, data_dir, calibration_samples
@@ -311,6 +324,46 @@ def run(
     if output_dir:
         write(rows, output_dir, threads=threads, runs=runs)
     return rows
+
+
+def _check_run_options(input_shape, num_classes, dataset, calibration_samples):
+    from effkeras import data
+
+    if input_shape is not None and (
+        len(input_shape) != 3 or not all(isinstance(d, int) and d >= 1 for d in input_shape)
+    ):
+        raise InputError(f"--input_shape must be three positive sizes H,W,C, got {input_shape}")
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
+        raise InputError(f"--num_classes must be an integer >= 2, got {num_classes!r}")
+    if dataset is not None and dataset not in data.names():
+        raise InputError(f"unknown --dataset={dataset}; known: {', '.join(data.names())}")
+    if not isinstance(calibration_samples, int) or calibration_samples < 1:
+        raise InputError(
+            f"--calibration_samples must be a positive integer, got {calibration_samples!r}"
+        )
+
+
+def _check_output_files(specs, targets, output_dir):
+    """InputError when a row's .tflite file would overwrite a given file or another row's."""
+    written = {}
+    for spec in specs:
+        for target in targets:
+            path = os.path.realpath(
+                os.path.join(output_dir, file_name(Row(model=spec_label(spec), target=target)))
+            )
+            if path in written:
+                raise InputError(
+                    f"{spec} on {target} and {written[path]} would both be written to "
+                    f"{path}; rename one of the models' files"
+                )
+            written[path] = f"{spec} on {target}"
+    for spec in specs:
+        name = parse_spec(spec)[0]
+        if is_file(name) and os.path.realpath(name) in written:
+            raise InputError(
+                f"{written[os.path.realpath(name)]} would be written over the input {name}; "
+                f"give another --output_dir"
+            )
 
 
 def _check_arguments(specs, targets, threads, runs, warmup, baseline):

@@ -96,12 +96,9 @@ def load(spec, input_shape=None, num_classes=None):
 
     name, size, kwargs = parse_spec(spec)
     if name.endswith(".tflite"):
-        try:
-            with open(name, "rb") as f:
-                flatbuffer = f.read()
-        except OSError as e:
-            raise InputError(f"cannot read {name}: {e.strerror}") from None
-        return Loaded(spec_label(spec), flatbuffer)
+        from effkeras.deploy.flatbuffer import read_file
+
+        return Loaded(spec_label(spec), read_file(name))
     if name.endswith(".keras"):
         model = saving.load_model(name)
         accuracy, source = _run_accuracy(os.path.dirname(os.path.abspath(name)))

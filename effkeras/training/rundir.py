@@ -15,6 +15,7 @@ import json
 import math
 import numbers
 import os
+import shutil
 import socket
 import time
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from effkeras import saving
 from effkeras.errors import InputError
-from effkeras.fileio import atomic_path, write_json
+from effkeras.fileio import TEMP_PREFIX, atomic_path, write_json
 
 
 def log(message):
@@ -46,7 +47,8 @@ class OutputDirLock:
 
     The kernel drops a flock when its process dies, so a killed run's lock is never stuck: the
     next run takes it over (and says so). A run that ends removes the file; a run that created
-    the output directory and leaves it empty (it failed before writing anything) removes it too.
+    the output directory and leaves it empty, or fails before committing its first epoch,
+    removes it too.
     """
 
     NAME = ".lock"
@@ -83,6 +85,10 @@ class OutputDirLock:
                 log(f"{self.path}: taking over the lock of {previous}, which is no longer running")
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            for name in os.listdir(self.output_dir):  # a killed run's half-written files
+                if name.startswith(TEMP_PREFIX):
+                    log(f"{self.output_dir}: removing {name}, left by a run that was killed")
+                    os.remove(os.path.join(self.output_dir, name))
         except OSError as e:
             self._cleanup_dir()
             raise InputError(
@@ -90,7 +96,7 @@ class OutputDirLock:
             ) from None
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         if self.fd is not None:
             try:
                 os.remove(self.path)
@@ -98,15 +104,22 @@ class OutputDirLock:
                 pass
             os.close(self.fd)  # releases the flock
             self.fd = None
-        self._cleanup_dir()
+        self._cleanup_dir(failed=exc_type is not None)
         return False
 
-    def _cleanup_dir(self):
-        if self.created_dir:
-            try:
-                os.rmdir(self.output_dir)  # only if empty
-            except OSError:
-                pass
+    def _cleanup_dir(self, failed=True):
+        """Removes the output directory this run created if it is empty, or if the run failed
+        before committing any epoch (no state.json anywhere in it, a two-stage run's first
+        stage included: its TensorBoard logs are all it has)."""
+        if not self.created_dir:
+            return
+        committed = any("state.json" in files for _, _, files in os.walk(self.output_dir))
+        if failed and not committed:
+            shutil.rmtree(self.output_dir, ignore_errors=True)
+        try:
+            os.rmdir(self.output_dir)  # only if empty
+        except OSError:
+            pass
 
 
 def _read_fd(fd):
