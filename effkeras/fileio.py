@@ -75,18 +75,94 @@ def plain(value):
     return value
 
 
+def json_bytes(obj):
+    """Strict JSON (NaN and infinities are an error, not invalid JSON on disk), indented."""
+    return (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
 def write_json(path, obj):
-    """Strict JSON (NaN and infinities are an error, not invalid JSON on disk)."""
-    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            f.write(text)
+    write_bytes(path, json_bytes(obj))
 
 
 def write_bytes(path, data):
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
+
+
+# --- a set of files that belong together (a .tflite file, its JSON, its C array) --------------
+
+
+def _journal(main):
+    return os.path.join(os.path.dirname(os.path.abspath(main)), f".{os.path.basename(main)}.commit")
+
+
+def _temp_prefix(path):
+    return f"{TEMP_PREFIX}{os.path.basename(path)}-"
+
+
+def finish_file_set(main):
+    """Completes the commit of a file set that a killed `write_file_set(..., main=main)` left
+    (its journal lists every file, all written in full, so the renames are carried out) and
+    removes the temporaries of a set killed before its journal was written. Does nothing when
+    no set was interrupted.
+
+    Args:
+        main: the set's main file (its journal and temporaries are named after it).
+    """
+    journal = _journal(main)
+    if os.path.exists(journal):
+        with open(journal) as f:
+            renames = json.load(f)["renames"]
+        for tmp, path in renames:
+            if os.path.exists(tmp):
+                os.replace(tmp, path)
+        os.remove(journal)
+    directory = os.path.dirname(os.path.abspath(main))
+    for name in os.listdir(directory):
+        if name.startswith(_temp_prefix(main)):
+            os.remove(os.path.join(directory, name))
+
+
+def write_file_set(files, main):
+    """Writes `files` as one set: after a kill at any moment, the next write_file_set or
+    finish_file_set of `main` leaves the old set or the new one, never a mix.
+
+    Every file is first written in full to a temporary beside it (named after `main`); then a
+    journal listing the renames is written atomically (the commit point); then the renames run,
+    `main` last, and the journal goes. A kill before the journal leaves the old files (and
+    temporaries that the next call removes); a kill after it leaves a journal that the next
+    call carries out.
+
+    Args:
+        files: {path: bytes}, written in this order; every path in one folder with `main`.
+        main: the set's main file (its journal is `.<main's name>.commit` beside it).
+    """
+    directory = os.path.dirname(os.path.abspath(main))
+    os.makedirs(directory, exist_ok=True)
+    finish_file_set(main)
+    temps = []
+
+    def temporary(data):
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(main), dir=directory)
+        temps.append(tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        return tmp
+
+    paths = [path for path in files if path != main] + [main]  # the main file last
+    try:
+        renames = [(temporary(files[path]), os.path.abspath(path)) for path in paths]
+        os.replace(temporary(json.dumps({"renames": renames}).encode()), _journal(main))
+    except BaseException:
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        raise
+    finish_file_set(main)
 
 
 def check_writable(path, what="--output", directory=False):

@@ -137,3 +137,102 @@ def test_check_writable_in_the_library(tmp_path, a_file):
     with pytest.raises(InputError, match="is a file"):
         fileio.check_writable(a_file, "--output_dir", directory=True)
     assert not (tmp_path / "new").exists()  # the check creates nothing
+
+
+def save_killed_at(step, path, flatbuffer, report, metadata):
+    """Runs deploy.save in a forked child that SIGKILLs itself at its `step`-th file operation
+    (an fsync, a rename, or a write, which then writes half its bytes first). Returns whether
+    the child was killed (False: it finished with fewer steps)."""
+    import signal
+
+    from effkeras import deploy
+
+    pid = os.fork()
+    if pid == 0:  # the child: file operations only, no TensorFlow
+        count = iter(range(1 << 30))
+
+        def point():
+            if next(count) == step:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        replace, fsync, fdopen = os.replace, os.fsync, os.fdopen
+
+        class HalfWrite:
+            def __init__(self, f):
+                self.f = f
+
+            def write(self, data):
+                if next(count) == step:
+                    self.f.write(data[: len(data) // 2])
+                    self.f.flush()
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return self.f.write(data)
+
+            def __getattr__(self, name):
+                return getattr(self.f, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return self.f.__exit__(*exc)
+
+        os.replace = lambda *a: (point(), replace(*a))[1]
+        os.fsync = lambda fd: (point(), fsync(fd))[1]
+        os.fdopen = lambda *a, **k: HalfWrite(fdopen(*a, **k))
+        try:
+            deploy.save(str(path), flatbuffer, report, metadata)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFSIGNALED(status)
+
+
+@pytest.mark.parametrize("target", ["float", "tflm"])
+def test_a_kill_at_any_point_of_a_save_leaves_the_old_set_or_the_new(tmp_path, target):
+    from effkeras import deploy, models
+
+    def converted(seed):
+        keras.utils.set_random_seed(seed)
+        model = models.get("mlperf_tiny_resnet8", input_shape=(8, 8, 1), num_classes=4)
+        flatbuffer, report = deploy.convert(model, target)
+        return flatbuffer, report, {"size_bytes": len(flatbuffer), "seed": seed}
+
+    def files(directory):
+        return {
+            name: (directory / name).read_bytes()
+            for name in os.listdir(directory)
+            if not name.startswith(".")
+        }
+
+    sets = []
+    for seed in (0, 1):
+        directory, new_args = tmp_path / f"set{seed}", converted(seed)
+        deploy.save(str(directory / "m.tflite"), *new_args)
+        sets.append(files(directory))
+    old, new = sets
+    assert len(old) == (4 if target == "tflm" else 2) and old.keys() == new.keys()
+    assert old["m.tflite"] != new["m.tflite"] and old["m.tflite.json"] != new["m.tflite.json"]
+    work = tmp_path / "work"
+    seen, step = set(), 0
+    while True:
+        if work.exists():
+            for name in os.listdir(work):
+                os.remove(work / name)
+        work.mkdir(exist_ok=True)
+        for name, data in old.items():
+            (work / name).write_bytes(data)
+        killed = save_killed_at(step, work / "m.tflite", *new_args)
+        journal = (work / ".m.tflite.commit").exists()
+        on_disk = files(work)
+        assert on_disk in (old, new) or journal, f"a mixed set after a kill at step {step}"
+        fileio.finish_file_set(str(work / "m.tflite"))  # as the next save does first
+        after = files(work)
+        assert after in (old, new) and sorted(os.listdir(work)) == sorted(old)
+        assert json.loads(after["m.tflite.json"])["size_bytes"] == len(after["m.tflite"])
+        seen.add("new" if after == new else "old")
+        if not killed:
+            break
+        step += 1
+    # Every file written (halfway, fsync), the journal, every rename: all were kill points.
+    assert step >= 3 * len(old) + 1 and seen == {"old", "new"}

@@ -19,7 +19,6 @@ from effkeras import fileio
 from effkeras.deploy import verify
 from effkeras.deploy.app_file import LABELS_FILE
 from effkeras.deploy.flatbuffer import check_flatbuffer, io_tensors, op_census, operators
-from effkeras.deploy.flatbuffer import save as save_flatbuffer
 from effkeras.deploy.registry import get
 from effkeras.errors import InputError
 from effkeras.graph import passes
@@ -310,8 +309,9 @@ def metadata_path(path):
 
 
 def save(path, flatbuffer, report, metadata=None):
-    """Writes the flatbuffer, its artifacts and its app-facing JSON, each file atomically, the
-    flatbuffer last.
+    """Writes the flatbuffer, its artifacts and its app-facing JSON as one set
+    (fileio.write_file_set: after a kill, the next save to `path` leaves the old set or the
+    new one, never a mix), the flatbuffer last.
 
     Args:
         path: the .tflite file to write.
@@ -325,10 +325,11 @@ def save(path, flatbuffer, report, metadata=None):
     """
     check_flatbuffer(flatbuffer)
     stem = os.path.splitext(path)[0]
+    files = {}
     for suffix, content in report.artifacts.items():
         # Callable artifacts name the files they refer to (a C source includes its header).
-        data = content(os.path.basename(stem)) if callable(content) else content
-        fileio.write_bytes(stem + suffix, data)
+        files[stem + suffix] = content(os.path.basename(stem)) if callable(content) else content
     if metadata is not None:
-        fileio.write_json(metadata_path(path), metadata)
-    save_flatbuffer(path, flatbuffer)
+        files[metadata_path(path)] = fileio.json_bytes(metadata)
+    files[path] = bytes(flatbuffer)
+    fileio.write_file_set(files, main=path)

@@ -2,8 +2,8 @@
 
 - `read_model` / `pack_model`: the file as the schema's object tree (schema.ModelT) and back,
   buffers 16-byte aligned, for the passes that edit a converted file (int8_tables.py);
-- `check_flatbuffer`, `read_file`, `save`: the file identifier, a file read and parsed whole,
-  and atomic writes;
+- `check_flatbuffer`, `read_file`: the file identifier, a file read and parsed whole (writing
+  is api.save's, as one set with the files beside it);
 - `operators` / `op_census`: every op of every subgraph (builtin names, or the custom code such
   as "LceBconv2d"), as `Operator`s of `Tensor`s; `builtin_code` / `builtin_name` of an
   operator code;
@@ -19,7 +19,6 @@ import numpy as np
 from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.python.schema_util import get_builtin_code_from_operator_code
 
-from effkeras import fileio
 from effkeras.errors import InputError
 
 _BUILTIN_NAMES = {
@@ -139,21 +138,6 @@ def pack_model(model):
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
-
-
-def save(path, flatbuffer):
-    """Writes `flatbuffer` to `path` atomically: a failure (or a kill) never leaves a partial
-    file there.
-
-    Args:
-        path: the file to write.
-        flatbuffer: the bytes of a .tflite file.
-
-    Raises:
-        ValueError: not a TFLite flatbuffer.
-    """
-    check_flatbuffer(flatbuffer)
-    fileio.write_bytes(path, bytes(flatbuffer))
 
 
 def builtin_code(code):
