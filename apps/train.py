@@ -98,6 +98,12 @@ flags.DEFINE_integer(
     "Split this machine's CPU into N logical devices, one "
     "replica each (tries --strategy=mirrored without GPUs; not faster).",
 )
+flags.DEFINE_float(
+    "cluster_timeout",
+    None,
+    "--strategy=multi_worker: seconds to wait for every task of TF_CONFIG to start before "
+    "giving up with an error (default 600).",
+)
 flags.DEFINE_integer(
     "grad_accumulation",
     None,
@@ -155,6 +161,7 @@ def main(argv):
             init_from=FLAGS.init_from,
             strategy=FLAGS.strategy,
             cpu_devices=FLAGS.cpu_devices,
+            cluster_timeout=FLAGS.cluster_timeout,
             grad_accumulation=FLAGS.grad_accumulation,
             dtype_policy=FLAGS.dtype_policy,
             jit_compile={"true": True, "false": False}.get(FLAGS.jit_compile, "auto"),

@@ -7,6 +7,7 @@ TensorFlow starts), so they run cold; each is a few steps of a tiny ResNet on ge
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -50,11 +51,12 @@ def free_ports(count):
     return ports
 
 
-def start_workers(output_dir, ports, *extra):
-    """Two `--strategy=multi_worker` processes on localhost, worker 0 the chief."""
+def start_workers(output_dir, ports, *extra, tasks=None):
+    """`--strategy=multi_worker` processes on localhost, one per port (or only the task
+    indices in `tasks`), worker 0 the chief."""
     cluster = {"worker": [f"localhost:{port}" for port in ports]}
     workers = []
-    for index in range(len(ports)):
+    for index in range(len(ports)) if tasks is None else tasks:
         env = {
             **os.environ,
             "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -128,6 +130,40 @@ def test_a_killed_cluster_resumes_from_the_committed_epoch(tmp_path):
     for output in outputs:
         assert f"Resuming mlperf_tiny_resnet8 from epoch {committed}" in output
     assert [epoch["epoch"] for epoch in history(output_dir)] == [1, 2]
+
+
+def test_a_task_that_never_starts_is_waited_for_then_refused_and_sigterm_stops_the_wait(
+    tmp_path,
+):
+    ports = free_ports(2)
+    output_dir = str(tmp_path / "run")
+    (alone,) = start_workers(output_dir, ports, "--epochs=1", "--cluster_timeout=4", tasks=[0])
+    output = alone.communicate(timeout=120)[0]
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert alone.returncode == 2 and len(errors) == 1 and "Traceback" not in output, output
+    assert "did not gather within 4 s" in errors[0]
+    assert f"worker 1 at localhost:{ports[1]}" in errors[0]
+    assert not os.path.exists(output_dir)  # a refused fresh run leaves nothing
+
+    (waiting,) = start_workers(output_dir, ports, "--epochs=1", tasks=[0])  # 600 s by default
+    time.sleep(15)  # TensorFlow's start, then a "waiting" line every 10 s
+    assert waiting.poll() is None
+    signalled = time.monotonic()
+    waiting.send_signal(signal.SIGTERM)
+    output = waiting.communicate(timeout=15)[0]
+    assert time.monotonic() - signalled < 15 and waiting.returncode == -signal.SIGTERM
+    assert re.search(
+        rf"waiting for the cluster \(1\d s of 600 s\): worker 1 at localhost:{ports[1]}", output
+    )
+
+
+def test_absurd_cpu_device_counts_are_refused_at_once():
+    started = time.monotonic()
+    assert_one_error_line(
+        run_app(*RUN, "--cpu_devices=100000", "--strategy=mirrored", cold=True),
+        "--cpu_devices must be an integer from 1 to 64",
+    )
+    assert time.monotonic() - started < 60
 
 
 def test_mirrored_with_grad_accumulation_equals_one_device(tmp_path):

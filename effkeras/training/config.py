@@ -45,6 +45,8 @@ class TrainConfig:
         verbose: Keras' fit verbosity (None: progress bars on a terminal, one line per epoch
             otherwise).
         strategy: the tf.distribute strategy's name (effkeras.training.distribute.STRATEGIES).
+        cluster_timeout: multi_worker: seconds to wait for every task of TF_CONFIG (None:
+            distribute.CLUSTER_TIMEOUT, 600).
         cpu_devices: logical CPU devices to split this machine's CPU into (multi-replica runs
             without GPUs).
         grad_accumulation: apply the mean gradient of this many batches (None: 1).
@@ -72,6 +74,7 @@ class TrainConfig:
     verbose: int = None
     strategy: str = "default"
     cpu_devices: int = None
+    cluster_timeout: float = None
     grad_accumulation: int = None
     dtype_policy: str = None
     jit_compile: object = "auto"

@@ -28,11 +28,16 @@ the branch in the cross-replica context, with the same arithmetic.
 """
 
 import json
+import math
 import os
+import signal
+import socket
+import time
 
 import tensorflow as tf
 
 from effkeras.errors import InputError
+from effkeras.training.rundir import log
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 TF_CONFIG_EXAMPLE = (
@@ -41,13 +46,20 @@ TF_CONFIG_EXAMPLE = (
 )
 
 
+MAX_CPU_DEVICES = 64  # logical CPU devices: replicas to test with, not a real machine's count
+CLUSTER_TIMEOUT = 600  # seconds a multi-worker run waits for its cluster (--cluster_timeout)
+WAIT_MESSAGE_EVERY = 10  # seconds between "waiting for the cluster" lines
+
+
 def split_cpu(count):
     """Splits the host CPU into `count` logical devices. Must run before TensorFlow starts its
     runtime (before any op or strategy)."""
     if count is None or count == 1:
         return
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise InputError(f"--cpu_devices must be a positive integer, got {count!r}")
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_CPU_DEVICES:
+        raise InputError(
+            f"--cpu_devices must be an integer from 1 to {MAX_CPU_DEVICES}, got {count!r}"
+        )
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
         tf.config.set_logical_device_configuration(
@@ -98,12 +110,83 @@ def read_tf_config():
     return cluster, task
 
 
-def make_strategy(name, cpu_devices=None):
-    """The tf.distribute strategy `name` (one of STRATEGIES)."""
+def _address(address):
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def wait_for_cluster(cluster, task, timeout):
+    """Returns once every task of TF_CONFIG's cluster is up, in Python, before TensorFlow's
+    runtime starts: TensorFlow waits for its cluster inside one C++ call that holds the GIL, so
+    a task that never starts would hang the run there silently, deaf to SIGINT and SIGTERM.
+
+    This task listens on its own address's port while it connects to every other's (a peer
+    that already went on has TensorFlow's server on that port), says whom it waits for every
+    WAIT_MESSAGE_EVERY seconds, stops on SIGINT or SIGTERM as any run does, and gives up after
+    `timeout` seconds.
+
+    Raises:
+        InputError: this task's port is taken, or a peer did not start within `timeout`.
+    """
+    me = (task["type"], task["index"])
+    peers = {
+        f"{kind} {i} at {address}": _address(address)
+        for kind, members in cluster.items()
+        for i, address in enumerate(members)
+        if (kind, i) != me
+    }
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    port = _address(cluster[me[0]][me[1]])[1]
+    try:
+        listener.bind(("", port))
+        listener.listen(len(peers) + 1)
+    except OSError as e:
+        listener.close()
+        raise InputError(
+            f"cannot listen on port {port}, this task's in TF_CONFIG ({e.strerror}): another "
+            f"process holds it; stop it or give this task another port"
+        ) from None
+    started = last_message = time.monotonic()
+    try:
+        while peers:
+            for name, address in list(peers.items()):
+                try:
+                    socket.create_connection(address, timeout=1.0).close()
+                    del peers[name]
+                except OSError:
+                    pass
+            waited = time.monotonic() - started
+            if peers and waited > timeout:
+                raise InputError(
+                    f"the cluster of TF_CONFIG did not gather within {timeout:g} s (no "
+                    f"{', '.join(peers)}): start every task with the same TF_CONFIG cluster "
+                    f"(each its own index), or wait longer with --cluster_timeout"
+                )
+            if peers and time.monotonic() - last_message >= WAIT_MESSAGE_EVERY:
+                last_message = time.monotonic()
+                log(
+                    f"waiting for the cluster ({waited:.0f} s of {timeout:g} s): {', '.join(peers)}"
+                )
+            if peers:
+                time.sleep(0.5)
+    finally:
+        listener.close()
+
+
+def make_strategy(name, cpu_devices=None, cluster_timeout=None):
+    """The tf.distribute strategy `name` (one of STRATEGIES); a multi-worker run waits up to
+    `cluster_timeout` seconds (None: CLUSTER_TIMEOUT) for its cluster (wait_for_cluster)."""
+    if cluster_timeout is None:
+        cluster_timeout = CLUSTER_TIMEOUT
     if name not in STRATEGIES:
         raise InputError(f"unknown --strategy {name!r}; choose from {', '.join(STRATEGIES)}")
     if name == "multi_worker":
-        read_tf_config()
+        read_tf_config()  # InputError before any other work
+        if not (isinstance(cluster_timeout, (int, float)) and 0 < cluster_timeout < math.inf):
+            raise InputError(
+                f"--cluster_timeout must be a positive number of seconds, got {cluster_timeout!r}"
+            )
     if cpu_devices and cpu_devices > 1 and tf.config.list_physical_devices("GPU"):
         raise InputError(
             "--cpu_devices splits the CPU of a machine without GPUs; this one has "
@@ -118,7 +201,12 @@ def make_strategy(name, cpu_devices=None):
         return tf.distribute.MirroredStrategy(devices)
     if name == "multi_worker":
         _mean_scalars_across_workers()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        wait_for_cluster(*read_tf_config(), cluster_timeout)
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        # TensorFlow's runtime catches SIGTERM for preemption notices, and then ignores it: a
+        # run stops on SIGTERM as any run does (it resumes from its last checkpoint).
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        return strategy
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
         tf.config.experimental_connect_to_cluster(resolver)

@@ -97,7 +97,9 @@ def train(config):
         raise InputError("--qat and --finetune are two runs: give one")
     if not (config.model or config.qat or config.finetune):
         raise InputError("--model is required (or --qat with --init_from)")
-    strategy = distribute.make_strategy(config.strategy, config.cpu_devices)  # before any op
+    strategy = distribute.make_strategy(  # before any op
+        config.strategy, config.cpu_devices, config.cluster_timeout
+    )
     if config.deterministic:
         import tensorflow as tf
 
