@@ -113,10 +113,11 @@ flags.DEFINE_enum(
 flags.DEFINE_enum(
     "lerp_form",
     "gather",
-    ["gather", "relu_sum"],
-    "Learned table activations (LERP-PSA, B-spline): `gather` (GATHER; exact int8 "
-    "tables on int8 targets) or `relu_sum` (a sum of ReLUs, for runtimes without "
-    "GATHER; approximate in int8).",
+    ["gather", "table65", "relu_sum"],
+    "Learned table activations (LERP-PSA, B-spline): `gather` (GATHER; exact 256-entry int8 "
+    "tables on int8 targets), `table65` (int8 targets: 65 entries per channel read by "
+    "interpolation, a quarter of the table bytes) or `relu_sum` (a sum of ReLUs, for "
+    "runtimes without GATHER; approximate in int8).",
 )
 flags.DEFINE_float(
     "max_code_step",

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from effkeras import fileio
-from effkeras.deploy import verify
+from effkeras.deploy import int8_tables, verify
 from effkeras.deploy.app_file import LABELS_FILE
 from effkeras.deploy.flatbuffer import check_flatbuffer, io_tensors, op_census, operators
 from effkeras.deploy.registry import get
@@ -27,6 +27,10 @@ from effkeras.graph.passes.freeze_tables import freeze_tables
 from effkeras.layers.activations import LERP_FORMS, LerpTable
 
 OUTPUTS = ("logits", "probabilities")
+# The LerpTable forms, and "table65": gather tables that the int8 targets write with 65 entries
+# per channel, read by interpolation (int8_tables.lerp65), a quarter of the 256-entry bytes.
+TABLE65 = "table65"
+DEPLOY_LERP_FORMS = (*LERP_FORMS, TABLE65)
 
 
 def convert(
@@ -60,8 +64,10 @@ def convert(
             exit); None: stage by stage when the model has several outputs.
         thresholds: the exits' confidence thresholds (K numbers or a thresholds file)
             written into an early-exit file.
-        lerp_form: "gather" (builtin GATHER; exact int8 tables for the int8 targets) or
-            "relu_sum" (no GATHER, for runtimes without it; int8: approximate).
+        lerp_form: "gather" (builtin GATHER; exact int8 tables for the int8 targets),
+            "table65" (int8 targets: 65-entry tables read by interpolation, a quarter of the
+            bytes, int8_tables.lerp65) or "relu_sum" (no GATHER, for runtimes without it;
+            int8: approximate).
         outputs: "logits", or "probabilities": a float SOFTMAX appended to the checked file
             (app_file.with_probabilities; the file needs float outputs: int8 with io "uint8"
             or "float"), itself checked against the softmax of the file's logits.
@@ -79,8 +85,17 @@ def convert(
         RuntimeError: the converted file disagrees with Keras.
     """
     convert_fn = get(target).convert
-    if lerp_form not in LERP_FORMS:
-        raise InputError(f"unknown lerp form {lerp_form!r}; choose from {', '.join(LERP_FORMS)}")
+    if lerp_form not in DEPLOY_LERP_FORMS:
+        raise InputError(
+            f"unknown lerp form {lerp_form!r}; choose from {', '.join(DEPLOY_LERP_FORMS)}"
+        )
+    if lerp_form == TABLE65:  # gather tables in the model, written with 65 entries
+        if not get(target).quantizes:
+            raise InputError(
+                f"lerp_form={TABLE65!r} is the 65-entry int8 table of the int8 targets (int8, "
+                f"tflm, ethos-u*), not of {target}: use 'gather' or 'relu_sum'"
+            )
+        options["table_entries"], lerp_form = int8_tables.TABLE65, "gather"
     if outputs not in OUTPUTS:
         raise InputError(f"unknown outputs {outputs!r}; choose from {', '.join(OUTPUTS)}")
     if rgb_input:

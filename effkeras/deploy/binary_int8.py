@@ -16,13 +16,23 @@ op by op. The checks, on the sample:
 import dataclasses
 
 from effkeras import qat
-from effkeras.deploy import int8_qat, runtime, verify
+from effkeras.deploy import int8_qat, int8_tables, runtime, verify
 from effkeras.deploy.converter import top1_agreement
 from effkeras.graph.passes.binary_int8 import lower_binary
 from effkeras.layers.int8_step import Int8Step
 
 
-def convert(model, calibration, calibration_source, *, sample, io, input_range, max_code_step):
+def convert(
+    model,
+    calibration,
+    calibration_source,
+    *,
+    sample,
+    io,
+    input_range,
+    max_code_step,
+    table_entries=int8_tables.CODES,
+):
     """(int8 flatbuffer, Int8Report) of a model with binary layers (module docstring).
 
     Args:
@@ -32,7 +42,7 @@ def convert(model, calibration, calibration_source, *, sample, io, input_range, 
         sample: images to check on, or None (random images in `input_range`).
         io: "int8" or "float", the file's input and output type.
         input_range: (low, high) of the model's input.
-        max_code_step: as for int8 LERP tables (int8_tables.py).
+        max_code_step, table_entries: as for int8 LERP tables (int8_tables.py).
 
     Returns:
         A tuple (flatbuffer bytes, Int8Report).
@@ -55,6 +65,7 @@ def convert(model, calibration, calibration_source, *, sample, io, input_range, 
         io=io,
         input_range=input_range,
         max_code_step=max_code_step,
+        table_entries=table_entries,
         worst_by=worst_by,
     )
     steps = [f"{layer.name}_quant" for layer in quantized.layers if isinstance(layer, Int8Step)]

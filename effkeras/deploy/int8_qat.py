@@ -47,6 +47,7 @@ def convert(
     input_range=verify.PIXEL_RANGE,
     max_lsb=MAX_LSB,
     max_code_step=int8_tables.MAX_CODE_STEP,
+    table_entries=int8_tables.CODES,
     worst_by=None,
 ):
     """(int8 flatbuffer, Int8Report) of QAT `model` (module docstring); `worst_by` as for
@@ -67,11 +68,9 @@ def convert(
         flatbuffer = app_file.with_uint8_pixels(flatbuffer)
     tables = int8_tables.Tables()
     if probes:  # LERP tables: the converter leaves them float; write them as int8 tables
-        flatbuffer = int8_tables.insert_tables(flatbuffer, probes, max_code_step)
-        checked = int8_tables.check_tables(
-            flatbuffer, {layer.name: layer for layer in probes.values()}
+        flatbuffer, tables = int8_tables.write_tables(
+            flatbuffer, probes, max_code_step, table_entries
         )
-        tables = int8_tables.Tables(len(checked), sum(table.lut.size for table in checked))
     ops = operators(flatbuffer)
     left_float = float_ops(ops)
     if left_float:
@@ -119,6 +118,8 @@ def convert(
         quantization_points=points,
         int8_tables=tables.count,
         table_bytes=tables.table_bytes,
+        table_entries=tables.entries,
+        table_max_lsb=tables.max_lsb,
     )
 
 

@@ -133,8 +133,10 @@ class Int8Report(TFLiteReport):
     io: str = "int8"  # dtype of the file's input and output
     calibration: str = ""  # where the activation ranges came from
     float_ops: tuple = ()  # ops left in float (only with allow_float_fallback)
-    int8_tables: int = 0  # exact int8 LERP tables written (int8_tables.py), each checked
-    table_bytes: int = 0  # their entries: 256 bytes per channel
+    int8_tables: int = 0  # int8 LERP tables written (int8_tables.py), each checked
+    table_bytes: int = 0  # their entries: 256 (exact) or 65 (interpolated) bytes per channel
+    table_entries: int = 0  # 256 or 65 per channel; 0 without tables
+    table_max_lsb: int = None  # 65 entries: most output steps off the exact 256-entry tables
     qat: bool = False  # converted from a QAT model (effkeras.qat), with its ranges
     max_lsb: float = None  # QAT: max |file - Keras| of the outputs, in steps of their scale
     max_op_lsb: float = None  # QAT: the same at every quantization point, op by op (int8_qat.py)

@@ -139,12 +139,15 @@ def convert_int8(
     calibration_samples=CALIBRATION_SAMPLES,
     calibration_source=None,
     max_code_step=int8_tables.MAX_CODE_STEP,
+    table_entries=int8_tables.CODES,
 ):
     """(int8 flatbuffer, Int8Report) of a float Keras model (module docstring).
 
     calibration: images (N, H, W, C) in `input_range` (the training split of the dataset the
     model was trained on); None: `calibration_samples` uniform random images, which suits random
     weights (benchmarks) only. calibration_source: how to name it in the report.
+    table_entries: int8 entries per channel of a LERP table: 256 (exact) or 65 (interpolated,
+    int8_tables.lerp65).
     max_code_step: the most grid segments between adjacent int8 input codes of a LERP table
     (int8_tables.py: beyond it a table is ambiguous, an InputError).
     """
@@ -154,7 +157,12 @@ def convert_int8(
         from effkeras.deploy import int8_qat
 
         return int8_qat.convert(
-            model, sample=sample, io=io, input_range=input_range, max_code_step=max_code_step
+            model,
+            sample=sample,
+            io=io,
+            input_range=input_range,
+            max_code_step=max_code_step,
+            table_entries=table_entries,
         )
     if calibration is None:
         calibration = verify.random_sample(model, input_range, calibration_samples, seed=2)
@@ -173,11 +181,14 @@ def convert_int8(
             io=io,
             input_range=input_range,
             max_code_step=max_code_step,
+            table_entries=table_entries,
         )
 
     tables = int8_tables.Tables()
     if int8_tables.gather_tables(model):
-        flatbuffer, tables = int8_tables.quantize(model, arrays, io, _quantize, max_code_step)
+        flatbuffer, tables = int8_tables.quantize(
+            model, arrays, io, _quantize, max_code_step, table_entries
+        )
     else:
         flatbuffer = _quantize(model, arrays, io)
     ops = operators(flatbuffer)
@@ -205,6 +216,8 @@ def convert_int8(
         float_ops=tuple(left_float),
         int8_tables=tables.count,
         table_bytes=tables.table_bytes,
+        table_entries=tables.entries,
+        table_max_lsb=tables.max_lsb,
     )
 
 

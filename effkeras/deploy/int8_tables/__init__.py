@@ -61,11 +61,19 @@ from effkeras.deploy.int8_tables.probe import (
     gather_tables,
     probe_model,
 )
-from effkeras.deploy.int8_tables.write import insert_tables, named_probes, table_for
+from effkeras.deploy.int8_tables.write import (
+    ENTRIES,
+    TABLE65,
+    insert_tables,
+    lerp65,
+    named_probes,
+    table_for,
+)
 from effkeras.errors import InputError
 
 __all__ = [
     "CODES",
+    "ENTRIES",
     "MAX_CODE_STEP",
     "PROBE",
     "TableOp",
@@ -74,37 +82,51 @@ __all__ = [
     "check_tables",
     "gather_tables",
     "insert_tables",
+    "lerp65",
     "named_probes",
     "probe_model",
     "quantize",
     "single_op_file",
     "table_for",
     "table_ops",
+    "TABLE65",
+    "write_tables",
 ]
 
 
 @dataclasses.dataclass(frozen=True)
 class Tables:
-    """What the table rewrite did: `count` tables, `table_bytes` int8 entries (C·256 each)."""
+    """What the table rewrite did: `count` tables of `entries` int8 entries per channel,
+    `table_bytes` in all, and for 65 entries `max_lsb`, the largest difference of their outputs
+    from the exact 256-entry tables', in output steps."""
 
     count: int = 0
     table_bytes: int = 0
+    entries: int = 0
+    max_lsb: int = None
 
 
-def quantize(model, calibration, io, quantize_fn, max_code_step=MAX_CODE_STEP):
-    """(int8 flatbuffer, Tables) of `model`, whose gather LerpTables become exact int8 tables
-    (module docstring). quantize_fn(model, calibration, io) -> int8 flatbuffer: the converter."""
+def write_tables(flatbuffer, probes, max_code_step=MAX_CODE_STEP, entries=CODES):
+    """(`flatbuffer` with each probe's int8 table written, Tables), every table checked in
+    LiteRT and TFLite Micro (insert_tables, check_tables)."""
     if not max_code_step > 0:  # NaN too
         raise InputError(
             f"max_code_step must be > 0 (grid segments between adjacent int8 input "
             f"codes), got {max_code_step}"
         )
-    probed, probes = probe_model(model)
-    flatbuffer = quantize_fn(probed, calibration, io)
-    flatbuffer = insert_tables(flatbuffer, probes, max_code_step)
-    checked = check_tables(flatbuffer, {layer.name: layer for layer in probes.values()})
+    flatbuffer = insert_tables(flatbuffer, probes, max_code_step, entries)
+    checked, max_lsb = check_tables(flatbuffer, {layer.name: layer for layer in probes.values()})
     if len(checked) != len(probes):
         raise RuntimeError(
             f"the int8 file has {len(checked)} tables for {len(probes)} calls of table layers"
         )
-    return flatbuffer, Tables(len(checked), sum(table.lut.size for table in checked))
+    tables = Tables(len(checked), sum(t.lut.size for t in checked), entries, max_lsb)
+    return flatbuffer, tables
+
+
+def quantize(model, calibration, io, quantize_fn, max_code_step=MAX_CODE_STEP, entries=CODES):
+    """(int8 flatbuffer, Tables) of `model`, whose gather LerpTables become int8 tables of
+    `entries` (256: exact; 65: interpolated) per channel (module docstring).
+    quantize_fn(model, calibration, io) -> int8 flatbuffer: the converter."""
+    probed, probes = probe_model(model)
+    return write_tables(quantize_fn(probed, calibration, io), probes, max_code_step, entries)

@@ -31,15 +31,46 @@ from effkeras.layers.activations import LerpTable
 _CAST = (schema.BuiltinOperator.CAST, 3)  # int8 -> int32
 _ADD = (schema.BuiltinOperator.ADD, 1)  # int32
 _GATHER = (schema.BuiltinOperator.GATHER, 2)  # int8 params
+_MUL = (schema.BuiltinOperator.MUL, 1)  # int32
+_SUB = (schema.BuiltinOperator.SUB, 1)  # int32
+
+# The interpolated form: 65 entries per channel, every 4th input code and code 128 (one past
+# the int8 range), read between neighbours with the code's 2 low bits (LERP-PSA, Singh &
+# Bazargan, ACM TRETS 18(2), 2025: the FPGA's 64(+1)-entry LUT, int8 option B of the spec).
+TABLE65 = 65
+ENTRIES = (CODES, TABLE65)
+# Its constants, the same in every file: code + 128 -> its 4-code step and the 2 low bits (TFLite
+# Micro has no int32 FLOOR_DIV nor int32 GATHER, so both come from int8 tables), and the
+# rounded shift floor(v / 4) for v = 4·T0 + (T1 - T0)·lo + 2 in [-510, 510], index v + 512.
+_STEP = (np.arange(CODES) // 4).astype(np.int8)
+_LOW_BITS = (np.arange(CODES) % 4).astype(np.int8)
+_SHIFT_OFFSET = 512
+_SHIFT = np.floor_divide(np.arange(-_SHIFT_OFFSET, _SHIFT_OFFSET), 4).astype(np.int8)
+
+
+def lerp65(codes, table):
+    """The integer reference of the 65-entry form: int8 `codes` (..., C) through the (C, 65) int8
+    `table`: u = code + 128, T0 = table[c, u // 4], T1 = table[c, u // 4 + 1], and
+    y = T0 + floor(((T1 - T0)·(u mod 4) + 2) / 4), the rounded shift of the spec (halves round
+    up). y lies between T0 and T1, so it is an int8 code without clipping."""
+    u = np.asarray(codes, np.int64) + 128
+    channel = np.arange(table.shape[0])
+    t0 = table[channel, u // 4].astype(np.int64)
+    t1 = table[channel, u // 4 + 1].astype(np.int64)
+    return (t0 + np.floor_divide((t1 - t0) * (u % 4) + 2, 4)).astype(np.int8)
 
 
 # --- 2. and 3. find the probes in the int8 file and write the tables ----------------------------
 
 
-def insert_tables(flatbuffer, probes, max_code_step=MAX_CODE_STEP):
+def insert_tables(flatbuffer, probes, max_code_step=MAX_CODE_STEP, entries=CODES):
     """`flatbuffer` (int8, converted from a probe model) with each probe's ops replaced by its
-    exact table (module docstring)."""
+    int8 table (package docstring): the exact 256-entry one, or with `entries`=65 the
+    interpolated one (lerp65)."""
+    if entries not in ENTRIES:
+        raise InputError(f"an int8 table has 256 or 65 entries per channel, not {entries!r}")
     model = read_model(flatbuffer)
+    shared = {}  # the 65-entry form's constants: one buffer each per file
     if any(getattr(b, "offset", 0) for b in model.buffers):
         raise InputError(
             "the int8 file keeps its weights outside the flatbuffer (over 2 GB); "
@@ -60,8 +91,13 @@ def insert_tables(flatbuffer, probes, max_code_step=MAX_CODE_STEP):
                 _quantization(subgraph, x, layer, "input"),
                 _quantization(subgraph, y, layer, "output"),
                 max_code_step,
+                entries,
             )
-            replaced[min(region)] = _table_ops(model, subgraph, layer, x, y, lut)
+            replaced[min(region)] = (
+                _table_ops(model, subgraph, layer, x, y, lut)
+                if entries == CODES
+                else _table65_ops(model, subgraph, layer, x, y, lut, shared)
+            )
             dropped |= set(region)
             subgraph.tensors[y].name = re.sub(
                 r"effkeras_int8_probe_\d+x(?:_\d+)?", layer.name, subgraph.tensors[y].name.decode()
@@ -245,12 +281,14 @@ def _quantization(subgraph, index, layer, role):
     return scale[0], zero[0]
 
 
-def table_for(layer, x_quantization, y_quantization, max_code_step=MAX_CODE_STEP):
+def table_for(layer, x_quantization, y_quantization, max_code_step=MAX_CODE_STEP, entries=CODES):
     """The (C, 256) int8 table of `layer` between input and output quantizations (scale, zero
-    point) (module docstring); InputError when the input codes are too far apart."""
+    point) (package docstring), or with `entries`=65 the same rule at codes -128, -124, ...,
+    128 (lerp65); InputError when the input codes are too far apart."""
     (s_x, z_x), (s_y, z_y) = x_quantization, y_quantization
-    codes = np.arange(-128, 128, dtype=np.float64)
-    x = np.broadcast_to(((codes - z_x) * s_x)[:, None], (CODES, layer.channels))
+    codes = np.arange(-128, 129, 4) if entries == TABLE65 else np.arange(-128, 128)
+    codes = codes.astype(np.float64)
+    x = np.broadcast_to(((codes - z_x) * s_x)[:, None], (len(codes), layer.channels))
     unit = (layer.grid_size - 1) / (2 * layer.grid_range)
     scale, offset = _numpy(layer.input_scale), _numpy(layer.input_offset)
     step = s_x * np.abs(scale) * unit  # grid segments between adjacent codes, per channel
@@ -314,6 +352,107 @@ def _table_ops(model, subgraph, layer, x, y, lut):
             model, _GATHER, [table, index], [y], schema.BuiltinOptions.GatherOptions, gather_options
         ),
     ]
+
+
+def _table65_ops(model, subgraph, layer, x, y, lut, shared):
+    """The 18 int32/int8 builtin ops computing Y = lerp65(X, LUT) (new tensors in `subgraph`,
+    constants of the form in `shared` buffers)."""
+    channels = layer.channels
+    shape = list(subgraph.tensors[x].shape)
+    prefix = f"{layer.name}/int8_table65"
+    int8, int32 = schema.TensorType.INT8, schema.TensorType.INT32
+
+    def constant(name, array, quantization=None, own=False):
+        """A constant tensor of the form: one buffer per file, and one tensor per subgraph
+        that every table reads (named without a layer), unless it is the table's `own` or
+        carries its output `quantization`."""
+        own = own or quantization is not None
+        buffer = ("buffer", name, array.tobytes())
+        if buffer not in shared:
+            shared[buffer] = add_buffer(model, array.tobytes())
+        tensor = ("tensor", id(subgraph), *buffer[1:])
+        if not own and tensor in shared:
+            return shared[tensor]
+        index = add_tensor(
+            subgraph,
+            f"{prefix if own else 'int8_table65'}/{name}",
+            list(array.shape),
+            int8 if array.dtype == np.int8 else int32,
+            shared[buffer],
+            quantization,
+        )
+        if not own:
+            shared[tensor] = index
+        return index
+
+    def tensor(name, kind=int32):
+        return add_tensor(subgraph, f"{prefix}/{name}", shape, kind)
+
+    def scalar(value):
+        return np.array([value], "<i4")
+
+    ops = []
+
+    def op(code, inputs, name, kind=int32, options=None):
+        output = tensor(name, kind)
+        option_type = {
+            _ADD: schema.BuiltinOptions.AddOptions,
+            _SUB: schema.BuiltinOptions.SubOptions,
+            _MUL: schema.BuiltinOptions.MulOptions,
+            _GATHER: schema.BuiltinOptions.GatherOptions,
+        }.get(code, 0)
+        ops.append(add_operator(model, code, inputs, [output], option_type, options))
+        return output
+
+    gather_options = schema.GatherOptionsT()
+    gather_options.axis, gather_options.batchDims = 0, 0
+    add, sub, mul = schema.AddOptionsT(), schema.SubOptionsT(), schema.MulOptionsT()
+
+    def gather(params, index, name, output=None):
+        if output is None:
+            return op(_GATHER, [params, index], name, int8, gather_options)
+        ops.append(
+            add_operator(
+                model,
+                _GATHER,
+                [params, index],
+                [output],
+                schema.BuiltinOptions.GatherOptions,
+                gather_options,
+            )
+        )
+        return output
+
+    def to_int32(tensor_index, name):
+        return op(_CAST, [tensor_index], name)
+
+    out_q = subgraph.tensors[y].quantization
+    y_quantization = quantization_params(out_q.scale[0], out_q.zeroPoint[0])
+    table = add_tensor(
+        subgraph,
+        f"{prefix}/table",
+        [channels * TABLE65],
+        int8,
+        add_buffer(model, lut.tobytes()),
+        y_quantization,
+    )
+    u = op(_ADD, [to_int32(x, "code"), constant("code_offset", scalar(128))], "u", options=add)
+    step = to_int32(gather(constant("step", _STEP), u, "step8"), "step")
+    low = to_int32(gather(constant("low_bits", _LOW_BITS), u, "low_bits8"), "low_bits")
+    offsets = (np.arange(channels) * TABLE65).astype("<i4")
+    i0 = op(_ADD, [step, constant("offsets", offsets, own=True)], "index0", options=add)
+    i1 = op(_ADD, [i0, constant("one", scalar(1))], "index1", options=add)
+    t0 = to_int32(gather(table, i0, "t0_8"), "t0")
+    t1 = to_int32(gather(table, i1, "t1_8"), "t1")
+    w0 = op(_SUB, [constant("four", scalar(4)), low], "weight0", options=sub)
+    a = op(_MUL, [t0, w0], "t0_weighted", options=mul)
+    b = op(_MUL, [t1, low], "t1_weighted", options=mul)
+    s = op(_ADD, [a, b], "sum", options=add)
+    v = op(
+        _ADD, [s, constant("shift_offset", scalar(_SHIFT_OFFSET + 2))], "shift_index", options=add
+    )
+    gather(constant("shift", _SHIFT, y_quantization), v, "y", output=y)
+    return ops
 
 
 def _builtin(model, op):
