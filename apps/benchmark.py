@@ -52,6 +52,12 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("data_dir", None, "Directory of --dataset.")
 flags.DEFINE_integer("calibration_samples", 200, "Training images for int8 calibration.")
+flags.DEFINE_enum(
+    "lerp_form",
+    "gather",
+    ["gather", "table65", "relu_sum"],
+    "Learned table activations (LERP-PSA, B-spline): as apps.convert --lerp_form.",
+)
 flags.DEFINE_string("output_dir", "runs/benchmark", "Where the files and the results go.")
 FLAGS = flags.FLAGS
 ROWS_FAILED = 1  # exit status when some rows failed (the report is written all the same)
@@ -90,6 +96,7 @@ def main(argv):
         dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir,
         calibration_samples=FLAGS.calibration_samples,
+        lerp_form=FLAGS.lerp_form,
         output_dir=FLAGS.output_dir,
     )
     print(benchmark.table(rows, threads=FLAGS.threads, runs=FLAGS.runs))

@@ -25,7 +25,7 @@ from effkeras.errors import InputError
 MAX_THREADS = 256  # more than any CPU the runtimes meet; a larger count is a typo
 
 
-def convert(loaded, target, *, calibration=None, sample=None, int8=None):
+def convert(loaded, target, *, calibration=None, sample=None, int8=None, lerp_form="gather"):
     """Converts a loaded model for a target; a .tflite file is taken as it is for its own
     kind, and converted further only from int8 to tflm or ethos-u*.
 
@@ -37,6 +37,7 @@ def convert(loaded, target, *, calibration=None, sample=None, int8=None):
         int8: the int8 file of this Keras model that a conversion for another int8-family
             target made (checked against Keras there), or None: tflm and ethos-u* start from
             it instead of quantizing the model again.
+        lerp_form: how learned table activations convert (deploy.convert).
 
     Returns:
         (flatbuffer, report): the file's bytes and its `effkeras.deploy` report (ethos-u: ops
@@ -64,6 +65,8 @@ def convert(loaded, target, *, calibration=None, sample=None, int8=None):
     options = {"allow_cpu_ops": True} if target.startswith("ethos-u") else {}
     if int8 is not None and (target == "tflm" or target.startswith("ethos-u")):
         return deploy.convert(int8, target, **options)
+    if lerp_form != "gather":
+        options["lerp_form"] = lerp_form
     return deploy.convert(loaded.model, target, calibration=calibration, sample=sample, **options)
 
 
@@ -237,6 +240,7 @@ def run(
     calibration_samples=200,
     output_dir=None,
     progress=True,
+    lerp_form="gather",
 ):
     """Benchmarks every spec on every target (see the module doc).
 
@@ -257,6 +261,8 @@ def run(
         output_dir: where the .tflite files and benchmark.json / .md / .png go; None: nothing
             is written.
         progress: show progress bars.
+        lerp_form: learned table activations: "gather", "table65" (int8 targets) or
+            "relu_sum" (deploy.convert).
 
     Returns:
         A list of `Row`s: one per model and target (a failure is a row with its error), and
@@ -299,7 +305,12 @@ def run(
                 loaded, target, dataset, data_dir, calibration_samples
             )
             flatbuffer, report = convert(
-                loaded, target, calibration=calibration, sample=sample, int8=int8_files.get(spec)
+                loaded,
+                target,
+                calibration=calibration,
+                sample=sample,
+                int8=int8_files.get(spec),
+                lerp_form=lerp_form,
             )
             if (quantized := int8_file(target, flatbuffer, report)) is not None:
                 int8_files.setdefault(spec, quantized)
