@@ -8,8 +8,10 @@ import pytest
 from conftest import run_app
 from keras import ops
 
+from effkeras import deploy
 from effkeras.deploy import flatbuffer as fb
 from effkeras.deploy import lce
+from effkeras.deploy.report import Report
 from effkeras.errors import InputError
 from effkeras.layers import QuantConv2D, QuantDense
 
@@ -114,12 +116,15 @@ def test_binary_dense_has_no_lce_kernel():
 
 
 def test_failed_conversion_writes_no_file(tmp_path):
-    path = tmp_path / "model.tflite"
+    path = str(tmp_path / "model.tflite")
     with pytest.raises(InputError):
-        flatbuffer, _ = lce.convert(binary_dense_model())
-        fb.save(path, flatbuffer)
+        flatbuffer, report = lce.convert(binary_dense_model())
+        deploy.save(path, flatbuffer, report)
+    report = Report(
+        target="arm", size_bytes=0, op_census={}, max_abs_diff=None, max_rel_diff=None, samples=0
+    )
     with pytest.raises(ValueError):
-        fb.save(path, b"not a flatbuffer")
+        deploy.save(path, b"not a flatbuffer", report)
     assert os.listdir(tmp_path) == []
 
 

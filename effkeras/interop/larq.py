@@ -248,6 +248,8 @@ def _check_modules(value, where):
     """InputError when a nested object of a layer config names a module outside KNOWN_MODULES."""
     if isinstance(value, dict):
         module = value.get("module")
+        if any(str(value.get(k)).startswith("effkeras>") for k in ("registered_name", "config")):
+            module = None  # registered by effkeras (a Zoo function that _function translated)
         if module is not None and (
             not isinstance(module, str) or module.split(".")[0] not in KNOWN_MODULES
         ):
@@ -264,13 +266,16 @@ def _check_modules(value, where):
 
 
 def _named_functions(config, where):
-    _check_modules(config, where)
-    return {
+    """`config` with its functions stored by name translated (_function), then checked to name
+    no other module (_check_modules)."""
+    named = {
         key: _function(key, value, where)
         if isinstance(value, dict) and value.get("class_name") == "function"
         else value
         for key, value in config.items()
     }
+    _check_modules(named, where)
+    return named
 
 
 def _is_functional(entry):
