@@ -21,7 +21,6 @@ import inspect
 import json
 import sys
 
-import numpy as np
 from absl import flags
 
 from apps import _cli
@@ -201,23 +200,6 @@ def target_options(target, model):
     return options
 
 
-def calibration_data(model):
-    """--calibration_data's images as float32, their shape and values checked against `model`
-    before the array is read into memory (a header may claim more than the file holds)."""
-    from effkeras.deploy import verify
-    from effkeras.errors import InputError
-
-    path = FLAGS.calibration_data
-    try:
-        mapped = np.load(path, mmap_mode="r", allow_pickle=False)  # the header only, mapped
-    except (OSError, ValueError, EOFError) as e:
-        raise InputError(f"cannot read --calibration_data={path} as a .npy array: {e}") from None
-    if not isinstance(mapped, np.ndarray):
-        raise InputError(f"--calibration_data={path} is an .npz archive; give one .npy array")
-    verify.check_sample(model, mapped, f"--calibration_data={path}")
-    return np.asarray(mapped, np.float32)
-
-
 def check_table_flags(model, name):
     """--lerp_form and --max_code_step act on learned table activations: InputError without."""
     from effkeras.errors import InputError
@@ -251,7 +233,7 @@ def real_data(model, target):
                 f"{'a .tflite file' if isinstance(model, bytes) else f'--target={target.name}'}"
             )
     if FLAGS.calibration_data:
-        calibration = calibration_data(model)
+        calibration = verify.read_images(FLAGS.calibration_data, model, "--calibration_data")
     if FLAGS.dataset:
         if isinstance(model, bytes):
             raise InputError(

@@ -627,7 +627,7 @@ class TestCorruptImages:
 def test_convert_checks_calibration_data_before_reading_it(tmp_path):
     """A header claiming 4 PiB, NaN, complex or empty images, and --calibration_data given to a
     target that does not calibrate: one error line each, no file written."""
-    from apps import convert
+    from effkeras.deploy import verify
 
     output = tmp_path / "out.tflite"
 
@@ -651,11 +651,7 @@ def test_convert_checks_calibration_data_before_reading_it(tmp_path):
     refused(bomb, "cannot read --calibration_data")
     before = peak_rss_bytes()
     with pytest.raises(InputError, match="cannot read"):
-        convert.FLAGS(["convert", f"--calibration_data={bomb}"])
-        try:
-            convert.calibration_data(None)
-        finally:
-            convert.FLAGS.unparse_flags()
+        verify.read_images(str(bomb), None, "--calibration_data")
     assert peak_rss_bytes() - before < 100 * 2**20
     for values, fragment in (
         (np.full((4, 28, 28, 1), np.nan, np.float32), "NaN or infinite"),

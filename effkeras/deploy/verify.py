@@ -132,6 +132,25 @@ def check_sample(model, sample, what="sample"):
             )
 
 
+def read_images(path, model, what="images"):
+    """The .npy array of images at `path` as float32, its shape and values checked against
+    `model` (check_sample) before it is read into memory: a header may claim more than the file
+    holds, so the array is memory-mapped first.
+
+    Raises:
+        InputError: not a readable .npy array (an .npz archive, a header claiming more than the
+            file holds), or images the model cannot take.
+    """
+    try:
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)  # the header only, mapped
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"cannot read {what}={path} as a .npy array: {e}") from None
+    if not isinstance(mapped, np.ndarray):
+        raise InputError(f"{what}={path} is an .npz archive; give one .npy array")
+    check_sample(model, mapped, f"{what}={path}")
+    return np.asarray(mapped, np.float32)
+
+
 # --- agreement with Keras -------------------------------------------------------------------------
 
 

@@ -239,8 +239,7 @@ def _function(key, value, where):
     return name
 
 
-# Modules a layer config may name ("module" of an initializer, regularizer, ...): Keras', larq's
-# and ours. Anything else (e.g. "os") is refused, never imported.
+# Modules a layer config may name (of an initializer, ...); any other (e.g. "os") is refused.
 KNOWN_MODULES = ("keras", "tf_keras", "larq", "larq_zoo", "effkeras")
 
 
