@@ -393,8 +393,9 @@ def _table65_ops(model, subgraph, layer, x, y, lut, shared):
 
     ops = []
 
-    def op(code, inputs, name, kind=int32, options=None):
-        output = tensor(name, kind)
+    def op(code, inputs, name, kind=int32, options=None, output=None):
+        """Appends an op writing a new tensor `name` (or the existing `output`); returns it."""
+        output = tensor(name, kind) if output is None else output
         option_type = {
             _ADD: schema.BuiltinOptions.AddOptions,
             _SUB: schema.BuiltinOptions.SubOptions,
@@ -409,19 +410,7 @@ def _table65_ops(model, subgraph, layer, x, y, lut, shared):
     add, sub, mul = schema.AddOptionsT(), schema.SubOptionsT(), schema.MulOptionsT()
 
     def gather(params, index, name, output=None):
-        if output is None:
-            return op(_GATHER, [params, index], name, int8, gather_options)
-        ops.append(
-            add_operator(
-                model,
-                _GATHER,
-                [params, index],
-                [output],
-                schema.BuiltinOptions.GatherOptions,
-                gather_options,
-            )
-        )
-        return output
+        return op(_GATHER, [params, index], name, int8, gather_options, output)
 
     def to_int32(tensor_index, name):
         return op(_CAST, [tensor_index], name)
