@@ -85,12 +85,44 @@ INT8_OPS = (
 _INTERFACE_OPS = ("QUANTIZE", "DEQUANTIZE")
 
 
-def export_saved_model(model, directory):
-    """`model` as a SavedModel whose serving signature takes batch-1 float32 inputs."""
-    signature = [tf.TensorSpec((1, *shape), tf.float32) for shape in verify.input_shapes(model)]
-    if len(signature) > 1:  # the model is called on one argument: the list of its inputs
-        signature = [signature]
-    model.export(directory, format="tf_saved_model", verbose=False, input_signature=signature)
+def save_signatures(directory, layers, signatures):
+    """Writes a SavedModel holding the variables of `layers` and one signature per entry of
+    `signatures`, each traced once.
+
+    Keras's `model.export` traces each call about ten times and tracks every layer's resources;
+    this writes only what the converters read (measured on ran_e_c at 32x32: 2.7 s to write and
+    3.8 s for the TFLite converter to load, against 7.4 s and 6.2 s).
+
+    Args:
+        directory: where the SavedModel goes.
+        layers: the Keras layers (models) whose variables the signatures read.
+        signatures: {signature key: (function, specs)}; `function(*tensors)` is traced at the
+            `tf.TensorSpec`s `specs`, whose names become the signature's input names.
+    """
+    module = tf.Module()
+    module.keras_variables = list(
+        {id(v): v.value for layer in layers for v in layer.variables}.values()
+    )
+    concrete = {
+        key: tf.function(function).get_concrete_function(*specs)
+        for key, (function, specs) in signatures.items()
+    }
+    tf.saved_model.save(module, directory, signatures=concrete)
+
+
+def export_saved_model(model, directory, batch=1):
+    """`model` as a SavedModel whose `serving_default` signature takes float32 inputs of batch
+    `batch` (None: any batch)."""
+    specs = [
+        tf.TensorSpec((batch, *tensor.shape[1:]), tf.float32, name=tensor.name.split(":")[0])
+        for tensor in model.inputs
+    ]
+    verify.input_shapes(model)  # fixed shapes, or one clear error
+
+    def serve(*inputs):
+        return model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
+
+    save_signatures(directory, [model], {"serving_default": (serve, specs)})
 
 
 def to_flatbuffer(model, configure=None):

@@ -1,7 +1,7 @@
 """Keras 3 model -> Larq Compute Engine flatbuffer, checked against the Keras model.
 
-The path is `model.export(dir, format="tf_saved_model")` then `convert_saved_model` (LCE's
-converter looks up the `serving_default` signature that Keras 3 writes). LCE silently leaves a
+The path is `converter.export_saved_model` then LCE's `convert_saved_model` (which looks up the
+`serving_default` signature). LCE silently leaves a
 binary conv in float when it does not recognise the sign pattern, so every conversion checks its
 own result:
 
@@ -27,6 +27,7 @@ import larq_compute_engine
 import numpy as np
 
 from effkeras.deploy import verify
+from effkeras.deploy.converter import export_saved_model
 from effkeras.deploy.flatbuffer import op_census, operators
 from effkeras.deploy.registry import register_target
 from effkeras.deploy.report import LceReport
@@ -82,7 +83,7 @@ def convert(
     _check_zero_padding([layer for layer in binary if layer_precision(layer) == (1, 1)])
     with tempfile.TemporaryDirectory() as saved_model:
         with _quantized_kernels_as_constants(model):
-            model.export(saved_model, format="tf_saved_model", verbose=False)
+            export_saved_model(model, saved_model, batch=None)
         flatbuffer = larq_compute_engine.convert_saved_model(saved_model, target=target)
 
     ops = operators(flatbuffer)

@@ -1,7 +1,7 @@
 """TFLite builtin-op targets, run and checked in LiteRT: `float`, `float16` and `int8`.
 
-Every file is exported from Keras with batch 1 (`model.export(..., input_signature=...)`:
-microcontrollers and Vela need static shapes) and converted with TensorFlow's TFLite converter.
+Every file is exported from Keras with batch 1 (`converter.export_saved_model`: microcontrollers
+and Vela need static shapes) and converted with TensorFlow's TFLite converter.
 
 int8 is full-integer post-training quantization (Jacob et al., CVPR 2018, arXiv 1712.05877):
 per-channel symmetric int8 weights, per-tensor asymmetric int8 activations whose ranges come

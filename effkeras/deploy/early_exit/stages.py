@@ -11,7 +11,9 @@ import re
 
 import keras
 import numpy as np
+import tensorflow as tf
 
+from effkeras.deploy.converter import save_signatures
 from effkeras.errors import InputError
 
 SIGNATURE = "stage_{}"
@@ -204,27 +206,20 @@ def export_stages(stages, directory):
     Raises:
         InputError: a stage input's shape is not fixed.
     """
-    import tensorflow as tf
-
-    archive = keras.export.ExportArchive()
+    signatures = {}
     for stage in stages:
-        archive.track(stage)
-    for stage in stages:
-        spec = {
-            t.name: tf.TensorSpec((1, *t.shape[1:]), t.dtype, name=t.name) for t in stage.inputs
-        }
-        for name, t in spec.items():
-            if None in t.shape:
+        specs = [tf.TensorSpec((1, *t.shape[1:]), t.dtype, name=t.name) for t in stage.inputs]
+        for spec in specs:
+            if None in spec.shape:
                 raise InputError(
-                    f"deployment needs fixed shapes, and {name} of "
-                    f"{stage.name} is {tuple(t.shape)}: build the model with a "
+                    f"deployment needs fixed shapes, and {spec.name} of "
+                    f"{stage.name} is {tuple(spec.shape)}: build the model with a "
                     f"fixed input shape"
                 )
-        archive.add_endpoint(
-            SIGNATURE.format(stage.stage), _endpoint(stage), input_signature=[spec]
-        )
-    archive.write_out(directory, verbose=False)
+        signatures[SIGNATURE.format(stage.stage)] = (_endpoint(stage), specs)
+    save_signatures(directory, stages, signatures)
 
 
 def _endpoint(stage):
-    return lambda inputs: stage(inputs, training=False)
+    names = [t.name for t in stage.inputs]
+    return lambda *tensors: stage(dict(zip(names, tensors)), training=False)
