@@ -123,6 +123,12 @@ flags.DEFINE_enum(
     "XLA-compile the train step (auto: Keras' choice, XLA on a GPU when every layer supports it).",
 )
 flags.DEFINE_boolean(
+    "run_eagerly",
+    False,
+    "Run each step op by op (Keras' run_eagerly): nothing is traced, steps are slower; "
+    "for debugging a model and for runs of a few steps.",
+)
+flags.DEFINE_boolean(
     "deterministic",
     False,
     "TensorFlow's deterministic ops: the same flags and "
@@ -165,6 +171,7 @@ def main(argv):
             grad_accumulation=FLAGS.grad_accumulation,
             dtype_policy=FLAGS.dtype_policy,
             jit_compile={"true": True, "false": False}.get(FLAGS.jit_compile, "auto"),
+            run_eagerly=FLAGS.run_eagerly,
             deterministic=FLAGS.deterministic,
         )
     )

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -60,6 +61,7 @@ def start_workers(output_dir, ports, *extra, tasks=None):
         env = {
             **os.environ,
             "TF_CPP_MIN_LOG_LEVEL": "3",
+            "PYTHONUNBUFFERED": "1",
             "TF_CONFIG": json.dumps(
                 {"cluster": cluster, "task": {"type": "worker", "index": index}}
             ),
@@ -146,11 +148,19 @@ def test_a_task_that_never_starts_is_waited_for_then_refused_and_sigterm_stops_t
     assert not os.path.exists(output_dir)  # a refused fresh run leaves nothing
 
     (waiting,) = start_workers(output_dir, ports, "--epochs=1", tasks=[0])  # 600 s by default
-    time.sleep(15)  # TensorFlow's start, then a "waiting" line every 10 s
-    assert waiting.poll() is None
+    # TensorFlow's start (slow on a loaded machine), then a "waiting" line every 10 s.
+    watchdog = threading.Timer(180, waiting.kill)
+    watchdog.start()
+    lines = []
+    for line in waiting.stdout:
+        lines.append(line)
+        if "waiting for the cluster" in line:
+            break
+    watchdog.cancel()
+    assert waiting.poll() is None, "".join(lines)
     signalled = time.monotonic()
     waiting.send_signal(signal.SIGTERM)
-    output = waiting.communicate(timeout=15)[0]
+    output = "".join(lines) + waiting.communicate(timeout=15)[0]
     assert time.monotonic() - signalled < 15 and waiting.returncode == -signal.SIGTERM
     assert re.search(
         rf"waiting for the cluster \(1\d s of 600 s\): worker 1 at localhost:{ports[1]}", output

@@ -390,6 +390,7 @@ def test_fashion_mnist_grayscale_end_to_end_with_ten_crop(tmp_path, fashion_mnis
             input_shape=(32, 32, 1),
             batch_size=8,
             steps_per_epoch=2,
+            run_eagerly=True,  # a few steps: tracing would take most of the time
             epochs=1,
             output_dir=str(tmp_path),
             verbose=0,

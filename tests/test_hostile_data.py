@@ -18,7 +18,13 @@ from effkeras import data
 from effkeras.data import cifar, fashion_mnist, imagenet
 from effkeras.errors import InputError
 
-SMALL_RUN = ("--model=resnet20", "--epochs=1", "--steps_per_epoch=1", "--batch_size=2")
+SMALL_RUN = (
+    "--model=resnet20",
+    "--epochs=1",
+    "--steps_per_epoch=1",
+    "--batch_size=2",
+    "--run_eagerly",
+)
 
 
 def run_app_as_users_do(*args, timeout=300):

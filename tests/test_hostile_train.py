@@ -28,6 +28,7 @@ TINY = [
     "--input_shape=16,16,3",
     "--batch_size=8",
     "--steps_per_epoch=1",
+    "--run_eagerly",  # a few steps: tracing would take most of the time
 ]
 TINY_CONFIG = dict(
     model="resnet20",
@@ -35,6 +36,7 @@ TINY_CONFIG = dict(
     input_shape=(16, 16, 3),
     batch_size=8,
     steps_per_epoch=1,
+    run_eagerly=True,  # a few steps: tracing would take most of the time
     verbose=0,
 )
 
@@ -368,6 +370,7 @@ class TestNumericFlags:
             ("--input_shape=0,16,3", "positive ints"),
             ("--dataset=mnist", "unknown dataset 'mnist'"),
             ("--teacher=resnet20", "--teacher is only for recipes that distil"),
+            ("--jit_compile=true", "--run_eagerly runs op by op"),  # TINY runs eagerly
         ],
     )
     def test_bad_flag_is_one_error_line(self, tmp_path, flag, fragment):
@@ -434,6 +437,7 @@ class TestTeacher:
         input_shape=(32, 32, 3),
         batch_size=4,
         steps_per_epoch=1,
+        run_eagerly=True,  # a few steps: tracing would take most of the time
         epochs=1,
         verbose=0,
     )
@@ -467,6 +471,7 @@ class TestTeacher:
             "--input_shape=32,32,3",
             "--batch_size=4",
             "--steps_per_epoch=1",
+            "--run_eagerly",
             "--epochs=1",
             f"--teacher={tmp_path}/teacher.keras",
             f"--output_dir={tmp_path}/out",

@@ -240,6 +240,37 @@ def test_table65_file_is_bit_exact_against_its_integer_reference(psa, tflm_psa):
         deploy.convert(psa, "float", lerp_form="table65")
 
 
+def test_b_spline_tables_take_the_65_entry_form_too():
+    """A B-spline activation freezes to the same LerpTable as PSA, and so converts to 65 entries
+    read by interpolation, equal to lerp65 on every code in LiteRT and TFLite Micro."""
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((8, 6))
+    x = layers.Dense(5, name="dense_in")(inputs)
+    spline = BSplineActivation(5, size=9, name="spline")
+    x = layers.Dense(3, name="dense_out")(spline(x))
+    model = keras.Model(inputs, x, name="spline_net")
+    c, g = spline.coefficients.shape
+    knots = np.linspace(-spline.grid_range, spline.grid_range, g)
+    rng = np.random.default_rng(5)
+    spline.set_weights([np.abs(knots) + np.cumsum(rng.normal(0, 0.3, (c, g)), axis=1)])
+    draw = np.random.default_rng(6)
+    calibration = draw.normal(0, 1, (CALIBRATION, 8, 6)).astype(np.float32)
+    sample = draw.normal(0, 1, (8, 8, 6)).astype(np.float32)
+    flatbuffer, report = deploy.convert(
+        model, "tflm", calibration=calibration, sample=sample, lerp_form="table65"
+    )
+    (table,) = int8_tables.table_ops(flatbuffer)
+    assert (table.name, table.entries, report.table_entries) == ("spline", 65, 65)
+    assert report.table_bytes == 5 * 65 and report.float_ops == ()
+    codes = int8_tables.all_codes(table.channels)
+    want = int8_tables.lerp65(codes, table.lut.reshape(table.channels, 65))
+    single = int8_tables.single_op_file(flatbuffer, table)
+    for runner in (runtime.LiteRT, lambda f: runtime.TFLiteMicro(f, arena_size=1 << 20)):
+        (got,) = runner(single).run_one([codes[0]])
+        np.testing.assert_array_equal(got[None], want)
+    assert 0 <= report.table_max_lsb <= 8 and report.top1_agreement >= 0.75
+
+
 def test_int8_file_is_integer_only_and_agrees_with_keras(psa, sample, tflm_psa):
     flatbuffer, report = tflm_psa
     assert float_ops(operators(flatbuffer)) == [] and report.float_ops == ()

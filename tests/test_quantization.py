@@ -320,7 +320,12 @@ def test_resnet8_qat_runs_in_tflm_and_all_on_the_ethos_u55_npu():
 def test_train_qat_from_a_float_run_and_resume(tmp_path):
     float_dir, qat_dir = tmp_path / "float", tmp_path / "qat"
     common = dict(
-        dataset="synthetic", input_shape=(16, 16, 3), batch_size=16, steps_per_epoch=2, verbose=0
+        dataset="synthetic",
+        input_shape=(16, 16, 3),
+        batch_size=16,
+        steps_per_epoch=2,
+        run_eagerly=True,  # a few steps: tracing would take most of the time
+        verbose=0,
     )
     training.train(
         training.TrainConfig(

@@ -175,6 +175,7 @@ def test_two_stage_training_runs_both_stages_and_resumes(tmp_path):
         dataset="synthetic",
         batch_size=16,
         steps_per_epoch=2,
+        run_eagerly=True,  # a few steps: tracing would take most of the time
         output_dir=str(tmp_path),
         teacher="resmlp_relu_h05",
         transfer_epochs=1,

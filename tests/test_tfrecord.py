@@ -190,6 +190,7 @@ def test_train_app_on_shards(shard_dir, tmp_path):
         "--input_shape=16,16,3",
         "--epochs=1",
         "--steps_per_epoch=2",
+        "--run_eagerly",
         "--batch_size=2",
         f"--output_dir={tmp_path}/run",
     )

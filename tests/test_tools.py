@@ -116,6 +116,7 @@ def test_qat_table_puts_float_ptq_and_qat_side_by_side(tmp_path, fashion_mnist_d
         data_dir=str(fashion_mnist_dir),
         batch_size=8,
         steps_per_epoch=2,
+        run_eagerly=True,  # a few steps: tracing would take most of the time
         epochs=1,
         verbose=0,
     )

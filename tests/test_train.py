@@ -26,6 +26,7 @@ def test_one_epoch_then_two_continues_at_epoch_two(tmp_path, capsys):
         input_shape=(16, 16, 3),
         batch_size=16,
         steps_per_epoch=3,
+        run_eagerly=True,  # a few steps: tracing would take most of the time
         output_dir=str(tmp_path),
         verbose=0,
     )
@@ -95,9 +96,9 @@ def test_killed_mid_epoch_resumes_from_last_complete_epoch(tmp_path):
         "apps.train",
         "--model=resnet20",
         "--dataset=synthetic",
-        "--input_shape=32,32,3",
-        "--batch_size=32",
-        "--steps_per_epoch=40",
+        "--input_shape=16,16,3",
+        "--batch_size=8",
+        "--steps_per_epoch=100",
         "--epochs=3",
         f"--output_dir={tmp_path}",
     ]
@@ -107,7 +108,7 @@ def test_killed_mid_epoch_resumes_from_last_complete_epoch(tmp_path):
     )
     state_path = tmp_path / "state.json"
     # Keras prints "Epoch 2/3" when epoch 2 begins, after every epoch-end callback of epoch 1
-    # (the checkpoint commit among them) has run, and 40 steps before epoch 2 can end.
+    # (the checkpoint commit among them) has run, and 100 steps before epoch 2 can end.
     try:
         for line in process.stdout:
             if line.startswith("Epoch 2/"):
@@ -172,6 +173,7 @@ def test_model_with_two_outputs_trains_resumes_and_logs_each_output(tmp_path, tw
         input_shape=(16, 16, 3),
         batch_size=16,
         steps_per_epoch=2,
+        run_eagerly=True,  # a few steps: tracing would take most of the time
         output_dir=str(tmp_path),
         verbose=0,
     )
@@ -311,6 +313,7 @@ def test_ran_i_recipe_trains_with_mixing_and_saves_the_ema(tmp_path, cifar10_dir
         input_shape=(32, 32, 3),
         batch_size=8,
         steps_per_epoch=2,
+        run_eagerly=True,  # a few steps: tracing would take most of the time
         learning_rate=0.01,
         output_dir=str(tmp_path / "run"),
         verbose=0,

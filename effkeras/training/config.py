@@ -52,6 +52,8 @@ class TrainConfig:
         grad_accumulation: apply the mean gradient of this many batches (None: 1).
         dtype_policy: None: the recipe's (mixed_float16 on a GPU for mixed recipes).
         jit_compile: True/False: XLA or not; "auto": Keras' choice.
+        run_eagerly: run every step op by op, as Keras' compile(run_eagerly=True): no tracing
+            (seconds per model), slower steps; for debugging and for runs of a few steps.
         deterministic: TensorFlow's deterministic ops: reruns give the same losses.
     """
 
@@ -78,6 +80,7 @@ class TrainConfig:
     grad_accumulation: int = None
     dtype_policy: str = None
     jit_compile: object = "auto"
+    run_eagerly: bool = False
     deterministic: bool = False
 
 
@@ -101,6 +104,8 @@ def check_config(config, recipe):
     recipes.dtype_policy(recipe, config.dtype_policy)  # InputError for one this machine lacks
     if config.jit_compile not in ("auto", True, False):
         raise InputError(f"--jit_compile must be auto, true or false, got {config.jit_compile!r}")
+    if config.run_eagerly and config.jit_compile is True:
+        raise InputError("--run_eagerly runs op by op, --jit_compile=true compiles: choose one")
     rate = config.learning_rate
     if rate is not None and (
         isinstance(rate, bool)

@@ -167,6 +167,7 @@ class Stage:
             learning_rate=config.learning_rate,
             accumulation=plan.accumulation,
             jit_compile=config.jit_compile,
+            run_eagerly=config.run_eagerly,
         )
 
     def callbacks(self, built, plan):
@@ -267,7 +268,8 @@ class Transfer(Stage):
                     steps_per_epoch=plan.steps_per_epoch,
                     batch_size=plan.batch_size,
                 ),
-            )
+            ),
+            run_eagerly=self.config.run_eagerly,
         )
 
     def callbacks(self, built, plan):

@@ -49,7 +49,8 @@ mean gradient of N batches (Keras' gradient_accumulation_steps): the learning ra
 the effective batch, batch x N. `dtype_policy` picks mixed precision (default: the recipe's,
 on a GPU); the model.keras it writes is float32, for evaluation and export anywhere.
 `jit_compile` compiles the train step with XLA (default: Keras' choice, XLA on a GPU when every
-layer supports it, never under a multi-replica strategy).
+layer supports it, never under a multi-replica strategy); `run_eagerly` runs each step op by op
+instead (nothing traced: for debugging, and for runs of a few steps, which tracing would dominate).
 """
 
 import contextlib

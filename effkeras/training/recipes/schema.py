@@ -485,6 +485,7 @@ def compile_model(
     learning_rate=None,
     accumulation=1,
     jit_compile="auto",
+    run_eagerly=False,
 ):
     """Compiles `model` with the recipe's optimizer, schedule and loss, and top-1/top-5.
 
@@ -493,7 +494,7 @@ def compile_model(
     weighted by the recipe's `loss.output_weights`; its labels must be repeated per output
     (see repeat_labels). A recipe with a Mix takes one-hot labels (recipe.soft_labels).
     With accumulation > 1, `batch_size` is the batch of one update (batch x accumulation), which
-    the learning rate scales with; jit_compile is Keras' (XLA).
+    the learning rate scales with; jit_compile (XLA) and run_eagerly are Keras'.
 
     Args:
         model: the Keras model.
@@ -504,6 +505,7 @@ def compile_model(
         learning_rate: the peak (None: the recipe's, scaled with batch_size).
         accumulation: batches whose mean gradient makes one update.
         jit_compile: True, False or "auto", as Keras' compile takes it.
+        run_eagerly: Keras' compile(run_eagerly=...): every step op by op, nothing traced.
 
     Returns:
         `model`, compiled.
@@ -536,7 +538,8 @@ def compile_model(
         )
     model.compile(
         optimizer=make_optimizer(recipe, schedule, model, accumulation),
-        jit_compile=jit_compile,
+        jit_compile=False if run_eagerly else jit_compile,
+        run_eagerly=run_eagerly,
         **compiled,
     )
     return model
