@@ -69,8 +69,9 @@ flags.DEFINE_bool(
     "metadata",
     None,
     "Write TFLite Metadata (name, description, input normalisation, labels) into the file, as "
-    "MediaPipe Tasks and Android Studio read it. Default: on for the app targets (float, "
-    "float16, int8, arm), off for tflm and ethos-u*.",
+    "MediaPipe Tasks and Android Studio read it (an early-exit file: one subgraph entry per "
+    "stage). Default: on for the app targets (float, float16, int8, arm), off for tflm and "
+    "ethos-u*.",
 )
 flags.DEFINE_bool(
     "rgb_input",
@@ -266,14 +267,14 @@ def app_options(target_name, model, options):
 
     from effkeras.errors import InputError
 
-    single = isinstance(model, keras.Model) and len(model.outputs) == 1
+    keras_model = isinstance(model, keras.Model)
+    single = keras_model and len(model.outputs) == 1
     app = target_name in APP_TARGETS and single
-    metadata = app if FLAGS.metadata is None else FLAGS.metadata
-    if metadata and not single:
-        raise InputError(
-            "--metadata describes a classifier of one output; this is a .tflite file or a "
-            "model with several outputs (early exits): pass --nometadata"
-        )
+    # Early-exit files get metadata too (a subgraph's per stage), but keep logits and float io.
+    metadata = target_name in APP_TARGETS and keras_model
+    metadata = metadata if FLAGS.metadata is None else FLAGS.metadata
+    if metadata and not keras_model:
+        raise InputError("--metadata is written from a Keras model; this is a .tflite file")
     outputs = FLAGS.outputs or ("probabilities" if app else "logits")
     if outputs != "logits":
         options["outputs"] = outputs

@@ -13,6 +13,7 @@ from conftest import assert_one_error_line, run_app
 from effkeras import deploy, models
 from effkeras.data import synthetic
 from effkeras.deploy import early_exit, verify
+from effkeras.deploy.app_file import read_metadata
 from effkeras.deploy.converter import float_ops, top1_agreement
 from effkeras.deploy.flatbuffer import op_census, operators, read_model, signatures
 from effkeras.early_exit import NEVER, write_thresholds
@@ -398,7 +399,24 @@ def test_apps_convert_writes_the_signature_file_and_refuses_foreign_thresholds(r
     with open(output + ".json") as f:
         app = json.load(f)
     assert app["early_exit"]["thresholds"] == [0.9, 0.6, 0.0]
-    assert early_exit.Runner(output).thresholds == [0.9, 0.6, 0.0]
+    assert early_exit.Runner(output).thresholds == [0.9, 0.6, 0.0]  # LiteRT runs it
+    # TFLite Metadata beside the stage description: a subgraph entry per stage, in the
+    # subgraph's tensor order: the image where a stage reads it, the exit's logits with the
+    # labels, the state handed on.
+    with open(output, "rb") as f:
+        flatbuffer = f.read()
+    metadata = read_metadata(flatbuffer)
+    assert metadata["name"] == "ranet_cifar" and "with 3 exits" in metadata["description"]
+    assert metadata["labels"] == [str(i) for i in range(CLASSES)]
+    assert metadata["input"]["color_space"] == "GRAYSCALE"
+    assert metadata["input"]["normalization"] == {"mean": [0.0], "std": [1.0]}
+    assert metadata["output"]["name"] == "logits"
+    stages = metadata["subgraphs"]
+    assert len(stages) == 3 and stages[0]["inputs"] == ["image"]
+    for stage, (index, inputs, outputs) in zip(stages, signatures(flatbuffer).values()):
+        assert stage["outputs"].count("logits") == 1 and len(stage["outputs"]) == len(outputs)
+        assert len(stage["inputs"]) == len(inputs) and index == stages.index(stage)
+    assert all(name != "image" for stage in stages[1:] for name in stage["inputs"])
 
     four = tmp_path / "four.json"
     four.write_text(

@@ -222,11 +222,12 @@ def app_info(model, name, *, class_names=None, dataset=None, report=None):
     except InputError:
         what = "an effkeras model"
     height, width, channels = model.input_shape[1:]
-    classes = model.output_shape[-1]
+    classes, exits = model.outputs[0].shape[-1], len(model.outputs)
     description = (
         f"{name}: {what}. Classifies {height}x{width} "
         f"{'grayscale' if channels == 1 else 'RGB'} images into {classes} classes"
         + (f" ({dataset})" if dataset else "")
+        + (f", with {exits} exits" if exits > 1 else "")
         + (f"; {report.target} file" if report is not None else "")
         + "."
     )

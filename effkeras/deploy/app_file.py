@@ -219,8 +219,15 @@ def without_app_head(flatbuffer):
 def with_metadata(flatbuffer, info):
     """`flatbuffer` with TFLite Metadata for an image classifier and its labels file packed in.
 
+    A file of one subgraph with one input and one output is what image-classifier clients
+    (MediaPipe, the Task Library) run: its input must be RGB. An early-exit file (a subgraph
+    per stage, early_exit/) or one subgraph with an output per exit gets one SubGraphMetadata
+    per subgraph, in the subgraph's own tensor order: the image (RGB or grayscale) where a
+    stage reads it, each exit's logits with the labels, and the state a stage hands on (or
+    takes) described as such.
+
     Args:
-        flatbuffer: the bytes of a single-input, single-output .tflite (no metadata yet).
+        flatbuffer: the bytes of a .tflite file (no metadata yet).
         info: an AppInfo.
 
     Returns:
@@ -228,57 +235,96 @@ def with_metadata(flatbuffer, info):
         zip archive holding `labels.txt`.
 
     Raises:
-        InputError: for a file with several inputs or outputs, or class names that do not
-            match the output's size.
+        InputError: for a single-stage file with several inputs or outputs or a non-RGB input,
+            a subgraph without a classes output, or class names that do not match it.
     """
     from mediapipe.tasks.metadata import metadata_schema_py_generated as md
     from mediapipe.tasks.python.metadata.metadata_writers import metadata_info
 
-    inputs, outputs = fb.io_tensors(flatbuffer)
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise InputError(
-            f"image-classifier metadata describes one input and one output; this file has "
-            f"{len(inputs)} and {len(outputs)}"
-        )
-    if len(inputs[0].shape) != 4 or inputs[0].shape[-1] != 3:
-        raise InputError(
-            f"image classifiers (MediaPipe, the Task Library) feed 1 x H x W x 3 RGB; this "
-            f"file takes {list(inputs[0].shape)} (a grayscale model: convert with rgb_input)"
-        )
-    classes = outputs[0].shape[-1]
-    if len(info.class_names) != classes:
-        raise InputError(f"{len(info.class_names)} class names for an output of {classes} classes")
-    dtype = {"float32": schema.TensorType.FLOAT32, "uint8": schema.TensorType.UINT8}
-    low, high = info.input_range
-    # Pixels p in [0, 255] reach the model as (p - mean) / std: the model's own range.
-    std = (255.0 - 0.0) / (high - low)
-    norm = ([0.0 - low * std], [std]) if inputs[0].dtype == "float32" else (None, None)
-    image = metadata_info.InputImageTensorMd(
-        name="image",
-        description=(
-            f"RGB image, {inputs[0].shape[1]}x{inputs[0].shape[2]}, raw pixel values (the "
-            f"model normalises them itself"
-            + (
-                "; it classifies their luma, as it was trained on grayscale images)"
-                if info.luma
-                else ")"
+    stages = _subgraph_io(flatbuffer)
+    image_names = {name for name, _ in stages[0][0]}
+    (inputs, outputs), classes = stages[0], len(info.class_names)
+    if len(stages) == 1 and len(outputs) == 1:  # a classifier file, as the clients run it
+        if len(inputs) != 1:
+            raise InputError(
+                f"image-classifier metadata describes one input and one output; this file has "
+                f"{len(inputs)} and {len(outputs)}"
             )
-        ),
-        norm_mean=norm[0],
-        norm_std=norm[1],
-        color_space_type=md.ColorSpaceType.RGB,  # the only one MediaPipe takes
-        tensor_type=dtype.get(inputs[0].dtype),
-    )
-    scores = metadata_info.ClassificationTensorMd(
-        name="probabilities" if info.probabilities else "logits",
-        description=(
-            "Probabilities of the classes (softmax)"
-            if info.probabilities
-            else "Logits of the classes (apply a softmax for probabilities)"
-        ),
-        label_files=[metadata_info.LabelFileMd(LABELS_FILE)],
-        tensor_type=dtype.get(outputs[0].dtype) if info.probabilities else None,
-    )
+        if len(inputs[0][1].shape) != 4 or inputs[0][1].shape[-1] != 3:
+            raise InputError(
+                f"image classifiers (MediaPipe, the Task Library) feed 1 x H x W x 3 RGB; this "
+                f"file takes {list(inputs[0][1].shape)} (a grayscale model: convert with "
+                f"rgb_input)"
+            )
+        if outputs[0][1].shape[-1] != classes:
+            raise InputError(
+                f"{classes} class names for an output of {outputs[0][1].shape[-1]} classes"
+            )
+    dtype = {"float32": schema.TensorType.FLOAT32, "uint8": schema.TensorType.UINT8}
+
+    def image(tensor):
+        low, high = info.input_range
+        # Pixels p in [0, 255] reach the model as (p - mean) / std: the model's own range.
+        std = (255.0 - 0.0) / (high - low)
+        norm = ([0.0 - low * std], [std]) if tensor.dtype == "float32" else (None, None)
+        gray = tensor.shape[-1] == 1
+        return metadata_info.InputImageTensorMd(
+            name="image",
+            description=(
+                f"{'Grayscale' if gray else 'RGB'} image, {tensor.shape[1]}x{tensor.shape[2]}, "
+                f"raw pixel values (the model normalises them itself"
+                + (
+                    "; it classifies their luma, as it was trained on grayscale images)"
+                    if info.luma
+                    else ")"
+                )
+            ),
+            norm_mean=norm[0],
+            norm_std=norm[1],
+            color_space_type=md.ColorSpaceType.GRAYSCALE if gray else md.ColorSpaceType.RGB,
+            tensor_type=dtype.get(tensor.dtype),
+        ).create_metadata()
+
+    def scores(tensor):
+        return metadata_info.ClassificationTensorMd(
+            name="probabilities" if info.probabilities else "logits",
+            description=(
+                "Probabilities of the classes (softmax)"
+                if info.probabilities
+                else "Logits of the classes (apply a softmax for probabilities)"
+            ),
+            label_files=[metadata_info.LabelFileMd(LABELS_FILE)],
+            tensor_type=dtype.get(tensor.dtype) if info.probabilities else None,
+        ).create_metadata()
+
+    def state(name, handed_on):
+        return metadata_info.TensorMd(
+            name=name,
+            description=(
+                "State this stage hands on to a later one (feed it to the stage that takes "
+                "a tensor of this name)"
+                if handed_on
+                else "State from an earlier stage (the output of this name)"
+            ),
+        ).create_metadata()
+
+    graphs = []
+    for index, (inputs, outputs) in enumerate(stages):
+        logits = [t.shape[-1] == classes and len(t.shape) == 2 for _, t in outputs]
+        if not any(logits):
+            raise InputError(
+                f"subgraph {index} of this file has no output of {classes} classes for the "
+                f"{classes} class names (outputs {[list(t.shape) for _, t in outputs]})"
+            )
+        graph = md.SubGraphMetadataT()
+        graph.inputTensorMetadata = [
+            image(t) if name in image_names else state(name, False) for name, t in inputs
+        ]
+        graph.outputTensorMetadata = [
+            scores(t) if is_logits else state(name, True)
+            for (name, t), is_logits in zip(outputs, logits)
+        ]
+        graphs.append(graph)
     model_metadata = metadata_info.GeneralMd(
         name=info.name,
         version=info.version or None,
@@ -286,10 +332,7 @@ def with_metadata(flatbuffer, info):
         author=info.author or None,
         licenses=info.license or None,
     ).create_metadata()
-    subgraph = md.SubGraphMetadataT()
-    subgraph.inputTensorMetadata = [image.create_metadata()]
-    subgraph.outputTensorMetadata = [scores.create_metadata()]
-    model_metadata.subgraphMetadata = [subgraph]
+    model_metadata.subgraphMetadata = graphs
     model_metadata.minParserVersion = MIN_PARSER_VERSION
     builder = flatbuffers.Builder(0)
     builder.Finish(model_metadata.Pack(builder), METADATA_IDENTIFIER)
@@ -298,6 +341,23 @@ def with_metadata(flatbuffer, info):
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
         z.writestr(LABELS_FILE, "\n".join(info.class_names) + "\n")
     return packed + archive.getvalue()
+
+
+def _subgraph_io(flatbuffer):
+    """[(inputs, outputs)] per subgraph, in subgraph order, each a list of (signature name,
+    Tensor) in the subgraph's own tensor order (the order metadata follows)."""
+    model = fb.read_model(flatbuffer)
+    names = {}
+    for signature in model.signatureDefs or []:
+        for entry in (*(signature.inputs or []), *(signature.outputs or [])):
+            names[signature.subgraphIndex, entry.tensorIndex] = entry.name.decode()
+    return [
+        tuple(
+            [(names.get((index, t), f"tensor_{t}"), fb.tensor(model, graph, t)) for t in tensors]
+            for tensors in (graph.inputs, graph.outputs)
+        )
+        for index, graph in enumerate(model.subgraphs)
+    ]
 
 
 def read_metadata(flatbuffer):
@@ -309,8 +369,9 @@ def read_metadata(flatbuffer):
     Returns:
         A dict: name, description, version, author, license, min_parser_version, input
         (name, description, color space, normalization mean and std, value range), output
-        (name, value range), labels (from the packed labels file) and the labels file's name
-        and associated-file type, or None.
+        (name, value range), labels (from the packed labels file), the labels file's name
+        and associated-file type, and each subgraph's input and output names (an early-exit
+        file: one per stage), or None.
     """
     from mediapipe.tasks.metadata import metadata_schema_py_generated as md
 
@@ -321,7 +382,12 @@ def read_metadata(flatbuffer):
         raise InputError(f"the {METADATA_NAME} buffer is not TFLite Metadata (identifier M001)")
     meta = md.ModelMetadataT.InitFromPackedBuf(data, 0)
     graph = meta.subgraphMetadata[0]
-    image, scores = graph.inputTensorMetadata[0], graph.outputTensorMetadata[0]
+    image = next(
+        (t for t in graph.inputTensorMetadata if t.name == b"image"), graph.inputTensorMetadata[0]
+    )
+    scores = next(
+        (t for t in graph.outputTensorMetadata if t.associatedFiles), graph.outputTensorMetadata[0]
+    )
     color = {v: k for k, v in vars(md.ColorSpaceType).items() if not k.startswith("_")}
     norm = next(
         (
@@ -366,6 +432,13 @@ def read_metadata(flatbuffer):
         },
         "output": {"name": text(scores.name), "value_range": value_range(scores.stats)},
         "labels": labels,
+        "subgraphs": [
+            {
+                "inputs": [text(t.name) for t in g.inputTensorMetadata],
+                "outputs": [text(t.name) for t in g.outputTensorMetadata],
+            }
+            for g in meta.subgraphMetadata
+        ],
         "labels_file": next(iter(files), None),
         "associated_file_type": (next(iter(files.values())).type if files else None),
     }
