@@ -300,6 +300,30 @@ def test_what_cannot_be_quantized_is_named():
         quantize_model(two_exits)
 
 
+def test_a_gray_qat_model_gets_the_app_head_and_float_targets_refuse_it():
+    """The app file of a one-channel QAT model: RGB pixels (uint8) through a quantized luma
+    conv, then the model's own quantization points, probabilities out; checked op by op."""
+    gray = (16, 16, 1)
+    qat = quantize_model(small_net(gray), images(64, gray))
+    sample = images(16, gray, seed=3)
+    flatbuffer, report = deploy.convert(
+        qat, "int8", sample=sample, io="uint8", outputs="probabilities", rgb_input=True
+    )
+    assert report.qat and report.rgb_input and report.max_op_lsb <= 1
+    inputs, outputs = io_tensors(flatbuffer)
+    assert (inputs[0].dtype, inputs[0].shape[-1]) == ("uint8", 3)
+    assert (inputs[0].scale, inputs[0].zero_point) == ((1.0,), (0,))
+    assert outputs[0].dtype == "float32"
+    rgb = np.repeat(sample, 3, axis=-1)
+    probabilities = runtime.LiteRT(flatbuffer).predict(rgb)
+    np.testing.assert_allclose(probabilities.sum(-1), 1, atol=1e-5)
+    expected = qat.predict(sample, verbose=0).argmax(-1)
+    assert np.mean(probabilities.argmax(-1) == expected) >= 0.9
+    for target in ("float", "float16"):
+        with pytest.raises(InputError, match="QAT model.*int8 target"):
+            deploy.convert(qat, target)
+
+
 def test_an_uncalibrated_qat_model_does_not_convert():
     qat = quantize_model(small_net())
     assert unobserved(qat)[0] == "stem_quant"

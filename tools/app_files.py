@@ -30,7 +30,8 @@ APP_OPTIONS = {"float": {}, "int8": {"io": "uint8"}}  # apps.convert's defaults 
 
 
 def check(model, test, labels, calibration, class_names, dataset):
-    """One row per app target of `model` (see the module doc).
+    """One row per app target of `model` (see the module doc); a QAT model (apps.train --qat):
+    its int8 row alone, converted with the ranges it learned.
 
     Args:
         model: a trained Keras classifier.
@@ -44,13 +45,16 @@ def check(model, test, labels, calibration, class_names, dataset):
     """
     import numpy as np
 
-    from effkeras import deploy
+    from effkeras import deploy, qat
     from effkeras.deploy import app_file, runtime
     from effkeras.graph import passes
 
     expected = model.predict(test, verbose=0).argmax(-1)
     rows = []
+    is_qat = qat.is_qat_model(model)
     for target, options in APP_OPTIONS.items():
+        if is_qat and target != "int8":  # a QAT model's files are int8 (deploy.tflite)
+            continue
         flatbuffer, report = deploy.convert(
             model,
             target,
@@ -70,7 +74,7 @@ def check(model, test, labels, calibration, class_names, dataset):
         sums = scores.sum(axis=1)
         row = {
             "model": model.name,
-            "target": target,
+            "target": f"{target}, QAT" if is_qat else target,
             "size_bytes": len(flatbuffer),
             "io": f"{options.get('io', 'float')} in, float probabilities out",
             "mediapipe_names_ok": classifier.category_names == list(class_names),

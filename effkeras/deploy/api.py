@@ -15,7 +15,7 @@ import os
 import keras
 import numpy as np
 
-from effkeras import fileio
+from effkeras import fileio, qat
 from effkeras.deploy import int8_tables, verify
 from effkeras.deploy.app_file import LABELS_FILE
 from effkeras.deploy.flatbuffer import check_flatbuffer, io_tensors, op_census, operators
@@ -101,7 +101,9 @@ def convert(
     if rgb_input:
         if not isinstance(model, keras.Model):
             raise InputError("rgb_input takes a Keras model, not a .tflite file")
-        model = passes.rgb_input(model)
+        # A QAT model's luma conv reads quantized pixels, as its first layer did (int8_qat).
+        pixels = qat.FakeQuant(fixed_range=verify.PIXEL_RANGE) if qat.is_qat_model(model) else None
+        model = passes.rgb_input(model, pixels)
         calibration = None if calibration is None else passes.to_rgb(calibration)
         if options.get("sample") is not None:
             options["sample"] = passes.to_rgb(options["sample"])

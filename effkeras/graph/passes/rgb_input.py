@@ -16,11 +16,13 @@ from effkeras.errors import InputError
 LUMA_CODES = (38, 75, 14)  # over 127: 0.2992, 0.5906, 0.1102 (BT.601: 0.299, 0.587, 0.114)
 
 
-def rgb_input(model):
+def rgb_input(model, pixels=None):
     """`model` (one input of one channel) with a 3-channel RGB input converted to luma first.
 
     Args:
         model: a functional keras.Model whose input is (H, W, 1).
+        pixels: a layer applied to the RGB pixels before the luma, or None (a QAT model's:
+            the pixels' quantizer, so that the luma conv reads int8 codes as the rest does).
 
     Returns:
         A new flat functional keras.Model of the same name, input (H, W, 3); it shares
@@ -36,7 +38,7 @@ def rgb_input(model):
         )
     image = keras.Input(tuple(model.input_shape[1:-1]) + (3,), name="image")
     luma = keras.layers.Conv2D(1, 1, use_bias=False, trainable=False, name="rgb_to_luma")
-    gray = luma(image)
+    gray = luma(image if pixels is None else pixels(image))
     luma.set_weights([np.asarray(LUMA_CODES, np.float32).reshape(1, 1, 3, 1) / 127.0])
 
     # The model's own layers called on the luma: one flat graph (the int8 passes and QAT take
