@@ -322,6 +322,7 @@ def test_a_gray_qat_model_gets_the_app_head_and_float_targets_refuse_it():
     for target in ("float", "float16"):
         with pytest.raises(InputError, match="QAT model.*int8 target"):
             deploy.convert(qat, target)
+    assert deploy.default_target(model=qat, name="small_net") == "int8"  # not float
 
 
 def test_an_uncalibrated_qat_model_does_not_convert():

@@ -192,14 +192,17 @@ def default_target(model, name=None):
 
     Returns:
         ModelInfo.deploy; for a model not in the registry, "arm" (LCE) when it has 1-bit
-        kernels, else "float".
+        kernels, else "float". A QAT model whose default is not an int8 target: "int8".
     """
     from effkeras import graph, models
 
     try:
-        return models.info(name or model.name).deploy
+        target = models.info(name or model.name).deploy
     except InputError:
-        return "arm" if graph.one_bit_kernel_layers(model) else "float"
+        target = "arm" if graph.one_bit_kernel_layers(model) else "float"
+    if qat.is_qat_model(model) and not get(target).quantizes:
+        return "int8"
+    return target
 
 
 def app_info(model, name, *, class_names=None, dataset=None, report=None):
