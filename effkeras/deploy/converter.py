@@ -113,11 +113,11 @@ def save_signatures(directory, layers, signatures):
 def export_saved_model(model, directory, batch=1):
     """`model` as a SavedModel whose `serving_default` signature takes float32 inputs of batch
     `batch` (None: any batch)."""
+    verify.input_shapes(model)  # fixed shapes, or one clear error
     specs = [
-        tf.TensorSpec((batch, *tensor.shape[1:]), tf.float32, name=tensor.name.split(":")[0])
+        tf.TensorSpec((batch, *tensor.shape[1:]), tf.float32, name=tensor.name)
         for tensor in model.inputs
     ]
-    verify.input_shapes(model)  # fixed shapes, or one clear error
 
     def serve(*inputs):
         return model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)

@@ -1,9 +1,8 @@
 """Keras 3 model -> Larq Compute Engine flatbuffer, checked against the Keras model.
 
 The path is `converter.export_saved_model` then LCE's `convert_saved_model` (which looks up the
-`serving_default` signature). LCE silently leaves a
-binary conv in float when it does not recognise the sign pattern, so every conversion checks its
-own result:
+`serving_default` signature). LCE silently leaves a binary conv in float when it does not
+recognise the sign pattern, so every conversion checks its own result:
 
 - every binary layer (input and kernel 1-bit) must have become an `LceBconv2d`;
 - the LCE interpreter must agree with Keras on a sample batch.
