@@ -244,7 +244,8 @@ def with_metadata(flatbuffer, info):
     stages = _subgraph_io(flatbuffer)
     image_names = {name for name, _ in stages[0][0]}
     (inputs, outputs), classes = stages[0], len(info.class_names)
-    if len(stages) == 1 and len(outputs) == 1:  # a classifier file, as the clients run it
+    single = len(stages) == 1 and len(outputs) == 1  # a classifier file, as the clients run it
+    if single:
         if len(inputs) != 1:
             raise InputError(
                 f"image-classifier metadata describes one input and one output; this file has "
@@ -310,7 +311,7 @@ def with_metadata(flatbuffer, info):
 
     graphs = []
     for index, (inputs, outputs) in enumerate(stages):
-        logits = [t.shape[-1] == classes and len(t.shape) == 2 for _, t in outputs]
+        logits = [single or (t.shape[-1] == classes and len(t.shape) == 2) for _, t in outputs]
         if not any(logits):
             raise InputError(
                 f"subgraph {index} of this file has no output of {classes} classes for the "
