@@ -181,3 +181,45 @@ def test_every_kind_runs_in_tflite_micro_and_on_the_npu(every_kind_int8):
     assert npu.cpu_ops == 0 and npu.npu_ops > 0
     # Random signs do not compress below a bit; 8-channel layers carry their scales on top.
     assert 1 < npu.bits_per_binary_weight < 8
+
+
+def test_qat_of_a_binary_net_keeps_its_codes_and_converts_against_itself(tmp_path):
+    """quantize_model lowers the binary layers; training moves the folded BN around fixed ±α
+    kernels (the steps train through their quantizers' straight-through gradient); the trained
+    QAT model, saved and loaded, converts with its own ranges and agrees with its file."""
+    from effkeras import qat, saving
+
+    rng = np.random.default_rng(2)
+    calibration = rng.uniform(0, 255, (64, 8, 8, 3)).astype(np.float32)
+    model = qat.quantize_model(every_kind(), calibration)
+    fixed = [layer for layer in model.layers if getattr(layer, "fixed_kernel", False)]
+    assert len(fixed) == 6
+    trainable = {id(w) for w in model.trainable_weights}
+    assert not any(id(layer.kernel) in trainable for layer in fixed)
+    assert all(id(layer.gamma) in trainable for layer in fixed if layer.batch_norm_epsilon)
+    kernels = [layer.kernel.numpy().copy() for layer in fixed]
+    gammas = [layer.gamma.numpy().copy() for layer in fixed if layer.batch_norm_epsilon]
+    model.compile(
+        keras.optimizers.SGD(0.1),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        run_eagerly=True,
+    )
+    model.fit(calibration, rng.integers(0, 10, 64), batch_size=16, epochs=1, verbose=0)
+    for layer, kernel in zip(fixed, kernels):
+        np.testing.assert_array_equal(layer.kernel.numpy(), kernel)
+    moved = [layer.gamma.numpy() for layer in fixed if layer.batch_norm_epsilon]
+    assert any(np.abs(a - b).max() > 1e-4 for a, b in zip(moved, gammas))
+
+    model.save(tmp_path / "qat.keras")
+    loaded = saving.load_model(tmp_path / "qat.keras")
+    assert sum(getattr(layer, "fixed_kernel", False) for layer in loaded.layers) == 6
+    sample = rng.uniform(0, 255, (32, 8, 8, 3)).astype(np.float32)
+    flatbuffer, report = deploy.convert(loaded, "int8", sample=sample)
+    assert report.binary_layers == 6 and report.exact_steps == 7 and report.max_op_lsb <= 1
+    assert report.top1_agreement >= 31 / 32 and report.float_ops == ()
+    weights = [
+        np.frombuffer(op.inputs[1].data, np.int8)
+        for op in operators(flatbuffer)
+        if op.type in ("CONV_2D", "DEPTHWISE_CONV_2D") and "/recu_1/" in op.outputs[0].name
+    ]
+    assert weights and set(np.abs(weights[0]).tolist()) == {127}

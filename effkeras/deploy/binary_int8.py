@@ -11,6 +11,12 @@ op by op. The checks, on the sample:
   MAX_LSB (the binary layers' outputs included: their accumulators are exact, their
   requantization rounds);
 - end to end, `top1_agreement` and the max difference against the original binary Keras model.
+
+A QAT model of a binary net (`apps.train --qat --init_from=BINARY.keras`: the same lowered
+model, trained with its quantization points) converts the same way with its trained ranges
+(`convert_qat`), its end-to-end numbers against itself: the Keras model that computes what the
+file computes, where the calibrated file of a binary net flips signs the float net leaves near
+zero.
 """
 
 import dataclasses
@@ -18,7 +24,6 @@ import dataclasses
 from effkeras import qat
 from effkeras.deploy import int8_qat, int8_tables, runtime, verify
 from effkeras.deploy.converter import top1_agreement
-from effkeras.graph.passes.binary_int8 import lower_binary
 from effkeras.layers.int8_step import Int8Step
 
 
@@ -53,39 +58,62 @@ def convert(
         RuntimeError: if a step of the file is off the Keras quantizer on one code, or another
             quantization point more than int8_qat.MAX_LSB steps off.
     """
-    lowered, count = lower_binary(model)
-    quantized = qat.quantize_model(lowered, calibration, check=False)
-    qat.freeze_steps(quantized)
+    quantized = qat.quantize_model(model, calibration, check=False)  # lowers the binary layers
     if sample is None:
         sample = verify.random_sample(model, input_range)
-    worst_by = {}
-    flatbuffer, report = int8_qat.convert(
+    flatbuffer, report = convert_qat(
         quantized,
+        reference=model,
         sample=sample,
         io=io,
         input_range=input_range,
         max_code_step=max_code_step,
         table_entries=table_entries,
-        worst_by=worst_by,
+    )
+    return flatbuffer, dataclasses.replace(
+        report, calibration=f"{calibration_source} (QAT ranges of the lowered model)"
+    )
+
+
+def convert_qat(quantized, *, reference=None, sample=None, io, input_range, **int8_options):
+    """(int8 flatbuffer, Int8Report) of a QAT model of a binary net (qat.quantize_model of
+    one, trained or calibrated): its steps frozen on their input grids, converted and checked
+    as `convert` says, the end-to-end numbers against `reference` (None: `quantized` itself,
+    the Keras model a QAT run trained).
+
+    Raises:
+        RuntimeError: as for `convert`.
+    """
+    qat.freeze_steps(quantized)
+    reference = quantized if reference is None else reference
+    if sample is None:
+        sample = verify.random_sample(quantized, input_range)
+    worst_by = {}
+    flatbuffer, report = int8_qat.convert(
+        quantized, sample=sample, io=io, input_range=input_range, worst_by=worst_by, **int8_options
     )
     steps = [f"{layer.name}_quant" for layer in quantized.layers if isinstance(layer, Int8Step)]
     unchecked = [name for name in steps if name not in worst_by]
     off = {name: worst_by[name] for name in steps if worst_by.get(name)}
     if unchecked or off:
         raise RuntimeError(
-            f"the int8 steps of {model.name} are not exact: "
+            f"the int8 steps of {reference.name} are not exact: "
             + (f"off the Keras quantizer at {off}; " if off else "")
             + (f"no file tensor found for {unchecked}" if unchecked else "")
         )
-    expected = model.predict(sample, verbose=0)
+    expected = reference.predict(sample, verbose=0)
     actual = runtime.LiteRT(flatbuffer).predict(sample)
     abs_diff, rel_diff = verify.max_diffs(expected, actual)
     return flatbuffer, dataclasses.replace(
         report,
-        calibration=f"{calibration_source} (QAT ranges of the lowered model)",
         max_abs_diff=abs_diff,
         max_rel_diff=rel_diff,
         top1_agreement=top1_agreement(expected, actual),
-        binary_layers=count,
+        binary_layers=sum(getattr(layer, "fixed_kernel", False) for layer in quantized.layers),
         exact_steps=len(steps),
     )
+
+
+def is_binary_qat(model):
+    """Whether QAT `model` holds lowered binary layers (int8 steps)."""
+    return any(isinstance(layer, Int8Step) for layer in model.layers)

@@ -167,8 +167,17 @@ def convert_int8(
     if io not in IO_TYPES:
         raise InputError(f"unknown io type {io!r}; choose from {', '.join(IO_TYPES)}")
     if qat.is_qat_model(model):
-        from effkeras.deploy import int8_qat
+        from effkeras.deploy import binary_int8, int8_qat
 
+        if binary_int8.is_binary_qat(model):
+            return binary_int8.convert_qat(
+                model,
+                sample=sample,
+                io=io,
+                input_range=input_range,
+                max_code_step=max_code_step,
+                table_entries=table_entries,
+            )
         return int8_qat.convert(
             model,
             sample=sample,

@@ -20,6 +20,8 @@ from keras import layers, ops
 NUM_BITS = 8
 EMA_DECAY = 0.999  # per training step, for the activation ranges
 _TINY = 1e-8  # the smallest range a quantizer takes (an all-zero tensor)
+# Rounds a zero point of x.5 up whichever way float32 rounds -low / scale (nudged_range).
+_HALF_UP = 0.5 + 2**-10
 
 
 def fake_quant(x, low, high, axis=None, narrow_range=False):
@@ -36,11 +38,29 @@ def fake_quant(x, low, high, axis=None, narrow_range=False):
     Returns:
         A float32 tensor of the shape of `x`.
     """
-    low = ops.minimum(ops.cast(low, "float32"), 0.0)
-    high = ops.maximum(ops.maximum(ops.cast(high, "float32"), 0.0), low + _TINY)
+    low, high = nudged_range(low, high, narrow_range)
     return keras.quantizers.fake_quant_with_min_max_vars(
         ops.cast(x, "float32"), low, high, num_bits=NUM_BITS, narrow_range=narrow_range, axis=axis
     )
+
+
+def nudged_range(low, high, narrow_range=False):
+    """(low, high) moved onto the int8 grid whose zero point is their own, rounded, in float32.
+
+    The zero point of a range is -low/scale on the unsigned codes. Where that is a tie (x.5: a
+    symmetric range, such as hard-tanh's [-1, 1]), the last bit of float32 decides it, and
+    TensorFlow's fake-quant op, the converter's constant folding and a float64 reading decide
+    it differently by a code: the clamp at both ends of the grid moves by a step. So ties round
+    up here by a margin no float error reaches, and the range returned is on its grid, whose
+    integer zero point every reader rounds alike: every quantization point computes, reports
+    (FakeQuant.quantization) and converts with this range.
+    """
+    q_min, q_max = float(narrow_range), float(2**NUM_BITS - 1)
+    low = ops.minimum(ops.cast(low, "float32"), 0.0)
+    high = ops.maximum(ops.maximum(ops.cast(high, "float32"), 0.0), low + _TINY)
+    scale = (high - low) / (q_max - q_min)
+    zero_point = ops.clip(ops.floor(q_min - low / scale + _HALF_UP), q_min, q_max)
+    return (q_min - zero_point) * scale, (q_max - zero_point) * scale
 
 
 def quantize_kernel(kernel, axis=-1, floor=None):
@@ -147,7 +167,7 @@ class FakeQuant(layers.Layer):
             if self.fixed_range is not None
             else (float(self.range_min.numpy()), float(self.range_max.numpy()))
         )
-        low, high = min(low, 0.0), max(high, 0.0, low + _TINY)
+        low, high = (float(ops.convert_to_numpy(v)) for v in nudged_range(low, high))
         scale = (high - low) / (2**NUM_BITS - 1)
         return scale, int(np.round(-128 - low / scale))
 
@@ -173,12 +193,17 @@ class FoldedBatchNorm:
         batch_norm_epsilon: float or None. The folded BN's ε; None: no BN. Defaults to `None`.
         weight_floor: array-like or None. Per output channel, the least bound of the weights'
             int8 range (set where a bias would not fit TFLite's int32 grid). Defaults to `None`.
+        fixed_kernel: bool. Whether the kernel stays as it is in training (a lowered binary
+            layer's ±α: its int8 codes stay ±127, BN's γ and β train). Defaults to `False`.
         **kwargs: the conv-like layer's keyword arguments.
     """
 
-    def __init__(self, *args, batch_norm_epsilon=None, weight_floor=None, **kwargs):
+    def __init__(
+        self, *args, batch_norm_epsilon=None, weight_floor=None, fixed_kernel=False, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.batch_norm_epsilon = batch_norm_epsilon
+        self.fixed_kernel = bool(fixed_kernel)
         # Per output channel, the least bound of the weights' int8 range (None: none):
         # snap_biases sets it where a bias would not fit TFLite's int32 grid.
         self.weight_floor = None if weight_floor is None else np.asarray(weight_floor, np.float64)
@@ -186,6 +211,8 @@ class FoldedBatchNorm:
 
     def build(self, input_shape):
         super().build(input_shape)
+        if self.fixed_kernel:
+            self.kernel.trainable = False
         if self.batch_norm_epsilon is not None:
             channels = self.output_channels()
 
@@ -244,6 +271,7 @@ class FoldedBatchNorm:
             **super().get_config(),
             "batch_norm_epsilon": self.batch_norm_epsilon,
             "weight_floor": floor,
+            "fixed_kernel": self.fixed_kernel,
         }
 
 

@@ -8,8 +8,12 @@ point (`FakeQuant`) after every op TFLite computes in int8 with an output scale 
 after the model's input (the raw pixel range); none after an op whose codes are its input's.
 The BN statistics stay the trained model's moving averages (frozen: Krishnamoorthi's advice for
 the end of QAT, arXiv 1806.08342 §3.2, and a QAT run here starts from a trained model); γ and β
-train. Collapsible blocks (RAN-e) are collapsed and learned activations (LERP-PSA, B-splines)
-frozen to their tables first (graph.passes): QAT trains what deploys, around fixed tables.
+train. Collapsible blocks (RAN-e) are collapsed, learned activations (LERP-PSA, B-splines)
+frozen to their tables and binary layers lowered to int8 steps and ±α kernels first
+(graph.passes): QAT trains what deploys, around fixed tables. A lowered binary layer's kernel
+stays fixed (`fixed_kernel`: its codes stay ±127, the BN folded into it trains), and its step
+trains through its quantizer's straight-through gradient (on its input's int8 grid the step is
+the quantizer: effkeras.layers.int8_step).
 """
 
 import keras
@@ -18,6 +22,7 @@ from keras import layers, ops
 
 from effkeras.errors import InputError
 from effkeras.graph.fold_bn import batch_norm_affine
+from effkeras.graph.passes.binary_int8 import binary_layers, lower_binary
 from effkeras.graph.passes.collapse import collapse
 from effkeras.graph.passes.freeze_tables import freeze_tables
 from effkeras.graph.rewrite import check_models, copy_call, readers, rewrite
@@ -97,7 +102,7 @@ class _Plan:
             self.absorbed.add(id(nxt))
 
 
-def _qat_layer(layer, qat_class, batch_norm, activation, prescale):
+def _qat_layer(layer, qat_class, batch_norm, activation, prescale, fixed_kernel):
     """The QAT twin (`qat_class`) of Conv2D/DepthwiseConv2D/Dense `layer`, with its weights
     (and the BN's, and a folded input scale) set by the returned function once built."""
     config = layer.get_config()
@@ -106,6 +111,7 @@ def _qat_layer(layer, qat_class, batch_norm, activation, prescale):
         activation=activation or config["activation"],
         use_bias=layer.use_bias or batch_norm is None,
         batch_norm_epsilon=None if batch_norm is None else float(batch_norm.epsilon),
+        fixed_kernel=fixed_kernel,
     )
     qat = qat_class.from_config(config)
 
@@ -135,8 +141,8 @@ def quantize_model(
 ):
     """The int8 QAT model of a trained functional float model (module docstring).
 
-    Collapsible blocks (RAN-e) are collapsed and learned activations frozen to their tables
-    first: QAT trains the layers that deploy.
+    Collapsible blocks (RAN-e) are collapsed, learned activations frozen to their tables and
+    binary layers lowered first: QAT trains the layers that deploy.
 
     Args:
         model: a functional keras.Model with one image input and one logits output.
@@ -145,8 +151,9 @@ def quantize_model(
         input_range: (low, high) of the model's input, its fixed quantization range.
         batch_size: images per calibration call.
         check: whether to check that the QAT model, its rounding off, computes `model` end to
-            end. A binary net fails it where BN folding's float rounding flips a sign
-            (effkeras.deploy.binary_int8 checks op by op instead). Defaults to `True`.
+            end. Not for a binary net, which fails it where BN folding's float rounding flips
+            a sign (graph.passes.binary_int8 checks each lowered layer instead, and
+            effkeras.deploy.binary_int8 the file op by op). Defaults to `True`.
 
     Returns:
         The QAT model (a new functional keras.Model), in "quantize" mode.
@@ -171,6 +178,10 @@ def quantize_model(
         )
     model, _ = collapse(model)
     model, _ = freeze_tables(model)  # learned activations: the int8 tables they deploy as
+    binary = {layer.name for layer in binary_layers(model)}
+    if binary:
+        model, _ = lower_binary(model)  # each lowered layer keeps its name
+        check = False
     plan = _Plan(model)
     loads = []
     input_quantizers = {}  # id(model input) -> its quantized tensor
@@ -181,6 +192,14 @@ def quantize_model(
         out = layer(tensor) if observe else layer(tensor, observe=False)
         quantizer_of[id(out)] = layer
         return out
+
+    def output_point(layer, name, fused=True):
+        """The FakeQuant after `layer`'s op: at a fixed range where its kernel, or the
+        activation fused into it (`fused`), has one (scheme.FIXED_OUTPUT_RANGES)."""
+        fixed = scheme.fixed_output_range(layer)
+        if fused and not fixed:
+            fixed = scheme.FIXED_OUTPUT_RANGES.get(plan.activation.get(id(layer)))
+        return FakeQuant(fixed_range=fixed, name=f"{name}_quant")
 
     def inputs_of(x, graph):
         """x with every model input replaced by its quantized form."""
@@ -212,10 +231,11 @@ def quantize_model(
                 plan.batch_norm.get(id(layer)),
                 plan.activation.get(id(layer)),
                 plan.prescale.get(id(layer)),
+                fixed_kernel=layer.name in binary,
             )
             y = qat(x)
             loads.append(load)
-            return quantized(y, layer.name)
+            return quantized(y, layer.name, output_point(layer, layer.name))
         if row.rewrite == scheme.RESCALING:  # with an offset: one depthwise op
             scale = np.broadcast_to(np.asarray(layer.scale, np.float64), (x.shape[-1],))
             std = 1 / (255 * scale)
@@ -231,10 +251,11 @@ def quantize_model(
                 step = ChannelAffine(operation, name=f"{layer.name}_{operation}")
                 y = step(y)
                 step.value.assign(value)
-                if operation == affine_ops[-1] and id(layer) in plan.activation:
+                last = operation == affine_ops[-1]
+                if last and id(layer) in plan.activation:
                     name = plan.activation[id(layer)]
                     y = layers.Activation(name, name=f"{layer.name}_{name}")(y)
-                y = quantized(y, step.name)
+                y = quantized(y, step.name, output_point(layer, step.name, fused=last))
             return y
         if row.output == scheme.INPUT_SCALE:
             y = copy_call(layer, x)
@@ -249,12 +270,7 @@ def quantize_model(
         if id(layer) in plan.activation:
             name = plan.activation[id(layer)]
             y = layers.Activation(name, name=f"{layer.name}_{name}")(y)
-        fixed = scheme.fixed_output_range(layer)
-        if fixed:
-            return quantized(
-                y, layer.name, FakeQuant(fixed_range=fixed, name=f"{layer.name}_quant")
-            )
-        return quantized(y, layer.name)
+        return quantized(y, layer.name, output_point(layer, layer.name))
 
     qat = rewrite(model, replace)
     for load in loads:
