@@ -14,7 +14,7 @@ from keras import ops
 
 from effkeras.errors import InputError
 from effkeras.layers.int8_step import Int8Step
-from effkeras.layers.qat import FakeQuant, FoldedBatchNorm
+from effkeras.layers.qat import ChannelAffine, FakeQuant, FoldedBatchNorm, fake_quant
 from effkeras.qat import scheme
 
 MODES = ("quantize", "calibrate", "float")
@@ -171,6 +171,9 @@ def snap_biases(model):
     would not fit in int32: its weight range is widened until it does (`weight_floor`, as
     TFLite's own quantizer widens the weight scale), which rounds those weights to 0.
 
+    A ChannelAffine's values (a lone BN's MUL and ADD constants) move onto the int8 grid the
+    converter stores them on (per tensor, over their min and max), whose ends they then are.
+
     Args:
         model: a QAT model whose activation ranges are set.
 
@@ -180,6 +183,10 @@ def snap_biases(model):
     Raises:
         InputError: where a folded layer does not read a quantized tensor.
     """
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, ChannelAffine):
+            value = layer.value
+            layer.value.assign(fake_quant(value, ops.min(value), ops.max(value)))
     for layer in quantized_layers(model):
         if not isinstance(layer, FoldedBatchNorm):
             continue

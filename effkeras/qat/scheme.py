@@ -22,8 +22,8 @@ requantize, and nowhere else. `SCHEME` says, for each layer class `quantize_mode
 - `rewrite`: CHANNEL_AFFINE (a BatchNormalization that follows no conv, and a LayerScale, become
   the MUL and ADD TFLite makes of them, `ChannelAffine`, a quantization point after each) or
   RESCALING (a scale-only Rescaling in front of a conv is folded into its kernel, as the
-  converter does; one with an offset becomes the equivalent constant 1x1 depthwise conv,
-  PixelNormalization: one op, one quantization point).
+  converter does; one with an offset, and a PixelNormalization, become the equivalent 1x1
+  QAT depthwise conv: one op, one quantization point, its weights and bias as the file's).
 
 A class without a row is refused, and so is a layer whose configuration its row does not allow
 (`refusal`): quantize_model names every one of them.
@@ -134,7 +134,7 @@ SCHEME = {
     layers.GlobalAveragePooling2D: _REQUANTIZED,
     layers.UpSampling2D: _REQUANTIZED,
     layers.Resizing: _REQUANTIZED,
-    PixelNormalization: _REQUANTIZED,
+    PixelNormalization: Policy(rewrite=RESCALING),  # the same depthwise op
     LerpTable: _REQUANTIZED,  # a learned activation, frozen to its int8 table (a GATHER)
     Int8Step: _REQUANTIZED,  # a binary layer's input quantizer, at its `output_range`
     layers.BatchNormalization: Policy(fuses_activation=True, rewrite=CHANNEL_AFFINE),
@@ -254,6 +254,10 @@ def refusal(layer, row):
         )
     if type(layer) is layers.Activation and activation_of(layer) not in row.activations:
         return f"Activation {activation_of(layer)}: no int8 TFLite kernel"
-    if row.rewrite == RESCALING and not np.all(np.asarray(layer.scale, np.float64) > 0):
+    if (
+        isinstance(layer, layers.Rescaling)
+        and row.rewrite == RESCALING
+        and not np.all(np.asarray(layer.scale, np.float64) > 0)
+    ):
         return "Rescaling by a non-positive scale"
     return None

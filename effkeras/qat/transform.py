@@ -28,7 +28,7 @@ from effkeras.graph.passes.freeze_tables import freeze_tables
 from effkeras.graph.rewrite import check_models, copy_call, readers, rewrite
 from effkeras.layers.common import PixelNormalization
 from effkeras.layers.convnext import LayerScale
-from effkeras.layers.qat import ChannelAffine, FakeQuant
+from effkeras.layers.qat import ChannelAffine, FakeQuant, QATDepthwiseConv2D
 from effkeras.qat import scheme
 from effkeras.qat.calibrate import calibrate, is_qat_model, set_mode
 
@@ -62,7 +62,7 @@ class _Plan:
                 continue
             if row.fuses_activation:
                 self._fuse(layer, row, sole_reader)
-            elif row.rewrite == scheme.RESCALING:
+            elif row.rewrite == scheme.RESCALING and isinstance(layer, layers.Rescaling):
                 nxt = sole_reader(layer)
                 if (
                     not np.any(layer.offset)
@@ -236,13 +236,13 @@ def quantize_model(
             y = qat(x)
             loads.append(load)
             return quantized(y, layer.name, output_point(layer, layer.name))
-        if row.rewrite == scheme.RESCALING:  # with an offset: one depthwise op
-            scale = np.broadcast_to(np.asarray(layer.scale, np.float64), (x.shape[-1],))
-            std = 1 / (255 * scale)
-            norm = PixelNormalization(
-                mean=-np.broadcast_to(layer.offset, scale.shape) * std, std=std, name=layer.name
-            )
-            return quantized(norm(x), layer.name)
+        if row.rewrite == scheme.RESCALING:
+            # x·scale + offset per channel: one depthwise op, its weights and bias as the
+            # file stores them (a Rescaling with an offset; without one it folds into a conv)
+            conv, load = _pixel_affine(layer, x.shape[-1])
+            y = conv(x)
+            loads.append(load)
+            return quantized(y, layer.name)
         if row.rewrite == scheme.CHANNEL_AFFINE:  # MUL (and ADD)
             affine = _channel_affine(layer)
             affine_ops = ("multiply", "add")[: len(affine)]
@@ -284,6 +284,23 @@ def quantize_model(
     if calibration is not None:
         calibrate(qat, calibration, batch_size=batch_size)
     return qat
+
+
+def _pixel_affine(layer, channels):
+    """The QAT depthwise conv (1x1, a bias) of a Rescaling or PixelNormalization `layer`, and
+    the function that sets its weights once built."""
+    if isinstance(layer, PixelNormalization):
+        std = np.asarray(layer.std, np.float64)
+        scale, offset = 1 / (255 * std), -np.asarray(layer.mean, np.float64) / std
+    else:
+        scale, offset = np.asarray(layer.scale, np.float64), np.asarray(layer.offset, np.float64)
+    scale, offset = (np.broadcast_to(v, (channels,)) for v in (scale, offset))
+    conv = QATDepthwiseConv2D(1, name=layer.name)
+
+    def load():
+        conv.set_weights([scale.reshape(1, 1, channels, 1), offset])
+
+    return conv, load
 
 
 def _channel_affine(layer):
