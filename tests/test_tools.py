@@ -215,6 +215,18 @@ def test_binary_margins_agreement_by_margin():
     assert rows[1]["margin"] == 1.5
 
 
+def test_binary_margins_pairwise_agreement():
+    import numpy as np
+
+    from tools import binary_margins
+
+    a = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    b, c = a.copy(), a[:, ::-1]
+    b[0] = [0.0, 1.0]
+    got = binary_margins.pairwise_agreement({"keras": a, "litert": b, "tflm": c})
+    assert got == {"keras vs litert": 0.75, "keras vs tflm": 0.0, "litert vs tflm": 0.25}
+
+
 def test_app_files_checks_float_and_int8_files_in_mediapipe():
     import keras
     import numpy as np

@@ -11,8 +11,12 @@ images / 255), and to grids 4, 16 and 64 times finer, in Keras, shows how much o
 top-1 disagreement that grid explains; input noise of a fraction of a pixel shows how much the
 model itself moves. With --tflite (the int8 file of the checkpoint), the file's top-1
 agreement with Keras by the Keras logits' margin (top-1 minus top-2), from all images to the
-most decided quarter: where the model decides by a wide margin the file agrees. Prints JSON; the
-numbers are quoted in docs/microcontrollers.md.
+most decided quarter: where the model decides by a wide margin the file agrees; and the top-1
+agreement of every pair among Keras and the file's three int8 runtimes (LiteRT with XNNPack,
+LiteRT's reference kernels, TFLite Micro), which shows how far conforming integer kernels break
+ties apart on their own. A QAT checkpoint of a binary net (apps.train --qat) is compared as it
+is, without the Keras-only rounding study. Prints JSON; the numbers are quoted in
+docs/microcontrollers.md.
 """
 
 import json
@@ -126,6 +130,20 @@ def agreement_by_margin(expected, actual, quantiles=(0.0, 0.25, 0.5, 0.75)):
     return rows
 
 
+def pairwise_agreement(outputs):
+    """Top-1 agreement of every pair of `outputs` ({name: logits (N, C)}), as
+    {"a vs b": share}, in the order given."""
+    import itertools
+
+    import numpy as np
+
+    top1 = {name: np.asarray(logits).argmax(-1) for name, logits in outputs.items()}
+    return {
+        f"{a} vs {b}": float(np.mean(top1[a] == top1[b]))
+        for a, b in itertools.combinations(top1, 2)
+    }
+
+
 def _rounded(quantizer, step):
     """`quantizer` applied to its input rounded to multiples of `step`."""
     import keras
@@ -135,24 +153,35 @@ def _rounded(quantizer, step):
 
 def main(argv):
     del argv
-    from effkeras import data, saving
     from effkeras.errors import InputError
 
     if not FLAGS.checkpoint:
         raise InputError("give --checkpoint=<a trained binary net's model.keras>")
+    from effkeras import data, qat, saving
+
     model = saving.load_model(FLAGS.checkpoint)
     shape = tuple(model.input_shape[1:])
     options = dict(input_shape=shape, data_dir=FLAGS.data_dir)
     test = data.take(FLAGS.dataset, "test", FLAGS.samples, **options)[0]
-    calibration = data.take(FLAGS.dataset, "train", FLAGS.calibration_samples, **options)[0]
-    result = {"checkpoint": FLAGS.checkpoint, **margins(model, test, calibration)}
+    result = {"checkpoint": FLAGS.checkpoint}
+    if not qat.is_qat_model(model):
+        calibration = data.take(FLAGS.dataset, "train", FLAGS.calibration_samples, **options)[0]
+        result.update(margins(model, test, calibration))
     if FLAGS.tflite:
         from effkeras.deploy import runtime
         from effkeras.deploy.flatbuffer import read_file
 
-        actual = runtime.runner(read_file(FLAGS.tflite)).predict(test)
-        expected = model.predict(test, verbose=0)
-        result["file_agreement_by_margin"] = agreement_by_margin(expected, actual)
+        flatbuffer = read_file(FLAGS.tflite)
+        outputs = {
+            "keras": model.predict(test, verbose=0),
+            "litert": runtime.LiteRT(flatbuffer).predict(test),
+            "litert_reference": runtime.LiteRT(flatbuffer, reference=True).predict(test),
+            "tflm": runtime.TFLiteMicro(flatbuffer).predict(test),
+        }
+        result["file_agreement_by_margin"] = agreement_by_margin(
+            outputs["keras"], outputs["litert"]
+        )
+        result["runtime_agreement"] = pairwise_agreement(outputs)
     print(json.dumps(result))
 
 

@@ -44,14 +44,7 @@ from effkeras.layers.qat import QATConv2D, QATDense, QATDepthwiseConv2D
 INPUT_RANGE = (0.0, 255.0)  # raw pixels: every registry model normalises them itself
 # Activations whose int8 TFLite kernels have a fixed output quantization (and the range that
 # gives it): a quantization point of another range would cost a requantizing op.
-# hard_tanh's: ±1 on codes ±127. Its observed range, [-1, 1], puts ±1 half-way between two
-# codes, where TFLite's clamp of the fused RELU_N1_TO_1 (round(1 / scale) in float32) and the
-# fake-quant of the clipped value round apart: a step off on every saturated element.
-FIXED_OUTPUT_RANGES = {
-    "sigmoid": (0.0, 255 / 256),
-    "tanh": (-1.0, 127 / 128),
-    "hard_tanh": (-128 / 127, 1.0),
-}
+FIXED_OUTPUT_RANGES = {"sigmoid": (0.0, 255 / 256), "tanh": (-1.0, 127 / 128)}
 # The activations an Activation layer may compute: those with an int8 TFLite kernel.
 ACTIVATIONS = (
     "relu",

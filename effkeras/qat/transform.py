@@ -193,14 +193,6 @@ def quantize_model(
         quantizer_of[id(out)] = layer
         return out
 
-    def output_point(layer, name, fused=True):
-        """The FakeQuant after `layer`'s op: at a fixed range where its kernel, or the
-        activation fused into it (`fused`), has one (scheme.FIXED_OUTPUT_RANGES)."""
-        fixed = scheme.fixed_output_range(layer)
-        if fused and not fixed:
-            fixed = scheme.FIXED_OUTPUT_RANGES.get(plan.activation.get(id(layer)))
-        return FakeQuant(fixed_range=fixed, name=f"{name}_quant")
-
     def inputs_of(x, graph):
         """x with every model input replaced by its quantized form."""
 
@@ -235,7 +227,7 @@ def quantize_model(
             )
             y = qat(x)
             loads.append(load)
-            return quantized(y, layer.name, output_point(layer, layer.name))
+            return quantized(y, layer.name)
         if row.rewrite == scheme.RESCALING:
             # x·scale + offset per channel: one depthwise op, its weights and bias as the
             # file stores them (a Rescaling with an offset; without one it folds into a conv)
@@ -251,11 +243,10 @@ def quantize_model(
                 step = ChannelAffine(operation, name=f"{layer.name}_{operation}")
                 y = step(y)
                 step.value.assign(value)
-                last = operation == affine_ops[-1]
-                if last and id(layer) in plan.activation:
+                if operation == affine_ops[-1] and id(layer) in plan.activation:
                     name = plan.activation[id(layer)]
                     y = layers.Activation(name, name=f"{layer.name}_{name}")(y)
-                y = quantized(y, step.name, output_point(layer, step.name, fused=last))
+                y = quantized(y, step.name)
             return y
         if row.output == scheme.INPUT_SCALE:
             y = copy_call(layer, x)
@@ -270,7 +261,12 @@ def quantize_model(
         if id(layer) in plan.activation:
             name = plan.activation[id(layer)]
             y = layers.Activation(name, name=f"{layer.name}_{name}")(y)
-        return quantized(y, layer.name, output_point(layer, layer.name))
+        fixed = scheme.fixed_output_range(layer)
+        if fixed:
+            return quantized(
+                y, layer.name, FakeQuant(fixed_range=fixed, name=f"{layer.name}_quant")
+            )
+        return quantized(y, layer.name)
 
     qat = rewrite(model, replace)
     for load in loads:
