@@ -169,16 +169,11 @@ def convert_int8(
     if qat.is_qat_model(model):
         from effkeras.deploy import binary_int8, int8_qat
 
-        if binary_int8.is_binary_qat(model):
-            return binary_int8.convert_qat(
-                model,
-                sample=sample,
-                io=io,
-                input_range=input_range,
-                max_code_step=max_code_step,
-                table_entries=table_entries,
-            )
-        return int8_qat.convert(
+        # a binary net's QAT model: its steps frozen and checked exact first
+        qat_convert = (
+            binary_int8.convert_qat if binary_int8.is_binary_qat(model) else int8_qat.convert
+        )
+        return qat_convert(
             model,
             sample=sample,
             io=io,
