@@ -135,12 +135,11 @@ def pairwise_agreement(outputs):
     {"a vs b": share}, in the order given."""
     import itertools
 
-    import numpy as np
+    from effkeras.deploy.converter import top1_agreement
 
-    top1 = {name: np.asarray(logits).argmax(-1) for name, logits in outputs.items()}
     return {
-        f"{a} vs {b}": float(np.mean(top1[a] == top1[b]))
-        for a, b in itertools.combinations(top1, 2)
+        f"{a} vs {b}": top1_agreement(outputs[a], outputs[b])
+        for a, b in itertools.combinations(outputs, 2)
     }
 
 

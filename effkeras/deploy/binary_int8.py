@@ -59,8 +59,6 @@ def convert(
             quantization point more than int8_qat.MAX_LSB steps off.
     """
     quantized = qat.quantize_model(model, calibration, check=False)  # lowers the binary layers
-    if sample is None:
-        sample = verify.random_sample(model, input_range)
     flatbuffer, report = convert_qat(
         quantized,
         reference=model,

@@ -186,7 +186,7 @@ def snap_biases(model):
     for layer in model._flatten_layers(include_self=False):
         if isinstance(layer, ChannelAffine):
             value = layer.value
-            layer.value.assign(fake_quant(value, ops.min(value), ops.max(value)))
+            value.assign(fake_quant(value, ops.min(value), ops.max(value)))
     for layer in quantized_layers(model):
         if not isinstance(layer, FoldedBatchNorm):
             continue
