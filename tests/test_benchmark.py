@@ -75,6 +75,10 @@ def test_target_figures_and_mac_shares(run):
     assert npu.npu_mac_share == pytest.approx(1.0) and npu.cycles > 0
     assert npu.median_ms == pytest.approx(1e3 / npu.inferences_per_second)
     assert rows[FLOAT_NET, "tflm"].arena_bytes > 0 and rows[FLOAT_NET, "int8"].arena_bytes is None
+    # Vela's flash per binary weight: about a bit, plus each channel's scale and bias.
+    assert 1.0 < rows[BINARY_NET, "ethos-u55-128"].bits_per_binary_weight < 2.0
+    assert npu.bits_per_binary_weight is None
+    assert "flash bits / binary weight" in benchmark.table(list(rows.values()))
 
 
 def test_results_are_written_and_read_back(run):
@@ -255,7 +259,9 @@ def test_an_early_exit_network_gets_a_row_per_stage():
     assert second.median_ms == pytest.approx(2.0) and second.npu_mac_share == 1.0
 
 
-def test_checkpoints_get_their_accuracy(tmp_path):
+def test_checkpoints_get_their_accuracy(tmp_path, monkeypatch):
+    from effkeras import evaluation
+
     run_dir = tmp_path / "r8"
     run_dir.mkdir()
     models.get(FLOAT_NET, input_shape=(16, 16, 3)).save(run_dir / "model.keras")
@@ -265,6 +271,15 @@ def test_checkpoints_get_their_accuracy(tmp_path):
     spec = str(run_dir / "model.keras")
     keras_only = benchmark.run([spec], ["int8"], runs=0, progress=False)
     assert keras_only[0].accuracy == 0.5 and "(Keras)" in benchmark.table(keras_only)
+    evaluated = []
+    evaluate_tflite = evaluation.evaluate_tflite
+    monkeypatch.setattr(
+        evaluation,
+        "evaluate_tflite",
+        lambda path, *args, **kwargs: (
+            evaluated.append(path) or evaluate_tflite(path, *args, **kwargs)
+        ),
+    )
     rows = benchmark.run(
         [spec],
         ["int8", "ethos-u55-128"],
@@ -277,6 +292,8 @@ def test_checkpoints_get_their_accuracy(tmp_path):
         assert row.model == "r8" and 0 <= row.accuracy <= 1 and row.accuracy != 0.5
         assert row.accuracy_source.startswith("synthetic test")
     assert "(Keras)" not in benchmark.table(rows)
+    assert len(evaluated) == 1  # the file Vela compiled is the int8 file: evaluated once
+    assert rows[0].accuracy == rows[1].accuracy
 
 
 def _benchmark_dir(tmp_path):

@@ -105,6 +105,13 @@ def test_tflm_arena_is_the_smallest_that_runs_and_outputs_match_litert(resnet8, 
         runtime.LiteRT(flatbuffer).predict(sample),
         atol=tflm.MAX_LSB_DIFF * io_tensors(flatbuffer)[1][0].scale[0],
     )
+    # LiteRT's three kernel sets: TFLite Micro computes what the reference kernels compute.
+    step = io_tensors(flatbuffer)[1][0].scale[0]
+    kernels = {
+        k: runtime.LiteRT(flatbuffer, kernels=k).predict(sample) for k in ("builtin", "reference")
+    }
+    np.testing.assert_array_equal(micro, kernels["reference"])
+    np.testing.assert_allclose(kernels["builtin"], micro, atol=tflm.MAX_LSB_DIFF * step)
     # TFLite Micro's binding raises a bare RuntimeError or ValueError, by version.
     with pytest.raises(Exception):  # noqa: B017
         runtime.TFLiteMicro(flatbuffer, arena_size=arena - tflm.ARENA_ALIGNMENT).predict(sample)

@@ -174,7 +174,8 @@ def main(argv):
         outputs = {
             "keras": model.predict(test, verbose=0),
             "litert": runtime.LiteRT(flatbuffer).predict(test),
-            "litert_reference": runtime.LiteRT(flatbuffer, reference=True).predict(test),
+            "litert_builtin": runtime.LiteRT(flatbuffer, kernels="builtin").predict(test),
+            "litert_reference": runtime.LiteRT(flatbuffer, kernels="reference").predict(test),
             "tflm": runtime.TFLiteMicro(flatbuffer).predict(test),
         }
         result["file_agreement_by_margin"] = agreement_by_margin(

@@ -165,6 +165,7 @@ def describe(loaded, target, flatbuffer, report):
         ]
         _vela(row, parts)
         row.sram_bytes = max(part["sram_bytes"] for part in parts)
+        row.bits_per_binary_weight = getattr(report, "bits_per_binary_weight", None)
     else:
         row.runtime = RUNTIMES.get(target, "")
     return row
@@ -448,6 +449,7 @@ def _evaluate(rows, output_dir, dataset, data_dir, progress):
     from effkeras.deploy import early_exit
 
     todo = [row for row in rows if row.file]
+    done = {}  # file bytes -> (top-1, source): a model's int8, tflm and Vela-input files are one
     for row in tqdm(todo, desc="evaluating", unit="file", disable=not progress):
         path = os.path.join(output_dir, row.file)
         if row.target.startswith("ethos-u"):  # Vela's file runs on the NPU only: its int8 input
@@ -456,6 +458,9 @@ def _evaluate(rows, output_dir, dataset, data_dir, progress):
         try:
             with open(path, "rb") as f:
                 flatbuffer = f.read()
+            if flatbuffer in done:
+                row.accuracy, row.accuracy_source = done[flatbuffer]
+                continue
             if early_exit.is_early_exit_file(flatbuffer):
                 stages = early_exit.Runner(flatbuffer)
                 shape = stages.description["stages"][0]["reads"][0]["shape"][1:]
@@ -474,3 +479,4 @@ def _evaluate(rows, output_dir, dataset, data_dir, progress):
             continue
         row.accuracy = float(result["top1"])
         row.accuracy_source = f"{dataset} test ({result['examples']} images), the .tflite ({where})"
+        done[flatbuffer] = row.accuracy, row.accuracy_source

@@ -38,6 +38,7 @@ class Row:
     sram_bytes: int = None  # ethos-u: Vela's SRAM use
     cpu_ops: int = None  # ethos-u: ops Vela left for the Cortex-M (not in its estimate)
     cycles: int = None  # ethos-u
+    bits_per_binary_weight: float = None  # ethos-u: the binary layers' encoded flash per weight
     inferences_per_second: float = None  # ethos-u (Vela) or 1000 / median_ms
     accuracy: float = None
     accuracy_source: str = None
@@ -159,6 +160,9 @@ def table(rows, *, threads=1, runs=None):
         "inf/s",
         "top-1",
     ]
+    binary_bits = any(row.bits_per_binary_weight for row in rows)  # a binary net on Ethos-U
+    if binary_bits:
+        header.append("flash bits / binary weight")
     header += [f"{device} ms, {t} thread{'s' * (t > 1)}" for t in measured_on]
     if measured_on:
         header.append(f"{device} × baseline")
@@ -197,6 +201,8 @@ def table(rows, *, threads=1, runs=None):
             _fmt(row.inferences_per_second, "{:,.1f}"),
             _fmt(row.accuracy and 100 * row.accuracy, "{:.2f}%") + keras_accuracy,
         ]
+        if binary_bits:
+            cells.append(_fmt(row.bits_per_binary_weight, "{:.3f}"))
         cells += [_fmt((row.device_ms or {}).get(str(t)), "{:.1f}") for t in measured_on]
         if measured_on:
             reference = (
@@ -221,6 +227,11 @@ def table(rows, *, threads=1, runs=None):
         "estimate (1000 / inferences per second). RAM: TFLite Micro's smallest arena (tflm), "
         "Vela's SRAM use (ethos-u)."
     ]
+    if binary_bits:
+        notes.append(
+            "Flash bits / binary weight: the encoded weights, scales and biases Vela stores for "
+            "the binary layers lowered to int8, × 8 / their weight count."
+        )
     if baseline:
         notes.append(
             f"× {baseline_model}: a row's median over that model's on the same "

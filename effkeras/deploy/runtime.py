@@ -132,14 +132,21 @@ class LiteRT(Runtime):
     Args:
         flatbuffer: the .tflite file's bytes.
         num_threads: the interpreter's threads (XNNPack's too).
-        reference: run TFLite's reference kernels (`OpResolverType.BUILTIN_REF`, no XNNPack):
-            the integer arithmetic TFLite Micro's kernels implement too.
+        kernels: "xnnpack" (LiteRT's default, as apps and MediaPipe run a file), "builtin"
+            (TFLite's own optimized kernels, no default delegate) or "reference" (TFLite's
+            reference kernels: the integer arithmetic TFLite Micro's kernels implement too).
     """
 
-    def __init__(self, flatbuffer, num_threads=1, reference=False):
+    KERNELS = {
+        "xnnpack": "AUTO",
+        "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES",
+        "reference": "BUILTIN_REF",
+    }
+
+    def __init__(self, flatbuffer, num_threads=1, kernels="xnnpack"):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        options = {"experimental_op_resolver_type": OpResolverType.BUILTIN_REF} if reference else {}
+        options = {"experimental_op_resolver_type": getattr(OpResolverType, self.KERNELS[kernels])}
         with quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
             self.interpreter = Interpreter(
                 model_content=bytes(flatbuffer), num_threads=num_threads, **options

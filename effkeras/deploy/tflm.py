@@ -97,7 +97,7 @@ def lsb_diffs(flatbuffer, sample):
             f"it has no kernel for one of its ops "
             f"({', '.join(op_census(operators(flatbuffer)))})"
         ) from None
-    lite = runtime.LiteRT(flatbuffer, reference=True)
+    lite = runtime.LiteRT(flatbuffer, kernels="reference")
     inputs = sample if isinstance(sample, (list, tuple)) else [sample]
     diffs = []
     outputs = [[] for _ in micro.outputs]
