@@ -126,6 +126,12 @@ flags.DEFINE_float(
     "between adjacent int8 input codes before a table is refused as ambiguous "
     "(default 8).",
 )
+flags.DEFINE_bool(
+    "int4_weights",
+    None,
+    "tflm: store a binary net's binary weights as INT4, two per byte (half the flash; "
+    "default on); --noint4_weights keeps int8 weights.",
+)
 flags.DEFINE_string("system_config", None, "ethos-u: Vela system config (Arm/vela.ini).")
 flags.DEFINE_string("memory_mode", None, "ethos-u: Vela memory mode (Arm/vela.ini).")
 flags.DEFINE_enum("optimise", "Performance", ["Performance", "Size"], "ethos-u: Vela's goal.")
@@ -143,6 +149,7 @@ TARGET_OPTIONS = (
     "memory_mode",
     "optimise",
     "max_code_step",
+    "int4_weights",
 )
 # Options of the int8 conversion that the targets built on it (tflm, ethos-u*) pass on.
 INT8_OPTIONS = ("max_code_step",)

@@ -90,8 +90,10 @@ def int8_file(target, flatbuffer, report):
     and early-exit networks, whose stages are files of their own)."""
     if getattr(report, "stages", None):
         return None
-    if target in ("int8", "tflm"):
+    if target == "int8":
         return flatbuffer
+    if target == "tflm":  # a binary net's tflm file packs its weights INT4: its int8 file
+        return report.artifacts.get("_int8.tflite", flatbuffer)
     return report.artifacts.get("_int8.tflite") if target.startswith("ethos-u") else None
 
 

@@ -17,11 +17,19 @@ model, trained with its quantization points) converts the same way with its trai
 (`convert_qat`), its end-to-end numbers against itself: the Keras model that computes what the
 file computes, where the calibrated file of a binary net flips signs the float net leaves near
 zero.
+
+TFLite Micro has no weight compression, but it runs INT4 weights (two per byte, unpacked op by
+op into its scratch memory): `pack_int4` stores the binary layers' weights as codes ±7 there,
+at half the flash of int8 (the tflm target does it; tflm.py checks the packed file against the
+int8 one).
 """
 
 import dataclasses
 
+import numpy as np
+
 from effkeras import qat
+from effkeras.deploy import flatbuffer as files
 from effkeras.deploy import int8_qat, int8_tables, runtime, verify
 from effkeras.deploy.converter import top1_agreement
 from effkeras.layers.int8_step import Int8Step
@@ -115,3 +123,60 @@ def convert_qat(quantized, *, reference=None, sample=None, io, input_range, **in
 def is_binary_qat(model):
     """Whether QAT `model` holds lowered binary layers (int8 steps)."""
     return any(isinstance(layer, Int8Step) for layer in model.layers)
+
+
+INT4_CODE = 7  # the largest int4 code: the finest bias grid a binary layer's int4 weights allow
+# The ops whose INT4 weights TFLite Micro and LiteRT run (their int8 outputs equal, in tests).
+INT4_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def pack_int4(flatbuffer):
+    """The int8 file with each binary layer's weights stored as INT4 codes ±7, two per byte.
+
+    A binary layer's weights are codes ±127 at a per-channel scale s (graph.passes.binary_int8);
+    as ±7 at scale 127·s/7 they are the same values, and its accumulator is the same sum times
+    7/127. Its int32 bias, in units of the input scale times the weight scale, is rounded to the
+    new units: at most half a unit, a fraction of an output step that can move a requantized
+    value across a rounding boundary, so the caller compares the files' outputs.
+
+    Args:
+        flatbuffer: bytes of an int8 file (binary_int8.convert or convert_qat).
+
+    Returns:
+        (bytes of the packed file, the number of weight tensors packed); the file itself when
+        it has none.
+    """
+    model = files.read_model(flatbuffer)
+    packed = 0
+    for subgraph in model.subgraphs:
+        done = set()
+        for op in subgraph.operators:
+            if files.builtin_name(model.operatorCodes[op.opcodeIndex]) not in INT4_OPS:
+                continue
+            weights = subgraph.tensors[op.inputs[1]]
+            if op.inputs[1] in done or weights.type != files.schema.TensorType.INT8:
+                continue
+            codes = np.asarray(model.buffers[weights.buffer].data, np.uint8).view(np.int8)
+            if not codes.size or np.any(np.abs(codes) != 127) or np.all(codes == 127):
+                continue  # not a binary layer (an input step's weights are all +127)
+            done.add(op.inputs[1])
+            nibbles = (np.sign(codes) * INT4_CODE).astype(np.int8).view(np.uint8) & 0xF
+            nibbles = np.append(nibbles, np.zeros(nibbles.size % 2, np.uint8))
+            weights.buffer = files.add_buffer(model, (nibbles[0::2] | nibbles[1::2] << 4).tobytes())
+            weights.type = files.schema.TensorType.INT4
+            _rescale(weights.quantization, 127 / INT4_CODE)
+            if len(op.inputs) > 2 and op.inputs[2] >= 0:
+                bias = subgraph.tensors[op.inputs[2]]
+                values = np.asarray(model.buffers[bias.buffer].data, np.uint8).view(np.int32)
+                rounded = np.round(values.astype(np.float64) * INT4_CODE / 127).astype(np.int32)
+                bias.buffer = files.add_buffer(model, rounded.tobytes())
+                _rescale(bias.quantization, 127 / INT4_CODE)
+            packed += 1
+    if not packed:
+        return flatbuffer, 0
+    files.compact(model)
+    return files.pack_model(model), packed
+
+
+def _rescale(quantization, factor):
+    quantization.scale = [float(scale) * factor for scale in quantization.scale]

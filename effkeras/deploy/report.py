@@ -152,6 +152,7 @@ class TflmReport(Int8Report):
     max_lsb_diff: int = 0  # TFLite Micro vs LiteRT's reference kernels, int8 outputs, on the sample
     mean_lsb_diff: float = 0.0
     arena_bytes: int = 0  # smallest arena that allocates and invokes
+    int4_layers: int = 0  # binary layers whose weights are packed INT4 (binary_int8.pack_int4)
     micro_top1_agreement: float = None  # TFLite Micro's argmax against Keras's, on the sample
 
 

@@ -10,6 +10,10 @@ Micro's kernels, and the target reports:
   XNNPack, 0 against the reference kernels). Beyond MAX_LSB_DIFF (a tenth of the int8 range) or
   MAX_MEAN_LSB_DIFF, TFLite Micro computes something else, which is an error;
 - `micro_top1_agreement`: TFLite Micro's argmax against the Keras model's, on the sample;
+- `int4_layers`: binary layers whose weights the file stores as INT4 codes ±7, two per byte
+  (binary_int8.pack_int4; TFLite Micro unpacks them op by op into scratch memory): half the
+  flash of int8. Their rounded biases are checked by `max_lsb_diff`, taken against the int8
+  file's reference outputs; `--noint4_weights` keeps int8 weights;
 - `arena_bytes`: the smallest tensor arena that allocates and invokes, found by bisection on
   the real interpreter (TFLite Micro's RecordingMicroAllocator only prints its usage);
 - a C array for the firmware build: `<stem>_model_data.h/.cc`, the flatbuffer 16-byte aligned,
@@ -24,7 +28,7 @@ import tempfile
 
 import numpy as np
 
-from effkeras.deploy import runtime, tflite, verify
+from effkeras.deploy import binary_int8, runtime, tflite, verify
 from effkeras.deploy.converter import top1_agreement
 from effkeras.deploy.flatbuffer import io_tensors, op_census, operators
 from effkeras.deploy.registry import register_target
@@ -43,10 +47,19 @@ ARENA_ALIGNMENT = 16
     quantizes=True,
 )
 def convert(
-    model, *, calibration=None, sample=None, io="int8", allow_float_fallback=False, **int8_options
+    model,
+    *,
+    calibration=None,
+    sample=None,
+    io="int8",
+    allow_float_fallback=False,
+    int4_weights=True,
+    **int8_options,
 ):
-    """(int8 flatbuffer, TflmReport) of a Keras model, or of the bytes of an int8 .tflite."""
-    flatbuffer, base = tflite.int8_file(
+    """(int8 flatbuffer, TflmReport) of a Keras model, or of the bytes of an int8 .tflite; with
+    `int4_weights`, a binary net's binary weights packed INT4 (binary_int8.pack_int4), checked
+    against its int8 file, which the report keeps as the `_int8.tflite` artifact."""
+    int8, base = tflite.int8_file(
         model,
         "tflm",
         calibration=calibration,
@@ -55,12 +68,13 @@ def convert(
         allow_float_fallback=allow_float_fallback,
         **int8_options,
     )
+    flatbuffer, int4_layers = binary_int8.pack_int4(int8) if int4_weights else (int8, 0)
     if sample is None:  # the int8 check's own random sample (same seed), or the file's shapes
         shapes = [t.shape[1:] for t in io_tensors(flatbuffer)[0]]
         sample = verify.random_inputs(shapes)
     given_file = isinstance(model, (bytes, bytearray))
     name = "model" if given_file else model.name
-    lsb, mean, micro_outputs = lsb_diffs(flatbuffer, sample)
+    lsb, mean, micro_outputs = lsb_diffs(flatbuffer, sample, reference=int8)
     if lsb > MAX_LSB_DIFF or mean > MAX_MEAN_LSB_DIFF:
         raise RuntimeError(
             f"TFLite Micro's outputs differ from LiteRT's reference kernels' by up to {lsb} LSB, "
@@ -75,6 +89,7 @@ def convert(
         max_lsb_diff=lsb,
         mean_lsb_diff=round(mean, 3),
         arena_bytes=arena,
+        int4_layers=int4_layers,
         micro_top1_agreement=(
             None if given_file else top1_agreement(model.predict(sample, verbose=0), micro_outputs)
         ),
@@ -83,12 +98,16 @@ def convert(
         "_model_data.h": lambda stem: c_header(name, len(flatbuffer), arena),
         "_model_data.cc": lambda stem: c_source(name, flatbuffer, stem),
     }
+    if int4_layers:  # for LiteRT and Vela, which take int8 weights
+        report.artifacts["_int8.tflite"] = int8
     return flatbuffer, report
 
 
-def lsb_diffs(flatbuffer, sample):
+def lsb_diffs(flatbuffer, sample, reference=None):
     """(largest, mean) |TFLite Micro - LiteRT's reference kernels| over the raw (int8) outputs of
-    the sample, and TFLite Micro's outputs (dequantized, as `Runtime.predict` gives them)."""
+    the sample, and TFLite Micro's outputs (dequantized, as `Runtime.predict` gives them).
+    TFLite Micro runs `flatbuffer`, LiteRT `reference` (the int8 file a packed one came from;
+    None: the same file)."""
     try:
         micro = runtime.TFLiteMicro(flatbuffer)
     except Exception as e:  # RuntimeError from the C++ side: an op TFLite Micro lacks
@@ -97,7 +116,7 @@ def lsb_diffs(flatbuffer, sample):
             f"it has no kernel for one of its ops "
             f"({', '.join(op_census(operators(flatbuffer)))})"
         ) from None
-    lite = runtime.LiteRT(flatbuffer, kernels="reference")
+    lite = runtime.LiteRT(flatbuffer if reference is None else reference, kernels="reference")
     inputs = sample if isinstance(sample, (list, tuple)) else [sample]
     diffs = []
     outputs = [[] for _ in micro.outputs]
