@@ -191,6 +191,8 @@ def test_every_kind_runs_in_tflite_micro_and_on_the_npu(every_kind_int8):
         runtime.TFLiteMicro(packed).predict(sample),
         runtime.LiteRT(int8, kernels="reference").predict(sample),
     )
+    with pytest.raises(InputError, match="packs weights INT4 .* give ethos-u55-128 the int8 file"):
+        deploy.convert(packed, "ethos-u55-128")
     kept, unpacked = deploy.convert(int8, "tflm", sample=sample, int4_weights=False)
     assert kept == int8 and unpacked.int4_layers == 0 and "_int8.tflite" not in unpacked.artifacts
     # TFLite Micro equals LiteRT's reference kernels; XNNPack may break a tie on one example.

@@ -279,6 +279,13 @@ def check_int8_file(flatbuffer, target):
             f"LCE on ARM CPUs runs; {target} needs an int8 TFLite file: convert the "
             f"Keras model with --target=int8 (binary models deploy with --target=arm)"
         )
+    if target.startswith("ethos-u") and any(
+        t.dtype == "int4" for op in ops for t in op.inputs
+    ):  # Vela 5.2 dies of a floating point exception on them
+        raise InputError(
+            f"this file packs weights INT4 (a tflm file); Vela takes int8 weights: give "
+            f"{target} the int8 file written beside it (<stem>_int8.tflite)"
+        )
     left_float = float_ops(ops)
     if left_float:
         raise InputError(
