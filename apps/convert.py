@@ -129,8 +129,8 @@ flags.DEFINE_float(
 flags.DEFINE_bool(
     "int4_weights",
     None,
-    "tflm: store a binary net's binary weights as INT4, two per byte (half the flash; "
-    "default on); --noint4_weights keeps int8 weights.",
+    "tflm: store a binary net's binary weights as INT4 codes, two per byte (half their "
+    "flash; the int8 file is written beside it as <stem>_int8.tflite).",
 )
 flags.DEFINE_string("system_config", None, "ethos-u: Vela system config (Arm/vela.ini).")
 flags.DEFINE_string("memory_mode", None, "ethos-u: Vela memory mode (Arm/vela.ini).")

@@ -90,10 +90,8 @@ def int8_file(target, flatbuffer, report):
     and early-exit networks, whose stages are files of their own)."""
     if getattr(report, "stages", None):
         return None
-    if target == "int8":
+    if target in ("int8", "tflm"):
         return flatbuffer
-    if target == "tflm":  # a binary net's tflm file packs its weights INT4: its int8 file
-        return report.artifacts.get("_int8.tflite", flatbuffer)
     return report.artifacts.get("_int8.tflite") if target.startswith("ethos-u") else None
 
 

@@ -19,9 +19,8 @@ file computes, where the calibrated file of a binary net flips signs the float n
 zero.
 
 TFLite Micro has no weight compression, but it runs INT4 weights (two per byte, unpacked op by
-op into its scratch memory): `pack_int4` stores the binary layers' weights as codes ±7 there,
-at half the flash of int8 (the tflm target does it; tflm.py checks the packed file against the
-int8 one).
+op into its scratch memory): `pack_int4` stores the binary layers' weights as codes ±7, at
+half the flash of int8 (the tflm target's `int4_weights` option).
 """
 
 import dataclasses
@@ -125,7 +124,7 @@ def is_binary_qat(model):
     return any(isinstance(layer, Int8Step) for layer in model.layers)
 
 
-INT4_CODE = 7  # the largest int4 code: the finest bias grid a binary layer's int4 weights allow
+INT4_CODE = 7  # the largest int4 code: the finest bias grid INT4 weights allow
 # The ops whose INT4 weights TFLite Micro and LiteRT run (their int8 outputs equal, in tests).
 INT4_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
@@ -134,10 +133,12 @@ def pack_int4(flatbuffer):
     """The int8 file with each binary layer's weights stored as INT4 codes ±7, two per byte.
 
     A binary layer's weights are codes ±127 at a per-channel scale s (graph.passes.binary_int8);
-    as ±7 at scale 127·s/7 they are the same values, and its accumulator is the same sum times
-    7/127. Its int32 bias, in units of the input scale times the weight scale, is rounded to the
-    new units: at most half a unit, a fraction of an output step that can move a requantized
-    value across a rounding boundary, so the caller compares the files' outputs.
+    as ±7 at scale 127·s/7 they are the same values, and its accumulator the same sum times
+    7/127, exactly. Its requantization is not: its multiplier and its int32 bias (rounded to the
+    new units) differ from the int8 file's in their last bits, enough to round a value that
+    lies within a hair of a half step the other way, and in a binary net one such step at a
+    sign cascades. The packed file agrees with Keras as closely as the int8 file does, but not
+    bit for bit with it (tflm.py reports the top-1 agreement of the two).
 
     Args:
         flatbuffer: bytes of an int8 file (binary_int8.convert or convert_qat).

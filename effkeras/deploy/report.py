@@ -153,6 +153,7 @@ class TflmReport(Int8Report):
     mean_lsb_diff: float = 0.0
     arena_bytes: int = 0  # smallest arena that allocates and invokes
     int4_layers: int = 0  # binary layers whose weights are packed INT4 (binary_int8.pack_int4)
+    int4_top1_agreement: float = None  # the packed file's argmax against the int8 file's
     micro_top1_agreement: float = None  # TFLite Micro's argmax against Keras's, on the sample
 
 

@@ -10,10 +10,11 @@ Micro's kernels, and the target reports:
   XNNPack, 0 against the reference kernels). Beyond MAX_LSB_DIFF (a tenth of the int8 range) or
   MAX_MEAN_LSB_DIFF, TFLite Micro computes something else, which is an error;
 - `micro_top1_agreement`: TFLite Micro's argmax against the Keras model's, on the sample;
-- `int4_layers`: binary layers whose weights the file stores as INT4 codes ±7, two per byte
-  (binary_int8.pack_int4; TFLite Micro unpacks them op by op into scratch memory): half the
-  flash of int8. Their rounded biases are checked by `max_lsb_diff`, taken against the int8
-  file's reference outputs; `--noint4_weights` keeps int8 weights;
+- with `int4_weights` (`--int4_weights`), a binary net's file stores its binary weights as INT4
+  codes ±7, two per byte (binary_int8.pack_int4; TFLite Micro unpacks them op by op into
+  scratch memory): half their flash. `int4_layers` counts them, and `int4_top1_agreement` is
+  TFLite Micro's argmax on the packed file against the int8 file's: the same sums, requantized
+  with multipliers a last bit apart;
 - `arena_bytes`: the smallest tensor arena that allocates and invokes, found by bisection on
   the real interpreter (TFLite Micro's RecordingMicroAllocator only prints its usage);
 - a C array for the firmware build: `<stem>_model_data.h/.cc`, the flatbuffer 16-byte aligned,
@@ -53,12 +54,12 @@ def convert(
     sample=None,
     io="int8",
     allow_float_fallback=False,
-    int4_weights=True,
+    int4_weights=False,
     **int8_options,
 ):
     """(int8 flatbuffer, TflmReport) of a Keras model, or of the bytes of an int8 .tflite; with
-    `int4_weights`, a binary net's binary weights packed INT4 (binary_int8.pack_int4), checked
-    against its int8 file, which the report keeps as the `_int8.tflite` artifact."""
+    `int4_weights`, a binary net's binary weights packed INT4 (binary_int8.pack_int4), its int8
+    file kept as the `_int8.tflite` artifact."""
     int8, base = tflite.int8_file(
         model,
         "tflm",
@@ -74,7 +75,7 @@ def convert(
         sample = verify.random_inputs(shapes)
     given_file = isinstance(model, (bytes, bytearray))
     name = "model" if given_file else model.name
-    lsb, mean, micro_outputs = lsb_diffs(flatbuffer, sample, reference=int8)
+    lsb, mean, micro_outputs = lsb_diffs(flatbuffer, sample)
     if lsb > MAX_LSB_DIFF or mean > MAX_MEAN_LSB_DIFF:
         raise RuntimeError(
             f"TFLite Micro's outputs differ from LiteRT's reference kernels' by up to {lsb} LSB, "
@@ -90,6 +91,11 @@ def convert(
         mean_lsb_diff=round(mean, 3),
         arena_bytes=arena,
         int4_layers=int4_layers,
+        int4_top1_agreement=(
+            top1_agreement(runtime.LiteRT(int8, kernels="reference").predict(sample), micro_outputs)
+            if int4_layers
+            else None
+        ),
         micro_top1_agreement=(
             None if given_file else top1_agreement(model.predict(sample, verbose=0), micro_outputs)
         ),
@@ -103,11 +109,9 @@ def convert(
     return flatbuffer, report
 
 
-def lsb_diffs(flatbuffer, sample, reference=None):
+def lsb_diffs(flatbuffer, sample):
     """(largest, mean) |TFLite Micro - LiteRT's reference kernels| over the raw (int8) outputs of
-    the sample, and TFLite Micro's outputs (dequantized, as `Runtime.predict` gives them).
-    TFLite Micro runs `flatbuffer`, LiteRT `reference` (the int8 file a packed one came from;
-    None: the same file)."""
+    the sample, and TFLite Micro's outputs (dequantized, as `Runtime.predict` gives them)."""
     try:
         micro = runtime.TFLiteMicro(flatbuffer)
     except Exception as e:  # RuntimeError from the C++ side: an op TFLite Micro lacks
@@ -116,7 +120,7 @@ def lsb_diffs(flatbuffer, sample, reference=None):
             f"it has no kernel for one of its ops "
             f"({', '.join(op_census(operators(flatbuffer)))})"
         ) from None
-    lite = runtime.LiteRT(flatbuffer if reference is None else reference, kernels="reference")
+    lite = runtime.LiteRT(flatbuffer, kernels="reference")
     inputs = sample if isinstance(sample, (list, tuple)) else [sample]
     diffs = []
     outputs = [[] for _ in micro.outputs]
