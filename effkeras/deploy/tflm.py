@@ -87,6 +87,7 @@ def convert(
         base,
         TflmReport,
         target="tflm",
+        size_bytes=len(flatbuffer),
         max_lsb_diff=lsb,
         mean_lsb_diff=round(mean, 3),
         arena_bytes=arena,
