@@ -263,6 +263,7 @@ def _fit(stage, built, plan, state, train_data, test_data, *, test_steps, chief)
             else "no epoch was saved: rerun with a lower --learning_rate"
         )
         raise InputError(f"training diverged: {guard.failed}; {kept}")
+    stage.trained(built)
     return model.evaluate(test_data, return_dict=True, verbose=0)
 
 
