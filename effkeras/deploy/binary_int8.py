@@ -125,7 +125,7 @@ def is_binary_qat(model):
 
 
 INT4_CODE = 7  # the largest int4 code: the finest bias grid INT4 weights allow
-# The ops whose INT4 weights TFLite Micro and LiteRT run (their int8 outputs equal, in tests).
+# The ops whose INT4 weights TFLite Micro and LiteRT run (tests run all three in both).
 INT4_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 

@@ -342,8 +342,9 @@ class Qat(FineTune):
         """Puts the folded biases on the int8 file's bias grid (qat.snap_biases), as the
         converter will: the model.keras written, and evaluated, computes what its file does
         (a bias off the grid shifts a channel by a fraction of an output step, which flips
-        roundings throughout the net; a quickly trained RAN-e agreed with its file on 96.1% of
-        1,000 test images before, 98.8% after)."""
+        roundings throughout the net). On 1,000 Fashion-MNIST test images, the top-1 agreement
+        of a QAT ResNet-20 with its int8 file in LiteRT went from 99.5% to 99.9%, of a ResNet-8
+        from 99.6% to 100%."""
         from effkeras import qat
 
         qat.snap_biases(built.student)
