@@ -346,7 +346,7 @@ def test_a_gray_qat_model_gets_the_app_head_and_float_targets_refuse_it():
     np.testing.assert_allclose(probabilities.sum(-1), 1, atol=1e-5)
     expected = qat.predict(sample, verbose=0).argmax(-1)
     assert np.mean(probabilities.argmax(-1) == expected) >= 0.9
-    for target in ("float", "float16"):
+    for target in ("float", "float16", "arm"):
         with pytest.raises(InputError, match="QAT model.*int8 target"):
             deploy.convert(qat, target)
     assert deploy.default_target(model=qat, name="small_net") == "int8"  # not float

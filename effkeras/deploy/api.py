@@ -85,6 +85,14 @@ def convert(
         RuntimeError: the converted file disagrees with Keras.
     """
     convert_fn = get(target).convert
+    # A QAT model's quantization points are int8 steps: a float or LCE file would round where
+    # Keras rounds otherwise, and computes nothing an app wants.
+    if isinstance(model, keras.Model) and qat.is_qat_model(model) and not get(target).quantizes:
+        raise InputError(
+            f"{model.name} is a QAT model (int8 quantization points): convert it to an int8 "
+            f"target (int8, tflm, ethos-u*); for {target}, convert the float checkpoint it "
+            f"was fine-tuned from (--init_from of its run)"
+        )
     if lerp_form not in DEPLOY_LERP_FORMS:
         raise InputError(
             f"unknown lerp form {lerp_form!r}; choose from {', '.join(DEPLOY_LERP_FORMS)}"

@@ -81,7 +81,6 @@ def convert_float(
     max_rel_diff=MAX_REL_DIFF["float"],
 ):
     del calibration  # not quantized
-    _refuse_qat(model, "float")
     flatbuffer = to_flatbuffer(model)
     return flatbuffer, _report("float", model, flatbuffer, sample, input_range, max_rel_diff)
 
@@ -98,7 +97,6 @@ def convert_float16(
     max_rel_diff=MAX_REL_DIFF["float16"],
 ):
     del calibration
-    _refuse_qat(model, "float16")
 
     def configure(converter):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -106,17 +104,6 @@ def convert_float16(
 
     flatbuffer = to_flatbuffer(model, configure)
     return flatbuffer, _report("float16", model, flatbuffer, sample, input_range, max_rel_diff)
-
-
-def _refuse_qat(model, target):
-    """A QAT model's quantization points are int8 steps: a float file would round in float
-    where Keras rounds otherwise, and computes nothing an app wants."""
-    if qat.is_qat_model(model):
-        raise InputError(
-            f"{model.name} is a QAT model (int8 quantization points): convert it to an int8 "
-            f"target (int8, tflm, ethos-u*); for {target}, convert the float checkpoint it "
-            f"was fine-tuned from (--init_from of its run)"
-        )
 
 
 def _report(target, model, flatbuffer, sample, input_range, max_rel_diff):
