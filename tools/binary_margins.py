@@ -12,11 +12,11 @@ top-1 disagreement that grid explains; input noise of a fraction of a pixel show
 model itself moves. With --tflite (the int8 file of the checkpoint), the file's top-1
 agreement with Keras by the Keras logits' margin (top-1 minus top-2), from all images to the
 most decided quarter: where the model decides by a wide margin the file agrees; and the top-1
-agreement of every pair among Keras and the file's three int8 runtimes (LiteRT with XNNPack,
-LiteRT's reference kernels, TFLite Micro), which shows how far conforming integer kernels break
-ties apart on their own. A QAT checkpoint of a binary net (apps.train --qat) is compared as it
-is, without the Keras-only rounding study. Prints JSON; the numbers are quoted in
-docs/microcontrollers.md.
+agreement of every pair among Keras and the file's int8 runtimes (LiteRT with XNNPack, with
+TFLite's builtin kernels and with its reference kernels; TFLite Micro), which shows how far
+conforming integer kernels break ties apart on their own. A QAT checkpoint of a binary net
+(apps.train --qat) is compared as it is, without the Keras-only rounding study. Prints JSON;
+the numbers are quoted in docs/microcontrollers.md.
 """
 
 import json

@@ -124,6 +124,13 @@ def is_binary_qat(model):
     return any(isinstance(layer, Int8Step) for layer in model.layers)
 
 
+def is_binary_weights(codes):
+    """Whether int8 weight codes are a lowered binary layer's: all ±127, not all +127 (an
+    input step's weights, graph.passes.binary_int8)."""
+    codes = np.asarray(codes)
+    return bool(codes.size) and np.all(np.abs(codes) == 127) and not np.all(codes == 127)
+
+
 INT4_CODE = 7  # the largest int4 code: the finest bias grid INT4 weights allow
 # The ops whose INT4 weights TFLite Micro and LiteRT run (tests run all three in both).
 INT4_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -158,8 +165,8 @@ def pack_int4(flatbuffer):
             if op.inputs[1] in done or weights.type != files.schema.TensorType.INT8:
                 continue
             codes = np.asarray(model.buffers[weights.buffer].data, np.uint8).view(np.int8)
-            if not codes.size or np.any(np.abs(codes) != 127) or np.all(codes == 127):
-                continue  # not a binary layer (an input step's weights are all +127)
+            if not is_binary_weights(codes):
+                continue
             done.add(op.inputs[1])
             nibbles = (np.sign(codes) * INT4_CODE).astype(np.int8).view(np.uint8) & 0xF
             nibbles = np.append(nibbles, np.zeros(nibbles.size % 2, np.uint8))

@@ -24,7 +24,7 @@ import tempfile
 
 import numpy as np
 
-from effkeras.deploy import tflite
+from effkeras.deploy import binary_int8, tflite
 from effkeras.deploy.flatbuffer import op_census, operators
 from effkeras.deploy.registry import register_target
 from effkeras.deploy.report import EthosUReport, extend
@@ -228,7 +228,7 @@ def binary_weight_bits(int8, log):
         if op.type not in _VELA_OPS or len(op.inputs) < 2:
             continue
         codes = np.frombuffer(op.inputs[1].data, np.int8).astype(int)
-        if not codes.size or np.any(np.abs(codes) != 127) or np.all(codes == 127):
+        if not binary_int8.is_binary_weights(codes):
             continue
         shape = op.inputs[1].shape  # (O, kh, kw, I), (1, kh, kw, C·M) or (O, I)
         kernel = tuple(shape[1:3]) if len(shape) == 4 else (1, 1)
