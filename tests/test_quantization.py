@@ -3,18 +3,22 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import assert_one_error_line, run_app
 from keras import layers
 
 from effkeras import deploy, models, training
 from effkeras.deploy import int8_qat as qat_deploy
 from effkeras.deploy import runtime
-from effkeras.deploy.flatbuffer import io_tensors, operators
+from effkeras.deploy.converter import to_flatbuffer
+from effkeras.deploy.flatbuffer import io_tensors, op_census, operators
 from effkeras.errors import InputError
+from effkeras.layers.qat import QATHardSwish, hard_swish_table
 from effkeras.qat import (
     FakeQuant,
     FoldedBatchNorm,
     QATConv2D,
+    freeze_hard_swish,
     input_quantizer,
     is_qat_model,
     output_quantizers,
@@ -154,7 +158,7 @@ def test_int8_file_reads_the_qat_ranges_and_matches_keras_to_one_step(qat_net):
     np.testing.assert_allclose(actual, report_reference(qat, sample), atol=scale * 1.001)
 
 
-def test_hard_swish_and_a_lone_batch_norm_convert_op_by_op_within_one_step():
+def test_hard_swish_and_a_lone_batch_norm_convert_op_by_op_within_one_step(tmp_path):
     inputs = keras.Input((16, 16, 1), name="image")
     x = layers.Rescaling(1 / 127.5, offset=-1, name="rescale")(inputs)  # one depthwise op
     x = layers.BatchNormalization(name="bn")(layers.Conv2D(8, 3, padding="same", name="c")(x))
@@ -180,14 +184,76 @@ def test_hard_swish_and_a_lone_batch_norm_convert_op_by_op_within_one_step():
     assert report.op_census == expected
     assert report.op_census["HARD_SWISH"] == 2 and report.op_census["MUL"] == 1
     assert report.max_op_lsb <= 1 and report.quantization_points >= 8
-    # TFLite's int8 hard-swish is a fixed-point approximation: its table is not the float
-    # function rounded, which is why the check reads the kernel's own table.
-    x_q, y_q = (0.05, -10), (0.04, -120)
-    (table,) = qat_deploy.kernel_tables([(x_q, y_q)])
-    codes = np.arange(-128, 128)
-    x = (codes - x_q[1]) * x_q[0]
-    rounded = np.clip(np.round(x * np.clip(x + 3, 0, 6) / 6 / y_q[0]) + y_q[1], -128, 127)
-    assert 0 < np.abs(table - rounded).max() <= 3
+    # The QAT model computes TFLite's fixed-point hard-swish, not the float function rounded.
+    frozen = [layer for layer in qat.layers if isinstance(layer, QATHardSwish)]
+    assert len(frozen) == 2 and all(layer.grids is None for layer in frozen)
+    assert freeze_hard_swish(qat) == 2
+    for layer in frozen:
+        assert layer.grids == (
+            input_quantizer(layer).quantization(),
+            qat.get_layer(f"{layer.name}_quant").quantization(),
+        )
+    # Frozen, inference reads the kernel's table (training computes the float function); the
+    # grids are saved with the model.
+    x = qat.get_layer("c_quant").output
+    probe = keras.Model(qat.input, [qat.get_layer("act")(x), qat.get_layer("act_quant").output])
+    swish, quantized = (np.asarray(v) for v in probe(sample))
+    np.testing.assert_allclose(swish, quantized, atol=qat.get_layer("act").grids[1][0] / 100)
+    assert not np.array_equal(probe(sample, training=True)[0], swish)
+    qat.save(tmp_path / "qat.keras")
+    loaded = keras.models.load_model(tmp_path / "qat.keras")
+    assert loaded.get_layer("act2").grids == qat.get_layer("act2").grids
+    np.testing.assert_array_equal(loaded.predict(sample, verbose=0), qat.predict(sample, verbose=0))
+
+
+def test_hard_swish_table_is_tflites_int8_kernel_code_for_code():
+    rng = np.random.default_rng(0)
+    lows, highs = -rng.uniform(0.2, 12, 23), rng.uniform(0.2, 20, 23)
+    grids = [((0.05, -10), (0.04, -120))] + [
+        (
+            FakeQuant(fixed_range=(low, high)).quantization(),
+            FakeQuant(
+                fixed_range=(-0.375 * rng.uniform(0, 1.2), high * rng.uniform(0.3, 1.5))
+            ).quantization(),
+        )
+        for low, high in zip(lows, highs)
+    ]
+    inputs, outputs = [], []
+    for i, (x_q, y_q) in enumerate(grids):  # one small file, a HARD_SWISH per pair of grids
+        codes = keras.Input((256,), name=f"codes_{i:02d}")
+        x = FakeQuant(fixed_range=code_range(x_q))(codes)
+        y = layers.Activation("hard_swish")(x)
+        outputs.append(FakeQuant(fixed_range=code_range(y_q), name=f"swish_{i:02d}")(y))
+        inputs.append(codes)
+    flatbuffer = to_flatbuffer(keras.Model(inputs, outputs), int8_io)
+    assert op_census(operators(flatbuffer))["HARD_SWISH"] == len(grids)
+    codes = [np.arange(-128, 128, dtype=np.int8)] * len(grids)
+    ours = np.stack([hard_swish_table(*pair) for pair in grids])
+    for kernels in (runtime.LiteRT(flatbuffer), runtime.LiteRT(flatbuffer, kernels="reference")):
+        np.testing.assert_array_equal(np.stack(kernels.run_one(codes)), ours)
+    micro = runtime.TFLiteMicro(flatbuffer)  # its outputs in the file's order
+    order = [
+        min(range(len(grids)), key=lambda i: abs(grids[i][1][0] - out["quantization"][0]))
+        for out in micro.outputs
+    ]
+    assert sorted(order) == list(range(len(grids)))
+    np.testing.assert_array_equal(np.stack(micro.run_one(codes)), ours[order])
+    # Not the float function rounded: a step or two off on some codes.
+    (x_scale, x_zero), (y_scale, y_zero) = grids[0]
+    x = (np.arange(-128, 128) - x_zero) * x_scale
+    rounded = np.clip(np.round(x * np.clip(x + 3, 0, 6) / 6 / y_scale) + y_zero, -128, 127)
+    assert 0 < np.abs(ours[0] - rounded).max() <= 3
+
+
+def int8_io(converter):
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+
+
+def code_range(quantization):
+    """The float range whose fake-quant has exactly this (scale, zero point)."""
+    scale, zero_point = quantization
+    return (-128 - zero_point) * scale, (127 - zero_point) * scale
 
 
 def test_resmlp_psa_qat_keeps_exact_int8_tables_and_a_layer_scale_as_mul_add():

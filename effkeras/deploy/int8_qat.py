@@ -14,9 +14,9 @@ end-to-end difference. Two things keep the Keras side honest first:
 - LERP tables (LerpTable, frozen by quantize_model) stay float in the converted file, between
   their two quantization points: int8_tables writes them as exact int8 tables, as for PTQ;
 - TFLite's int8 HARD_SWISH is a 16-bit fixed-point approximation, a step or two off the float
-  function it replaces on some codes; so the model the file is checked against reads TFLite's
-  own table for each hard-swish (256 codes, taken from the converted kernel on the layer's input
-  and output quantization), exactly what that op computes. QAT trains on the float hard-swish.
+  function it replaces on some codes; each QATHardSwish of the copy is frozen to that kernel's
+  arithmetic on its grids (qat.freeze_hard_swish), as `apps.train --qat` freezes the model it
+  writes, while the converter is handed the float function, which it emits as HARD_SWISH.
 """
 
 import re
@@ -32,11 +32,11 @@ from effkeras.deploy.flatbuffer import op_census, operators
 from effkeras.deploy.report import Int8Report
 from effkeras.errors import InputError
 from effkeras.graph.rewrite import rewrite
-from effkeras.layers.qat import CodeTable
+from effkeras.layers.qat import QATHardSwish
+from effkeras.qat.transform import is_hard_swish
 
 MAX_LSB = 1  # the file's int8 tensors against the Keras ops, in steps of their scale
 OP_CHECK_EXAMPLES = 16  # examples of the sample checked op by op
-_KERNEL_TABLES = ("hard_silu", "hard_swish")  # activations TFLite approximates in fixed point
 
 
 def convert(
@@ -62,7 +62,8 @@ def convert(
     snapped = keras.models.clone_model(model)
     snapped.set_weights(model.get_weights())
     qat.snap_biases(snapped)
-    export, probes = int8_tables.named_probes(snapped)
+    snapped = reference(snapped)
+    export, probes = int8_tables.named_probes(rewrite(snapped, _float_hard_swish))
     flatbuffer = to_flatbuffer(export, lambda converter: _int8(converter, io))
     if io == "uint8":
         flatbuffer = app_file.with_uint8_pixels(flatbuffer)
@@ -81,15 +82,14 @@ def convert(
     if sample is None:
         sample = verify.random_sample(snapped, input_range)
     verify.check_sample(snapped, sample)
-    keras_side = reference(snapped)
-    op_lsb, points = op_steps(keras_side, flatbuffer, sample[:OP_CHECK_EXAMPLES], worst_by)
+    op_lsb, points = op_steps(snapped, flatbuffer, sample[:OP_CHECK_EXAMPLES], worst_by)
     if op_lsb > max_lsb:
         raise RuntimeError(
             f"the int8 file of QAT model {model.name} is {op_lsb:g} steps off the "
             f"Keras ops at a quantization point (allowed: {max_lsb}): the converter "
             f"did not take its quantization points as they are"
         )
-    expected = keras_side.predict(sample, verbose=0)
+    expected = snapped.predict(sample, verbose=0)
     actual = runtime.LiteRT(flatbuffer).predict(sample)
     expected_list = expected if isinstance(expected, list) else [expected]
     actual_list = actual if isinstance(actual, list) else [actual]
@@ -214,63 +214,21 @@ def _int8(converter, io):
 
 
 def reference(model):
-    """`model` with each hard-swish computed by TFLite's int8 kernel (a 256-code table); the
-    model itself when it has none."""
-    targets = [
-        layer
-        for layer in model.layers
-        if type(layer) is keras.layers.Activation
-        and keras.activations.serialize(layer.activation) in _KERNEL_TABLES
-    ]
-    if not targets:
-        return model
-    pairs = [(qat.input_quantizer(layer), _reader(model, layer)) for layer in targets]
-    tables = kernel_tables([(x.quantization(), y.quantization()) for x, y in pairs])
-    lookups = {
-        id(layer): CodeTable(table, x.quantization(), y.quantization(), name=f"{layer.name}_tflite")
-        for layer, table, (x, y) in zip(targets, tables, pairs)
-    }
-
-    def replace(layer, x, graph):
-        return lookups[id(layer)](x) if id(layer) in lookups else None
-
-    return rewrite(model, replace)
+    """QAT `model` with every hard-swish frozen to TFLite's int8 kernel (qat.freeze_hard_swish):
+    what its int8 file computes. A QAT model saved before QATHardSwish existed has Activation
+    layers there: they are replaced (in a copy)."""
+    if any(is_hard_swish(layer) for layer in model.layers):
+        model = rewrite(model, _kernel_hard_swish)
+    qat.freeze_hard_swish(model)
+    return model
 
 
-def _reader(model, layer):
-    """The FakeQuant that reads `layer`'s output."""
-    for candidate in model.layers:
-        if isinstance(candidate, qat.FakeQuant) and any(
-            node.input_tensors and node.input_tensors[0]._keras_history[0] is layer
-            for node in candidate._inbound_nodes
-        ):
-            return candidate
-    raise InputError(f"{layer.name} has no quantization point after it")
+def _kernel_hard_swish(layer, x, graph):
+    return QATHardSwish(name=layer.name)(x) if is_hard_swish(layer) else None
 
 
-def code_range(quantization_params):
-    """The float range whose fake-quant has exactly this (scale, zero point)."""
-    scale, zero_point = quantization_params
-    return (-128 - zero_point) * scale, (127 - zero_point) * scale
-
-
-def kernel_tables(pairs):
-    """TFLite's int8 HARD_SWISH on every input code, one (256,) int8 table per (input, output)
-    quantization pair: one small file with a HARD_SWISH per pair, run in LiteRT."""
-    inputs, outputs = [], []
-    for i, (x, y) in enumerate(pairs):
-        codes = keras.Input((256,), name=f"codes_{i}")
-        quantized = qat.FakeQuant(fixed_range=code_range(x))(codes)
-        swish = keras.layers.Activation("hard_swish")(quantized)
-        outputs.append(qat.FakeQuant(fixed_range=code_range(y))(swish))
-        inputs.append(codes)
-    probe = keras.Model(inputs, outputs, name="hard_swish_tables")
-    flatbuffer = to_flatbuffer(probe, lambda converter: _int8(converter, "int8"))
-    if op_census(operators(flatbuffer)) != {"HARD_SWISH": len(pairs)}:
-        raise RuntimeError(
-            "TFLite's hard-swish tables could not be read: the probe file holds "
-            f"{op_census(operators(flatbuffer))}"
-        )
-    codes = np.arange(-128, 128, dtype=np.int8)
-    got = runtime.LiteRT(flatbuffer).run_one([codes] * len(pairs))
-    return [np.asarray(table, np.int8) for table in got]
+def _float_hard_swish(layer, x, graph):
+    """The converter is handed the float hard-swish: it emits HARD_SWISH."""
+    if isinstance(layer, QATHardSwish):
+        return keras.layers.Activation("hard_swish", name=layer.name)(x)
+    return None

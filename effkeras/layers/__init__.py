@@ -10,7 +10,7 @@ convnext.py     LayerScale (RAN-i's ConvNeXt, ResMLP)
 ranet.py        RANet's bilinear resize
 common.py       fused BatchNormalization, BlurPool, ChannelPad, LearnableBias, pixel
                 normalization
-qat.py          int8 QAT layers (FakeQuant, QATConv2D, ...) and CodeTable
+qat.py          int8 QAT layers (FakeQuant, QATConv2D, ...) and QATHardSwish
 int8_step.py    Int8Step: a binary layer's input quantizer as exact int8 ops
 imported.py     the layers imported Keras 2 / larq models are made of (TFOpCall, ...)
 """
@@ -38,11 +38,11 @@ from effkeras.layers.imported import AddToLastChannels, TFOpCall
 from effkeras.layers.int8_step import Int8Step
 from effkeras.layers.qat import (
     ChannelAffine,
-    CodeTable,
     FakeQuant,
     QATConv2D,
     QATDense,
     QATDepthwiseConv2D,
+    QATHardSwish,
 )
 from effkeras.layers.quantized import (
     QuantConv2D,
@@ -62,7 +62,7 @@ __all__ = [
     "BlurPool",
     "ChannelAffine",
     "ChannelPad",
-    "CodeTable",
+    "QATHardSwish",
     "CollapsibleConv2D",
     "FakeQuant",
     "Int8Step",

@@ -10,7 +10,7 @@ which the TFLite converter turns into int8 ops with exactly these ranges.
     QATConv2D, QATDepthwiseConv2D, QATDense
                          BN folded in on every step (Jacob et al. §3.2), int8 weights
     ChannelAffine        a BN nothing folds into, as TFLite's MUL or ADD
-    CodeTable            an int8 op given as its 256 outputs (TFLite's hard-swish kernel)
+    QATHardSwish         hard-swish, computing TFLite's fixed-point int8 kernel once frozen
 """
 
 import keras
@@ -381,37 +381,134 @@ class ChannelAffine(layers.Layer):
         return {**super().get_config(), "operation": self.operation}
 
 
-@keras.saving.register_keras_serializable(package="effkeras")
-class CodeTable(keras.layers.Layer):
-    """y = table[code of x]: an int8 op given as its 256 outputs, between two quantizations.
+def hard_swish_table(x_quantization, y_quantization):
+    """TFLite's int8 HARD_SWISH on every input code: its output code for codes -128..127.
+
+    Hard-swish, x·relu6(x + 3)/6 (Howard et al., arXiv 1905.02244, §5.2), is computed by
+    TFLite's int8 kernel (reference and optimized alike, and TFLite Micro's) in 16-bit fixed
+    point: the input difference times 2^7, a rounding doubling high multiply by the output
+    multiplier, a "relu-ish" factor in [0, 1] (the input on a scale where 3.0 is 2^15, shifted,
+    saturated, moved to [0, 1]), their truncating doubling high product, then a rounding right
+    shift. On some codes that is a step or two off the float function rounded; this is that
+    arithmetic, code for code (tested against LiteRT and TFLite Micro).
 
     Args:
-        table: array-like of 256 int8 values, the output code of each input code -128..127.
         x_quantization: pair `(scale, zero_point)` of the input's int8 codes.
         y_quantization: pair `(scale, zero_point)` of the output's int8 codes.
+
+    Returns:
+        An int8 array of 256 output codes.
+    """
+    (x_scale, x_zero), (y_scale, y_zero) = x_quantization, y_quantization
+    hires_scale = np.float32(1 / 128) * np.float32(x_scale)  # the kernel's float32 arithmetic
+    out_multiplier, out_shift = _multiplier16(hires_scale / np.float32(y_scale))
+    relu_multiplier, relu_shift = _multiplier16(hires_scale / np.float32(3 / 32768))
+    hires = (np.arange(-128, 128, dtype=np.int64) - int(x_zero)) * 128
+    on_output_scale = _rounding_doubling_high_mul(hires, out_multiplier)
+    relu = hires
+    if relu_shift > 0:
+        relu = _saturate16(relu * 2 ** (relu_shift - 1))
+    relu = _rounding_doubling_high_mul(relu, relu_multiplier)
+    if relu_shift > 0:
+        relu = _saturate16(relu * 2)
+    elif relu_shift < 0:
+        relu = _rounding_divide_by_pot(relu, -relu_shift)
+    relu = (relu + 2**15) >> 1  # [-1, 1] to [0, 1], on 2^15
+    product = relu * on_output_scale  # doubling high multiply, truncating (relu >= 0)
+    product = np.sign(product) * (np.abs(product) // 2**15)
+    codes = _rounding_divide_by_pot(product, -out_shift) + int(y_zero)
+    return np.clip(codes, -128, 127).astype(np.int8)
+
+
+def _multiplier16(multiplier):
+    """(16-bit fixed-point multiplier, exponent) of a float32 multiplier, as TFLite's
+    QuantizeMultiplier then DownScaleInt32ToInt16Multiplier make them."""
+    if multiplier == 0:
+        return 0, 0
+    fraction, exponent = np.frexp(np.float64(multiplier))
+    fixed = int(np.round(fraction * 2**31))
+    if fixed == 2**31:
+        fixed, exponent = fixed // 2, exponent + 1
+    if exponent < -31:
+        return 0, 0
+    if fixed >= 2**31 - 1 - 2**15:
+        return 2**15 - 1, int(exponent)
+    return (fixed + 2**15) >> 16, int(exponent)
+
+
+def _saturate16(x):
+    return np.clip(x, -(2**15), 2**15 - 1)
+
+
+def _rounding_doubling_high_mul(a, b):
+    """gemmlowp's SaturatingRoundingDoublingHighMul on int16 values: round(a·b / 2^15), ties
+    away from zero, with C's truncating division."""
+    product = a * b
+    nudged = product + np.where(product >= 0, 2**14, 1 - 2**14)
+    high = np.sign(nudged) * (np.abs(nudged) // 2**15)
+    return np.where((a == b) & (a == -(2**15)), 2**15 - 1, high)
+
+
+def _rounding_divide_by_pot(x, exponent):
+    """gemmlowp's RoundingDivideByPOT: x / 2^exponent rounded, ties away from zero."""
+    mask = (1 << exponent) - 1
+    threshold = (mask >> 1) + (x < 0)
+    return (x >> exponent) + ((x & mask) > threshold)
+
+
+@keras.saving.register_keras_serializable(package="effkeras")
+class QATHardSwish(layers.Layer):
+    """Hard-swish that, once frozen, computes at inference exactly what the int8 file's
+    HARD_SWISH computes: TFLite's fixed-point table (`hard_swish_table`) on its input's codes.
+
+    In training, in "float" and "calibrate" modes (effkeras.qat.set_mode) and until `freeze`
+    gives it its input's and output's int8 grids, it is the float function: QAT trains on
+    that, and the converter, which is handed the float function (effkeras.deploy.int8_qat),
+    emits HARD_SWISH. The FakeQuant after it sets its output scale as for any op.
+
+    Args:
+        grids: pair `((x_scale, x_zero_point), (y_scale, y_zero_point))` of the input's and
+            output's int8 codes, or None until `freeze` sets it. Defaults to `None`.
         **kwargs: base layer arguments (e.g. `name`).
+
+    Call arguments:
+        x: the input, on its quantizer's grid.
+        training: bool or None. Training computes the float function.
     """
 
-    def __init__(self, table, x_quantization, y_quantization, **kwargs):
+    def __init__(self, grids=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
-        self.table = np.asarray(table, np.int8)
-        self.x_quantization = tuple(x_quantization)
-        self.y_quantization = tuple(y_quantization)
+        self.mode = "quantize"
+        self.grids = None
+        if grids is not None:
+            self.freeze(*grids)
 
-    def call(self, x):
-        scale, zero_point = self.x_quantization
-        codes = ops.clip(ops.round(ops.cast(x, "float32") / scale) + zero_point, -128, 127)
-        out_scale, out_zero_point = self.y_quantization
-        values = (self.table.astype(np.float32) - out_zero_point) * out_scale
-        return ops.take(ops.convert_to_tensor(values), ops.cast(codes + 128, "int32"))
+    def freeze(self, x_quantization, y_quantization):
+        """Sets the input's and output's int8 grids: from then on inference reads the
+        kernel's table.
+
+        Args:
+            x_quantization: pair `(scale, zero_point)` of the input's int8 codes.
+            y_quantization: pair `(scale, zero_point)` of the output's int8 codes.
+        """
+        self.grids = tuple(
+            (float(scale), int(zero)) for scale, zero in (x_quantization, y_quantization)
+        )
+        (_, _), (y_scale, y_zero) = self.grids
+        table = hard_swish_table(*self.grids).astype(np.float32)
+        self._values = (table - y_zero) * np.float32(y_scale)
+
+    def call(self, x, training=None):
+        x = ops.cast(x, "float32")
+        if training or self.mode != "quantize" or self.grids is None:
+            return ops.hard_swish(x)
+        x_scale, x_zero = self.grids[0]
+        codes = ops.clip(ops.round(x / x_scale) + x_zero, -128, 127)
+        return ops.take(ops.convert_to_tensor(self._values), ops.cast(codes + 128, "int32"))
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "table": self.table.tolist(),
-            "x_quantization": self.x_quantization,
-            "y_quantization": self.y_quantization,
-        }
+        return {**super().get_config(), "grids": self.grids}

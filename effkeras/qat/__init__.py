@@ -9,10 +9,10 @@ fake-quant ops, which the TFLite converter turns into int8 ops with exactly thos
                                         default 8-bit registry
     quantize_model(model, calibration)  the QAT copy of a trained float model (transform.py)
     calibrate(model, images)            activation ranges from a calibration set, as PTQ's
-    set_mode, snap_biases, freeze_steps, unobserved, input_quantizer, ...
+    set_mode, snap_biases, freeze_steps, freeze_hard_swish, unobserved, input_quantizer, ...
                                         switches and queries over a QAT model (calibrate.py)
 
-The layers (FakeQuant, QATConv2D, QATDepthwiseConv2D, QATDense, ChannelAffine) live in
+The layers (FakeQuant, QATConv2D, QATDepthwiseConv2D, QATDense, ChannelAffine, QATHardSwish) live in
 effkeras.layers.qat, so that `import effkeras` registers them. The int8 file of a QAT model and
 its op-by-op check are a deploy target's business (effkeras.deploy.int8_qat).
 """
@@ -24,11 +24,13 @@ from effkeras.layers.qat import (
     QATConv2D,
     QATDense,
     QATDepthwiseConv2D,
+    QATHardSwish,
 )
 from effkeras.qat.calibrate import (
     MAX_BIAS_CODE,
     MODES,
     calibrate,
+    freeze_hard_swish,
     freeze_steps,
     input_quantizer,
     is_qat_model,
@@ -54,7 +56,9 @@ __all__ = [
     "QATConv2D",
     "QATDense",
     "QATDepthwiseConv2D",
+    "QATHardSwish",
     "calibrate",
+    "freeze_hard_swish",
     "freeze_steps",
     "input_quantizer",
     "is_qat_model",

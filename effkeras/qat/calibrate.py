@@ -14,7 +14,13 @@ from keras import ops
 
 from effkeras.errors import InputError
 from effkeras.layers.int8_step import Int8Step
-from effkeras.layers.qat import ChannelAffine, FakeQuant, FoldedBatchNorm, fake_quant
+from effkeras.layers.qat import (
+    ChannelAffine,
+    FakeQuant,
+    FoldedBatchNorm,
+    QATHardSwish,
+    fake_quant,
+)
 from effkeras.qat import scheme
 
 MODES = ("quantize", "calibrate", "float")
@@ -49,12 +55,12 @@ def set_mode(model, mode):
 
 
 def quantized_layers(model):
-    """The FakeQuant, folded-BN (QAT twin) and Int8Step layers of `model`, nested ones
-    included: the layers with a `mode`."""
+    """The FakeQuant, folded-BN (QAT twin), Int8Step and QATHardSwish layers of `model`,
+    nested ones included: the layers with a `mode`."""
     return [
         layer
         for layer in model._flatten_layers(include_self=False)
-        if isinstance(layer, (FakeQuant, FoldedBatchNorm, Int8Step))
+        if isinstance(layer, (FakeQuant, FoldedBatchNorm, Int8Step, QATHardSwish))
     ]
 
 
@@ -113,6 +119,26 @@ def freeze_steps(model):
     return len(steps)
 
 
+def freeze_hard_swish(model):
+    """Sets every QATHardSwish of calibrated QAT `model` to TFLite's int8 kernel on its input's
+    and output's grids, so that at inference it computes what the int8 file computes.
+
+    Args:
+        model: a QAT model whose activation ranges are set.
+
+    Returns:
+        The number of QATHardSwish layers frozen.
+
+    Raises:
+        InputError: where one does not read a quantized tensor or has no quantization point
+            after it.
+    """
+    found = [layer for layer in quantized_layers(model) if isinstance(layer, QATHardSwish)]
+    for layer in found:
+        layer.freeze(input_quantizer(layer).quantization(), output_quantizer(layer).quantization())
+    return len(found)
+
+
 def unobserved(model):
     """Names of the activation quantizers of `model` that never saw data (no range yet)."""
     return [
@@ -148,6 +174,24 @@ def input_quantizer(layer):
                 f"({type(source).__name__}) comes between"
             )
         tensor = source.input
+
+
+def output_quantizer(layer):
+    """The FakeQuant that reads `layer`'s output (sets its int8 scale).
+
+    Args:
+        layer: a layer of a QAT model.
+
+    Returns:
+        The FakeQuant layer.
+
+    Raises:
+        InputError: where no FakeQuant reads it.
+    """
+    for node in layer._outbound_nodes:
+        if isinstance(node.operation, FakeQuant):
+            return node.operation
+    raise InputError(f"{layer.name} has no quantization point after it")
 
 
 def output_quantizers(model):

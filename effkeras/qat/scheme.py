@@ -39,7 +39,7 @@ from effkeras.layers.activations import LerpTable
 from effkeras.layers.common import ChannelPad, PixelNormalization
 from effkeras.layers.convnext import LayerScale
 from effkeras.layers.int8_step import Int8Step
-from effkeras.layers.qat import QATConv2D, QATDense, QATDepthwiseConv2D
+from effkeras.layers.qat import QATConv2D, QATDense, QATDepthwiseConv2D, QATHardSwish
 
 INPUT_RANGE = (0.0, 255.0)  # raw pixels: every registry model normalises them itself
 # Activations whose int8 TFLite kernels have a fixed output quantization (and the range that
@@ -130,6 +130,7 @@ SCHEME = {
     PixelNormalization: Policy(rewrite=RESCALING),  # the same depthwise op
     LerpTable: _REQUANTIZED,  # a learned activation, frozen to its int8 table (a GATHER)
     Int8Step: _REQUANTIZED,  # a binary layer's input quantizer, at its `output_range`
+    QATHardSwish: _REQUANTIZED,  # an Activation's hard-swish in a QAT model
     layers.BatchNormalization: Policy(fuses_activation=True, rewrite=CHANNEL_AFFINE),
     LayerScale: Policy(fuses_activation=True, rewrite=CHANNEL_AFFINE),
     layers.Rescaling: Policy(rewrite=RESCALING),

@@ -28,7 +28,7 @@ from effkeras.graph.passes.freeze_tables import freeze_tables
 from effkeras.graph.rewrite import check_models, copy_call, readers, rewrite
 from effkeras.layers.common import PixelNormalization
 from effkeras.layers.convnext import LayerScale
-from effkeras.layers.qat import ChannelAffine, FakeQuant, QATDepthwiseConv2D
+from effkeras.layers.qat import ChannelAffine, FakeQuant, QATDepthwiseConv2D, QATHardSwish
 from effkeras.qat import scheme
 from effkeras.qat.calibrate import calibrate, is_qat_model, set_mode
 
@@ -257,6 +257,8 @@ def quantize_model(
             if id(x) in quantizer_of:
                 quantizer_of[id(y)] = quantizer_of[id(x)]
             return y
+        if is_hard_swish(layer):  # computes TFLite's int8 kernel once frozen
+            return quantized(QATHardSwish(name=layer.name)(x), layer.name)
         y = copy_call(layer, x)
         if id(layer) in plan.activation:
             name = plan.activation[id(layer)]
@@ -280,6 +282,14 @@ def quantize_model(
     if calibration is not None:
         calibrate(qat, calibration, batch_size=batch_size)
     return qat
+
+
+def is_hard_swish(layer):
+    """Whether `layer` is an Activation of hard-swish (Keras' hard_silu)."""
+    return type(layer) is layers.Activation and scheme.activation_of(layer) in (
+        "hard_silu",
+        "hard_swish",
+    )
 
 
 def _pixel_affine(layer, channels):
