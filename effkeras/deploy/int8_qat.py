@@ -33,7 +33,7 @@ from effkeras.deploy.report import Int8Report
 from effkeras.errors import InputError
 from effkeras.graph.rewrite import rewrite
 from effkeras.layers.qat import QATHardSwish
-from effkeras.qat.transform import is_hard_swish
+from effkeras.qat.scheme import is_hard_swish
 
 MAX_LSB = 1  # the file's int8 tensors against the Keras ops, in steps of their scale
 OP_CHECK_EXAMPLES = 16  # examples of the sample checked op by op

@@ -188,6 +188,12 @@ def activation_of(layer):
     return name if isinstance(name, str) else str(name)
 
 
+def is_hard_swish(layer):
+    """Whether `layer` is an Activation of hard-swish (Keras' hard_silu): quantize_model makes
+    it a QATHardSwish."""
+    return type(layer) is layers.Activation and activation_of(layer) in ("hard_silu", "hard_swish")
+
+
 def fusable(layer):
     """'relu', 'relu6' or 'hard_tanh' where `layer` is an activation TFLite fuses into the op
     before it.

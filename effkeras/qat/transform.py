@@ -6,6 +6,8 @@ DepthwiseConv2D and Dense their QAT twins (`QATConv2D`, `QATDepthwiseConv2D`, `Q
 the BatchNormalization after them folded in and a ReLU/ReLU6 after them fused; a quantization
 point (`FakeQuant`) after every op TFLite computes in int8 with an output scale of its own and
 after the model's input (the raw pixel range); none after an op whose codes are its input's.
+A hard-swish becomes a `QATHardSwish`: the float function in training, TFLite's fixed-point
+int8 kernel at inference once frozen (qat.freeze_hard_swish).
 The BN statistics stay the trained model's moving averages (frozen: Krishnamoorthi's advice for
 the end of QAT, arXiv 1806.08342 §3.2, and a QAT run here starts from a trained model); γ and β
 train. Collapsible blocks (RAN-e) are collapsed, learned activations (LERP-PSA, B-splines)
@@ -257,7 +259,7 @@ def quantize_model(
             if id(x) in quantizer_of:
                 quantizer_of[id(y)] = quantizer_of[id(x)]
             return y
-        if is_hard_swish(layer):  # computes TFLite's int8 kernel once frozen
+        if scheme.is_hard_swish(layer):  # computes TFLite's int8 kernel once frozen
             return quantized(QATHardSwish(name=layer.name)(x), layer.name)
         y = copy_call(layer, x)
         if id(layer) in plan.activation:
@@ -282,14 +284,6 @@ def quantize_model(
     if calibration is not None:
         calibrate(qat, calibration, batch_size=batch_size)
     return qat
-
-
-def is_hard_swish(layer):
-    """Whether `layer` is an Activation of hard-swish (Keras' hard_silu)."""
-    return type(layer) is layers.Activation and scheme.activation_of(layer) in (
-        "hard_silu",
-        "hard_swish",
-    )
 
 
 def _pixel_affine(layer, channels):
