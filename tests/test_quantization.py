@@ -1,5 +1,7 @@
 """int8 quantization-aware training: the rewrite, the quantizers, the file it converts to."""
 
+import types
+
 import keras
 import numpy as np
 import pytest
@@ -28,6 +30,7 @@ from effkeras.qat import (
     unobserved,
 )
 from effkeras.testing import set_batch_norm_statistics
+from effkeras.training.stages import Qat
 
 
 def small_net(input_shape=(16, 16, 3)):
@@ -187,12 +190,14 @@ def test_hard_swish_and_a_lone_batch_norm_convert_op_by_op_within_one_step(tmp_p
     # The QAT model computes TFLite's fixed-point hard-swish, not the float function rounded.
     frozen = [layer for layer in qat.layers if isinstance(layer, QATHardSwish)]
     assert len(frozen) == 2 and all(layer.grids is None for layer in frozen)
-    assert freeze_hard_swish(qat) == 2
+    # A QAT run ends by freezing them to the kernel on their grids (and snapping biases).
+    Qat.trained(None, types.SimpleNamespace(student=qat))
     for layer in frozen:
         assert layer.grids == (
             input_quantizer(layer).quantization(),
             qat.get_layer(f"{layer.name}_quant").quantization(),
         )
+    assert freeze_hard_swish(qat) == 2
     # Frozen, inference reads the kernel's table (training computes the float function); the
     # grids are saved with the model.
     x = qat.get_layer("c_quant").output
