@@ -81,6 +81,12 @@ def test_int8_calibration_of_the_wrong_shape_is_refused(resnet8):
         deploy.convert(resnet8, "int8", calibration=np.zeros((8, 16, 16, 3), np.float32))
 
 
+def test_int8_ranges_that_do_not_hold_the_sample_say_what_to_do(resnet8):
+    dark = np.zeros((8, 32, 32, 3), np.float32)  # ranges of black images, checked on noise
+    with pytest.raises(InputError, match=r"disagrees.*--calibration_samples.*apps.train --qat"):
+        deploy.convert(resnet8, "int8", calibration=dark)
+
+
 def test_an_op_without_an_int8_kernel_is_named():
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Activation("softplus", name="soft")(keras.layers.Conv2D(4, 3)(inputs))

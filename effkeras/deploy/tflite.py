@@ -204,9 +204,19 @@ def convert_int8(
             f"(e.g. an activation with ReLU/ReLU6/hard-swish), or pass --allow_float_fallback "
             f"to keep them float (then the file does not run on int8-only TFLite Micro or NPUs)"
         )
-    abs_diff, rel_diff, agreement, count = _compare(
-        model, flatbuffer, sample, input_range, max_rel_diff, "int8 TFLite file"
-    )
+    try:
+        abs_diff, rel_diff, agreement, count = _compare(
+            model, flatbuffer, sample, input_range, max_rel_diff, "int8 TFLite file"
+        )
+    except RuntimeError as error:
+        raise InputError(
+            f"{error}. Post-training quantization does not hold {model.name} with ranges "
+            f"from these {len(arrays[0])} calibration inputs (their min and max: fewer "
+            f"clip what the sample reaches, more coarsen every step). Calibrate on another "
+            f"set (--calibration_samples, --calibration_data), or train the model with int8 "
+            f"QAT (apps.train --qat --init_from=MODEL.keras): a QAT model's file computes "
+            f"what the model computes"
+        ) from None
     return flatbuffer, Int8Report(
         target="int8",
         size_bytes=len(flatbuffer),
