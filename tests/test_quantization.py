@@ -213,7 +213,9 @@ def test_hard_swish_and_a_lone_batch_norm_convert_op_by_op_within_one_step(tmp_p
 
 def test_hard_swish_table_is_tflites_int8_kernel_code_for_code():
     rng = np.random.default_rng(0)
-    lows, highs = -rng.uniform(0.2, 12, 23), rng.uniform(0.2, 20, 23)
+    # Input ranges from 0.02 wide (the kernel's relu-ish shift right) to 32 (shift left).
+    lows = np.concatenate([[-0.01, -0.2, -0.5, -1.0], -rng.uniform(0.2, 12, 19)])
+    highs = np.concatenate([[0.01, 0.3, 0.9, 1.5], rng.uniform(0.2, 20, 19)])
     grids = [((0.05, -10), (0.04, -120))] + [
         (
             FakeQuant(fixed_range=(low, high)).quantization(),

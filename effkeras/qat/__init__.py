@@ -12,9 +12,9 @@ fake-quant ops, which the TFLite converter turns into int8 ops with exactly thos
     set_mode, snap_biases, freeze_steps, freeze_hard_swish, unobserved, input_quantizer, ...
                                         switches and queries over a QAT model (calibrate.py)
 
-The layers (FakeQuant, QATConv2D, QATDepthwiseConv2D, QATDense, ChannelAffine, QATHardSwish) live in
-effkeras.layers.qat, so that `import effkeras` registers them. The int8 file of a QAT model and
-its op-by-op check are a deploy target's business (effkeras.deploy.int8_qat).
+The layers (FakeQuant, QATConv2D, QATDepthwiseConv2D, QATDense, ChannelAffine, QATHardSwish)
+live in effkeras.layers.qat, so that `import effkeras` registers them. The int8 file of a QAT
+model and its op-by-op check are a deploy target's business (effkeras.deploy.int8_qat).
 """
 
 from effkeras.layers.qat import (
@@ -34,6 +34,7 @@ from effkeras.qat.calibrate import (
     freeze_steps,
     input_quantizer,
     is_qat_model,
+    output_quantizer,
     output_quantizers,
     quantized_layers,
     set_mode,
@@ -62,6 +63,7 @@ __all__ = [
     "freeze_steps",
     "input_quantizer",
     "is_qat_model",
+    "output_quantizer",
     "output_quantizers",
     "quantize_model",
     "quantized_layers",

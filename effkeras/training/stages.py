@@ -345,7 +345,8 @@ class Qat(FineTune):
         net), and each hard-swish computes TFLite's fixed-point int8 kernel on its grids
         (qat.freeze_hard_swish). On 1,000 Fashion-MNIST test images, the top-1 agreement with
         the int8 file in LiteRT went from 99.5% to 99.9% for a QAT ResNet-20 and from 99.6% to
-        100% for a ResNet-8 (biases)."""
+        100% for a ResNet-8 (biases), and with MediaPipe from 95.5% to 99.2% for a QAT RAN-e
+        (hard-swish)."""
         from effkeras import qat
 
         qat.snap_biases(built.student)
