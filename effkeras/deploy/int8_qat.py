@@ -63,7 +63,10 @@ def convert(
     snapped.set_weights(model.get_weights())
     qat.snap_biases(snapped)
     snapped = reference(snapped)
-    export, probes = int8_tables.named_probes(rewrite(snapped, _float_hard_swish))
+    export = snapped
+    if any(isinstance(layer, QATHardSwish) for layer in snapped.layers):
+        export = rewrite(snapped, _float_hard_swish)
+    export, probes = int8_tables.named_probes(export)
     flatbuffer = to_flatbuffer(export, lambda converter: _int8(converter, io))
     if io == "uint8":
         flatbuffer = app_file.with_uint8_pixels(flatbuffer)

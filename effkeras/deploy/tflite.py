@@ -51,9 +51,9 @@ CALIBRATION_SAMPLES = 200
 IO_TYPES = ("int8", "uint8", "float")
 
 
-def _compare(model, flatbuffer, sample, input_range, max_rel_diff, what):
+def _compare(model, flatbuffer, sample, input_range, max_rel_diff, what, remedy=None):
     """(abs, rel, top-1 agreement) of LiteRT's outputs against Keras's; RuntimeError beyond
-    max_rel_diff (after the sensitivity allowance)."""
+    max_rel_diff (after the sensitivity allowance), InputError ending in `remedy` if given."""
     if sample is None:
         sample = verify.random_sample(model, input_range)
     verify.check_sample(model, sample)
@@ -67,6 +67,7 @@ def _compare(model, flatbuffer, sample, input_range, max_rel_diff, what):
         model=model,
         sample=sample,
         input_range=input_range,
+        remedy=remedy,
     )
     return abs_diff, rel_diff, top1_agreement(expected, actual), verify.batch_size(sample)
 
@@ -204,19 +205,22 @@ def convert_int8(
             f"(e.g. an activation with ReLU/ReLU6/hard-swish), or pass --allow_float_fallback "
             f"to keep them float (then the file does not run on int8-only TFLite Micro or NPUs)"
         )
-    try:
-        abs_diff, rel_diff, agreement, count = _compare(
-            model, flatbuffer, sample, input_range, max_rel_diff, "int8 TFLite file"
-        )
-    except RuntimeError as error:
-        raise InputError(
-            f"{error}. Post-training quantization does not hold {model.name} with ranges "
-            f"from these {len(arrays[0])} calibration inputs (their min and max: fewer "
-            f"clip what the sample reaches, more coarsen every step). Calibrate on another "
-            f"set (--calibration_samples, --calibration_data), or train the model with int8 "
-            f"QAT (apps.train --qat --init_from=MODEL.keras): a QAT model's file computes "
-            f"what the model computes"
-        ) from None
+    abs_diff, rel_diff, agreement, count = _compare(
+        model,
+        flatbuffer,
+        sample,
+        input_range,
+        max_rel_diff,
+        "int8 TFLite file",
+        remedy=(
+            f"Post-training quantization does not hold {model.name} with ranges from these "
+            f"{len(arrays[0])} calibration inputs (their min and max: fewer clip what the "
+            f"sample reaches, more coarsen every step). Calibrate on another set "
+            f"(--calibration_samples, --calibration_data), or train the model with int8 QAT "
+            f"(apps.train --qat --init_from=MODEL.keras): a QAT model's file computes what the "
+            f"model computes"
+        ),
+    )
     return flatbuffer, Int8Report(
         target="int8",
         size_bytes=len(flatbuffer),

@@ -207,7 +207,15 @@ def sensitivity(model, sample, input_range, noise=1e-4):
 
 
 def check_agreement(
-    expected, actual, *, max_rel_diff, what, model=None, sample=None, input_range=PIXEL_RANGE
+    expected,
+    actual,
+    *,
+    max_rel_diff,
+    what,
+    model=None,
+    sample=None,
+    input_range=PIXEL_RANGE,
+    remedy=None,
 ):
     """Checks the file's outputs `actual` against Keras's `expected`.
 
@@ -223,21 +231,27 @@ def check_agreement(
         model: the Keras model, to measure its sensitivity; None: none allowed.
         sample: the inputs both ran on.
         input_range: (low, high) of the inputs.
+        remedy: what the user can do about a disagreement (e.g. another calibration set), or
+            None where a disagreement is the converter's fault.
 
     Returns:
         (max abs diff, max rel diff, sensitivity or None when not measured).
 
     Raises:
         RuntimeError: the file disagrees beyond the allowance and the sensitivity.
+        InputError: the same, where a `remedy` is given (it ends the message).
     """
     abs_diff, rel_diff = max_diffs(expected, actual)
     measured = None
     if not (rel_diff <= max_rel_diff or abs_diff <= ABS_FLOOR):
         measured = sensitivity(model, sample, input_range) if model is not None else 0.0
         if not rel_diff <= 2 * measured:
-            raise RuntimeError(
+            message = (
                 f"the {what} disagrees with Keras: max abs diff {abs_diff:.3g}, max rel diff "
                 f"{rel_diff:.3g} > {max_rel_diff:g}, and Keras itself moves only "
                 f"{measured:.3g} under input noise"
             )
+            if remedy:
+                raise InputError(f"{message}. {remedy}")
+            raise RuntimeError(message)
     return abs_diff, rel_diff, measured
