@@ -251,3 +251,33 @@ def test_app_files_checks_float_and_int8_files_in_mediapipe():
     assert 0 <= rows[1]["tflm_top1"] <= 1
     table = app_files.table(rows)
     assert table.count("\n") == 3 and "| mlperf_tiny_resnet8 | int8 (uint8 in" in table
+
+
+def test_ptq_sensitivity_rounds_weights_activations_and_each_point():
+    import keras
+    import numpy as np
+
+    from effkeras import models, qat
+    from tools import ptq_sensitivity
+
+    keras.utils.set_random_seed(0)
+    model = models.get("mlperf_tiny_resnet8", input_shape=(32, 32, 1), num_classes=10)
+    images = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 1)).astype("float32")
+    rows = ptq_sensitivity.sensitivity(model, images[:24], images[24:])
+    replica = qat.quantize_model(model, images[:24])
+    points = [
+        layer.name
+        for layer in qat.quantized_layers(replica)
+        if isinstance(layer, qat.FakeQuant) and layer.fixed_range is None
+    ]
+    assert [row["rounded"] for row in rows[:3]] == [
+        "everything",
+        "weights only",
+        "activations only",
+    ]
+    assert sorted(row["rounded"] for row in rows[3:]) == sorted(f"all but {p}" for p in points)
+    agreements = [row["agreement"] for row in rows]
+    assert all(a in {k / 16 for k in range(17)} for a in agreements)  # shares of 16 images
+    assert agreements[3:] == sorted(agreements[3:], reverse=True)
+    table = ptq_sensitivity.table(model.name, rows)
+    assert table.count("\n") == len(rows) + 1 and "| weights only |" in table
