@@ -40,7 +40,8 @@ def sensitivity(model, calibration, images):
     Returns:
         A list of dicts {"rounded": what the replica rounds, "agreement": share of `images`
         whose argmax equals the float model's}: everything, weights only, activations only,
-        then every activation point but one (named), least agreement first.
+        then every activation point but one (named), the points whose rounding costs most
+        (the most agreement without it) first.
     """
     import numpy as np
 
