@@ -49,9 +49,9 @@ def check(model, test, labels, calibration, class_names, dataset):
     from effkeras.deploy import app_file, runtime
     from effkeras.graph import passes
 
-    # An app hands MediaPipe uint8 pixels: Keras gets the same ones (a resized image has
-    # fractional pixels, which would make Keras answer for another image).
-    test = np.clip(np.round(test), 0, 255).astype(np.float32)
+    # An app hands MediaPipe uint8 pixels: Keras gets the same ones, rounded as the MediaPipe
+    # runner rounds them (a resized image has fractional pixels).
+    test = runtime.quantize(test, 1.0, 0, np.uint8).astype(np.float32)
     expected = model.predict(test, verbose=0).argmax(-1)
     rows = []
     is_qat = qat.is_qat_model(model)

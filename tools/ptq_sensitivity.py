@@ -46,11 +46,12 @@ def sensitivity(model, calibration, images):
     import numpy as np
 
     from effkeras import qat
+    from effkeras.deploy import int8_qat
 
     expected = np.argmax(model.predict(images, verbose=0), -1)
-    replica = qat.quantize_model(model, calibration)
-    qat.snap_biases(replica)
-    qat.freeze_hard_swish(replica)
+    # what the int8 file computes, as the deploy check defines it: biases snapped, hard-swish
+    # frozen to TFLite's kernel
+    replica = int8_qat.reference(qat.snap_biases(qat.quantize_model(model, calibration)))
     layers = qat.quantized_layers(replica)
     # a frozen hard-swish is a table on its input's codes: activation rounding too
     activations = [
