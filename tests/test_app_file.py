@@ -143,6 +143,27 @@ def test_rgb_input_keeps_gray_pixels_exact():
     np.testing.assert_allclose(rgb.predict(red, verbose=0), 255 * 38 / 127, rtol=1e-6)
 
 
+def test_int8_check_compares_on_the_pixels_the_file_reads():
+    """A uint8-input file reads whole pixels: the conversion's check gives Keras the same
+    ones, so a sample with fractional pixels (a resized image) reports what its rounded copy
+    reports, and the runner says which values the file read."""
+    keras.utils.set_random_seed(0)
+    image = keras.Input((6, 6, 1))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(image)
+    model = keras.Model(image, keras.layers.Dense(3)(keras.layers.Flatten()(x)))
+    pixels = np.random.default_rng(1).integers(0, 256, (40, 6, 6, 1)).astype(np.float32)
+    calibration, sample = pixels[:24], pixels[24:]
+    fractional = np.minimum(sample + 0.4, 255.0)
+    reports = [
+        deploy.convert(model, "int8", calibration=calibration, sample=s, io="uint8")[1]
+        for s in (sample, fractional)
+    ]
+    assert reports[1].max_abs_diff == reports[0].max_abs_diff > 0
+    assert reports[1].top1_agreement == reports[0].top1_agreement
+    flatbuffer, _ = deploy.convert(model, "int8", calibration=calibration, io="uint8")
+    np.testing.assert_array_equal(runtime.LiteRT(flatbuffer).as_read(fractional), sample)
+
+
 @pytest.mark.parametrize("content", [b"", b"not a model", "truncated"])
 def test_unreadable_tflite_is_one_error_line(app_files, tmp_path, content):
     """A text, empty or truncated .tflite: one error line from apps.convert and apps.evaluate,

@@ -105,6 +105,28 @@ class Runtime:
         """
         return [_decode(details, value) for details, value in zip(self.outputs, raw)]
 
+    def as_read(self, sample):
+        """`sample` as the file reads it: values of a quantized input rounded to its grid
+        (uint8 camera pixels: to whole pixels), float inputs as given. Keras given these gets
+        what the file gets. Values beyond the input's range are not clipped: that the file
+        clips them (calibration ranges that do not cover the sample) stays for a check to see.
+
+        Args:
+            sample: a float array (N, ...), or a list of them for several inputs.
+
+        Returns:
+            float32 arrays in the same structure.
+        """
+        inputs = sample if isinstance(sample, (list, tuple)) else [sample]
+        read = []
+        for details, x in zip(self.inputs, inputs):
+            x, quantization = np.asarray(x, np.float32), _quantization(details)
+            if np.issubdtype(details["dtype"], np.integer) and quantization:
+                scale, zero_point = quantization
+                x = dequantize(np.round(x / scale + zero_point), scale, zero_point)
+            read.append(x)
+        return read if isinstance(sample, (list, tuple)) else read[0]
+
     def predict(self, sample):
         """Float outputs of a batch, as Keras's `Model.predict` gives them.
 
