@@ -121,7 +121,7 @@ class Runtime:
         read = []
         for details, x in zip(self.inputs, inputs):
             x, quantization = np.asarray(x, np.float32), _quantization(details)
-            if np.issubdtype(details["dtype"], np.integer) and quantization:
+            if quantization:
                 scale, zero_point = quantization
                 x = dequantize(np.round(x / scale + zero_point), scale, zero_point)
             read.append(x)
@@ -356,20 +356,21 @@ def _lce_details(dtype, shape, scale, zero_point):
 
 
 def _quantization(details):
+    """(scale, zero point) of a quantized integer tensor; None for any other."""
     scale, zero_point = details["quantization"]
-    return (scale, zero_point) if scale else None
+    return (scale, zero_point) if scale and np.issubdtype(details["dtype"], np.integer) else None
 
 
 def _encode(details, array):
     quantization = _quantization(details)
-    if np.issubdtype(details["dtype"], np.integer) and quantization:
+    if quantization:
         return quantize(array, *quantization, details["dtype"])
     return array.astype(details["dtype"])
 
 
 def _decode(details, array):
     quantization = _quantization(details)
-    if np.issubdtype(details["dtype"], np.integer) and quantization:
+    if quantization:
         return dequantize(array, *quantization)
     return array.astype(np.float32)
 
